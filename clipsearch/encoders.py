@@ -1,0 +1,241 @@
+"""One Encoder class over any open_clip model: pixels and text in, L2-normalised float32 out.
+
+Weights are resolved before open_clip is asked to load them, so that an offline machine gets a
+one-line, actionable error in a second instead of a minute of hub retries and a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipsearch.errors import ModelUnavailable, UsageError
+from clipsearch.model_registry import TINY_NAME, ModelSpec, resolve, tiny_files
+
+log = logging.getLogger(__name__)
+
+_OFFLINE_HINT = (
+    "use the bundled model (--model clipsearch-tiny), or a local state dict "
+    "(--model ARCH --checkpoint FILE), or run once with internet to fill the cache"
+)
+
+
+def pick_device(device: str | None = "auto") -> str:
+    """cuda, then mps, then cpu; an explicit choice is checked, not trusted."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: unknown device", hint="use auto, cpu, cuda or mps")
+    return device
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether weights could be downloaded at all: honours HF_HUB_OFFLINE, then tries one connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("CLIPSEARCH_OFFLINE"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_pretrained(arch: str, tag: str) -> str | None:
+    """The local file open_clip would load for ARCH/TAG, if it is already cached."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for fn in names:
+            for cand in (fn.replace(".bin", ".safetensors"), fn):
+                hit = try_to_load_from_cache(repo, cand)
+                if isinstance(hit, str):
+                    return hit
+    url = cfg.get("url", "")
+    if url:
+        cached = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if cached.is_file():
+            return str(cached)
+    return None
+
+
+def weights_status(spec: ModelSpec) -> str:
+    """'local' when weights are on disk, 'missing' when they are not, 'unknown' if we can't tell."""
+    if spec.arch == TINY_NAME:
+        return "local" if tiny_files()[1].is_file() else "missing"
+    if spec.checkpoint:
+        return "local" if Path(spec.checkpoint).is_file() else "missing"
+    if spec.pretrained:
+        try:
+            return "local" if _cached_pretrained(spec.arch, spec.pretrained) else "missing"
+        except Exception:
+            return "unknown"
+    if spec.arch.startswith("hf-hub:"):
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(spec.arch[len("hf-hub:"):], "open_clip_config.json")
+        return "local" if isinstance(hit, str) else "missing"
+    return "unknown"
+
+
+def _check_arch(arch: str) -> None:
+    import difflib
+
+    import open_clip
+
+    if arch.startswith(("hf-hub:", "local-dir:")) or arch in open_clip.list_models():
+        return
+    close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+    raise UsageError(f"unknown model architecture '{arch}'",
+                     hint=("did you mean " + ", ".join(close) + "? " if close else "")
+                     + "run `clipsearch models` for the list")
+
+
+def _build(spec: ModelSpec, device: str):
+    """Create (model, preprocess, tokenizer) for a spec, loading weights from a resolved source."""
+    import open_clip
+
+    from clipsearch.checkpoint_loading import load_checkpoint_into
+
+    arch = spec.arch
+    if arch == TINY_NAME:
+        config, weights = tiny_files()
+        if not weights.is_file():
+            raise ModelUnavailable(f"the bundled model's weights are missing ({weights})",
+                                   hint="reinstall clipsearch, or train it: python -m clipsearch.train_tiny")
+        open_clip.add_model_config(str(config))
+        spec = ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=spec.pooling)
+    _check_arch(arch)
+
+    if spec.checkpoint:
+        if not Path(spec.checkpoint).is_file():
+            raise ModelUnavailable(f"checkpoint file not found: {spec.checkpoint}",
+                                   hint="restore the file, or re-index with another --model")
+        model, preprocess, context_length = load_checkpoint_into(arch, spec.checkpoint, device)
+        tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
+        return model, preprocess, tokenizer
+
+    if spec.pretrained:
+        if not open_clip.is_pretrained_cfg(arch, spec.pretrained):
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            raise UsageError(f"'{spec.pretrained}' is not a known pretrained tag for {arch}",
+                             hint="known tags: " + (", ".join(tags) or "none; use --checkpoint FILE"))
+        if not _cached_pretrained(arch, spec.pretrained) and not hub_reachable():
+            raise ModelUnavailable(f"weights for {spec.name} are not cached and cannot be downloaded "
+                                   "(no network)", hint=_OFFLINE_HINT)
+    elif arch.startswith("hf-hub:") and weights_status(spec) != "local" and not hub_reachable():
+        raise ModelUnavailable(f"{arch} is not cached and cannot be downloaded (no network)",
+                               hint=_OFFLINE_HINT)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=spec.pretrained, device=device)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        raise ModelUnavailable(f"could not load weights for {spec.name}: {str(e).splitlines()[0][:200]}",
+                               hint=_OFFLINE_HINT) from e
+    if spec.pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
+        warnings.warn(f"{arch} has random weights (no tag, no --checkpoint): fine for benchmarks, "
+                      "useless for search", stacklevel=3)
+    tokenizer = open_clip.get_tokenizer(arch)
+    return model, preprocess, tokenizer
+
+
+def _maybe_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
+    """MobileCLIP-style models fuse branches for inference; a no-op for everything else."""
+    try:
+        from timm.utils.model import reparameterize_model
+    except ImportError:
+        return model
+    return reparameterize_model(model)
+
+
+class Encoder:
+    """Wraps one open_clip model. Vectors come out float32 and L2-normalised (inner product = cosine)."""
+
+    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str, batch_size: int = 64):
+        self.spec = spec
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.context_length = int(getattr(tokenizer, "context_length", None) or model.context_length)
+        self.model_id = spec.model_id()
+        size = getattr(model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        with torch.inference_mode():
+            self.dim = int(self.encode_texts(["a"]).shape[1])
+
+    @classmethod
+    def load(cls, model: str | ModelSpec | None = None, checkpoint: str | None = None,
+             device: str | None = "auto", batch_size: int = 64, pooling: str = "mean") -> Encoder:
+        spec = model if isinstance(model, ModelSpec) else resolve(model, checkpoint, pooling)
+        dev = pick_device(device)
+        m, preprocess, tokenizer = _build(spec, dev)
+        if spec.arch.startswith("MobileCLIP"):
+            m = _maybe_reparameterize(m)
+        return cls(spec, m, preprocess, tokenizer, dev, batch_size)
+
+    def _autocast(self):
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    @staticmethod
+    def _normalise(x: torch.Tensor) -> np.ndarray:
+        x = x.float()
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x.cpu().numpy().astype(np.float32)
+
+    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
+        """Encode an already-preprocessed NCHW batch."""
+        with torch.inference_mode(), self._autocast():
+            return self._normalise(self.model.encode_image(batch.to(self.device, non_blocking=True)))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = [np.zeros((0, getattr(self, "dim", 0)), np.float32)]
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i:i + self.batch_size]
+            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in chunk])
+            out.append(self.encode_pixels(batch))
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        vecs = []
+        for i in range(0, len(texts), self.batch_size):
+            chunk = list(texts[i:i + self.batch_size])
+            for t in chunk:
+                if hasattr(self, "dim") and self.count_tokens(t) > self.context_length:
+                    log.warning("text of %d tokens truncated to the model's %d: %.60r...",
+                                self.count_tokens(t), self.context_length, t)
+            tokens = self.tokenizer(chunk).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                vecs.append(self._normalise(self.model.encode_text(tokens)))
+        return np.concatenate(vecs)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens including the start and end markers, as the text tower will see them."""
+        tok = self.tokenizer
+        if hasattr(tok, "encode"):
+            return len(tok.encode(text)) + 2
+        ids = tok([text])[0]
+        return int((ids != 0).sum())

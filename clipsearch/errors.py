@@ -1,0 +1,46 @@
+"""Exception hierarchy: every error a user can cause is a ClipsearchError with a hint."""
+
+from __future__ import annotations
+
+
+class ClipsearchError(Exception):
+    """Base class. `hint` tells the user what to do next; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(ClipsearchError):
+    """Bad arguments or options (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelUnavailable(ClipsearchError):
+    """Weights cannot be found locally and cannot be downloaded."""
+
+
+class ModelMismatch(ClipsearchError):
+    """A collection is opened with a different model than the one it was built with."""
+
+
+class CollectionNotFound(ClipsearchError):
+    """No collection exists at the given path."""
+
+
+class TransformError(ClipsearchError):
+    """A transform is missing, unfittable or corrupt."""
+
+
+class SkipFile(Exception):
+    """Raised by an indexer for one file that cannot be indexed; the job goes on.
+
+    Not a ClipsearchError: it never reaches the user as an error, only as a skip reason.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""Per-medium indexers. Each turns one file into Records; none of them touches storage."""
