@@ -1,0 +1,154 @@
+"""OTI: the pseudo-token text path reproduces open_clip exactly, and inversion finds the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from clipsearch.errors import TransformError
+from clipsearch.inversion import (
+    encode_text_with_pseudo_token,
+    oti,
+    placeholder_ids,
+)
+
+
+def small_clip(seed: int = 0) -> CLIP:
+    """A random CLIP with open_clip's real text-tower code, small enough for CPU tests."""
+    torch.manual_seed(seed)
+    model = CLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, patch_size=16, image_size=32, head_width=16),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> CLIP:
+    return small_clip()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def test_pseudo_token_equals_encode_text_for_a_real_token(model, tokenizer):
+    # Known answer: injecting the embeddings of real words must give encode_text exactly.
+    words = ["dog", "star", "house"]
+    ids = tokenizer([f"a photo of {w}" for w in words])
+    word_ids = torch.stack([tokenizer([w])[0][1] for w in words])
+    real = model.token_embedding.weight[word_ids].detach()
+    with torch.no_grad():
+        expected = model.encode_text(ids)
+        got = encode_text_with_pseudo_token(model, tokenizer, "a photo of {}", real)
+        got_trunc = encode_text_with_pseudo_token(model, tokenizer, "a photo of {}", real, truncate=True)
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(got_trunc, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pseudo_token_matches_custom_text_clip(tokenizer):
+    # CustomTextCLIP keeps its text tower under `.text`; the same known answer must hold.
+    torch.manual_seed(1)
+    model = open_clip.model.CustomTextCLIP(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, patch_size=16, image_size=32, head_width=16),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+    ).eval()
+    ids = tokenizer(["a drawing of cat"])
+    real = model.text.token_embedding.weight[tokenizer(["cat"])[0][1]][None].detach()
+    with torch.no_grad():
+        assert torch.equal(
+            encode_text_with_pseudo_token(model, tokenizer, "a drawing of {}", real), model.encode_text(ids)
+        )
+
+
+def test_placeholder_validation(tokenizer):
+    ids, pos = placeholder_ids(tokenizer, "a photo of {}")
+    assert ids[0, pos] == tokenizer(["*"])[0][1]
+    with pytest.raises(TransformError, match="exactly one"):
+        placeholder_ids(tokenizer, "a photo of {} and {}")
+    with pytest.raises(TransformError, match="single token"):
+        placeholder_ids(tokenizer, "a photo of {}", placeholder="unbelievableness")
+
+
+def test_oti_recovers_a_text_reachable_target(model, tokenizer):
+    # Targets produced by the text tower itself (with random pseudo-words) are reachable;
+    # OTI must get much closer to them than a random start and than any real vocabulary word.
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(4, 32, generator=gen) * 0.05
+    with torch.no_grad():
+        targets = torch.nn.functional.normalize(
+            encode_text_with_pseudo_token(model, tokenizer, "a photo of {}", hidden), dim=-1
+        ).numpy()
+    res = oti(model, tokenizer, targets, steps=60, batch_size=2, seed=0)
+    assert res.features.shape == (4, 32) and res.features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(res.features, axis=1), 1.0, atol=1e-5)
+    assert res.loss_curve[-1] < res.loss_curve[0]
+    vocab = ["dog", "cat", "red", "star", "house", "car", "tree", "blue", "circle", "man"]
+    with torch.no_grad():
+        words = torch.nn.functional.normalize(
+            model.encode_text(tokenizer([f"a photo of {w}" for w in vocab])), dim=-1
+        ).numpy()
+    best_word = (targets @ words.T).max(axis=1)
+    assert np.all(res.cosines > best_word)
+    assert np.all(res.cosines > 0.95)
+
+
+def test_oti_batching_does_not_change_results(model, tokenizer):
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(3, 32)).astype(np.float32)
+    one = oti(model, tokenizer, targets, steps=5, batch_size=3, seed=7)
+    again = oti(model, tokenizer, targets, steps=5, batch_size=3, seed=7)
+    assert np.array_equal(one.features, again.features)
+
+
+def test_oti_leaves_model_frozen_state_alone(model, tokenizer):
+    flags = [p.requires_grad for p in model.parameters()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    oti(model, tokenizer, np.ones((1, 32), np.float32), steps=3)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_oti_rejects_bad_targets(model, tokenizer):
+    with pytest.raises(TransformError):
+        oti(model, tokenizer, np.zeros((0, 32), np.float32))
+    with pytest.raises(TransformError):
+        oti(model, tokenizer, np.ones((1, 32), np.float32), steps=0)
+
+
+def _tiny_encoder():
+    from clipsearch.model_registry import tiny_files
+
+    if not tiny_files()[1].is_file():
+        pytest.skip("clipsearch-tiny weights not trained yet (clipsearch/models/clipsearch-tiny.safetensors)")
+    from clipsearch.encoders import Encoder
+
+    return Encoder.load("clipsearch-tiny", device="cpu")
+
+
+def test_oti_beats_best_vocabulary_caption_with_tiny_model():
+    # Known answer on the real bundled model: the inverted text feature is closer to the
+    # image than the best caption the model's own vocabulary can write.
+    enc = _tiny_encoder()
+    from clipsearch.inversion import invert_images
+    from clipsearch.synth import shapes
+
+    rng = np.random.default_rng(11)
+    specs = [shapes.ShapeSpec("star", "red"), shapes.ShapeSpec("circle", "blue", "large", "left"),
+             shapes.ShapeSpec("cross", "yellow", "small", "top"), shapes.ShapeSpec("diamond", "purple")]
+    images = [shapes.render_shape(s, rng, size=enc.image_size) for s in specs]
+    img = enc.encode_images(images)
+    captions = [shapes.canonical_query(shapes.ShapeSpec(sh, c, sz, pos), full=True)
+                for sh in shapes.SHAPES for c in shapes.COLORS
+                for sz in (None, *shapes.SIZES) for pos in (None, *shapes.POSITIONS)]
+    best_caption = (img @ enc.encode_texts(captions).T).max(axis=1)
+    inv = invert_images(enc, images, batch_size=4)
+    oti_cos = np.sum(inv * img, axis=1)
+    assert np.all(oti_cos > best_caption), (oti_cos, best_caption)
