@@ -474,6 +474,8 @@ class TransformSet:
             raise TransformError(f"no transforms fitted for this collection ({path} is missing)", hint=refit)
         try:
             raw = path.read_bytes()
+            if not zipfile.is_zipfile(io.BytesIO(raw)):
+                raise ValueError("not an npz archive; truncated or overwritten")
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 contents = {k: npz[k] for k in npz.files}
             header = json.loads(contents.pop("header").tobytes().decode())
