@@ -1,0 +1,380 @@
+"""Text → moments in videos, training-free: similarity curves over frame vectors → segments.
+
+Why this shape: a query is first matched against multi-scale `video_window` rows (cheap,
+ANN-accelerated) to find *where* to look, then the per-frame similarity curve of those few
+regions decides *exactly* where a moment starts and ends. The curve → segment step is a pure
+function on arrays (`segments_from_curve`) so it can be tested without a model or a database.
+
+Moment score (documented, shown to users): ``mean(inside) − mean(flanks) + 0.5·max(inside)``
+over raw cosine similarities of the frames, i.e. how much the span stands out from its
+surroundings plus how well its best frame matches. Higher is better; it is not a cosine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipsearch.video_metrics import temporal_iou
+
+AnnSearch = Callable[[np.ndarray, int, str], list[tuple[str, float]]]
+"""Core-provided ANN: ``ann_search(vec, n, kind) -> [(row_id, cosine), ...]`` best first."""
+
+REGION_PAD_S = 30.0
+_WINDOW_COLS = ["id", "source", "t_start", "t_end", "thumb", "extra"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A span found on one similarity curve; `peak` is the time of its best smoothed sample."""
+
+    t_start: float
+    t_end: float
+    score: float
+    peak: float
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A retrieved moment: the video, its span in seconds, the moment score and a thumbnail."""
+
+    source: str
+    t_start: float
+    t_end: float
+    score: float
+    thumb: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoHit:
+    """A whole-video result: best window cosine, where that window is, and its thumbnail."""
+
+    source: str
+    score: float
+    t_start: float
+    t_end: float
+    thumb: str | None = None
+
+
+# ---------------------------------------------------------------- pure curve → segments
+
+
+def smooth_curve(times: np.ndarray, sims: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian (Nadaraya–Watson) smoothing on possibly uneven sample times.
+
+    Uneven because the indexer adds a sample at every shot cut; normalising the kernel
+    weights keeps the curve unbiased at region edges too. Works in blocks, so long curves
+    never build an n×n matrix.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    sims = np.asarray(sims, dtype=np.float64)
+    if sigma <= 0 or len(sims) < 2:
+        return sims.copy()
+    out = np.empty_like(sims)
+    reach = 4.0 * sigma
+    block = 512
+    for b0 in range(0, len(times), block):
+        b1 = min(b0 + block, len(times))
+        lo = int(np.searchsorted(times, times[b0] - reach, side="left"))
+        hi = int(np.searchsorted(times, times[b1 - 1] + reach, side="right"))
+        d = times[b0:b1, None] - times[None, lo:hi]
+        w = np.exp(-0.5 * (d / sigma) ** 2)
+        out[b0:b1] = (w @ sims[lo:hi]) / w.sum(axis=1)
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive index ranges of consecutive True values."""
+    idx = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [(int(a), int(b) - 1) for a, b in zip(idx[::2], idx[1::2], strict=False)]
+
+
+def _crossing(t0: float, t1: float, s0: float, s1: float, thr: float) -> float:
+    """Time where the straight line from (t0, s0) to (t1, s1) crosses `thr`."""
+    if s1 == s0:
+        return 0.5 * (t0 + t1)
+    frac = float(np.clip((thr - s0) / (s1 - s0), 0.0, 1.0))
+    return t0 + frac * (t1 - t0)
+
+
+def _snap(t: float, cuts: np.ndarray, tol: float) -> float:
+    if cuts.size == 0:
+        return t
+    j = int(np.argmin(np.abs(cuts - t)))
+    return float(cuts[j]) if abs(cuts[j] - t) <= tol else t
+
+
+def segments_from_curve(
+    times: Sequence[float] | np.ndarray,
+    sims: Sequence[float] | np.ndarray,
+    cuts: Sequence[float] | np.ndarray = (),
+    *,
+    sigma: float = 1.0,
+    rel_threshold: float = 0.5,
+    max_gap: float = 2.0,
+    min_len: float = 2.0,
+    snap: float = 1.0,
+    max_segments: int = 3,
+) -> list[Segment]:
+    """Turn one video's frame-similarity curve into scored segments, best first.
+
+    Steps: smooth (Gaussian, `sigma` s); background = median of the smoothed curve;
+    from the highest unused peak, threshold = background + `rel_threshold`·(peak − background);
+    keep the above-threshold run holding the peak, bridging dips ≤ `max_gap` s; edges at the
+    interpolated threshold crossings; pad to `min_len` s; snap edges to a shot cut within
+    ± `snap` s. Repeat on the unused samples up to `max_segments` times.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    s = np.asarray(sims, dtype=np.float64)
+    if t.shape != s.shape or t.ndim != 1:
+        raise ValueError(f"times and sims must be 1-D of equal length, got {t.shape} and {s.shape}")
+    if t.size == 0:
+        return []
+    order = np.argsort(t, kind="stable")
+    t, s = t[order], s[order]
+    cuts_arr = np.sort(np.asarray(cuts, dtype=np.float64))
+    dt = float(np.median(np.diff(t))) if t.size > 1 else 1.0
+    lo_t, hi_t = float(t[0]), float(t[-1] + dt)
+    sm = smooth_curve(t, s, sigma)
+    background = float(np.median(sm))
+    used = np.zeros(t.size, dtype=bool)
+    found: list[Segment] = []
+    while len(found) < max_segments and not used.all():
+        cand = np.where(used, -np.inf, sm)
+        ip = int(np.argmax(cand))
+        peak = float(sm[ip])
+        if found and peak <= background:
+            break
+        thr = background + rel_threshold * (peak - background)
+        above = (sm >= thr) & ~used
+        runs = _runs(above)
+        # Merge runs whose dip between them is at most max_gap seconds.
+        merged: list[list[int]] = []
+        for a, b in runs:
+            if merged and t[a] - t[merged[-1][1]] <= max_gap + 1e-9 and not used[merged[-1][1] : a].any():
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        i0, i1 = next((a, b) for a, b in merged if a <= ip <= b)
+        start = _crossing(t[i0 - 1], t[i0], sm[i0 - 1], sm[i0], thr) if i0 > 0 else float(t[0])
+        end = _crossing(t[i1], t[i1 + 1], sm[i1], sm[i1 + 1], thr) if i1 < t.size - 1 else float(t[-1] + dt)
+        if end - start < min_len:
+            mid = 0.5 * (start + end)
+            start, end = mid - 0.5 * min_len, mid + 0.5 * min_len
+            if start < lo_t:
+                start, end = lo_t, lo_t + min_len
+            if end > hi_t:
+                start, end = max(lo_t, hi_t - min_len), hi_t
+        start, end = _snap(start, cuts_arr, snap), _snap(end, cuts_arr, snap)
+        if end - start < min_len:  # snapping must not undo the minimum length
+            end = min(hi_t, start + min_len)
+        inside = (t >= start - 1e-9) & (t < end - 1e-9)
+        inside[ip] = True
+        flank_w = float(np.clip(end - start, 2.0, 10.0))
+        flanks = ((t >= start - flank_w) & (t < start)) | ((t >= end) & (t < end + flank_w))
+        flank_mean = float(s[flanks].mean()) if flanks.any() else float(np.median(s))
+        score = float(s[inside].mean()) - flank_mean + 0.5 * float(s[inside].max())
+        found.append(Segment(float(start), float(end), score, float(t[ip])))
+        used |= inside
+        used[i0 : i1 + 1] = True
+    found.sort(key=lambda g: -g.score)
+    return found
+
+
+def nms(moments: Sequence[Moment], iou: float = 0.5) -> list[Moment]:
+    """Greedy non-maximum suppression per video: drop a moment overlapping a better one."""
+    kept: list[Moment] = []
+    for m in sorted(moments, key=lambda m: -m.score):
+        if all(
+            k.source != m.source or temporal_iou((k.t_start, k.t_end), (m.t_start, m.t_end)) < iou
+            for k in kept
+        ):
+            kept.append(m)
+    return kept
+
+
+def merge_hits(
+    hits: Sequence[tuple[float, float, float]], pad: float = REGION_PAD_S
+) -> list[tuple[float, float, float]]:
+    """Merge one video's window hits (t_start, t_end, z) into regions padded by ± `pad` s.
+
+    Returns (start, end, best z) per region, in time order.
+    """
+    regions: list[list[float]] = []
+    for a, b, z in sorted(hits):
+        a, b = max(0.0, float(a) - pad), float(b) + pad
+        if regions and a <= regions[-1][1]:
+            regions[-1][1] = max(regions[-1][1], b)
+            regions[-1][2] = max(regions[-1][2], z)
+        else:
+            regions.append([a, b, z])
+    return [(r[0], r[1], r[2]) for r in regions]
+
+
+def standardise_per_scale(scores: np.ndarray, scales: Sequence[str]) -> np.ndarray:
+    """z-score hit scores within each window scale: long windows score lower than short ones."""
+    scores = np.asarray(scores, dtype=np.float64)
+    z = np.zeros_like(scores)
+    keys = np.asarray([str(x) for x in scales])
+    for key in np.unique(keys):
+        m = keys == key
+        sd = scores[m].std()
+        z[m] = (scores[m] - scores[m].mean()) / sd if sd > 1e-9 else 0.0
+    return z
+
+
+# ---------------------------------------------------------------- table access
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _vectors(col) -> np.ndarray:
+    """Arrow fixed_size_list<float16|float32> column → float32 (n, dim)."""
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    dim = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+
+
+def _window_hits(query: np.ndarray, table, n: int, ann_search: AnnSearch | None) -> list[dict]:
+    """Top-`n` `video_window` rows for the query, as dicts with a `score` (cosine)."""
+    if ann_search is not None:
+        pairs = ann_search(query, n, "video_window")
+        if not pairs:
+            return []
+        score_of = {rid: float(sc) for rid, sc in pairs}
+        ids = ", ".join(_sql_str(rid) for rid in score_of)
+        rows = (
+            table.search()
+            .where(f"id IN ({ids})")
+            .select(_WINDOW_COLS)
+            .limit(len(score_of))
+            .to_arrow()
+            .to_pylist()
+        )
+        for r in rows:
+            r["score"] = score_of[r["id"]]
+    else:
+        rows = (
+            table.search(query.astype(np.float32))
+            .distance_type("dot")
+            .where("kind = 'video_window'", prefilter=True)
+            .select([*_WINDOW_COLS, "_distance"])
+            .limit(n)
+            .to_arrow()
+            .to_pylist()
+        )
+        for r in rows:
+            r["score"] = 1.0 - float(r.pop("_distance"))
+    rows.sort(key=lambda r: -r["score"])
+    return rows
+
+
+def _scale_of(extra: str | None) -> str:
+    try:
+        return str(json.loads(extra or "{}").get("scale", "?"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def _load_cuts(table, sources: Sequence[str]) -> dict[str, np.ndarray]:
+    if not sources:
+        return {}
+    where = f"kind = 'video' AND source IN ({', '.join(_sql_str(s) for s in sources)})"
+    rows = table.search().where(where).select(["source", "extra"]).limit(len(sources) * 2 + 10).to_arrow()
+    out: dict[str, np.ndarray] = {}
+    for src, extra in zip(rows.column("source").to_pylist(), rows.column("extra").to_pylist(), strict=False):
+        try:
+            out[src] = np.asarray(json.loads(extra or "{}").get("cuts", []), dtype=np.float64)
+        except ValueError:
+            out[src] = np.zeros(0)
+    return out
+
+
+def _load_frames(table, regions: Sequence[tuple[str, float, float]]):
+    """One scan for the frame rows of all regions (source, start, end)."""
+    clauses = " OR ".join(
+        f"(source = {_sql_str(src)} AND t_start >= {a:.6f} AND t_start <= {b:.6f})" for src, a, b in regions
+    )
+    return (
+        table.search()
+        .where(f"kind = 'video_frame' AND ({clauses})")
+        .select(["source", "t_start", "thumb", "vector"])
+        .limit(None)
+        .to_arrow()
+    )
+
+
+# ---------------------------------------------------------------- public queries
+
+
+def find_moments(
+    query_vec: np.ndarray,
+    table,
+    k: int = 10,
+    *,
+    candidates: int = 300,
+    ann_search: AnnSearch | None = None,
+    max_regions: int | None = None,
+    sigma: float = 1.0,
+) -> list[Moment]:
+    """Top-`k` moments in the whole collection for an L2-normalised query vector.
+
+    1) ANN over `video_window` rows (top `candidates`); 2) z-score per scale, group by video,
+    merge into ± 30 s regions; 3) frame-similarity curve of the best regions; 4) segments via
+    `segments_from_curve` (shot cuts from the `video` row); 5) NMS at IoU 0.5.
+    """
+    q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    hits = _window_hits(q, table, candidates, ann_search)
+    if not hits:
+        return []
+    z = standardise_per_scale(np.array([h["score"] for h in hits]), [_scale_of(h["extra"]) for h in hits])
+    by_source: dict[str, list[tuple[float, float, float]]] = {}
+    for h, zi in zip(hits, z, strict=False):
+        by_source.setdefault(h["source"], []).append((float(h["t_start"]), float(h["t_end"]), float(zi)))
+    regions = [(src, a, b, zr) for src, hs in by_source.items() for a, b, zr in merge_hits(hs)]
+    regions.sort(key=lambda r: -r[3])
+    regions = regions[: max_regions or max(2 * k, 10)]
+    frames = _load_frames(table, [(src, a, b) for src, a, b, _ in regions])
+    if frames.num_rows == 0:
+        return []
+    f_src = np.asarray(frames.column("source").to_pylist(), dtype=object)
+    f_t = frames.column("t_start").to_numpy(zero_copy_only=False).astype(np.float64)
+    f_thumb = frames.column("thumb").to_pylist()
+    f_sim = _vectors(frames.column("vector")) @ q
+    cuts = _load_cuts(table, sorted({r[0] for r in regions}))
+    moments: list[Moment] = []
+    for src, a, b, _ in regions:
+        idx = np.flatnonzero((f_src == src) & (f_t >= a) & (f_t <= b))
+        if idx.size == 0:
+            continue
+        idx = idx[np.argsort(f_t[idx], kind="stable")]
+        for seg in segments_from_curve(f_t[idx], f_sim[idx], cuts.get(src, ()), sigma=sigma):
+            j = idx[int(np.argmin(np.abs(f_t[idx] - seg.peak)))]
+            moments.append(Moment(src, seg.t_start, seg.t_end, seg.score, f_thumb[j]))
+    return nms(moments, 0.5)[:k]
+
+
+def rank_videos(
+    query_vec: np.ndarray,
+    table,
+    k: int = 10,
+    *,
+    candidates: int = 300,
+    ann_search: AnnSearch | None = None,
+) -> list[VideoHit]:
+    """Videos ranked by their best-matching window (cosine), with that window as the pointer."""
+    q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
+    best: dict[str, dict] = {}
+    for h in _window_hits(q, table, candidates, ann_search):
+        if h["source"] not in best or h["score"] > best[h["source"]]["score"]:
+            best[h["source"]] = h
+    ranked = sorted(best.values(), key=lambda h: -h["score"])[:k]
+    return [
+        VideoHit(h["source"], h["score"], float(h["t_start"]), float(h["t_end"]), h["thumb"])
+        for h in ranked
+    ]
