@@ -235,3 +235,44 @@ def test_bad_queries_are_clear_errors(fitted):
         fitted.apply_db(np.full((1, 16), np.nan))
     with pytest.raises(TransformError, match="model_id"):
         TransformSet.fit(cloud(400, 16), model_id="", dim=16)
+
+
+# ---------------------------------------------------------------- evaluation helpers
+
+
+def test_retrieval_metrics_known_answer():
+    from clipsearch.eval_transforms import retrieval_metrics
+
+    db_labels = np.array([0, 1, 0, 1])
+    # Query 0 (label 0) is db row 0 itself: ranking of the rest by score is rows 1, 2, 3
+    # -> relevance [0, 1, 0]: AP = (1/2) / 1 = 0.5. Query 1 (label 1, row 1): rows 3, 0, 2
+    # -> relevance [1, 0, 0]: AP = 1.
+    scores = np.array([[9.0, 0.9, 0.5, 0.1], [0.5, 9.0, 0.2, 0.8]])
+    m, p1 = retrieval_metrics(scores, np.array([0, 1]), db_labels, np.array([0, 1]), k=1)
+    assert m == pytest.approx(0.75) and p1 == pytest.approx(0.5)
+    # Without self-exclusion, a perfect ranking scores 1.
+    m, p2 = retrieval_metrics(np.array([[0.9, 0.2, 0.8, 0.1]]), np.array([0]), db_labels, k=2)
+    assert m == pytest.approx(1.0) and p2 == pytest.approx(1.0)
+
+
+def test_stratified_subset_spreads_over_classes():
+    from clipsearch.eval_transforms import stratified_subset
+
+    labels = np.repeat(np.arange(4), 10)
+    sub = stratified_subset(labels, 8)
+    assert len(sub) == 8 and np.all(np.bincount(labels[sub]) == 2)
+
+
+def test_shapes_folder_round_trip(tmp_path):
+    pytest.importorskip("clipsearch.synth.shapes")
+    from clipsearch.errors import UsageError
+    from clipsearch.eval_transforms import load_labeled_folder, make_shapes_dataset
+
+    assert make_shapes_dataset(tmp_path, per_class=1, image_size=32) == 48
+    assert make_shapes_dataset(tmp_path, per_class=1, image_size=32) == 0  # idempotent
+    paths, labels, classes = load_labeled_folder(tmp_path)
+    assert len(paths) == 48 and len(classes) == 48 and "red_star" in classes
+    with pytest.raises(UsageError, match="at least two class"):
+        load_labeled_folder(tmp_path / "red_star")
+    with pytest.raises(UsageError, match="not a directory"):
+        load_labeled_folder(tmp_path / "missing")
