@@ -535,3 +535,28 @@ class TransformSet:
         if "text_mean" in arrays:
             ts.text_mean = vec("text_mean", (dim,))
         return ts
+
+
+def fit_collection_transforms(
+    encoder: Any,
+    image_vectors: np.ndarray,
+    doc_text_vectors: np.ndarray | None = None,
+    *,
+    strict: bool = False,
+    **kwargs: Any,
+) -> TransformSet:
+    """One call for ``clipsearch fit-transforms`` and auto-fit after ``index``.
+
+    The text mean comes from the collection's own document text vectors when there are at
+    least ``MIN_CENTER_SAMPLES`` of them, else from the built-in captions embedded with
+    ``encoder``. ``strict=False`` (the default here) skips what cannot be fitted and keeps
+    the reason in ``skipped``; ``kwargs`` go to :meth:`TransformSet.fit` (beta, keep_dims, ...).
+    """
+    if doc_text_vectors is not None and len(doc_text_vectors) >= MIN_CENTER_SAMPLES:
+        text, source = doc_text_vectors, "collection"
+    else:
+        text, source = embed_builtin_captions(encoder), "builtin"
+    return TransformSet.fit(
+        image_vectors, text, model_id=encoder.model_id, dim=encoder.dim, text_source=source,
+        strict=strict, **kwargs,
+    )

@@ -276,3 +276,22 @@ def test_shapes_folder_round_trip(tmp_path):
         load_labeled_folder(tmp_path / "red_star")
     with pytest.raises(UsageError, match="not a directory"):
         load_labeled_folder(tmp_path / "missing")
+
+
+def test_fit_collection_transforms_picks_a_text_source():
+    from clipsearch.transforms import fit_collection_transforms
+
+    class Enc:
+        model_id, dim = MODEL, 16
+
+        def encode_texts(self, texts):
+            rng = np.random.default_rng(len(texts))
+            return unit(rng.normal(size=(len(texts), 16)) - 1.0)
+
+    builtin = fit_collection_transforms(Enc(), cloud(100, 16))
+    assert builtin.params["center"]["text_source"] == "builtin" and builtin.n_fit["text"] == 3000
+    assert "whiten" in builtin.skipped  # 100 < 160 vectors: skipped, not failed
+    docs = unit(np.random.default_rng(0).normal(size=(50, 16)))
+    own = fit_collection_transforms(Enc(), cloud(400, 16), docs)
+    assert own.params["center"]["text_source"] == "collection" and own.n_fit["text"] == 50
+    assert own.available == ["whiten", "center"]
