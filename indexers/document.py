@@ -46,6 +46,7 @@ PDF_SUFFIXES = (".pdf",)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 DEFAULT_PAGE_SIZE = 1024
 DEFAULT_PAGE_BATCH = 8
+DEFAULT_PAGE_TILES = 0.0
 THUMB_QUALITY = 85
 _PDF_MAGIC = b"%PDF-"
 # Bytes that never occur in text but do in binaries; NUL alone catches most binary formats.
@@ -82,6 +83,7 @@ def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]
     opts = ctx.options
     page_size = int(opts.get("page_size", DEFAULT_PAGE_SIZE))
     batch = max(1, int(opts.get("page_batch", DEFAULT_PAGE_BATCH)))
+    tile_frac = float(opts.get("page_tiles", DEFAULT_PAGE_TILES))
     max_tokens, overlap = _chunk_budget(encoder, opts)
     pixel_cap = min(int(ctx.max_pixels), page_size * page_size)
     thumb_dir = Path(ctx.thumb_dir)
@@ -89,14 +91,14 @@ def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]
     source = path_bytes(os.path.abspath(path))
 
     records: list[Record] = []
-    pending_pages: list[tuple[int, Image.Image, str]] = []
+    pending_pages: list[tuple[int, Image.Image, str, dict[str, Any]]] = []
     pending_chunks: list[Chunk] = []
 
     def flush() -> None:
         if pending_pages:
-            vecs = encoder.encode_images([img for _, img, _ in pending_pages])
-            for (num, _, thumb), v in zip(pending_pages, vecs, strict=True):
-                records.append(Record("doc_page", _f32(v), page=num, thumb=thumb, extra={"pages": n_pages}))
+            vecs = encoder.encode_images([img for _, img, _, _ in pending_pages])
+            for (num, _, thumb, extra), v in zip(pending_pages, vecs, strict=True):
+                records.append(Record("doc_page", _f32(v), page=num, thumb=thumb, extra=extra))
             pending_pages.clear()
         if pending_chunks:
             vecs = encoder.encode_texts([c.text for c in pending_chunks])
@@ -118,7 +120,12 @@ def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]
                 num = index + 1
                 thumb = thumb_dir / f"{item_id(source, f'doc_page:p{num}')}.jpg"
                 _save_jpeg(image, thumb)
-                pending_pages.append((num, letterbox(image, encoder.image_size), str(thumb)))
+                for tile, (region, view) in enumerate(page_views(image, encoder.image_size, tile_frac)):
+                    # tiles are zoomed-in squares of the page: own rows (chunk = tile number), same page
+                    extra: dict[str, Any] = {"pages": n_pages}
+                    if region is not None:
+                        extra.update(chunk=tile, region=region)
+                    pending_pages.append((num, view, str(thumb), extra))
                 image.close()
                 pending_chunks.extend(chunk_text(text, encoder.count_tokens, max_tokens, overlap, page=num))
                 if len(pending_pages) >= batch:
@@ -200,6 +207,37 @@ def render_scale(width: float, height: float, page_size: int, pixel_cap: int) ->
     if width * height * scale * scale > pixel_cap:
         scale = math.sqrt(pixel_cap / (width * height))
     return scale
+
+
+def page_views(
+    image: Image.Image, size: int, tile_frac: float = 0.0
+) -> list[tuple[list[float] | None, Image.Image]]:
+    """What the image tower sees of one page, each `size`x`size`: the whole page letterboxed,
+    then (if `tile_frac` > 0) overlapping square tiles of side `tile_frac` x the short side,
+    so a figure that is a speck in the whole-page view fills a good part of some tile.
+    Regions are [x0, y0, x1, y1] as fractions of the page."""
+    views: list[tuple[list[float] | None, Image.Image]] = [(None, letterbox(image, size))]
+    if tile_frac <= 0:
+        return views
+    w, h = image.size
+    for box in tile_boxes(w, h, tile_frac):
+        region = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
+        tile = image.crop(box).resize((size, size), Image.Resampling.BICUBIC)
+        views.append(([round(v, 4) for v in region], tile))
+    return views
+
+
+def tile_boxes(w: int, h: int, frac: float, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """Square boxes of side `frac` x min(w, h), evenly spaced to cover the page, overlapping
+    by at least `overlap` of a side."""
+    side = max(1, round(min(frac, 1.0) * min(w, h)))
+    stride = side * (1 - overlap)
+
+    def starts(extent: int) -> list[int]:
+        n = 1 if extent <= side else math.ceil((extent - side) / stride) + 1
+        return [round(i * (extent - side) / max(n - 1, 1)) for i in range(n)]
+
+    return [(x, y, x + side, y + side) for y in starts(h) for x in starts(w)]
 
 
 def letterbox(image: Image.Image, size: int) -> Image.Image:

@@ -257,3 +257,20 @@ def test_accepts_pdf_by_content_and_text_by_extension(tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "really_a_pdf.txt", 1)
     records = ix.extract(pdf, FakeEncoder(), IndexContext(thumb_dir=tmp_path / "t"))
     assert any(r.kind == "doc_page" for r in records)
+
+
+def test_page_tiles_are_extra_rows_of_the_same_page(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "tiled.pdf", pages=2)
+    ctx = IndexContext(thumb_dir=tmp_path / "thumbs", options={"page_size": 256, "page_tiles": 0.6})
+    records = DocumentIndexer().extract(pdf, FakeEncoder(), ctx)
+    pages = [r for r in records if r.kind == "doc_page"]
+    assert len(pages) == 2 * 7  # whole page + 2 x 3 tiles of a portrait page
+    for num in (1, 2):
+        mine = [r for r in pages if r.page == num]
+        assert "region" not in mine[0].extra  # the whole page comes first
+        assert [r.extra["chunk"] for r in mine[1:]] == list(range(1, 7))
+        assert len({r.locator() for r in mine}) == 7  # distinct ids in the store
+        assert len({r.thumb for r in mine}) == 1
+        for r in mine[1:]:
+            x0, y0, x1, y1 = r.extra["region"]
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
