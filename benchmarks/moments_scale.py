@@ -18,6 +18,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,9 +136,11 @@ def build(db_dir: Path, hours: float, dim: int = 512, n_queries: int = 50, seed:
             batch_vecs = []
     t_write = time.perf_counter() - t_write
     t_idx = time.perf_counter()
-    store.table.create_scalar_index("id", index_type="BTREE")
-    store.table.create_scalar_index("source", index_type="BTREE")
-    store.table.create_scalar_index("kind", index_type="BITMAP")
+    with warnings.catch_warnings():  # create_scalar_index is deprecated in name only
+        warnings.simplefilter("ignore")
+        store.table.create_scalar_index("id", index_type="BTREE")
+        store.table.create_scalar_index("source", index_type="BTREE")
+        store.table.create_scalar_index("kind", index_type="BITMAP")
     t_idx = time.perf_counter() - t_idx
     info = {"videos": len(durations), "video_hours": round(sum(durations) / 3600, 1), "rows": rows,
             "write_s": round(t_write, 1), "scalar_index_s": round(t_idx, 1)}

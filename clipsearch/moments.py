@@ -187,11 +187,11 @@ def segments_from_curve(
 def nms(moments: Sequence[Moment], iou: float = 0.5) -> list[Moment]:
     """Greedy non-maximum suppression per video: drop a moment overlapping a better one."""
     kept: list[Moment] = []
+    by_source: dict[str, list[Moment]] = {}
     for m in sorted(moments, key=lambda m: -m.score):
-        if all(
-            k.source != m.source or temporal_iou((k.t_start, k.t_end), (m.t_start, m.t_end)) < iou
-            for k in kept
-        ):
+        same = by_source.setdefault(m.source, [])
+        if all(temporal_iou((k.t_start, k.t_end), (m.t_start, m.t_end)) < iou for k in same):
+            same.append(m)
             kept.append(m)
     return kept
 
