@@ -285,19 +285,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--make-shapes", action="store_true", help="first render a shapes set into FOLDER")
     ap.add_argument("--per-class", type=int, default=40, help="images per class for --make-shapes")
+    ap.add_argument("--image-size", type=int, default=224, help="canvas size for --make-shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--invert-queries", type=int, default=96, help="queries to invert with OTI")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32, help="OTI queries optimised together")
     ap.add_argument("--betas", default="1", help="comma-separated whitening strengths to compare")
     ap.add_argument("--keep-dims", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is much faster on an oversubscribed machine)")
     ap.add_argument("--markdown", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(args.threads)
     try:
         from clipsearch.encoders import Encoder  # noqa: PLC0415
 
         if args.make_shapes:
-            wrote = make_shapes_dataset(args.folder, args.per_class, args.seed)
+            wrote = make_shapes_dataset(args.folder, args.per_class, args.seed, args.image_size)
             print(f"shapes set: {wrote} new images in {args.folder}", file=sys.stderr)
         enc = Encoder.load(args.model, checkpoint=args.checkpoint, device=args.device)
         betas = [float(b) for b in args.betas.split(",") if b.strip()]
