@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TypeVar
 
+import numpy as np
+
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 RRF_K = 60
+CONFIDENCE = 4.0  # see confident_head
 
 
 def rrf(
@@ -79,3 +82,47 @@ def hybrid_rerank(
     """
     fused = rrf([[i for i, _ in vector_hits], [i for i, _ in keyword_hits]], k=rrf_k, weights=weights)
     return fused[:k]
+
+
+def confident_head(scores: Sequence[float], *, threshold: float = CONFIDENCE, max_head: int = 5) -> int:
+    """How many leading items of a best-first score list stand out from the rest; 0 if none.
+
+    Rankings that know nothing about a query (a CLIP text tower asked about an unknown name,
+    BM25 asked about a picture) still rank something first, and RRF cannot tell. In the tail
+    of a score distribution the normalised spacings i * (s_i - s_{i+1}) are roughly i.i.d.
+    exponential (extreme-value theory), so their mean below rank `max_head` estimates the
+    scale, and a head of size j is singled out when j * (s_j - s_{j+1}) exceeds `threshold`
+    times it (a pure-noise ranking passes a few % of the time at the default). Scale-free,
+    so it works for cosines and BM25 alike. Lists shorter than `max_head` + 13 give 0; a
+    tail of exact ties (BM25 zeros for rows that match nothing) makes any positive gap count.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) < max_head + 13:
+        return 0
+    spacings = np.arange(1, len(s)) * (s[:-1] - s[1:])
+    scale = float(np.mean(spacings[max_head:]))
+    head = spacings[:max_head]
+    singled = np.flatnonzero(head > 0) if scale <= 0 else np.flatnonzero(head >= threshold * scale)
+    return int(singled.max()) + 1 if len(singled) else 0
+
+
+def gated_rrf(
+    rankings: Sequence[Sequence[K]],
+    heads: Sequence[int],
+    *,
+    k: float = RRF_K,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[K, float]]:
+    """RRF in two tiers: first the keys some ranking is confident about, then the rest.
+
+    `heads[i]` is how many leading keys of `rankings[i]` that ranking singles out (see
+    `confident_head`). Tier-1 keys are scored 1 + RRF over the confident heads + RRF over
+    the full rankings; the rest get plain RRF over the full rankings (always < 1). So a
+    ranking that singles nothing out cannot push noise above real evidence, and when no
+    ranking is confident this is exactly `rrf`.
+    """
+    full = dict(rrf(rankings, k=k, weights=weights))
+    confident = dict(rrf([r[:h] for r, h in zip(rankings, heads, strict=True)], k=k, weights=weights))
+    scored = {key: s + (1.0 + confident[key] if key in confident else 0.0) for key, s in full.items()}
+    order = {key: i for i, key in enumerate(full)}
+    return sorted(scored.items(), key=lambda kv: (-kv[1], order[kv[0]]))

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from clipsearch.fusion import best_member, dedupe, group_ranking, hybrid_rerank, rrf
+from clipsearch.fusion import (
+    best_member,
+    confident_head,
+    dedupe,
+    gated_rrf,
+    group_ranking,
+    hybrid_rerank,
+    rrf,
+)
 
 
 def test_rrf_matches_hand_computed_scores() -> None:
@@ -67,3 +76,31 @@ def test_hybrid_rerank_fuses_vector_and_keyword_hits() -> None:
     assert out[0][1] == pytest.approx(1 / 63 + 1 / 61)
     only_vector = hybrid_rerank(vector, [], k=2)
     assert only_vector == [("img1", pytest.approx(1 / 61)), ("img2", pytest.approx(1 / 62))]
+
+
+def test_confident_head_finds_planted_outliers_and_ignores_noise() -> None:
+    rng = np.random.default_rng(0)
+    noise_hits = 0
+    for _ in range(200):
+        tail = np.sort(rng.standard_normal(5000))[::-1][:100]  # top 100 of pure noise
+        noise_hits += confident_head(tail) > 0
+    assert noise_hits <= 10  # a few % by design
+    tail = np.sort(rng.standard_normal(5000))[::-1][:100]
+    planted = np.concatenate([[tail[0] + 3.0, tail[0] + 2.9], tail])  # two items far above the pack
+    assert confident_head(planted) == 2
+    assert confident_head(tail[:10]) == 0  # too short to judge
+    bm25 = [12.0, 3.1, 2.0] + [0.0] * 30  # three matching rows, the rest match nothing
+    assert confident_head(bm25) == 3
+
+
+def test_gated_rrf_puts_confident_evidence_above_noise() -> None:
+    signal = ["p1", "p2", "p3", "p4"]  # singles out p1
+    noise_a = ["p4", "p3", "p2", "p1"]
+    noise_b = ["p3", "p4", "p1", "p2"]
+    plain = [key for key, _ in rrf([signal, noise_a, noise_b])]
+    assert plain[0] != "p1"  # consensus of the noise wins plain RRF
+    gated = gated_rrf([signal, noise_a, noise_b], [1, 0, 0])
+    assert gated[0][0] == "p1"
+    assert gated[0][1] == pytest.approx(1 + 1 / 61 + (1 / 61 + 1 / 64 + 1 / 63))
+    assert [key for key, _ in gated[1:]] == plain[: plain.index("p1")] + plain[plain.index("p1") + 1 :]
+    assert gated_rrf([signal, noise_a], [0, 0]) == rrf([signal, noise_a])  # nobody confident: plain RRF

@@ -1,0 +1,269 @@
+"""Document search: one ranked hit per (source, page), from three kinds of evidence.
+
+A text query is matched three ways, each giving a ranking of rows:
+1. against `doc_page` vectors (the rendered page: figures, layout, big titles);
+2. against `doc_text` vectors (CLIP text-to-text over token-limited chunks);
+3. by keyword (BM25 full-text search over `doc_text.text`), for names, numbers and
+   exact phrases that CLIP's text tower blurs.
+Rows are grouped into pages (a page ranks where its best row ranks) and the page rankings
+are fused with reciprocal rank fusion (`clipsearch.fusion`). Each hit carries the best
+matching chunk of its page as a snippet and the page thumbnail.
+Plain-text files have no pages: their hits have `page=None` and stand for the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipsearch.fusion import RRF_K, best_member, confident_head, gated_rrf, group_ranking, rrf
+from clipsearch.store import sql_str as _sql
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
+
+    from clipsearch.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+AnnSearch = Callable[[np.ndarray, int, str], Sequence[tuple[str, float]]]
+PageKey = tuple[str, int | None]
+
+_COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra"]
+SNIPPET_CHARS = 240
+LEGS = ("page", "chunk", "keyword")
+
+
+@dataclass
+class DocHit:
+    """One document page (or whole text file when `page` is None).
+
+    `score` is the fused RRF score (higher is better; comparable only within one query).
+    `cosine` is the best cosine similarity among the page's vector matches, for display.
+    `signals` names the evidence that found the page: "page", "chunk" and/or "keyword".
+    """
+
+    source: str
+    page: int | None
+    text: str | None
+    score: float
+    thumb: str | None
+    cosine: float | None = None
+    signals: tuple[str, ...] = field(default_factory=tuple)
+
+
+def ensure_fts_index(table: Table) -> bool:
+    """(Re)build the full-text index over `text`; the core calls this after each index run.
+
+    Uses LanceDB's native inverted index (stemmed, lower-cased, stop words removed, with
+    positions so "quoted phrases" work). Rows added later are still searched, unindexed,
+    until the next rebuild. Returns False when there is no text to index.
+    """
+    if table.count_rows("text IS NOT NULL") == 0:
+        return False
+    from lancedb.index import FTS
+
+    table.create_index("text", config=FTS(with_position=True), replace=True)
+    return True
+
+
+def search_documents(
+    table: Table,
+    encoder: Encoder,
+    query: str,
+    k: int,
+    *,
+    under: str | None = None,
+    ann_search: AnnSearch | None = None,
+    depth: int | None = None,
+    weights: Sequence[float] = (1.0, 1.0, 1.0),
+    rrf_k: float = RRF_K,
+) -> list[DocHit]:
+    """The `k` best document pages for a text query.
+
+    `under` keeps only sources at or below that path. `ann_search(vector, n, kind)` is the
+    core's ANN index returning best-first (row id, cosine); without it LanceDB searches
+    exactly with a `kind` filter. `depth` is how many rows each ranking considers
+    (default max(200, 20 k)); `weights` weigh the page, chunk and keyword rankings.
+    """
+    if k <= 0 or not query.strip():
+        return []
+    depth = depth or max(200, 20 * k)
+    where_under = _under_clause(under)
+    qvec = encoder.encode_texts([query])[0].astype(np.float32)
+
+    page_rows = _vector_leg(table, qvec, "doc_page", depth, where_under, ann_search)
+    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_under, ann_search)
+    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_under))
+    legs = [page_rows, chunk_rows, keyword_rows]
+
+    pages = [group_ranking(rows, _page_key) for rows in legs]
+    heads = [
+        _confident_pages(rows, depth, pad=(name == "keyword")) if w > 0 else 0
+        for name, rows, w in zip(LEGS, legs, weights, strict=True)
+    ]
+    fused = gated_rrf(pages, heads, k=rrf_k, weights=list(weights))[:k]
+    if not fused:
+        return []
+
+    # The snippet is the page's best chunk by chunk-level fusion of the two text rankings.
+    chunk_order = rrf([[r["id"] for r in chunk_rows], [r["id"] for r in keyword_rows]], k=rrf_k)
+    by_id = {r["id"]: r for r in chunk_rows + keyword_rows}
+    best_chunk = best_member((by_id[i] for i, _ in chunk_order), _page_key)
+    best_page = best_member(page_rows, _page_key)
+    cosines = _best_cosines(page_rows + chunk_rows)
+    found = [{_page_key(r) for r in rows} for rows in legs]
+    missing = [key for key, _ in fused if key not in best_chunk or key not in best_page]
+    details = _page_details(table, missing)
+
+    hits = []
+    for key, score in fused:
+        chunk = best_chunk.get(key) or details.get(key, {}).get("chunk")
+        page = best_page.get(key) or details.get(key, {}).get("page")
+        hits.append(
+            DocHit(
+                source=key[0],
+                page=key[1],
+                text=snippet(chunk["text"], query) if chunk and chunk.get("text") else None,
+                score=float(score),
+                thumb=page.get("thumb") if page else None,
+                cosine=cosines.get(key),
+                signals=tuple(name for name, keys in zip(LEGS, found, strict=True) if key in keys),
+            )
+        )
+    return hits
+
+
+def keyword_search(table: Table, query: str, n: int, *, where: str | None = None) -> list[dict[str, Any]]:
+    """Best-first BM25 matches of `query` over the `text` column, as row dicts with `score`.
+
+    Quoted parts are phrase queries. If the query does not parse or there is no full-text
+    index yet, it is retried as plain words, then gives up with an empty list (logged).
+    """
+    plain = " ".join(re.findall(r"\w+", query))
+    for q in dict.fromkeys([query, plain]):
+        if not q.strip():
+            continue
+        try:
+            builder = table.search(q, query_type="fts")
+            if where:
+                builder = builder.where(where, prefilter=True)
+            rows = builder.select([*_COLUMNS, "_score"]).limit(n).to_list()
+        except Exception as e:  # lancedb raises ValueError/RuntimeError/lance errors alike
+            log.info("keyword search for %r failed: %s", q, e)
+            continue
+        for r in rows:
+            r["score"] = float(r.pop("_score", 0.0))
+        return rows
+    return []
+
+
+def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:
+    """`text` with whitespace collapsed, cut to about `width` chars around the first query word."""
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    words = [w for w in re.findall(r"\w+", query.lower()) if len(w) >= 3]
+    low = flat.lower()
+    hits = [p for p in (low.find(w) for w in words) if p >= 0]
+    start = max(0, min(hits) - width // 4) if hits else 0
+    start = min(start, len(flat) - width)
+    if start > 0:  # begin at a word boundary
+        space = flat.find(" ", start)
+        start = space + 1 if 0 <= space < start + 20 else start
+    out = flat[start : start + width]
+    return ("…" if start > 0 else "") + out + ("…" if start + width < len(flat) else "")
+
+
+# --- internals ---------------------------------------------------------------------------
+
+
+def _page_key(row: dict[str, Any]) -> PageKey:
+    page = row.get("page")
+    return row["source"], None if page is None else int(page)
+
+
+def _vector_leg(
+    table: Table, qvec: np.ndarray, kind: str, n: int, where_under: str | None, ann_search: AnnSearch | None
+) -> list[dict[str, Any]]:
+    """Best-first rows of one kind by cosine to the query, each with a `score`."""
+    if ann_search is not None:
+        hits = list(ann_search(qvec, n * (4 if where_under else 1), kind))
+        if not hits:
+            return []
+        ids = ", ".join(_sql(str(i)) for i, _ in hits)
+        rows = {r["id"]: r for r in _scan(table, _and(f"id IN ({ids})", where_under))}
+        out = []
+        for i, s in hits:
+            if str(i) in rows:
+                out.append({**rows[str(i)], "score": float(s)})
+        return out[:n]
+    builder = (
+        table.search(qvec, vector_column_name="vector")
+        .distance_type("dot")
+        .where(_and(f"kind = {_sql(kind)}", where_under), prefilter=True)
+        .select(_COLUMNS)
+        .limit(n)
+    )
+    rows = builder.to_list()
+    for r in rows:
+        r["score"] = 1.0 - float(r.pop("_distance"))  # LanceDB's dot distance is 1 - <q, v>
+    return rows
+
+
+def _confident_pages(rows: list[dict[str, Any]], depth: int, *, pad: bool) -> int:
+    """How many leading pages of a row ranking stand out (`fusion.confident_head` on each
+    page's best score). BM25 returns only matching rows: the rows it left out score 0."""
+    best = best_member(rows, _page_key)
+    scores = [r["score"] for r in best.values()]
+    if pad and len(rows) < depth:
+        scores += [0.0] * (depth - len(scores))
+    return confident_head(scores)
+
+
+def _page_details(table: Table, keys: list[PageKey]) -> dict[PageKey, dict[str, dict[str, Any]]]:
+    """Thumb and first chunk of pages that no ranking supplied them for, in one query."""
+    if not keys:
+        return {}
+    conds = []
+    for source, page in keys:
+        page_cond = "page IS NULL" if page is None else f"page = {int(page)}"
+        conds.append(f"(source = {_sql(source)} AND {page_cond})")
+    out: dict[PageKey, dict[str, dict[str, Any]]] = {}
+    rows = _scan(table, f"kind IN ('doc_page', 'doc_text') AND ({' OR '.join(conds)})")
+    for r in sorted(rows, key=lambda r: json.loads(r.get("extra") or "{}").get("chunk", 0)):
+        slot = out.setdefault(_page_key(r), {})
+        slot.setdefault("page" if r["kind"] == "doc_page" else "chunk", r)
+    return out
+
+
+def _best_cosines(rows: list[dict[str, Any]]) -> dict[PageKey, float]:
+    out: dict[PageKey, float] = {}
+    for r in rows:
+        key = _page_key(r)
+        out[key] = max(out.get(key, -1.0), r["score"])
+    return out
+
+
+def _scan(table: Table, where: str) -> list[dict[str, Any]]:
+    return table.to_lance().to_table(columns=_COLUMNS, filter=where).to_pylist()
+
+
+def _under_clause(under: str | None) -> str | None:
+    """Sources equal to `under` or inside it (a path-component prefix, not a string prefix)."""
+    if not under:
+        return None
+    base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) or os.sep
+    inside = base if base.endswith(os.sep) else base + os.sep
+    return f"(source = {_sql(base)} OR starts_with(source, {_sql(inside)}))"
+
+
+def _and(*conds: str | None) -> str:
+    return " AND ".join(f"({c})" for c in conds if c)
