@@ -27,6 +27,15 @@ def small_clip(seed: int = 0) -> CLIP:
     return model.eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: threads only add overhead (a lot on a busy shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model() -> CLIP:
     return small_clip()
@@ -152,3 +161,39 @@ def test_oti_beats_best_vocabulary_caption_with_tiny_model():
     inv = invert_images(enc, images, batch_size=4)
     oti_cos = np.sum(inv * img, axis=1)
     assert np.all(oti_cos > best_caption), (oti_cos, best_caption)
+
+
+class _StandInEncoder:
+    """The Encoder interface over a small random CLIP (for plumbing tests, not quality)."""
+
+    model_id, dim, context_length, image_size = "standin", 32, 77, 32
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.preprocess = open_clip.image_transform(32, is_train=False)
+
+    def encode_images(self, images):
+        with torch.no_grad():
+            x = self.model.encode_image(torch.stack([self.preprocess(im) for im in images]))
+        return torch.nn.functional.normalize(x, dim=-1).numpy()
+
+    def encode_texts(self, texts):
+        with torch.no_grad():
+            x = self.model.encode_text(self.tokenizer(texts))
+        return torch.nn.functional.normalize(x, dim=-1).numpy()
+
+
+def test_eval_transforms_end_to_end_plumbing(model, tokenizer, tmp_path):
+    pytest.importorskip("clipsearch.synth.shapes")
+    from clipsearch.eval_transforms import evaluate, make_shapes_dataset, to_markdown
+
+    make_shapes_dataset(tmp_path, per_class=2, image_size=32)
+    res = evaluate(tmp_path, _StandInEncoder(model, tokenizer), invert_queries=8, steps=2, batch_size=8,
+                   caption_limit=100)
+    methods = [r.method for r in res["image_rows"]]
+    assert methods[0] == "raw" and any(m.startswith("invert") for m in methods)
+    assert any("center" in m for m in methods)
+    assert res["notes"]  # 96 images cannot support whitening 32 dims: said, not crashed
+    assert all(0.0 <= r.map <= 1.0 and 0.0 <= r.p10 <= 1.0 for r in res["image_rows"] + res["text_rows"])
+    md = to_markdown(res)
+    assert "| raw |" in md and "OTI known answer" in md
