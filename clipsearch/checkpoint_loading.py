@@ -6,6 +6,8 @@ fine-tunes. Detection is by key names; each conversion lives in its own module.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -76,6 +78,17 @@ def _convert(arch: str, sd: dict, layout: str) -> tuple[dict, str, int | None, d
     return sd, arch, None, {}
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
 def load_checkpoint_into(arch: str, path: str, device: str):
     """Build `arch` and load the file at `path` into it, strictly. Returns (model, preprocess, ctx)."""
     import os
@@ -88,9 +101,10 @@ def load_checkpoint_into(arch: str, path: str, device: str):
     sd, build_arch, ctx, kwargs = _convert(arch, sd, layout)
     image_mean = kwargs.pop("image_mean", None)
     image_std = kwargs.pop("image_std", None)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        build_arch, pretrained=None, device="cpu", force_context_length=ctx,
-        image_mean=image_mean, image_std=image_std, **kwargs)
+    with _quiet_root_logger():  # open_clip warns "initialized randomly" before we load the file
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            build_arch, pretrained=None, device="cpu", force_context_length=ctx,
+            image_mean=image_mean, image_std=image_std, **kwargs)
     if sd and next(iter(sd)).startswith("module."):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     sd = open_clip.factory.convert_state_dict(model, sd)

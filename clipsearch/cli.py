@@ -1,0 +1,282 @@
+"""The `clipsearch` command line: index, search, info, models, fit-transforms, serve.
+
+Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
+traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from clipsearch.errors import ClipsearchError
+
+DB_HELP = "Collection directory. Default: $CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default."
+
+
+def _db_default() -> str:
+    from clipsearch.collection import default_db_dir
+
+    return str(default_db_dir())
+
+
+def handle_errors(fn):
+    """Turn ClipsearchError into a one-line message + hint; keep the traceback for --verbose."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return fn(*args, **kwargs)
+        except ClipsearchError as e:
+            if verbose:
+                raise
+            click.secho(f"error: {e}", fg="red", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning, module="open_clip")
+
+
+verbose_opt = click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and per-file details.")
+db_opt = click.option("--db", "db", envvar="CLIPSEARCH_DB", default=None, help=DB_HELP,
+                      type=click.Path(file_okay=False))
+device_opt = click.option("--device", envvar="CLIPSEARCH_DEVICE", default="auto", show_default=True,
+                          help="auto picks cuda, then mps, then cpu.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clipsearch")
+def main() -> None:
+    """Search your own photos, videos and documents by meaning.
+
+    \b
+    clipsearch index ~/Pictures             embed every image, video and PDF under a folder
+    clipsearch search "a dog on a beach"    ranked results: score, path
+    clipsearch search --image q.jpg -k 20   image → image
+    clipsearch search "a goal" --moments    where in which video
+    clipsearch search "revenue" --kind doc  which page of which document
+    clipsearch serve                        browser UI + HTTP API
+    """
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@db_opt
+@click.option("--model", envvar="CLIPSEARCH_MODEL", default=None,
+              help="ARCH/TAG, hf-hub:ORG/REPO, ARCH with --checkpoint, a preset, or clipsearch-tiny. "
+                   "Default for a new collection: ViT-B-32/laion2b_s34b_b79k.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Local open_clip state dict (.pt/.bin/.safetensors) for --model ARCH.")
+@device_opt
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Decode threads. Default: one per core (at least 2).")
+@click.option("--max-pixels", default=None, type=click.IntRange(1),
+              help="Skip images larger than this many pixels (decompression-bomb guard). "
+                   "Default 89,478,485.")
+@click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
+              help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
+@click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@verbose_opt
+@handle_errors
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, quiet,
+          verbose):
+    """Index files and folders: embed what is new or changed, drop what is gone.
+
+    Safe to stop (Ctrl-C) and re-run: committed work is kept and the next run resumes.
+    Skipped files are listed with --verbose and always written to DB/skipped.log.
+    """
+    _setup_logging(verbose)
+    from clipsearch.collection import Collection
+
+    db = db or _db_default()
+    col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    options = {"fps": fps} if fps else {}
+    report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
+                     max_pixels=max_pixels, options=options)
+    click.echo(report.summary())
+    if report.skipped:
+        if verbose:
+            for path, reason in report.skipped:
+                click.echo(f"  skipped {path}: {reason}")
+        else:
+            click.echo(f"  {len(report.skipped)} skipped; reasons in {col.path / 'skipped.log'} "
+                       "(or use --verbose)")
+    if report.interrupted:
+        sys.exit(130)
+    if strict and report.skipped:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("--image", "image", type=click.Path(dir_okay=False), help="Query image (image → image).")
+@db_opt
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
+@click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
+@click.option("--under", type=click.Path(file_okay=False), help="Only results inside this folder.")
+@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "all"]),
+              help="Restrict to one kind. Default: images, videos (best frame) and document pages.")
+@click.option("--moments", is_flag=True, help="Video moments: where in which video (same as --kind moment).")
+@click.option("--whiten", is_flag=True, help="Whitened space for image → image (fitted transform).")
+@click.option("--center", is_flag=True, help="Modality-gap centering (fitted transform).")
+@click.option("--invert", is_flag=True, help="Textual inversion (OTI) of the query image.")
+@click.option("--hybrid", is_flag=True, help="Fuse keyword matches (paths, text) with vector ranks.")
+@click.option("--sort", type=click.Choice(["score", "typicality"]), default="score", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@device_opt
+@verbose_opt
+@handle_errors
+def search(query, image, db, k, offset, under, kind, moments, whiten, center, invert, hybrid, sort,
+           as_json, device, verbose):
+    """Search the collection by text, by image, or both. The collection knows its own model."""
+    _setup_logging(verbose)
+    from clipsearch.collection import Collection
+    from clipsearch.errors import UsageError
+
+    if query is None and image is None:
+        raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
+    col = Collection.open(db or _db_default(), device=device)
+    if moments:
+        kind = "moment"
+    hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
+                      center=center, invert=invert, hybrid=hybrid or kind == "doc",
+                      sort=None if sort == "score" else sort)
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no results" + ("" if col.store.count() else " (the collection is empty)"))
+        return
+    for h in hits:
+        where = ""
+        if h.t_start is not None:
+            where = f"  [{_ts(h.t_start)}–{_ts(h.t_end)}]" if h.t_end is not None else f"  [{_ts(h.t_start)}]"
+        if h.page is not None:
+            where += f"  p.{h.page}"
+        click.echo(f"{h.score:7.4f}  {h.kind:<11} {h.source}{where}")
+        if h.text and h.kind == "doc":
+            click.echo(f"         {h.text[:100]!r}")
+
+
+def _ts(t: float | None) -> str:
+    if t is None:
+        return "?"
+    m, s = divmod(float(t), 60)
+    return f"{int(m)}:{s:04.1f}"
+
+
+@main.command()
+@db_opt
+@click.option("--json", "as_json", is_flag=True)
+@verbose_opt
+@handle_errors
+def info(db, as_json, verbose):
+    """What is indexed: model, items, sources, kinds, size on disk."""
+    _setup_logging(verbose)
+    from clipsearch.collection import Collection
+
+    col = Collection.open(db or _db_default(), device="cpu")
+    data = col.info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"collection  {data['path']}")
+    click.echo(f"model       {data['model']}  (dim {data['dim']})")
+    click.echo(f"items       {data['items']}  from {data['sources']} files")
+    for kd, n in sorted(data["kinds"].items()):
+        click.echo(f"  {kd:<13}{n}")
+    click.echo(f"roots       {', '.join(data['roots']) or '-'}")
+    click.echo(f"disk        {data['disk_bytes'] / 1e6:.1f} MB")
+    click.echo(f"ann         {data['ann']['type']} over {data['ann']['rows']} rows")
+    click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
+    if data.get("last_run"):
+        click.echo(f"last run    {data['last_run']}")
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="List every open_clip ARCH/TAG, not only presets.")
+@click.option("--json", "as_json", is_flag=True)
+@verbose_opt
+@handle_errors
+def models(show_all, as_json, verbose):
+    """Known model names and whether their weights are on this machine."""
+    _setup_logging(verbose)
+    import open_clip
+
+    from clipsearch.encoders import weights_status
+    from clipsearch.model_registry import PRESETS, resolve
+
+    rows = []
+    for p in PRESETS.values():
+        status = "needs --checkpoint" if p.needs_checkpoint else weights_status(resolve(p.model))
+        rows.append({"name": p.name, "model": p.model, "weights": status, "note": p.note})
+    if show_all:
+        for arch, tag in open_clip.list_pretrained():
+            rows.append({"name": f"{arch}/{tag}", "model": f"{arch}/{tag}",
+                         "weights": weights_status(resolve(f"{arch}/{tag}")), "note": ""})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<34} {r['weights']:<19} {r['note'] or r['model']}")
+    if not show_all:
+        click.echo("\nAlso: any open_clip ARCH/TAG (--all lists them), hf-hub:ORG/REPO, "
+                   "or --model ARCH --checkpoint FILE.")
+
+
+@main.command("fit-transforms")
+@db_opt
+@click.option("--text-source", type=click.Choice(["builtin", "collection"]), default="builtin",
+              show_default=True, help="Text mean for centering: built-in captions or the collection's text.")
+@verbose_opt
+@handle_errors
+def fit_transforms(db, text_source, verbose):
+    """Fit whitening and modality-gap centering on the collection and save them with it."""
+    _setup_logging(verbose)
+    from clipsearch.collection import Collection
+
+    col = Collection.open(db or _db_default())
+    ts = col.searcher.fit_transforms(strict=True, text_source=text_source)
+    click.echo(f"fitted: {ts.describe()}")
+
+
+@main.command()
+@db_opt
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--auth", default=None, help="user:password to require a login.")
+@device_opt
+@verbose_opt
+@handle_errors
+def serve(db, host, port, auth, device, verbose):
+    """Browser UI and HTTP API over a collection."""
+    _setup_logging(verbose)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from clipsearch.ui.server import serve as run_server
+
+    run_server(db or _db_default(), host=host, port=port, auth=auth, device=device)
+
+
+if __name__ == "__main__":
+    main()

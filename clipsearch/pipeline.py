@@ -1,0 +1,274 @@
+"""The indexing job: scan → change detection → decode in threads → batched encode → atomic commits.
+
+Images are decoded and preprocessed by a thread pool while the encoder runs on the previous
+batch, so the encoder does not wait. Other media (video, documents) go file by file through
+their indexer. Commits group whole files; a file's rows are replaced in the same commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from clipsearch.encoders import Encoder
+from clipsearch.errors import SkipFile
+from clipsearch.indexers.base import IndexContext, Indexer
+from clipsearch.indexers.scanner import Found, Problem, has_media_extension, scan
+from clipsearch.records import Record, display_path
+from clipsearch.store import FileState, SourceRows, Store
+
+log = logging.getLogger(__name__)
+
+HEAD_BYTES = 64
+FULL_HASH_LIMIT = 64 << 20
+
+
+def content_hash(path: bytes, size: int) -> str:
+    """blake2b of the whole file; for files over 64 MiB, of size + first and last 8 MiB."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(8 << 20))
+            f.seek(-(8 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()
+
+
+@dataclass
+class Job:
+    path: bytes
+    mtime: float
+    size: int
+    indexer: Indexer
+    content_hash: str | None = None
+
+
+@dataclass
+class IndexReport:
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    items: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    scan_seconds: float = 0.0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def seen(self) -> int:
+        return self.indexed + self.unchanged + len(self.skipped)
+
+    def summary(self) -> str:
+        per_k = 1000 * self.scan_seconds / max(self.seen, 1)
+        s = (f"indexed {self.indexed} files ({self.items} items), {self.unchanged} unchanged, "
+             f"{self.removed} removed, {len(self.skipped)} skipped in {self.seconds:.1f} s "
+             f"(scan + change check {self.scan_seconds:.2f} s, {per_k:.3f} s per 1,000 files)")
+        return s + (" [interrupted: run again to resume]" if self.interrupted else "")
+
+
+class _Committer:
+    """Groups finished files and commits them together, by count, row volume or age."""
+
+    def __init__(self, store: Store, max_files: int, max_rows: int = 5000, max_age: float = 10.0):
+        self.store, self.max_files, self.max_rows, self.max_age = store, max_files, max_rows, max_age
+        self.pending: list[SourceRows] = []
+        self.rows = 0
+        self.since = time.monotonic()
+
+    def add(self, item: SourceRows) -> None:
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.append(item)
+        self.rows += len(item.records)
+        if (len(self.pending) >= self.max_files or self.rows >= self.max_rows
+                or time.monotonic() - self.since > self.max_age):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store.replace_sources(self.pending)
+            self.pending, self.rows = [], 0
+
+
+def plan(store: Store, roots: list[bytes], indexers: list[Indexer],
+         report: IndexReport) -> tuple[list[Job], list[bytes]]:
+    """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone."""
+    states: dict[bytes, FileState] = store.file_states()
+    jobs: list[Job] = []
+    seen: set[bytes] = set()
+    for entry in scan(roots):
+        seen.add(entry.path)
+        if isinstance(entry, Problem):
+            if has_media_extension(entry.path) or os.path.islink(entry.path):
+                report.skipped.append((display_path(entry.path), entry.reason))
+            continue
+        old = states.get(entry.path)
+        if old is not None and old.mtime == entry.mtime and old.size == entry.size:
+            report.unchanged += 1
+            continue
+        job = _job_for(entry, indexers, report)
+        if job is None:
+            continue
+        if old is not None and old.size == entry.size:
+            try:
+                job.content_hash = content_hash(entry.path, entry.size)
+            except OSError as e:
+                report.skipped.append((display_path(entry.path), f"unreadable: {e.strerror}"))
+                continue
+            if job.content_hash == old.content_hash:
+                store.touch(entry.path, entry.mtime)
+                report.unchanged += 1
+                continue
+        jobs.append(job)
+    prefixes = [os.path.abspath(r).rstrip(b"/") for r in roots]
+    gone = [raw for raw in states if raw not in seen and any(
+        raw == p or raw.startswith(p + b"/") for p in prefixes)]
+    return jobs, gone
+
+
+def _job_for(entry: Found, indexers: list[Indexer], report: IndexReport) -> Job | None:
+    name = display_path(entry.path)
+    media = has_media_extension(entry.path)
+    if entry.size == 0:
+        if media:
+            report.skipped.append((name, "empty file (0 bytes)"))
+        return None
+    try:
+        with open(entry.path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as e:
+        if media:
+            report.skipped.append((name, f"unreadable: {e.strerror}"))
+        return None
+    from pathlib import Path
+
+    p = Path(os.fsdecode(entry.path))
+    for ix in indexers:
+        if ix.accepts(p, head):
+            return Job(entry.path, entry.mtime, entry.size, ix)
+    if media:
+        report.skipped.append((name, "content is not a supported image, video or document "
+                                     "(the extension does not match what is inside)"))
+    return None
+
+
+def _prepare_image(job: Job, preprocess, ctx: IndexContext,
+                   min_side: int) -> tuple[Job, torch.Tensor | None, str | None]:
+    """Worker-thread body: (job, tensor, None) on success, (job, None, reason) on a bad file."""
+    from pathlib import Path
+
+    try:
+        tensor = job.indexer.prepare(Path(os.fsdecode(job.path)), preprocess, ctx, min_side)
+        if job.content_hash is None:
+            job.content_hash = content_hash(job.path, job.size)
+    except SkipFile as e:
+        return job, None, e.reason
+    except OSError as e:
+        return job, None, f"unreadable: {e.strerror or e}"
+    except Exception as e:  # one broken file must never stop the job
+        log.debug("unexpected error on %r", job.path, exc_info=True)
+        return job, None, f"unexpected error ({type(e).__name__}: {e})"
+    return job, tensor, None
+
+
+def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
+        indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
+        progress: bool = True, commit_files: int = 256) -> IndexReport:
+    """Bring the store up to date with the files under `roots`. Never raises for one bad file."""
+    report = IndexReport()
+    t0 = time.perf_counter()
+    jobs, gone = plan(store, roots, indexers, report)
+    report.removed = store.delete_sources(gone)
+    report.scan_seconds = time.perf_counter() - t0
+    committer = _Committer(store, commit_files)
+    bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
+               desc="indexing", smoothing=0.1)
+    try:
+        images = [j for j in jobs if hasattr(j.indexer, "prepare")]
+        others = [j for j in jobs if not hasattr(j.indexer, "prepare")]
+        _run_images(images, encoder, ctx, committer, report, bar, batch_size, workers)
+        _run_others(others, encoder, ctx, committer, report, bar)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        committer.flush()
+        bar.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _skip(report: IndexReport, job: Job, reason: str) -> None:
+    report.skipped.append((display_path(job.path), reason))
+
+
+def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+                report: IndexReport, bar: tqdm, batch_size: int, workers: int | None) -> None:
+    if not jobs:
+        return
+    workers = workers or max(2, min(8, (os.cpu_count() or 2)))
+    queue = deque(jobs)
+    inflight: set[Future] = set()
+    ready: list[tuple[Job, torch.Tensor]] = []
+    window = max(2 * batch_size, 4 * workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        while queue or inflight or ready:
+            while queue and len(inflight) < window:
+                inflight.add(pool.submit(_prepare_image, queue.popleft(), encoder.preprocess, ctx,
+                                         encoder.image_size))
+            if inflight and len(ready) < batch_size:
+                done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    _collect(fut, ready, report, bar)
+            if len(ready) >= batch_size or (not inflight and not queue and ready):
+                batch, ready = ready[:batch_size], ready[batch_size:]
+                vecs = encoder.encode_pixels(torch.stack([t for _, t in batch]))
+                for (job, _), v in zip(batch, vecs, strict=True):
+                    committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
+                                             [Record(kind="image", vector=v)]))
+                    report.indexed += 1
+                    report.items += 1
+                    bar.update(1)
+
+
+def _collect(fut: Future, ready: list, report: IndexReport, bar: tqdm) -> None:
+    job, tensor, reason = fut.result()
+    if reason is not None:
+        _skip(report, job, reason)
+        bar.update(1)
+    else:
+        ready.append((job, tensor))
+
+
+def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+                report: IndexReport, bar: tqdm) -> None:
+    from pathlib import Path
+
+    for job in jobs:
+        bar.set_postfix_str(os.path.basename(display_path(job.path))[:40], refresh=False)
+        try:
+            records = job.indexer.extract(Path(os.fsdecode(job.path)), encoder, ctx)
+            job.content_hash = job.content_hash or content_hash(job.path, job.size)
+        except SkipFile as e:
+            _skip(report, job, e.reason)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # one broken file must never stop the job
+            log.debug("unexpected error on %r", job.path, exc_info=True)
+            _skip(report, job, f"unexpected error ({type(e).__name__}: {e})")
+        else:
+            committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash, records))
+            report.indexed += 1
+            report.items += len(records)
+        bar.update(1)
