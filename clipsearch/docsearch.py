@@ -60,17 +60,20 @@ class DocHit:
 
 
 def ensure_fts_index(table: Table) -> bool:
-    """(Re)build the full-text index over `text`; the core calls this after each index run.
+    """(Re)build the full-text indexes; the core calls this after each index run.
 
-    Uses LanceDB's native inverted index (stemmed, lower-cased, stop words removed, with
-    positions so "quoted phrases" work). Rows added later are still searched, unindexed,
-    until the next rebuild. Returns False when there is no text to index.
+    LanceDB's native inverted index (stemmed, lower-cased, stop words removed) over `text`
+    (document chunks; with positions so "quoted phrases" work) and over `source` (paths:
+    folder and file-name words, for `--hybrid` image and video search). Rows added later are
+    still searched, unindexed, until the next rebuild. Returns False for an empty table.
     """
-    if table.count_rows("text IS NOT NULL") == 0:
-        return False
     from lancedb.index import FTS
 
-    table.create_index("text", config=FTS(with_position=True), replace=True)
+    if table.count_rows() == 0:
+        return False
+    if table.count_rows("text IS NOT NULL") > 0:
+        table.create_index("text", config=FTS(with_position=True), replace=True)
+    table.create_index("source", config=FTS(), replace=True)
     return True
 
 
@@ -141,8 +144,13 @@ def search_documents(
     return hits
 
 
-def keyword_search(table: Table, query: str, n: int, *, where: str | None = None) -> list[dict[str, Any]]:
-    """Best-first BM25 matches of `query` over the `text` column, as row dicts with `score`.
+def keyword_search(
+    table: Table, query: str, n: int, *, where: str | None = None, column: str = "text"
+) -> list[dict[str, Any]]:
+    """Best-first BM25 matches of `query` in one column, as row dicts with `score`.
+
+    `column` is "text" (document chunks) or "source" (paths; what `--hybrid` uses for images
+    and videos, with `where="kind = 'image'"` and `fusion.hybrid_rerank`).
 
     Quoted parts are phrase queries. If the query does not parse or there is no full-text
     index yet, it is retried as plain words, then gives up with an empty list (logged).
@@ -152,7 +160,7 @@ def keyword_search(table: Table, query: str, n: int, *, where: str | None = None
         if not q.strip():
             continue
         try:
-            builder = table.search(q, query_type="fts")
+            builder = table.search(q, query_type="fts", fts_columns=column)
             if where:
                 builder = builder.where(where, prefilter=True)
             rows = builder.select([*_COLUMNS, "_score"]).limit(n).to_list()

@@ -17,6 +17,7 @@ import pytest
 from test_document_indexer import FakeEncoder, make_pdf
 
 from clipsearch.docsearch import DocHit, ensure_fts_index, keyword_search, search_documents, snippet
+from clipsearch.fusion import hybrid_rerank
 from clipsearch.model_registry import tiny_files
 from clipsearch.store import Store
 
@@ -40,7 +41,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory):
     (root / "a").mkdir()
     (root / "ab").mkdir()
     paths = [make_pdf(root / "a" / f"doc{i}.pdf", pages=4) for i in range(3)]
-    paths.append(make_pdf(root / "ab" / "other.pdf", pages=3))
+    paths.append(make_pdf(root / "ab" / "ledger.pdf", pages=3))
     notes = root / "a" / "notes.md"
     notes.write_text("# Notes\n\n" + "filler words here. " * 40 + "The quarterly revenue of Velmora grew.\n")
     paths.append(notes)
@@ -78,8 +79,8 @@ def test_under_limits_hits_to_a_folder_not_a_name_prefix(collection) -> None:
     root, store, enc = collection
     hits = search_documents(store.table, enc, "marker2x5", k=20, under=str(root / "a"))
     assert hits and all(h.source.startswith(str(root / "a") + "/") for h in hits)
-    others = search_documents(store.table, enc, "marker2x5", k=20, under=str(root / "ab" / "other.pdf"))
-    assert {h.source for h in others} == {str(root / "ab" / "other.pdf")}
+    others = search_documents(store.table, enc, "marker2x5", k=20, under=str(root / "ab" / "ledger.pdf"))
+    assert {h.source for h in others} == {str(root / "ab" / "ledger.pdf")}
 
 
 def test_ann_search_is_used_when_given(collection) -> None:
@@ -132,3 +133,14 @@ def test_page_retrieval_floor_with_the_tiny_model(tmp_path: Path) -> None:
     assert fused["text"]["R@1"] >= 0.85
     assert fused["figure"]["R@1"] >= 0.7
     assert fused["both"]["R@5"] >= 0.9
+
+
+def test_paths_are_keyword_searchable_for_hybrid(collection) -> None:
+    root, store, enc = collection
+    rows = keyword_search(store.table, "ledger", 10, where="kind = 'doc_page'", column="source")
+    assert rows and {r["source"] for r in rows} == {str(root / "ab" / "ledger.pdf")}
+    meta, _ = store.vectors("kind = 'doc_page'")
+    vector_hits = [(i, 0.5) for i in meta.column("id").to_pylist()[:3]]  # some other ranking
+    fused = hybrid_rerank(vector_hits, [(r["id"], r["score"]) for r in rows], k=4)
+    assert len(fused) == 4 and {i for i, _ in fused} <= {i for i, _ in vector_hits} | {r["id"] for r in rows}
+    assert keyword_search(store.table, "ledger", 10, where="kind = 'doc_page'", column="text") == []
