@@ -96,11 +96,13 @@ def main() -> None:
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
+@click.option("--commit-every", default=256, hidden=True, type=click.IntRange(1),
+              help="Files per commit (smaller: less lost on a crash, more versions).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, quiet,
-          verbose):
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, commit_every,
+          quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Safe to stop (Ctrl-C) and re-run: committed work is kept and the next run resumes.
@@ -113,7 +115,7 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     options = {"fps": fps} if fps else {}
     report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
-                     max_pixels=max_pixels, options=options)
+                     max_pixels=max_pixels, options=options, commit_files=commit_every)
     click.echo(report.summary())
     if report.skipped:
         if verbose:

@@ -178,7 +178,7 @@ class Collection:
 
     def add(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
             workers: int | None = None, progress: bool = False, max_pixels: int | None = None,
-            options: dict | None = None, fit_transforms: bool = True):
+            options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256):
         """Index files and folders: new and changed files are embedded, vanished ones removed.
 
         Returns an `IndexReport`. Bad files are skipped with a reason (see report.skipped and
@@ -200,7 +200,8 @@ class Collection:
                                options=dict(options or {}))
             self._remember_roots(roots)
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
-                                  batch_size=batch_size, workers=workers, progress=progress)
+                                  batch_size=batch_size, workers=workers, progress=progress,
+                                  commit_files=commit_files)
             self._write_skip_log(report)
             if not report.interrupted:
                 self.refresh(fit_transforms=fit_transforms)

@@ -81,6 +81,8 @@ def _cached_pretrained(arch: str, tag: str) -> str | None:
 
 def weights_status(spec: ModelSpec) -> str:
     """'local' when weights are on disk, 'missing' when they are not, 'unknown' if we can't tell."""
+    if spec.checkpoint:
+        return "local" if Path(spec.checkpoint).is_file() else "missing"
     if spec.arch == TINY_NAME:
         return "local" if tiny_files()[1].is_file() else "missing"
     if spec.checkpoint:
@@ -120,11 +122,13 @@ def _build(spec: ModelSpec, device: str):
     arch = spec.arch
     if arch == TINY_NAME:
         config, weights = tiny_files()
-        if not weights.is_file():
-            raise ModelUnavailable(f"the bundled model's weights are missing ({weights})",
-                                   hint="reinstall clipsearch, or train it: python -m clipsearch.train_tiny")
         open_clip.add_model_config(str(config))
-        spec = ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=spec.pooling)
+        if not spec.checkpoint:
+            if not weights.is_file():
+                raise ModelUnavailable(f"the bundled model's weights are missing ({weights})",
+                                       hint="reinstall clipsearch, or retrain it: "
+                                       "python -m clipsearch.train_tiny")
+            spec = ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=spec.pooling)
     _check_arch(arch)
 
     if spec.checkpoint:

@@ -72,6 +72,8 @@ class ModelSpec:
         """Identity used to refuse mixing vectors of two models in one collection."""
         if self.checkpoint:
             return f"{self.arch}#{file_fingerprint(self.checkpoint)}"
+        if self.arch == TINY_NAME:
+            return f"{TINY_NAME}#{file_fingerprint(tiny_files()[1])}"
         if self.pretrained:
             return f"{self.arch}/{self.pretrained}"
         return self.arch
@@ -122,9 +124,8 @@ def resolve(name: str | None, checkpoint: str | None = None, pooling: str = "mea
                              hint="give the path of a .pt, .bin or .safetensors state dict")
         arch = name.split("/")[0]
         return ModelSpec(arch=arch, checkpoint=str(ckpt.resolve()), pooling=pooling)
-    if name == TINY_NAME:
-        _, weights = tiny_files()
-        return ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=pooling)
+    if name == TINY_NAME:  # the bundled file is found at load time: installs move
+        return ModelSpec(arch=TINY_NAME, pooling=pooling)
     if name.startswith(("hf-hub:", "local-dir:")):
         return ModelSpec(arch=name, pooling=pooling)
     if "/" in name:

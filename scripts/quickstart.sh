@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: make .venv, install clipsearch, build the sample collection,
+# index it with the bundled model and run a few searches. Safe to run again (it resumes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+echo "==> installing PyTorch (CPU/CUDA wheel pinned for torchvision compatibility)"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+echo "==> installing clipsearch (editable, with test extras)"
+.venv/bin/python -m pip install -q -e ".[test]"
+
+export CLIPSEARCH_DB=${CLIPSEARCH_DB:-$PWD/sample/db}
+echo "==> writing the sample collection to sample/"
+.venv/bin/python examples/make_sample_collection.py sample/files
+echo "==> indexing it with the bundled model (clipsearch-tiny)"
+.venv/bin/clipsearch index sample/files --model clipsearch-tiny
+.venv/bin/clipsearch info
+echo "==> text → image:   clipsearch search \"a red star\""
+.venv/bin/clipsearch search "a red star" -k 5
+echo "==> text → moment:  clipsearch search \"a blue circle\" --moments"
+.venv/bin/clipsearch search "a blue circle" --moments -k 3
+echo "==> text → page:    clipsearch search \"a green triangle\" --kind doc"
+.venv/bin/clipsearch search "a green triangle" --kind doc -k 3
+echo
+echo "Done. Try: source .venv/bin/activate && export CLIPSEARCH_DB=$CLIPSEARCH_DB && clipsearch serve"

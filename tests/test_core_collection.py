@@ -1,0 +1,150 @@
+"""Collection API end to end with the bundled model: retrieval quality, incremental updates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from core_fixtures import CLASSES, write_shapes
+from PIL import Image
+
+from clipsearch import Collection
+from clipsearch.errors import CollectionNotFound, ModelMismatch, UsageError
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("core")
+    photos = root / "photos"
+    labels = write_shapes(photos)
+    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
+    report = col.add([photos])
+    return col, photos, labels, report
+
+
+def test_first_run_indexes_every_file(indexed):
+    col, photos, labels, report = indexed
+    assert report.indexed == len(labels)
+    assert report.skipped == []
+    info = col.info()
+    assert info["items"] == len(labels) and info["sources"] == len(labels)
+    assert info["model"] == "clipsearch-tiny" and info["dim"] == col.encoder.dim
+
+
+def test_text_to_image_precision(indexed):
+    col, _, labels, _ = indexed
+    precisions = []
+    for color, shape in CLASSES:
+        hits = col.search(text=f"a {color} {shape}", k=4, kind="image")
+        good = sum(labels[Path(h.source).name] == f"{color} {shape}" for h in hits)
+        precisions.append(good / 4)
+    assert np.mean(precisions) >= 0.8, precisions
+
+
+def test_image_to_image_finds_same_class(indexed):
+    col, photos, labels, _ = indexed
+    query = photos / "red_star_0.jpg"
+    hits = col.search(image=query, k=4)
+    assert Path(hits[0].source).name == "red_star_0.jpg"
+    assert hits[0].score > 0.99
+    assert sum(labels[Path(h.source).name] == "red star" for h in hits) >= 3
+
+
+def test_scores_are_cosines_sorted(indexed):
+    col, *_ = indexed
+    hits = col.search(text="a blue square", k=10)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 <= s <= 1.0 for s in scores)
+
+
+def test_paging_is_consistent(indexed):
+    col, *_ = indexed
+    first = col.search(text="a green circle", k=6)
+    page2 = col.search(text="a green circle", k=3, offset=3)
+    assert [h.source for h in first[3:]] == [h.source for h in page2]
+
+
+def test_faiss_matches_lancedb_exact_search(indexed):
+    col, *_ = indexed
+    vec = col.embed_text("a yellow star")
+    faiss_ids = [i for i, _ in col.searcher.ann().search(vec, 10)[0]]
+    lance = (col.store.table.search(vec.astype(np.float32)).distance_type("dot").limit(10)
+             .select(["id"]).to_arrow())
+    assert faiss_ids == lance.column("id").to_pylist()
+
+
+def test_under_filter(indexed, tmp_path):
+    col, photos, *_ = indexed
+    hits = col.search(text="a red star", k=5, under=str(photos))
+    assert hits and all(h.source.startswith(str(photos)) for h in hits)
+    assert col.search(text="a red star", k=5, under=str(tmp_path)) == []
+
+
+def test_bad_queries_are_usage_errors(indexed):
+    col, *_ = indexed
+    with pytest.raises(UsageError):
+        col.search()
+    with pytest.raises(UsageError):
+        col.search(text="   ")
+    with pytest.raises(UsageError):
+        col.search(image="/nonexistent/q.jpg")
+    with pytest.raises(UsageError):
+        col.search(text="x", kind="nonsense")
+
+
+def test_open_with_other_model_is_refused(indexed):
+    col, *_ = indexed
+    with pytest.raises(ModelMismatch):
+        Collection.open(col.path, model="RN50")
+
+
+def test_open_missing_collection(tmp_path):
+    with pytest.raises(CollectionNotFound):
+        Collection.open(tmp_path / "nothing")
+
+
+def test_incremental_update(tmp_path):
+    photos = tmp_path / "photos"
+    labels = write_shapes(photos, per_class=1)
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    col.add([photos])
+    n = len(labels)
+
+    again = col.add([photos])
+    assert (again.indexed, again.unchanged, again.removed) == (0, n, 0)
+
+    # touched but identical content: re-hashed, not re-embedded
+    os.utime(photos / "red_star_0.jpg", (1, 1))
+    touched = col.add([photos])
+    assert (touched.indexed, touched.unchanged) == (0, n)
+
+    # changed content: re-embedded, still one row
+    Image.open(photos / "blue_circle_0.jpg").transpose(Image.Transpose.ROTATE_90).save(
+        photos / "red_star_0.jpg")
+    changed = col.add([photos])
+    assert changed.indexed == 1 and changed.unchanged == n - 1
+    hit = col.search(image=photos / "blue_circle_0.jpg", k=2)
+    assert {Path(h.source).name for h in hit} == {"blue_circle_0.jpg", "red_star_0.jpg"}
+
+    # deleted and new files
+    (photos / "green_square_0.jpg").unlink()
+    shutil.copy(photos / "yellow_star_0.jpg", photos / "copy.jpg")
+    last = col.add([photos])
+    assert (last.indexed, last.removed) == (1, 1)
+    assert col.info()["items"] == n
+    assert len(col.search(text="a green square", k=50, kind="image")) == n
+
+
+def test_files_outside_the_run_roots_are_kept(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_shapes(a, per_class=1, seed=1)
+    write_shapes(b, per_class=1, seed=2)
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    col.add([a, b])
+    report = col.add([a])
+    assert report.removed == 0
+    assert col.info()["sources"] == 2 * len(CLASSES)
