@@ -264,6 +264,10 @@ class Searcher:
             if text is None:
                 raise UsageError("moment search needs a text query")
             return self.moments(text, k=k + offset, under=under)[offset:]
+        if kind == "video":
+            if text is None:
+                raise UsageError("video search needs a text query")
+            return self.videos(text, k=k + offset, under=under)[offset:]
         if kind == "doc":
             if text is None:
                 raise UsageError("document search needs a text query")
@@ -286,9 +290,7 @@ class Searcher:
         hits = self._hydrate(raw)
         hits = _group(hits)
         if hybrid and text:
-            from clipsearch.fusion import hybrid_rerank
-
-            hits = self._hybrid(hits, text, hybrid_rerank, need)
+            hits = self._hybrid(hits, text, kinds, need)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
         return hits[offset:offset + k]
@@ -306,11 +308,26 @@ class Searcher:
             out.append(hit_from_row(r, score))
         return out
 
-    def _hybrid(self, hits: list[Hit], text: str, rerank, n: int) -> list[Hit]:
+    def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int) -> list[Hit]:
+        """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score."""
         from clipsearch.docsearch import keyword_search
+        from clipsearch.fusion import hybrid_rerank
 
-        kw = keyword_search(self.col.store.table, text, n)
-        return rerank(hits, kw, n)
+        where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
+        fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
+        by_id = {h.id: h for h in hits}
+        missing = [i for i, _ in fused if i not in by_id]
+        for h in self._hydrate([(i, float("nan")) for i in missing]):
+            by_id[h.id] = h
+        out = []
+        for rid, score in fused:
+            h = by_id.get(rid)
+            if h is not None:
+                h.extra["cosine"] = h.score
+                h.score = float(score)
+                out.append(h)
+        return _group(out)
 
     def _sort_typicality(self, hits: list[Hit]) -> list[Hit]:
         """Most typical first (lowest ||w||^2), as Whitened-CLIP's likelihood surrogate."""
@@ -333,6 +350,16 @@ class Searcher:
                              ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
         return [Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
                     t_end=float(m.t_end), thumb=m.thumb) for m in found]
+
+    def videos(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
+        """Whole videos ranked by their best-matching window."""
+        from clipsearch.moments import rank_videos
+
+        vec = self.col.encoder.encode_texts([text])[0]
+        found = rank_videos(vec, self.col.store.table, k=k,
+                            ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
+        return [Hit(source=v.source, kind="video", score=float(v.score), t_start=float(v.t_start),
+                    t_end=float(v.t_end), thumb=v.thumb) for v in found]
 
     def documents(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         from clipsearch.docsearch import search_documents
