@@ -6,8 +6,11 @@ A text query is matched three ways, each giving a ranking of rows:
 3. by keyword (BM25 full-text search over `doc_text.text`), for names, numbers and
    exact phrases that CLIP's text tower blurs.
 Rows are grouped into pages (a page ranks where its best row ranks) and the page rankings
-are fused with reciprocal rank fusion (`clipsearch.fusion`). Each hit carries the best
-matching chunk of its page as a snippet and the page thumbnail.
+are fused with reciprocal rank fusion (`clipsearch.fusion`), in two tiers: pages that a
+ranking singles out (its scores stand clear of the rest) come before pages that only float
+up by consensus, so a ranking that knows nothing about the query (CLIP text vectors asked
+for a rare name, page images asked for a phrase) cannot outvote one that does. Each hit
+carries the best matching chunk of its page as a snippet and the page thumbnail.
 Plain-text files have no pages: their hits have `page=None` and stand for the whole file.
 """
 
@@ -45,7 +48,8 @@ LEGS = ("page", "chunk", "keyword")
 class DocHit:
     """One document page (or whole text file when `page` is None).
 
-    `score` is the fused RRF score (higher is better; comparable only within one query).
+    `score` is the fused rank score (`fusion.gated_rrf`): above 1 when some ranking singled
+    the page out, a plain RRF score below 1 otherwise; comparable only within one query.
     `cosine` is the best cosine similarity among the page's vector matches, for display.
     `signals` names the evidence that found the page: "page", "chunk" and/or "keyword".
     """

@@ -116,13 +116,12 @@ def gated_rrf(
     """RRF in two tiers: first the keys some ranking is confident about, then the rest.
 
     `heads[i]` is how many leading keys of `rankings[i]` that ranking singles out (see
-    `confident_head`). Tier-1 keys are scored 1 + RRF over the confident heads + RRF over
-    the full rankings; the rest get plain RRF over the full rankings (always < 1). So a
-    ranking that singles nothing out cannot push noise above real evidence, and when no
-    ranking is confident this is exactly `rrf`.
+    `confident_head`). Tier-1 keys score 1 + RRF over the confident heads alone, so rankings
+    that single nothing out cannot reorder them (they only break ties); the rest score plain
+    RRF over the full rankings (always < 1). When no ranking is confident this is `rrf`.
     """
     full = dict(rrf(rankings, k=k, weights=weights))
     confident = dict(rrf([r[:h] for r, h in zip(rankings, heads, strict=True)], k=k, weights=weights))
-    scored = {key: s + (1.0 + confident[key] if key in confident else 0.0) for key, s in full.items()}
+    scored = {key: 1.0 + confident[key] if key in confident else s for key, s in full.items()}
     order = {key: i for i, key in enumerate(full)}
     return sorted(scored.items(), key=lambda kv: (-kv[1], order[kv[0]]))

@@ -101,6 +101,6 @@ def test_gated_rrf_puts_confident_evidence_above_noise() -> None:
     assert plain[0] != "p1"  # consensus of the noise wins plain RRF
     gated = gated_rrf([signal, noise_a, noise_b], [1, 0, 0])
     assert gated[0][0] == "p1"
-    assert gated[0][1] == pytest.approx(1 + 1 / 61 + (1 / 61 + 1 / 64 + 1 / 63))
+    assert gated[0][1] == pytest.approx(1 + 1 / 61)
     assert [key for key, _ in gated[1:]] == plain[: plain.index("p1")] + plain[plain.index("p1") + 1 :]
     assert gated_rrf([signal, noise_a], [0, 0]) == rrf([signal, noise_a])  # nobody confident: plain RRF
