@@ -122,6 +122,31 @@ def stratified_subset(labels: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(sorted(out[:n]))
 
 
+def outlier_images(n: int = 24, size: int = 128, seed: int = 0) -> list[Image.Image]:
+    """Images unlike any labelled photo: noise, flat colours, stripes (for typicality)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            arr = rng.integers(0, 256, size=(size, size, 3))
+        elif kind == 1:
+            arr = np.broadcast_to(rng.integers(0, 256, size=3), (size, size, 3))
+        else:
+            period = int(rng.integers(4, 17))
+            band = (np.arange(size) // period) % 2
+            arr = band[:, None, None] * rng.integers(0, 256, size=3) + (1 - band[:, None, None]) * 255
+            arr = np.broadcast_to(arr, (size, size, 3))
+        out.append(Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)))
+    return out
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -150,6 +175,7 @@ def evaluate(
     betas: Sequence[float] = (1.0,),
     keep_dims: int | None = None,
     caption_limit: int = 3000,
+    n_outliers: int = 24,
 ) -> dict:
     """Run every comparison; returns a dict of tables and figures (see :func:`to_markdown`)."""
     from clipsearch.inversion import oti  # noqa: PLC0415 (torch only when evaluating)
@@ -228,6 +254,17 @@ def evaluate(
     t_raw = retrieval_metrics(t_vecs @ x.T, q_lab, labels)
     t_cen = retrieval_metrics(ts_c.apply_query(t_vecs, "text", center=True) @ dbc.T, q_lab, labels)
     text_rows = [Row("raw", len(q_text), *t_raw, 0.0, 0.0), Row("center", len(q_text), *t_cen, fit_c, 0.0)]
+    # Typicality: planted outliers should get the largest ||w||^2 (fit includes them).
+    typ = None
+    odd = encoder.encode_images(outlier_images(n_outliers))
+    try:
+        ts_t = TransformSet.fit(np.vstack([x, odd]), model_id=encoder.model_id, dim=encoder.dim, center=False)
+        scores = ts_t.typicality(np.vstack([x, odd]))
+        order = np.argsort(-scores)[: len(odd)]
+        typ = {"n_outliers": len(odd), "auroc": auroc(scores[n:], scores[:n]),
+               "top_k_hits": int(np.sum(order >= n))}
+    except ClipsearchError as exc:
+        notes.append(f"typicality not measured: {exc}")
     return {
         "model_id": encoder.model_id,
         "dim": encoder.dim,
@@ -237,6 +274,7 @@ def evaluate(
         "image_rows": rows,
         "text_rows": text_rows,
         "oti": oti_fig,
+        "typicality": typ,
         "notes": notes,
     }
 
@@ -274,6 +312,14 @@ def to_markdown(result: dict) -> str:
         f"queries. OTI wall time {o['oti_ms_per_query']:.1f} ms per query "
         f"(batches of {o['oti_batch_size']}, CPU).",
     ]
+    t = result.get("typicality")
+    if t:
+        lines += [
+            "",
+            f"Typicality (||w||^2): {t['n_outliers']} planted outliers (noise, flat colour, stripes) "
+            f"among the collection: AUROC {t['auroc']:.3f}; {t['top_k_hits']} of them among the "
+            f"{t['n_outliers']} least typical items.",
+        ]
     lines += [f"\nNote: {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
