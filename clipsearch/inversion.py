@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,14 +167,75 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 @dataclass
-class OTIResult:
-    """``features``: (n, dim) L2-normalised float32 text features; ``cosines``: their cosine
-    with the targets; ``loss_curve``: mean loss per step of the last batch; ``seconds``: wall time."""
+class InversionResult:
+    """``features``: (n, dim) L2-normalised float32 features; ``cosines``: their cosine with
+    the targets; ``loss_curve``: mean loss per step of the last batch; ``seconds``: wall time."""
 
     features: np.ndarray
     cosines: np.ndarray
     loss_curve: list[float]
     seconds: float
+
+
+OTIResult = InversionResult
+
+
+def _as_targets(targets: np.ndarray | torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:
+    target = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+    if target.ndim == 1:
+        target = target[None]
+    if target.ndim != 2 or target.shape[0] == 0:
+        raise TransformError(f"targets must be a non-empty (n, dim) array, got shape {tuple(target.shape)}")
+    if steps < 1 or batch_size < 1:
+        raise TransformError("steps and batch_size must be positive")
+    return F.normalize(target, dim=-1)
+
+
+def _optimise(
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    init_std: float,
+    target: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+) -> InversionResult:
+    """Shared loop: per-target pseudo parameters of ``shape``, cosine loss, AdamW, frozen model.
+
+    Targets in a batch are independent (each parameter only affects its own loss and AdamW
+    is element-wise), so batching changes speed, not results.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    feats, curve = [], []
+    t0 = time.perf_counter()
+    with _frozen(model):
+        for start in range(0, target.shape[0], batch_size):
+            tgt = target[start:start + batch_size]
+            init = torch.randn(tgt.shape[0], *shape, generator=gen) * init_std
+            pseudo = nn.Parameter(init.to(tgt.device))
+            opt = torch.optim.AdamW([pseudo], lr=lr, weight_decay=weight_decay)
+            curve = []
+            with torch.enable_grad():
+                for _ in range(steps):
+                    opt.zero_grad(set_to_none=True)
+                    loss = (1.0 - F.cosine_similarity(forward(pseudo).float(), tgt, dim=-1)).mean()
+                    loss.backward()
+                    opt.step()
+                    curve.append(float(loss.detach()))
+            with torch.no_grad():
+                feats.append(F.normalize(forward(pseudo).float(), dim=-1))
+    features = torch.cat(feats)
+    cos = (features * target).sum(-1)
+    return InversionResult(
+        features.cpu().numpy().astype(np.float32),
+        cos.cpu().numpy().astype(np.float32),
+        curve,
+        time.perf_counter() - t0,
+    )
 
 
 def oti(
@@ -189,57 +250,22 @@ def oti(
     batch_size: int = 32,
     seed: int = 0,
     placeholder: str = DEFAULT_PLACEHOLDER,
-) -> OTIResult:
-    """Optimise one pseudo-token per target feature (cosine loss, AdamW); model stays frozen.
+) -> InversionResult:
+    """Optimise one pseudo-token per target image feature so the text tower reproduces it.
 
-    Queries in a batch are independent (each pseudo-token only affects its own loss, and
-    AdamW is element-wise), so batching changes speed, not results.
+    Returns text-side features (search them against the image index like a text query).
     """
-    target = torch.as_tensor(np.asarray(targets, dtype=np.float32))
-    if target.ndim == 1:
-        target = target[None]
-    if target.ndim != 2 or target.shape[0] == 0:
-        raise TransformError(f"targets must be a non-empty (n, dim) array, got shape {tuple(target.shape)}")
-    if steps < 1 or batch_size < 1:
-        raise TransformError("steps and batch_size must be positive")
     tower = text_tower(model)
-    device = tower.token_embedding.weight.device
-    target = F.normalize(target.to(device), dim=-1)
-    width = tower.token_embedding.embedding_dim
+    target = _as_targets(targets, steps, batch_size).to(tower.token_embedding.weight.device)
+    placeholder_ids(tokenizer, template, placeholder)  # validate before the loop
+
+    def forward(pseudo: torch.Tensor) -> torch.Tensor:
+        return encode_text_with_pseudo_token(model, tokenizer, template, pseudo,
+                                             placeholder=placeholder, truncate=True)
+
     init_std = float(tower.token_embedding.weight.detach().float().std())
-    gen = torch.Generator().manual_seed(seed)
-    feats, curve = [], []
-    t0 = time.perf_counter()
-    with _frozen(model):
-        for start in range(0, target.shape[0], batch_size):
-            tgt = target[start:start + batch_size]
-            init = torch.randn(tgt.shape[0], width, generator=gen) * init_std
-            pseudo = nn.Parameter(init.to(device))
-            opt = torch.optim.AdamW([pseudo], lr=lr, weight_decay=weight_decay)
-            curve = []
-            with torch.enable_grad():
-                for _ in range(steps):
-                    opt.zero_grad(set_to_none=True)
-                    out = encode_text_with_pseudo_token(
-                        model, tokenizer, template, pseudo, placeholder=placeholder, truncate=True
-                    )
-                    loss = (1.0 - F.cosine_similarity(out.float(), tgt, dim=-1)).mean()
-                    loss.backward()
-                    opt.step()
-                    curve.append(float(loss.detach()))
-            with torch.no_grad():
-                out = encode_text_with_pseudo_token(
-                    model, tokenizer, template, pseudo, placeholder=placeholder, truncate=True
-                )
-                feats.append(F.normalize(out.float(), dim=-1))
-    features = torch.cat(feats)
-    cos = (features * target).sum(-1)
-    return OTIResult(
-        features.cpu().numpy().astype(np.float32),
-        cos.cpu().numpy().astype(np.float32),
-        curve,
-        time.perf_counter() - t0,
-    )
+    return _optimise(model, forward, (tower.token_embedding.embedding_dim,), init_std, target,
+                     steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
 
 
 def invert_features(encoder: Any, image_features: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -255,3 +281,80 @@ def invert_images(encoder: Any, images: Sequence[Any], **kwargs: Any) -> np.ndar
     if len(images) == 0:
         raise TransformError("invert_images needs at least one image")
     return invert_features(encoder, encoder.encode_images(list(images)), **kwargs)
+
+
+# --------------------------------------------------------------------------- OVI (text -> image side)
+
+
+def _vision_transformer(model: nn.Module) -> nn.Module:
+    from open_clip.transformer import VisionTransformer  # noqa: PLC0415
+
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise TransformError(
+            f"visual inversion needs a ViT image tower; this model has {type(visual).__name__}",
+            hint="use a ViT-based model, or search without visual inversion",
+        )
+    return visual
+
+
+def encode_image_with_pseudo_tokens(model: nn.Module, pseudo_tokens: torch.Tensor) -> torch.Tensor:
+    """Image features (B, dim), un-normalised, for a ViT fed ``pseudo_tokens`` (B, P, width)
+    instead of patch embeddings (at the first P patch positions).
+
+    Mirrors open_clip's ``VisionTransformer.forward`` after the patch convolution, so the
+    real patch embeddings of an image give exactly ``model.encode_image``.
+    """
+    visual = _vision_transformer(model)
+    from open_clip.transformer import _expand_token  # noqa: PLC0415
+
+    n_pos = visual.positional_embedding.shape[0] - 1
+    if pseudo_tokens.ndim != 3 or not 1 <= pseudo_tokens.shape[1] <= n_pos:
+        raise TransformError(
+            f"pseudo_tokens must be (B, 1..{n_pos}, width), got {tuple(pseudo_tokens.shape)}"
+        )
+    x = pseudo_tokens
+    x = torch.cat([_expand_token(visual.class_embedding, x.shape[0]).to(x.dtype), x], dim=1)
+    x = x + visual.positional_embedding[: x.shape[1]].to(x.dtype)
+    x = visual.patch_dropout(x)
+    x = visual.ln_pre(x)
+    x = visual.transformer(x)
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled
+
+
+def ovi(
+    model: nn.Module,
+    targets: np.ndarray | torch.Tensor,
+    *,
+    n_tokens: int = 4,
+    steps: int = 150,
+    lr: float = 2e-2,
+    weight_decay: float = 0.01,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> InversionResult:
+    """Optimisation-based visual inversion: text features -> image-side features.
+
+    ``n_tokens`` pseudo patch embeddings per target are optimised (cosine loss, AdamW, model
+    frozen) so the image tower's output matches each text feature; the result lives in the
+    image modality, for text -> text search. Optional; ViT image towers only.
+    """
+    visual = _vision_transformer(model)
+    target = _as_targets(targets, steps, batch_size).to(visual.class_embedding.device)
+    width = visual.class_embedding.shape[-1]
+
+    def forward(pseudo: torch.Tensor) -> torch.Tensor:
+        return encode_image_with_pseudo_tokens(model, pseudo)
+
+    return _optimise(model, forward, (n_tokens, width), 0.02, target,
+                     steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
+
+
+def invert_texts(encoder: Any, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
+    """Text queries -> OVI image-side features (n, dim), L2-normalised; ``kwargs`` go to :func:`ovi`."""
+    if len(texts) == 0:
+        raise TransformError("invert_texts needs at least one text")
+    return ovi(encoder.model, encoder.encode_texts(list(texts)), **kwargs).features

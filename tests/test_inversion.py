@@ -197,3 +197,40 @@ def test_eval_transforms_end_to_end_plumbing(model, tokenizer, tmp_path):
     assert all(0.0 <= r.map <= 1.0 and 0.0 <= r.p10 <= 1.0 for r in res["image_rows"] + res["text_rows"])
     md = to_markdown(res)
     assert "| raw |" in md and "OTI known answer" in md
+
+
+# ---------------------------------------------------------------- OVI (optional, ViT only)
+
+
+def test_pseudo_patches_equal_encode_image_for_real_patches(model):
+    from clipsearch.inversion import encode_image_with_pseudo_tokens
+
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        patches = model.visual.conv1(images).flatten(2).permute(0, 2, 1)
+        assert torch.equal(encode_image_with_pseudo_tokens(model, patches), model.encode_image(images))
+
+
+def test_ovi_reaches_image_side_targets(model):
+    # Targets the image tower can produce (features of real inputs) must be recovered far
+    # better than by any other input of the same kind.
+    from clipsearch.inversion import ovi
+
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(model.encode_image(images), dim=-1).numpy()
+    res = ovi(model, feats[:2], n_tokens=4, steps=60, batch_size=2)
+    assert res.loss_curve[-1] < res.loss_curve[0]
+    assert res.features.shape == (2, 32)
+    best_other = (feats[:2] @ feats[2:].T).max(axis=1)
+    assert np.all(res.cosines > best_other) and np.all(res.cosines > 0.9)
+
+
+def test_ovi_refuses_non_vit_towers(tokenizer):
+    from clipsearch.inversion import ovi
+
+    torch.manual_seed(0)
+    rn = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=[1, 1, 1, 1], width=16, image_size=64),
+              text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    with pytest.raises(TransformError, match="ViT image tower"):
+        ovi(rn, np.ones((1, 32), np.float32), steps=1)
