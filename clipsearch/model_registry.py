@@ -7,6 +7,7 @@ and (for presets) where to get weights that are not on this machine.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,9 @@ class ModelSpec:
 
 
 def tiny_files() -> tuple[Path, Path]:
-    return MODELS_DIR / f"{TINY_NAME}.json", MODELS_DIR / f"{TINY_NAME}.safetensors"
+    """Config and weights of the bundled model; $CLIPSEARCH_TINY_DIR points at a retrained one."""
+    d = Path(os.environ.get("CLIPSEARCH_TINY_DIR") or MODELS_DIR)
+    return d / f"{TINY_NAME}.json", d / f"{TINY_NAME}.safetensors"
 
 
 def file_fingerprint(path: str | Path) -> str:

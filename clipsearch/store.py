@@ -74,7 +74,8 @@ class Store:
         self.dim = dim
         self._db = lancedb.connect(self.db_dir, read_consistency_interval=timedelta(0),
                                    storage_options=storage_options)
-        names = self._db.table_names() if hasattr(self._db, "table_names") else self._db.list_tables()
+        listed = self._db.list_tables()
+        names = getattr(listed, "tables", listed)
         if TABLE in list(names):
             self.table = self._db.open_table(TABLE)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ def _bomb_png(path: Path, w: int = 100_000, h: int = 100_000) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
-    data[16:24] = struct.pack(">II", w, h)  # IHDR width/height (CRC left stale: header is read first)
+    data[16:24] = struct.pack(">II", w, h)  # IHDR width/height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # keep the header valid
     path.write_bytes(bytes(data))
 
 
