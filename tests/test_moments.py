@@ -8,6 +8,7 @@ from clipsearch.indexers.video import build_records
 
 from clipsearch.moments import (
     Moment,
+    WindowCatalog,
     find_moments,
     merge_hits,
     nms,
@@ -158,13 +159,16 @@ def brute_ann(table):
 def test_planted_moments_recovered_exactly_and_ranked(planted):
     table, concepts, truth = planted
     ann = brute_ann(table)
-    for use_ann in (None, ann):
+    catalog = WindowCatalog.build(table)
+    assert len(catalog) == table.count_rows("kind = 'video_window'")
+    for use_ann, cat in ((None, None), (ann, None), (ann, catalog)):
         preds, gts, ranked = [], [], []
         for c, gt in truth.items():
-            ms = find_moments(concepts[c], table, k=5, ann_search=use_ann)
+            ms = find_moments(concepts[c], table, k=5, ann_search=use_ann, catalog=cat)
             preds.append([Span(m.source, m.t_start, m.t_end) for m in ms])
             gts.append(gt)
-            ranked.append([h.source for h in rank_videos(concepts[c], table, k=3, ann_search=use_ann)])
+            hits = rank_videos(concepts[c], table, k=3, ann_search=use_ann, catalog=cat)
+            ranked.append([h.source for h in hits])
         assert recall_at_iou(preds, gts, 0.9) == 1.0
         assert mean_iou(preds, gts) > 0.97
         assert video_recall_at_k(ranked, [g.source for g in gts], k=1) == 1.0
