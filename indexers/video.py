@@ -256,7 +256,7 @@ def decode_samples(path: Path, short_side: int, options: dict | None, info: Deco
         next_detect = -1.0
         last_t: float | None = None
         last_dur = 0.0
-        recent: list[tuple[float, Any]] = []  # last few decoded frames, to sample the one at a cut
+        recent: list[tuple[float, Any]] = []  # last detector frames, to sample the one at a cut
         sampled: list[float] = []
         size = (0, 0)
         try:
@@ -272,9 +272,9 @@ def decode_samples(path: Path, short_side: int, options: dict | None, info: Deco
                     size = target_size(frame.width, frame.height, short_side)
                 last_t = t
                 last_dur = float(frame.duration * frame.time_base) if frame.duration else 0.0
-                recent = [*recent[-7:], (t, frame)]
                 if t >= next_detect - _EPS:
                     next_detect = t + 1.0 / float(cut_rate)
+                    recent = [*recent[-7:], (t, frame)]  # cuts are reported a few detector frames late
                     small = frame.to_ndarray(
                         width=CUT_WIDTH, height=_even(CUT_WIDTH * frame.height / frame.width), format="bgr24"
                     )

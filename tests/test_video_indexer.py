@@ -132,10 +132,10 @@ def test_large_input_is_downscaled_before_the_encoder(tmp_path, ctx):
 
 
 def test_shot_cuts_each_shot_sampled_thumbs_and_windows(tmp_path, ctx):
-    # three 3 s shots of different colours at 10 fps
-    path = write_video(tmp_path / "shots.webm", range(0, 9000, 100),
+    # three 3 s shots of different colours at 50 fps (much faster than the detector's 10 fps)
+    path = write_video(tmp_path / "shots.webm", range(0, 9000, 20),
                        lambda p: solid(SHOT_COLOURS[p // 3000], seed=p), codec="libvpx-vp9")
-    ctx.options = {"fps": 0.25}  # sparser than the shots: only cut samples can cover shot 2
+    ctx.options = {"fps": 0.1}  # one regular sample (t=0): only cut samples can cover shots 2 and 3
     recs = VideoIndexer().extract(path, FakeEncoder(), ctx)
     video = next(r for r in recs if r.kind == "video")
     cuts = video.extra["cuts"]
