@@ -51,7 +51,8 @@ class DocHit:
     `score` is the fused rank score (`fusion.gated_rrf`): above 1 when some ranking singled
     the page out, a plain RRF score below 1 otherwise; comparable only within one query.
     `cosine` is the best cosine similarity among the page's vector matches, for display.
-    `signals` names the evidence that found the page: "page", "chunk" and/or "keyword".
+    `signals` names the rankings that singled the page out: "page" (its image), "chunk" (CLIP
+    text vectors) and/or "keyword" (BM25); empty when it ranks by consensus only.
     """
 
     source: str
@@ -126,7 +127,7 @@ def search_documents(
     best_chunk = best_member((by_id[i] for i, _ in chunk_order), _page_key)
     best_page = best_member(page_rows, _page_key)
     cosines = _best_cosines(page_rows + chunk_rows)
-    found = [{_page_key(r) for r in rows} for rows in legs]
+    singled = [set(p[:h]) for p, h in zip(pages, heads, strict=True)]
     missing = [key for key, _ in fused if key not in best_chunk or key not in best_page]
     details = _page_details(table, missing)
 
@@ -142,7 +143,7 @@ def search_documents(
                 score=float(score),
                 thumb=page.get("thumb") if page else None,
                 cosine=cosines.get(key),
-                signals=tuple(name for name, keys in zip(LEGS, found, strict=True) if key in keys),
+                signals=tuple(name for name, keys in zip(LEGS, singled, strict=True) if key in keys),
             )
         )
     return hits
