@@ -334,7 +334,9 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         gr.api(api_moments, api_name="moments")
         gr.api(api_info, api_name="info")
         with gr.Column(visible=False):
-            a_img = gr.Image(type="filepath", label="image")
+            # gr.File, not gr.Image: the upload reaches api_search_image undecoded, which checks
+            # it and says clearly what is wrong with a non-image.
+            a_img = gr.File(type="filepath", file_count="single", label="image")
             a_q = gr.Textbox(label="q")
             a_k = gr.Number(PAGE_SIZE, label="k", precision=0)
             a_kind = gr.Textbox("all", label="kind")

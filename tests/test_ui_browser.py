@@ -1,0 +1,148 @@
+"""End-to-end: the search UI in a real headless Chromium (Debian's /usr/bin/chromium + Playwright).
+
+Expected results come from the fixture's ground truth and from the HTTP API, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.register_assert_rewrite("ui_fixtures")
+from ui_fixtures import PDF_PAGES, VIDEO_SEGMENTS, ServerThread  # noqa: E402
+
+from clipsearch.synth.shapes import canonical_query  # noqa: E402
+
+pytest_plugins = ["ui_fixtures"]
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not os.path.isfile(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server + "/")
+    pg.wait_for_selector("#cs-query textarea, #cs-query input")
+    yield pg
+    context.close()
+
+
+def search(pg, text: str, kind: str | None = None) -> None:
+    if kind:
+        pg.locator("#cs-kind label", has_text=kind).click()
+    box = pg.locator("#cs-query textarea, #cs-query input").first
+    box.fill(text)
+    box.press("Enter")
+
+
+def wait_cards(pg, kind: str | None = None):
+    sel = "#cs-results .cs-card" + (f"[data-kind='{kind}']" if kind else "")
+    pg.wait_for_selector(sel)
+    return pg.locator(sel)
+
+
+def test_typed_query_shows_the_described_image_first(page, sample):
+    data, _ = sample
+    query, expected = data.unique_query(1)
+    search(page, query)
+    cards = wait_cards(page, "image")
+    first = page.locator("#cs-results .cs-card").first
+    assert first.get_attribute("title") == str(expected)
+    assert first.locator(".cs-score").inner_text().replace(".", "", 1).isdigit()
+    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert cards.count() > 1
+
+
+def test_uploaded_image_finds_its_near_duplicates_first(page, sample, tmp_path):
+    data, _ = sample
+    query = tmp_path / "query.jpg"
+    query.write_bytes(data.dup_query)
+    page.set_input_files("#cs-image input[type=file]", str(query))
+    wait_cards(page)
+    page.wait_for_function("document.querySelectorAll('#cs-results .cs-card').length >= 4")
+    titles = [c.get_attribute("title") for c in page.locator("#cs-results .cs-card").all()]
+    assert sorted(titles[: len(data.dups)]) == sorted(str(p) for p in data.dups)
+
+
+def test_moment_player_starts_at_t_start(page, server):
+    query = canonical_query(VIDEO_SEGMENTS[2])
+    expected = httpx.get(server + "/api/search", params={"q": query, "kind": "moment", "k": 3},
+                         timeout=120).json()["hits"][0]
+    search(page, query, kind="Video moments")
+    wait_cards(page, "moment").first.click()
+    video = page.locator("#cs-detail video.cs-player")
+    video.wait_for()
+    page.wait_for_function("document.querySelector('#cs-detail video.cs-player').readyState >= 1")
+    t = video.evaluate("v => v.currentTime")
+    assert abs(t - expected["t_start"]) < 0.05, (t, expected)
+    assert float(video.get_attribute("data-end")) == pytest.approx(expected["t_end"], abs=1e-3)
+    width = page.locator("#cs-detail .cs-seg").evaluate("e => e.getBoundingClientRect().width")
+    assert width > 0  # the segment is marked on the timeline
+
+
+def test_document_hit_shows_its_page_number(page):
+    j = 1
+    search(page, canonical_query(PDF_PAGES[j]), kind="Document pages")
+    first = wait_cards(page, "doc").first
+    assert first.locator(".cs-kind").inner_text() == f"page {j + 1}"
+    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    first.click()
+    page.wait_for_selector("#cs-detail .cs-f-page")
+    assert page.locator("#cs-detail .cs-f-page").inner_text() == str(j + 1)
+
+
+def test_more_like_this_and_load_more(page, sample):
+    data, _ = sample
+    query, expected = data.unique_query(2)
+    search(page, query, kind="Images")
+    cards = wait_cards(page, "image")
+    n = cards.count()
+    page.locator("#cs-load-more").click()
+    page.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")
+    second = page.locator("#cs-results .cs-card").nth(1)
+    source = second.get_attribute("title")
+    second.locator(".cs-more").click()
+    page.wait_for_selector("#cs-message", state="attached")
+    page.wait_for_function(
+        "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=source)
+    assert "Items like" in page.locator("#cs-message").inner_text()
+    page.locator("#cs-results .cs-card").first.click()
+    page.wait_for_selector("#cs-detail .cs-f-path")
+    assert page.locator("#cs-detail .cs-f-path").inner_text() == source
+    assert Path(source).exists()
+
+
+def test_missing_collection_gets_a_friendly_message(browser, tmp_path):
+    from clipsearch.ui.server import build_app
+
+    with ServerThread(build_app(tmp_path / "no-db-here", device="cpu")) as srv:
+        context = browser.new_context()
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(srv.url + "/")
+        pg.wait_for_function("document.querySelector('#cs-status')?.innerText.includes('No collection')")
+        assert "clipsearch index" in pg.locator("#cs-status").inner_text()
+        search(pg, "a red star")
+        pg.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('no collection')")
+        context.close()

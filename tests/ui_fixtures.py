@@ -1,0 +1,204 @@
+"""Shared fixtures for the UI/API tests: a small rendered collection and a live server.
+
+The collection holds ~30 shape images (each colour+shape pair once, plus a family of
+near-duplicates), one short video with three shape segments and a three-page PDF, indexed
+with clipsearch-tiny. Built once per session. Tests that need it skip when the tiny model
+is missing; CLIPSEARCH_UI_TEST_MODEL/_CHECKPOINT substitute another model (plumbing only).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
+
+IMAGE_SIZE = 160
+VIDEO_SEGMENTS = (ShapeSpec("circle", "red"), ShapeSpec("square", "blue"),
+                  ShapeSpec("triangle", "yellow"))
+SEGMENT_SECONDS = 2.0
+PDF_PAGES = (ShapeSpec("star", "green"), ShapeSpec("diamond", "purple"), ShapeSpec("cross", "orange"))
+DUP_SPEC = ShapeSpec("star", "orange", "large", "center")
+
+
+@dataclass
+class SampleData:
+    root: Path
+    images: dict[str, ShapeSpec] = field(default_factory=dict)  # path → spec (unique pairs)
+    dups: list[Path] = field(default_factory=list)  # near-duplicates of one picture
+    dup_query: bytes = b""  # another near-duplicate, not indexed: the upload
+    video: Path | None = None
+    pdf: Path | None = None
+
+    def unique_query(self, i: int = 0) -> tuple[str, Path]:
+        """(query text, the one image it describes)."""
+        path, spec = sorted(self.images.items())[i]
+        return canonical_query(spec), Path(path)
+
+
+def tiny_model_args() -> dict:
+    """Model arguments for Collection.create; skips the test when no model is available."""
+    model = os.environ.get("CLIPSEARCH_UI_TEST_MODEL")
+    if model:
+        return {"model": model, "checkpoint": os.environ.get("CLIPSEARCH_UI_TEST_CHECKPOINT")}
+    from clipsearch.model_registry import tiny_files
+
+    if not all(p.is_file() for p in tiny_files()):
+        pytest.skip("clipsearch-tiny is not installed (clipsearch/models/clipsearch-tiny.*)")
+    return {"model": "clipsearch-tiny"}
+
+
+def _jpeg(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_images(root: Path, data: SampleData, n: int = 24, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    pairs = [(s, c) for s in SHAPES for c in COLORS]
+    taken = {(sp.shape, sp.color) for sp in VIDEO_SEGMENTS + PDF_PAGES + (DUP_SPEC,)}
+    pairs = [p for p in pairs if p not in taken]
+    pick = rng.choice(len(pairs), size=n, replace=False)
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    for j in pick:
+        spec = ShapeSpec(*pairs[int(j)])
+        path = root / "photos" / f"{spec.color}_{spec.shape}.png"
+        render_shape(spec, rng, size=IMAGE_SIZE, background="plain").save(path)
+        data.images[str(path)] = spec
+    # One picture and slightly altered copies of it: what an upload should find first.
+    base = render_shape(DUP_SPEC, np.random.default_rng(99), size=IMAGE_SIZE, background="gradient")
+    (root / "dups").mkdir(exist_ok=True)
+    variants = {
+        "dup_original.png": base,
+        "dup_small.jpg": base.resize((120, 120)),
+        "dup_bright.jpg": base.point(lambda v: min(255, int(v * 1.08))),
+        "dup_crop.jpg": base.crop((6, 6, IMAGE_SIZE - 6, IMAGE_SIZE - 6)).resize((IMAGE_SIZE,) * 2),
+    }
+    for name, im in variants.items():
+        p = root / "dups" / name
+        im.save(p) if name.endswith(".png") else p.write_bytes(_jpeg(im, 88))
+        data.dups.append(p)
+    data.dup_query = _jpeg(base.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((150, 150)), 75)
+
+
+def write_video(path: Path, fps: int = 10, size: int = 128) -> Path:
+    """Three static shape segments of SEGMENT_SECONDS each, H.264 in MP4."""
+    import av
+
+    rng = np.random.default_rng(5)
+    frames = [np.asarray(render_shape(s, rng, size=size, background="plain")) for s in VIDEO_SEGMENTS]
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = Fraction(1, fps)
+    per = int(SEGMENT_SECONDS * fps)
+    for i in range(per * len(frames)):
+        f = av.VideoFrame.from_ndarray(frames[i // per], format="rgb24")
+        f.pts = i
+        f.time_base = Fraction(1, fps)
+        for pk in stream.encode(f):
+            out.mux(pk)
+    for pk in stream.encode():
+        out.mux(pk)
+    out.close()
+    return path
+
+
+def write_pdf(path: Path) -> Path:
+    """One page per PDF_PAGES spec: the rendered page picture plus a text layer naming it."""
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    rng = np.random.default_rng(7)
+    c = canvas.Canvas(str(path), pagesize=(424, 640))
+    for n, spec in enumerate(PDF_PAGES, start=1):
+        page = render_page(spec, rng, size=(424, 600), title=f"Section {n}")
+        c.drawImage(ImageReader(page), 0, 40, width=424, height=600)
+        c.setFont("Helvetica", 9)
+        c.drawString(20, 20, f"Page {n}. Figure: {canonical_query(spec)}.")
+        c.showPage()
+    c.save()
+    return path
+
+
+def make_sample(root: Path) -> SampleData:
+    data = SampleData(root)
+    write_images(root, data)
+    (root / "media").mkdir(exist_ok=True)
+    data.video = write_video(root / "media" / "shapes.mp4")
+    data.pdf = write_pdf(root / "media" / "report.pdf")
+    return data
+
+
+def build_collection(db: Path, roots: list[Path]):
+    from clipsearch.collection import Collection
+
+    col = Collection.create(db, device="cpu", **tiny_model_args())
+    col.add(roots, workers=2)
+    return col
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """uvicorn serving an ASGI app from a thread, on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> tuple[SampleData, Path]:
+    """(sample data, collection directory), indexed once per session."""
+    args = tiny_model_args()  # skip before rendering anything
+    assert args
+    base = tmp_path_factory.mktemp("ui")
+    data = make_sample(base / "library")
+    db = base / "db"
+    build_collection(db, [data.root])
+    return data, db
+
+
+@pytest.fixture(scope="session")
+def server(sample):
+    """A live server over the sample collection: yields its base URL."""
+    from clipsearch.ui.server import build_app
+
+    _, db = sample
+    with ServerThread(build_app(db, device="cpu")) as srv:
+        yield srv.url
