@@ -122,22 +122,34 @@ def stratified_subset(labels: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(sorted(out[:n]))
 
 
-def outlier_images(n: int = 24, size: int = 128, seed: int = 0) -> list[Image.Image]:
-    """Images unlike any labelled photo: noise, flat colours, stripes (for typicality)."""
+OUTLIER_KINDS = ("noise", "flat", "stripes", "collage")
+
+
+def outlier_images(per_kind: int = 3, size: int = 128, seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """(kind, image) pairs unlike one-shape photos: noise, flat colour, stripes (no content)
+    and a 2x2 collage of four rendered shapes (familiar content, unusual composition)."""
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
-        kind = i % 3
-        if kind == 0:
-            arr = rng.integers(0, 256, size=(size, size, 3))
-        elif kind == 1:
-            arr = np.broadcast_to(rng.integers(0, 256, size=3), (size, size, 3))
-        else:
-            period = int(rng.integers(4, 17))
-            band = (np.arange(size) // period) % 2
-            arr = band[:, None, None] * rng.integers(0, 256, size=3) + (1 - band[:, None, None]) * 255
-            arr = np.broadcast_to(arr, (size, size, 3))
-        out.append(Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)))
+    for kind in OUTLIER_KINDS:
+        for _ in range(per_kind):
+            if kind == "noise":
+                img = Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
+            elif kind == "flat":
+                img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, size=3)))
+            elif kind == "stripes":
+                band = ((np.arange(size) // int(rng.integers(4, 17))) % 2)[:, None, None]
+                arr = band * rng.integers(0, 256, size=3) + (1 - band) * 255
+                img = Image.fromarray(np.ascontiguousarray(np.broadcast_to(arr, (size, size, 3)), np.uint8))
+            else:
+                from clipsearch.synth import shapes  # noqa: PLC0415
+
+                img = Image.new("RGB", (size, size))
+                half = size // 2
+                for j in range(4):
+                    spec = shapes.random_spec(rng, p_size=0, p_pos=0)
+                    tile = shapes.render_shape(spec, rng, size=half)
+                    img.paste(tile, ((j % 2) * half, (j // 2) * half))
+            out.append((kind, img))
     return out
 
 
@@ -175,7 +187,7 @@ def evaluate(
     betas: Sequence[float] = (1.0,),
     keep_dims: int | None = None,
     caption_limit: int = 3000,
-    n_outliers: int = 24,
+    n_outliers_per_kind: int = 3,
 ) -> dict:
     """Run every comparison; returns a dict of tables and figures (see :func:`to_markdown`)."""
     from clipsearch.inversion import oti  # noqa: PLC0415 (torch only when evaluating)
@@ -254,15 +266,19 @@ def evaluate(
     t_raw = retrieval_metrics(t_vecs @ x.T, q_lab, labels)
     t_cen = retrieval_metrics(ts_c.apply_query(t_vecs, "text", center=True) @ dbc.T, q_lab, labels)
     text_rows = [Row("raw", len(q_text), *t_raw, 0.0, 0.0), Row("center", len(q_text), *t_cen, fit_c, 0.0)]
-    # Typicality: planted outliers should get the largest ||w||^2 (fit includes them).
+    # Typicality: planted outliers should get the largest ||w||^2 (the fit includes them).
     typ = None
-    odd = encoder.encode_images(outlier_images(n_outliers))
+    planted = outlier_images(n_outliers_per_kind)
+    odd = encoder.encode_images([im for _, im in planted])
+    kinds = np.array([k for k, _ in planted])
     try:
-        ts_t = TransformSet.fit(np.vstack([x, odd]), model_id=encoder.model_id, dim=encoder.dim, center=False)
-        scores = ts_t.typicality(np.vstack([x, odd]))
+        both = np.vstack([x, odd])
+        ts_t = TransformSet.fit(both, model_id=encoder.model_id, dim=encoder.dim, center=False)
+        scores = ts_t.typicality(both)
         order = np.argsort(-scores)[: len(odd)]
         typ = {"n_outliers": len(odd), "auroc": auroc(scores[n:], scores[:n]),
-               "top_k_hits": int(np.sum(order >= n))}
+               "top_k_hits": int(np.sum(order >= n)),
+               "by_kind": {k: auroc(scores[n:][kinds == k], scores[:n]) for k in OUTLIER_KINDS}}
     except ClipsearchError as exc:
         notes.append(f"typicality not measured: {exc}")
     return {
@@ -316,9 +332,10 @@ def to_markdown(result: dict) -> str:
     if t:
         lines += [
             "",
-            f"Typicality (||w||^2): {t['n_outliers']} planted outliers (noise, flat colour, stripes) "
-            f"among the collection: AUROC {t['auroc']:.3f}; {t['top_k_hits']} of them among the "
-            f"{t['n_outliers']} least typical items.",
+            f"Typicality (||w||^2, higher = less typical): {t['n_outliers']} planted outliers among the "
+            f"collection: AUROC {t['auroc']:.3f} ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in t["by_kind"].items())
+            + f"); {t['top_k_hits']} of them among the {t['n_outliers']} least typical items.",
         ]
     lines += [f"\nNote: {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
