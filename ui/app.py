@@ -21,7 +21,7 @@ from clipsearch.ui.files import FileRefused  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
 
 CSS = """
-.cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)); gap: 10px; }
+.cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
 .cs-card { border: 1px solid var(--border-color-primary); border-radius: 8px; overflow: hidden;
            cursor: pointer; background: var(--background-fill-secondary); display: flex;
            flex-direction: column; }
