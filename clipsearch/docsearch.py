@@ -42,6 +42,7 @@ PageKey = tuple[str, int | None]
 _COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra"]
 SNIPPET_CHARS = 240
 LEGS = ("page", "chunk", "keyword")
+HEAD = 5  # at most this many pages per ranking can be singled out
 
 
 @dataclass
@@ -114,7 +115,7 @@ def search_documents(
 
     pages = [group_ranking(rows, _page_key) for rows in legs]
     heads = [
-        _confident_pages(rows, depth, pad=(name == "keyword")) if w > 0 else 0
+        _confident_pages(rows, depth, keyword=(name == "keyword")) if w > 0 else 0
         for name, rows, w in zip(LEGS, legs, weights, strict=True)
     ]
     fused = gated_rrf(pages, heads, k=rrf_k, weights=list(weights))[:k]
@@ -231,14 +232,16 @@ def _vector_leg(
     return rows
 
 
-def _confident_pages(rows: list[dict[str, Any]], depth: int, *, pad: bool) -> int:
+def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool) -> int:
     """How many leading pages of a row ranking stand out (`fusion.confident_head` on each
-    page's best score). BM25 returns only matching rows: the rows it left out score 0."""
-    best = best_member(rows, _page_key)
-    scores = [r["score"] for r in best.values()]
-    if pad and len(rows) < depth:
+    page's best score). BM25 returns only matching rows; when it returned them all, a handful
+    of matching pages is itself the evidence, and the rest of the table scores 0."""
+    scores = [r["score"] for r in best_member(rows, _page_key).values()]
+    if keyword and len(rows) < depth:
+        if 0 < len(scores) <= HEAD:
+            return len(scores)
         scores += [0.0] * (depth - len(scores))
-    return confident_head(scores)
+    return confident_head(scores, max_head=HEAD)
 
 
 def _page_details(table: Table, keys: list[PageKey]) -> dict[PageKey, dict[str, dict[str, Any]]]:

@@ -93,8 +93,8 @@ def confident_head(scores: Sequence[float], *, threshold: float = CONFIDENCE, ma
     exponential (extreme-value theory), so their mean below rank `max_head` estimates the
     scale, and a head of size j is singled out when j * (s_j - s_{j+1}) exceeds `threshold`
     times it (a pure-noise ranking passes a few % of the time at the default). Scale-free,
-    so it works for cosines and BM25 alike. Lists shorter than `max_head` + 13 give 0; a
-    tail of exact ties (BM25 zeros for rows that match nothing) makes any positive gap count.
+    so it works for cosines and BM25 alike. Lists shorter than `max_head` + 13, and lists
+    whose tail is all ties (nothing to measure a gap against), give 0.
     """
     s = np.asarray(scores, dtype=np.float64)
     if len(s) < max_head + 13:
@@ -102,7 +102,9 @@ def confident_head(scores: Sequence[float], *, threshold: float = CONFIDENCE, ma
     spacings = np.arange(1, len(s)) * (s[:-1] - s[1:])
     scale = float(np.mean(spacings[max_head:]))
     head = spacings[:max_head]
-    singled = np.flatnonzero(head > 0) if scale <= 0 else np.flatnonzero(head >= threshold * scale)
+    if scale <= 0:
+        return 0
+    singled = np.flatnonzero(head >= threshold * scale)
     return int(singled.max()) + 1 if len(singled) else 0
 
 

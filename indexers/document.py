@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pypdfium2 as pdfium
-from PIL import Image
+from PIL import Image, ImageStat
 
 from clipsearch.chunking import Chunk, chunk_text
 from clipsearch.errors import SkipFile
@@ -47,6 +47,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 DEFAULT_PAGE_SIZE = 1024
 DEFAULT_PAGE_BATCH = 8
 DEFAULT_PAGE_TILES = 0.0
+BLANK_STDDEV = 2.0  # grey-level spread below which a tile is empty paper
 THUMB_QUALITY = 85
 _PDF_MAGIC = b"%PDF-"
 # Bytes that never occur in text but do in binaries; NUL alone catches most binary formats.
@@ -223,7 +224,8 @@ def page_views(
     for box in tile_boxes(w, h, tile_frac):
         region = [box[0] / w, box[1] / h, box[2] / w, box[3] / h]
         tile = image.crop(box).resize((size, size), Image.Resampling.BICUBIC)
-        views.append(([round(v, 4) for v in region], tile))
+        if ImageStat.Stat(tile.convert("L")).stddev[0] >= BLANK_STDDEV:  # blank margins say nothing
+            views.append(([round(v, 4) for v in region], tile))
     return views
 
 

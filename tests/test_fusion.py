@@ -89,8 +89,8 @@ def test_confident_head_finds_planted_outliers_and_ignores_noise() -> None:
     planted = np.concatenate([[tail[0] + 3.0, tail[0] + 2.9], tail])  # two items far above the pack
     assert confident_head(planted) == 2
     assert confident_head(tail[:10]) == 0  # too short to judge
-    bm25 = [12.0, 3.1, 2.0] + [0.0] * 30  # three matching rows, the rest match nothing
-    assert confident_head(bm25) == 3
+    bm25 = [12.0, 3.1, 2.0] + [1.0] * 30  # one strong match, a long tail of ties
+    assert confident_head(bm25) == 0  # nothing to measure the gap against
 
 
 def test_gated_rrf_puts_confident_evidence_above_noise() -> None:
