@@ -229,10 +229,13 @@ def make_queries(docs: list[list[PageSpec]], paths: list[Path], seed: int) -> li
 # --- indexing and evaluation -------------------------------------------------------------
 
 
-def index_documents(paths: list[Path], encoder, db_dir: Path, page_size: int = 1024) -> Store:
+def index_documents(
+    paths: list[Path], encoder, db_dir: Path, page_size: int = 1024, page_tiles: float = 0.0
+) -> Store:
     """Real indexer into a real table (one merge_insert per file, as the core does), then FTS."""
     store = Store(db_dir, encoder.dim)
-    ctx = IndexContext(thumb_dir=db_dir / "thumbs", options={"page_size": page_size})
+    options = {"page_size": page_size, "page_tiles": page_tiles}
+    ctx = IndexContext(thumb_dir=db_dir / "thumbs", options=options)
     indexer = DocumentIndexer()
     for path in paths:
         data = path.read_bytes()
@@ -277,6 +280,7 @@ def run(
     encoder=None,
     work_dir: Path | None = None,
     ablation: bool = False,
+    page_tiles: float = 0.0,
 ) -> dict:
     """Generate, index and evaluate; returns figures (and timings) as a dict."""
     if encoder is None:
@@ -289,13 +293,14 @@ def run(
         paths = write_corpus(tmp_path / "pdfs", docs, seed)
         queries = make_queries(docs, paths, seed)
         t0 = time.perf_counter()
-        store = index_documents(paths, encoder, tmp_path / "db")
+        store = index_documents(paths, encoder, tmp_path / "db", page_tiles=page_tiles)
         t_index = time.perf_counter() - t0
         t0 = time.perf_counter()
         results = evaluate(store.table, encoder, queries, VARIANTS if ablation else None)
         t_query = (time.perf_counter() - t0) / (len(queries) * (len(VARIANTS) if ablation else 1))
         return {
             "docs": n_docs,
+            "page_tiles": page_tiles,
             "pages": sum(len(d) for d in docs),
             "rows": store.count(),
             "model": getattr(encoder, "model_id", model),
@@ -352,6 +357,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="clipsearch-tiny")
     ap.add_argument("--ablation", action="store_true", help="also score each ranking alone")
+    ap.add_argument("--page-tiles", type=float, default=0.0, help="indexer option page_tiles (0 = off)")
     ap.add_argument("--memory", type=int, nargs="+", metavar="PAGES",
                     help="peak RSS for PDFs of these lengths")
     ap.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
@@ -363,7 +369,8 @@ def main() -> None:
         for row in measure_memory(args.memory, args.model):
             print(json.dumps(row))
         return
-    res = run(args.docs, (args.min_pages, args.max_pages), args.seed, args.model, ablation=args.ablation)
+    res = run(args.docs, (args.min_pages, args.max_pages), args.seed, args.model, ablation=args.ablation,
+              page_tiles=args.page_tiles)
     print(json.dumps(res, indent=1))
 
 
