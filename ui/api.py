@@ -137,8 +137,7 @@ class SearchService:
         col = self.col
         key = (col.store.version, self._roots[0])
         if self._info is None or self._info[0] != key:
-            with self._lock:
-                info = col.info()
+            info = col.info()
             info["name"] = col.path.name
             info["roots"] = self.roots()
             info["device"] = self._device_name()
@@ -315,6 +314,26 @@ def _preview(real: str) -> Response:
         raise FileRefused(415, "not a previewable image") from None
     return Response(buf.getvalue(), media_type="image/jpeg",
                     headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=300"})
+
+
+class UploadLimit:
+    """ASGI middleware: refuse POST bodies announcing more than `limit` (+ form overhead) before
+    anything reads them. A pure ASGI wrapper, so Gradio's streamed responses pass untouched."""
+
+    def __init__(self, app, limit: int = MAX_UPLOAD_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit + 65536:
+                mb = self.limit // (1024 * 1024)
+                response = JSONResponse({"error": f"the upload is over the {mb} MB limit",
+                                         "hint": "upload a smaller image"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def rest_router(service: SearchService, auth: tuple[str, str] | None = None) -> APIRouter:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, rest_router  # noqa: E402
+from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, UploadLimit, rest_router  # noqa: E402
 from clipsearch.ui.files import Signer  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
@@ -51,6 +51,7 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     app = FastAPI(title="clipsearch", docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
     app.include_router(rest_router(service, creds))
+    app.add_middleware(UploadLimit)
     app.state.service = service
     blocks = build_blocks(service)
     blocks.queue(default_concurrency_limit=2)
