@@ -72,7 +72,7 @@ def write_images(root: Path, data: SampleData, n: int = 24, seed: int = 0) -> No
     pick = rng.choice(len(pairs), size=n, replace=False)
     (root / "photos").mkdir(parents=True, exist_ok=True)
     for j in pick:
-        spec = ShapeSpec(*pairs[int(j)])
+        spec = ShapeSpec(*pairs[int(j)], size="large")
         path = root / "photos" / f"{spec.color}_{spec.shape}.png"
         render_shape(spec, rng, size=IMAGE_SIZE, background="plain").save(path)
         data.images[str(path)] = spec

@@ -67,8 +67,9 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
             page.wait_for_selector("#cs-results .cs-card")
             page.locator("#cs-results .cs-card").nth(open_result).click()
             page.wait_for_selector("#cs-detail .cs-detail")
-            page.wait_for_function(  # every thumbnail decoded, so the picture has no holes
+            page.wait_for_function(  # every visible thumbnail decoded: no holes in the picture
                 "[...document.querySelectorAll('#cs-results img, #cs-detail img')]"
+                ".filter(i => i.getBoundingClientRect().top < window.innerHeight)"
                 ".every(i => i.complete && i.naturalWidth > 0)")
             page.wait_for_function(  # a video in the detail view shows a frame, not a spinner
                 "[...document.querySelectorAll('#cs-detail video')].every(v => v.readyState >= 2)")
