@@ -211,3 +211,16 @@ def test_defaults_bind_loopback_and_disable_analytics():
 
     assert inspect.signature(srv.serve).parameters["host"].default == "127.0.0.1"
     assert os.environ.get("GRADIO_ANALYTICS_ENABLED") == "False"
+
+
+def test_result_html_escapes_names_and_text():
+    from clipsearch.ui.app import render_detail, render_grid
+
+    evil = "<img src=x onerror=alert(1)>"
+    hit = {"source": f"/p/{evil}.png", "name": f"{evil}.png", "kind": "doc", "score": 0.5, "page": 2,
+           "text": evil, "thumb_url": "/files/thumb/a.jpg' onerror='alert(1)",
+           "media_url": "/files/item/" + "a" * 32}
+    for html in (render_grid([hit]), render_detail(hit, 0)):
+        assert evil not in html
+        assert "onerror='alert(1)" not in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html
