@@ -1,0 +1,186 @@
+"""Held-out retrieval evaluation of clipsearch-tiny.
+
+The evaluation set is rendered with a different seed, a canvas size the training never
+uses and a different background mix, so the figures measure generalisation within the
+shapes world rather than memorised renders.
+
+    python -m clipsearch.eval_tiny --model-dir clipsearch/models --n 600 --seed 12345
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from clipsearch.synth import COLORS, POSITIONS, SHAPES, SIZES, ShapeSpec, canonical_query
+from clipsearch.synth.shapes import render_shape
+
+MODEL_NAME = "clipsearch-tiny"
+EVAL_CANVAS = 176  # training renders 64..128 px canvases
+EVAL_BG_WEIGHTS = {"plain": 0.1, "gradient": 0.15, "textured": 0.25, "photo": 0.3, "page": 0.2}
+P_DEGRADE = 0.25
+TARGETS = {"t2i_p10": 0.95, "full_r1": 0.6, "i2i_p10": 0.85}
+_POS_COMMA = {"left": "left side", "right": "right side", "center": "center", "top": "top",
+              "bottom": "bottom"}
+
+
+def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, object, object]:
+    """Load the shipped files through the same open_clip path the core uses."""
+    model_dir = Path(model_dir)
+    open_clip.add_model_config(str(model_dir / f"{MODEL_NAME}.json"))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        MODEL_NAME, pretrained=str(model_dir / f"{MODEL_NAME}.safetensors"))
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
+
+
+def eval_specs(n: int, rng: np.random.Generator) -> list[ShapeSpec]:
+    """n fully specified specs, colour+shape classes balanced so each has >= n // 48 images."""
+    classes = [(s, c) for s in SHAPES for c in COLORS]
+    order = np.concatenate([rng.permutation(len(classes)) for _ in range(n // len(classes) + 1)])
+    return [ShapeSpec(*classes[int(i)], SIZES[int(rng.integers(len(SIZES)))],
+                      POSITIONS[int(rng.integers(len(POSITIONS)))]) for i in order[:n]]
+
+
+def render_eval_set(n: int, seed: int) -> tuple[list[ShapeSpec], list]:
+    """The held-out images (PIL) and their specs."""
+    rng = np.random.default_rng(seed)
+    specs = eval_specs(n, rng)
+    images = [render_shape(s, rng, size=EVAL_CANVAS, bg_weights=EVAL_BG_WEIGHTS,
+                           degrade=bool(rng.random() < P_DEGRADE)) for s in specs]
+    return specs, images
+
+
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, preprocess, images: list, batch: int = 128
+                 ) -> torch.Tensor:
+    """L2-normalised image embeddings."""
+    out = [model.encode_image(torch.stack([preprocess(im) for im in images[i:i + batch]]),
+                              normalize=True) for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_texts(model: torch.nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:
+    """L2-normalised text embeddings."""
+    return model.encode_text(tokenizer(texts), normalize=True)
+
+
+def precision_at_k(scores: torch.Tensor, relevant: torch.Tensor, k: int = 10) -> float:
+    """Precision of the top-k; k is capped at the number of relevant items so small sets
+    can still reach 1.0."""
+    k = max(1, min(k, int(relevant.sum())))
+    top = scores.topk(k).indices
+    return float(relevant[top].float().mean())
+
+
+def text_to_image(img_emb: torch.Tensor, model, tokenizer, specs: list[ShapeSpec],
+                  template: str = "{}") -> tuple[float, dict[tuple[str, str], float]]:
+    """Mean P@10 of colour+shape queries ("a red star") against same colour+shape images."""
+    classes = [(s, c) for s in SHAPES for c in COLORS]
+    queries = [template.format(canonical_query(ShapeSpec(s, c))) for s, c in classes]
+    sims = embed_texts(model, tokenizer, queries) @ img_emb.t()
+    labels = [(sp.shape, sp.color) for sp in specs]
+    per_class = {}
+    for q, cls in enumerate(classes):
+        rel = torch.tensor([lab == cls for lab in labels])
+        if rel.any():
+            per_class[cls] = precision_at_k(sims[q], rel)
+    return float(np.mean(list(per_class.values()))), per_class
+
+
+def comma_query(spec: ShapeSpec) -> str:
+    """Keyword-style query: "red star, small, left side"."""
+    return f"{spec.color} {spec.shape}, {spec.size}, {_POS_COMMA[spec.position]}"
+
+
+def full_attribute_recall(img_emb: torch.Tensor, model, tokenizer, specs: list[ShapeSpec],
+                          comma: bool = False) -> float:
+    """Recall@1 of full queries ("a small red star on the left"): is the top image an exact match?"""
+    unique = sorted(set(specs), key=lambda s: (s.shape, s.color, s.size, s.position))
+    texts = [comma_query(s) if comma else canonical_query(s, full=True) for s in unique]
+    top1 = (embed_texts(model, tokenizer, texts) @ img_emb.t()).argmax(dim=1)
+    return float(np.mean([specs[int(t)] == s for s, t in zip(unique, top1, strict=True)]))
+
+
+def image_to_image(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> float:
+    """Mean P@10 of each image's nearest other images sharing its colour+shape."""
+    sims = img_emb @ img_emb.t()
+    sims.fill_diagonal_(-2.0)
+    labels = [(sp.shape, sp.color) for sp in specs]
+    scores = []
+    for i, lab in enumerate(labels):
+        rel = torch.tensor([other == lab for other in labels])
+        rel[i] = False
+        if rel.any():
+            scores.append(precision_at_k(sims[i], rel))
+    return float(np.mean(scores))
+
+
+def _group_mean(per_class: dict[tuple[str, str], float], index: int) -> dict[str, float]:
+    groups: dict[str, list[float]] = {}
+    for cls, v in per_class.items():
+        groups.setdefault(cls[index], []).append(v)
+    return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
+
+
+def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
+    """Render a held-out set, embed it with the model in ``model_dir`` and score retrieval."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, preprocess, tokenizer = load_model(model_dir)
+    specs, images = render_eval_set(n, seed)
+    img_emb = embed_images(model, preprocess, images)
+    t2i, per_class = text_to_image(img_emb, model, tokenizer, specs)
+    t2i_photo, _ = text_to_image(img_emb, model, tokenizer, specs, "a photo of {}")
+    return {
+        "n": n, "seed": seed, "canvas": EVAL_CANVAS,
+        "t2i_p10": round(t2i, 4),
+        "t2i_p10_photo_of": round(t2i_photo, 4),
+        "full_r1": round(full_attribute_recall(img_emb, model, tokenizer, specs), 4),
+        "full_r1_comma": round(full_attribute_recall(img_emb, model, tokenizer, specs, True), 4),
+        "i2i_p10": round(image_to_image(img_emb, specs), 4),
+        "t2i_by_shape": _group_mean(per_class, 0),
+        "t2i_by_color": _group_mean(per_class, 1),
+    }
+
+
+def format_table(res: dict) -> str:
+    """Human-readable summary with the acceptance targets."""
+    rows = [
+        ("text->image P@10, 'a red star'", res["t2i_p10"], TARGETS["t2i_p10"]),
+        ("text->image P@10, 'a photo of a red star'", res["t2i_p10_photo_of"], None),
+        ("full query R@1, 'a small red star on the left'", res["full_r1"], TARGETS["full_r1"]),
+        ("full query R@1, 'red star, small, left side'", res["full_r1_comma"], None),
+        ("image->image P@10, same colour+shape", res["i2i_p10"], TARGETS["i2i_p10"]),
+    ]
+    lines = [f"clipsearch-tiny eval: n={res['n']} seed={res['seed']} canvas={res['canvas']}px",
+             f"{'metric':<50} {'value':>6} {'target':>7}"]
+    for name, val, target in rows:
+        mark = "" if target is None else (" ok" if val >= target else " LOW")
+        lines.append(f"{name:<50} {val:6.3f} {'' if target is None else f'{target:7.2f}'}{mark}")
+    for key in ("t2i_by_shape", "t2i_by_color"):
+        lines.append(f"{key}: " + ", ".join(f"{k} {v:.2f}" for k, v in res[key].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: print the table (and the raw dict with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model-dir", default="clipsearch/models")
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--json", action="store_true", help="also print the result as JSON")
+    args = ap.parse_args(argv)
+    res = evaluate(args.model_dir, args.n, args.seed)
+    print(format_table(res))
+    if args.json:
+        print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Train clipsearch-tiny: a small open_clip CLIP for the coloured-shapes world, on CPU.
+
+No weights can be downloaded where clipsearch is developed and tested, so the project
+trains its own demo model here. Data is rendered on the fly by ``clipsearch.synth``;
+every batch is a pure function of (seed, step), so a run is reproducible.
+
+    python -m clipsearch.train_tiny --out out/tiny --seed 0 --steps 900 --minutes 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from clipsearch.synth import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapeSpec,
+    caption_with_attrs,
+    random_spec,
+    render_page,
+    render_shape,
+)
+
+MODEL_NAME = "clipsearch-tiny"
+ATTRS = ("shape", "color", "size", "position")
+_VOCABS = {"shape": SHAPES, "color": COLORS, "size": SIZES, "position": POSITIONS}
+TRAIN_CANVAS = (64, 72, 80, 96)  # eval uses other canvas sizes on purpose
+P_PAGE = 0.12
+P_DEGRADE = 0.35
+
+
+def model_config(image_size: int = 64, vision_width: int = 24, embed_dim: int = 128,
+                 context_length: int = 32, text_width: int = 64, text_layers: int = 2) -> dict:
+    """open_clip config: ModifiedResNet image tower (a layers tuple) and a small text tower.
+
+    The vocabulary is open_clip's standard BPE one, so ``open_clip.get_tokenizer`` works.
+    """
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": image_size, "layers": [1, 1, 1, 1], "width": vision_width,
+                       "patch_size": None},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width,
+                     "heads": max(1, text_width // 32), "layers": text_layers},
+    }
+
+
+def write_config(out_dir: Path, cfg: dict) -> Path:
+    """Write ``OUT/clipsearch-tiny.json`` and register it with open_clip."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{MODEL_NAME}.json"
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    open_clip.add_model_config(str(path))
+    return path
+
+
+def build_model(cfg_path: Path, seed: int) -> tuple[torch.nn.Module, object, object]:
+    """Fresh model, its inference transform and tokenizer, exactly as users will load them."""
+    open_clip.add_model_config(str(cfg_path))
+    torch.manual_seed(seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
+    return model, preprocess, open_clip.get_tokenizer(MODEL_NAME)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def encode_attrs(attrs: dict[str, str | None]) -> list[int]:
+    """Attribute values as vocabulary indices, -1 for "not set / not mentioned"."""
+    return [_VOCABS[a].index(attrs[a]) if attrs[a] else -1 for a in ATTRS]
+
+
+def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
+                easy: bool = False) -> tuple[Image.Image, str, list[int], list[int]]:
+    """One training pair: image, caption, image attribute codes, mentioned attribute codes.
+
+    ``klass`` fixes (shape, color); size, position, background etc. stay random.
+    ``easy`` draws on a plain grey background without degradation (curriculum warm-up).
+    """
+    spec = random_spec(rng, p_size=0.7, p_pos=0.7)
+    if klass:
+        spec = replace(spec, shape=klass[0], color=klass[1])
+    if easy:
+        canvas = TRAIN_CANVAS[int(rng.integers(len(TRAIN_CANVAS)))]
+        img = render_shape(spec, rng, size=canvas, background="neutral")
+    elif rng.random() < P_PAGE:
+        w = int(rng.integers(96, 200))
+        img = render_page(spec, rng, size=(w, int(w * rng.uniform(1.2, 1.5))))
+        spec = ShapeSpec(spec.shape, spec.color)  # size/position words mean nothing on a page
+    else:
+        canvas = TRAIN_CANVAS[int(rng.integers(len(TRAIN_CANVAS)))]
+        img = render_shape(spec, rng, size=canvas, degrade=bool(rng.random() < P_DEGRADE))
+    text, mentioned = caption_with_attrs(spec, rng)
+    return img, text, encode_attrs(vars(spec)), encode_attrs(mentioned)
+
+
+CLASSES = [(s, c) for s in SHAPES for c in COLORS]
+
+
+def batch_classes(rng: np.random.Generator, batch_size: int, group: int) -> list[tuple[str, str]]:
+    """Colour+shape class of every sample: ``group`` samples per class, so each batch holds
+    several true positives per caption and per image (a much stronger signal early on)."""
+    n_cls = min(len(CLASSES), -(-batch_size // group))
+    picked = rng.choice(len(CLASSES), size=n_cls, replace=False)
+    labels = [CLASSES[int(c)] for c in picked for _ in range(group)][:batch_size]
+    return [labels[int(i)] for i in rng.permutation(len(labels))]
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Batch ``step`` of a run; a pure function of (seed, step), so workers keep determinism."""
+
+    def __init__(self, seed: int, batch_size: int, preprocess, tokenizer, steps: int,
+                 group: int = 4, curriculum: float = 0.2) -> None:
+        self.seed, self.batch_size, self.steps, self.group = seed, batch_size, steps, group
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+        self.curriculum_steps = curriculum * steps
+
+    def easy_fraction(self, step: int) -> float:
+        """Share of plain-background samples: 0.8 at the start, 0 after the curriculum phase.
+
+        Plain backgrounds make colour and shape obvious, so the towers align quickly before
+        the clutter (textures, photos, pages, blur/JPEG) arrives.
+        """
+        if self.curriculum_steps <= 0:
+            return 0.0
+        return 0.8 * max(0.0, 1.0 - step / self.curriculum_steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        classes = batch_classes(rng, self.batch_size, self.group)
+        easy = rng.random(len(classes)) < self.easy_fraction(step)
+        samples = [make_sample(rng, k, bool(e)) for k, e in zip(classes, easy, strict=True)]
+        return {
+            "images": torch.stack([self.preprocess(s[0]) for s in samples]),
+            "tokens": self.tokenizer([s[1] for s in samples]),
+            "attrs": torch.tensor([s[2] for s in samples]),
+            "mentioned": torch.tensor([s[3] for s in samples]),
+        }
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def batch_loader(source: BatchSource, workers: int) -> torch.utils.data.DataLoader:
+    """Render in a background process so the 2 cores overlap drawing and backprop."""
+    return torch.utils.data.DataLoader(
+        source, batch_size=None, shuffle=False, num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def positives(attrs: torch.Tensor, mentioned: torch.Tensor) -> torch.Tensor:
+    """pos[i, j]: caption j is true of image i (every attribute it mentions matches).
+
+    Identical or less specific captions in a batch thus count as positives of each other,
+    which keeps short captions like "a red star" from being pushed away from other red stars.
+    """
+    ok = (mentioned[None, :, :] == -1) | (mentioned[None, :, :] == attrs[:, None, :])
+    return ok.all(dim=-1).float()
+
+
+def _multi_positive_ce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row against a uniform target over its positives."""
+    keep = pos.sum(1) > 0
+    target = pos[keep] / pos[keep].sum(1, keepdim=True)
+    return -(target * F.log_softmax(logits[keep], dim=1)).sum(1).mean()
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: torch.Tensor,
+              mentioned: torch.Tensor, i2i_weight: float = 0.5, i2i_temp: float = 0.1
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Multi-positive image<->text loss plus a supervised image<->image term.
+
+    The image term (same colour+shape = positive) makes image-to-image search group
+    by object rather than by background.
+    """
+    pos = positives(attrs, mentioned)
+    logits = scale * img @ txt.t()
+    l_i2t = _multi_positive_ce(logits, pos)
+    l_t2i = _multi_positive_ce(logits.t(), pos.t())
+    same = (attrs[:, None, :2] == attrs[None, :, :2]).all(-1).float()
+    eye = torch.eye(len(img), dtype=torch.bool)
+    same = same.masked_fill(eye, 0)
+    sim = (img @ img.t() / i2i_temp).masked_fill(eye, -1e4)
+    l_i2i = _multi_positive_ce(sim, same) if same.sum() > 0 else sim.new_zeros(())
+    loss = (l_i2t + l_t2i) / 2 + i2i_weight * l_i2i
+    parts = {"i2t": l_i2t.item(), "t2i": l_t2i.item(), "i2i": l_i2i.item()}
+    return loss, parts
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = p.ndim < 2 or "token_embedding" in name or "positional" in name
+        (no_decay if skip else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _lr_at(step: int, progress: float, lr: float, warmup: int) -> float:
+    """Linear warmup (in steps), then cosine decay over ``progress`` in [0, 1]."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _progress(step: int, steps: int, elapsed: float, budget_s: float) -> float:
+    """Fraction of the run done: by steps, or by wall clock when the time cap binds first.
+
+    On a free machine the step count decides and the run is bit-reproducible; on a busy
+    shared CPU the schedule still anneals to zero before the cap instead of being cut off.
+    """
+    return max(step / max(1, steps), elapsed / budget_s)
+
+
+def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+               opt: torch.optim.Optimizer, i2i_weight: float) -> dict[str, float]:
+    """One optimisation step; returns the loss parts for logging."""
+    img = model.encode_image(batch["images"], normalize=True)
+    txt = model.encode_text(batch["tokens"], normalize=True)
+    loss, parts = clip_loss(img, txt, model.logit_scale.exp(), batch["attrs"],
+                            batch["mentioned"], i2i_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return {"loss": loss.item(), **parts}
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> int:
+    """Save the state dict as fp16 safetensors (loads into the fp32 model); returns bytes."""
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous().clone()
+          for k, v in model.state_dict().items()}
+    save_file(sd, str(path), metadata={"format": "pt", "model": MODEL_NAME})
+    return path.stat().st_size
+
+
+def train(out: Path, seed: int = 0, steps: int = 900, minutes: float = 16.0,
+          batch_size: int = 128, lr: float = 1.5e-3, workers: int = 1, i2i_weight: float = 0.5,
+          eval_n: int = 600, log_every: int = 25, cfg: dict | None = None,
+          threads: int = 1, save_every: int = 0) -> dict:
+    """Train, save config + weights + log into ``out``, and return the log dict.
+
+    ``steps`` fixes the schedule (reproducible); ``minutes`` is only a safety cap that
+    stops early on a slow machine (recorded in the log as ``stopped_early``).
+    """
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cfg_path = write_config(out, cfg or model_config())
+    model, preprocess, tokenizer = build_model(cfg_path, seed)
+    model.train()
+    opt = _optimizer(model, lr, wd=0.05)
+    warmup = max(1, min(60, steps // 10))
+    source = BatchSource(seed, batch_size, preprocess, tokenizer, steps)
+    history: list[dict] = []
+    start, step = time.time(), 0
+    stopped_early = False
+    for step, batch in enumerate(batch_loader(source, workers)):
+        progress = _progress(step, steps, time.time() - start, minutes * 60)
+        if progress >= 1.0:
+            stopped_early = True
+            break
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, progress, lr, warmup)
+        parts = train_step(model, batch, opt, i2i_weight)
+        if save_every and step and step % save_every == 0:
+            save_weights(model, out / f"{MODEL_NAME}.safetensors")  # snapshot for peeking
+        if step % log_every == 0 or step == steps - 1:
+            parts.update(step=step, elapsed_s=round(time.time() - start, 1),
+                         scale=round(model.logit_scale.exp().item(), 2))
+            history.append({k: round(v, 4) if isinstance(v, float) else v
+                            for k, v in parts.items()})
+            print(json.dumps(history[-1]), flush=True)
+    train_s = time.time() - start
+    model.eval()
+    size = save_weights(model, out / f"{MODEL_NAME}.safetensors")
+    done = step + (0 if stopped_early else 1)
+    log = {"model": MODEL_NAME, "seed": seed, "steps_planned": steps, "steps_done": done,
+           "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
+           "i2i_weight": i2i_weight, "train_seconds": round(train_s, 1),
+           "weights_bytes": size, "torch_threads": torch.get_num_threads(),
+           "params": sum(p.numel() for p in model.parameters()), "history": history}
+    if eval_n:
+        from clipsearch.eval_tiny import evaluate
+        log["final_eval"] = evaluate(out, n=eval_n, seed=12345)
+    (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: ``python -m clipsearch.train_tiny --out DIR --seed 0``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=900)
+    ap.add_argument("--minutes", type=float, default=16.0, help="safety time cap")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--workers", type=int, default=1, help="render processes (0 = inline)")
+    ap.add_argument("--i2i-weight", type=float, default=0.5)
+    ap.add_argument("--eval-n", type=int, default=600, help="0 skips the final evaluation")
+    ap.add_argument("--save-every", type=int, default=0, help="snapshot weights every N steps")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch compute threads; 1 + one render worker fills 2 cores, and on a "
+                         "busy shared CPU 2 threads were 10x slower (OpenMP barrier stalls)")
+    args = ap.parse_args(argv)
+    log = train(args.out, args.seed, args.steps, args.minutes, args.batch_size, args.lr,
+                args.workers, args.i2i_weight, args.eval_n, threads=args.threads,
+                save_every=args.save_every)
+    print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
