@@ -84,7 +84,7 @@ def test_confident_head_finds_planted_outliers_and_ignores_noise() -> None:
     for _ in range(200):
         tail = np.sort(rng.standard_normal(5000))[::-1][:100]  # top 100 of pure noise
         noise_hits += confident_head(tail) > 0
-    assert noise_hits <= 10  # a few % by design
+    assert noise_hits <= 20  # under 10 % by design (threshold 3.5)
     tail = np.sort(rng.standard_normal(5000))[::-1][:100]
     planted = np.concatenate([[tail[0] + 3.0, tail[0] + 2.9], tail])  # two items far above the pack
     assert confident_head(planted) == 2
