@@ -1,0 +1,354 @@
+"""Index with Ray Data: decode in tasks, embed in an actor pool, commit from the driver.
+
+    report = index_with_ray("s3://bucket/photos", ["/mnt/shared/photos"], address="auto",
+                            gpus_per_worker=1)
+
+The driver does what must be decided in one place: `pipeline.plan` (the same change detection
+and bad-input rules as the local engine; a stat per file, no reads of unchanged files) and the
+commits (`Store.replace_sources`, one atomic commit per bounded group of files, so a crash
+loses at most the uncommitted group and a re-run resumes). Everything per-file runs on the
+cluster: a streaming Ray Dataset of jobs → `map_batches(decode)` tasks (read, decode,
+preprocess; a bad file becomes an error string, never an exception) → `map_batches(Embedder)`
+actors (one model per actor, on a GPU when `gpus_per_worker` > 0). Videos and documents, whose
+decode and encode interleave, go file by file through the same actors.
+
+Faults: a worker process that dies is restarted by Ray and its batch retried (bounded by
+`retries`). A batch that keeps killing workers is dropped (Ray Data `max_errored_blocks`), its
+files are retried one per batch, and whatever still fails is reported in `report.skipped` with
+the reason. A file is committed only once per run (the driver deduplicates retried results),
+and its rows replace any older rows of the same source, so neither loss nor duplication can
+come from a retry; files not committed are simply picked up by the next run.
+
+Paths must be readable at the same absolute path on every node (shared or network file
+system); the collection itself may be a local directory or an object-storage URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipsearch.collection import Collection
+from clipsearch.errors import ClipsearchError, SkipFile, UsageError
+from clipsearch.pipeline import IndexReport, Job, _Committer, content_hash, plan
+from clipsearch.records import Record, display_path
+from clipsearch.store import SourceRows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_FILES = 1024
+DEFAULT_COMMIT_ROWS = 5000
+FAILED_REASON = "a Ray worker failed on this file {n} times ({err}); not indexed, run again to retry"
+
+
+# ---- cluster-side code ----------------------------------------------------------------------
+def _ctx_from(ctx_args: dict):
+    from clipsearch.indexers.base import IndexContext
+
+    return IndexContext(thumb_dir=Path(ctx_args["thumb_dir"]), max_pixels=ctx_args["max_pixels"],
+                        options=dict(ctx_args["options"]))
+
+
+def decode_batch(batch: dict[str, np.ndarray], preprocess, ctx_args: dict,
+                 min_side: int) -> dict[str, np.ndarray]:
+    """Ray task body: read, decode and preprocess each image; errors become reasons, not raises."""
+    from clipsearch.indexers.image import ImageIndexer
+
+    ctx = _ctx_from(ctx_args)
+    ix = ImageIndexer()
+    pixels: list[np.ndarray | None] = []
+    errors, hashes = [], []
+    for path, size, h, medium in zip(batch["path"], batch["size"], batch["content_hash"],
+                                     batch["medium"], strict=True):
+        raw = bytes(path)
+        err, px = "", None
+        if medium != "image":  # videos and documents decode inside the actor, file by file
+            pixels.append(None)
+            errors.append(err)
+            hashes.append(h)
+            continue
+        try:
+            px = ix.prepare(Path(os.fsdecode(raw)), preprocess, ctx, min_side).numpy()
+            h = h or content_hash(raw, int(size))
+        except SkipFile as e:
+            err = e.reason
+        except OSError as e:
+            err = f"unreadable: {e.strerror or e}"
+        except Exception as e:  # one broken file must never stop the job
+            err = f"unexpected error ({type(e).__name__}: {e})"
+        pixels.append(px)
+        errors.append(err)
+        hashes.append(h)
+    shape = next((p.shape for p in pixels if p is not None), (3, min_side, min_side))
+    stacked = np.stack([p if p is not None else np.zeros(shape, np.float32) for p in pixels])
+    out = {k: batch[k] for k in ("path", "mtime", "size", "medium")}
+    out.update(content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
+               pixels=stacked.astype(np.float32))
+    return out
+
+
+class Embedder:
+    """Actor: one model per process. Images arrive preprocessed; other media arrive as paths.
+
+    Swappable (`index_with_ray(..., embedder_cls=)`), e.g. to inject faults in tests or to add
+    per-batch instrumentation.
+    """
+
+    def __init__(self, spec: dict, model_id: str, device: str, threads: int, ctx_args: dict) -> None:
+        import torch
+
+        from clipsearch.encoders import Encoder
+        from clipsearch.model_registry import ModelSpec
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.encoder = Encoder.load(ModelSpec.from_dict(spec), device=device)
+        if self.encoder.model_id != model_id:
+            raise ClipsearchError(f"the weights of {spec.get('arch')} on this worker differ from the "
+                                  "collection's", hint="install the same model files on every node")
+        self.ctx = _ctx_from(ctx_args)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Embed a batch: images in one forward pass, other media one file at a time."""
+        import torch
+
+        is_img = np.array([m == "image" for m in batch["medium"]], dtype=bool)
+        hashes = list(batch["content_hash"])
+        errors = list(batch["error"])
+        records: list[bytes] = [b""] * len(is_img)
+        ok = is_img & np.array([not e for e in errors], dtype=bool)
+        if ok.any():
+            px = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
+            for i, v in zip(np.flatnonzero(ok), self.encoder.encode_pixels(px), strict=True):
+                records[i] = pickle.dumps([Record(kind="image", vector=v)])
+        for i in np.flatnonzero(~is_img):
+            hashes[i], errors[i], records[i] = self.extract(bytes(batch["path"][i]), int(batch["size"][i]),
+                                                            hashes[i], str(batch["medium"][i]))
+        return self._out(batch, hashes, errors, records)
+
+    def extract(self, raw: bytes, size: int, h: str, medium: str) -> tuple[str, str, bytes]:
+        """Videos and documents: the indexer's own per-file path on this actor's encoder.
+
+        Returns (content_hash, error, pickled records)."""
+        from clipsearch.indexers.base import default_indexers
+
+        ix = next(x for x in default_indexers() if x.medium == medium)
+        try:
+            found = ix.extract(Path(os.fsdecode(raw)), self.encoder, self.ctx)
+            return h or content_hash(raw, size), "", pickle.dumps(found)
+        except SkipFile as e:
+            return h, e.reason, b""
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one broken file must never stop the job
+            return h, f"unexpected error ({type(e).__name__}: {e})", b""
+
+    @staticmethod
+    def _out(batch, hashes, errors, records) -> dict[str, np.ndarray]:
+        out = {k: batch[k] for k in ("path", "mtime", "size")}
+        out.update(content_hash=np.array(list(hashes), dtype=object),
+                   error=np.array(list(errors), dtype=object),
+                   records=np.array(list(records), dtype=object))
+        return out
+
+
+# ---- driver ---------------------------------------------------------------------------------
+def _resolve_collection(collection: Collection | str | os.PathLike, model: str | None,
+                        checkpoint: str | None) -> Collection:
+    if isinstance(collection, Collection):
+        return collection
+    from clipsearch.objectstore import open_or_create
+
+    return open_or_create(collection, model=model, checkpoint=checkpoint)
+
+
+def _roots(paths: Sequence[str | os.PathLike]) -> list[bytes]:
+    roots = []
+    for p in paths:
+        raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p))))
+        if not os.path.lexists(raw):
+            raise UsageError(f"{os.fsdecode(raw)}: no such file or directory",
+                             hint="check the path you passed to index")
+        roots.append(raw)
+    return roots
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[Any]:
+    """Connect to `address` (or start a local runtime); shut down only what we started."""
+    try:
+        import ray
+    except ImportError as e:
+        raise UsageError("--engine ray needs Ray", hint="pip install 'clipsearch[ray]'") from e
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        except ConnectionError as e:
+            raise ClipsearchError(f"cannot reach the Ray cluster at {address}: {e}",
+                                  hint="start it with `ray start --head`, or leave out --ray-address") from e
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _data_context(progress: bool) -> Iterator[None]:
+    """Tolerate dropped blocks (we account for every file ourselves); restore settings after."""
+    from ray.data import DataContext
+
+    dc = DataContext.get_current()
+    old = (dc.max_errored_blocks, dc.enable_progress_bars)
+    dc.max_errored_blocks, dc.enable_progress_bars = -1, progress
+    try:
+        yield
+    finally:
+        dc.max_errored_blocks, dc.enable_progress_bars = old
+
+
+def default_workers(ray, gpus_per_worker: float) -> int:
+    """One actor per GPU share; on CPUs half the cores embed and half decode."""
+    res = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, int(res.get("GPU", 0) / gpus_per_worker))
+    return max(1, int(res.get("CPU", 1)) // 2)
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    return {"path": job.path, "mtime": float(job.mtime), "size": int(job.size),
+            "content_hash": job.content_hash or "", "medium": job.indexer.medium}
+
+
+class _Run:
+    """One indexing run's driver state: what was committed, what failed, and why."""
+
+    def __init__(self, col: Collection, report: IndexReport, commit_files: int, commit_rows: int):
+        self.col, self.report = col, report
+        self.committer = _Committer(col.store, commit_files, max_rows=commit_rows, max_age=30.0)
+        self.done: set[bytes] = set()
+
+    def consume(self, ds) -> None:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for path, mtime, size, h, err, recs in zip(batch["path"], batch["mtime"], batch["size"],
+                                                       batch["content_hash"], batch["error"],
+                                                       batch["records"], strict=True):
+                raw = bytes(path)
+                if raw in self.done:  # a retried batch whose first attempt also reported
+                    continue
+                self.done.add(raw)
+                if err:
+                    self.report.skipped.append((display_path(raw), str(err)))
+                    continue
+                records: list[Record] = pickle.loads(recs)
+                self.committer.add(SourceRows(raw, float(mtime), int(size), str(h), records))
+                self.report.indexed += 1
+                self.report.items += len(records)
+
+
+def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[str | os.PathLike], *,
+                   address: str | None = None, workers: int | None = None,
+                   gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, batch_size: int = 32,
+                   commit_files: int = DEFAULT_COMMIT_FILES, commit_rows: int = DEFAULT_COMMIT_ROWS,
+                   retries: int = 3, max_pixels: int | None = None, options: dict | None = None,
+                   model: str | None = None, checkpoint: str | None = None, progress: bool = False,
+                   fit_transforms: bool = True, embedder_cls: type = Embedder) -> IndexReport:
+    """`Collection.add` on a Ray cluster: same rows, same report, same collection format.
+
+    `collection` is a Collection or a directory/URI (created with `model` if new). `address`
+    is a Ray address ("auto" for the cluster this node belongs to; None starts a local one
+    unless Ray is already initialised). `workers` embedding actors (default: one per GPU share,
+    or half the CPUs), each with `gpus_per_worker` GPUs and `cpus_per_worker` CPU threads.
+    """
+    from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext, default_indexers
+
+    col = _resolve_collection(collection, model, checkpoint)
+    roots = _roots(paths)
+    with col._writer_lock():
+        col.thumb_dir.mkdir(parents=True, exist_ok=True)
+        ctx = IndexContext(thumb_dir=col.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                           options=dict(options or {}))
+        col._remember_roots(roots)
+        report = IndexReport()
+        t0 = time.perf_counter()
+        jobs, gone = plan(col.store, roots, default_indexers(), report)
+        report.removed = col.store.delete_sources(gone)
+        report.scan_seconds = time.perf_counter() - t0
+        if jobs:
+            run = _Run(col, report, commit_files, commit_rows)
+            try:
+                with _ray_session(address) as ray, _data_context(progress):
+                    n = workers or default_workers(ray, gpus_per_worker)
+                    _execute(ray, col, ctx, jobs, run, n, gpus_per_worker, cpus_per_worker,
+                             batch_size, retries, embedder_cls)
+            except KeyboardInterrupt:
+                report.interrupted = True
+            finally:
+                run.committer.flush()
+        report.seconds = time.perf_counter() - t0
+        col._write_skip_log(report)
+        if not report.interrupted:
+            col.refresh(fit_transforms=fit_transforms)
+    return report
+
+
+def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int,
+             gpus_per_worker: float, cpus_per_worker: float, batch_size: int, retries: int,
+             embedder_cls: type) -> None:
+    """Pass 1 in batches; files of dropped batches once more one by one; the rest are failures."""
+    encoder = col.encoder  # checks the weights match the collection; its preprocess ships to tasks
+    ctx_args = {"thumb_dir": str(ctx.thumb_dir), "max_pixels": ctx.max_pixels, "options": ctx.options}
+    actor_args = {"spec": col.spec.to_dict(), "model_id": col.meta["model_id"],
+                  "device": "auto" if gpus_per_worker > 0 else "cpu",
+                  "threads": max(1, int(cpus_per_worker)), "ctx_args": ctx_args}
+
+    def dataset(rows: list[dict], bs: int, isolate: bool):
+        from ray.data import ActorPoolStrategy
+
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / bs)))
+        with warnings.catch_warnings():  # retry limits have no named parameter in Ray Data yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(decode_batch, batch_size=bs, batch_format="numpy", num_cpus=1,
+                                max_retries=retries,
+                                fn_kwargs={"preprocess": encoder.preprocess, "ctx_args": ctx_args,
+                                           "min_side": encoder.image_size})
+            # One task per actor at a time when isolating: a dying actor fails every task in
+            # flight on it, and an innocent file must not share a poison file's fate.
+            pool = ActorPoolStrategy(size=max(1, min(workers, math.ceil(len(rows) / bs))),
+                                     max_tasks_in_flight_per_actor=1 if isolate else None)
+            return ds.map_batches(embedder_cls, batch_size=bs, batch_format="numpy", compute=pool,
+                                  num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+                                  max_restarts=-1, max_task_retries=retries,
+                                  fn_constructor_kwargs=actor_args)
+
+    # Images first (cheap, batched), then videos and documents: one pipeline, one actor pool.
+    rows = sorted((_job_row(j) for j in jobs), key=lambda r: r["medium"] != "image")
+    last_error = "worker process died"
+    for bs in ([batch_size, 1] if batch_size > 1 else [1]):
+        todo = [r for r in rows if r["path"] not in run.done]
+        if not todo:
+            break
+        if bs != batch_size:
+            log.info("retrying %d files of failed batches one by one", len(todo))
+        try:
+            run.consume(dataset(todo, bs, isolate=bs != batch_size or batch_size == 1))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as e:  # the dataset aborted: what is not done is retried or reported
+            last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            log.warning("Ray pass failed: %s", last_error)
+    for r in rows:
+        if r["path"] not in run.done:
+            run.report.skipped.append((display_path(r["path"]),
+                                       FAILED_REASON.format(n=retries + 1, err=last_error)))
