@@ -172,13 +172,49 @@ def _maybe_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
     return reparameterize_model(model)
 
 
+class FastPreprocess:
+    """An open_clip preprocess with its ToTensor + Normalize tail done in numpy: the same numbers
+    (bit for bit), without torch's intra-op thread team per tiny op. Called from decode threads
+    on a busy 2-core CPU, that tail cost ~25 ms per image in torch vs ~1 ms here.
+
+    Anything that is not a PIL image, or a pipeline not ending in ToTensor + Normalize, goes
+    through the original transform unchanged. Picklable (for process pools)."""
+
+    def __init__(self, preprocess) -> None:
+        from torchvision.transforms import Normalize
+
+        self.preprocess = preprocess
+        self.transforms = list(getattr(preprocess, "transforms", []))
+        self.head: list | None = None
+        tail = self.transforms[-2:]
+        if (len(tail) == 2 and type(tail[0]).__name__ in ("ToTensor", "MaybeToTensor")
+                and isinstance(tail[1], Normalize) and not tail[1].inplace):
+            self.head = self.transforms[:-2]
+            self.mean = np.asarray(tail[1].mean, dtype=np.float32).reshape(-1, 1, 1)
+            self.std = np.asarray(tail[1].std, dtype=np.float32).reshape(-1, 1, 1)
+
+    def __call__(self, image) -> torch.Tensor:
+        if self.head is None or not isinstance(image, Image.Image):
+            return self.preprocess(image)
+        im = image
+        for t in self.head:
+            im = t(im)
+        if not isinstance(im, Image.Image) or im.mode != "RGB":
+            return self.preprocess(image)
+        a = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+        return torch.from_numpy(np.ascontiguousarray((a - self.mean) / self.std))
+
+    def __repr__(self) -> str:
+        return repr(self.preprocess)
+
+
 class Encoder:
     """Wraps one open_clip model. Vectors come out float32 and L2-normalised (inner product = cosine)."""
 
     def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str, batch_size: int = 64):
         self.spec = spec
         self.model = model.eval().requires_grad_(False)
-        self.preprocess = preprocess
+        self.preprocess = preprocess if isinstance(preprocess, FastPreprocess) else FastPreprocess(preprocess)
         self.tokenizer = tokenizer
         self.device = device
         self.batch_size = batch_size
