@@ -138,6 +138,8 @@ class SearchService:
         key = (col.store.version, self._roots[0])
         if self._info is None or self._info[0] != key:
             info = col.info()
+            # gradio_client takes any dict with a "path" key for a file to download
+            info["db"] = info.pop("path")
             info["name"] = col.path.name
             info["roots"] = self.roots()
             info["device"] = self._device_name()
