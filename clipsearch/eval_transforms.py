@@ -188,6 +188,7 @@ def evaluate(
     keep_dims: int | None = None,
     caption_limit: int = 3000,
     n_outliers_per_kind: int = 3,
+    templates: Sequence[str] = ("a photo of {}", "{}"),
 ) -> dict:
     """Run every comparison; returns a dict of tables and figures (see :func:`to_markdown`)."""
     from clipsearch.inversion import oti  # noqa: PLC0415 (torch only when evaluating)
@@ -238,26 +239,30 @@ def evaluate(
     sub = stratified_subset(labels, invert_queries)
     m_raw, p_raw = retrieval_metrics(x[sub] @ x.T, labels[sub], labels, sub)
     rows.append(Row("raw (same queries as invert)", len(sub), m_raw, p_raw, 0.0, 0.0))
-    res = oti(encoder.model, encoder.tokenizer, x[sub], steps=steps, batch_size=batch_size)
-    per_q = res.seconds / len(sub) * 1e3
-    m, p = retrieval_metrics(res.features @ x.T, labels[sub], labels, sub)
-    rows.append(Row(f"invert (OTI, {steps} steps)", len(sub), m, p, 0.0, per_q))
-    qi = ts_c.apply_query(res.features, "text", center=True)
-    m, p = retrieval_metrics(qi @ dbc.T, labels[sub], labels, sub)
-    rows.append(Row("invert + center", len(sub), m, p, fit_c, per_q))
-
     # OTI known answer: closer to its target than the best class caption.
     cap_vecs = encoder.encode_texts([_class_text(c) for c in classes])
     best_caption = (x[sub] @ cap_vecs.T).max(axis=1)
-    oti_fig = {
-        "oti_cos_mean": float(res.cosines.mean()),
-        "oti_cos_min": float(res.cosines.min()),
-        "best_caption_cos_mean": float(best_caption.mean()),
-        "frac_oti_beats_caption": float(np.mean(res.cosines > best_caption)),
-        "oti_ms_per_query": per_q,
-        "oti_batch_size": batch_size,
-        "n": len(sub),
-    }
+    oti_figs = []
+    for template in templates:
+        res = oti(encoder.model, encoder.tokenizer, x[sub], steps=steps, batch_size=batch_size,
+                  template=template)
+        per_q = res.seconds / len(sub) * 1e3
+        shown = template.format("*")
+        m, p = retrieval_metrics(res.features @ x.T, labels[sub], labels, sub)
+        rows.append(Row(f"invert (OTI '{shown}', {steps} steps)", len(sub), m, p, 0.0, per_q))
+        qi = ts_c.apply_query(res.features, "text", center=True)
+        m, p = retrieval_metrics(qi @ dbc.T, labels[sub], labels, sub)
+        rows.append(Row(f"invert '{shown}' + center", len(sub), m, p, fit_c, per_q))
+        oti_figs.append({
+            "template": shown,
+            "oti_cos_mean": float(res.cosines.mean()),
+            "oti_cos_min": float(res.cosines.min()),
+            "best_caption_cos_mean": float(best_caption.mean()),
+            "frac_oti_beats_caption": float(np.mean(res.cosines > best_caption)),
+            "oti_ms_per_query": per_q,
+            "oti_batch_size": batch_size,
+            "n": len(sub),
+        })
 
     # Text -> image: a few phrasings per class, raw vs modality-gap centering.
     q_text = [p.format(_class_text(c)) for c in classes for p in TEXT_PHRASINGS]
@@ -289,7 +294,7 @@ def evaluate(
         "embed_s": embed_s,
         "image_rows": rows,
         "text_rows": text_rows,
-        "oti": oti_fig,
+        "oti": oti_figs,
         "typicality": typ,
         "notes": notes,
     }
@@ -309,7 +314,6 @@ def _table(rows: list[Row]) -> list[str]:
 
 def to_markdown(result: dict) -> str:
     """The report as markdown tables."""
-    o = result["oti"]
     lines = [
         f"Model `{result['model_id']}` (dim {result['dim']}), {result['n_images']} images in "
         f"{result['n_classes']} classes; embedding took {result['embed_s']:.1f} s.",
@@ -321,13 +325,16 @@ def to_markdown(result: dict) -> str:
         "Text -> image (four phrasings per class: \"a <class>\", \"a photo of a <class>\", ...):",
         "",
         *_table(result["text_rows"]),
-        "",
-        f"OTI known answer ({o['n']} queries): mean cosine(OTI text feature, target image) = "
-        f"{o['oti_cos_mean']:.4f} (min {o['oti_cos_min']:.4f}); mean best class-caption cosine = "
-        f"{o['best_caption_cos_mean']:.4f}; OTI closer on {100 * o['frac_oti_beats_caption']:.0f}% of "
-        f"queries. OTI wall time {o['oti_ms_per_query']:.1f} ms per query "
-        f"(batches of {o['oti_batch_size']}, CPU).",
     ]
+    for o in result["oti"]:
+        lines += [
+            "",
+            f"OTI known answer, template '{o['template']}' ({o['n']} queries): mean cosine(OTI text "
+            f"feature, target image) = {o['oti_cos_mean']:.4f} (min {o['oti_cos_min']:.4f}); mean best "
+            f"class-caption cosine = {o['best_caption_cos_mean']:.4f}; OTI closer on "
+            f"{100 * o['frac_oti_beats_caption']:.0f}% of queries. OTI wall time "
+            f"{o['oti_ms_per_query']:.1f} ms per query (batches of {o['oti_batch_size']}, CPU).",
+        ]
     t = result.get("typicality")
     if t:
         lines += [
@@ -355,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--invert-queries", type=int, default=96, help="queries to invert with OTI")
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--template", action="append", default=None,
+                    help="OTI template, {} marks the pseudo-word (repeatable; "
+                    "default: 'a photo of {}' and '{}')")
     ap.add_argument("--batch-size", type=int, default=32, help="OTI queries optimised together")
     ap.add_argument("--betas", default="1", help="comma-separated whitening strengths to compare")
     ap.add_argument("--keep-dims", type=int, default=None)
@@ -375,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         enc = Encoder.load(args.model, checkpoint=args.checkpoint, device=args.device)
         betas = [float(b) for b in args.betas.split(",") if b.strip()]
         result = evaluate(args.folder, enc, invert_queries=args.invert_queries, steps=args.steps,
-                          batch_size=args.batch_size, betas=betas, keep_dims=args.keep_dims)
+                          batch_size=args.batch_size, betas=betas, keep_dims=args.keep_dims,
+                          templates=args.template or ("a photo of {}", "{}"))
     except ClipsearchError as exc:
         print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return exc.exit_code
