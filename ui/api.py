@@ -162,8 +162,8 @@ class SearchService:
         parts = [f"{info['items']} items"]
         named = [("image", "image"), ("video", "video"), ("doc_page", "document page")]
         parts += [f"{kinds[k]} {label}{'s' if kinds[k] != 1 else ''}" for k, label in named if kinds.get(k)]
-        return (f"**{info['name']}** · " + " · ".join(parts) + f" · model `{info['model']}`"
-                f" · device `{info['device']}`")
+        return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
+                + f" · model `{info['model']}` · device `{info['device']}`")
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: Image.Image | str | None = None, *,

@@ -296,12 +296,12 @@ def build_blocks(service: SearchService) -> gr.Blocks:
     with gr.Blocks(title="clipsearch", analytics_enabled=False) as demo:
         state = gr.State({"query": {}, "hits": []})
         status_md = gr.Markdown(elem_id="cs-status")
-        with gr.Row(equal_height=True):
+        with gr.Row():
             text = gr.Textbox(label="Search", scale=4,
                               placeholder="Describe what you are looking for, then press Enter",
                               elem_id="cs-query", autofocus=True, submit_btn=True)
             image = gr.Image(label="…or search by image (upload, paste or drop)", type="pil",
-                             sources=["upload", "clipboard"], height=150, scale=2, elem_id="cs-image")
+                             sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
         with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
             under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,

@@ -72,7 +72,8 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
                 ".filter(i => i.getBoundingClientRect().top < window.innerHeight)"
                 ".every(i => i.complete && i.naturalWidth > 0)")
             page.wait_for_function(  # a video in the detail view shows a frame, not a spinner
-                "[...document.querySelectorAll('#cs-detail video')].every(v => v.readyState >= 2)")
+                "[...document.querySelectorAll('#cs-detail video')]"
+                ".every(v => v.readyState >= 3 && !v.seeking)")
             page.evaluate("document.activeElement && document.activeElement.blur()")
             time.sleep(0.5)
             out.parent.mkdir(parents=True, exist_ok=True)
