@@ -41,8 +41,9 @@ class SampleData:
     pdf: Path | None = None
 
     def unique_query(self, i: int = 0) -> tuple[str, Path]:
-        """(query text, the one image it describes)."""
-        path, spec = sorted(self.images.items())[i]
+        """(query text, the one image it describes); successive i spread over the colours."""
+        items = sorted(self.images.items())
+        path, spec = items[(i * 7) % len(items)]
         return canonical_query(spec), Path(path)
 
 
