@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from clipsearch.indexers.base import IndexContext
-from clipsearch.indexers.document import DocumentIndexer
+from clipsearch.indexers.document import DEFAULT_PAGE_TILES, DocumentIndexer
 from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
@@ -230,11 +230,13 @@ def make_queries(docs: list[list[PageSpec]], paths: list[Path], seed: int) -> li
 
 
 def index_documents(
-    paths: list[Path], encoder, db_dir: Path, page_size: int = 1024, page_tiles: float = 0.0
+    paths: list[Path], encoder, db_dir: Path, page_size: int = 1024, page_tiles: float | None = None
 ) -> Store:
     """Real indexer into a real table (one merge_insert per file, as the core does), then FTS."""
     store = Store(db_dir, encoder.dim)
-    options = {"page_size": page_size, "page_tiles": page_tiles}
+    options: dict = {"page_size": page_size}
+    if page_tiles is not None:  # else the indexer's default
+        options["page_tiles"] = page_tiles
     ctx = IndexContext(thumb_dir=db_dir / "thumbs", options=options)
     indexer = DocumentIndexer()
     for path in paths:
@@ -280,7 +282,7 @@ def run(
     encoder=None,
     work_dir: Path | None = None,
     ablation: bool = False,
-    page_tiles: float = 0.0,
+    page_tiles: float | None = None,
 ) -> dict:
     """Generate, index and evaluate; returns figures (and timings) as a dict."""
     if encoder is None:
@@ -300,7 +302,7 @@ def run(
         t_query = (time.perf_counter() - t0) / (len(queries) * (len(VARIANTS) if ablation else 1))
         return {
             "docs": n_docs,
-            "page_tiles": page_tiles,
+            "page_tiles": DEFAULT_PAGE_TILES if page_tiles is None else page_tiles,
             "pages": sum(len(d) for d in docs),
             "rows": store.count(),
             "model": getattr(encoder, "model_id", model),
@@ -357,7 +359,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="clipsearch-tiny")
     ap.add_argument("--ablation", action="store_true", help="also score each ranking alone")
-    ap.add_argument("--page-tiles", type=float, default=0.0, help="indexer option page_tiles (0 = off)")
+    ap.add_argument("--page-tiles", type=float, default=None, help="indexer option page_tiles (0 = off)")
     ap.add_argument("--memory", type=int, nargs="+", metavar="PAGES",
                     help="peak RSS for PDFs of these lengths")
     ap.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)

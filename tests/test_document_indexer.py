@@ -60,7 +60,7 @@ class FakeEncoder:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> IndexContext:
-    return IndexContext(thumb_dir=tmp_path / "thumbs", options={"page_size": 256})
+    return IndexContext(thumb_dir=tmp_path / "thumbs", options={"page_size": 256, "page_tiles": 0})
 
 
 def _words(page: int) -> str:
