@@ -244,10 +244,9 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         return execute(query, 0, [])
 
     def on_click(state, kind_label, under, evt: gr.EventData):
-        data = evt._data or {}
-        index = int(data.get("index", -1))
+        action, index = getattr(evt, "action", None), int(getattr(evt, "index", -1))
         hits = (state or {}).get("hits") or []
-        if data.get("action") == "more":
+        if action == "more":
             if index < 0:
                 index = int((state or {}).get("selected", -1))
             if not 0 <= index < len(hits):
