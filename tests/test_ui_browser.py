@@ -106,6 +106,7 @@ def test_document_hit_shows_its_page_number(page):
     search(page, canonical_query(PDF_PAGES[j]), kind="Document pages")
     first = wait_cards(page, "doc").first
     assert first.locator(".cs-kind").inner_text() == f"page {j + 1}"
+    assert canonical_query(PDF_PAGES[j]) in first.locator(".cs-snippet").inner_text()
     assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
     first.click()
     page.wait_for_selector("#cs-detail .cs-f-page")
@@ -123,7 +124,6 @@ def test_more_like_this_and_load_more(page, sample):
     second = page.locator("#cs-results .cs-card").nth(1)
     source = second.get_attribute("title")
     second.locator(".cs-more").click()
-    page.wait_for_selector("#cs-message", state="attached")
     page.wait_for_function(
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=source)
     assert "Items like" in page.locator("#cs-message").inner_text()
