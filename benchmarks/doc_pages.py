@@ -37,7 +37,7 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen import canvas
 
-from clipsearch.docsearch import ensure_fts_index, search_documents
+from clipsearch.docsearch import DEFAULT_WEIGHTS, ensure_fts_index, search_documents
 from clipsearch.records import path_bytes
 from clipsearch.store import SourceRows, Store
 from clipsearch.synth import COLORS, SHAPES, ShapeSpec, canonical_query, draw_shape_on
@@ -250,8 +250,8 @@ def index_documents(
     return store
 
 
-VARIANTS = {"fused": (1.0, 1.0, 1.0), "page only": (1.0, 0.0, 0.0), "chunk only": (0.0, 1.0, 0.0),
-            "keyword only": (0.0, 0.0, 1.0)}
+VARIANTS = {"fused": DEFAULT_WEIGHTS, "fused, equal weights": (1.0, 1.0, 1.0), "page only": (1.0, 0.0, 0.0),
+            "chunk only": (0.0, 1.0, 0.0), "keyword only": (0.0, 0.0, 1.0)}
 
 
 def evaluate(table, encoder, queries: list[Query], variants: dict[str, tuple] | None = None) -> dict:

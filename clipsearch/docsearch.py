@@ -43,6 +43,9 @@ _COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra"]
 SNIPPET_CHARS = 240
 LEGS = ("page", "chunk", "keyword")
 HEAD = 5  # at most this many pages per ranking can be singled out
+# Page image, chunk vectors, keywords. The chunk ranking counts half: CLIP's text tower is a weak
+# sentence encoder (it mostly re-finds what BM25 finds, and is noise for visual queries).
+DEFAULT_WEIGHTS = (1.0, 0.5, 1.0)
 
 
 @dataclass
@@ -92,7 +95,7 @@ def search_documents(
     under: str | None = None,
     ann_search: AnnSearch | None = None,
     depth: int | None = None,
-    weights: Sequence[float] = (1.0, 1.0, 1.0),
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
     rrf_k: float = RRF_K,
 ) -> list[DocHit]:
     """The `k` best document pages for a text query.
@@ -100,7 +103,7 @@ def search_documents(
     `under` keeps only sources at or below that path. `ann_search(vector, n, kind)` is the
     core's ANN index returning best-first (row id, cosine); without it LanceDB searches
     exactly with a `kind` filter. `depth` is how many rows each ranking considers
-    (default max(200, 20 k)); `weights` weigh the page, chunk and keyword rankings.
+    (default max(200, 20 k)); `weights` weigh the page, chunk and keyword rankings in RRF.
     """
     if k <= 0 or not query.strip():
         return []
