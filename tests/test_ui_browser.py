@@ -42,6 +42,9 @@ def page(browser, server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
+    pg.third_party = []  # no fonts, scripts or analytics from anywhere but the server
+    pg.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:"))
+          else pg.third_party.append(r.url))
     pg.goto(server + "/")
     pg.wait_for_selector("#cs-query textarea, #cs-query input")
     yield pg
@@ -72,6 +75,7 @@ def test_typed_query_shows_the_described_image_first(page, sample):
     assert first.locator(".cs-score").inner_text().replace(".", "", 1).isdigit()
     assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
     assert cards.count() > 1
+    assert page.third_party == []
 
 
 def test_uploaded_image_finds_its_near_duplicates_first(page, sample, tmp_path):

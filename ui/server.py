@@ -48,8 +48,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     service = SearchService(db, device=device, signer=Signer() if creds else None)
     if isinstance(collection, Collection):
         service._col = collection
-    app = FastAPI(title="clipsearch", docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")
+    # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
+    app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.include_router(rest_router(service, creds))
     app.add_middleware(UploadLimit)
     app.state.service = service
@@ -81,5 +81,5 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
         print(f"No collection at {service.db} yet; the UI says how to create one.")
     else:
         service.warm_up()
-    print(f"clipsearch: http://{host}:{port}/  (API: /api/search?q=..., docs: /api/docs)")
+    print(f"clipsearch: http://{host}:{port}/  (API: /api/search?q=..., schema: /api/openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
