@@ -1,0 +1,67 @@
+"""The quick start's sample collection, indexed through the CLI path, answers its ground truth."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from clipsearch import Collection
+from clipsearch.video_metrics import temporal_iou
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "make_sample_collection.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("make_sample_collection", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    manifest = _load_example().make_sample(root / "files", seed=0)
+    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
+    report = col.add([root / "files"])
+    return col, manifest, report
+
+
+def test_everything_indexed(sample):
+    col, manifest, report = sample
+    assert report.skipped == [] and report.indexed == len(manifest["images"]) + 3
+    kinds = col.info()["kinds"]
+    assert kinds["image"] == len(manifest["images"])
+    assert kinds["video"] == 2 and kinds["video_frame"] > 0 and kinds["video_window"] > 0
+    assert kinds["doc_page"] >= 5 and kinds["doc_text"] >= 5
+
+
+def test_text_to_image_top1(sample):
+    col, manifest, _ = sample
+    queries = sorted({row["query"] for row in manifest["images"]})
+    right = 0
+    for q in queries:
+        top = col.search(text=q, k=1, kind="image")[0]
+        right += any(r["file"] == top.source and r["query"] == q for r in manifest["images"])
+    assert right / len(queries) >= 0.75, f"{right}/{len(queries)}"
+
+
+def test_moments_match_segments(sample):
+    col, manifest, _ = sample
+    ious = []
+    for video, segments in manifest["videos"].items():
+        for seg in segments:
+            top = col.moments(seg["query"], k=1)[0]
+            ious.append(temporal_iou((top.t_start, top.t_end), (seg["t_start"], seg["t_end"]))
+                        if top.source == video else 0.0)
+    assert sum(i >= 0.5 for i in ious) / len(ious) >= 0.7, ious
+
+
+def test_document_text_query_finds_its_page(sample):
+    col, manifest, _ = sample
+    (pdf, pages), = manifest["docs"].items()
+    found = [col.search(text=p["text"][:40], kind="doc", k=1)[0] for p in pages]
+    assert all(h.source == pdf for h in found)
+    assert sum(h.page == p["page"] for h, p in zip(found, pages, strict=True)) >= len(pages) - 1
