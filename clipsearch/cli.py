@@ -16,7 +16,8 @@ import click
 
 from clipsearch.errors import ClipsearchError
 
-DB_HELP = "Collection directory. Default: $CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default."
+DB_HELP = ("Collection directory or object-storage URI (s3://bucket/prefix). "
+           "Default: $CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default.")
 
 
 def _db_default() -> str:
@@ -96,26 +97,37 @@ def main() -> None:
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: threads in this process. ray: Ray Data tasks + an embedding actor pool.")
+@click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray); default: local.")
+@click.option("--gpus-per-worker", default=0.0, type=click.FloatRange(0), help="With --engine ray.")
 @click.option("--commit-every", default=256, hidden=True, type=click.IntRange(1),
               help="Files per commit (smaller: less lost on a crash, more versions).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, commit_every,
-          quiet, verbose):
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, engine,
+          ray_address, gpus_per_worker, commit_every, quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Safe to stop (Ctrl-C) and re-run: committed work is kept and the next run resumes.
     Skipped files are listed with --verbose and always written to DB/skipped.log.
     """
     _setup_logging(verbose)
-    from clipsearch.collection import Collection
+    from clipsearch.objectstore import open_or_create
 
     db = db or _db_default()
-    col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     options = {"fps": fps} if fps else {}
-    report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
-                     max_pixels=max_pixels, options=options, commit_files=commit_every)
+    if engine == "ray":
+        from clipsearch.engines.ray_engine import index_with_ray
+
+        report = index_with_ray(col, list(paths), address=ray_address, workers=workers,
+                                gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                                max_pixels=max_pixels, options=options, progress=not quiet)
+    else:
+        report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
+                         max_pixels=max_pixels, options=options, commit_files=commit_every)
     click.echo(report.summary())
     if report.skipped:
         if verbose:
@@ -153,12 +165,12 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
            as_json, device, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model."""
     _setup_logging(verbose)
-    from clipsearch.collection import Collection
     from clipsearch.errors import UsageError
+    from clipsearch.objectstore import open_collection
 
     if query is None and image is None:
         raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
-    col = Collection.open(db or _db_default(), device=device)
+    col = open_collection(db or _db_default(), device=device)
     if moments:
         kind = "moment"
     hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
@@ -196,9 +208,9 @@ def _ts(t: float | None) -> str:
 def info(db, as_json, verbose):
     """What is indexed: model, items, sources, kinds, size on disk."""
     _setup_logging(verbose)
-    from clipsearch.collection import Collection
+    from clipsearch.objectstore import open_collection
 
-    col = Collection.open(db or _db_default(), device="cpu")
+    col = open_collection(db or _db_default(), device="cpu")
     data = col.info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -256,9 +268,9 @@ def models(show_all, as_json, verbose):
 def fit_transforms(db, text_source, verbose):
     """Fit whitening and modality-gap centering on the collection and save them with it."""
     _setup_logging(verbose)
-    from clipsearch.collection import Collection
+    from clipsearch.objectstore import open_collection
 
-    col = Collection.open(db or _db_default())
+    col = open_collection(db or _db_default())
     ts = col.searcher.fit_transforms(strict=True, text_source=text_source)
     click.echo(f"fitted: {ts.describe()}")
 
