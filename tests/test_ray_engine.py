@@ -7,6 +7,7 @@ failed batches neither lose nor duplicate rows, and that a re-run completes the 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -36,9 +37,15 @@ QUERIES = ["a red circle", "a blue square", "a small green triangle", "a yellow 
 def ray_runtime():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=300 * 1024 * 1024)
+    # pytest's log capture keeps every record, and Ray Data logs actor failures with their
+    # tracebacks, whose frames hold actor handles: that would keep a crashed pool's restarted
+    # actor (and its CPU) alive after the run. Keep Ray's records out of the capture.
+    ray_logger = logging.getLogger("ray")
+    old_propagate, ray_logger.propagate = ray_logger.propagate, False
     # Embedder subclasses below are defined in this test module, which workers cannot import.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
+    ray_logger.propagate = old_propagate
     ray.shutdown()
 
 
@@ -215,3 +222,35 @@ def test_poison_file_is_reported_and_rerun_completes(ray_runtime, small_tree, tm
     assert (rerun.indexed, rerun.unchanged, rerun.skipped) == (1, n - 1, [])
     assert col.store.count() == n
     _assert_no_duplicates(col)
+
+
+def test_ray_engine_into_s3(ray_runtime, files, tmp_path, monkeypatch):
+    """The headline path: `index --engine ray --db s3://…` then search from a fresh cache."""
+    moto_server = pytest.importorskip("moto.server", reason="needs moto: pip install 'moto[server]'")
+    boto3 = pytest.importorskip("boto3", reason="needs boto3 (comes with moto)")
+    from clipsearch.objectstore import RemoteCollection, open_collection
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                     "CLIPSEARCH_CACHE": str(tmp_path / "cache-a")}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="bkt")
+        root = files / "d4"
+        report = index_with_ray("s3://bkt/col", [root], model="clipsearch-tiny", batch_size=16,
+                                workers=1, fit_transforms=False)
+        n = report.indexed
+        assert n == len(os.listdir(root)) and report.skipped == []
+
+        monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache-b"))
+        col = open_collection("s3://bkt/col", device="cpu")
+        assert isinstance(col, RemoteCollection) and col.store.count() == n
+        query = sorted(root.iterdir())[0]
+        assert col.search(image=query, k=3)[0].source == str(query)
+        again = index_with_ray(col, [root], batch_size=16, workers=1, fit_transforms=False)
+        assert (again.indexed, again.unchanged) == (0, n)
+    finally:
+        server.stop()

@@ -27,10 +27,10 @@ LANCE_INDEX_MIN_ROWS = int(os.environ.get("CLIPSEARCH_LANCE_INDEX_MIN_ROWS", 1_0
 
 
 def ivf_pq_params(n: int, dim: int) -> tuple[int, int]:
-    """(num_partitions, num_sub_vectors): ~sqrt(n) lists; 8-byte... dim/8-byte PQ codes.
+    """(num_partitions, num_sub_vectors): ~sqrt(n) partitions and dim/8-byte PQ codes.
 
-    dim/8 sub-vectors of 8 bits gives codes of dim/8 bytes (64 B at dim 512) with recall@10
-    near 0.9 before refinement; `refine_factor` re-ranks with the stored float16 vectors.
+    dim/8 sub-vectors of 8 bits give codes of dim/8 bytes (64 B at dim 512); the searcher's
+    `refine_factor` then re-ranks the candidates with the stored float16 vectors.
     """
     parts = int(min(max(math.sqrt(max(n, 1)), 16), 65536))
     sub = max(1, dim // 8)

@@ -226,6 +226,42 @@ def default_workers(ray, gpus_per_worker: float) -> int:
     return max(1, int(res.get("CPU", 1)) // 2)
 
 
+class _ActorNames:
+    """Names the pool's actors so the driver can end them after a pass.
+
+    Ray Data releases its actors by dropping references; an actor that was restarting after
+    a crash when the pass ended can outlive that and keep its CPU/GPU, starving the next
+    pass. Killing them by name once the pass's results are committed is always safe.
+    """
+
+    def __init__(self) -> None:
+        self.prefix = f"clipsearch-embed-{os.getpid()}-{time.monotonic_ns()}"
+        self.names: list[str] = []
+
+    def next_options(self) -> dict[str, Any]:
+        self.names.append(f"{self.prefix}-{len(self.names)}")
+        return {"name": self.names[-1]}
+
+    def kill_all(self, ray) -> None:
+        for name in self.names:
+            try:
+                ray.kill(ray.get_actor(name))
+            except ValueError:  # already gone
+                pass
+        self.names.clear()
+
+
+def _wait_for_release(ray, cpus: float, gpus: float, timeout: float = 60.0) -> None:
+    """Give Ray time to reap the actors a failed pass restarted, so the next pass can start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        free = ray.available_resources()
+        if free.get("CPU", 0) >= cpus and free.get("GPU", 0) >= gpus:
+            return
+        time.sleep(1.0)
+    log.warning("Ray resources still busy after %.0f s; starting the retry pass anyway", timeout)
+
+
 def _job_row(job: Job) -> dict[str, Any]:
     return {"path": job.path, "mtime": float(job.mtime), "size": int(job.size),
             "content_hash": job.content_hash or "", "medium": job.indexer.medium}
@@ -330,8 +366,10 @@ def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int
             return ds.map_batches(embedder_cls, batch_size=bs, batch_format="numpy", compute=pool,
                                   num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
                                   max_restarts=-1, max_task_retries=retries,
+                                  ray_remote_args_fn=actors.next_options,
                                   fn_constructor_kwargs=actor_args)
 
+    actors = _ActorNames()
     # Images first (cheap, batched), then videos and documents: one pipeline, one actor pool.
     rows = sorted((_job_row(j) for j in jobs), key=lambda r: r["medium"] != "image")
     last_error = "worker process died"
@@ -341,6 +379,7 @@ def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int
             break
         if bs != batch_size:
             log.info("retrying %d files of failed batches one by one", len(todo))
+            _wait_for_release(ray, cpus_per_worker + 1, gpus_per_worker)
         try:
             run.consume(dataset(todo, bs, isolate=bs != batch_size or batch_size == 1))
         except (KeyboardInterrupt, MemoryError):
@@ -348,6 +387,8 @@ def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int
         except Exception as e:  # the dataset aborted: what is not done is retried or reported
             last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             log.warning("Ray pass failed: %s", last_error)
+        finally:
+            actors.kill_all(ray)
     for r in rows:
         if r["path"] not in run.done:
             run.report.skipped.append((display_path(r["path"]),
