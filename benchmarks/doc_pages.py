@@ -3,7 +3,7 @@
 Generates multi-page PDFs with reportlab. Every page has a title, several paragraphs of
 distinct text and one figure drawn by the shapes renderer. Queries, each with one correct
 (document, page):
-- figure: "a green triangle", only for colour+shape pairs that appear once in the corpus;
+- figure: "a green triangle", for colour+shape pairs that appear on one page only (up to 40);
 - text:   a phrase of 4-6 consecutive words from one page that contains a word found on no
           other page (what a user remembers: a name, a figure, a rare term);
 - both:   the figure query and the phrase together.
@@ -117,22 +117,29 @@ def _paragraphs(rng: np.random.Generator, names: list[str], n_words: int) -> str
 
 
 def plan_corpus(n_docs: int, pages: tuple[int, int], seed: int) -> list[list[PageSpec]]:
-    """Which figure and text every page gets. Colour+shape pairs are dealt round-robin from
-    a shuffled deck of all 48, so with more than 48 pages some pairs repeat (and are not queried)."""
+    """Which figure and text every page gets. Every colour+shape pair appears on one page only,
+    except that beyond 48 pages 8 reserved pairs are reused for the extra pages (and never
+    queried), so a larger corpus still has 40 figure queries with one right answer each."""
     rng = np.random.default_rng(seed)
+    sizes = [int(rng.integers(pages[0], pages[1] + 1)) for _ in range(n_docs)]
+    total = sum(sizes)
     deck = [ShapeSpec(s, c) for s in SHAPES for c in COLORS]
-    order = rng.permutation(len(deck))
+    deck = [deck[i] for i in rng.permutation(len(deck))]
+    reserved = 8 if total > len(deck) else 0
+    unique = deck[: min(total, len(deck) - reserved)]
+    spare = deck[len(deck) - reserved :]
+    extra = [spare[i % reserved] for i in range(total - len(unique))] if reserved else []
+    figures = [(unique + extra)[i] for i in rng.permutation(total)]
     taken: set[str] = set()
     docs, n = [], 0
-    for d in range(n_docs):
-        n_pages = int(rng.integers(pages[0], pages[1] + 1))
+    for d, n_pages in enumerate(sizes):
         doc = []
         for p in range(1, n_pages + 1):
-            figure = deck[order[n % len(deck)]]
-            n += 1
             names = [_pseudo_word(rng, taken) for _ in range(2)]
             title = f"{_pseudo_word(rng, taken)} {rng.choice(_VOCAB[20:]).capitalize()} {d + 1}.{p}"
-            doc.append(PageSpec(d, p, figure, title, _paragraphs(rng, names, int(rng.integers(380, 560)))))
+            text = _paragraphs(rng, names, int(rng.integers(380, 560)))
+            doc.append(PageSpec(d, p, figures[n], title, text))
+            n += 1
         docs.append(doc)
     return docs
 
