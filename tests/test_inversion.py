@@ -132,8 +132,8 @@ def test_oti_rejects_bad_targets(model, tokenizer):
         oti(model, tokenizer, np.ones((1, 32), np.float32), steps=0)
 
 
-# One pseudo-word after "a photo of" cannot carry colour *and* shape for the tiny model
-# (measured: closer than the best caption on only ~2/3 of images); alone it can.
+# The bare pseudo-word inverts the tiny model more reliably than "a photo of *": closer than
+# the best class caption on 98% vs 88% of queries (65% vs 100% on an earlier checkpoint).
 TINY_TEMPLATE = "{}"
 
 
