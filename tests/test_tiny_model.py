@@ -1,0 +1,242 @@
+"""clipsearch-tiny: renderer, training script, determinism and the shipped model's quality."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from clipsearch import train_tiny
+from clipsearch.synth import (
+    COLORS,
+    POSITIONS,
+    RGB,
+    SHAPES,
+    SIZES,
+    ShapeSpec,
+    canonical_query,
+    caption,
+    caption_with_attrs,
+    draw_shape_on,
+    layout_box,
+    random_spec,
+    render_page,
+    render_shape,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "clipsearch" / "models"
+_SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+_POS_WORDS = {"left": "left", "right": "right", "center": ("center", "centre", "middle"),
+              "top": ("top", "upper"), "bottom": ("bottom", "lower")}
+
+
+def _mentions(text: str, words: str | tuple[str, ...]) -> bool:
+    return any(w in text for w in ((words,) if isinstance(words, str) else words))
+
+
+# ----------------------------------------------------------------------------- renderer
+
+
+def test_vocabularies_and_colors() -> None:
+    assert len(SHAPES) == 6 and len(COLORS) == 8 and SIZES == ("small", "large")
+    assert set(POSITIONS) == {"left", "right", "center", "top", "bottom"}
+    assert set(RGB) == set(COLORS)
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError):
+        ShapeSpec("hexagon", "red")
+    with pytest.raises(ValueError):
+        ShapeSpec("star", "red", size="medium")
+
+
+def test_canonical_query_format() -> None:
+    assert canonical_query(ShapeSpec("star", "red")) == "a red star"
+    assert canonical_query(ShapeSpec("star", "orange", "small", "left")) == "an orange star"
+    full = canonical_query(ShapeSpec("star", "red", "small", "left"), full=True)
+    assert full == "a small red star on the left"
+    assert canonical_query(ShapeSpec("circle", "blue", None, "top"), full=True) == \
+        "a blue circle at the top"
+
+
+def test_captions_mention_exactly_their_attributes() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        spec = random_spec(rng, p_size=0.8, p_pos=0.8)
+        text, mentioned = caption_with_attrs(spec, rng)
+        assert mentioned["shape"] or mentioned["color"]
+        if mentioned["shape"]:
+            assert spec.shape in text
+        if mentioned["color"]:
+            assert spec.color in text
+        if mentioned["size"]:
+            assert _mentions(text, _SIZE_WORDS[spec.size])
+        if mentioned["position"]:
+            assert _mentions(text, _POS_WORDS[spec.position])
+        if spec.size is None:
+            assert mentioned["size"] is None
+
+
+def test_captions_are_varied() -> None:
+    rng = np.random.default_rng(1)
+    spec = ShapeSpec("star", "red", "small", "left")
+    texts = {caption(spec, rng) for _ in range(200)}
+    assert len(texts) > 40
+    assert any(t.startswith("a photo of") for t in texts)
+    assert any("," in t for t in texts)
+
+
+@pytest.mark.parametrize("background", ["plain", "gradient", "textured", "photo", "page", "random"])
+def test_render_shape_size_and_determinism(background: str) -> None:
+    spec = ShapeSpec("triangle", "green", "large", "right")
+    a = render_shape(spec, np.random.default_rng(5), size=96, background=background, degrade=True)
+    b = render_shape(spec, np.random.default_rng(5), size=96, background=background, degrade=True)
+    assert a.size == (96, 96) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_render_shape_without_jitter_is_centered() -> None:
+    img = render_shape(ShapeSpec("square", "red", "large", "center"), np.random.default_rng(0),
+                       size=64, background="plain", jitter=False)
+    centre = np.asarray(img)[32, 32].astype(int)
+    assert np.abs(centre - np.array(RGB["red"])).sum() < 30
+
+
+def test_layout_keeps_shape_in_its_region() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        spec = random_spec(rng, p_size=1.0, p_pos=1.0)
+        (x0, y0, x1, y1), _ = layout_box(spec, rng, 200, 200)
+        cx, cy = (x0 + x1) / 2 / 200, (y0 + y1) / 2 / 200
+        if spec.position == "left":
+            assert cx < 0.4
+        elif spec.position == "right":
+            assert cx > 0.6
+        elif spec.position == "top":
+            assert cy < 0.4
+        elif spec.position == "bottom":
+            assert cy > 0.6
+        else:
+            assert 0.4 < cx < 0.6 and 0.4 < cy < 0.6
+        assert -3 <= x0 and x1 <= 203 and -3 <= y0 and y1 <= 203
+
+
+def test_draw_shape_on_paints_inside_box() -> None:
+    img = Image.new("RGB", (100, 60), (255, 255, 255))
+    draw_shape_on(img, ShapeSpec("circle", "blue"), (10, 10, 50, 50), np.random.default_rng(0))
+    arr = np.asarray(img).astype(int)
+    assert np.abs(arr[30, 30] - np.array(RGB["blue"])).sum() < 60
+    assert (arr[:, 60:] == 255).all()
+
+
+def test_render_page() -> None:
+    page = render_page(ShapeSpec("star", "red", "small", "left"), np.random.default_rng(0),
+                       size=(212, 300), paragraphs=["Quarterly report on widgets. " * 30])
+    assert page.size == (212, 300)
+    x0, y0, x1, y1 = page.info["figure_box"]
+    assert 0 <= x0 < x1 <= 212 and 0 <= y0 < y1 <= 300
+    assert x1 < 212 / 2 + 10  # "left" puts the figure in the left column
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_positive_mask_counts_less_specific_captions() -> None:
+    attrs = torch.tensor([[3, 0, 0, 0], [3, 0, 1, 1], [0, 0, 0, 0]])  # red stars, red circle
+    mentioned = torch.tensor([[3, 0, -1, -1], [3, 0, 1, -1], [-1, 0, -1, -1]])
+    pos = train_tiny.positives(attrs, mentioned)
+    assert pos[:, 0].tolist() == [1, 1, 0]  # "a red star" fits both red stars
+    assert pos[:, 1].tolist() == [0, 1, 0]  # "a large red star" only the large one
+    assert pos[:, 2].tolist() == [1, 1, 1]  # "a red shape" fits all
+
+
+def test_first_batch_is_deterministic(tmp_path: Path) -> None:
+    cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
+    _, preprocess, tok = train_tiny.build_model(cfg, 0)
+    a = train_tiny.BatchSource(7, 8, preprocess, tok, 2)[0]
+    b = train_tiny.BatchSource(7, 8, preprocess, tok, 2)[0]
+    c = train_tiny.BatchSource(8, 8, preprocess, tok, 2)[0]
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    assert not torch.equal(a["images"], c["images"])
+
+
+def _losses(log: dict) -> list[float]:
+    return [h["loss"] for h in log["history"]]
+
+
+def test_same_seed_same_losses(tmp_path: Path) -> None:
+    kw = {"seed": 3, "steps": 3, "batch_size": 12, "workers": 0, "eval_n": 0, "log_every": 1}
+    a = train_tiny.train(tmp_path / "a", **kw)
+    b = train_tiny.train(tmp_path / "b", **kw)
+    assert _losses(a) == _losses(b) and len(_losses(a)) == 3
+
+
+def test_short_training_writes_loadable_files(tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    cmd = [sys.executable, "-m", "clipsearch.train_tiny", "--out", str(out), "--seed", "0",
+           "--steps", "24", "--batch-size", "24", "--workers", "1", "--eval-n", "48"]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    cfg = json.loads((out / "clipsearch-tiny.json").read_text())
+    assert isinstance(cfg["vision_cfg"]["layers"], list) and cfg["text_cfg"]["context_length"] == 32
+    weights = out / "clipsearch-tiny.safetensors"
+    assert weights.stat().st_size <= 25 * 1024 * 1024
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["seed"] == 0 and log["steps_done"] == 24 and "t2i_p10" in log["final_eval"]
+    _check_loads_like_core(out)
+
+
+def _check_loads_like_core(model_dir: Path) -> None:
+    """The exact loading code the core uses must work on the files."""
+    open_clip.add_model_config(str(model_dir / "clipsearch-tiny.json"))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "clipsearch-tiny", pretrained=str(model_dir / "clipsearch-tiny.safetensors"))
+    tok = open_clip.get_tokenizer("clipsearch-tiny")
+    model.eval()
+    img = render_shape(ShapeSpec("star", "red"), np.random.default_rng(0), size=150)
+    with torch.no_grad():
+        ie = model.encode_image(preprocess(img)[None], normalize=True)
+        te = model.encode_text(tok(["a red star"]), normalize=True)
+    assert ie.shape == te.shape and ie.dtype == torch.float32
+    assert torch.isfinite(ie).all() and torch.isfinite(te).all()
+
+
+# ----------------------------------------------------------------------------- shipped model
+
+
+def test_shipped_model_loads() -> None:
+    _check_loads_like_core(SHIPPED)
+    assert (SHIPPED / "clipsearch-tiny.safetensors").stat().st_size <= 25 * 1024 * 1024
+
+
+def test_shipped_model_quality_floor() -> None:
+    from clipsearch.eval_tiny import evaluate
+
+    # Floors sit a little below the shipped model's measured n=200 figures (t2i 0.27,
+    # i2i 0.21, full 0.15; chance is ~0.02). Raise them when a better model is shipped.
+    res = evaluate(SHIPPED, n=200, seed=777)
+    assert res["t2i_p10"] >= 0.2, res
+    assert res["i2i_p10"] >= 0.15, res
+    assert res["full_r1"] >= 0.08, res
+
+
+def test_shipped_model_prefers_the_right_colour() -> None:
+    from clipsearch.eval_tiny import embed_images, embed_texts, load_model
+
+    model, preprocess, tok = load_model(SHIPPED)
+    rng = np.random.default_rng(99)
+    specs = [ShapeSpec(s, c) for s, c in [("star", "red"), ("star", "blue"), ("circle", "red"),
+                                          ("cross", "red"), ("star", "orange")]]
+    imgs = [render_shape(s, rng, size=128, background="plain") for s in specs]
+    sims = embed_texts(model, tok, ["a red star", "a photo of a red star"]) @ \
+        embed_images(model, preprocess, imgs).t()
+    assert (sims[:, 0] > sims[:, 1]).all()  # a red star beats a blue star
+    assert (sims[:, 0] > sims[:, 4]).all()  # ... and an orange star
