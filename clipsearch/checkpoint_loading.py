@@ -44,8 +44,10 @@ def read_state_dict(path: str, weights_only: bool = True) -> dict[str, torch.Ten
 
 
 def detect_layout(sd: dict) -> str:
+    from clipsearch.longclip import is_longclip
+
     keys = list(sd)
-    if "positional_embedding_res" in sd:
+    if is_longclip(sd):
         return "longclip"
     if any(k.startswith("module.image_encoder.") for k in keys):
         return "vificlip"

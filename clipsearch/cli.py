@@ -271,7 +271,12 @@ def fit_transforms(db, text_source, verbose):
     from clipsearch.objectstore import open_collection
 
     col = open_collection(db or _db_default())
-    ts = col.searcher.fit_transforms(strict=True, text_source=text_source)
+    ts = col.searcher.fit_transforms(strict=False, text_source=text_source)
+    if not ts.available:
+        from clipsearch.errors import TransformError
+
+        raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
+                             hint="index more items, then run fit-transforms again")
     click.echo(f"fitted: {ts.describe()}")
 
 
