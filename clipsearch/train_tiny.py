@@ -267,7 +267,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> int:
 def train(out: Path, seed: int = 0, steps: int = 3000, minutes: float = 20.0,
           batch_size: int = 64, lr: float = 2e-3, workers: int = 1, i2i_weight: float = 1.0,
           eval_n: int = 600, log_every: int = 25, cfg: dict | None = None,
-          threads: int = 1, save_every: int = 0) -> dict:
+          threads: int = 1, save_every: int = 0, init: Path | None = None) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     ``steps`` fixes the schedule (reproducible); ``minutes`` is only a safety cap that
@@ -277,6 +277,10 @@ def train(out: Path, seed: int = 0, steps: int = 3000, minutes: float = 20.0,
     torch.use_deterministic_algorithms(True, warn_only=True)
     cfg_path = write_config(out, cfg or model_config())
     model, preprocess, tokenizer = build_model(cfg_path, seed)
+    if init is not None:  # continue from earlier weights (same config), e.g. the shipped model
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()}, strict=True)
     model.train()
     opt = _optimizer(model, lr, wd=0.05)
     warmup = max(1, min(60, steps // 10))
@@ -332,10 +336,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch compute threads; 1 + one render worker fills 2 cores, and on a "
                          "busy shared CPU 2 threads were 10x slower (OpenMP barrier stalls)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights (.safetensors of the same config)")
     args = ap.parse_args(argv)
     log = train(args.out, args.seed, args.steps, args.minutes, args.batch_size, args.lr,
                 args.workers, args.i2i_weight, args.eval_n, threads=args.threads,
-                save_every=args.save_every)
+                save_every=args.save_every, init=args.init)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 
