@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 pytest.register_assert_rewrite("ui_fixtures")
-from ui_fixtures import PDF_PAGES, SEGMENT_SECONDS, VIDEO_SEGMENTS, ServerThread, build_collection  # noqa: E402
+from ui_fixtures import (  # noqa: E402
+    PDF_PAGES,
+    QUERY_TARGETS,
+    SEGMENT_SECONDS,
+    VIDEO_SEGMENTS,
+    ServerThread,
+    build_collection,
+)
 
 from clipsearch.synth.shapes import ShapeSpec, canonical_query, render_shape  # noqa: E402
 
@@ -30,14 +37,14 @@ def test_info_reports_the_collection(server, sample):
     assert info["name"] == db.name
     assert info["kinds"]["image"] == len(data.images) + len(data.dups)
     assert info["kinds"]["video"] == 1
-    assert info["kinds"]["doc_page"] == len(PDF_PAGES)
+    assert info["pages"] == len(PDF_PAGES) and info["documents"] == 1
     assert info["device"] == "cpu"
     assert str(data.root) in info["roots"]
 
 
 def test_text_search_finds_the_described_image(server, sample):
     data, _ = sample
-    for i in range(3):
+    for i in range(len(QUERY_TARGETS)):
         query, expected = data.unique_query(i)
         res = get(server, "/api/search", q=query, k=5, kind="image").json()
         assert res["hits"][0]["source"] == str(expected), query

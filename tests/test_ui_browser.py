@@ -119,7 +119,7 @@ def test_document_hit_shows_its_page_number(page):
 
 def test_more_like_this_and_load_more(page, sample):
     data, _ = sample
-    query, expected = data.unique_query(2)
+    query, expected = data.unique_query(0)
     search(page, query, kind="Images")
     cards = wait_cards(page, "image")
     n = cards.count()

@@ -144,6 +144,10 @@ class SearchService:
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
+            # doc_page rows include zoomed tiles of a page: count pages and documents instead
+            pages = col.store.scan(["source", "page"], "kind = 'doc_page'").to_pylist()
+            info["pages"] = len({(r["source"], r["page"]) for r in pages})
+            info["documents"] = len({r["source"] for r in pages})
             self._info = (key, info)
         return dict(self._info[1])
 
@@ -159,9 +163,10 @@ class SearchService:
         except CollectionNotFound as e:
             return f"**No collection** at `{self.db}`. {e.hint}."
         kinds = info["kinds"]
+        counts = [(kinds.get("image", 0), "image"), (kinds.get("video", 0), "video"),
+                  (info["documents"], "document"), (info["pages"], "page")]
         parts = [f"{info['items']} items"]
-        named = [("image", "image"), ("video", "video"), ("doc_page", "document page")]
-        parts += [f"{kinds[k]} {label}{'s' if kinds[k] != 1 else ''}" for k, label in named if kinds.get(k)]
+        parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
                 + f" · model `{info['model']}` · device `{info['device']}`")
 
