@@ -262,6 +262,17 @@ def _wait_for_release(ray, cpus: float, gpus: float, timeout: float = 60.0) -> N
     log.warning("Ray resources still busy after %.0f s; starting the retry pass anyway", timeout)
 
 
+def _cap_workers(ray, workers: int, cpus_per_worker: float) -> int:
+    """Leave at least one CPU for the decode tasks: actors holding every CPU deadlock the run."""
+    cpus = ray.cluster_resources().get("CPU", 1)
+    most = max(1, int((cpus - 1) / cpus_per_worker)) if cpus_per_worker > 0 else workers
+    if workers > most:
+        log.warning("%d workers of %.1f CPUs each would leave no CPU for decoding on a %d-CPU "
+                    "cluster; using %d (lower cpus_per_worker to run more)", workers,
+                    cpus_per_worker, cpus, most)
+    return min(workers, most)
+
+
 def _job_row(job: Job) -> dict[str, Any]:
     return {"path": job.path, "mtime": float(job.mtime), "size": int(job.size),
             "content_hash": job.content_hash or "", "medium": job.indexer.medium}
@@ -325,7 +336,8 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
             run = _Run(col, report, commit_files, commit_rows)
             try:
                 with _ray_session(address) as ray, _data_context(progress):
-                    n = workers or default_workers(ray, gpus_per_worker)
+                    n = _cap_workers(ray, workers or default_workers(ray, gpus_per_worker),
+                                     cpus_per_worker)
                     _execute(ray, col, ctx, jobs, run, n, gpus_per_worker, cpus_per_worker,
                              batch_size, retries, embedder_cls)
             except KeyboardInterrupt:
