@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,23 @@ def _bench():
     path = ROOT / "benchmarks" / "video_moments.py"
     spec = importlib.util.spec_from_file_location("video_moments_bench", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
 @pytest.mark.skipif(not tiny_files()[1].is_file(), reason="clipsearch-tiny weights are not built yet")
 def test_moment_retrieval_floor_through_indexer(tmp_path):
+    """4 videos written as mp4 and indexed by VideoIndexer, 8 unique queries.
+
+    Floors sit below what the shipped clipsearch-tiny measured (R1@0.5 0.625, R5@0.5 0.875,
+    mIoU 0.50, video R@1 0.625, in-video R1@0.5 0.75; see benchmarks/RESULTS.md): a drop
+    means the indexer or the moment search regressed, or a retrained model got worse.
+    """
     res = _bench().run_benchmark(4, seed=1, min_len=40, max_len=60, through_indexer=True, workdir=tmp_path)
-    assert res["queries"] >= 5
-    assert res["R1@0.5"] >= 0.6, res
-    assert res["mIoU"] >= 0.45, res
-    assert res["video_R@1"] >= 0.6, res
+    assert res["queries"] >= 6, res
+    assert res["R1@0.5"] >= 0.5, res
+    assert res["R5@0.5"] >= 0.75, res
+    assert res["mIoU"] >= 0.35, res
+    assert res["video_R@1"] >= 0.5, res
+    assert res["in_video_R1@0.5"] >= 0.6, res
