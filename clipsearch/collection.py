@@ -203,7 +203,10 @@ class Collection:
                                   batch_size=batch_size, workers=workers, progress=progress,
                                   commit_files=commit_files)
             self._write_skip_log(report)
-            if not report.interrupted:
+            unchanged = report.indexed == 0 and report.removed == 0
+            ann_current = (self.path / "ann" / "current.json").exists() and \
+                self.searcher.ann_saved_version() == self.store.version
+            if not report.interrupted and not (unchanged and ann_current):
                 self.refresh(fit_transforms=fit_transforms)
         return report
 

@@ -107,6 +107,13 @@ class Searcher:
             self._transformed.clear()
             return ann
 
+    def ann_saved_version(self) -> int | None:
+        """Table version the on-disk ANN index was built from (None if there is none)."""
+        try:
+            return int(json.loads((self.ann_dir / "current.json").read_text())["version"])
+        except (OSError, ValueError, KeyError):
+            return None
+
     def ann(self) -> AnnIndex:
         """The ANN index at the table's current version: cached, loaded, or rebuilt."""
         with self._lock:
@@ -171,8 +178,13 @@ class Searcher:
         os.replace(tmp, cache)
         return vecs
 
-    def fit_transforms(self, strict: bool = True, text_source: str = "builtin"):
-        """Fit whitening + centering on the collection's image-like vectors and save them."""
+    def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
+        """Fit whitening + centering on the collection's image-like vectors and save them.
+
+        The text mean for centering needs a few thousand caption embeddings: minutes with a
+        big text tower on a CPU. With `embed_text=False` (the automatic fit after `index`) it is
+        fitted only if those embeddings are already cached; otherwise on first use of --center.
+        """
         from clipsearch.transforms import TransformSet
 
         _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
@@ -180,7 +192,9 @@ class Searcher:
         if text_source == "collection":
             _, texts = self.col.store.vectors("kind = 'doc_text'")
         if texts is None or len(texts) == 0:
-            texts, text_source = self._builtin_text_vectors(), "builtin"
+            text_source = "builtin"
+            cached = (self.col.path / "builtin_text_vectors.npy").exists()
+            texts = self._builtin_text_vectors() if (embed_text or cached) else None
         ts = TransformSet.fit(vecs, texts, model_id=self.col.meta["model_id"], dim=int(self.col.meta["dim"]),
                               text_source=text_source, strict=strict)
         ts.save(self.col.path)
@@ -193,16 +207,14 @@ class Searcher:
         Transforms are refitted automatically only when there are enough image-like items for
         at least centering; below that, `clipsearch fit-transforms` explains what is missing.
         """
+        from clipsearch.docsearch import ensure_fts_index
         from clipsearch.transforms import MIN_CENTER_SAMPLES
 
         store = self.col.store
-        if store.count("kind = 'doc_text'"):
-            from clipsearch.docsearch import ensure_fts_index
-
-            ensure_fts_index(store.table)
+        ensure_fts_index(store.table)  # document text, and paths for --hybrid
         if fit_transforms and store.count("kind IN ('image','video_frame','doc_page')") >= MIN_CENTER_SAMPLES:
             try:
-                self.fit_transforms(strict=False)
+                self.fit_transforms(strict=False, embed_text=False)
             except TransformError as e:
                 log.info("transforms not fitted: %s", e)
 
@@ -281,6 +293,10 @@ class Searcher:
         need = (k + offset) * 4 + 20
         if whiten or center:
             ts = self.transforms()
+            if center and modality != "image" and ts.text_mean is None and ts.image_mean is not None:
+                log.warning("fitting the text mean for --center (once per collection)...")
+                self.fit_transforms(strict=False)
+                ts = self.transforms()
             qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
                                 whiten=whiten, center=center)[0]
             raw = self._transformed_index(tuple(sorted(set(kinds) & set(IMAGE_LIKE)) or kinds),

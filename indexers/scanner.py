@@ -17,7 +17,7 @@ from clipsearch.records import display_path
 MEDIA_EXTENSIONS = {
     b".jpg", b".jpeg", b".png", b".webp", b".bmp", b".gif", b".tif", b".tiff",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
-    b".pdf", b".txt", b".md",
+    b".pdf", b".txt", b".md", b".markdown",
 }
 
 
