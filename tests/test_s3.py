@@ -165,3 +165,13 @@ def test_lance_ivf_pq_index_serves_remote_search(s3, cache, tmp_path, monkeypatc
         hits = col.search(image=root / name, k=5)
         assert hits[0].source == str(root / name)
         assert hits[0].score == pytest.approx(1.0, abs=0.02)
+
+    # Incremental run: new rows are folded into the existing index (optimize, no retraining)
+    # and are searchable at once.
+    _images(tmp_path / "more", 6, seed=9)
+    shutil.copytree(tmp_path / "more", root / "more")
+    again = col.add([root], fit_transforms=False)
+    assert (again.indexed, again.unchanged) == (6, 300)
+    assert lance_ann.has_vector_index(col.store)
+    new = root / "more" / "s1" / "im003.png"
+    assert col.search(image=new, k=5)[0].source == str(new)

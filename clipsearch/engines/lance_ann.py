@@ -99,6 +99,12 @@ class RemoteSearcher(Searcher):
     def rebuild_ann(self, save: bool = False):
         with self._lock:
             store = self.col.store
+            if has_vector_index(store):
+                # Fold new rows into the existing partitions; no retraining on every run.
+                store.table.optimize()
+                self._ann = LanceAnn(store)
+                self._transformed.clear()
+                return self._ann
             if store.count() >= LANCE_INDEX_MIN_ROWS:
                 build_vector_index(store)
                 self._ann = LanceAnn(store)
