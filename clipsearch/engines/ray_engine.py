@@ -346,9 +346,16 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
                 run.committer.flush()
         report.seconds = time.perf_counter() - t0
         col._write_skip_log(report)
-        if not report.interrupted:
+        unchanged = report.indexed == 0 and report.removed == 0
+        if not report.interrupted and not (unchanged and _ann_current(col)):
             col.refresh(fit_transforms=fit_transforms)
     return report
+
+
+def _ann_current(col: Collection) -> bool:
+    """Whether the saved ANN index already matches the table (then a no-op run skips refresh)."""
+    saved = getattr(col.searcher, "ann_saved_version", None)
+    return saved is not None and saved() == col.store.version
 
 
 def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int,
