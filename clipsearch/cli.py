@@ -124,7 +124,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
 
         report = index_with_ray(col, list(paths), address=ray_address, workers=workers,
                                 gpus_per_worker=gpus_per_worker, batch_size=batch_size,
-                                max_pixels=max_pixels, options=options, progress=not quiet)
+                                max_pixels=max_pixels, options=options, progress=not quiet,
+                                commit_files=commit_every)
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
                          max_pixels=max_pixels, options=options, commit_files=commit_every)

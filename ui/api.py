@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
+from clipsearch.objectstore import open_collection
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SearchService:
         if self._col is None:
             with self._lock:
                 if self._col is None:
-                    self._col = Collection.open(self.db, device=self.device)
+                    self._col = open_collection(self.db, device=self.device)
         return self._col
 
     def exists(self) -> bool:
