@@ -47,6 +47,18 @@ def default_db_dir() -> Path:
     return Path(base) / "clipsearch" / "default"
 
 
+def resolve_roots(paths: Sequence[str | os.PathLike]) -> list[bytes]:
+    """Absolute path bytes of what the user asked to index; a missing path is a usage error."""
+    roots = []
+    for p in paths:
+        raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p))))
+        if not os.path.lexists(raw):
+            raise UsageError(f"{os.fsdecode(raw)}: no such file or directory",
+                             hint="check the path you passed to index")
+        roots.append(raw)
+    return roots
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -187,13 +199,7 @@ class Collection:
         from clipsearch import pipeline
         from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext, default_indexers
 
-        roots = []
-        for p in paths:
-            raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p))))
-            if not os.path.lexists(raw):
-                raise UsageError(f"{os.fsdecode(raw)}: no such file or directory",
-                                 hint="check the path you passed to index")
-            roots.append(raw)
+        roots = resolve_roots(paths)
         with self._writer_lock():
             self.thumb_dir.mkdir(parents=True, exist_ok=True)
             ctx = IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,

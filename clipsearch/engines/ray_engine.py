@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.collection import Collection
+from clipsearch.collection import Collection, resolve_roots
 from clipsearch.errors import ClipsearchError, SkipFile, UsageError
 from clipsearch.pipeline import IndexReport, Job, _Committer, content_hash, plan
 from clipsearch.records import Record, display_path
@@ -170,17 +170,6 @@ def _resolve_collection(collection: Collection | str | os.PathLike, model: str |
     from clipsearch.objectstore import open_or_create
 
     return open_or_create(collection, model=model, checkpoint=checkpoint)
-
-
-def _roots(paths: Sequence[str | os.PathLike]) -> list[bytes]:
-    roots = []
-    for p in paths:
-        raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p))))
-        if not os.path.lexists(raw):
-            raise UsageError(f"{os.fsdecode(raw)}: no such file or directory",
-                             hint="check the path you passed to index")
-        roots.append(raw)
-    return roots
 
 
 @contextlib.contextmanager
@@ -321,7 +310,7 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
     from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext, default_indexers
 
     col = _resolve_collection(collection, model, checkpoint)
-    roots = _roots(paths)
+    roots = resolve_roots(paths)
     with col._writer_lock():
         col.thumb_dir.mkdir(parents=True, exist_ok=True)
         ctx = IndexContext(thumb_dir=col.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
