@@ -71,10 +71,12 @@ class IndexReport:
         return self.indexed + self.unchanged + len(self.skipped)
 
     def summary(self) -> str:
-        per_k = 1000 * self.scan_seconds / max(self.seen, 1)
+        rate = ""
+        if self.seen >= 1000:  # a per-1,000 figure from a handful of files is just overhead
+            rate = f", {1000 * self.scan_seconds / self.seen:.3f} s per 1,000 files"
         s = (f"indexed {self.indexed} files ({self.items} items), {self.unchanged} unchanged, "
              f"{self.removed} removed, {len(self.skipped)} skipped in {self.seconds:.1f} s "
-             f"(scan + change check {self.scan_seconds:.2f} s, {per_k:.3f} s per 1,000 files)")
+             f"(scan + change check {self.scan_seconds:.2f} s{rate})")
         return s + (" [interrupted: run again to resume]" if self.interrupted else "")
 
 
