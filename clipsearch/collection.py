@@ -234,7 +234,8 @@ class Collection:
 
     def refresh(self, fit_transforms: bool = True) -> None:
         """Rebuild what is derived from the table: the ANN index, full-text index, transforms."""
-        self.searcher.rebuild_ann(save=True)
+        self.searcher.ensure_text_index()  # first: building it makes a new table version
+        self.searcher.rebuild_ann(save=True)  # tagged with the final version
         self.searcher.after_write(fit_transforms=fit_transforms)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:

@@ -201,17 +201,21 @@ class Searcher:
         self._transforms = None
         return ts
 
+    def ensure_text_index(self) -> None:
+        """Full-text index over document text, and over paths for --hybrid."""
+        from clipsearch.docsearch import ensure_fts_index
+
+        ensure_fts_index(self.col.store.table)
+
     def after_write(self, fit_transforms: bool = True) -> None:
-        """Derived state after an index run: full-text index and (best-effort) transforms.
+        """Derived state after an index run: (best-effort) transforms.
 
         Transforms are refitted automatically only when there are enough image-like items for
         at least centering; below that, `clipsearch fit-transforms` explains what is missing.
         """
-        from clipsearch.docsearch import ensure_fts_index
         from clipsearch.transforms import MIN_CENTER_SAMPLES
 
         store = self.col.store
-        ensure_fts_index(store.table)  # document text, and paths for --hybrid
         if fit_transforms and store.count("kind IN ('image','video_frame','doc_page')") >= MIN_CENTER_SAMPLES:
             try:
                 self.fit_transforms(strict=False, embed_text=False)
