@@ -59,6 +59,19 @@ def resolve_roots(paths: Sequence[str | os.PathLike]) -> list[bytes]:
     return roots
 
 
+def check_meta(meta: dict, where: str, model: str | None = None, checkpoint: str | None = None) -> None:
+    """Refuse metadata from a newer clipsearch, and a model other than the collection's own."""
+    if meta.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ClipsearchError(f"{where} was written by a newer clipsearch (schema "
+                              f"{meta['schema_version']})", hint="upgrade clipsearch")
+    if model or checkpoint:
+        wanted = resolve(model or meta["model"]["arch"], checkpoint)
+        if wanted.model_id() != meta["model_id"]:
+            raise ModelMismatch(
+                f"the collection at {where} was built with {meta['model_name']}, not {wanted.name}",
+                hint="leave out --model (a collection knows its model), or use another --db")
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -112,17 +125,8 @@ class Collection:
         except (OSError, ValueError) as e:
             raise ClipsearchError(f"{meta_path} is unreadable: {e}",
                                   hint="restore it from a backup, or re-index into a new --db") from e
-        if meta.get("schema_version", 0) > SCHEMA_VERSION:
-            raise ClipsearchError(f"{p} was written by a newer clipsearch (schema "
-                                  f"{meta['schema_version']})", hint="upgrade clipsearch")
-        col = cls(p, meta, device)
-        if model or checkpoint:
-            wanted = resolve(model or meta["model"]["arch"], checkpoint)
-            if wanted.model_id() != meta["model_id"]:
-                raise ModelMismatch(
-                    f"the collection at {p} was built with {meta['model_name']}, not {wanted.name}",
-                    hint="leave out --model (a collection knows its model), or use another --db")
-        return col
+        check_meta(meta, str(p), model, checkpoint)
+        return cls(p, meta, device)
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike | None = None, model: str | None = None,

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clipsearch.collection import META_FILE, SCHEMA_VERSION, SKIP_LOG, Collection
-from clipsearch.errors import ClipsearchError, CollectionNotFound, ModelMismatch, UsageError
+from clipsearch.collection import META_FILE, SCHEMA_VERSION, SKIP_LOG, Collection, check_meta
+from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
 from clipsearch.model_registry import resolve
 
 log = logging.getLogger(__name__)
@@ -230,15 +230,7 @@ class RemoteCollection(Collection):
         if meta is None:
             raise CollectionNotFound(f"no collection at {loc.uri}",
                                      hint="create one with `clipsearch index PATH --db URI`")
-        if meta.get("schema_version", 0) > SCHEMA_VERSION:
-            raise ClipsearchError(f"{loc.uri} was written by a newer clipsearch (schema "
-                                  f"{meta['schema_version']})", hint="upgrade clipsearch")
-        if model or checkpoint:
-            wanted = resolve(model or meta["model"]["arch"], checkpoint)
-            if wanted.model_id() != meta["model_id"]:
-                raise ModelMismatch(
-                    f"the collection at {loc.uri} was built with {meta['model_name']}, not {wanted.name}",
-                    hint="leave out --model (a collection knows its model), or use another --db")
+        check_meta(meta, loc.uri, model, checkpoint)
         col = cls(loc, meta, device)
         col._pull_transforms()
         return col
