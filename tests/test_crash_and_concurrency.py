@@ -14,13 +14,16 @@ from core_fixtures import write_shapes
 
 from clipsearch import Collection
 
-N_PER_CLASS = 20  # 240 files
+N_PER_CLASS = 30  # 360 files: enough that a fast machine can't finish before the kill
+
+
+def _index_cmd(photos: Path, db: Path) -> list[str]:
+    return [sys.executable, "-m", "clipsearch.cli", "index", str(photos), "--db", str(db),
+            "--model", "clipsearch-tiny", "-q", "--commit-every", "8", "--batch-size", "8"]
 
 
 def _start_index(photos: Path, db: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "clipsearch.cli", "index", str(photos), "--db", str(db),
-           "--model", "clipsearch-tiny", "-q", "--commit-every", "8", "--batch-size", "8"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(_index_cmd(photos, db), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "CLIPSEARCH_OFFLINE": "1"})
 
 
@@ -44,8 +47,8 @@ def test_kill_9_then_resume(photos, tmp_path):
     db = tmp_path / "db"
     proc = _start_index(photos, db)
     deadline = time.time() + 300
-    while _rows(db) < 24 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while _rows(db) < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # kill right after the first commit lands
     assert proc.poll() is None, "indexing finished before it could be killed; make the corpus bigger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -56,7 +59,7 @@ def test_kill_9_then_resume(photos, tmp_path):
     states = col.store.file_states()
     assert len(states) == committed  # one row per file, no partial duplicates
 
-    done = subprocess.run(_start_index(photos, db).args, capture_output=True, text=True,
+    done = subprocess.run(_index_cmd(photos, db), capture_output=True, text=True,
                           env={**os.environ, "CLIPSEARCH_OFFLINE": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"{committed} unchanged" in done.stdout  # nothing committed was re-embedded
@@ -80,7 +83,7 @@ def test_search_while_indexing(photos, tmp_path):
             hits = reader.search(text="a red star", k=5)
             assert hits, "search returned nothing while indexing"
             seen_counts.append(reader.info()["items"])
-            time.sleep(0.3)
+            time.sleep(0.05)
     finally:
         proc.wait(timeout=600)
     assert proc.returncode == 0, proc.stderr.read()
