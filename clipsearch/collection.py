@@ -220,13 +220,17 @@ class Collection:
                 self.refresh(fit_transforms=fit_transforms)
         return report
 
+    def save_meta(self) -> None:
+        """Persist `self.meta` (a remote collection writes it next to its table instead)."""
+        _write_json_atomic(self.path / META_FILE, self.meta)
+
     def _remember_roots(self, roots: list[bytes]) -> None:
         known = set(self.meta.get("roots", []))
         for r in roots:
             d = r if os.path.isdir(r) else os.path.dirname(r)
             known.add(os.fsdecode(d))
         self.meta["roots"] = sorted(known)
-        _write_json_atomic(self.path / META_FILE, self.meta)
+        self.save_meta()
 
     def _write_skip_log(self, report) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
@@ -234,7 +238,7 @@ class Collection:
         (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
                                  "time": time.time()}
-        _write_json_atomic(self.path / META_FILE, self.meta)
+        self.save_meta()
 
     def refresh(self, fit_transforms: bool = True) -> None:
         """Rebuild what is derived from the table: the ANN index, full-text index, transforms."""

@@ -267,24 +267,11 @@ class RemoteCollection(Collection):
     def save_meta(self) -> None:
         self.location.write_json(self.meta)
 
-    def _remember_roots(self, roots: list[bytes]) -> None:
-        known = set(self.meta.get("roots", []))
-        for r in roots:
-            d = r if os.path.isdir(r) else os.path.dirname(r)
-            known.add(os.fsdecode(d))
-        self.meta["roots"] = sorted(known)
-        self.save_meta()
-
     def _write_skip_log(self, report) -> None:
-        lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
-        lines += [f"{path}\t{reason}" for path, reason in report.skipped]
-        text = "\n".join(lines) + "\n"
+        """The local skip log, mirrored next to the table so other machines can read it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / SKIP_LOG).write_text(text)
-        self.location.write_bytes(SKIP_LOG, text.encode())
-        self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
-                                 "time": time.time()}
-        self.save_meta()
+        super()._write_skip_log(report)
+        self.location.write_bytes(SKIP_LOG, (self.path / SKIP_LOG).read_bytes())
 
     def refresh(self, fit_transforms: bool = True) -> None:
         """Rebuild derived state, then mirror the fitted transforms next to the table."""
