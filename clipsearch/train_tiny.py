@@ -32,6 +32,7 @@ from clipsearch.synth import (
     SHAPES,
     SIZES,
     ShapeSpec,
+    caption_from_attrs,
     caption_with_attrs,
     random_spec,
     render_page,
@@ -86,9 +87,33 @@ def encode_attrs(attrs: dict[str, str | None]) -> list[int]:
     return [_VOCABS[a].index(attrs[a]) if attrs[a] else -1 for a in ATTRS]
 
 
+# Which attribute a hard-negative caption changes. Position gets the most weight: it is the
+# attribute a CLIP learns last (a run without these negatives ranked positions at chance).
+_NEG_WEIGHTS = {"position": 0.5, "size": 0.1, "color": 0.2, "shape": 0.2}
+
+
+def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator
+                  ) -> tuple[str, dict[str, str | None]]:
+    """A caption like the positive one but with one attribute of the image changed
+    ("... on the left" -> "... at the top"), NegCLIP-style.
+
+    In-batch negatives rarely differ from an image in one attribute only, so without these
+    the loss barely rewards fine distinctions such as position.
+    """
+    options = [a for a in _NEG_WEIGHTS if getattr(spec, a) is not None]
+    p = np.asarray([_NEG_WEIGHTS[a] for a in options])
+    attr = options[int(rng.choice(len(options), p=p / p.sum()))]
+    current = getattr(spec, attr)
+    others = [v for v in _VOCABS[attr] if v != current]
+    neg = dict(mentioned)
+    neg[attr] = others[int(rng.integers(len(others)))]
+    return caption_from_attrs(neg, rng), neg
+
+
 def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
-                easy: bool = False) -> tuple[Image.Image, str, list[int], list[int]]:
-    """One training pair: image, caption, image attribute codes, mentioned attribute codes.
+                easy: bool = False) -> tuple[Image.Image, str, list[int], list[int], str, list[int]]:
+    """One training pair: image, caption, image attribute codes, mentioned attribute codes,
+    plus a hard-negative caption and its mentioned codes.
 
     ``klass`` fixes (shape, color); size, position, background etc. stay random.
     ``easy`` draws on a plain grey background without degradation (curriculum warm-up).
@@ -107,7 +132,9 @@ def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
         canvas = TRAIN_CANVAS[int(rng.integers(len(TRAIN_CANVAS)))]
         img = render_shape(spec, rng, size=canvas, degrade=bool(rng.random() < P_DEGRADE))
     text, mentioned = caption_with_attrs(spec, rng)
-    return img, text, encode_attrs(vars(spec)), encode_attrs(mentioned)
+    neg_text, neg_mentioned = hard_negative(spec, mentioned, rng)
+    return (img, text, encode_attrs(vars(spec)), encode_attrs(mentioned), neg_text,
+            encode_attrs(neg_mentioned))
 
 
 CLASSES = [(s, c) for s in SHAPES for c in COLORS]
@@ -154,6 +181,8 @@ class BatchSource(torch.utils.data.Dataset):
             "tokens": self.tokenizer([s[1] for s in samples]),
             "attrs": torch.tensor([s[2] for s in samples]),
             "mentioned": torch.tensor([s[3] for s in samples]),
+            "neg_tokens": self.tokenizer([s[4] for s in samples]),
+            "neg_mentioned": torch.tensor([s[5] for s in samples]),
         }
 
 
@@ -194,8 +223,10 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: 
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-positive image<->text loss plus a supervised image<->image term.
 
-    The image term (same colour+shape = positive) makes image-to-image search group
-    by object rather than by background.
+    ``txt``/``mentioned`` may hold more captions than there are images (the hard negatives);
+    which caption is true of which image is decided by attributes alone. The image term
+    (same colour+shape = positive) makes image-to-image search group by object rather than
+    by background.
     """
     pos = positives(attrs, mentioned)
     logits = scale * img @ txt.t()
@@ -243,10 +274,14 @@ def _progress(step: int, steps: int, elapsed: float, budget_s: float) -> float:
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                opt: torch.optim.Optimizer, i2i_weight: float) -> dict[str, float]:
     """One optimisation step; returns the loss parts for logging."""
-    img = model.encode_image(batch["images"], normalize=True)
-    txt = model.encode_text(batch["tokens"], normalize=True)
-    loss, parts = clip_loss(img, txt, model.logit_scale.exp(), batch["attrs"],
-                            batch["mentioned"], i2i_weight)
+    images = batch["images"].contiguous(memory_format=torch.channels_last)
+    img = model.encode_image(images, normalize=True)
+    tokens, mentioned = batch["tokens"], batch["mentioned"]
+    if "neg_tokens" in batch:
+        tokens = torch.cat([tokens, batch["neg_tokens"]])
+        mentioned = torch.cat([mentioned, batch["neg_mentioned"]])
+    txt = model.encode_text(tokens, normalize=True)
+    loss, parts = clip_loss(img, txt, model.logit_scale.exp(), batch["attrs"], mentioned, i2i_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -281,6 +316,9 @@ def train(out: Path, seed: int = 0, steps: int = 3000, minutes: float = 20.0,
         from safetensors.torch import load_file
 
         model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()}, strict=True)
+    # NHWC convolutions are ~30% faster on CPU (oneDNN) for this tower; weights are saved
+    # contiguous, so the shipped file is layout-agnostic.
+    model.to(memory_format=torch.channels_last)
     model.train()
     opt = _optimizer(model, lr, wd=0.05)
     warmup = max(1, min(60, steps // 10))

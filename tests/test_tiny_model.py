@@ -158,6 +158,27 @@ def test_positive_mask_counts_less_specific_captions() -> None:
     assert pos[:, 2].tolist() == [1, 1, 1]  # "a red shape" fits all
 
 
+def test_hard_negative_changes_exactly_one_attribute_of_the_image() -> None:
+    rng = np.random.default_rng(4)
+    changed = {a: 0 for a in train_tiny.ATTRS}
+    for _ in range(400):
+        spec = random_spec(rng, p_size=0.7, p_pos=0.7)
+        _, mentioned = caption_with_attrs(spec, rng)
+        text, neg = train_tiny.hard_negative(spec, mentioned, rng)
+        diff = [a for a in train_tiny.ATTRS if neg[a] != mentioned[a]]
+        assert len(diff) == 1, (spec, mentioned, neg)
+        a = diff[0]
+        assert neg[a] is not None and neg[a] != getattr(spec, a)  # false of this image
+        changed[a] += 1
+        pos = train_tiny.positives(torch.tensor([train_tiny.encode_attrs(vars(spec))]),
+                                   torch.tensor([train_tiny.encode_attrs(mentioned),
+                                                 train_tiny.encode_attrs(neg)]))
+        assert pos.tolist() == [[1.0, 0.0]]
+        if a == "position":
+            assert _mentions(text, _POS_WORDS[neg[a]])
+    assert changed["position"] > changed["size"] > 0 and changed["color"] > 0 and changed["shape"] > 0
+
+
 def test_first_batch_is_deterministic(tmp_path: Path) -> None:
     cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
     _, preprocess, tok = train_tiny.build_model(cfg, 0)

@@ -191,14 +191,18 @@ def caption_with_attrs(
         "size": spec.size if spec.size and rng.random() < p_size else None,
         "position": spec.position if spec.position and rng.random() < p_pos else None,
     }
+    return caption_from_attrs(m, rng), m
+
+
+def caption_from_attrs(m: dict[str, str | None], rng: np.random.Generator) -> str:
+    """Word a caption that mentions exactly the attributes set in ``m``, in a random style
+    (natural phrase, keyword list or relative clause)."""
     style = rng.random()
     if style < 0.6:
-        text = _natural_caption(rng, m)
-    elif style < 0.85:
-        text = _comma_caption(rng, m)
-    else:
-        text = _clause_caption(rng, m)
-    return text, m
+        return _natural_caption(rng, m)
+    if style < 0.85:
+        return _comma_caption(rng, m)
+    return _clause_caption(rng, m)
 
 
 def caption(spec: ShapeSpec, rng: np.random.Generator) -> str:
