@@ -214,7 +214,8 @@ def index_through_indexer(videos: list[SynthVideo], backgrounds: list[np.ndarray
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, ann_search=None) -> dict:
+def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, ann_search=None,
+             flank_weight: float = 0.0) -> dict:
     """R1@0.5, R1@0.7, mIoU (top-1 moment in the whole collection) and video-level R@1."""
     queries = [(v, s) for v in videos for s in v.segments if s.query]
     texts = [canonical_query(s.spec) for _, s in queries]
@@ -222,12 +223,12 @@ def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, a
     preds, gts, ranked, lat, in_video = [], [], [], [], []
     for (v, seg), q in zip(queries, qvecs, strict=True):
         t0 = time.perf_counter()
-        ms = find_moments(q, table, k=k, ann_search=ann_search)
+        ms = find_moments(q, table, k=k, ann_search=ann_search, flank_weight=flank_weight)
         lat.append(time.perf_counter() - t0)
         preds.append([Span(m.source, m.t_start, m.t_end) for m in ms])
         gts.append(Span(source_of(v), seg.t_start, seg.t_end))
         ranked.append([h.source for h in rank_videos(q, table, k=5, ann_search=ann_search)])
-        in_video.append(localise_in_video(q, table, source_of(v)))
+        in_video.append(localise_in_video(q, table, source_of(v), flank_weight))
     return {
         "queries": len(queries),
         "R1@0.5": recall_at_iou(preds, gts, 0.5),
@@ -242,7 +243,7 @@ def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, a
     }
 
 
-def localise_in_video(query: np.ndarray, table, source: str) -> list[Span]:
+def localise_in_video(query: np.ndarray, table, source: str, flank_weight: float = 0.0) -> list[Span]:
     """Segments of one known video for the query (single-video moment retrieval)."""
     from clipsearch.moments import _sql_str, _vectors, segments_from_curve
 
@@ -256,12 +257,13 @@ def localise_in_video(query: np.ndarray, table, source: str) -> list[Span]:
     sims = _vectors(frames.column("vector")) @ query
     order = np.argsort(t)
     cuts = video[0].get("cuts", []) if video else []
-    return [Span(source, g.t_start, g.t_end) for g in segments_from_curve(t[order], sims[order], cuts)]
+    segs = segments_from_curve(t[order], sims[order], cuts, flank_weight=flank_weight)
+    return [Span(source, g.t_start, g.t_end) for g in segs]
 
 
 def run_benchmark(n_videos: int = 20, *, encoder=None, model: str = "clipsearch-tiny", seed: int = 0,
                   min_len: float = 40, max_len: float = 120, through_indexer: bool = False,
-                  workdir: str | Path | None = None) -> dict:
+                  workdir: str | Path | None = None, flank_weight: float = 0.0) -> dict:
     """Build the synthetic collection, index it, and score every unique-combination query."""
     if encoder is None:
         from clipsearch.encoders import Encoder
@@ -282,7 +284,7 @@ def run_benchmark(n_videos: int = 20, *, encoder=None, model: str = "clipsearch-
 
             def source_of(v: SynthVideo) -> str:
                 return f"/synthetic/{v.name}.mp4"
-        result = evaluate(videos, encoder, store.table, source_of)
+        result = evaluate(videos, encoder, store.table, source_of, flank_weight=flank_weight)
     result.update({
         "videos": n_videos,
         "video_seconds": round(sum(v.duration for v in videos), 1),
@@ -342,12 +344,15 @@ def main() -> None:
     ap.add_argument("--through-indexer", action="store_true")
     ap.add_argument("--speed", default="", help="measure indexing speed instead, e.g. 360,1080")
     ap.add_argument("--speed-seconds", type=float, default=60.0)
+    ap.add_argument("--flank-weight", type=float, default=0.0,
+                    help="moment score's contrast term (1 = the design sketch's mean-of-flanks penalty)")
     args = ap.parse_args()
     if args.speed:
         for h in args.speed.split(","):
             print(json.dumps(indexing_speed(int(h), args.speed_seconds, model=args.model)))
         return
-    res = run_benchmark(args.videos, model=args.model, seed=args.seed, through_indexer=args.through_indexer)
+    res = run_benchmark(args.videos, model=args.model, seed=args.seed, through_indexer=args.through_indexer,
+                        flank_weight=args.flank_weight)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
 
 

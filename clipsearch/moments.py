@@ -5,9 +5,14 @@ ANN-accelerated) to find *where* to look, then the per-frame similarity curve of
 regions decides *exactly* where a moment starts and ends. The curve → segment step is a pure
 function on arrays (`segments_from_curve`) so it can be tested without a model or a database.
 
-Moment score (documented, shown to users): ``mean(inside) − mean(flanks) + 0.5·max(inside)``
-over raw cosine similarities of the frames, i.e. how much the span stands out from its
-surroundings plus how well its best frame matches. Higher is better; it is not a cosine.
+Moment score (documented, shown to users): ``mean(inside) + 0.5·max(inside)`` over raw cosine
+similarities of the frames: how well the span matches on average plus how well its best frame
+matches. Higher is better; it is not a cosine. The span itself is found relative to the
+video's own background (threshold between median and peak), but the *score* is absolute, so
+moments of different videos compare. The design sketch's contrast term ``− mean(flanks)`` is
+available as ``flank_weight=1``: it rewards a span for differing from its surroundings, which
+says nothing about the query, and on the synthetic benchmark it put a wrong video's moment
+first for most queries (collection R1@0.5 0.41 with it, 0.97 without; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def segments_from_curve(
     min_len: float = 2.0,
     snap: float = 1.0,
     max_segments: int = 3,
+    flank_weight: float = 0.0,
 ) -> list[Segment]:
     """Turn one video's frame-similarity curve into scored segments, best first.
 
@@ -125,7 +131,8 @@ def segments_from_curve(
     from the highest unused peak, threshold = background + `rel_threshold`·(peak − background);
     keep the above-threshold run holding the peak, bridging dips ≤ `max_gap` s; edges at the
     interpolated threshold crossings; pad to `min_len` s; snap edges to a shot cut within
-    ± `snap` s. Repeat on the unused samples up to `max_segments` times.
+    ± `snap` s. Repeat on the unused samples up to `max_segments` times. Score: mean(inside)
+    + 0.5·max(inside) − `flank_weight`·mean(flanks) (see the module docstring).
     """
     t = np.asarray(times, dtype=np.float64)
     s = np.asarray(sims, dtype=np.float64)
@@ -176,7 +183,7 @@ def segments_from_curve(
         flank_w = float(np.clip(end - start, 2.0, 10.0))
         flanks = ((t >= start - flank_w) & (t < start)) | ((t >= end) & (t < end + flank_w))
         flank_mean = float(s[flanks].mean()) if flanks.any() else float(np.median(s))
-        score = float(s[inside].mean()) - flank_mean + 0.5 * float(s[inside].max())
+        score = float(s[inside].mean()) - flank_weight * flank_mean + 0.5 * float(s[inside].max())
         found.append(Segment(float(start), float(end), score, float(t[ip])))
         used |= inside
         used[i0 : i1 + 1] = True
@@ -366,6 +373,7 @@ def find_moments(
     max_regions: int | None = None,
     sigma: float = 1.0,
     catalog: WindowCatalog | None = None,
+    flank_weight: float = 0.0,
 ) -> list[Moment]:
     """Top-`k` moments in the whole collection for an L2-normalised query vector.
 
@@ -401,7 +409,9 @@ def find_moments(
         if idx.size == 0:
             continue
         idx = idx[np.argsort(f_t[idx], kind="stable")]
-        for seg in segments_from_curve(f_t[idx], f_sim[idx], cuts.get(src, ()), sigma=sigma):
+        segs = segments_from_curve(f_t[idx], f_sim[idx], cuts.get(src, ()), sigma=sigma,
+                                   flank_weight=flank_weight)
+        for seg in segs:
             j = idx[int(np.argmin(np.abs(f_t[idx] - seg.peak)))]
             moments.append(Moment(src, seg.t_start, seg.t_end, seg.score, f_thumb[j]))
     return nms(moments, 0.5)[:k]

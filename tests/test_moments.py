@@ -194,3 +194,19 @@ def test_ranking_across_videos_prefers_the_stronger_match(tmp_path):
     assert ms[0].source == "/v/strong.mkv"
     assert temporal_iou((ms[0].t_start, ms[0].t_end), (20, 30)) >= 0.8
     assert ms[0].score > ms[-1].score
+
+
+def test_moment_score_is_absolute_so_videos_compare():
+    # Video A: the true moment (0.8) inside similar surroundings (0.45). Video B: a weak match
+    # (0.55) on an unrelated background (0.0). A contrast score (- mean of flanks) ranks B first.
+    t = np.arange(0.0, 60.0, 0.5)
+    a = np.where((t >= 20) & (t < 30), 0.8, np.where((t >= 10) & (t < 40), 0.45, 0.1))
+    b = np.where((t >= 20) & (t < 30), 0.55, 0.0)
+    best_a = segments_from_curve(t, a, cuts=[10.0, 20.0, 30.0, 40.0])[0]
+    best_b = segments_from_curve(t, b, cuts=[20.0, 30.0])[0]
+    assert (best_a.t_start, best_a.t_end) == (20.0, 30.0)
+    assert best_a.score > best_b.score
+    assert best_a.score == pytest.approx(0.8 + 0.5 * 0.8)
+    contrast_a = segments_from_curve(t, a, cuts=[10.0, 20.0, 30.0, 40.0], flank_weight=1.0)[0]
+    contrast_b = segments_from_curve(t, b, cuts=[20.0, 30.0], flank_weight=1.0)[0]
+    assert contrast_a.score < contrast_b.score  # why the contrast term is off by default
