@@ -127,14 +127,15 @@ def test_snippet_centres_on_the_query() -> None:
 
 @pytest.mark.skipif(not tiny_files()[1].is_file(), reason="clipsearch-tiny weights not built yet")
 def test_page_retrieval_floor_with_the_tiny_model(tmp_path: Path) -> None:
-    # ~17 pages. Floors sit below what the benchmark measures (benchmarks/RESULTS.md): phrases are
-    # found by BM25 on top of noise rankings; figures only by the tiny 64-px image tower, weakly.
+    # ~17 pages. Floors sit below what this set measures with the shipped model (text, both 1.0;
+    # figure R@1 0.82, R@5 1.0): phrases are found by BM25, figures by the page-image ranking.
     res = bench.run(n_docs=3, pages=(5, 6), seed=1, work_dir=tmp_path)
     print(json.dumps(res))
     fused = res["results"]["fused"]
     assert fused["text"]["R@1"] >= 0.85
     assert fused["both"]["R@1"] >= 0.85
-    assert fused["figure"]["R@5"] >= 0.5
+    assert fused["figure"]["R@1"] >= 0.6
+    assert fused["figure"]["R@5"] >= 0.85
 
 
 def test_paths_are_keyword_searchable_for_hybrid(collection) -> None:
