@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,20 @@ def image_to_image(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> float:
     return float(np.mean(scores))
 
 
+def attribute_accuracy(img_emb: torch.Tensor, model, tokenizer, specs: list[ShapeSpec],
+                       attr: str) -> float:
+    """How often the image's own full caption beats the same caption with ``attr`` changed
+    ("... on the left" vs "... on the right", "at the top", ...): a diagnostic that shows
+    which attribute a weak full-query recall comes from."""
+    values = {"size": SIZES, "position": POSITIONS}[attr]
+    correct = 0
+    for spec, emb in zip(specs, img_emb, strict=True):
+        variants = [replace(spec, **{attr: v}) for v in values]
+        sims = embed_texts(model, tokenizer, [canonical_query(v, full=True) for v in variants]) @ emb
+        correct += values[int(sims.argmax())] == getattr(spec, attr)
+    return correct / max(1, len(specs))
+
+
 def _group_mean(per_class: dict[tuple[str, str], float], index: int) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for cls, v in per_class.items():
@@ -144,6 +159,8 @@ def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
         "full_r1": round(full_attribute_recall(img_emb, model, tokenizer, specs), 4),
         "full_r1_comma": round(full_attribute_recall(img_emb, model, tokenizer, specs, True), 4),
         "i2i_p10": round(image_to_image(img_emb, specs), 4),
+        "position_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "position"), 4),
+        "size_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "size"), 4),
         "t2i_by_shape": _group_mean(per_class, 0),
         "t2i_by_color": _group_mean(per_class, 1),
     }
@@ -157,6 +174,8 @@ def format_table(res: dict) -> str:
         ("full query R@1, 'a small red star on the left'", res["full_r1"], TARGETS["full_r1"]),
         ("full query R@1, 'red star, small, left side'", res["full_r1_comma"], None),
         ("image->image P@10, same colour+shape", res["i2i_p10"], TARGETS["i2i_p10"]),
+        ("position picked among 5 (chance 0.2)", res["position_acc"], None),
+        ("size picked among 2 (chance 0.5)", res["size_acc"], None),
     ]
     lines = [f"clipsearch-tiny eval: n={res['n']} seed={res['seed']} canvas={res['canvas']}px",
              f"{'metric':<50} {'value':>6} {'target':>7}"]
