@@ -89,6 +89,15 @@ def write_video(path: Path, segments: list[tuple[str, str, int]], rng: np.random
     return truth
 
 
+def _figure(spec: ShapeSpec, rng: np.random.Generator, px: int = 320) -> Image.Image:
+    """A report-style figure: the shape on a white or light-grey panel, as figures in real
+    documents usually are (and as benchmarks/doc_pages.py draws them)."""
+    img = Image.new("RGB", (px, px), (255, 255, 255) if rng.random() < 0.5 else (242, 242, 246))
+    side = px * rng.uniform(0.55, 0.8)
+    lo, hi = (px - side) / 2, (px + side) / 2
+    return draw_shape_on(img, spec, (int(lo), int(lo), int(hi), int(hi)), rng)
+
+
 def write_pdf(path: Path, rng: np.random.Generator) -> list[dict]:
     """One figure and one paragraph per page, with a real text layer (reportlab)."""
     from reportlab.lib.pagesizes import A4
@@ -102,7 +111,7 @@ def write_pdf(path: Path, rng: np.random.Generator) -> list[dict]:
         for n, (color, shape, text) in enumerate(PAGES, start=1):
             c.setFont("Helvetica-Bold", 18)
             c.drawString(60, h - 70, f"Section {n}")
-            fig = render_shape(ShapeSpec(shape, color, "large"), rng, size=320, background="plain")
+            fig = _figure(ShapeSpec(shape, color, "large"), rng)
             c.drawImage(ImageReader(fig), 60, h - 460, 360, 360)
             c.setFont("Helvetica", 12)
             c.drawString(60, h - 490, text)

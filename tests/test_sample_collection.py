@@ -65,3 +65,11 @@ def test_document_text_query_finds_its_page(sample):
     found = [col.search(text=p["text"][:40], kind="doc", k=1)[0] for p in pages]
     assert all(h.source == pdf for h in found)
     assert sum(h.page == p["page"] for h, p in zip(found, pages, strict=True)) >= len(pages) - 1
+
+
+def test_document_figure_query_finds_its_page(sample):
+    col, manifest, _ = sample
+    (pdf, pages), = manifest["docs"].items()
+    found = [col.search(text=p["query"], kind="doc", k=1)[0] for p in pages]  # "a green triangle"
+    assert sum(h.page == p["page"] for h, p in zip(found, pages, strict=True)) >= len(pages) - 1, \
+        [(h.page, p["query"]) for h, p in zip(found, pages, strict=True)]
