@@ -78,6 +78,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def new_meta(encoder) -> dict[str, Any]:
+    """`clipsearch.json` of a new collection: what model built it, for checks on every open."""
+    return {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
+            "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
+            "created": time.time(), "roots": []}
+
+
 class Collection:
     """A searchable collection on disk. Cheap to open; the model loads on first use."""
 
@@ -103,9 +110,7 @@ class Collection:
             raise UsageError(f"a collection already exists at {p}", hint="use Collection.open")
         encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
         p.mkdir(parents=True, exist_ok=True)
-        meta = {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
-                "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
-                "created": time.time(), "roots": []}
+        meta = new_meta(encoder)
         _write_json_atomic(p / META_FILE, meta)
         col = cls(p, meta, device)
         col._encoder = encoder
@@ -201,24 +206,36 @@ class Collection:
         `skipped.log` in the collection directory); they never stop the job.
         """
         from clipsearch import pipeline
-        from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext, default_indexers
+        from clipsearch.indexers.base import default_indexers
 
         roots = resolve_roots(paths)
         with self._writer_lock():
-            self.thumb_dir.mkdir(parents=True, exist_ok=True)
-            ctx = IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                               options=dict(options or {}))
-            self._remember_roots(roots)
+            ctx = self._begin_run(roots, max_pixels, options)
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
                                   batch_size=batch_size, workers=workers, progress=progress,
                                   commit_files=commit_files)
-            self._write_skip_log(report)
-            unchanged = report.indexed == 0 and report.removed == 0
-            ann_current = (self.path / "ann" / "current.json").exists() and \
-                self.searcher.ann_saved_version() == self.store.version
-            if not report.interrupted and not (unchanged and ann_current):
-                self.refresh(fit_transforms=fit_transforms)
+            self._finish_run(report, fit_transforms)
         return report
+
+    def _begin_run(self, roots: list[bytes], max_pixels: int | None, options: dict | None):
+        """Start of an indexing run (local or Ray engine), under the writer lock: thumbnail
+        directory, the indexers' context, and the roots remembered for later runs."""
+        from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext
+
+        self.thumb_dir.mkdir(parents=True, exist_ok=True)
+        self._remember_roots(roots)
+        return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                            options=dict(options or {}))
+
+    def _finish_run(self, report, fit_transforms: bool) -> None:
+        """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
+        transforms), unless the run was interrupted or changed nothing and the saved ANN index
+        already matches the table (a no-op re-run should cost a stat per file, not a rebuild)."""
+        self._write_skip_log(report)
+        unchanged = report.indexed == 0 and report.removed == 0
+        skip = unchanged and self.searcher.ann_saved_version() == self.store.version
+        if not report.interrupted and not skip:
+            self.refresh(fit_transforms=fit_transforms)
 
     def save_meta(self) -> None:
         """Persist `self.meta` (a remote collection writes it next to its table instead)."""

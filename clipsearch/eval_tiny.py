@@ -129,12 +129,10 @@ def attribute_accuracy(img_emb: torch.Tensor, model, tokenizer, specs: list[Shap
     ("... on the left" vs "... on the right", "at the top", ...): a diagnostic that shows
     which attribute a weak full-query recall comes from."""
     values = {"size": SIZES, "position": POSITIONS}[attr]
-    correct = 0
-    for spec, emb in zip(specs, img_emb, strict=True):
-        variants = [replace(spec, **{attr: v}) for v in values]
-        sims = embed_texts(model, tokenizer, [canonical_query(v, full=True) for v in variants]) @ emb
-        correct += values[int(sims.argmax())] == getattr(spec, attr)
-    return correct / max(1, len(specs))
+    texts = [canonical_query(replace(spec, **{attr: v}), full=True) for spec in specs for v in values]
+    txt = embed_texts(model, tokenizer, texts).reshape(len(specs), len(values), -1)
+    picked = torch.einsum("nvd,nd->nv", txt, img_emb).argmax(dim=1)
+    return float(np.mean([values[int(i)] == getattr(s, attr) for s, i in zip(specs, picked, strict=True)]))
 
 
 def _group_mean(per_class: dict[tuple[str, str], float], index: int) -> dict[str, float]:

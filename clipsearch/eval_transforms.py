@@ -29,6 +29,7 @@ from clipsearch.transforms import TransformSet, embed_builtin_captions
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 TEXT_PHRASINGS = ("{}", "a photo of {}", "an image of {}", "a drawing of {}")
+OTI_TEMPLATES = ("a photo of {}", "{}")  # inversion templates compared by default
 
 
 # --------------------------------------------------------------------------- data
@@ -188,7 +189,7 @@ def evaluate(
     keep_dims: int | None = None,
     caption_limit: int = 3000,
     n_outliers_per_kind: int = 3,
-    templates: Sequence[str] = ("a photo of {}", "{}"),
+    templates: Sequence[str] = OTI_TEMPLATES,
 ) -> dict:
     """Run every comparison; returns a dict of tables and figures (see :func:`to_markdown`)."""
     from clipsearch.inversion import oti  # noqa: PLC0415 (torch only when evaluating)
@@ -386,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         betas = [float(b) for b in args.betas.split(",") if b.strip()]
         result = evaluate(args.folder, enc, invert_queries=args.invert_queries, steps=args.steps,
                           batch_size=args.batch_size, betas=betas, keep_dims=args.keep_dims,
-                          templates=args.template or ("a photo of {}", "{}"))
+                          templates=args.template or OTI_TEMPLATES)
     except ClipsearchError as exc:
         print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return exc.exit_code

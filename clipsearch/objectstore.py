@@ -23,12 +23,11 @@ import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clipsearch.collection import META_FILE, SCHEMA_VERSION, SKIP_LOG, Collection, check_meta
+from clipsearch.collection import META_FILE, SKIP_LOG, Collection, check_meta, new_meta
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
 from clipsearch.model_registry import resolve
 
@@ -212,9 +211,7 @@ class RemoteCollection(Collection):
         if loc.exists(META_FILE):
             raise UsageError(f"a collection already exists at {loc.uri}", hint="open it instead")
         encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
-        meta = {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
-                "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
-                "created": time.time(), "roots": []}
+        meta = new_meta(encoder)
         loc.write_json(meta)
         col = cls(loc, meta, device)
         col._encoder = encoder

@@ -4,7 +4,7 @@ No weights can be downloaded where clipsearch is developed and tested, so the pr
 trains its own demo model here. Data is rendered on the fly by ``clipsearch.synth``;
 every batch is a pure function of (seed, step), so a run is reproducible.
 
-    python -m clipsearch.train_tiny --out out/tiny --seed 0 --minutes 45
+    python -m clipsearch.train_tiny --out out/tiny --seed 0      # 3,300 steps, <= 20 min
 
 ``--steps`` fixes the schedule; when the wall-clock cap ``--minutes`` binds first (a busy
 shared CPU), the cosine schedule follows the clock instead and the run stops at the cap.
@@ -111,11 +111,8 @@ def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.ran
 
 
 def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
-                easy: bool = False, neg_rng: np.random.Generator | None = None
-                ) -> tuple[Image.Image, str, list[int], list[int], str, list[int]]:
-    """One training pair: image, caption, image attribute codes, mentioned attribute codes,
-    plus a hard-negative caption and its mentioned codes (drawn from ``neg_rng`` so that the
-    images and captions of a run do not depend on whether negatives are used).
+                easy: bool = False) -> tuple[Image.Image, str, ShapeSpec, dict[str, str | None]]:
+    """One training pair: image, caption, the image's attributes and those the caption mentions.
 
     ``klass`` fixes (shape, color); size, position, background etc. stay random.
     ``easy`` draws on a plain grey background without degradation (curriculum warm-up).
@@ -134,9 +131,7 @@ def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
         canvas = TRAIN_CANVAS[int(rng.integers(len(TRAIN_CANVAS)))]
         img = render_shape(spec, rng, size=canvas, degrade=bool(rng.random() < P_DEGRADE))
     text, mentioned = caption_with_attrs(spec, rng)
-    neg_text, neg_mentioned = hard_negative(spec, mentioned, rng if neg_rng is None else neg_rng)
-    return (img, text, encode_attrs(vars(spec)), encode_attrs(mentioned), neg_text,
-            encode_attrs(neg_mentioned))
+    return img, text, spec, mentioned
 
 
 CLASSES = [(s, c) for s in SHAPES for c in COLORS]
@@ -155,8 +150,9 @@ class BatchSource(torch.utils.data.Dataset):
     """Batch ``step`` of a run; a pure function of (seed, step), so workers keep determinism."""
 
     def __init__(self, seed: int, batch_size: int, preprocess, tokenizer, steps: int,
-                 group: int = 4, curriculum: float = 0.2) -> None:
+                 group: int = 4, curriculum: float = 0.2, negatives: bool = True) -> None:
         self.seed, self.batch_size, self.steps, self.group = seed, batch_size, steps, group
+        self.negatives = negatives
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.curriculum_steps = curriculum * steps
 
@@ -177,16 +173,19 @@ class BatchSource(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, step])
         classes = batch_classes(rng, self.batch_size, self.group)
         easy = rng.random(len(classes)) < self.easy_fraction(step)
-        neg_rng = np.random.default_rng([self.seed, step, 1])
-        samples = [make_sample(rng, k, bool(e), neg_rng) for k, e in zip(classes, easy, strict=True)]
-        return {
+        samples = [make_sample(rng, k, bool(e)) for k, e in zip(classes, easy, strict=True)]
+        batch = {
             "images": torch.stack([self.preprocess(s[0]) for s in samples]),
             "tokens": self.tokenizer([s[1] for s in samples]),
-            "attrs": torch.tensor([s[2] for s in samples]),
-            "mentioned": torch.tensor([s[3] for s in samples]),
-            "neg_tokens": self.tokenizer([s[4] for s in samples]),
-            "neg_mentioned": torch.tensor([s[5] for s in samples]),
+            "attrs": torch.tensor([encode_attrs(vars(s[2])) for s in samples]),
+            "mentioned": torch.tensor([encode_attrs(s[3]) for s in samples]),
         }
+        if self.negatives:  # their own rng stream: images and captions do not depend on this
+            neg_rng = np.random.default_rng([self.seed, step, 1])
+            negs = [hard_negative(s[2], s[3], neg_rng) for s in samples]
+            batch["neg_tokens"] = self.tokenizer([n[0] for n in negs])
+            batch["neg_mentioned"] = torch.tensor([encode_attrs(n[1]) for n in negs])
+        return batch
 
 
 def _worker_init(_: int) -> None:
@@ -229,9 +228,8 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: 
     ``txt``/``mentioned`` may hold more captions than there are images: the hard negatives.
     They join both softmaxes; which caption is true of which image is decided by attributes
     alone, so a negative that fits another image in the batch is that image's positive. The
-    image term
-    (same colour+shape = positive) makes image-to-image search group by object rather than
-    by background.
+    image term (same colour+shape = positive) makes image-to-image search group by object
+    rather than by background.
     """
     pos = positives(attrs, mentioned)
     logits = scale * img @ txt.t()
@@ -279,8 +277,8 @@ def _progress(step: int, steps: int, elapsed: float, budget_s: float) -> float:
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                opt: torch.optim.Optimizer, i2i_weight: float, negatives: bool = True
                ) -> dict[str, float]:
-    """One optimisation step (with the batch's hard-negative captions if ``negatives``);
-    returns the loss parts for logging."""
+    """One optimisation step (with the batch's hard-negative captions, if it has them and
+    ``negatives``); returns the loss parts for logging."""
     images = batch["images"].contiguous(memory_format=torch.channels_last)
     img = model.encode_image(images, normalize=True)
     tokens, mentioned = batch["tokens"], batch["mentioned"]
@@ -334,7 +332,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     model.train()
     opt = _optimizer(model, lr, wd=0.05)
     warmup = max(1, min(60, steps // 10))
-    source = BatchSource(seed, batch_size, preprocess, tokenizer, steps)
+    source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1)
     history: list[dict] = []
     start, step = time.time(), 0
     stopped_early = False

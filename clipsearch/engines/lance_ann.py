@@ -96,17 +96,27 @@ class LanceAnn:
 class RemoteSearcher(Searcher):
     """Searcher of a remote collection: FAISS cached locally when small, Lance IVF-PQ when large."""
 
+    _indexed_at: int | None = None  # table version `_indexed` was checked at
+    _indexed = False
+
+    def _lance_indexed(self, store: Store) -> bool:
+        """Whether the table has a Lance vector index; asked once per table version, not per
+        query (on object storage listing indices is a round trip)."""
+        version = store.version
+        if self._indexed_at != version:
+            self._indexed, self._indexed_at = has_vector_index(store), version
+        return self._indexed
+
     def rebuild_ann(self, save: bool = False):
         with self._lock:
             store = self.col.store
-            if has_vector_index(store):
-                # Fold new rows into the existing partitions; no retraining on every run.
-                store.table.optimize()
-                self._ann = LanceAnn(store)
-                self._transformed.clear()
-                return self._ann
-            if store.count() >= LANCE_INDEX_MIN_ROWS:
-                build_vector_index(store)
+            indexed = self._lance_indexed(store)
+            if indexed or store.count() >= LANCE_INDEX_MIN_ROWS:
+                if indexed:  # fold new rows into the existing partitions; no retraining every run
+                    store.table.optimize()
+                else:
+                    build_vector_index(store)
+                self._indexed_at = None  # both make a new table version
                 self._ann = LanceAnn(store)
                 self._transformed.clear()
                 return self._ann
@@ -115,8 +125,8 @@ class RemoteSearcher(Searcher):
     def ann(self):
         with self._lock:
             store = self.col.store
-            if has_vector_index(store):
-                if self._ann is None or self._ann.version != store.version:
+            if self._lance_indexed(store):
+                if not isinstance(self._ann, LanceAnn) or self._ann.version != store.version:
                     self._ann = LanceAnn(store)
                 return self._ann
         return super().ann()

@@ -307,15 +307,12 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
     unless Ray is already initialised). `workers` embedding actors (default: one per GPU share,
     or half the CPUs), each with `gpus_per_worker` GPUs and `cpus_per_worker` CPU threads.
     """
-    from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext, default_indexers
+    from clipsearch.indexers.base import default_indexers
 
     col = _resolve_collection(collection, model, checkpoint)
     roots = resolve_roots(paths)
     with col._writer_lock():
-        col.thumb_dir.mkdir(parents=True, exist_ok=True)
-        ctx = IndexContext(thumb_dir=col.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                           options=dict(options or {}))
-        col._remember_roots(roots)
+        ctx = col._begin_run(roots, max_pixels, options)
         report = IndexReport()
         t0 = time.perf_counter()
         jobs, gone = plan(col.store, roots, default_indexers(), report)
@@ -334,17 +331,8 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
             finally:
                 run.committer.flush()
         report.seconds = time.perf_counter() - t0
-        col._write_skip_log(report)
-        unchanged = report.indexed == 0 and report.removed == 0
-        if not report.interrupted and not (unchanged and _ann_current(col)):
-            col.refresh(fit_transforms=fit_transforms)
+        col._finish_run(report, fit_transforms)
     return report
-
-
-def _ann_current(col: Collection) -> bool:
-    """Whether the saved ANN index already matches the table (then a no-op run skips refresh)."""
-    saved = getattr(col.searcher, "ann_saved_version", None)
-    return saved is not None and saved() == col.store.version
 
 
 def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int,
