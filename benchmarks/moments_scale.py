@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from clipsearch.indexers.video import shot_spans, window_spans
 
-from clipsearch.ann import AnnIndex, build_faiss
+from clipsearch.ann import AnnIndex
 from clipsearch.moments import WindowCatalog, find_moments
 from clipsearch.records import Record, display_path, item_id, path_bytes
 from clipsearch.store import META_COLUMNS, Store, schema
@@ -148,14 +148,18 @@ def build(db_dir: Path, hours: float, dim: int = 512, n_queries: int = 50, seed:
     return store, truths, info
 
 
-def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None = None, seed: int = 0) -> dict:
-    """Build (or reuse, from `workdir`), index and query; returns sizes, timings, latency, recall."""
+def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None = None, seed: int = 0,
+        all_kinds: bool = False) -> dict:
+    """Build (or reuse, from `workdir`), index and query; returns sizes, timings, latency, recall.
+
+    Each phase leaves a marker in `workdir`, so an interrupted run resumes: the collection
+    (`data.json`), then the FAISS index (`ann/`), then the queries.
+    """
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="moments_scale_"))
-    db, ann_dir, saved = base / "db", base / "ann", base / "build.json"
+    db, ann_dir, saved = base / "db", base / "ann", base / "data.json"
     built = json.loads(saved.read_text()) if saved.is_file() else None
     if built and built["hours"] == hours and built["dim"] == dim and built["seed"] == seed:
         store = Store(db, dim)
-        ann = AnnIndex.load(ann_dir)
         planted = np.load(base / "planted.npz")
         truths = [(c, Span(str(s), float(a), float(b)))
                   for c, s, a, b in zip(planted["c"], planted["s"], planted["a"], planted["b"], strict=True)]
@@ -164,27 +168,27 @@ def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None =
         for old in (db, ann_dir):  # only what this benchmark wrote there
             shutil.rmtree(old, ignore_errors=True)
         store, truths, info = build(db, hours, dim, n_queries, seed)
-        t_ann = time.perf_counter()
-        # windows only: moment search never needs frame rows in the ANN index
-        meta, wv = store.vectors("kind = 'video_window'")
-        index = build_faiss(wv)
-        ann = AnnIndex(index, np.array(meta.column("id").to_pylist(), dtype=object),
-                       np.array(meta.column("kind").to_pylist(), dtype=object),
-                       np.array(meta.column("source").to_pylist(), dtype=object), store.version)
-        del wv, meta
-        info["faiss_build_s"] = round(time.perf_counter() - t_ann, 1)
-        ann.save(ann_dir)
         np.savez(base / "planted.npz", c=np.stack([c for c, _ in truths]), s=[g.source for _, g in truths],
                  a=[g.t_start for _, g in truths], b=[g.t_end for _, g in truths])
         saved.write_text(json.dumps({"hours": hours, "dim": dim, "seed": seed, "info": info}))
-    index = ann.index
+    ann = AnnIndex.load(ann_dir)
+    if ann is None or ann.version != store.version:
+        # The product's streaming build (k-means on a sample, then batches from the table).
+        # Moment search only asks the `video_window` shard; `--all-kinds` also builds the
+        # frame and video shards, as `clipsearch index` does.
+        t_ann = time.perf_counter()
+        ann = AnnIndex.build(store, kinds=None if all_kinds else ["video_window"])
+        info["faiss_build_s"] = round(time.perf_counter() - t_ann, 1)
+        info["faiss_build_max_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        info["faiss_shards"] = {k: len(s) for k, s in ann.shards.items()}
+        ann.save(ann_dir)
+        saved.write_text(json.dumps({"hours": hours, "dim": dim, "seed": seed, "info": info}))
+    index = ann.shards["video_window"].index
     # one query at a time: a single FAISS thread avoids OpenMP spin on a busy 2-core machine
     faiss.omp_set_num_threads(1)
 
-    def ann_search(vec, n, kind):
-        # the index holds only window rows, so no per-query kind selector is needed
-        assert kind == "video_window"
-        return ann.search(vec, n)[0]
+    def ann_search(vec, n, kind):  # what Searcher.ann_search does: pick the kind's shard
+        return ann.search(vec, n, kinds=(kind,))[0]
 
     t_cat = time.perf_counter()
     catalog = WindowCatalog.build(store.table)
@@ -212,10 +216,12 @@ def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None =
     gts = [g for _, g in truths]
     info.update({
         "dim": dim,
-        "window_rows": len(ann),
+        "window_rows": len(ann.shards["video_window"]),
         "lancedb_bytes": dir_size(db),
         "faiss_bytes": dir_size(ann_dir),
         "faiss_type": type(index).__name__,
+        "nlist_nprobe": (lambda ivf: [ivf.nlist, ivf.nprobe] if ivf is not None else None)(
+            faiss.try_extract_index_ivf(index)),
         "catalog_build_s": round(t_cat, 1),
         "catalog_bytes": int(cat_bytes),
         "queries": len(lat) + 1,
@@ -234,22 +240,24 @@ def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None =
 
 
 def project(m: dict, hours: float) -> dict:
-    """Linear projection of storage, FAISS memory and ANN time to `hours` of video.
+    """Linear projection of storage, memory and ANN time from a measured run to `hours` of video.
 
-    Disk and FAISS memory scale with rows. With the core's IVF settings (nlist ≈ 4·√n,
-    nprobe = nlist/64) each query scans n/64 vectors, so ANN time also grows ~linearly;
-    the LanceDB lookups (scalar-indexed id and source) grow ~logarithmically and are
-    taken as constant here.
+    Disk, FAISS memory (4-bit PQ codes + float16 refine copies, per window) and the catalog
+    scale with rows. Past ~1M windows the core's IVF keeps 4096 lists and probes 256 of them, so
+    each query scans ~n/16 PQ codes: ANN time grows ~linearly with n. The LanceDB lookups
+    (scalar-indexed id and source) grow ~logarithmically and are taken as constant here.
     """
     f = hours / m["video_hours"]
     ann_ms = m["ann_p50_ms"] * f
+    windows = m["window_rows"] * f
     return {
         "hours": hours,
-        "catalog_gib": round(m["catalog_bytes"] * f / 2**30, 2),
         "rows": int(m["rows"] * f),
+        "windows": int(windows),
         "lancedb_gib": round(m["lancedb_bytes"] * f / 2**30, 1),
-        "faiss_flat_f32_gib": round(m["window_rows"] * f * m["dim"] * 4 / 2**30, 1),
-        "faiss_sq8_gib": round(m["window_rows"] * f * m["dim"] / 2**30, 1),
+        "faiss_windows_gib": round(m["faiss_bytes"] * f / 2**30, 1),
+        "faiss_pq_codes_only_gib": round(windows * m["dim"] / 8 / 2**30, 1),
+        "catalog_gib": round(m["catalog_bytes"] * f / 2**30, 2),
         "ann_ms": round(ann_ms, 1),
         "p50_ms": round(m["p50_ms"] - m["ann_p50_ms"] + ann_ms, 1),
     }
@@ -260,10 +268,12 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=100.0)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--workdir", default=None, help="keep the built collection here")
+    ap.add_argument("--workdir", default=None, help="keep the built collection here (and resume)")
+    ap.add_argument("--all-kinds", action="store_true",
+                    help="build the FAISS shards of every kind, not only video_window")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    m = run(args.hours, args.dim, args.queries, args.workdir)
+    m = run(args.hours, args.dim, args.queries, args.workdir, all_kinds=args.all_kinds)
     m["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(m, indent=2))
     for h in (1_000, 10_000, 100_000):

@@ -1,10 +1,15 @@
 """FAISS accelerator over the LanceDB table: built from it, tagged with its version, never the truth.
 
-Exact (flat inner product) below `exact_threshold` rows, IVF above it: 4-bit PQ fast-scan codes
-to shortlist (cheap enough to probe many lists), then exact re-ranking of the
-shortlist on float16 copies of the vectors (lossless: the table stores float16). Filters
-(kind, folder) are pushed into FAISS as ID selectors so a filtered query still returns k hits
-when k exist. Defaults are measured by benchmarks/ann.py (benchmarks/RESULTS.md).
+One FAISS index per row kind (image, video_window, doc_page, ...): every query names the kinds it
+wants, so a kind filter picks shards instead of testing millions of ids against a selector per
+query (at 1,000 video-hours a `video_window` selector alone cost ~1.5 s to build per query).
+Per shard: exact (flat inner product) below `exact_threshold` rows, IVF above it: 4-bit PQ
+fast-scan codes to shortlist (cheap enough to probe many lists), then exact re-ranking of the
+shortlist on float16 copies of the vectors (lossless: the table stores float16). Large shards
+are built streaming from the table (k-means on a sample, then batches), so the build never
+holds all vectors in memory. The folder filter is pushed into FAISS as an ID selector so a
+filtered query still returns k hits when k exist. Defaults are measured by benchmarks/ann.py
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 
-from clipsearch.store import Store
+from clipsearch.store import Store, sql_str
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +34,21 @@ EXACT_THRESHOLD = 50_000
 REFINE_K_FACTOR = 20  # shortlist k·20 by PQ score, re-rank it exactly
 
 
+MAX_NLIST = 4096
+BUILD_BATCH_ROWS = 65_536
+
+
 def ivf_params(n: int) -> tuple[int, int]:
-    """(nlist, nprobe) for n vectors: ~4·sqrt(n) lists, ~4·sqrt(nlist) of them probed.
+    """(nlist, nprobe) for n vectors: ~4·sqrt(n) lists up to MAX_NLIST, ~4·sqrt(nlist) probed.
 
     From the benchmarks/ann.py sweep (CLIP-like clustered data, 2 loaded cores): 100k → (1264,
     142), recall@10 0.953–0.977 for nprobe 128–252, p50 < 0.5 ms; 1M → (4000, 252), recall@10
     0.961 at nprobe 256, p50 8 ms. The fraction of lists needed falls as n grows, so a fixed
     fraction (nlist/5) probed 3x more than needed at 1M and missed the 10 ms p50 target.
+    Past ~1M the lists stop growing: a CPU build costs ~n·nlist (k-means and assignment), and
+    4-bit fast-scan makes scanning the longer lists cheap (benchmarks/moments_scale.py, 7 M rows).
     """
-    nlist = int(min(max(4 * np.sqrt(n), 64), 16384))
+    nlist = int(min(max(4 * np.sqrt(n), 64), MAX_NLIST))
     return nlist, max(8, int(4 * np.sqrt(nlist)))
 
 
@@ -43,27 +56,43 @@ def gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def empty_faiss(n: int, dim: int, exact_threshold: int = EXACT_THRESHOLD) -> faiss.Index:
+    """An untrained index for n vectors of `dim`: flat below the threshold, IVF-PQ-fs above."""
+    if n < exact_threshold:
+        return faiss.IndexFlatIP(dim)
+    nlist, nprobe = ivf_params(n)
+    nlist = max(1, min(nlist, n // 39))  # k-means needs ~39 points per list
+    if dim % 4 == 0:
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 4}x4fs,Refine(SQfp16)",
+                                    faiss.METRIC_INNER_PRODUCT)
+        index.k_factor = REFINE_K_FACTOR
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
+    return index
+
+
+def training_size(index: faiss.Index, n: int) -> int:
+    """How many vectors k-means trains on: 64 per list (0 for a flat index)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return 0 if ivf is None else min(n, 64 * ivf.nlist)
+
+
+def train_faiss(index: faiss.Index, sample: np.ndarray, seed: int = 0) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
 def build_faiss(vectors: np.ndarray, exact_threshold: int = EXACT_THRESHOLD,
                 seed: int = 0) -> faiss.Index:
-    """A CPU index over L2-normalised vectors, scored by inner product (= cosine)."""
+    """A CPU index over L2-normalised in-memory vectors, scored by inner product (= cosine)."""
     n, dim = vectors.shape
-    if n < exact_threshold:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist, nprobe = ivf_params(n)
-        nlist = max(1, min(nlist, n // 39))  # k-means needs ~39 points per list
-        if dim % 4 == 0:
-            index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 4}x4fs,Refine(SQfp16)",
-                                        faiss.METRIC_INNER_PRODUCT)
-            index.k_factor = REFINE_K_FACTOR
-        else:
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf = faiss.extract_index_ivf(index)
-        rng = np.random.default_rng(seed)
-        train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        ivf.cp.seed = seed
-        index.train(train)
-        ivf.nprobe = min(nprobe, nlist)
+    index = empty_faiss(n, dim, exact_threshold)
+    m = training_size(index, n)
+    if m:
+        train_faiss(index, vectors[np.random.default_rng(seed).choice(n, size=m, replace=False)], seed)
     if n:
         index.add(vectors)
     return index
@@ -81,24 +110,95 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
 
 
 @dataclass
-class AnnIndex:
+class Shard:
+    """The rows of one kind: a FAISS index and, per index position, the row's id and path."""
     index: faiss.Index
-    ids: np.ndarray  # row position -> LanceDB id (str)
-    kinds: np.ndarray  # row position -> kind (str)
-    sources: np.ndarray  # row position -> display path (str)
-    version: int
-
-    @classmethod
-    def build(cls, store: Store, exact_threshold: int = EXACT_THRESHOLD) -> AnnIndex:
-        version = store.version
-        meta, vecs = store.vectors()
-        index = build_faiss(vecs, exact_threshold)
-        return cls(index, np.array(meta.column("id").to_pylist(), dtype=object),
-                   np.array(meta.column("kind").to_pylist(), dtype=object),
-                   np.array(meta.column("source").to_pylist(), dtype=object), version)
+    ids: np.ndarray  # index position -> LanceDB id (str)
+    sources: np.ndarray  # index position -> display path (str)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+    def search(self, q: np.ndarray, k: int, under: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the top k per query row, restricted to folder `under`."""
+        params = None
+        n = len(self)
+        if under:
+            prefix = under.rstrip(os.sep) + os.sep
+            sel_ids = np.flatnonzero(np.char.startswith(self.sources.astype(str), prefix)).astype(np.int64)
+            if not len(sel_ids):
+                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+            sel = faiss.IDSelectorBatch(sel_ids)
+            ivf = faiss.try_extract_index_ivf(self.index)
+            base = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None \
+                else faiss.SearchParameters(sel=sel)
+            if isinstance(self.index, faiss.IndexRefine):
+                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,
+                                                           base_index_params=base)
+            else:
+                params = base
+            n = len(sel_ids)
+        k = min(k, n)
+        if params is not None:
+            return self.index.search(q, k, params=params)
+        return self.index.search(q, k)
+
+
+def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
+                 exact_threshold: int, batch_rows: int, seed: int = 0) -> Shard:
+    """Train on a sample of the kind's rows, then add them batch by batch from the table."""
+    n = len(positions)
+    index = empty_faiss(n, store.dim, exact_threshold)
+    m = training_size(index, n)
+    if m:
+        sample = np.sort(np.random.default_rng(seed).choice(positions, size=m, replace=False))
+        train_faiss(index, store.take_vectors(snapshot, sample), seed)
+    ids, sources = [], []
+    where = f"kind = {sql_str(kind)}"
+    for meta, vecs in store.vector_batches(snapshot, ["id", "source"], where, batch_rows):
+        index.add(vecs)
+        ids.extend(meta.column("id").to_pylist())
+        sources.extend(meta.column("source").to_pylist())
+    return Shard(to_gpu(index), np.array(ids, dtype=object), np.array(sources, dtype=object))
+
+
+@dataclass
+class AnnIndex:
+    shards: dict[str, Shard]  # kind -> its rows
+    version: int
+
+    @classmethod
+    def build(cls, store: Store, exact_threshold: int = EXACT_THRESHOLD,
+              batch_rows: int = BUILD_BATCH_ROWS, kinds: Iterable[str] | None = None) -> AnnIndex:
+        """Index the table at its current version (only `kinds`, when given), one shard per kind."""
+        snapshot = store.snapshot()
+        column = snapshot.to_table(columns=["kind"]).column("kind")
+        wanted = sorted(set(pc.unique(column).to_pylist()) if kinds is None else set(kinds))
+        shards = {}
+        for kind in wanted:
+            positions = np.flatnonzero(pc.equal(column, kind).to_numpy(zero_copy_only=False))
+            if len(positions):
+                shards[kind] = _build_shard(store, snapshot, kind, positions, exact_threshold, batch_rows)
+        return cls(shards, int(snapshot.version))
+
+    @classmethod
+    def from_vectors(cls, vectors: np.ndarray, ids: np.ndarray, kinds: np.ndarray, sources: np.ndarray,
+                     version: int, exact_threshold: int = EXACT_THRESHOLD) -> AnnIndex:
+        """Index in-memory vectors (e.g. transformed copies), one shard per kind."""
+        kinds = np.asarray(kinds, dtype=object)
+        shards = {}
+        for kind in sorted(set(kinds.tolist())):
+            m = kinds == kind
+            shards[kind] = Shard(to_gpu(build_faiss(vectors[m], exact_threshold)),
+                                 np.asarray(ids, dtype=object)[m], np.asarray(sources, dtype=object)[m])
+        return cls(shards, version)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards.values())
+
+    def describe(self) -> str:
+        """Index types per kind, e.g. "image: IndexFlatIP, video_window: IndexRefine"."""
+        return ", ".join(f"{k}: {type(s.index).__name__}" for k, s in self.shards.items())
 
     # ---- persistence: a directory per version, switched by an atomic pointer file ------------
     def save(self, ann_dir: str | Path) -> None:
@@ -106,11 +206,11 @@ class AnnIndex:
         target = ann_dir / f"v{self.version}"
         tmp = ann_dir / f".tmp-v{self.version}-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
-        cpu = faiss.index_gpu_to_cpu(self.index) if gpu_available() and "Gpu" in type(self.index).__name__ \
-            else self.index
-        faiss.write_index(cpu, str(tmp / "index.faiss"))
-        np.savez(tmp / "meta.npz", ids=self.ids.astype(str), kinds=self.kinds.astype(str),
-                 sources=self.sources.astype(str))
+        for i, shard in enumerate(self.shards.values()):
+            cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ else shard.index
+            faiss.write_index(cpu, str(tmp / f"shard{i}.faiss"))
+            np.savez(tmp / f"shard{i}.npz", ids=shard.ids.astype(str), sources=shard.sources.astype(str))
+        (tmp / "shards.json").write_text(json.dumps({"kinds": list(self.shards)}))
         if target.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -129,53 +229,29 @@ class AnnIndex:
         try:
             version = json.loads((ann_dir / "current.json").read_text())["version"]
             d = ann_dir / f"v{version}"
-            index = faiss.read_index(str(d / "index.faiss"))
-            meta = np.load(d / "meta.npz")
-            return cls(index, meta["ids"].astype(object), meta["kinds"].astype(object),
-                       meta["sources"].astype(object), int(version))
+            shards = {}
+            for i, kind in enumerate(json.loads((d / "shards.json").read_text())["kinds"]):
+                meta = np.load(d / f"shard{i}.npz")
+                shards[kind] = Shard(to_gpu(faiss.read_index(str(d / f"shard{i}.faiss"))),
+                                     meta["ids"].astype(object), meta["sources"].astype(object))
+            return cls(shards, int(version))
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             log.debug("no usable ANN index in %s: %s", ann_dir, e)
             return None
 
     # ---- search -------------------------------------------------------------------------------
-    def mask(self, kinds: tuple[str, ...] | None = None, under: str | None = None) -> np.ndarray | None:
-        m = None
-        if kinds:
-            m = np.isin(self.kinds, list(kinds))
-        if under:
-            prefix = under.rstrip(os.sep) + os.sep
-            um = np.char.startswith(self.sources.astype(str), prefix)
-            m = um if m is None else (m & um)
-        return m
-
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
                under: str | None = None) -> list[list[tuple[str, float]]]:
-        """Top-k (id, cosine) per query row, restricted to `kinds` and folder `under`."""
+        """Top-k (id, cosine) per query row over the shards of `kinds`, within folder `under`."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if len(self) == 0 or k <= 0:
+        shards = [s for kind, s in self.shards.items() if (not kinds or kind in kinds) and len(s)]
+        if not shards or k <= 0:
             return [[] for _ in range(len(q))]
-        m = self.mask(kinds, under)
-        params = None
-        if m is not None:
-            sel_ids = np.flatnonzero(m).astype(np.int64)
-            if not len(sel_ids):
-                return [[] for _ in range(len(q))]
-            sel = faiss.IDSelectorBatch(sel_ids)
-            ivf = faiss.try_extract_index_ivf(self.index)
-            base = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None \
-                else faiss.SearchParameters(sel=sel)
-            if isinstance(self.index, faiss.IndexRefine):
-                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,
-                                                           base_index_params=base)
-            else:
-                params = base
-            k = min(k, len(sel_ids))
-        k = min(k, len(self))
-        if params is not None:
-            scores, idx = self.index.search(q, k, params=params)
-        else:
-            scores, idx = self.index.search(q, k)
-        out = []
-        for srow, irow in zip(scores, idx, strict=True):
-            out.append([(self.ids[i], float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0])
-        return out
+        hits: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
+        for shard in shards:
+            scores, idx = shard.search(q, k, under)
+            for row, (srow, irow) in enumerate(zip(scores, idx, strict=True)):
+                hits[row].extend((shard.ids[i], float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0)
+        if len(shards) > 1:
+            hits = [sorted(h, key=lambda t: -t[1])[:k] for h in hits]
+        return hits

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.ann import AnnIndex, build_faiss
+from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class Searcher:
 
     def ann_description(self) -> dict:
         ann = self.ann()
-        return {"type": type(ann.index).__name__, "rows": len(ann), "version": ann.version}
+        return {"type": ann.describe(), "rows": len(ann), "version": ann.version}
 
     # ---- transforms --------------------------------------------------------------------------
     def transforms(self):
@@ -233,10 +233,10 @@ class Searcher:
         where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
         meta, vecs = self.col.store.vectors(where)
         tv = ts.apply_db(vecs, whiten=whiten, center=center).astype(np.float32)
-        idx = AnnIndex(build_faiss(tv, exact_threshold=1 << 62),
-                       np.array(meta.column("id").to_pylist(), dtype=object),
-                       np.array(meta.column("kind").to_pylist(), dtype=object),
-                       np.array(meta.column("source").to_pylist(), dtype=object), version)
+        idx = AnnIndex.from_vectors(tv, np.array(meta.column("id").to_pylist(), dtype=object),
+                                    np.array(meta.column("kind").to_pylist(), dtype=object),
+                                    np.array(meta.column("source").to_pylist(), dtype=object), version,
+                                    exact_threshold=1 << 62)
         self._transformed[key] = (idx, version)
         return idx
 

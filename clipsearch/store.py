@@ -7,7 +7,7 @@ merge_insert, i.e. one atomic commit: a crash leaves either the old rows or the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -104,9 +104,28 @@ class Store:
     def vectors(self, where: str | None = None) -> tuple[pa.Table, np.ndarray]:
         """Metadata and float32 vectors of every matching row, in one consistent snapshot."""
         t = self.scan(META_COLUMNS + ["vector"], where)
-        vec = t.column("vector").combine_chunks()
-        flat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32)
-        return t.drop_columns(["vector"]), flat.reshape(len(t), self.dim)
+        return t.drop_columns(["vector"]), self._flat(t.column("vector").combine_chunks(), len(t))
+
+    def snapshot(self):
+        """The table pinned at its current version (a lance dataset): several reads of one build
+        see the same rows even while a writer commits."""
+        return self.table.to_lance()
+
+    def vector_batches(self, snapshot, columns: Sequence[str], where: str | None = None,
+                       batch_rows: int = 65_536) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """(metadata batch, float32 vectors) over matching rows, a batch at a time, so an index
+        over more vectors than fit in memory can still be built."""
+        for b in snapshot.to_batches(columns=[*columns, "vector"], filter=where, batch_size=batch_rows):
+            if b.num_rows:
+                yield b.drop_columns(["vector"]), self._flat(b.column("vector"), b.num_rows)
+
+    def take_vectors(self, snapshot, positions: np.ndarray) -> np.ndarray:
+        """float32 vectors of the rows at these scan positions (e.g. a k-means training sample)."""
+        t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["vector"])
+        return self._flat(t.column("vector").combine_chunks(), len(t))
+
+    def _flat(self, vec: pa.Array, n: int) -> np.ndarray:
+        return vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, self.dim)
 
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:

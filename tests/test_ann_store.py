@@ -70,11 +70,17 @@ def ann(tmp_path):
 def test_filters_by_kind_and_folder(ann):
     store, idx = ann
     q = np.ones(DIM, np.float32) / np.sqrt(DIM)
-    kinds = {idx.kinds[list(idx.ids).index(i)] for i, _ in idx.search(q, 10, kinds=("image",))[0]}
-    assert kinds == {"image"}
+    def column(ids, name):
+        return store.rows_by_id([i for i, _ in ids]).column(name).to_pylist()
+
+    images = idx.search(q, 10, kinds=("image",))[0]
+    assert len(images) == 2 and set(column(images, "kind")) == {"image"}
+    frames_and_images = idx.search(q, 10, kinds=("image", "video_frame"))[0]
+    assert len(frames_and_images) == 6
+    assert [s for _, s in frames_and_images] == sorted((s for _, s in frames_and_images), reverse=True)
     under = idx.search(q, 10, under="/p/a")[0]
     assert len(under) == 5
-    assert all(idx.sources[list(idx.ids).index(i)].startswith("/p/a/") for i, _ in under)
+    assert all(s.startswith("/p/a/") for s in column(under, "source"))
     assert idx.search(q, 10, under="/p/ab")[0] == []  # a prefix of a name is not a folder
 
 
@@ -86,3 +92,33 @@ def test_save_load_roundtrip(ann, tmp_path):
     assert loaded.version == store.version
     assert loaded.search(q, 3) == idx.search(q, 3)
     assert AnnIndex.load(tmp_path / "missing") is None
+
+
+def test_streaming_build_matches_in_memory_build(tmp_path):
+    """A shard built from the table in small batches (k-means on a sample taken by position,
+    with other kinds' rows and a deleted source interleaved) equals one built from all vectors
+    in memory: same ids, same vectors, same search results."""
+    rng = np.random.default_rng(5)
+    centres = _unit(rng, 20)
+    store = Store(tmp_path, DIM)
+    for v in range(12):
+        frames = centres[rng.integers(0, 20, 150)] + 0.2 * rng.normal(size=(150, DIM)).astype(np.float32)
+        frames /= np.linalg.norm(frames, axis=1, keepdims=True)
+        store.replace_sources([_rows(f"/v/{v}.mp4".encode(), frames, "video_window"),
+                               _rows(f"/i/{v}.jpg".encode(), _unit(rng, 3))])
+    store.delete_sources([b"/v/3.mp4"])
+    idx = AnnIndex.build(store, exact_threshold=1000, batch_rows=97)
+    assert set(idx.shards) == {"image", "video_window"}
+    shard = idx.shards["video_window"]
+    assert type(shard.index).__name__ == "IndexRefine" and len(shard) == 11 * 150
+    meta, vecs = store.vectors("kind = 'video_window'")
+    assert list(shard.ids) == meta.column("id").to_pylist()
+    stored = shard.index.refine_index.reconstruct_n(0, len(shard))  # the fp16 copies, exact
+    assert np.allclose(stored, vecs, atol=1e-3)
+    queries = vecs[rng.choice(len(vecs), 30, replace=False)]
+    _, exact = build_faiss(vecs, exact_threshold=10**9).search(queries, 10)
+    _, got = shard.index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got, strict=True)])
+    assert recall >= 0.9
+    only = AnnIndex.build(store, kinds=["video_window"])
+    assert set(only.shards) == {"video_window"} and len(only) == 11 * 150

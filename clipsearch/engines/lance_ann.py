@@ -133,5 +133,5 @@ class RemoteSearcher(Searcher):
 
     def ann_description(self) -> dict:
         ann = self.ann()
-        kind = "lance IVF_PQ" if isinstance(ann, LanceAnn) else type(ann.index).__name__
+        kind = "lance IVF_PQ" if isinstance(ann, LanceAnn) else ann.describe()
         return {"type": kind, "rows": len(ann), "version": ann.version}
