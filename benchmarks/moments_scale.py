@@ -3,8 +3,10 @@
 Builds a LanceDB `items` table with the real schema (clipsearch.store), rows laid out as the
 video indexer lays them out (1 fps frames, {2,4,8,16,32} s windows at stride w/2, one window
 per shot, one pooled `video` row), vectors clustered per video (video theme → shot → frame).
-Planted query concepts give a correctness check. Then: FAISS over the window rows (the core's
-`build_faiss`), scalar indexes on `id` and `source`, and `find_moments` latency per query.
+Planted query concepts give a correctness check. Then: the core's FAISS shard of the window
+rows (`AnnIndex.build`, streaming from the table), scalar indexes on `id` and `source`, and
+`find_moments` latency per query, both with the `VideoCatalog` a long-lived searcher holds and
+with the per-query reads a one-shot CLI query makes.
 
     .venv/bin/python -m benchmarks.moments_scale --hours 100
 """
@@ -27,7 +29,7 @@ import pyarrow as pa
 from clipsearch.indexers.video import shot_spans, window_spans
 
 from clipsearch.ann import AnnIndex
-from clipsearch.moments import WindowCatalog, find_moments
+from clipsearch.moments import VideoCatalog, find_moments
 from clipsearch.records import Record, display_path, item_id, path_bytes
 from clipsearch.store import META_COLUMNS, Store, schema
 from clipsearch.video_metrics import Span, recall_at_iou
@@ -191,10 +193,9 @@ def run(hours: float, dim: int = 512, n_queries: int = 50, workdir: str | None =
         return ann.search(vec, n, kinds=(kind,))[0]
 
     t_cat = time.perf_counter()
-    catalog = WindowCatalog.build(store.table)
+    catalog = VideoCatalog.build(store.table)  # what a long-lived Searcher holds per table version
     t_cat = time.perf_counter() - t_cat
-    cat_bytes = sum(a.nbytes for a in (catalog.ids, catalog.codes, catalog.t_start, catalog.t_end))
-    cat_bytes += 16 * len(catalog)  # object pointers of the scale/thumb columns (shared objects)
+    cat_bytes = catalog.nbytes
 
     def timed(cat) -> tuple[list[float], list[list[Span]]]:
         lat, preds = [], []

@@ -92,6 +92,8 @@ class Searcher:
         self._transformed: dict[tuple, tuple[AnnIndex, int]] = {}
         self._transforms = None
         self._transforms_mtime: float | None = None
+        self._video_catalog = None
+        self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
 
     @property
     def ann_dir(self) -> Path:
@@ -362,11 +364,33 @@ class Searcher:
             h.extra["typicality"] = float(typ.get(h.id, np.inf))
         return sorted(hits, key=lambda h: h.extra["typicality"])
 
+    def video_catalog(self):
+        """The in-memory `VideoCatalog` of the current table version, or None.
+
+        It is built on the second video query at a version: a long-lived process (UI, HTTP
+        API, an embedding tool) then answers moment queries from memory, while a one-shot CLI
+        query does not pay for a catalog it would use once (~30 s at 1,000 video-hours).
+        """
+        from clipsearch.moments import VideoCatalog
+
+        with self._lock:
+            version = self.col.store.version
+            cat = self._video_catalog
+            if cat is not None and cat.version == version:
+                return cat
+            seen_version, count = self._video_queries
+            count = count + 1 if seen_version == version else 1
+            self._video_queries = (version, count)
+            if count < 2 or not self.col.store.count("kind = 'video_window'"):
+                return None
+            self._video_catalog = VideoCatalog.build(self.col.store.table)
+            return self._video_catalog
+
     def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         from clipsearch.moments import find_moments
 
         vec = self.col.encoder.encode_texts([text])[0]
-        found = find_moments(vec, self.col.store.table, k=k,
+        found = find_moments(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
                              ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
         return [Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
                     t_end=float(m.t_end), thumb=m.thumb) for m in found]
@@ -376,7 +400,7 @@ class Searcher:
         from clipsearch.moments import rank_videos
 
         vec = self.col.encoder.encode_texts([text])[0]
-        found = rank_videos(vec, self.col.store.table, k=k,
+        found = rank_videos(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
                             ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
         return [Hit(source=v.source, kind="video", score=float(v.score), t_start=float(v.t_start),
                     t_end=float(v.t_end), thumb=v.thumb) for v in found]

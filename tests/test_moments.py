@@ -8,6 +8,7 @@ from clipsearch.indexers.video import build_records
 
 from clipsearch.moments import (
     Moment,
+    VideoCatalog,
     WindowCatalog,
     find_moments,
     merge_hits,
@@ -161,7 +162,7 @@ def test_planted_moments_recovered_exactly_and_ranked(planted):
     ann = brute_ann(table)
     catalog = WindowCatalog.build(table)
     assert len(catalog) == table.count_rows("kind = 'video_window'")
-    for use_ann, cat in ((None, None), (ann, None), (ann, catalog)):
+    for use_ann, cat in ((None, None), (ann, None), (ann, catalog), (ann, VideoCatalog.build(table))):
         preds, gts, ranked = [], [], []
         for c, gt in truth.items():
             ms = find_moments(concepts[c], table, k=5, ann_search=use_ann, catalog=cat)
@@ -172,6 +173,36 @@ def test_planted_moments_recovered_exactly_and_ranked(planted):
         assert recall_at_iou(preds, gts, 0.9) == 1.0
         assert mean_iou(preds, gts) > 0.97
         assert video_recall_at_k(ranked, [g.source for g in gts], k=1) == 1.0
+
+
+def test_video_catalog_reads_the_same_frames_and_cuts_as_a_scan(tmp_path):
+    """Frame rows by offset (after a replaced video left deleted rows behind) = a filtered scan."""
+    from clipsearch.moments import _load_cuts, _load_frames
+
+    rng = np.random.default_rng(11)
+    store = Store(tmp_path / "db", DIM)
+
+    def video(name, n, h):
+        times = np.arange(0, n, 1.0)
+        recs = build_records(times, unit(rng.normal(size=(n, DIM))).astype(np.float32), [3.0, 7.0],
+                             float(n), 1.0)
+        return SourceRows(path_bytes(name), 0.0, 1, h, recs)
+
+    store.replace_sources([video("/v/a.mp4", 30, "1"), video("/v/b.mp4", 40, "1")])
+    store.replace_sources([video("/v/c.mp4", 20, "1")])
+    store.replace_sources([video("/v/a.mp4", 25, "2")])  # rewrites a.mp4: deletions in old fragments
+    cat = VideoCatalog.build(store.table)
+    regions = [("/v/a.mp4", 2.0, 12.0), ("/v/b.mp4", 30.0, 45.0), ("/v/c.mp4", 0.0, 5.5), ("/v/x.mp4", 0, 9)]
+    src, t, thumbs, vecs = cat.frames(regions)
+    ref_src, ref_t, ref_thumbs, ref_vecs = _load_frames(store.table, regions)
+    got = sorted(zip(src, t, range(len(t)), strict=True))
+    ref = sorted(zip(ref_src, ref_t, range(len(ref_t)), strict=True))
+    assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in ref] and len(got) == 11 + 10 + 6
+    np.testing.assert_array_equal(vecs[[i for *_, i in got]], ref_vecs[[i for *_, i in ref]])
+    assert [thumbs[i] for *_, i in got] == [ref_thumbs[i] for *_, i in ref]
+    want = _load_cuts(store.table, ["/v/a.mp4", "/v/c.mp4"])
+    assert {k: v.tolist() for k, v in cat.cuts(["/v/a.mp4", "/v/c.mp4"]).items()} == \
+        {k: v.tolist() for k, v in want.items()} == {"/v/a.mp4": [3.0, 7.0], "/v/c.mp4": [3.0, 7.0]}
 
 
 def test_ranking_across_videos_prefers_the_stronger_match(tmp_path):

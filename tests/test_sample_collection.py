@@ -73,3 +73,21 @@ def test_document_figure_query_finds_its_page(sample):
     found = [col.search(text=p["query"], kind="doc", k=1)[0] for p in pages]  # "a green triangle"
     assert sum(h.page == p["page"] for h, p in zip(found, pages, strict=True)) >= len(pages) - 1, \
         [(h.page, p["query"]) for h, p in zip(found, pages, strict=True)]
+
+
+def test_moment_queries_agree_with_and_without_the_video_catalog(sample):
+    """A long-lived searcher answers from its in-memory catalog from the second video query on,
+    with exactly the moments the per-query reads give."""
+    from clipsearch.moments import VideoCatalog, find_moments
+
+    col, manifest, _ = sample
+    queries = [seg["query"] for segs in manifest["videos"].values() for seg in segs]
+    col.moments(queries[0], k=3)
+    col.moments(queries[0], k=3)
+    assert col.searcher.video_catalog() is not None
+    table, catalog = col.store.table, VideoCatalog.build(col.store.table)
+    for q in queries:
+        vec = col.encoder.encode_texts([q])[0]
+        plain = find_moments(vec, table, k=3, ann_search=col.searcher.ann_search)
+        cached = find_moments(vec, table, k=3, ann_search=col.searcher.ann_search, catalog=catalog)
+        assert plain == cached and plain, q
