@@ -144,6 +144,22 @@ class Shard:
         return self.index.search(q, k)
 
 
+def _reserve_refine_codes(index: faiss.Index, n: int) -> None:
+    """Allocate the float16 refine copies of n vectors once, before adding batches.
+
+    Appending batch by batch grows that buffer by doubling, and each doubling briefly holds
+    old and new copies: ~1.5x the final index in memory at the end of a large build. FAISS has
+    no reserve(); growing the vector to full size and back keeps its capacity (std::vector).
+    """
+    if not isinstance(index, faiss.IndexRefine):
+        return
+    refine = faiss.downcast_index(index.refine_index)
+    codes = getattr(refine, "codes", None)
+    if codes is not None and refine.ntotal == 0 and hasattr(codes, "resize"):
+        codes.resize(n * refine.code_size)
+        codes.resize(0)
+
+
 def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
                  exact_threshold: int, batch_rows: int, seed: int = 0) -> Shard:
     """Train on a sample of the kind's rows, then add them batch by batch from the table."""
@@ -153,6 +169,7 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
     if m:
         sample = np.sort(np.random.default_rng(seed).choice(positions, size=m, replace=False))
         train_faiss(index, store.take_vectors(snapshot, sample), seed)
+    _reserve_refine_codes(index, n)
     ids, sources = [], []
     where = f"kind = {sql_str(kind)}"
     for meta, vecs in store.vector_batches(snapshot, ["id", "source"], where, batch_rows):
