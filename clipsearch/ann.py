@@ -2,7 +2,7 @@
 
 One FAISS index per row kind (image, video_window, doc_page, ...): every query names the kinds it
 wants, so a kind filter picks shards instead of testing millions of ids against a selector per
-query (at 1,000 video-hours a `video_window` selector alone cost ~1.5 s to build per query).
+query (at 100 video-hours building a `video_window` selector cost ~150 ms per query, and it grows with n).
 Per shard: exact (flat inner product) below `exact_threshold` rows, IVF above it: 4-bit PQ
 fast-scan codes to shortlist (cheap enough to probe many lists), then exact re-ranking of the
 shortlist on float16 copies of the vectors (lossless: the table stores float16). Large shards
