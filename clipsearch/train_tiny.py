@@ -92,16 +92,19 @@ def encode_attrs(attrs: dict[str, str | None]) -> list[int]:
 _NEG_WEIGHTS = {"position": 0.7, "size": 0.1, "color": 0.1, "shape": 0.1}
 
 
-def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator
-                  ) -> tuple[str, dict[str, str | None]]:
+def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator,
+                  weights: dict[str, float] | None = None) -> tuple[str, dict[str, str | None]] | None:
     """A caption like the positive one but with one attribute of the image changed
     ("... on the left" -> "... at the top"), NegCLIP-style.
 
     In-batch negatives rarely differ from an image in one attribute only, so without these
     the loss barely rewards fine distinctions such as position.
     """
-    options = [a for a in _NEG_WEIGHTS if getattr(spec, a) is not None]
-    p = np.asarray([_NEG_WEIGHTS[a] for a in options])
+    weights = weights or _NEG_WEIGHTS
+    options = [a for a in weights if weights[a] > 0 and getattr(spec, a) is not None]
+    if not options:  # e.g. position-only negatives for an image placed anywhere
+        return None
+    p = np.asarray([weights[a] for a in options])
     attr = options[int(rng.choice(len(options), p=p / p.sum()))]
     current = getattr(spec, attr)
     others = [v for v in _VOCABS[attr] if v != current]
@@ -150,9 +153,10 @@ class BatchSource(torch.utils.data.Dataset):
     """Batch ``step`` of a run; a pure function of (seed, step), so workers keep determinism."""
 
     def __init__(self, seed: int, batch_size: int, preprocess, tokenizer, steps: int,
-                 group: int = 4, curriculum: float = 0.2, negatives: bool = True) -> None:
+                 group: int = 4, curriculum: float = 0.2, negatives: bool = True,
+                 neg_rate: float = 1.0, neg_weights: dict[str, float] | None = None) -> None:
         self.seed, self.batch_size, self.steps, self.group = seed, batch_size, steps, group
-        self.negatives = negatives
+        self.negatives, self.neg_rate, self.neg_weights = negatives, neg_rate, neg_weights
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.curriculum_steps = curriculum * steps
 
@@ -182,9 +186,12 @@ class BatchSource(torch.utils.data.Dataset):
         }
         if self.negatives:  # their own rng stream: images and captions do not depend on this
             neg_rng = np.random.default_rng([self.seed, step, 1])
-            negs = [hard_negative(s[2], s[3], neg_rng) for s in samples]
+            chosen = [s for s, r in zip(samples, neg_rng.random(len(samples)), strict=True)
+                      if r < self.neg_rate]
+            negs = [n for s in chosen if (n := hard_negative(s[2], s[3], neg_rng, self.neg_weights))]
             batch["neg_tokens"] = self.tokenizer([n[0] for n in negs])
-            batch["neg_mentioned"] = torch.tensor([encode_attrs(n[1]) for n in negs])
+            batch["neg_mentioned"] = torch.tensor([encode_attrs(n[1]) for n in negs],
+                                                  dtype=torch.long).reshape(-1, len(ATTRS))
         return batch
 
 
@@ -221,15 +228,17 @@ def _multi_positive_ce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: torch.Tensor,
-              mentioned: torch.Tensor, i2i_weight: float = 0.5, i2i_temp: float = 0.1
-              ) -> tuple[torch.Tensor, dict[str, float]]:
+              mentioned: torch.Tensor, i2i_weight: float = 0.5, i2i_temp: float = 0.1,
+              i2i_keep_position: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Multi-positive image<->text loss plus a supervised image<->image term.
 
     ``txt``/``mentioned`` may hold more captions than there are images: the hard negatives.
     They join both softmaxes; which caption is true of which image is decided by attributes
     alone, so a negative that fits another image in the batch is that image's positive. The
     image term (same colour+shape = positive) makes image-to-image search group by object
-    rather than by background.
+    rather than by background. With ``i2i_keep_position`` a same-object pair at two different
+    known positions is left out of that term (neither pulled together nor pushed apart), so
+    it does not teach the image tower to forget where the shape is.
     """
     pos = positives(attrs, mentioned)
     logits = scale * img @ txt.t()
@@ -238,7 +247,13 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: 
     same = (attrs[:, None, :2] == attrs[None, :, :2]).all(-1).float()
     eye = torch.eye(len(img), dtype=torch.bool)
     same = same.masked_fill(eye, 0)
-    sim = (img @ img.t() / i2i_temp).masked_fill(eye, -1e4)
+    drop = eye
+    if i2i_keep_position:
+        pos_i, pos_j = attrs[:, None, 3], attrs[None, :, 3]
+        moved = (same > 0) & (pos_i >= 0) & (pos_j >= 0) & (pos_i != pos_j)
+        same = same.masked_fill(moved, 0)
+        drop = eye | moved
+    sim = (img @ img.t() / i2i_temp).masked_fill(drop, -1e4)
     l_i2i = _multi_positive_ce(sim, same) if same.sum() > 0 else sim.new_zeros(())
     loss = (l_i2t + l_t2i) / 2 + i2i_weight * l_i2i
     parts = {"i2t": l_i2t.item(), "t2i": l_t2i.item(), "i2i": l_i2i.item()}
@@ -248,9 +263,11 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, attrs: 
 # ----------------------------------------------------------------------------- training
 
 
-def _optimizer(model: torch.nn.Module, lr: float, wd: float) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, lr: float, wd: float, extra: torch.nn.Module | None = None
+               ) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + (list(extra.named_parameters()) if extra else [])
+    for name, p in named:
         skip = p.ndim < 2 or "token_embedding" in name or "positional" in name
         (no_decay if skip else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd},
@@ -274,9 +291,31 @@ def _progress(step: int, steps: int, elapsed: float, budget_s: float) -> float:
     return max(step / max(1, steps), elapsed / budget_s)
 
 
+class PositionProbe(torch.nn.Module):
+    """One linear classifier of position, shared by both towers and dropped after training.
+
+    Applied to image embeddings (the true position) and to text embeddings (the position the
+    caption names), it makes both towers put position on the same directions of the joint
+    space. Without it, neither tower starts to encode position (the text embeddings of "on the
+    left" and "on the right" had cosine 1.000): while one tower ignores it, the contrastive
+    loss gives the other no gradient to learn it either.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(embed_dim, len(POSITIONS))
+
+    def loss(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels >= 0
+        if not known.any():
+            return emb.new_zeros(())
+        return F.cross_entropy(self.linear(emb[known]), labels[known])
+
+
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-               opt: torch.optim.Optimizer, i2i_weight: float, negatives: bool = True
-               ) -> dict[str, float]:
+               opt: torch.optim.Optimizer, i2i_weight: float, negatives: bool = True,
+               i2i_keep_position: bool = False, probe: PositionProbe | None = None,
+               probe_weight: float = 0.0) -> dict[str, float]:
     """One optimisation step (with the batch's hard-negative captions, if it has them and
     ``negatives``); returns the loss parts for logging."""
     images = batch["images"].contiguous(memory_format=torch.channels_last)
@@ -286,7 +325,13 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         tokens = torch.cat([tokens, batch["neg_tokens"]])
         mentioned = torch.cat([mentioned, batch["neg_mentioned"]])
     txt = model.encode_text(tokens, normalize=True)
-    loss, parts = clip_loss(img, txt, model.logit_scale.exp(), batch["attrs"], mentioned, i2i_weight)
+    loss, parts = clip_loss(img, txt, model.logit_scale.exp(), batch["attrs"], mentioned, i2i_weight,
+                            i2i_keep_position=i2i_keep_position)
+    if probe is not None and probe_weight > 0:
+        pos_col = ATTRS.index("position")
+        l_probe = probe.loss(img, batch["attrs"][:, pos_col]) + probe.loss(txt, mentioned[:, pos_col])
+        loss = loss + probe_weight * l_probe
+        parts["probe"] = l_probe.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -308,7 +353,9 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           batch_size: int = 64, lr: float = 2e-3, workers: int = 1, i2i_weight: float = 1.0,
           eval_n: int = 600, log_every: int = 25, cfg: dict | None = None,
           threads: int = 1, save_every: int = 0, init: Path | None = None,
-          neg_from: float = 1.0) -> dict:
+          neg_from: float = 1.0, neg_rate: float = 1.0,
+          neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
+          probe_weight: float = 0.0) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Hard-negative captions join the loss once ``neg_from`` of the run is done (1 = never, the
@@ -330,9 +377,11 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     # contiguous, so the shipped file is layout-agnostic.
     model.to(memory_format=torch.channels_last)
     model.train()
-    opt = _optimizer(model, lr, wd=0.05)
+    probe = PositionProbe(model.text_projection.shape[1]) if probe_weight > 0 else None
+    opt = _optimizer(model, lr, wd=0.05, extra=probe)
     warmup = max(1, min(60, steps // 10))
-    source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1)
+    source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1,
+                         neg_rate=neg_rate, neg_weights=neg_weights)
     history: list[dict] = []
     start, step = time.time(), 0
     stopped_early = False
@@ -343,7 +392,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
             break
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, progress, lr, warmup)
-        parts = train_step(model, batch, opt, i2i_weight, negatives=progress >= neg_from)
+        parts = train_step(model, batch, opt, i2i_weight, negatives=progress >= neg_from,
+                           i2i_keep_position=i2i_keep_position, probe=probe, probe_weight=probe_weight)
         if save_every and step and step % save_every == 0:
             save_weights(model, out / f"{MODEL_NAME}.safetensors")  # snapshot for peeking
         if step % log_every == 0 or step == steps - 1:
@@ -358,7 +408,10 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     done = step + (0 if stopped_early else 1)
     log = {"model": MODEL_NAME, "seed": seed, "steps_planned": steps, "steps_done": done,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
-           "i2i_weight": i2i_weight, "neg_from": neg_from, "train_seconds": round(train_s, 1),
+           "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
+           "probe_weight": probe_weight, "neg_from": neg_from,
+           "neg_rate": neg_rate, "neg_weights": neg_weights or _NEG_WEIGHTS,
+           "train_seconds": round(train_s, 1),
            "weights_bytes": size, "torch_threads": torch.get_num_threads(),
            "params": sum(p.numel() for p in model.parameters()), "history": history}
     if eval_n:
@@ -366,6 +419,17 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
         log["final_eval"] = evaluate(out, n=eval_n, seed=12345)
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
     return log
+
+
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    """'position=1,size=0.2' -> {"position": 1.0, "size": 0.2}."""
+    if not text:
+        return None
+    pairs = [kv.split("=") for kv in text.split(",")]
+    bad = [k for k, *_ in pairs if k not in ATTRS]
+    if bad or any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"--neg-weights: expected attr=weight pairs over {ATTRS}, got {text!r}")
+    return {k: float(v) for k, v in pairs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,8 +443,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=1, help="render processes (0 = inline)")
     ap.add_argument("--i2i-weight", type=float, default=1.0)
+    ap.add_argument("--i2i-keep-position", action="store_true",
+                    help="leave same-object pairs at different positions out of the image-image term")
+    ap.add_argument("--probe-weight", type=float, default=0.0,
+                    help="weight of the shared position probe on both towers (0 = off)")
     ap.add_argument("--neg-from", type=float, default=1.0,
                     help="fraction of the run after which hard-negative captions are used (1 = never)")
+    ap.add_argument("--neg-rate", type=float, default=1.0,
+                    help="share of samples that get a hard-negative caption")
+    ap.add_argument("--neg-weights", default=None,
+                    help="which attribute a negative changes, e.g. 'position=1' (default "
+                         + ",".join(f"{k}={v}" for k, v in _NEG_WEIGHTS.items()) + ")")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the final evaluation")
     ap.add_argument("--save-every", type=int, default=0, help="snapshot weights every N steps")
     ap.add_argument("--threads", type=int, default=1,
@@ -391,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     log = train(args.out, args.seed, args.steps, args.minutes, args.batch_size, args.lr,
                 args.workers, args.i2i_weight, args.eval_n, threads=args.threads,
-                save_every=args.save_every, init=args.init, neg_from=args.neg_from)
+                save_every=args.save_every, init=args.init, neg_from=args.neg_from,
+                neg_rate=args.neg_rate, neg_weights=_parse_weights(args.neg_weights),
+                i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 

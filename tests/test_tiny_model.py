@@ -179,6 +179,41 @@ def test_hard_negative_changes_exactly_one_attribute_of_the_image() -> None:
     assert changed["position"] > changed["size"] > 0 and changed["color"] > 0 and changed["shape"] > 0
 
 
+def test_i2i_keep_position_leaves_moved_pairs_out() -> None:
+    """Two red stars at known, different positions are not pulled together by the image term."""
+    img = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    attrs = torch.tensor([[3, 0, 0, 0], [3, 0, 0, 1], [1, 2, 0, -1]])  # star/red left, right; other
+    mentioned = attrs.clone()
+    _, plain = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0)
+    _, kept = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
+                                   i2i_keep_position=True)
+    assert plain["i2i"] > 0 and kept["i2i"] == 0
+    attrs[1, 3] = 0  # same position: a positive pair again
+    _, same = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
+                                   i2i_keep_position=True)
+    assert same["i2i"] > 0
+
+
+def test_position_probe_learns_from_known_positions_only() -> None:
+    probe = train_tiny.PositionProbe(8)
+    emb = torch.randn(4, 8)
+    assert probe.loss(emb, torch.tensor([-1, -1, -1, -1])).item() == 0
+    labels = torch.tensor([0, -1, 3, -1])
+    expected = torch.nn.functional.cross_entropy(probe.linear(emb[[0, 2]]), labels[[0, 2]])
+    assert torch.isclose(probe.loss(emb, labels), expected)
+
+
+def test_probe_is_not_part_of_the_saved_model(tmp_path: Path) -> None:
+    log = train_tiny.train(tmp_path / "p", seed=1, steps=2, batch_size=12, workers=0, eval_n=0,
+                           log_every=1, probe_weight=0.5)
+    assert all("probe" in h for h in log["history"])
+    from safetensors.torch import load_file
+
+    saved = set(load_file(str(tmp_path / "p" / "clipsearch-tiny.safetensors")))
+    model, _, _ = train_tiny.build_model(tmp_path / "p" / "clipsearch-tiny.json", 0)
+    assert saved == set(model.state_dict())
+
+
 def test_first_batch_is_deterministic(tmp_path: Path) -> None:
     cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
     _, preprocess, tok = train_tiny.build_model(cfg, 0)
