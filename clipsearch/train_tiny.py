@@ -90,6 +90,11 @@ def encode_attrs(attrs: dict[str, str | None]) -> list[int]:
 # Which attribute a hard-negative caption changes. Position gets the most weight: it is the
 # attribute a CLIP learns last (a run without these negatives ranked positions at chance).
 _NEG_WEIGHTS = {"position": 0.7, "size": 0.1, "color": 0.1, "shape": 0.1}
+# What the shipped model trained with: position-only negatives for half the samples, next to the
+# position probe (without the probe they taught nothing: position stayed at chance).
+TRAIN_NEG_WEIGHTS = {"position": 1.0}
+TRAIN_NEG_RATE = 0.5
+TRAIN_PROBE_WEIGHT = 0.1
 
 
 def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator,
@@ -353,14 +358,15 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           batch_size: int = 64, lr: float = 2e-3, workers: int = 1, i2i_weight: float = 1.0,
           eval_n: int = 600, log_every: int = 25, cfg: dict | None = None,
           threads: int = 1, save_every: int = 0, init: Path | None = None,
-          neg_from: float = 1.0, neg_rate: float = 1.0,
+          neg_from: float = 0.0, neg_rate: float = TRAIN_NEG_RATE,
           neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
-          probe_weight: float = 0.0) -> dict:
+          probe_weight: float = TRAIN_PROBE_WEIGHT) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
-    Hard-negative captions join the loss once ``neg_from`` of the run is done (1 = never, the
-    default): they teach position (chance -> ~0.48 picked right among 5) but cost colour+shape
-    precision in every trial run (benchmarks/RESULTS.md), so the shipped model has none.
+    Position is taught by a linear probe shared by both towers (``probe_weight``) plus
+    position-only hard-negative captions for ``neg_rate`` of the samples from ``neg_from`` of
+    the run on (0 = from the start). Without the probe the model ranked positions at chance;
+    hard negatives alone (any mix) cost colour+shape precision. Trial runs: benchmarks/RESULTS.md.
 
     ``steps`` fixes the schedule (reproducible); ``minutes`` is only a safety cap that
     stops early on a slow machine (recorded in the log as ``stopped_early``).
@@ -380,6 +386,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     probe = PositionProbe(model.text_projection.shape[1]) if probe_weight > 0 else None
     opt = _optimizer(model, lr, wd=0.05, extra=probe)
     warmup = max(1, min(60, steps // 10))
+    neg_weights = neg_weights or TRAIN_NEG_WEIGHTS
     source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1,
                          neg_rate=neg_rate, neg_weights=neg_weights)
     history: list[dict] = []
@@ -410,7 +417,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
            "probe_weight": probe_weight, "neg_from": neg_from,
-           "neg_rate": neg_rate, "neg_weights": neg_weights or _NEG_WEIGHTS,
+           "neg_rate": neg_rate, "neg_weights": neg_weights,
            "train_seconds": round(train_s, 1),
            "weights_bytes": size, "torch_threads": torch.get_num_threads(),
            "params": sum(p.numel() for p in model.parameters()), "history": history}
@@ -445,15 +452,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--i2i-weight", type=float, default=1.0)
     ap.add_argument("--i2i-keep-position", action="store_true",
                     help="leave same-object pairs at different positions out of the image-image term")
-    ap.add_argument("--probe-weight", type=float, default=0.0,
+    ap.add_argument("--probe-weight", type=float, default=TRAIN_PROBE_WEIGHT,
                     help="weight of the shared position probe on both towers (0 = off)")
-    ap.add_argument("--neg-from", type=float, default=1.0,
+    ap.add_argument("--neg-from", type=float, default=0.0,
                     help="fraction of the run after which hard-negative captions are used (1 = never)")
-    ap.add_argument("--neg-rate", type=float, default=1.0,
+    ap.add_argument("--neg-rate", type=float, default=TRAIN_NEG_RATE,
                     help="share of samples that get a hard-negative caption")
     ap.add_argument("--neg-weights", default=None,
                     help="which attribute a negative changes, e.g. 'position=1' (default "
-                         + ",".join(f"{k}={v}" for k, v in _NEG_WEIGHTS.items()) + ")")
+                         + ",".join(f"{k}={v}" for k, v in TRAIN_NEG_WEIGHTS.items()) + ")")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the final evaluation")
     ap.add_argument("--save-every", type=int, default=0, help="snapshot weights every N steps")
     ap.add_argument("--threads", type=int, default=1,
