@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -122,3 +123,14 @@ def test_streaming_build_matches_in_memory_build(tmp_path):
     assert recall >= 0.9
     only = AnnIndex.build(store, kinds=["video_window"])
     assert set(only.shards) == {"video_window"} and len(only) == 11 * 150
+
+
+def test_an_index_saved_before_shards_is_rebuilt_not_misread(tmp_path):
+    """Collections indexed by an older clipsearch have `v{N}/index.faiss` and no shard list:
+    load() says "no usable index", so the searcher rebuilds from the table (the truth)."""
+    old = tmp_path / "ann" / "v3"
+    old.mkdir(parents=True)
+    faiss.write_index(faiss.IndexFlatIP(DIM), str(old / "index.faiss"))
+    np.savez(old / "meta.npz", ids=np.array([], str), kinds=np.array([], str), sources=np.array([], str))
+    (tmp_path / "ann" / "current.json").write_text('{"version": 3}')
+    assert AnnIndex.load(tmp_path / "ann") is None
