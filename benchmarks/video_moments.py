@@ -245,7 +245,8 @@ def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, a
 
 def localise_in_video(query: np.ndarray, table, source: str, flank_weight: float = 0.0) -> list[Span]:
     """Segments of one known video for the query (single-video moment retrieval)."""
-    from clipsearch.moments import _sql_str, _vectors, segments_from_curve
+    from clipsearch.moments import _sql_str, segments_from_curve
+    from clipsearch.store import float32_vectors
 
     where = f"source = {_sql_str(source)} AND kind IN ('video_frame', 'video')"
     rows = table.search().where(where).select(["kind", "t_start", "extra", "vector"]).limit(None).to_arrow()
@@ -254,7 +255,7 @@ def localise_in_video(query: np.ndarray, table, source: str, flank_weight: float
              if k == "video"]
     frames = rows.filter(pa.array([k == "video_frame" for k in kinds]))
     t = frames.column("t_start").to_numpy()
-    sims = _vectors(frames.column("vector")) @ query
+    sims = float32_vectors(frames.column("vector")) @ query
     order = np.argsort(t)
     cuts = video[0].get("cuts", []) if video else []
     segs = segments_from_curve(t[order], sims[order], cuts, flank_weight=flank_weight)

@@ -202,12 +202,11 @@ class AnnIndex:
     def from_vectors(cls, vectors: np.ndarray, ids: np.ndarray, kinds: np.ndarray, sources: np.ndarray,
                      version: int, exact_threshold: int = EXACT_THRESHOLD) -> AnnIndex:
         """Index in-memory vectors (e.g. transformed copies), one shard per kind."""
-        kinds = np.asarray(kinds, dtype=object)
+        kinds, ids, sources = (np.asarray(a, dtype=object) for a in (kinds, ids, sources))
         shards = {}
         for kind in sorted(set(kinds.tolist())):
             m = kinds == kind
-            shards[kind] = Shard(to_gpu(build_faiss(vectors[m], exact_threshold)),
-                                 np.asarray(ids, dtype=object)[m], np.asarray(sources, dtype=object)[m])
+            shards[kind] = Shard(to_gpu(build_faiss(vectors[m], exact_threshold)), ids[m], sources[m])
         return cls(shards, version)
 
     def __len__(self) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
+from clipsearch.store import float32_vectors
 from clipsearch.video_metrics import temporal_iou
 
 AnnSearch = Callable[[np.ndarray, int, str], list[tuple[str, float]]]
@@ -250,13 +251,6 @@ def _scan(table, where: str, columns: list[str]):
     return table.search().where(where).select(columns).limit(None).to_arrow()
 
 
-def _vectors(col) -> np.ndarray:
-    """Arrow fixed_size_list<float16|float32> column → float32 (n, dim)."""
-    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
-    dim = arr.type.list_size
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-
-
 class WindowCatalog:
     """In-memory metadata of every `video_window` row, for one table version.
 
@@ -358,7 +352,7 @@ class VideoCatalog(WindowCatalog):
             return np.zeros(0, object), np.zeros(0), [], np.zeros((0, 0), np.float32)
         rows = self._snapshot.take(self._f_off[sel], columns=["thumb", "vector"])
         return (self._frame_sources[self._f_code[sel]], self._f_t[sel], rows.column("thumb").to_pylist(),
-                _vectors(rows.column("vector")))
+                float32_vectors(rows.column("vector")))
 
 
 def _window_hits(
@@ -426,7 +420,7 @@ def _load_frames(table, regions: Sequence[tuple[str, float, float]]):
     frames = _scan(table, f"kind = 'video_frame' AND ({clauses})", ["source", "t_start", "thumb", "vector"])
     return (np.asarray(frames.column("source").to_pylist(), dtype=object),
             frames.column("t_start").to_numpy(zero_copy_only=False).astype(np.float64),
-            frames.column("thumb").to_pylist(), _vectors(frames.column("vector")))
+            frames.column("thumb").to_pylist(), float32_vectors(frames.column("vector")))
 
 
 # ---------------------------------------------------------------- public queries

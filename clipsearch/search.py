@@ -21,6 +21,7 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.store import float32_vectors
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -357,8 +358,7 @@ class Searcher:
         if not hits:
             return hits
         rows = self.col.store.scan(["id", "vector"], "id IN (" + ",".join(f"'{h.id}'" for h in hits) + ")")
-        vec = rows.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)
-        vec = vec.astype(np.float32).reshape(rows.num_rows, -1)
+        vec = float32_vectors(rows.column("vector"))
         typ = dict(zip(rows.column("id").to_pylist(), ts.typicality(vec), strict=True))
         for h in hits:
             h.extra["typicality"] = float(typ.get(h.id, np.inf))

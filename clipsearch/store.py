@@ -46,6 +46,14 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def float32_vectors(col) -> np.ndarray:
+    """Arrow fixed_size_list<float16|float32> column (chunked or not) -> float32 (n, dim).
+
+    `flatten()` rather than `.values`, so a sliced array yields only its own rows."""
+    arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, arr.type.list_size)
+
+
 @dataclass
 class FileState:
     mtime: float
@@ -104,7 +112,7 @@ class Store:
     def vectors(self, where: str | None = None) -> tuple[pa.Table, np.ndarray]:
         """Metadata and float32 vectors of every matching row, in one consistent snapshot."""
         t = self.scan(META_COLUMNS + ["vector"], where)
-        return t.drop_columns(["vector"]), self._flat(t.column("vector").combine_chunks(), len(t))
+        return t.drop_columns(["vector"]), float32_vectors(t.column("vector"))
 
     def snapshot(self):
         """The table pinned at its current version (a lance dataset): several reads of one build
@@ -117,15 +125,12 @@ class Store:
         over more vectors than fit in memory can still be built."""
         for b in snapshot.to_batches(columns=[*columns, "vector"], filter=where, batch_size=batch_rows):
             if b.num_rows:
-                yield b.drop_columns(["vector"]), self._flat(b.column("vector"), b.num_rows)
+                yield b.drop_columns(["vector"]), float32_vectors(b.column("vector"))
 
     def take_vectors(self, snapshot, positions: np.ndarray) -> np.ndarray:
         """float32 vectors of the rows at these scan positions (e.g. a k-means training sample)."""
         t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["vector"])
-        return self._flat(t.column("vector").combine_chunks(), len(t))
-
-    def _flat(self, vec: pa.Array, n: int) -> np.ndarray:
-        return vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, self.dim)
+        return float32_vectors(t.column("vector"))
 
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
