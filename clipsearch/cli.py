@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from clipsearch.errors import ClipsearchError
+from clipsearch.errors import ClipsearchError, UsageError
 
 DB_HELP = ("Collection directory or object-storage URI (s3://bucket/prefix). "
            "Default: $CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default.")
@@ -94,6 +94,9 @@ def main() -> None:
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Skip images larger than this many pixels (decompression-bomb guard). "
                    "Default 89,478,485.")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where JPEGs are decoded and resized: auto uses the GPU (nvJPEG) when the model "
+                   "runs on CUDA.")
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
@@ -106,7 +109,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, fps, strict, engine,
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, strict, engine,
           ray_address, gpus_per_worker, commit_every, quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
@@ -114,6 +117,14 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     Skipped files are listed with --verbose and always written to DB/skipped.log.
     """
     _setup_logging(verbose)
+    if engine == "ray" and decode == "gpu":
+        raise UsageError("--decode gpu works with --engine local only",
+                         hint="Ray workers decode on their CPUs; drop --decode or use --engine local")
+    if decode == "gpu":
+        from clipsearch.encoders import pick_device
+        from clipsearch.gpu_decode import check_mode
+
+        check_mode(decode, pick_device(device))
     from clipsearch.objectstore import open_or_create
 
     db = db or _db_default()
@@ -128,7 +139,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
                                 commit_files=commit_every)
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
-                         max_pixels=max_pixels, options=options, commit_files=commit_every)
+                         max_pixels=max_pixels, options=options, commit_files=commit_every,
+                         decode=decode)
     click.echo(report.summary())
     if report.skipped:
         if verbose:
@@ -166,7 +178,6 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
            as_json, device, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model."""
     _setup_logging(verbose)
-    from clipsearch.errors import UsageError
     from clipsearch.objectstore import open_collection
 
     if query is None and image is None:

@@ -199,11 +199,13 @@ class Collection:
 
     def add(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
             workers: int | None = None, progress: bool = False, max_pixels: int | None = None,
-            options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256):
+            options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256,
+            decode: str = "auto"):
         """Index files and folders: new and changed files are embedded, vanished ones removed.
 
         Returns an `IndexReport`. Bad files are skipped with a reason (see report.skipped and
-        `skipped.log` in the collection directory); they never stop the job.
+        `skipped.log` in the collection directory); they never stop the job. `decode`: where
+        JPEGs are decoded: auto (on the GPU when the encoder runs on CUDA), cpu or gpu.
         """
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
@@ -213,7 +215,7 @@ class Collection:
             ctx = self._begin_run(roots, max_pixels, options)
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
                                   batch_size=batch_size, workers=workers, progress=progress,
-                                  commit_files=commit_files)
+                                  commit_files=commit_files, decode=decode)
             self._finish_run(report, fit_transforms)
         return report
 

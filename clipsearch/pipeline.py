@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile
+from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
 from clipsearch.indexers.base import IndexContext, Indexer
 from clipsearch.indexers.scanner import Found, Problem, has_media_extension, scan
 from clipsearch.records import Record, display_path
@@ -166,13 +167,18 @@ def _job_for(entry: Found, indexers: list[Indexer], report: IndexReport) -> Job 
     return None
 
 
-def _prepare_image(job: Job, preprocess, ctx: IndexContext,
-                   min_side: int) -> tuple[Job, torch.Tensor | None, str | None]:
-    """Worker-thread body: (job, tensor, None) on success, (job, None, reason) on a bad file."""
+def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: JpegDecoder | None = None
+                   ) -> tuple[Job, torch.Tensor | RawJpeg | None, str | None]:
+    """Worker-thread body: (job, tensor, None) on success, (job, None, reason) on a bad file.
+
+    With a GPU decoder, a JPEG is only read here (a RawJpeg) and decoded later, in a batch."""
     from pathlib import Path
 
     try:
-        tensor = job.indexer.prepare(Path(os.fsdecode(job.path)), preprocess, ctx, min_side)
+        path = Path(os.fsdecode(job.path))
+        tensor = read_jpeg(path, ctx.max_pixels) if gpu is not None else None
+        if tensor is None:
+            tensor = job.indexer.prepare(path, preprocess, ctx, min_side)
         if job.content_hash is None:
             job.content_hash = content_hash(job.path, job.size)
     except SkipFile as e:
@@ -187,8 +193,11 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext,
 
 def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
         indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
-        progress: bool = True, commit_files: int = 256) -> IndexReport:
-    """Bring the store up to date with the files under `roots`. Never raises for one bad file."""
+        progress: bool = True, commit_files: int = 256, decode: str = "auto") -> IndexReport:
+    """Bring the store up to date with the files under `roots`. Never raises for one bad file.
+
+    `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA."""
+    gpu = JpegDecoder.for_encoder(encoder, decode)
     report = IndexReport()
     t0 = time.perf_counter()
     jobs, gone = plan(store, roots, indexers, report)
@@ -200,7 +209,7 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
     try:
         images = [j for j in jobs if hasattr(j.indexer, "prepare")]
         others = [j for j in jobs if not hasattr(j.indexer, "prepare")]
-        _run_images(images, encoder, ctx, committer, report, bar, batch_size, workers)
+        _run_images(images, encoder, ctx, committer, report, bar, batch_size, workers, gpu)
         _run_others(others, encoder, ctx, committer, report, bar)
     except KeyboardInterrupt:
         report.interrupted = True
@@ -216,7 +225,8 @@ def _skip(report: IndexReport, job: Job, reason: str) -> None:
 
 
 def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
-                report: IndexReport, bar: tqdm, batch_size: int, workers: int | None) -> None:
+                report: IndexReport, bar: tqdm, batch_size: int, workers: int | None,
+                gpu: JpegDecoder | None = None) -> None:
     if not jobs:
         return
     workers = workers or max(2, min(8, (os.cpu_count() or 2)))
@@ -228,13 +238,17 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
         while queue or inflight or ready:
             while queue and len(inflight) < window:
                 inflight.add(pool.submit(_prepare_image, queue.popleft(), encoder.preprocess, ctx,
-                                         encoder.image_size))
+                                         encoder.image_size, gpu))
             if inflight and len(ready) < batch_size:
                 done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
                     _collect(fut, ready, report, bar)
             if len(ready) >= batch_size or (not inflight and not queue and ready):
                 batch, ready = ready[:batch_size], ready[batch_size:]
+                if gpu is not None:
+                    batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, bar)
+                    if not batch:
+                        continue
                 vecs = encoder.encode_pixels(torch.stack([t for _, t in batch]))
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
@@ -242,6 +256,25 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     report.indexed += 1
                     report.items += 1
                     bar.update(1)
+
+
+def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,
+                   ctx: IndexContext, report: IndexReport, bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
+    """Decode a batch's RawJpegs on the GPU; a JPEG nvJPEG refuses goes through PIL instead."""
+    raws = [(i, t) for i, (_, t) in enumerate(batch) if isinstance(t, RawJpeg)]
+    out: list[torch.Tensor | None] = [t if not isinstance(t, RawJpeg) else None for _, t in batch]
+    for (i, _), img in zip(raws, gpu([t for _, t in raws]), strict=True):
+        out[i] = img
+    kept = []
+    for (job, _), tensor in zip(batch, out, strict=True):
+        if tensor is None:  # rare: fall back to PIL, which also names what is wrong with the file
+            _, tensor, reason = _prepare_image(job, encoder.preprocess, ctx, encoder.image_size)
+            if reason is not None:
+                _skip(report, job, reason)
+                bar.update(1)
+                continue
+        kept.append((job, tensor.to(gpu.device, non_blocking=True)))
+    return kept
 
 
 def _collect(fut: Future, ready: list, report: IndexReport, bar: tqdm) -> None:

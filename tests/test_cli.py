@@ -106,3 +106,18 @@ def test_help_is_helpful():
     p = run("index", "--help", check=True)
     for flag in ("--db", "--model", "--checkpoint", "--device", "--batch-size", "--workers", "--strict"):
         assert flag in p.stdout
+
+
+def test_decode_gpu_without_cuda_is_a_clear_usage_error(tmp_path):
+    """--decode gpu on a CPU model (and with the Ray engine) fails up front, naming the fix, and
+    leaves no half-made collection behind."""
+    write_shapes(tmp_path / "in", per_class=1)
+    p = run("index", str(tmp_path / "in"), "--db", str(tmp_path / "db"), "--model", "clipsearch-tiny",
+            "--device", "cpu", "--decode", "gpu")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--decode gpu needs the encoder on a CUDA device" in p.stderr and "--decode cpu" in p.stderr
+    assert not (tmp_path / "db").exists()
+    p = run("index", str(tmp_path / "in"), "--db", str(tmp_path / "db2"), "--engine", "ray",
+            "--decode", "gpu")
+    assert p.returncode == 2 and "--engine local" in p.stderr
+    assert not (tmp_path / "db2").exists()
