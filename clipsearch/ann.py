@@ -14,12 +14,16 @@ filtered query still returns k hits when k exist. Defaults are measured by bench
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -52,8 +56,30 @@ def ivf_params(n: int) -> tuple[int, int]:
     return nlist, max(8, int(4 * np.sqrt(nlist)))
 
 
+_GPU_PROBE = ("import faiss, numpy as np; x = np.ones((4, 8), 'float32'); "
+              "i = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(8)); i.add(x); i.search(x, 1)")
+
+
+@functools.cache
 def gpu_available() -> bool:
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    """faiss-gpu is installed, a GPU is visible, and faiss's kernels run on that GPU.
+
+    The PyPI faiss-gpu-cu12 wheels carry no kernels for Hopper (H100, H200): there the first GPU
+    operation aborts the whole process (a C++ assertion, not an exception; seen on an H100,
+    benchmarks/RESULTS.md). So a child process tries one tiny search first, once per process.
+    """
+    if not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True,
+                               timeout=300)
+        ok, why = probe.returncode == 0, (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, why = False, str(e)
+    if not ok:
+        log.warning("faiss-gpu cannot run on this GPU (%s); FAISS searches on the CPU. A faiss "
+                    "build with kernels for this GPU (e.g. conda's faiss-gpu) enables it.", why[:300])
+    return ok
 
 
 def empty_faiss(n: int, dim: int, exact_threshold: int = EXACT_THRESHOLD) -> faiss.Index:
@@ -109,12 +135,122 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
         return index
 
 
+def gpu_search_wanted() -> bool:
+    """Exact search on a CUDA GPU with torch, unless CLIPSEARCH_GPU_SEARCH=0 keeps GPU memory free."""
+    if os.environ.get("CLIPSEARCH_GPU_SEARCH", "auto").lower() in ("0", "off", "false", "no"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _fits_on_gpu(nbytes: int, share: float = 0.5) -> bool:
+    """Whether nbytes fit in `share` of the GPU's free memory (the rest stays for the encoder)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    if nbytes > share * free:
+        log.warning("a %.1f GiB shard exceeds %.0f%% of free GPU memory; it is searched by FAISS",
+                    nbytes / 2**30, 100 * share)
+        return False
+    return True
+
+
+def index_matrix(index: faiss.Index, device: str, dtype=None, chunk: int = 262_144):
+    """The index's vectors as one (n, dim) torch tensor on `device` (float16 by default), rebuilt in
+    chunks from the flat or float16-refine codes; None for an index that cannot reconstruct.
+
+    Float16 is lossless here: the table stores float16 vectors."""
+    import torch
+
+    dtype = dtype or torch.float16
+    n, dim = int(index.ntotal), int(index.d)
+    try:
+        out = torch.empty((n, dim), dtype=dtype, device=device)
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            out[i:i + m] = torch.from_numpy(index.reconstruct_n(i, m)).to(device, dtype)
+        return out
+    except (RuntimeError, MemoryError) as e:  # an IVF without a direct map, or no room on the GPU
+        log.info("exact GPU search not used for a %d-row shard: %s", n, e)
+        return None
+
+
+def matrix_search(matrix, q: np.ndarray, k: int, keep: np.ndarray | None = None,
+                  max_scores: int = 1 << 28, extra: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of q against the rows of `matrix` (a torch tensor on any device),
+    restricted to row positions `keep`.
+
+    A float16 matrix product shortlists k + `extra` rows; those are re-scored in float32 and
+    ordered by score, then row, so scores match the CPU index and equal scores always come out
+    in the same order (float16 products alone tie often and reorder between runs at 4M rows).
+    Queries go in chunks so the score block stays under `max_scores` entries.
+    """
+    import torch
+
+    n = int(matrix.shape[0])
+    mask = None
+    if keep is not None:
+        mask = torch.zeros(n, dtype=torch.bool, device=matrix.device)
+        mask[torch.from_numpy(keep).to(matrix.device)] = True
+    k = min(k, n if keep is None else len(keep))
+    if k <= 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    short = min(k + extra, n if keep is None else len(keep))
+    step = max(1, max_scores // max(1, n))
+    scores, idx = [], []
+    with torch.inference_mode():
+        for a in range(0, len(q), step):
+            q32 = torch.from_numpy(np.ascontiguousarray(q[a:a + step], np.float32)).to(matrix.device)
+            s = q32.to(matrix.dtype) @ matrix.T
+            if mask is not None:
+                s.masked_fill_(~mask, float("-inf"))
+            cand = s.topk(short, dim=1).indices.sort(dim=1).values  # by row, for the tie order
+            exact = torch.einsum("bcd,bd->bc", matrix[cand].float(), q32)
+            order = exact.sort(dim=1, descending=True, stable=True).indices[:, :k]
+            scores.append(exact.gather(1, order).cpu().numpy())
+            idx.append(cand.gather(1, order).cpu().numpy())
+    return np.concatenate(scores).astype(np.float32), np.concatenate(idx).astype(np.int64)
+
+
 @dataclass
 class Shard:
-    """The rows of one kind: a FAISS index and, per index position, the row's id and path."""
+    """The rows of one kind: a FAISS index and, per index position, the row's id and path.
+
+    On a CUDA machine `matrix` holds the same vectors in float16 on the GPU and searches are exact
+    matrix products there (~0.5 ms at 1M rows, 1.5 ms at 4M on an H100; benchmarks/RESULTS.md):
+    faster than any CPU index and with no recall loss, and it works where the PyPI faiss-gpu
+    wheels have no kernels (Hopper). The FAISS index stays the saved form and the CPU path.
+    """
     index: faiss.Index
     ids: np.ndarray  # index position -> LanceDB id (str)
     sources: np.ndarray  # index position -> display path (str)
+    matrix: object | None = None  # torch.Tensor (n, dim) on the GPU, or None
+    _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
+
+    def positions_under(self, under: str) -> np.ndarray:
+        """Positions (ascending) of the rows whose path is inside folder `under`.
+
+        Paths sorted once per shard make a folder one contiguous range, found by two binary
+        searches: ~1 ms, where testing every path per query took 170 ms at 1M rows.
+        """
+        if self._by_path is None:
+            self._by_path = np.argsort(self.sources, kind="stable")
+        prefix = under.rstrip(os.sep) + os.sep
+        key = self.sources.__getitem__
+        lo = bisect.bisect_left(self._by_path, prefix, key=key)
+        hi = bisect.bisect_left(self._by_path, prefix + "\U0010ffff", lo=lo, key=key)
+        return np.sort(self._by_path[lo:hi]).astype(np.int64)
+
+    @classmethod
+    def place(cls, index: faiss.Index, ids: np.ndarray, sources: np.ndarray) -> Shard:
+        """A shard searched where it is fastest: exact on the GPU (torch), FAISS on the GPU, or CPU."""
+        matrix = None
+        if gpu_search_wanted() and index.ntotal and _fits_on_gpu(index.ntotal * index.d * 2):
+            matrix = index_matrix(index, "cuda")
+        return cls(index if matrix is not None else to_gpu(index), ids, sources, matrix)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -123,11 +259,14 @@ class Shard:
         """(scores, positions) of the top k per query row, restricted to folder `under`."""
         params = None
         n = len(self)
+        sel_ids = None
         if under:
-            prefix = under.rstrip(os.sep) + os.sep
-            sel_ids = np.flatnonzero(np.char.startswith(self.sources.astype(str), prefix)).astype(np.int64)
+            sel_ids = self.positions_under(under)
             if not len(sel_ids):
                 return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if self.matrix is not None:
+            return matrix_search(self.matrix, q, k, sel_ids)
+        if sel_ids is not None:
             sel = faiss.IDSelectorBatch(sel_ids)
             ivf = faiss.try_extract_index_ivf(self.index)
             base = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None \
@@ -176,7 +315,7 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
         index.add(vecs)
         ids.extend(meta.column("id").to_pylist())
         sources.extend(meta.column("source").to_pylist())
-    return Shard(to_gpu(index), np.array(ids, dtype=object), np.array(sources, dtype=object))
+    return Shard.place(index, np.array(ids, dtype=object), np.array(sources, dtype=object))
 
 
 @dataclass
@@ -206,7 +345,7 @@ class AnnIndex:
         shards = {}
         for kind in sorted(set(kinds.tolist())):
             m = kinds == kind
-            shards[kind] = Shard(to_gpu(build_faiss(vectors[m], exact_threshold)), ids[m], sources[m])
+            shards[kind] = Shard.place(build_faiss(vectors[m], exact_threshold), ids[m], sources[m])
         return cls(shards, version)
 
     def __len__(self) -> int:
@@ -214,7 +353,9 @@ class AnnIndex:
 
     def describe(self) -> str:
         """Index types per kind, e.g. "image: IndexFlatIP, video_window: IndexRefine"."""
-        return ", ".join(f"{k}: {type(s.index).__name__}" for k, s in self.shards.items())
+        where = {True: " (exact on GPU)", False: ""}
+        return ", ".join(f"{k}: {type(s.index).__name__}{where[s.matrix is not None]}"
+                         for k, s in self.shards.items())
 
     # ---- persistence: a directory per version, switched by an atomic pointer file ------------
     def save(self, ann_dir: str | Path) -> None:
@@ -248,8 +389,8 @@ class AnnIndex:
             shards = {}
             for i, kind in enumerate(json.loads((d / "shards.json").read_text())["kinds"]):
                 meta = np.load(d / f"shard{i}.npz")
-                shards[kind] = Shard(to_gpu(faiss.read_index(str(d / f"shard{i}.faiss"))),
-                                     meta["ids"].astype(object), meta["sources"].astype(object))
+                shards[kind] = Shard.place(faiss.read_index(str(d / f"shard{i}.faiss")),
+                                           meta["ids"].astype(object), meta["sources"].astype(object))
             return cls(shards, int(version))
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             log.debug("no usable ANN index in %s: %s", ann_dir, e)

@@ -134,3 +134,77 @@ def test_an_index_saved_before_shards_is_rebuilt_not_misread(tmp_path):
     np.savez(old / "meta.npz", ids=np.array([], str), kinds=np.array([], str), sources=np.array([], str))
     (tmp_path / "ann" / "current.json").write_text('{"version": 3}')
     assert AnnIndex.load(tmp_path / "ann") is None
+
+
+# ---- exact search on the GPU (clipsearch.ann.Shard.matrix), exercised on the CPU -----------------
+def test_index_matrix_rebuilds_flat_and_refine_vectors():
+    import torch
+
+    from clipsearch.ann import index_matrix
+
+    rng = np.random.default_rng(5)
+    data = _unit(rng, 3000).astype(np.float16).astype(np.float32)  # the table stores float16
+    for threshold in (10**9, 1000):  # flat, then IVF-PQ fast-scan with its float16 refine copy
+        index = build_faiss(data, exact_threshold=threshold)
+        m = index_matrix(index, "cpu", torch.float32, chunk=700)
+        assert m.shape == data.shape
+        assert np.abs(m.numpy() - data).max() < 1e-3, type(index).__name__
+
+
+def test_matrix_shards_answer_like_faiss(ann, monkeypatch):
+    """With every shard held as a matrix (what a CUDA machine gets), the hits, scores, kind and
+    folder filters are the same as FAISS's exact search."""
+    import torch
+
+    from clipsearch import ann as ann_mod
+
+    store, cpu_idx = ann
+    monkeypatch.setattr(ann_mod, "gpu_search_wanted", lambda: True)
+    monkeypatch.setattr(ann_mod, "_fits_on_gpu", lambda nbytes, share=0.5: True)
+    real = ann_mod.index_matrix
+    monkeypatch.setattr(ann_mod, "index_matrix", lambda index, device: real(index, "cpu", torch.float32))
+    gpu_idx = AnnIndex.build(store)
+    assert all(s.matrix is not None for s in gpu_idx.shards.values())
+    assert "exact on GPU" in gpu_idx.describe()
+    q = np.random.default_rng(6).normal(size=(3, DIM)).astype(np.float32)
+    cases = ({}, {"kinds": ("image",)}, {"under": "/p/a"}, {"under": "/p/ab"},
+             {"kinds": ("video_frame",), "under": "/p/b"})
+    for kwargs in cases:
+        want, got = cpu_idx.search(q, 4, **kwargs), gpu_idx.search(q, 4, **kwargs)
+        assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want], kwargs
+        assert np.allclose([[s for _, s in row] for row in got], [[s for _, s in row] for row in want],
+                           atol=1e-5), kwargs
+
+
+def test_faiss_gpu_that_cannot_run_leaves_search_on_cpu(monkeypatch, caplog):
+    """faiss-gpu wheels without kernels for the GPU abort the process on first use (seen on an H100),
+    so a child process probes first; a failing probe keeps FAISS on the CPU with a warning."""
+    from clipsearch import ann as ann_mod
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(ann_mod, "_GPU_PROBE", "import sys; sys.exit('no kernel image is available')")
+    ann_mod.gpu_available.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert ann_mod.gpu_available() is False
+        index = build_faiss(_unit(np.random.default_rng(7), 10))
+        assert ann_mod.to_gpu(index) is index
+    finally:
+        ann_mod.gpu_available.cache_clear()
+    assert "no kernel image" in caplog.text and "searches on the CPU" in caplog.text
+
+
+def test_folder_filter_by_sorted_paths_matches_prefix_test():
+    """Shard.positions_under (two binary searches over paths sorted once) selects exactly the rows
+    a per-path prefix test selects, for nested, sibling-prefix and non-ASCII folders."""
+    from clipsearch.ann import Shard
+
+    rng = np.random.default_rng(8)
+    folders = ["/p/a", "/p/ab", "/p/a/b", "/p/a b", "/p/ä", "/p/ä/ö", "/q", "/p/a-", "/p/a/b/c"]
+    sources = np.array([f"{folders[i]}/{j}.jpg" for j, i in enumerate(rng.integers(0, len(folders), 500))],
+                       dtype=object)
+    shard = Shard(build_faiss(_unit(rng, 500)), np.arange(500).astype(str).astype(object), sources)
+    for under in folders + ["/p", "/p/", "/nothing", "/p/a/b/c/"]:
+        prefix = under.rstrip("/") + "/"
+        want = [i for i, s in enumerate(sources) if s.startswith(prefix)]
+        assert shard.positions_under(under).tolist() == want, under
