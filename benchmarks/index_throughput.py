@@ -48,22 +48,32 @@ def photo(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """n JPEGs at quality 90 (written once; existing files with the same names are reused)."""
+def make_photos(folder: Path, n: int, seed: int = 0, workers: int = 1) -> list[Path]:
+    """n JPEGs at quality 90 (written once; existing files with the same names are reused).
+
+    workers > 1 renders in threads with one generator per image (other pixels than the
+    sequential default, same size mix and statistics)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shares = np.array([s for _, _, s in SIZES])
     picks = rng.choice(len(SIZES), size=n, p=shares / shares.sum())
-    paths = []
-    for i, k in enumerate(picks):
+
+    def write(i: int, k: int, gen: np.random.Generator) -> Path:
         w, h, _ = SIZES[k]
         p = folder / f"photo_{i:05d}_{w}x{h}.jpg"
         if not p.exists():
-            tmp = p.with_suffix(".tmp")
-            photo(rng, w, h).save(tmp, "JPEG", quality=90)
+            tmp = p.with_suffix(f".{i}.tmp")
+            photo(gen, w, h).save(tmp, "JPEG", quality=90)
             os.replace(tmp, p)
-        paths.append(p)
-    return paths
+        return p
+
+    if workers <= 1:
+        return [write(i, k, rng) for i, k in enumerate(picks)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda a: write(a[0], a[1], np.random.default_rng([seed, a[0]])),
+                             enumerate(picks)))
 
 
 def make_tiny(folder: Path, n: int) -> list[Path]:

@@ -220,7 +220,7 @@ class Shard:
     """The rows of one kind: a FAISS index and, per index position, the row's id and path.
 
     On a CUDA machine `matrix` holds the same vectors in float16 on the GPU and searches are exact
-    matrix products there (~0.5 ms at 1M rows, 1.5 ms at 4M on an H100; benchmarks/RESULTS.md):
+    matrix products there (~0.7 ms at 1M rows, 1.7 ms at 4M on an H100; benchmarks/RESULTS.md):
     faster than any CPU index and with no recall loss, and it works where the PyPI faiss-gpu
     wheels have no kernels (Hopper). The FAISS index stays the saved form and the CPU path.
     """
