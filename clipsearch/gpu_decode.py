@@ -201,5 +201,15 @@ class JpegDecoder:
         return cls(tp, str(encoder.device))
 
     def __call__(self, raws: list[RawJpeg]) -> list[torch.Tensor | None]:
-        """Preprocessed float CHW tensors on the device; None where decoding failed."""
-        return [None if im is None else self.preprocess(im) for im in decode_batch(raws, self.device)]
+        """Preprocessed float CHW tensors on the device; None where decoding or resizing failed
+        (the caller sends those files through PIL), e.g. a huge image on a GPU short of memory."""
+        imgs = decode_batch(raws, self.device)
+        out: list[torch.Tensor | None] = []
+        for i, im in enumerate(imgs):
+            try:
+                out.append(None if im is None else self.preprocess(im))
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                log.info("GPU preprocessing failed (%s); that file goes through PIL", e)
+                out.append(None)
+            imgs[i] = None  # release the full-size decode as soon as it is resized
+        return out

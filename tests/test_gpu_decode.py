@@ -129,3 +129,20 @@ def test_indexing_through_the_tensor_path_keeps_quality_and_skips_bad_files(tmp_
         hits = col.search(text=f"a {color} {shape}", k=4, kind="image")
         precisions.append(sum(labels.get(Path(h.source).name) == f"{color} {shape}" for h in hits) / 4)
     assert np.mean(precisions) >= 0.8, precisions
+
+
+def test_a_file_the_gpu_cannot_resize_comes_back_as_none(tmp_path):
+    """Out of GPU memory while resizing one huge image: that file alone is handed back (None) for
+    the PIL path; the batch's other files are decoded."""
+    small, huge = tmp_path / "s.jpg", tmp_path / "h.jpg"
+    Image.new("RGB", (40, 30), (0, 200, 0)).save(small)
+    Image.new("RGB", (400, 300), (0, 0, 200)).save(huge)
+
+    def preprocess(img: torch.Tensor) -> torch.Tensor:
+        if img.shape[-1] > 100:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return img.float()
+
+    out = JpegDecoder(preprocess, "cpu")([read_jpeg(small, 10**6), read_jpeg(huge, 10**6)])
+    assert out[0] is not None and tuple(out[0].shape) == (3, 30, 40)
+    assert out[1] is None
