@@ -95,6 +95,8 @@ _NEG_WEIGHTS = {"position": 0.7, "size": 0.1, "color": 0.1, "shape": 0.1}
 TRAIN_NEG_WEIGHTS = {"position": 1.0}
 TRAIN_NEG_RATE = 0.5
 TRAIN_PROBE_WEIGHT = 0.1
+TRAIN_PROBE_SMOOTHING = 0.0
+TRAIN_EMA_DECAY = 0.0
 
 
 def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator,
@@ -306,15 +308,16 @@ class PositionProbe(torch.nn.Module):
     loss gives the other no gradient to learn it either.
     """
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, smoothing: float = 0.0) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(embed_dim, len(POSITIONS))
+        self.smoothing = smoothing
 
     def loss(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         known = labels >= 0
         if not known.any():
             return emb.new_zeros(())
-        return F.cross_entropy(self.linear(emb[known]), labels[known])
+        return F.cross_entropy(self.linear(emb[known]), labels[known], label_smoothing=self.smoothing)
 
 
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
@@ -360,7 +363,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           threads: int = 1, save_every: int = 0, init: Path | None = None,
           neg_from: float = 0.0, neg_rate: float = TRAIN_NEG_RATE,
           neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
-          probe_weight: float = TRAIN_PROBE_WEIGHT) -> dict:
+          probe_weight: float = TRAIN_PROBE_WEIGHT,
+          probe_smoothing: float = TRAIN_PROBE_SMOOTHING, ema_decay: float = TRAIN_EMA_DECAY) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Position is taught by a linear probe shared by both towers (``probe_weight``) plus
@@ -383,8 +387,14 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     # contiguous, so the shipped file is layout-agnostic.
     model.to(memory_format=torch.channels_last)
     model.train()
-    probe = PositionProbe(model.text_projection.shape[1]) if probe_weight > 0 else None
+    probe = (PositionProbe(model.text_projection.shape[1], probe_smoothing) if probe_weight > 0
+             else None)
     opt = _optimizer(model, lr, wd=0.05, extra=probe)
+    ema = None
+    if ema_decay:  # the shipped weights are an exponential moving average of the trained ones
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     warmup = max(1, min(60, steps // 10))
     neg_weights = neg_weights or TRAIN_NEG_WEIGHTS
     source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1,
@@ -401,6 +411,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
             group["lr"] = _lr_at(step, progress, lr, warmup)
         parts = train_step(model, batch, opt, i2i_weight, negatives=progress >= neg_from,
                            i2i_keep_position=i2i_keep_position, probe=probe, probe_weight=probe_weight)
+        if ema is not None:
+            ema.update_parameters(model)
         if save_every and step and step % save_every == 0:
             save_weights(model, out / f"{MODEL_NAME}.safetensors")  # snapshot for peeking
         if step % log_every == 0 or step == steps - 1:
@@ -410,13 +422,15 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
                             for k, v in parts.items()})
             print(json.dumps(history[-1]), flush=True)
     train_s = time.time() - start
-    model.eval()
-    size = save_weights(model, out / f"{MODEL_NAME}.safetensors")
+    final = ema.module if ema is not None else model
+    final.eval()
+    size = save_weights(final, out / f"{MODEL_NAME}.safetensors")
     done = step + (0 if stopped_early else 1)
     log = {"model": MODEL_NAME, "seed": seed, "steps_planned": steps, "steps_done": done,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
-           "probe_weight": probe_weight, "neg_from": neg_from,
+           "probe_weight": probe_weight, "probe_smoothing": probe_smoothing, "ema_decay": ema_decay,
+           "neg_from": neg_from,
            "neg_rate": neg_rate, "neg_weights": neg_weights,
            "train_seconds": round(train_s, 1),
            "weights_bytes": size, "torch_threads": torch.get_num_threads(),
@@ -454,6 +468,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="leave same-object pairs at different positions out of the image-image term")
     ap.add_argument("--probe-weight", type=float, default=TRAIN_PROBE_WEIGHT,
                     help="weight of the shared position probe on both towers (0 = off)")
+    ap.add_argument("--probe-smoothing", type=float, default=TRAIN_PROBE_SMOOTHING,
+                    help="label smoothing of the position probe: bounds how far it pushes position "
+                         "apart in the embedding once it is learned")
+    ap.add_argument("--ema-decay", type=float, default=TRAIN_EMA_DECAY,
+                    help="ship an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     ap.add_argument("--neg-from", type=float, default=0.0,
                     help="fraction of the run after which hard-negative captions are used (1 = never)")
     ap.add_argument("--neg-rate", type=float, default=TRAIN_NEG_RATE,
@@ -473,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.workers, args.i2i_weight, args.eval_n, threads=args.threads,
                 save_every=args.save_every, init=args.init, neg_from=args.neg_from,
                 neg_rate=args.neg_rate, neg_weights=_parse_weights(args.neg_weights),
-                i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight)
+                i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight,
+                probe_smoothing=args.probe_smoothing, ema_decay=args.ema_decay)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 
