@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -229,6 +230,7 @@ class Shard:
     sources: np.ndarray  # index position -> display path (str)
     matrix: object | None = None  # torch.Tensor (n, dim) on the GPU, or None
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
+    saved: Path | None = field(default=None, repr=False, compare=False)  # its .faiss file, if any
 
     def positions_under(self, under: str) -> np.ndarray:
         """Positions (ascending) of the rows whose path is inside folder `under`.
@@ -318,24 +320,79 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
     return Shard.place(index, np.array(ids, dtype=object), np.array(sources, dtype=object))
 
 
+def _link_saved(shard: Shard, dest: Path) -> bool:
+    """Hard-link a shard's saved files into `dest` (same stem, .faiss and .npz); False if it has
+    none or they are gone. Saving a 7M-row shard again would rewrite ~9 GB."""
+    src = shard.saved
+    if src is None:
+        return False
+    try:
+        os.link(src, dest)
+        os.link(src.with_suffix(".npz"), dest.with_suffix(".npz"))
+        return True
+    except OSError:
+        for p in (dest, dest.with_suffix(".npz")):
+            p.unlink(missing_ok=True)
+        return False
+
+
+def kind_fingerprints(snapshot) -> dict[str, str]:
+    """Per kind, a digest of which files hold its rows: (path, content hash, row count).
+
+    Row ids are stable (path + locator) and vectors follow from a file's content, so an equal
+    digest means the kind's rows and vectors are unchanged and its shard can be reused: adding
+    photos to a collection with 1,000 hours of video no longer rebuilds the video shards.
+    """
+    t = snapshot.to_table(columns=["kind", "source", "content_hash"])
+    g = t.group_by(["kind", "source", "content_hash"]).aggregate([([], "count_all")])
+    g = g.sort_by([("kind", "ascending"), ("source", "ascending"), ("content_hash", "ascending")])
+    kinds = g.column("kind").to_numpy(zero_copy_only=False)
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        part = g.filter(pc.equal(g.column("kind"), kind))
+        h = hashlib.blake2b(digest_size=16)
+        for name in ("source", "content_hash", "count_all"):
+            h.update(repr(part.column(name).to_pylist()).encode())
+        out[kind] = h.hexdigest()
+    return out
+
+
 @dataclass
 class AnnIndex:
     shards: dict[str, Shard]  # kind -> its rows
     version: int
+    fingerprints: dict[str, str] = field(default_factory=dict)  # kind -> kind_fingerprints() digest
 
     @classmethod
     def build(cls, store: Store, exact_threshold: int = EXACT_THRESHOLD,
-              batch_rows: int = BUILD_BATCH_ROWS, kinds: Iterable[str] | None = None) -> AnnIndex:
-        """Index the table at its current version (only `kinds`, when given), one shard per kind."""
+              batch_rows: int = BUILD_BATCH_ROWS, kinds: Iterable[str] | None = None,
+              reuse: str | Path | AnnIndex | None = None) -> AnnIndex:
+        """Index the table at its current version (only `kinds`, when given), one shard per kind.
+
+        `reuse`: an earlier index (or its directory); its shards whose kind fingerprint is
+        unchanged are taken over instead of rebuilt.
+        """
         snapshot = store.snapshot()
         column = snapshot.to_table(columns=["kind"]).column("kind")
         wanted = sorted(set(pc.unique(column).to_pylist()) if kinds is None else set(kinds))
+        prints = kind_fingerprints(snapshot)
+        old = {}
+        if isinstance(reuse, AnnIndex):
+            old = {k: s for k, s in reuse.shards.items() if prints.get(k) == reuse.fingerprints.get(k)}
+        elif reuse is not None:
+            old = cls.load_shards(reuse, prints)
         shards = {}
         for kind in wanted:
+            if kind in old:
+                shards[kind] = old[kind]
+                continue
             positions = np.flatnonzero(pc.equal(column, kind).to_numpy(zero_copy_only=False))
             if len(positions):
                 shards[kind] = _build_shard(store, snapshot, kind, positions, exact_threshold, batch_rows)
-        return cls(shards, int(snapshot.version))
+        if old:
+            log.info("ANN: reused the unchanged shards %s, built %s", sorted(set(old) & set(shards)),
+                     sorted(set(shards) - set(old)))
+        return cls(shards, int(snapshot.version), {k: prints[k] for k in shards if k in prints})
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids: np.ndarray, kinds: np.ndarray, sources: np.ndarray,
@@ -364,10 +421,16 @@ class AnnIndex:
         tmp = ann_dir / f".tmp-v{self.version}-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
         for i, shard in enumerate(self.shards.values()):
-            cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ else shard.index
-            faiss.write_index(cpu, str(tmp / f"shard{i}.faiss"))
-            np.savez(tmp / f"shard{i}.npz", ids=shard.ids.astype(str), sources=shard.sources.astype(str))
-        (tmp / "shards.json").write_text(json.dumps({"kinds": list(self.shards)}))
+            dest = tmp / f"shard{i}.faiss"
+            if not _link_saved(shard, dest):  # a reused shard's files are linked, not rewritten
+                cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ \
+                    else shard.index
+                faiss.write_index(cpu, str(dest))
+                np.savez(dest.with_suffix(".npz"), ids=shard.ids.astype(str),
+                         sources=shard.sources.astype(str))
+            shard.saved = target / dest.name
+        (tmp / "shards.json").write_text(json.dumps({"kinds": list(self.shards),
+                                                     "fingerprints": self.fingerprints}))
         if target.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -384,17 +447,38 @@ class AnnIndex:
     def load(cls, ann_dir: str | Path) -> AnnIndex | None:
         ann_dir = Path(ann_dir)
         try:
-            version = json.loads((ann_dir / "current.json").read_text())["version"]
-            d = ann_dir / f"v{version}"
-            shards = {}
-            for i, kind in enumerate(json.loads((d / "shards.json").read_text())["kinds"]):
-                meta = np.load(d / f"shard{i}.npz")
-                shards[kind] = Shard.place(faiss.read_index(str(d / f"shard{i}.faiss")),
-                                           meta["ids"].astype(object), meta["sources"].astype(object))
-            return cls(shards, int(version))
+            version, d, listing = cls._listing(ann_dir)
+            shards = {kind: cls._load_shard(d, i) for i, kind in enumerate(listing["kinds"])}
+            return cls(shards, int(version), dict(listing.get("fingerprints", {})))
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             log.debug("no usable ANN index in %s: %s", ann_dir, e)
             return None
+
+    @classmethod
+    def load_shards(cls, ann_dir: str | Path, fingerprints: dict[str, str]) -> dict[str, Shard]:
+        """The saved shards whose kind fingerprint equals `fingerprints`' (others are not read)."""
+        try:
+            _, d, listing = cls._listing(Path(ann_dir))
+            saved = listing.get("fingerprints", {})
+            return {kind: cls._load_shard(d, i) for i, kind in enumerate(listing["kinds"])
+                    if kind in saved and saved[kind] == fingerprints.get(kind)}
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            log.debug("no reusable ANN shards in %s: %s", ann_dir, e)
+            return {}
+
+    @staticmethod
+    def _listing(ann_dir: Path) -> tuple[int, Path, dict]:
+        version = json.loads((ann_dir / "current.json").read_text())["version"]
+        d = ann_dir / f"v{version}"
+        return int(version), d, json.loads((d / "shards.json").read_text())
+
+    @staticmethod
+    def _load_shard(d: Path, i: int) -> Shard:
+        meta = np.load(d / f"shard{i}.npz")
+        shard = Shard.place(faiss.read_index(str(d / f"shard{i}.faiss")),
+                            meta["ids"].astype(object), meta["sources"].astype(object))
+        shard.saved = d / f"shard{i}.faiss"
+        return shard
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,

@@ -103,7 +103,7 @@ class Searcher:
     # ---- ANN ---------------------------------------------------------------------------------
     def rebuild_ann(self, save: bool = False) -> AnnIndex:
         with self._lock:
-            ann = AnnIndex.build(self.col.store)
+            ann = AnnIndex.build(self.col.store, reuse=self._ann if self._ann is not None else self.ann_dir)
             if save:
                 ann.save(self.ann_dir)
             self._ann = ann
@@ -127,8 +127,9 @@ class Searcher:
             if loaded is not None and loaded.version == version:
                 self._ann = loaded
                 return loaded
-            # Another process is writing (or crashed before its rebuild): build from the table.
-            self._ann = AnnIndex.build(self.col.store)
+            # Another process is writing (or crashed before its rebuild): build from the table,
+            # taking over the shards of kinds that did not change.
+            self._ann = AnnIndex.build(self.col.store, reuse=loaded if loaded is not None else self._ann)
             return self._ann
 
     def ann_search(self, vec: np.ndarray, n: int, kind: str | tuple[str, ...],

@@ -208,3 +208,75 @@ def test_folder_filter_by_sorted_paths_matches_prefix_test():
         prefix = under.rstrip("/") + "/"
         want = [i for i, s in enumerate(sources) if s.startswith(prefix)]
         assert shard.positions_under(under).tolist() == want, under
+
+
+# ---- shard reuse: a kind whose rows did not change is not rebuilt ----------------------------------
+def _hits(idx, vec, kinds=None):
+    return [i for i, _ in idx.search(vec, 3, kinds=kinds)[0]]
+
+
+def test_unchanged_kinds_keep_their_shards_and_changed_ones_are_rebuilt(tmp_path):
+    rng = np.random.default_rng(9)
+    store = Store(tmp_path, DIM)
+    store.replace_sources([_rows(b"/p/1.jpg", _unit(rng, 1)),
+                           _rows(b"/p/v.mp4", _unit(rng, 6), "video_frame")])
+    first = AnnIndex.build(store)
+    first.save(tmp_path / "ann")
+    # a new photo: the image shard is rebuilt and finds it; the video shard is the same object
+    new = _unit(rng, 1)
+    store.replace_sources([_rows(b"/p/2.jpg", new)])
+    second = AnnIndex.build(store, reuse=first)
+    assert second.shards["video_frame"] is first.shards["video_frame"]
+    assert second.shards["image"] is not first.shards["image"] and len(second.shards["image"]) == 2
+    top_id = _hits(second, new[0], ("image",))[0]
+    assert store.rows_by_id([top_id]).column("source").to_pylist() == ["/p/2.jpg"]
+    # the video changed in place (same path, so the same row ids, new content): rebuilt, new vectors
+    moved = _unit(rng, 6)
+    store.replace_sources([_rows(b"/p/v.mp4", moved, "video_frame", h="h2")])
+    third = AnnIndex.build(store, reuse=second)
+    assert third.shards["video_frame"] is not second.shards["video_frame"]
+    assert third.shards["image"] is second.shards["image"]
+    top = third.search(moved[3], 1, kinds=("video_frame",))[0][0]
+    assert top[1] > 0.99
+    # a removed video: its kind disappears, nothing stale is served
+    store.delete_sources([b"/p/v.mp4"])
+    fourth = AnnIndex.build(store, reuse=third)
+    assert set(fourth.shards) == {"image"} and fourth.search(moved[3], 5, kinds=("video_frame",))[0] == []
+
+
+def test_shards_are_reused_from_disk_and_linked_not_rewritten(tmp_path):
+    import os
+
+    rng = np.random.default_rng(10)
+    store = Store(tmp_path / "db", DIM)
+    store.replace_sources([_rows(b"/p/1.jpg", _unit(rng, 1)),
+                           _rows(b"/p/v.mp4", _unit(rng, 6), "video_frame")])
+    ann_dir = tmp_path / "ann"
+    first = AnnIndex.build(store)
+    first.save(ann_dir)
+    kinds = list(first.shards)
+    video_file = ann_dir / f"v{first.version}" / f"shard{kinds.index('video_frame')}.faiss"
+    inode = video_file.stat().st_ino
+    store.replace_sources([_rows(b"/p/2.jpg", _unit(rng, 1))])
+    second = AnnIndex.build(store, reuse=ann_dir)  # a new process: only the directory is known
+    assert second.shards["video_frame"].saved == video_file
+    second.save(ann_dir)
+    assert not video_file.exists()  # the old version's folder is gone ...
+    relinked = ann_dir / f"v{second.version}" / f"shard{list(second.shards).index('video_frame')}.faiss"
+    assert relinked.stat().st_ino == inode  # ... but its shard file lives on, linked, not rewritten
+    loaded = AnnIndex.load(ann_dir)
+    q = _unit(rng, 1)[0]
+    assert loaded.search(q, 4) == second.search(q, 4)
+    assert loaded.fingerprints == second.fingerprints and set(loaded.fingerprints) == {"image", "video_frame"}
+    assert os.path.exists(relinked.with_suffix(".npz"))
+
+
+def test_an_index_saved_without_fingerprints_is_not_reused(tmp_path):
+    rng = np.random.default_rng(11)
+    store = Store(tmp_path / "db", DIM)
+    store.replace_sources([_rows(b"/p/1.jpg", _unit(rng, 2))])
+    idx = AnnIndex.build(store)
+    idx.fingerprints = {}  # as saved by the previous release
+    idx.save(tmp_path / "ann")
+    again = AnnIndex.build(store, reuse=tmp_path / "ann")
+    assert again.shards["image"].saved is None  # built, not taken over

@@ -149,3 +149,37 @@ def test_files_outside_the_run_roots_are_kept(tmp_path):
     report = col.add([a])
     assert report.removed == 0
     assert col.info()["sources"] == 2 * len(CLASSES)
+
+
+def test_adding_photos_does_not_rebuild_the_video_shards(tmp_path):
+    """After an index run only the kinds whose files changed are re-indexed by FAISS: new photos
+    rebuild the image shard, while the video shards are taken over, in this process and in a new one."""
+    from test_video_indexer import solid, write_video
+
+    photos = tmp_path / "media"
+    labels = write_shapes(photos, per_class=1)
+    write_video(photos / "clip.mp4", range(0, 4000, 40), lambda p: solid((200, 30, 30) if p < 2000
+                                                                          else (30, 30, 200), seed=p))
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    col.add([photos])
+    before = dict(col.searcher.ann().shards)
+    assert {"image", "video_frame", "video_window"} <= set(before)
+    shutil.copy(photos / "red_star_0.jpg", photos / "new.jpg")
+    report = col.add([photos])
+    assert report.indexed == 1
+    after = col.searcher.ann().shards
+    video_kinds = [k for k in before if k.startswith("video")]
+    assert all(after[k] is before[k] for k in video_kinds)
+    assert after["image"] is not before["image"] and len(after["image"]) == len(labels) + 1
+    hits = col.search(image=photos / "new.jpg", k=2, kind="image")
+    assert {Path(h.source).name for h in hits} == {"new.jpg", "red_star_0.jpg"}
+    # a new process (only the saved index on disk): the video shards' files are taken over
+    # (hard-linked into the new version, same inode), the image shard's file is new
+    inodes = {k: after[k].saved.stat().st_ino for k in after}
+    (photos / "new.jpg").unlink()
+    fresh = Collection.open(tmp_path / "db", device="cpu")
+    assert fresh.add([photos]).removed == 1
+    shards = fresh.searcher.ann().shards
+    assert all(shards[k].saved.stat().st_ino == inodes[k] for k in video_kinds)
+    assert shards["image"].saved.stat().st_ino != inodes["image"]
+    assert len(shards["image"]) == len(labels)
