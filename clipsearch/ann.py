@@ -10,6 +10,10 @@ are built streaming from the table (k-means on a sample, then batches), so the b
 holds all vectors in memory. The folder filter is pushed into FAISS as an ID selector so a
 filtered query still returns k hits when k exist. Defaults are measured by benchmarks/ann.py
 (benchmarks/RESULTS.md).
+
+A refresh rebuilds only the shards of kinds whose files changed (`kind_fingerprints`); the others
+are taken over, and their saved files hard-linked into the new version. On a CUDA machine every
+shard that fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
 """
 
 from __future__ import annotations
