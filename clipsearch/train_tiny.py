@@ -97,6 +97,7 @@ TRAIN_NEG_RATE = 0.5
 TRAIN_PROBE_WEIGHT = 0.1
 TRAIN_PROBE_SMOOTHING = 0.0
 TRAIN_EMA_DECAY = 0.0
+TRAIN_PROBE_FROM = 0.0
 
 
 def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.random.Generator,
@@ -364,7 +365,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           neg_from: float = 0.0, neg_rate: float = TRAIN_NEG_RATE,
           neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
           probe_weight: float = TRAIN_PROBE_WEIGHT,
-          probe_smoothing: float = TRAIN_PROBE_SMOOTHING, ema_decay: float = TRAIN_EMA_DECAY) -> dict:
+          probe_smoothing: float = TRAIN_PROBE_SMOOTHING, ema_decay: float = TRAIN_EMA_DECAY,
+          probe_from: float = TRAIN_PROBE_FROM) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Position is taught by a linear probe shared by both towers (``probe_weight``) plus
@@ -410,7 +412,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, progress, lr, warmup)
         parts = train_step(model, batch, opt, i2i_weight, negatives=progress >= neg_from,
-                           i2i_keep_position=i2i_keep_position, probe=probe, probe_weight=probe_weight)
+                           i2i_keep_position=i2i_keep_position, probe=probe,
+                           probe_weight=probe_weight if progress >= probe_from else 0.0)
         if ema is not None:
             ema.update_parameters(model)
         if save_every and step and step % save_every == 0:
@@ -429,7 +432,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     log = {"model": MODEL_NAME, "seed": seed, "steps_planned": steps, "steps_done": done,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
-           "probe_weight": probe_weight, "probe_smoothing": probe_smoothing, "ema_decay": ema_decay,
+           "probe_weight": probe_weight, "probe_smoothing": probe_smoothing, "probe_from": probe_from,
+           "ema_decay": ema_decay,
            "neg_from": neg_from,
            "neg_rate": neg_rate, "neg_weights": neg_weights,
            "train_seconds": round(train_s, 1),
@@ -471,6 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-smoothing", type=float, default=TRAIN_PROBE_SMOOTHING,
                     help="label smoothing of the position probe: bounds how far it pushes position "
                          "apart in the embedding once it is learned")
+    ap.add_argument("--probe-from", type=float, default=TRAIN_PROBE_FROM,
+                    help="fraction of the run after which the position probe is used (0 = from the start)")
     ap.add_argument("--ema-decay", type=float, default=TRAIN_EMA_DECAY,
                     help="ship an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     ap.add_argument("--neg-from", type=float, default=0.0,
@@ -493,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_every=args.save_every, init=args.init, neg_from=args.neg_from,
                 neg_rate=args.neg_rate, neg_weights=_parse_weights(args.neg_weights),
                 i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight,
-                probe_smoothing=args.probe_smoothing, ema_decay=args.ema_decay)
+                probe_smoothing=args.probe_smoothing, ema_decay=args.ema_decay,
+                probe_from=args.probe_from)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 
