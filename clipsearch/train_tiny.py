@@ -324,7 +324,7 @@ class PositionProbe(torch.nn.Module):
 def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                opt: torch.optim.Optimizer, i2i_weight: float, negatives: bool = True,
                i2i_keep_position: bool = False, probe: PositionProbe | None = None,
-               probe_weight: float = 0.0) -> dict[str, float]:
+               probe_weight: float = 0.0, probe_image: bool = True) -> dict[str, float]:
     """One optimisation step (with the batch's hard-negative captions, if it has them and
     ``negatives``); returns the loss parts for logging."""
     images = batch["images"].contiguous(memory_format=torch.channels_last)
@@ -338,7 +338,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                             i2i_keep_position=i2i_keep_position)
     if probe is not None and probe_weight > 0:
         pos_col = ATTRS.index("position")
-        l_probe = probe.loss(img, batch["attrs"][:, pos_col]) + probe.loss(txt, mentioned[:, pos_col])
+        l_probe = probe.loss(txt, mentioned[:, pos_col])
+        if probe_image:
+            l_probe = l_probe + probe.loss(img, batch["attrs"][:, pos_col])
         loss = loss + probe_weight * l_probe
         parts["probe"] = l_probe.item()
     opt.zero_grad(set_to_none=True)
@@ -366,7 +368,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
           probe_weight: float = TRAIN_PROBE_WEIGHT,
           probe_smoothing: float = TRAIN_PROBE_SMOOTHING, ema_decay: float = TRAIN_EMA_DECAY,
-          probe_from: float = TRAIN_PROBE_FROM) -> dict:
+          probe_from: float = TRAIN_PROBE_FROM, probe_image: bool = True) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Position is taught by a linear probe shared by both towers (``probe_weight``) plus
@@ -413,7 +415,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
             group["lr"] = _lr_at(step, progress, lr, warmup)
         parts = train_step(model, batch, opt, i2i_weight, negatives=progress >= neg_from,
                            i2i_keep_position=i2i_keep_position, probe=probe,
-                           probe_weight=probe_weight if progress >= probe_from else 0.0)
+                           probe_weight=probe_weight if progress >= probe_from else 0.0,
+                           probe_image=probe_image)
         if ema is not None:
             ema.update_parameters(model)
         if save_every and step and step % save_every == 0:
@@ -433,6 +436,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
            "probe_weight": probe_weight, "probe_smoothing": probe_smoothing, "probe_from": probe_from,
+           "probe_image": probe_image,
            "ema_decay": ema_decay,
            "neg_from": neg_from,
            "neg_rate": neg_rate, "neg_weights": neg_weights,
@@ -477,6 +481,9 @@ def main(argv: list[str] | None = None) -> None:
                          "apart in the embedding once it is learned")
     ap.add_argument("--probe-from", type=float, default=TRAIN_PROBE_FROM,
                     help="fraction of the run after which the position probe is used (0 = from the start)")
+    ap.add_argument("--probe-text-only", action="store_true",
+                    help="apply the position probe to caption embeddings only; the image tower then "
+                         "learns position from the contrastive loss alone")
     ap.add_argument("--ema-decay", type=float, default=TRAIN_EMA_DECAY,
                     help="ship an exponential moving average of the weights (e.g. 0.998; 0 = off)")
     ap.add_argument("--neg-from", type=float, default=0.0,
@@ -500,7 +507,7 @@ def main(argv: list[str] | None = None) -> None:
                 neg_rate=args.neg_rate, neg_weights=_parse_weights(args.neg_weights),
                 i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight,
                 probe_smoothing=args.probe_smoothing, ema_decay=args.ema_decay,
-                probe_from=args.probe_from)
+                probe_from=args.probe_from, probe_image=not args.probe_text_only)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 

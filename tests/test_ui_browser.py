@@ -65,6 +65,14 @@ def wait_cards(pg, kind: str | None = None):
     return pg.locator(sel)
 
 
+def assert_thumbnail_loads(pg, card, timeout_ms: int = 15_000) -> None:
+    """The card's thumbnail finishes loading with real pixels. Cards appear before their images
+    have downloaded, so an immediate check races the server on a busy machine; this waits."""
+    img = card.locator("img").element_handle()
+    pg.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img, timeout=timeout_ms)
+    assert img.evaluate("img => img.naturalWidth") > 0
+
+
 def test_typed_query_shows_the_described_image_first(page, sample):
     data, _ = sample
     query, expected = data.unique_query(1)
@@ -73,7 +81,7 @@ def test_typed_query_shows_the_described_image_first(page, sample):
     first = page.locator("#cs-results .cs-card").first
     assert first.get_attribute("title") == str(expected)
     assert first.locator(".cs-score").inner_text().replace(".", "", 1).isdigit()
-    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert_thumbnail_loads(page, first)
     assert cards.count() > 1
     assert page.third_party == []
 
@@ -111,7 +119,7 @@ def test_document_hit_shows_its_page_number(page):
     first = wait_cards(page, "doc").first
     assert first.locator(".cs-kind").inner_text() == f"page {j + 1}"
     assert canonical_query(PDF_PAGES[j]) in first.locator(".cs-snippet").inner_text()
-    assert first.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+    assert_thumbnail_loads(page, first)
     first.click()
     page.wait_for_selector("#cs-detail .cs-f-page")
     assert page.locator("#cs-detail .cs-f-page").inner_text() == str(j + 1)
