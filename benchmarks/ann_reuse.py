@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.moments_scale import build
-from clipsearch.ann import AnnIndex, kind_fingerprints
+from clipsearch.ann import FINGERPRINT_COLUMNS, AnnIndex, kind_fingerprints
 from clipsearch.records import Record
 from clipsearch.store import SourceRows
 
@@ -50,7 +50,7 @@ def main() -> None:
     store.replace_sources([SourceRows(f"/photos/p{i}.jpg".encode(), 1.0, 10, f"h{i}",
                                       [Record(kind="image", vector=v)]) for i, v in enumerate(vecs)])
     t = time.perf_counter()
-    kind_fingerprints(store.snapshot())
+    kind_fingerprints(store.snapshot().to_table(columns=FINGERPRINT_COLUMNS))
     info["fingerprints_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     again = AnnIndex.build(store, reuse=ann_dir)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -196,15 +197,21 @@ def paths_agree(root: Path) -> dict:
 
 
 # ---- 3. FAISS -----------------------------------------------------------------------------------
-def _latency(index, q: np.ndarray, k: int = 10, batch: int = 1, reps: int = 200) -> float:
-    index.search(q[:batch], k)
+def _latency(search, q: np.ndarray, batch: int = 1, reps: int = 200, warm: bool = True) -> float:
+    """Median ms of `search(queries)` over `reps` calls on consecutive slices of `batch` queries."""
+    if warm:
+        search(q[:batch])
     ts = []
     for i in range(reps):
         s = (i * batch) % (len(q) - batch)
         t = time.perf_counter()
-        index.search(q[s:s + batch], k)
+        search(q[s:s + batch])
         ts.append(time.perf_counter() - t)
     return round(1000 * float(np.median(ts)), 3)
+
+
+def _faiss_search(index, k: int = 10):
+    return functools.partial(index.search, k=k)
 
 
 def torch_exact(x: np.ndarray, q: np.ndarray, truth: np.ndarray) -> dict:
@@ -219,14 +226,7 @@ def torch_exact(x: np.ndarray, q: np.ndarray, truth: np.ndarray) -> dict:
 
     res = {"recall10": round(recall_at(search(qs[:200]), truth), 4)}
     for batch, tag in ((1, "p50_ms"), (64, "b64_ms")):
-        search(qs[:batch])
-        ts = []
-        for i in range(100):
-            s = (i * batch) % (len(q) - batch)
-            t = time.perf_counter()
-            search(qs[s:s + batch])
-            ts.append(time.perf_counter() - t)
-        res[tag] = round(1000 * float(np.median(ts)), 3)
+        res[tag] = _latency(search, qs, batch=batch, reps=100)
     del search, xs, qs
     torch.cuda.empty_cache()
     return res
@@ -248,13 +248,7 @@ def product_gpu_search(x: np.ndarray, q: np.ndarray, truth: np.ndarray, root: Pa
     found = [[int(i[2:]) for i, _ in row] for row in idx.search(q[:200], 10)]
     res["recall10"] = round(recall_at(np.array(found), truth), 4)
     for batch, tag in ((1, "p50_ms"), (64, "b64_ms")):
-        ts = []
-        for i in range(50):
-            s = (i * batch) % (len(q) - batch)
-            t = time.perf_counter()
-            idx.search(q[s:s + batch], 10)
-            ts.append(time.perf_counter() - t)
-        res[tag] = round(1000 * float(np.median(ts)), 3)
+        res[tag] = _latency(functools.partial(idx.search, k=10), q, batch=batch, reps=50, warm=False)
     ts = []
     for i in range(10):
         t = time.perf_counter()
@@ -297,8 +291,8 @@ def faiss_paths(sizes: list[int], root: Path, ivf: bool = True, cpu_timing: bool
         cpu_flat.add(x)
         truth = cpu_flat.search(q[:200], 10)[1]
         if cpu_timing:
-            out[f"n{n}_cpu_flat_p50_ms"] = _latency(cpu_flat, q, reps=20)
-            out[f"n{n}_cpu_flat_b64_ms"] = _latency(cpu_flat, q, batch=64, reps=5)
+            out[f"n{n}_cpu_flat_p50_ms"] = _latency(_faiss_search(cpu_flat), q, reps=20)
+            out[f"n{n}_cpu_flat_b64_ms"] = _latency(_faiss_search(cpu_flat), q, batch=64, reps=5)
         moved = ann.to_gpu(cpu_flat)
         out[f"n{n}_to_gpu_flat_type"] = type(moved).__name__
         out.update({f"n{n}_torch_{k}": v for k, v in torch_exact(x, q, truth).items()})
@@ -314,8 +308,8 @@ def faiss_paths(sizes: list[int], root: Path, ivf: bool = True, cpu_timing: bool
                 _sync()
                 tag = f"n{n}_gpu_flat_{'fp16' if fp16 else 'fp32'}"
                 out[f"{tag}_add_s"] = round(time.perf_counter() - t, 2)
-                out[f"{tag}_p50_ms"] = _latency(g, q)
-                out[f"{tag}_b64_ms"] = _latency(g, q, batch=64, reps=50)
+                out[f"{tag}_p50_ms"] = _latency(_faiss_search(g), q)
+                out[f"{tag}_b64_ms"] = _latency(_faiss_search(g), q, batch=64, reps=50)
                 out[f"{tag}_recall10"] = round(recall_at(g.search(q[:200], 10)[1], truth), 4)
                 del g
         del cpu_flat, moved
@@ -326,7 +320,7 @@ def faiss_paths(sizes: list[int], root: Path, ivf: bool = True, cpu_timing: bool
             t = time.perf_counter()
             prod = ann.build_faiss(x[:m])
             out[f"n{m}_product_index_build_cpu_s"] = round(time.perf_counter() - t, 1)
-            out[f"n{m}_product_index_cpu_p50_ms"] = _latency(prod, q, reps=50)
+            out[f"n{m}_product_index_cpu_p50_ms"] = _latency(_faiss_search(prod), q, reps=50)
             out[f"n{m}_product_index_recall10"] = round(recall_at(prod.search(q[:200], 10)[1],
                                                                    sub_truth.search(q[:200], 10)[1]), 4)
             if out["ann_gpu_available"]:

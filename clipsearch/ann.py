@@ -340,14 +340,17 @@ def _link_saved(shard: Shard, dest: Path) -> bool:
         return False
 
 
-def kind_fingerprints(snapshot) -> dict[str, str]:
-    """Per kind, a digest of which files hold its rows: (path, content hash, row count).
+FINGERPRINT_COLUMNS = ["kind", "source", "content_hash"]
+
+
+def kind_fingerprints(t) -> dict[str, str]:
+    """Per kind, a digest of which files hold its rows: (path, content hash, row count), from a
+    table (or snapshot scan) of FINGERPRINT_COLUMNS.
 
     Row ids are stable (path + locator) and vectors follow from a file's content, so an equal
     digest means the kind's rows and vectors are unchanged and its shard can be reused: adding
     photos to a collection with 1,000 hours of video no longer rebuilds the video shards.
     """
-    t = snapshot.to_table(columns=["kind", "source", "content_hash"])
     g = t.group_by(["kind", "source", "content_hash"]).aggregate([([], "count_all")])
     g = g.sort_by([("kind", "ascending"), ("source", "ascending"), ("content_hash", "ascending")])
     kinds = g.column("kind").to_numpy(zero_copy_only=False)
@@ -377,9 +380,10 @@ class AnnIndex:
         unchanged are taken over instead of rebuilt.
         """
         snapshot = store.snapshot()
-        column = snapshot.to_table(columns=["kind"]).column("kind")
+        rows = snapshot.to_table(columns=FINGERPRINT_COLUMNS)  # one read: kinds and fingerprints
+        column = rows.column("kind")
         wanted = sorted(set(pc.unique(column).to_pylist()) if kinds is None else set(kinds))
-        prints = kind_fingerprints(snapshot)
+        prints = kind_fingerprints(rows)
         old = {}
         if isinstance(reuse, AnnIndex):
             old = {k: s for k, s in reuse.shards.items() if prints.get(k) == reuse.fingerprints.get(k)}

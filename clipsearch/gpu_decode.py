@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from clipsearch.errors import SkipFile
+from clipsearch.indexers.image import check_pixels
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def read_jpeg(path: str | Path, max_pixels: int) -> RawJpeg | None:
                 orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
         except (OSError, SyntaxError, ValueError):
             return None  # let the PIL path produce the precise error
-        if w * h > max_pixels:
-            raise SkipFile(f"image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
-                           f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)")
+        check_pixels(w, h, max_pixels)
         f.seek(0)
         data = bytearray(f.read())
     if not data:
@@ -148,18 +146,10 @@ class TensorPreprocess:
         import torchvision.transforms.v2.functional as F
 
         x = img.float().div_(255.0)
-        if isinstance(self.resize, int):
-            h, w = x.shape[-2:]
-            short, long = (h, w) if h <= w else (w, h)
-            new_long = int(self.resize * long / short)  # torchvision's own rounding rule
-            size = [self.resize, new_long] if h <= w else [new_long, self.resize]
-        else:
-            size = list(self.resize)
+        size = [self.resize] if isinstance(self.resize, int) else list(self.resize)  # [n]: shorter side
         x = F.resize(x, size, interpolation=self.interpolation, antialias=True).clamp_(0.0, 1.0)
         x = F.center_crop(x, list(self.crop))
-        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+        return F.normalize(x, list(self.mean), list(self.std))
 
 
 def check_mode(mode: str, device: str) -> None:

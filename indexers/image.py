@@ -55,15 +55,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def check_pixels(w: int, h: int, max_pixels: int) -> None:
+    """SkipFile for an image over the pixel limit, decided from its header before decoding."""
+    if w * h > max_pixels:
+        raise SkipFile(f"image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                       f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)")
+
+
 def load_image(path: str | Path | bytes, max_pixels: int, min_side: int = 224) -> Image.Image:
     """Decode an image upright and in RGB, at no more resolution than `min_side` needs."""
     try:
         with open(path, "rb") as f:
             im = Image.open(f)
-            w, h = im.size
-            if w * h > max_pixels:
-                raise SkipFile(f"image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
-                               f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)")
+            check_pixels(*im.size, max_pixels)
             if im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
             im = ImageOps.exif_transpose(im)
