@@ -9,6 +9,7 @@
    hard-links the reused shard files instead of rewriting them.
 
     .venv/bin/python -m benchmarks.ann_reuse --hours 100
+    .venv/bin/python -m benchmarks.ann_reuse --fingerprint-files 1000000   # fingerprint cost only
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from benchmarks.moments_scale import build
 from clipsearch.ann import FINGERPRINT_COLUMNS, AnnIndex, kind_fingerprints
@@ -27,12 +29,28 @@ from clipsearch.records import Record
 from clipsearch.store import SourceRows
 
 
+def fingerprint_cost(files: int) -> dict:
+    """Seconds of `kind_fingerprints` over `files` one-row photo files (the worst case: a group
+    per row), on an in-memory table of the columns it reads."""
+    t = pa.table({"kind": pa.array(["image"] * files),
+                  "source": pa.array([f"/photos/{i:07d}.jpg" for i in range(files)]),
+                  "content_hash": pa.array([f"{i:032x}" for i in range(files)])})
+    start = time.perf_counter()
+    kind_fingerprints(t.select(FINGERPRINT_COLUMNS))
+    return {"files": files, "fingerprints_s": round(time.perf_counter() - start, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hours", type=float, default=100)
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--fingerprint-files", type=int, default=0,
+                    help="only time the per-kind fingerprint over this many photo files")
     a = ap.parse_args()
+    if a.fingerprint_files:
+        print(json.dumps(fingerprint_cost(a.fingerprint_files)))
+        return
     base = Path(a.workdir or tempfile.mkdtemp(prefix="ann_reuse_"))
     store, _, info = build(base / "db", a.hours)
     ann_dir = base / "ann"

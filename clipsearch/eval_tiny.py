@@ -109,18 +109,30 @@ def full_attribute_recall(img_emb: torch.Tensor, model, tokenizer, specs: list[S
     return float(np.mean([specs[int(t)] == s for s, t in zip(unique, top1, strict=True)]))
 
 
-def image_to_image(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> float:
-    """Mean P@10 of each image's nearest other images sharing its colour+shape."""
+def image_to_image_scores(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> dict[int, float]:
+    """P@10 per query image (by index) of its nearest other images sharing its colour+shape."""
     sims = img_emb @ img_emb.t()
     sims.fill_diagonal_(-2.0)
     labels = [(sp.shape, sp.color) for sp in specs]
-    scores = []
+    scores = {}
     for i, lab in enumerate(labels):
         rel = torch.tensor([other == lab for other in labels])
         rel[i] = False
         if rel.any():
-            scores.append(precision_at_k(sims[i], rel))
-    return float(np.mean(scores))
+            scores[i] = precision_at_k(sims[i], rel)
+    return scores
+
+
+def image_to_image(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> float:
+    """Mean P@10 of each image's nearest other images sharing its colour+shape."""
+    return float(np.mean(list(image_to_image_scores(img_emb, specs).values())))
+
+
+def _by_attr(scores: dict[int, float], specs: list[ShapeSpec], attr: str) -> dict[str, float]:
+    groups: dict[str, list[float]] = {}
+    for i, v in scores.items():
+        groups.setdefault(getattr(specs[i], attr), []).append(v)
+    return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
 
 
 def attribute_accuracy(img_emb: torch.Tensor, model, tokenizer, specs: list[ShapeSpec],
@@ -150,17 +162,19 @@ def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
     img_emb = embed_images(model, preprocess, images)
     t2i, per_class = text_to_image(img_emb, model, tokenizer, specs)
     t2i_photo, _ = text_to_image(img_emb, model, tokenizer, specs, "a photo of {}")
+    i2i = image_to_image_scores(img_emb, specs)
     return {
         "n": n, "seed": seed, "canvas": EVAL_CANVAS,
         "t2i_p10": round(t2i, 4),
         "t2i_p10_photo_of": round(t2i_photo, 4),
         "full_r1": round(full_attribute_recall(img_emb, model, tokenizer, specs), 4),
         "full_r1_comma": round(full_attribute_recall(img_emb, model, tokenizer, specs, True), 4),
-        "i2i_p10": round(image_to_image(img_emb, specs), 4),
+        "i2i_p10": round(float(np.mean(list(i2i.values()))), 4),
         "position_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "position"), 4),
         "size_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "size"), 4),
         "t2i_by_shape": _group_mean(per_class, 0),
         "t2i_by_color": _group_mean(per_class, 1),
+        **{f"i2i_by_{a}": _by_attr(i2i, specs, a) for a in ("shape", "color", "size", "position")},
     }
 
 
