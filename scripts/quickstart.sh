@@ -9,6 +9,19 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
+# PyTorch and its CUDA libraries take ~6 GB in .venv, plus room for pip to unpack them: fail
+# up front with what to do rather than halfway through with pip's "No space left on device".
+need_gb=8
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  for dir in "$PWD" "${TMPDIR:-/tmp}"; do
+    free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+    if (( free_gb < need_gb )); then
+      echo "error: only ${free_gb} GB free at $dir; installing PyTorch needs about ${need_gb} GB." >&2
+      echo "Free some space there (or point TMPDIR at a larger disk) and run this script again." >&2
+      exit 1
+    fi
+  done
+fi
 echo "==> installing PyTorch (CPU/CUDA wheel pinned for torchvision compatibility)"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
