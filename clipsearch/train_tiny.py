@@ -8,6 +8,8 @@ every batch is a pure function of (seed, step), so a run is reproducible.
 
 ``--steps`` fixes the schedule; when the wall-clock cap ``--minutes`` binds first (a busy
 shared CPU), the cosine schedule follows the clock instead and the run stops at the cap.
+Stage 2 (``clipsearch.tiny_tune``, ~2.5 min) then tunes the top of both towers on frozen
+features for image-to-image search; the whole run takes ~19 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -368,7 +370,9 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           neg_weights: dict[str, float] | None = None, i2i_keep_position: bool = False,
           probe_weight: float = TRAIN_PROBE_WEIGHT,
           probe_smoothing: float = TRAIN_PROBE_SMOOTHING, ema_decay: float = TRAIN_EMA_DECAY,
-          probe_from: float = TRAIN_PROBE_FROM, probe_image: bool = True) -> dict:
+          probe_from: float = TRAIN_PROBE_FROM, probe_image: bool = True,
+          tune_batches: int | None = None, tune_epochs: int | None = None,
+          tune_lr: float | None = None, tune_i2i_weight: float | None = None) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Position is taught by a linear probe shared by both towers (``probe_weight``) plus
@@ -376,9 +380,18 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     the run on (0 = from the start). Without the probe the model ranked positions at chance;
     hard negatives alone (any mix) cost colour+shape precision. Trial runs: benchmarks/RESULTS.md.
 
-    ``steps`` fixes the schedule (reproducible); ``minutes`` is only a safety cap that
-    stops early on a slow machine (recorded in the log as ``stopped_early``).
+    ``steps`` fixes the schedule (reproducible); ``minutes`` is only a safety cap on this
+    first stage that stops early on a slow machine (recorded in the log as ``stopped_early``).
+
+    Stage 2 (``clipsearch.tiny_tune``, ~2.5 min; ``tune_batches=0`` skips it) then tunes the
+    top of both towers on frozen features with a heavier image-image term.
     """
+    from clipsearch import tiny_tune
+
+    tune_batches = tiny_tune.TUNE_BATCHES if tune_batches is None else tune_batches
+    tune_epochs = tiny_tune.TUNE_EPOCHS if tune_epochs is None else tune_epochs
+    tune_lr = tiny_tune.TUNE_LR if tune_lr is None else tune_lr
+    tune_i2i_weight = tiny_tune.TUNE_I2I_WEIGHT if tune_i2i_weight is None else tune_i2i_weight
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     cfg_path = write_config(out, cfg or model_config())
@@ -430,8 +443,20 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     train_s = time.time() - start
     final = ema.module if ema is not None else model
     final.eval()
-    size = save_weights(final, out / f"{MODEL_NAME}.safetensors")
     done = step + (0 if stopped_early else 1)
+    stage1_eval, tune_log = None, None
+    if tune_batches and tune_epochs:
+        if eval_n:  # keep stage 1 next to the result, so the log shows what stage 2 changed
+            stage1_dir = out / "stage1"
+            write_config(stage1_dir, json.loads(cfg_path.read_text()))
+            save_weights(final, stage1_dir / f"{MODEL_NAME}.safetensors")
+            from clipsearch.eval_tiny import evaluate
+            stage1_eval = evaluate(stage1_dir, n=eval_n, seed=12345)
+            open_clip.add_model_config(str(cfg_path))
+        tune_log = tiny_tune.tune_top(final, source, first_step=steps, seed=seed, batches=tune_batches,
+                                      epochs=tune_epochs, lr=tune_lr, i2i_weight=tune_i2i_weight,
+                                      workers=2 * workers)
+    size = save_weights(final, out / f"{MODEL_NAME}.safetensors")
     log = {"model": MODEL_NAME, "seed": seed, "steps_planned": steps, "steps_done": done,
            "stopped_early": stopped_early, "batch_size": batch_size, "lr": lr,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
@@ -440,11 +465,14 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
            "ema_decay": ema_decay,
            "neg_from": neg_from,
            "neg_rate": neg_rate, "neg_weights": neg_weights,
-           "train_seconds": round(train_s, 1),
+           "train_seconds": round(train_s, 1), "tune": tune_log,
+           "total_seconds": round(time.time() - start, 1),
            "weights_bytes": size, "torch_threads": torch.get_num_threads(),
            "params": sum(p.numel() for p in model.parameters()), "history": history}
     if eval_n:
         from clipsearch.eval_tiny import evaluate
+        if stage1_eval is not None:
+            log["stage1_eval"] = stage1_eval
         log["final_eval"] = evaluate(out, n=eval_n, seed=12345)
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
     return log
@@ -467,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3300)
-    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap")
+    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap on stage 1")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=1, help="render processes (0 = inline)")
@@ -493,6 +521,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--neg-weights", default=None,
                     help="which attribute a negative changes, e.g. 'position=1' (default "
                          + ",".join(f"{k}={v}" for k, v in TRAIN_NEG_WEIGHTS.items()) + ")")
+    ap.add_argument("--tune-batches", type=int, default=None,
+                    help="stage 2: fresh training batches whose frozen features tune the top of both "
+                         "towers (default 400; 0 skips stage 2)")
+    ap.add_argument("--tune-epochs", type=int, default=None, help="stage 2: passes over them (default 3)")
+    ap.add_argument("--tune-lr", type=float, default=None, help="stage 2: peak learning rate (default 5e-4)")
+    ap.add_argument("--tune-i2i-weight", type=float, default=None,
+                    help="stage 2: weight of the image-image term (default 3)")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the final evaluation")
     ap.add_argument("--save-every", type=int, default=0, help="snapshot weights every N steps")
     ap.add_argument("--threads", type=int, default=1,
@@ -507,7 +542,9 @@ def main(argv: list[str] | None = None) -> None:
                 neg_rate=args.neg_rate, neg_weights=_parse_weights(args.neg_weights),
                 i2i_keep_position=args.i2i_keep_position, probe_weight=args.probe_weight,
                 probe_smoothing=args.probe_smoothing, ema_decay=args.ema_decay,
-                probe_from=args.probe_from, probe_image=not args.probe_text_only)
+                probe_from=args.probe_from, probe_image=not args.probe_text_only,
+                tune_batches=args.tune_batches, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
+                tune_i2i_weight=args.tune_i2i_weight)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 
