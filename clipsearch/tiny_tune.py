@@ -26,6 +26,9 @@ TUNE_BATCHES = 400
 TUNE_EPOCHS = 3
 TUNE_LR = 5e-4
 TUNE_I2I_WEIGHT = 3.0
+# Stage 2 took 104-110 s on an idle 2-core CPU; a run starts it only with this much of its
+# wall-clock cap left.
+TUNE_MIN_SECONDS = 120
 
 
 def tuned_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

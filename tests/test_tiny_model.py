@@ -239,6 +239,14 @@ def test_same_seed_same_losses(tmp_path: Path) -> None:
     assert a["tune"]["epoch_loss"] == b["tune"]["epoch_loss"] and len(a["tune"]["epoch_loss"]) == 2
 
 
+def test_stage2_is_skipped_when_the_time_cap_leaves_no_room(tmp_path: Path) -> None:
+    log = train_tiny.train(tmp_path / "t", seed=0, steps=50, minutes=0.05, batch_size=8, workers=0,
+                           eval_n=0, tune_batches=2, tune_epochs=1)
+    assert "skipped" in log["tune"] and "cap" in log["tune"]["skipped"]
+    assert (tmp_path / "t" / "clipsearch-tiny.safetensors").exists()
+    assert not (tmp_path / "t" / "stage1").exists()
+
+
 def _fresh_model_and_source(tmp_path: Path) -> tuple[torch.nn.Module, train_tiny.BatchSource]:
     cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
     model, preprocess, tok = train_tiny.build_model(cfg, 0)
