@@ -351,7 +351,7 @@ def kind_fingerprints(t) -> dict[str, str]:
     digest means the kind's rows and vectors are unchanged and its shard can be reused: adding
     photos to a collection with 1,000 hours of video no longer rebuilds the video shards.
     """
-    g = t.group_by(["kind", "source", "content_hash"]).aggregate([([], "count_all")])
+    g = t.group_by(FINGERPRINT_COLUMNS).aggregate([([], "count_all")])
     g = g.sort_by([("kind", "ascending"), ("source", "ascending"), ("content_hash", "ascending")])
     kinds = g.column("kind").to_numpy(zero_copy_only=False)
     out = {}
@@ -418,8 +418,7 @@ class AnnIndex:
 
     def describe(self) -> str:
         """Index types per kind, e.g. "image: IndexFlatIP, video_window: IndexRefine"."""
-        where = {True: " (exact on GPU)", False: ""}
-        return ", ".join(f"{k}: {type(s.index).__name__}{where[s.matrix is not None]}"
+        return ", ".join(f"{k}: {type(s.index).__name__}{' (exact on GPU)' if s.matrix is not None else ''}"
                          for k, s in self.shards.items())
 
     # ---- persistence: a directory per version, switched by an atomic pointer file ------------

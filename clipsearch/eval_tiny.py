@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,15 +124,11 @@ def image_to_image_scores(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> dict
     return scores
 
 
-def image_to_image(img_emb: torch.Tensor, specs: list[ShapeSpec]) -> float:
-    """Mean P@10 of each image's nearest other images sharing its colour+shape."""
-    return float(np.mean(list(image_to_image_scores(img_emb, specs).values())))
-
-
-def _by_attr(scores: dict[int, float], specs: list[ShapeSpec], attr: str) -> dict[str, float]:
+def _mean_by(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Mean value per key of (key, value) pairs, e.g. per-class P@10 grouped by colour."""
     groups: dict[str, list[float]] = {}
-    for i, v in scores.items():
-        groups.setdefault(getattr(specs[i], attr), []).append(v)
+    for key, v in pairs:
+        groups.setdefault(key, []).append(v)
     return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
 
 
@@ -145,13 +142,6 @@ def attribute_accuracy(img_emb: torch.Tensor, model, tokenizer, specs: list[Shap
     txt = embed_texts(model, tokenizer, texts).reshape(len(specs), len(values), -1)
     picked = torch.einsum("nvd,nd->nv", txt, img_emb).argmax(dim=1)
     return float(np.mean([values[int(i)] == getattr(s, attr) for s, i in zip(specs, picked, strict=True)]))
-
-
-def _group_mean(per_class: dict[tuple[str, str], float], index: int) -> dict[str, float]:
-    groups: dict[str, list[float]] = {}
-    for cls, v in per_class.items():
-        groups.setdefault(cls[index], []).append(v)
-    return {k: round(float(np.mean(v)), 4) for k, v in groups.items()}
 
 
 def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
@@ -172,9 +162,10 @@ def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
         "i2i_p10": round(float(np.mean(list(i2i.values()))), 4),
         "position_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "position"), 4),
         "size_acc": round(attribute_accuracy(img_emb, model, tokenizer, specs, "size"), 4),
-        "t2i_by_shape": _group_mean(per_class, 0),
-        "t2i_by_color": _group_mean(per_class, 1),
-        **{f"i2i_by_{a}": _by_attr(i2i, specs, a) for a in ("shape", "color", "size", "position")},
+        "t2i_by_shape": _mean_by((cls[0], v) for cls, v in per_class.items()),
+        "t2i_by_color": _mean_by((cls[1], v) for cls, v in per_class.items()),
+        **{f"i2i_by_{a}": _mean_by((getattr(specs[i], a), v) for i, v in i2i.items())
+           for a in ("shape", "color", "size", "position")},
     }
 
 

@@ -61,7 +61,10 @@ def read_jpeg(path: str | Path, max_pixels: int) -> RawJpeg | None:
 
 
 def upright(img: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Apply an EXIF orientation to a CHW tensor, as PIL's ImageOps.exif_transpose does."""
+    """Apply an EXIF orientation to a CHW tensor, as PIL's ImageOps.exif_transpose does.
+
+    torchvision's ``decode_jpeg(apply_exif_orientation=True)`` ignores the flag on CUDA, and
+    the orientation is already known from the header read in ``read_jpeg``."""
     h, w = 1, 2
     if orientation == 2:
         return img.flip(w)
