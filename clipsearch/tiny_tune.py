@@ -9,18 +9,34 @@ tower up to ``layer3`` and the text transformer, caches their outputs for fresh 
 renders once, and tunes only the last image block, the attention pool and the text projection
 with the image-image term weighted up. Caching makes each pass over ~25k samples take seconds
 of compute instead of a full forward pass. The result is an ordinary open_clip state dict.
+
+``train_tiny`` runs this stage itself. Alone, on a model trained with ``--tune-batches 0``:
+
+    python -m clipsearch.tiny_tune --model-dir /tmp/stage1 --seed 1 --out /tmp/tuned
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
-from clipsearch.train_tiny import BatchSource, batch_loader, clip_loss
+from clipsearch.train_tiny import (
+    MODEL_NAME,
+    TRAIN_NEG_RATE,
+    TRAIN_NEG_WEIGHTS,
+    BatchSource,
+    batch_loader,
+    clip_loss,
+    save_weights,
+    write_config,
+)
 
 TUNE_BATCHES = 400
 TUNE_EPOCHS = 3
@@ -129,3 +145,40 @@ def tune_top(model: torch.nn.Module, source: BatchSource, first_step: int, seed:
     return {"batches": len(cached), "epochs": epochs, "lr": lr, "i2i_weight": i2i_weight,
             "cache_seconds": round(cache_s, 1), "seconds": round(time.time() - start, 1),
             "epoch_loss": losses}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: stage 2 alone on the model in --model-dir; writes --out and prints its evaluation."""
+    ap = argparse.ArgumentParser(description="Run stage 2 of clipsearch-tiny training alone on a "
+                                             "trained model (one trained with --tune-batches 0).")
+    ap.add_argument("--model-dir", type=Path, required=True, help="clipsearch-tiny.json + .safetensors")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0, help="the seed stage 1 was trained with")
+    ap.add_argument("--first-step", type=int, default=3300,
+                    help="stage 1's --steps: stage 2 renders that run's batches from here on")
+    ap.add_argument("--batch-size", type=int, default=64, help="stage 1's --batch-size")
+    ap.add_argument("--batches", type=int, default=TUNE_BATCHES)
+    ap.add_argument("--epochs", type=int, default=TUNE_EPOCHS)
+    ap.add_argument("--lr", type=float, default=TUNE_LR)
+    ap.add_argument("--i2i-weight", type=float, default=TUNE_I2I_WEIGHT)
+    ap.add_argument("--eval-n", type=int, default=600, help="0 skips the evaluation")
+    args = ap.parse_args(argv)
+    from clipsearch.eval_tiny import evaluate, load_model
+
+    model, preprocess, tokenizer = load_model(args.model_dir)
+    source = BatchSource(args.seed, args.batch_size, preprocess, tokenizer, args.first_step,
+                         neg_rate=TRAIN_NEG_RATE, neg_weights=TRAIN_NEG_WEIGHTS)
+    log = tune_top(model, source, args.first_step, args.seed, batches=args.batches, epochs=args.epochs,
+                   lr=args.lr, i2i_weight=args.i2i_weight)
+    write_config(args.out, json.loads((args.model_dir / f"{MODEL_NAME}.json").read_text()))
+    save_weights(model, args.out / f"{MODEL_NAME}.safetensors")
+    if args.eval_n:
+        for name, d in (("before", args.model_dir), ("after", args.out)):
+            res = evaluate(d, n=args.eval_n, seed=12345)
+            log[f"eval_{name}"] = {k: res[k] for k in ("t2i_p10", "full_r1", "i2i_p10", "position_acc")}
+    (args.out / "tune_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    print(json.dumps(log, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -300,6 +300,22 @@ def test_short_training_writes_loadable_files(tmp_path: Path) -> None:
     _check_loads_like_core(out)
 
 
+def test_stage2_runs_alone_on_a_stage1_model(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    train_tiny.train(tmp_path / "s1", seed=1, steps=2, batch_size=12, workers=0, eval_n=0, tune_batches=0)
+    tiny_tune.main(["--model-dir", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), "--seed", "1",
+                    "--first-step", "2", "--batch-size", "12", "--batches", "2", "--epochs", "1",
+                    "--eval-n", "96"])
+    log = json.loads((tmp_path / "s2" / "tune_log.json").read_text())
+    assert log["batches"] == 2 and set(log["eval_before"]) == set(log["eval_after"]) >= {"i2i_p10"}
+    before = load_file(str(tmp_path / "s1" / "clipsearch-tiny.safetensors"))
+    after = load_file(str(tmp_path / "s2" / "clipsearch-tiny.safetensors"))
+    assert not torch.equal(before["text_projection"], after["text_projection"])
+    assert torch.equal(before["visual.layer1.0.conv1.weight"], after["visual.layer1.0.conv1.weight"])
+    _check_loads_like_core(tmp_path / "s2")
+
+
 def _check_loads_like_core(model_dir: Path) -> None:
     """The exact loading code the core uses must work on the files."""
     open_clip.add_model_config(str(model_dir / "clipsearch-tiny.json"))
