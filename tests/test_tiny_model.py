@@ -306,7 +306,7 @@ def test_stage2_runs_alone_on_a_stage1_model(tmp_path: Path) -> None:
     train_tiny.train(tmp_path / "s1", seed=1, steps=2, batch_size=12, workers=0, eval_n=0, tune_batches=0)
     tiny_tune.main(["--model-dir", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), "--seed", "1",
                     "--first-step", "2", "--batch-size", "12", "--batches", "2", "--epochs", "1",
-                    "--eval-n", "96"])
+                    "--workers", "0", "--eval-n", "96"])
     log = json.loads((tmp_path / "s2" / "tune_log.json").read_text())
     assert log["batches"] == 2 and set(log["eval_before"]) == set(log["eval_after"]) >= {"i2i_p10"}
     before = load_file(str(tmp_path / "s1" / "clipsearch-tiny.safetensors"))
