@@ -14,6 +14,12 @@ filtered query still returns k hits when k exist. Defaults are measured by bench
 A refresh rebuilds only the shards of kinds whose files changed (`kind_fingerprints`); the others
 are taken over, and their saved files hard-linked into the new version. On a CUDA machine every
 shard that fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
+
+Saved form: a folder per version, its `shards.json` manifest written last, naming each shard's
+kind, row count, and the size and CRC-32 of its two files, and carrying a checksum of itself;
+`current.json` points at the folder. A truncated, garbage, reordered or foreign file fails that
+check (`AnnIndex.problem`): readers log one warning and build what they need from the table,
+and the next index run saves a fresh index.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +43,44 @@ import faiss
 import numpy as np
 import pyarrow.compute as pc
 
+from clipsearch.failures import storage_errors
+from clipsearch.leftovers import temp_name
 from clipsearch.store import Store, sql_str
 
 log = logging.getLogger(__name__)
+
+MANIFEST = "shards.json"
+POINTER = "current.json"
+MANIFEST_FORMAT = 2
+
+
+class DamagedIndex(ValueError):
+    """A saved index whose files do not match its manifest (or whose manifest is unusable)."""
+
+
+def file_check(path: Path) -> dict[str, int]:
+    """Size and CRC-32 of a file: enough to notice truncation, garbage or a swapped file."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return {"size": size, "crc32": crc}
+
+
+def _self_checksum(manifest: dict) -> int:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(ann_dir: Path, problem: str) -> None:
+    """One warning per damaged index and process (a server must not log it per query)."""
+    if (str(ann_dir), problem) not in _warned:
+        _warned.add((str(ann_dir), problem))
+        log.warning("%s; searching without it until the next `clipsearch index` rebuilds it", problem)
 
 EXACT_THRESHOLD = 50_000
 REFINE_K_FACTOR = 20  # shortlist k·20 by PQ score, re-rank it exactly
@@ -235,6 +278,7 @@ class Shard:
     matrix: object | None = None  # torch.Tensor (n, dim) on the GPU, or None
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
     saved: Path | None = field(default=None, repr=False, compare=False)  # its .faiss file, if any
+    checks: dict | None = field(default=None, repr=False, compare=False)  # file_check of its saved files
 
     def positions_under(self, under: str) -> np.ndarray:
         """Positions (ascending) of the rows whose path is inside folder `under`.
@@ -326,11 +370,14 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
 
 def _link_saved(shard: Shard, dest: Path) -> bool:
     """Hard-link a shard's saved files into `dest` (same stem, .faiss and .npz); False if it has
-    none or they are gone. Saving a 7M-row shard again would rewrite ~9 GB."""
+    none or they are gone or changed size. Saving a 7M-row shard again would rewrite ~9 GB."""
     src = shard.saved
-    if src is None:
+    if src is None or shard.checks is None:
         return False
     try:
+        if (src.stat().st_size != shard.checks["faiss"]["size"]
+                or src.with_suffix(".npz").stat().st_size != shard.checks["npz"]["size"]):
+            return False
         os.link(src, dest)
         os.link(src.with_suffix(".npz"), dest.with_suffix(".npz"))
         return True
@@ -423,68 +470,167 @@ class AnnIndex:
 
     # ---- persistence: a directory per version, switched by an atomic pointer file ------------
     def save(self, ann_dir: str | Path) -> None:
+        """Write a new version folder (shards, then the manifest), then switch the pointer to it.
+        A failure (full disk) removes the partial folder and leaves the previous index in use."""
         ann_dir = Path(ann_dir)
-        target = ann_dir / f"v{self.version}"
-        tmp = ann_dir / f".tmp-v{self.version}-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for i, shard in enumerate(self.shards.values()):
-            dest = tmp / f"shard{i}.faiss"
-            if not _link_saved(shard, dest):  # a reused shard's files are linked, not rewritten
-                cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ \
-                    else shard.index
-                faiss.write_index(cpu, str(dest))
-                np.savez(dest.with_suffix(".npz"), ids=shard.ids.astype(str),
-                         sources=shard.sources.astype(str))
-            shard.saved = target / dest.name
-        (tmp / "shards.json").write_text(json.dumps({"kinds": list(self.shards),
-                                                     "fingerprints": self.fingerprints}))
-        if target.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        pointer = ann_dir / "current.json"
-        ptmp = ann_dir / f".current-{os.getpid()}.json"
-        ptmp.write_text(json.dumps({"version": self.version}))
-        os.replace(ptmp, pointer)
+        with storage_errors(str(ann_dir)):
+            ann_dir.mkdir(parents=True, exist_ok=True)
+            name = f"v{self.version}"
+            if (ann_dir / name).exists():  # same table version, e.g. replacing a damaged index
+                name = f"v{self.version}-{secrets.token_hex(3)}"
+            target = ann_dir / name
+            tmp = temp_name(target)
+            try:
+                placed = self._write_folder(tmp)
+                os.replace(tmp, target)
+                pointer = ann_dir / POINTER
+                ptmp = temp_name(pointer)
+                ptmp.write_text(json.dumps({"version": self.version, "dir": name}))
+                os.replace(ptmp, pointer)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                temp_name(ann_dir / POINTER).unlink(missing_ok=True)
+                raise
+        for shard, (fname, checks) in placed:
+            shard.saved, shard.checks = target / fname, checks
         for old in ann_dir.glob("v*"):
             if old.name != target.name:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def _write_folder(self, tmp: Path) -> list[tuple[Shard, tuple[str, dict]]]:
+        """Shard files, then the manifest naming them, into `tmp`; returns where each shard went."""
+        tmp.mkdir(parents=True)
+        entries, placed = [], []
+        for i, (kind, shard) in enumerate(self.shards.items()):
+            dest = tmp / f"shard{i}.faiss"
+            if _link_saved(shard, dest):  # a reused shard's files are linked, not rewritten
+                checks = shard.checks
+            else:
+                cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ \
+                    else shard.index
+                faiss.write_index(cpu, str(dest))
+                with open(dest.with_suffix(".npz"), "wb") as f:
+                    np.savez(f, ids=shard.ids.astype(str), sources=shard.sources.astype(str),
+                             kind=np.array(kind))
+                checks = {"faiss": file_check(dest), "npz": file_check(dest.with_suffix(".npz"))}
+            entries.append({"kind": kind, "file": dest.stem, "rows": len(shard), **checks})
+            placed.append((shard, (dest.name, checks)))
+        manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
+                    "shards": entries, "fingerprints": self.fingerprints}
+        manifest["checksum"] = _self_checksum(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
+        return placed
+
     @classmethod
     def load(cls, ann_dir: str | Path) -> AnnIndex | None:
+        """The saved index, or None when there is none or it is damaged (logged once)."""
         ann_dir = Path(ann_dir)
         try:
             version, d, listing = cls._listing(ann_dir)
-            shards = {kind: cls._load_shard(d, i) for i, kind in enumerate(listing["kinds"])}
+            shards = {e["kind"]: cls._load_shard(d, e) for e in listing["shards"]}
             return cls(shards, int(version), dict(listing.get("fingerprints", {})))
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            log.debug("no usable ANN index in %s: %s", ann_dir, e)
-            return None
+        except FileNotFoundError as e:
+            log.debug("no saved ANN index in %s: %s", ann_dir, e)
+        except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            _warn_once(ann_dir, cls._describe(ann_dir, e))
+        return None
 
     @classmethod
     def load_shards(cls, ann_dir: str | Path, fingerprints: dict[str, str]) -> dict[str, Shard]:
-        """The saved shards whose kind fingerprint equals `fingerprints`' (others are not read)."""
+        """The saved shards whose kind fingerprint equals `fingerprints'` (others are not read);
+        a damaged shard is left out (and rebuilt by the caller)."""
+        ann_dir = Path(ann_dir)
         try:
-            _, d, listing = cls._listing(Path(ann_dir))
-            saved = listing.get("fingerprints", {})
-            return {kind: cls._load_shard(d, i) for i, kind in enumerate(listing["kinds"])
-                    if kind in saved and saved[kind] == fingerprints.get(kind)}
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            log.debug("no reusable ANN shards in %s: %s", ann_dir, e)
+            _, d, listing = cls._listing(ann_dir)
+        except FileNotFoundError:
             return {}
+        except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
+            _warn_once(ann_dir, cls._describe(ann_dir, e))
+            return {}
+        saved = listing.get("fingerprints", {})
+        out = {}
+        for e in listing["shards"]:
+            kind = e["kind"]
+            if kind in saved and saved[kind] == fingerprints.get(kind):
+                try:
+                    out[kind] = cls._load_shard(d, e)
+                except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
+                    _warn_once(ann_dir, cls._describe(ann_dir, err))
+        return out
+
+    @classmethod
+    def problem(cls, ann_dir: str | Path, version: int | None = None, rows: int | None = None) -> str | None:
+        """Why the saved index cannot serve a table at `version` with `rows` rows (one line), or
+        None when it can: absent, stale, or any file unreadable, truncated or not the manifest's."""
+        ann_dir = Path(ann_dir)
+        try:
+            saved, d, listing = cls._listing(ann_dir)
+            for e in listing["shards"]:
+                cls._check_files(d, e)
+        except FileNotFoundError:
+            return f"there is no saved ANN index in {ann_dir}"
+        except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
+            return cls._describe(ann_dir, e)
+        if version is not None and saved != version:
+            return f"the ANN index in {ann_dir} was built at table version {saved}, the table is at {version}"
+        if rows is not None and listing["rows"] != rows:
+            return (f"the ANN index in {ann_dir} covers {listing['rows']} rows, the table has {rows} "
+                    "(a foreign index?)")
+        return None
+
+    @staticmethod
+    def _describe(ann_dir: Path, e: BaseException) -> str:
+        return f"the ANN index in {ann_dir} is damaged ({type(e).__name__}: {e})"
 
     @staticmethod
     def _listing(ann_dir: Path) -> tuple[int, Path, dict]:
-        version = json.loads((ann_dir / "current.json").read_text())["version"]
-        d = ann_dir / f"v{version}"
-        return int(version), d, json.loads((d / "shards.json").read_text())
+        """(version, folder, manifest) of the saved index, the manifest's own checksum verified.
+        FileNotFoundError when there is no index; DamagedIndex when it cannot be trusted."""
+        try:
+            pointer = json.loads((ann_dir / POINTER).read_text())
+            version = int(pointer["version"])
+        except FileNotFoundError:
+            raise
+        except (ValueError, KeyError, TypeError) as e:
+            raise DamagedIndex(f"{POINTER} is unreadable: {e}") from None
+        d = ann_dir / str(pointer.get("dir", f"v{version}"))
+        try:
+            listing = json.loads((d / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise DamagedIndex(f"{d / MANIFEST} is missing") from None
+        except ValueError as e:
+            raise DamagedIndex(f"{d / MANIFEST} is unreadable: {e}") from None
+        if not isinstance(listing, dict) or listing.get("format") != MANIFEST_FORMAT:
+            raise DamagedIndex(f"{d / MANIFEST} has no checksums (an older clipsearch wrote it)")
+        if listing.get("checksum") != _self_checksum(listing) or listing.get("version") != version:
+            raise DamagedIndex(f"{d / MANIFEST} fails its checksum (edited or reordered)")
+        return version, d, listing
 
     @staticmethod
-    def _load_shard(d: Path, i: int) -> Shard:
-        meta = np.load(d / f"shard{i}.npz")
-        shard = Shard.place(faiss.read_index(str(d / f"shard{i}.faiss")),
-                            meta["ids"].astype(object), meta["sources"].astype(object))
-        shard.saved = d / f"shard{i}.faiss"
+    def _check_files(d: Path, entry: dict) -> dict:
+        checks = {}
+        for part, suffix in (("faiss", ".faiss"), ("npz", ".npz")):
+            path = d / f"{entry['file']}{suffix}"
+            got = file_check(path)
+            if got != entry[part]:
+                raise DamagedIndex(f"{path} is not the file its manifest names (size {got['size']}, "
+                                   f"expected {entry[part]['size']}; truncated or overwritten)")
+            checks[part] = got
+        return checks
+
+    @classmethod
+    def _load_shard(cls, d: Path, entry: dict) -> Shard:
+        checks = cls._check_files(d, entry)
+        faiss_path = d / f"{entry['file']}.faiss"
+        with np.load(faiss_path.with_suffix(".npz")) as meta:
+            ids, sources = meta["ids"].astype(object), meta["sources"].astype(object)
+            kind = str(meta["kind"]) if "kind" in meta.files else None
+        index = faiss.read_index(str(faiss_path))
+        if kind != entry["kind"] or not (len(ids) == len(sources) == index.ntotal == entry["rows"]):
+            raise DamagedIndex(f"{faiss_path} does not hold the {entry['rows']} {entry['kind']} rows "
+                               "its manifest names")
+        shard = Shard.place(index, ids, sources)
+        shard.saved, shard.checks = faiss_path, checks
         return shard
 
     # ---- search -------------------------------------------------------------------------------

@@ -27,13 +27,26 @@ def _db_default() -> str:
 
 
 def handle_errors(fn):
-    """Turn ClipsearchError into a one-line message + hint; keep the traceback for --verbose."""
+    """Turn ClipsearchError into a one-line message + hint; keep the traceback for --verbose.
+
+    A storage or network failure that reached here without being named (a full disk while
+    writing a thumbnail, a damaged table file read by a ranker) is named after the --db."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         verbose = kwargs.get("verbose", False)
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except ClipsearchError:
+                raise
+            except Exception as e:
+                from clipsearch.failures import storage_failure
+
+                err = storage_failure(e, str(kwargs.get("db") or _db_default()))
+                if err is None:
+                    raise
+                raise err from e
         except ClipsearchError as e:
             if verbose:
                 raise

@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipsearch import leftovers
 from clipsearch.errors import (
     ClipsearchError,
     CollectionNotFound,
     ModelMismatch,
     UsageError,
 )
+from clipsearch.failures import storage_errors
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Searcher
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 META_FILE = "clipsearch.json"
 SCHEMA_VERSION = 1
 SKIP_LOG = "skipped.log"
+REFRESH_MARKER = "refresh.pending"  # written before a refresh of derived state, removed after
+MODEL_FIELDS = ("schema_version", "model", "model_name", "model_id", "dim")  # what the table records
 __all__ = ["Collection", "Hit"]
 
 
@@ -73,9 +77,44 @@ def check_meta(meta: dict, where: str, model: str | None = None, checkpoint: str
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    tmp = leftovers.temp_name(path)
+    with storage_errors(str(path)):
+        try:
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def model_fields(meta: dict) -> dict[str, Any]:
+    """The part of clipsearch.json that the table itself records: which model made its vectors."""
+    return {k: meta[k] for k in MODEL_FIELDS if k in meta}
+
+
+def settle_meta(meta: dict | None, store, where: str) -> tuple[dict | None, bool]:
+    """The collection's metadata, with the table's own record of its model winning over a lost,
+    unreadable or replaced clipsearch.json. Returns (meta, whether it was rebuilt); (None, False)
+    when there is neither.
+
+    Without that record (a table from before tables recorded it), rows and no clipsearch.json
+    are refused: which model made them cannot be known, and a guess would mix two models.
+    """
+    recorded = store.recorded_meta() if store is not None else None
+    if recorded is None:
+        if meta is None and store is not None and store.count() > 0:
+            raise ModelMismatch(f"{where}: {META_FILE} is missing and the table does not record which "
+                                "model made its vectors",
+                                hint=f"restore {META_FILE} from a backup, or re-index into a new --db")
+        return meta, False
+    if meta is None:
+        log.warning("%s: %s was missing or unreadable; rebuilt from the table's record of its model (%s)",
+                    where, META_FILE, recorded.get("model_name"))
+        return {**recorded, "created": time.time(), "roots": []}, True
+    if (meta.get("model_id"), meta.get("dim")) != (recorded.get("model_id"), recorded.get("dim")):
+        log.warning("%s: %s names the model %s but the table was built with %s; the table's "
+                    "record wins", where, META_FILE, meta.get("model_name"), recorded.get("model_name"))
+        return {**meta, **recorded}, True
+    return meta, False
 
 
 def new_meta(encoder) -> dict[str, Any]:
@@ -83,6 +122,20 @@ def new_meta(encoder) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
             "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
             "created": time.time(), "roots": []}
+
+
+def _existing_store(p: Path):
+    from clipsearch.store import Store
+
+    return Store.open_existing(os.path.abspath(p))
+
+
+def _save_rebuilt_meta(path: Path, meta: dict) -> None:
+    """Write a rebuilt clipsearch.json; a reader on read-only storage goes on without it."""
+    try:
+        _write_json_atomic(path, meta)
+    except ClipsearchError as e:
+        log.warning("could not write the rebuilt %s: %s", path, e)
 
 
 class Collection:
@@ -106,11 +159,13 @@ class Collection:
         from clipsearch.encoders import Encoder
 
         p = Path(path).expanduser() if path else default_db_dir()
-        if (p / META_FILE).exists():
+        if cls.exists(p):
             raise UsageError(f"a collection already exists at {p}", hint="use Collection.open")
         encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
-        p.mkdir(parents=True, exist_ok=True)
+        with storage_errors(str(p)):
+            p.mkdir(parents=True, exist_ok=True)
         meta = new_meta(encoder)
+        settle_meta(None, _existing_store(p), str(p))  # an old table that records nothing: refused
         _write_json_atomic(p / META_FILE, meta)
         col = cls(p, meta, device)
         col._encoder = encoder
@@ -122,29 +177,44 @@ class Collection:
         """Open an existing collection. If `model` is given it must be the one it was built with."""
         p = Path(path).expanduser() if path else default_db_dir()
         meta_path = p / META_FILE
-        if not meta_path.is_file():
+        meta, unreadable = None, None
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as e:
+                unreadable = e
+        store = _existing_store(p)
+        meta, rebuilt = settle_meta(meta, store, os.path.abspath(p))
+        if meta is None and unreadable is not None:
+            raise ClipsearchError(f"{meta_path} is unreadable: {unreadable}",
+                                  hint="restore it from a backup, or re-index into a new --db")
+        if meta is None:
             raise CollectionNotFound(f"no collection at {p}",
                                      hint="create one with `clipsearch index PATH --db DIR`")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ClipsearchError(f"{meta_path} is unreadable: {e}",
-                                  hint="restore it from a backup, or re-index into a new --db") from e
+        if rebuilt:
+            _save_rebuilt_meta(meta_path, meta)
         check_meta(meta, str(p), model, checkpoint)
-        return cls(p, meta, device)
+        col = cls(p, meta, device)
+        if store is not None and store.dim == int(meta["dim"]):
+            col._store = store
+        return col
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike | None = None, model: str | None = None,
                        checkpoint: str | None = None, device: str | None = "auto") -> Collection:
         p = Path(path).expanduser() if path else default_db_dir()
-        if (p / META_FILE).exists():
+        if cls.exists(p):
             return cls.open(p, device=device, model=model, checkpoint=checkpoint)
         return cls.create(p, model=model, checkpoint=checkpoint, device=device)
 
     @staticmethod
     def exists(path: str | os.PathLike | None = None) -> bool:
+        """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
         p = Path(path).expanduser() if path else default_db_dir()
-        return (p / META_FILE).is_file()
+        if (p / META_FILE).is_file():
+            return True
+        store = _existing_store(p)
+        return store is not None and store.recorded_meta() is not None
 
     # ---- parts, loaded lazily ----------------------------------------------------------------
     @property
@@ -162,9 +232,14 @@ class Collection:
     @property
     def store(self):
         if self._store is None:
-            from clipsearch.store import Store
+            from clipsearch.errors import StorageError
+            from clipsearch.store import TABLE, Store
 
-            self._store = Store(self.path, int(self.meta["dim"]))
+            if "last_run" in self.meta and not (self.path / f"{TABLE}.lance").is_dir():
+                raise StorageError(f"the collection's table {self.path / TABLE}.lance is missing",
+                                   hint="restore the collection folder from a backup, or re-index "
+                                        "into a new --db")
+            self._store = Store(self.path, int(self.meta["dim"]), meta=model_fields(self.meta))
         return self._store
 
     @property
@@ -224,20 +299,32 @@ class Collection:
         directory, the indexers' context, and the roots remembered for later runs."""
         from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext
 
-        self.thumb_dir.mkdir(parents=True, exist_ok=True)
+        with storage_errors(str(self.path)):
+            self.thumb_dir.mkdir(parents=True, exist_ok=True)
+        leftovers.clean(self.path, self.searcher.ann_dir, self.thumb_dir)
+        if self.store.recorded_meta() is None:  # a table from before tables recorded their model
+            self.store.record_meta(model_fields(self.meta))
         self._remember_roots(roots)
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
 
     def _finish_run(self, report, fit_transforms: bool) -> None:
         """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
-        transforms), unless the run was interrupted or changed nothing and the saved ANN index
-        already matches the table (a no-op re-run should cost a stat per file, not a rebuild)."""
+        transforms), unless the run was interrupted, or changed nothing and every derived part
+        is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A
+        damaged part, or a refresh that an earlier run did not finish, is rebuilt here."""
         self._write_skip_log(report)
-        unchanged = report.indexed == 0 and report.removed == 0
-        skip = unchanged and self.searcher.ann_saved_version() == self.store.version
-        if not report.interrupted and not skip:
-            self.refresh(fit_transforms=fit_transforms)
+        if report.interrupted:
+            return
+        if report.indexed == 0 and report.removed == 0:
+            problems = self.searcher.derived_problems(fit_transforms=fit_transforms)
+            if (self.path / REFRESH_MARKER).exists():
+                problems.insert(0, "an earlier refresh of the derived state did not finish")
+            for problem in problems:
+                log.warning("%s: %s; rebuilding it from the table", self.path, problem)
+            if not problems:
+                return
+        self.refresh(fit_transforms=fit_transforms)
 
     def save_meta(self) -> None:
         """Persist `self.meta` (a remote collection writes it next to its table instead)."""
@@ -260,10 +347,18 @@ class Collection:
         self.save_meta()
 
     def refresh(self, fit_transforms: bool = True) -> None:
-        """Rebuild what is derived from the table: the ANN index, full-text index, transforms."""
+        """Rebuild what is derived from the table: the ANN index, full-text index, transforms.
+
+        A marker file stands while it runs: a refresh cut short (kill, full disk) is redone by
+        the next index run even if that run changes nothing."""
+        marker = self.path / REFRESH_MARKER
+        with storage_errors(str(self.path)):
+            self.path.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{time.time()}\n")
         self.searcher.ensure_text_index()  # first: building it makes a new table version
         self.searcher.rebuild_ann(save=True)  # tagged with the final version
         self.searcher.after_write(fit_transforms=fit_transforms)
+        marker.unlink(missing_ok=True)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
         """Forget these files (and everything under these folders). Returns sources removed."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch.failures import detail
 from clipsearch.fusion import RRF_K, best_member, confident_head, gated_rrf, group_ranking, rrf
 from clipsearch.store import sql_str as _sql
 
@@ -87,6 +88,47 @@ def ensure_fts_index(table: Table) -> bool:
         table.create_index("text", config=FTS(with_position=True), replace=True)
     table.create_index("source", config=FTS(), replace=True)
     return True
+
+
+FTS_PROBE = "clipsearchfulltextprobe"  # a word no collection holds: the query reads the index only
+
+
+def fts_columns(table: Table) -> list[str]:
+    """The columns `ensure_fts_index` indexes for this table's rows."""
+    if table.count_rows() == 0:
+        return []
+    return ["source", *(["text"] if table.count_rows("text IS NOT NULL") > 0 else [])]
+
+
+def fts_problem(table: Table) -> str | None:
+    """Why a full-text index `ensure_fts_index` makes is missing or unreadable (one line), or None.
+
+    A deleted index folder still appears in the table's index list, so each index is also asked
+    one query."""
+    wanted = fts_columns(table)
+    if not wanted:
+        return None
+    have = {tuple(ix.columns) for ix in table.list_indices() if str(ix.index_type).upper() == "FTS"}
+    for column in wanted:
+        if (column,) not in have:
+            return f"the full-text index on {column!r} is missing"
+        try:
+            table.search(FTS_PROBE, query_type="fts", fts_columns=column).limit(1).to_list()
+        except Exception as e:  # lancedb raises RuntimeError/OSError/lance errors alike
+            return f"the full-text index on {column!r} is unreadable ({detail(e)})"
+    return None
+
+
+_warned_keyword: set[tuple[str, str]] = set()
+
+
+def _warn_keyword(table: Table, column: str, error: Exception) -> None:
+    """One warning per table, column and process: keyword matches are being left out."""
+    key = (str(getattr(table, "uri", id(table))), column)
+    if key not in _warned_keyword:
+        _warned_keyword.add(key)
+        log.warning("keyword matches on %s are left out: the full-text index is unusable (%s); the next "
+                    "`clipsearch index` rebuilds it", column, detail(error))
 
 
 def search_documents(
@@ -174,6 +216,7 @@ def keyword_search(
     index yet, it is retried as plain words, then gives up with an empty list (logged).
     """
     plain = " ".join(re.findall(r"\w+", query))
+    error = None
     for q in dict.fromkeys([query, plain]):
         if not q.strip():
             continue
@@ -184,10 +227,13 @@ def keyword_search(
             rows = builder.select([*_COLUMNS, "_score"]).limit(n).to_list()
         except Exception as e:  # lancedb raises ValueError/RuntimeError/lance errors alike
             log.info("keyword search for %r failed: %s", q, e)
+            error = e
             continue
         for r in rows:
             r["score"] = float(r.pop("_score", 0.0))
         return rows
+    if error is not None and fts_problem(table) is not None:
+        _warn_keyword(table, column, error)
     return []
 
 
@@ -225,7 +271,8 @@ def _vector_leg(
         if not hits:
             return []
         ids = ", ".join(_sql(str(i)) for i, _ in hits)
-        rows = {r["id"]: r for r in _scan(table, _and(f"id IN ({ids})", where_under))}
+        # the kind again: the table is the truth, whatever the index says
+        rows = {r["id"]: r for r in _scan(table, _and(f"kind = {_sql(kind)}", f"id IN ({ids})", where_under))}
         out = []
         for i, s in hits:
             if str(i) in rows:

@@ -31,6 +31,10 @@ class CollectionNotFound(ClipsearchError):
     """No collection exists at the given path."""
 
 
+class StorageError(ClipsearchError):
+    """The disk, the table's files or the object store failed (full disk, damaged file, no server)."""
+
+
 class TransformError(ClipsearchError):
     """A transform is missing, unfittable or corrupt."""
 

@@ -27,8 +27,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from clipsearch.collection import META_FILE, SKIP_LOG, Collection, check_meta, new_meta
+from clipsearch.collection import (
+    META_FILE,
+    SKIP_LOG,
+    Collection,
+    check_meta,
+    model_fields,
+    new_meta,
+    settle_meta,
+)
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
+from clipsearch.failures import storage_errors
+from clipsearch.leftovers import temp_name
 from clipsearch.model_registry import resolve
 
 log = logging.getLogger(__name__)
@@ -137,8 +147,9 @@ class Location:
     def exists(self, name: str) -> bool:
         import pyarrow.fs as pafs
 
-        fs, _ = self._fs_root()
-        return fs.get_file_info(self._key(name)).type == pafs.FileType.File
+        with storage_errors(self.uri):
+            fs, _ = self._fs_root()
+            return fs.get_file_info(self._key(name)).type == pafs.FileType.File
 
     def read_bytes(self, name: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
@@ -151,8 +162,8 @@ class Location:
         except OSError as e:
             if "NoSuchKey" in str(e) or "does not exist" in str(e):
                 return None
-            raise ClipsearchError(f"cannot read {self.uri}/{name}: {e}",
-                                  hint="check the endpoint and credentials (AWS_* variables)") from e
+            with storage_errors(f"{self.uri}/{name}"):
+                raise
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace the object whole (object stores make a completed PUT atomic)."""
@@ -160,19 +171,34 @@ class Location:
         try:
             with fs.open_output_stream(self._key(name)) as f:
                 f.write(data)
-        except OSError as e:
-            raise ClipsearchError(f"cannot write {self.uri}/{name}: {e}",
-                                  hint="check the bucket exists and the credentials may write") from e
+        except OSError:
+            with storage_errors(f"{self.uri}/{name}"):
+                raise
 
-    def read_json(self, name: str = META_FILE) -> dict | None:
+    def read_json(self, name: str = META_FILE, missing_if_unreadable: bool = False) -> dict | None:
         data = self.read_bytes(name)
         if data is None:
             return None
         try:
             return json.loads(data)
         except ValueError as e:
+            if missing_if_unreadable:
+                return None
             raise ClipsearchError(f"{self.uri}/{name} is unreadable: {e}",
                                   hint="restore it from a backup, or re-index into a new --db") from e
+
+    def store(self):
+        """The collection's table here, if there is one (see `Store.open_existing`)."""
+        from clipsearch.store import Store
+
+        return Store.open_existing(self.uri, self.storage_options or None)
+
+    def holds_collection(self) -> bool:
+        """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
+        if self.exists(META_FILE):
+            return True
+        store = self.store()
+        return store is not None and store.recorded_meta() is not None
 
     def write_json(self, data: dict, name: str = META_FILE) -> None:
         self.write_bytes(name, json.dumps(data, indent=2).encode())
@@ -181,8 +207,9 @@ class Location:
         """Bytes stored under the URI (listing; costs one request per 1,000 objects)."""
         import pyarrow.fs as pafs
 
-        fs, root = self._fs_root()
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        with storage_errors(self.uri):
+            fs, root = self._fs_root()
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
         return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
 
 
@@ -208,10 +235,11 @@ class RemoteCollection(Collection):
         from clipsearch.encoders import Encoder
 
         loc = Location(uri, storage_options)
-        if loc.exists(META_FILE):
+        if loc.holds_collection():
             raise UsageError(f"a collection already exists at {loc.uri}", hint="open it instead")
         encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
         meta = new_meta(encoder)
+        settle_meta(None, loc.store(), loc.uri)  # an old table that records nothing: refused
         loc.write_json(meta)
         col = cls(loc, meta, device)
         col._encoder = encoder
@@ -223,12 +251,21 @@ class RemoteCollection(Collection):
              storage_options: dict[str, str] | None = None) -> RemoteCollection:
         """Open the collection at `uri`; `model`, if given, must be the one it was built with."""
         loc = Location(uri, storage_options)
-        meta = loc.read_json()
+        store = loc.store()
+        meta = loc.read_json(missing_if_unreadable=store is not None and store.recorded_meta() is not None)
+        meta, rebuilt = settle_meta(meta, store, loc.uri)
         if meta is None:
             raise CollectionNotFound(f"no collection at {loc.uri}",
                                      hint="create one with `clipsearch index PATH --db URI`")
+        if rebuilt:
+            try:
+                loc.write_json(meta)
+            except ClipsearchError as e:
+                log.warning("could not write the rebuilt %s/%s: %s", loc.uri, META_FILE, e)
         check_meta(meta, loc.uri, model, checkpoint)
         col = cls(loc, meta, device)
+        if store is not None and store.dim == int(meta["dim"]):
+            col._store = store
         col._pull_transforms()
         return col
 
@@ -236,7 +273,7 @@ class RemoteCollection(Collection):
     def open_or_create(cls, uri: str, model: str | None = None,  # type: ignore[override]
                        checkpoint: str | None = None, device: str | None = "auto",
                        storage_options: dict[str, str] | None = None) -> RemoteCollection:
-        if Location(uri, storage_options).exists(META_FILE):
+        if Location(uri, storage_options).holds_collection():
             return cls.open(uri, device=device, model=model, checkpoint=checkpoint,
                             storage_options=storage_options)
         return cls.create(uri, model=model, checkpoint=checkpoint, device=device,
@@ -249,7 +286,8 @@ class RemoteCollection(Collection):
             from clipsearch.store import Store
 
             self._store = Store(self.uri, int(self.meta["dim"]),
-                                storage_options=self.location.storage_options or None)
+                                storage_options=self.location.storage_options or None,
+                                meta=model_fields(self.meta))
         return self._store
 
     @property
@@ -282,10 +320,14 @@ class RemoteCollection(Collection):
         local = self.path / TRANSFORMS_FILE
         if data is None or (local.is_file() and local.read_bytes() == data):
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{TRANSFORMS_FILE}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, local)
+        with storage_errors(str(self.path)):
+            self.path.mkdir(parents=True, exist_ok=True)
+            tmp = temp_name(local)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, local)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def info(self) -> dict[str, Any]:
         out = super().info()

@@ -4,6 +4,10 @@ Default search spans images, video frames (one hit per video, at its best frame)
 pages. Moments and documents have their own rankers (`moments`, `docsearch`); this module only
 routes to them. Every query checks the table version, so a searcher in a long-running process
 (the web server) sees what another process indexed, without a restart.
+
+Derived state that is damaged (a saved ANN shard, the full-text index, the transforms) is
+skipped by queries with one warning, and reported by `derived_problems` so that the next
+index run rebuilds it from the table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.leftovers import temp_name
 from clipsearch.store import float32_vectors
 
 if TYPE_CHECKING:
@@ -110,12 +115,31 @@ class Searcher:
             self._transformed.clear()
             return ann
 
-    def ann_saved_version(self) -> int | None:
-        """Table version the on-disk ANN index was built from (None if there is none)."""
+    def derived_problems(self, fit_transforms: bool = True) -> list[str]:
+        """One line per part of the derived state that is missing, stale or damaged and must be
+        rebuilt from the table: the saved ANN index, the full-text index, the transforms."""
+        from clipsearch.docsearch import fts_problem
+
+        problems = [self._ann_problem(), fts_problem(self.col.store.table),
+                    self._transforms_problem(fit_transforms)]
+        return [p for p in problems if p]
+
+    def _ann_problem(self) -> str | None:
+        store = self.col.store
+        return AnnIndex.problem(self.ann_dir, version=store.version, rows=store.count())
+
+    def _transforms_problem(self, fit_transforms: bool) -> str | None:
+        from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
+
+        if not TransformSet.exists(self.col.path):
+            enough = self.col.store.count(f"kind IN {IMAGE_LIKE!r}") >= MIN_CENTER_SAMPLES
+            return "no transforms are fitted though there are enough items" if fit_transforms and enough \
+                else None
         try:
-            return int(json.loads((self.ann_dir / "current.json").read_text())["version"])
-        except (OSError, ValueError, KeyError):
-            return None
+            TransformSet.load(self.col.path, self.col.meta["model_id"], int(self.col.meta["dim"]))
+        except TransformError as e:
+            return str(e)
+        return None
 
     def ann(self) -> AnnIndex:
         """The ANN index at the table's current version: cached, loaded, or rebuilt."""
@@ -171,15 +195,19 @@ class Searcher:
         cache = self.col.path / "builtin_text_vectors.npy"
         if cache.exists():
             try:
-                vecs = np.load(cache)
-                if vecs.ndim == 2 and vecs.shape[1] == int(self.col.meta["dim"]):
+                vecs = np.load(cache, allow_pickle=False)
+                if vecs.ndim == 2 and vecs.shape[1] == int(self.col.meta["dim"]) and np.isfinite(vecs).all():
                     return vecs
-            except (OSError, ValueError):
-                pass
+            except Exception as e:  # truncated or garbage: embed the captions again
+                log.warning("%s is unreadable (%s); embedding the captions again", cache, e)
         vecs = embed_builtin_captions(self.col.encoder).astype(np.float32)
-        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.npy")
-        np.save(tmp, vecs)
-        os.replace(tmp, cache)
+        tmp = temp_name(cache)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, vecs)
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)
         return vecs
 
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
@@ -223,8 +251,14 @@ class Searcher:
         if fit_transforms and store.count("kind IN ('image','video_frame','doc_page')") >= MIN_CENTER_SAMPLES:
             try:
                 self.fit_transforms(strict=False, embed_text=False)
+                return
             except TransformError as e:
                 log.info("transforms not fitted: %s", e)
+        problem = self._transforms_problem(fit_transforms=False)
+        if problem:  # damaged and not refittable now: remove it rather than report it every run
+            log.warning("%s; removing it", problem)
+            (self.col.path / "transforms.npz").unlink(missing_ok=True)
+            self._transforms = None
 
     def _transformed_index(self, kinds: tuple[str, ...], whiten: bool, center: bool) -> AnnIndex:
         """A flat index over transformed vectors of `kinds` (transforms move every vector)."""
@@ -311,7 +345,7 @@ class Searcher:
                                           whiten, center).search(qv, need, kinds=kinds, under=under)[0]
         else:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
-        hits = self._hydrate(raw)
+        hits = self._of_kinds(self._hydrate(raw), kinds)
         hits = _group(hits)
         if hybrid and text:
             hits = self._hybrid(hits, text, kinds, need)
@@ -331,6 +365,11 @@ class Searcher:
                 continue
             out.append(hit_from_row(r, score))
         return out
+
+    @staticmethod
+    def _of_kinds(hits: list[Hit], kinds: tuple[str, ...]) -> list[Hit]:
+        """Only hits of the kinds asked for: the table's kind is the truth, whatever an index says."""
+        return [h for h in hits if h.kind in kinds]
 
     def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int) -> list[Hit]:
         """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score."""

@@ -2,6 +2,10 @@
 
 One row per retrievable item. Every write replaces *all* rows of a set of source files in one
 merge_insert, i.e. one atomic commit: a crash leaves either the old rows or the new ones.
+
+The table's schema metadata records which model made its vectors (`recorded_meta`), so the
+collection's identity survives a lost or replaced `clipsearch.json`. Storage failures leave
+every method as a one-line `StorageError` naming the collection (`clipsearch.failures`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from clipsearch.failures import guarded, storage_errors
 from clipsearch.records import Record, display_path, item_id
 
 TABLE = "items"
+TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 
 
-def schema(dim: int) -> pa.Schema:
+def schema(dim: int, meta: dict | None = None) -> pa.Schema:
+    """The table's schema; `meta` (the model fields of clipsearch.json) goes into its metadata."""
+    metadata = {TABLE_META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
@@ -38,7 +46,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("size", pa.int64()),
         pa.field("content_hash", pa.string()),
         pa.field("vector", pa.list_(pa.float16(), dim)),
-    ])
+    ], metadata=metadata)
 
 
 def sql_str(value: str) -> str:
@@ -73,30 +81,64 @@ class SourceRows:
 
 
 class Store:
-    """Thin, typed wrapper over the LanceDB table. Knows nothing about models or indexers."""
+    """Thin, typed wrapper over the LanceDB table. Knows nothing about models or indexers.
 
-    def __init__(self, db_dir: str | Path, dim: int, storage_options: dict | None = None) -> None:
-        import lancedb
+    `meta` is what a new table records about its model (see `recorded_meta`)."""
 
+    def __init__(self, db_dir: str | Path, dim: int, storage_options: dict | None = None,
+                 meta: dict | None = None, create: bool = True) -> None:
         self.db_dir = str(db_dir)
         self.dim = dim
-        self._db = lancedb.connect(self.db_dir, read_consistency_interval=timedelta(0),
-                                   storage_options=storage_options)
-        listed = self._db.list_tables()
-        names = getattr(listed, "tables", listed)
-        if TABLE in list(names):
-            self.table = self._db.open_table(TABLE)
-        else:
-            self.table = self._db.create_table(TABLE, schema=schema(dim))
+        with storage_errors(self.db_dir):
+            self._db = _connect(self.db_dir, storage_options)
+            if _has_table(self._db):
+                self.table = self._db.open_table(TABLE)
+            elif create:
+                self.table = self._db.create_table(TABLE, schema=schema(dim, meta))
+            else:
+                raise LookupError(f"no table at {self.db_dir}")
+
+    @classmethod
+    def open_existing(cls, db_dir: str | Path, storage_options: dict | None = None) -> Store | None:
+        """The table at `db_dir` if there is one (its dim read from its schema); never creates."""
+        if "://" not in str(db_dir) and not (Path(db_dir) / f"{TABLE}.lance").is_dir():
+            return None  # connecting would create the folder
+        with storage_errors(str(db_dir)):
+            if not _has_table(_connect(str(db_dir), storage_options)):
+                return None
+        try:
+            store = cls(db_dir, 0, storage_options, create=False)
+        except LookupError:
+            return None
+        store.dim = int(store.table.schema.field("vector").type.list_size)
+        return store
 
     # ---- reads -------------------------------------------------------------------------------
     @property
+    @guarded
     def version(self) -> int:
         return int(self.table.version)
 
+    @guarded
+    def recorded_meta(self) -> dict | None:
+        """The model fields the table recorded when it was created (None for an older table)."""
+        raw = (self.table.schema.metadata or {}).get(TABLE_META_KEY)
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    @guarded
+    def record_meta(self, meta: dict) -> None:
+        """Record the model fields in a table made before tables recorded them."""
+        self.table.to_lance().update_schema_metadata(
+            {TABLE_META_KEY.decode(): json.dumps(meta, sort_keys=True)})
+
+    @guarded
     def count(self, where: str | None = None) -> int:
         return int(self.table.count_rows(where)) if where else int(self.table.count_rows())
 
+    @guarded
     def file_states(self) -> dict[bytes, FileState]:
         """Per source file, the state its rows were computed from (for change detection)."""
         t = self.table.to_lance().to_table(columns=["source_raw", "mtime", "size", "content_hash"])
@@ -106,19 +148,23 @@ class Store:
         hs = t.column("content_hash").to_pylist()
         return {r: FileState(m, s, h) for r, m, s, h in zip(raws, mt, sz, hs, strict=True)}
 
+    @guarded
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
         return self.table.to_lance().to_table(columns=list(columns), filter=where)
 
+    @guarded
     def vectors(self, where: str | None = None) -> tuple[pa.Table, np.ndarray]:
         """Metadata and float32 vectors of every matching row, in one consistent snapshot."""
         t = self.scan(META_COLUMNS + ["vector"], where)
         return t.drop_columns(["vector"]), float32_vectors(t.column("vector"))
 
+    @guarded
     def snapshot(self):
         """The table pinned at its current version (a lance dataset): several reads of one build
         see the same rows even while a writer commits."""
         return self.table.to_lance()
 
+    @guarded
     def vector_batches(self, snapshot, columns: Sequence[str], where: str | None = None,
                        batch_rows: int = 65_536) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """(metadata batch, float32 vectors) over matching rows, a batch at a time, so an index
@@ -127,11 +173,13 @@ class Store:
             if b.num_rows:
                 yield b.drop_columns(["vector"]), float32_vectors(b.column("vector"))
 
+    @guarded
     def take_vectors(self, snapshot, positions: np.ndarray) -> np.ndarray:
         """float32 vectors of the rows at these scan positions (e.g. a k-means training sample)."""
         t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["vector"])
         return float32_vectors(t.column("vector"))
 
+    @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
             return self.scan(META_COLUMNS, "false")
@@ -168,6 +216,7 @@ class Store:
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), self.dim))
         return pa.Table.from_arrays(arrays, schema=sch)
 
+    @guarded
     def replace_sources(self, items: Sequence[SourceRows]) -> None:
         """Atomically make the rows of these sources exactly `items` (one commit)."""
         if not items:
@@ -177,6 +226,7 @@ class Store:
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
 
+    @guarded
     def delete_sources(self, raws: Sequence[bytes]) -> int:
         """Remove every row of these sources in one commit. Returns the number of sources."""
         if not raws:
@@ -186,6 +236,18 @@ class Store:
             self.table.delete("source IN (" + ",".join(sql_str(display_path(r)) for r in chunk) + ")")
         return len(raws)
 
+    @guarded
     def touch(self, raw: bytes, mtime: float) -> None:
         """Record a new mtime for a file whose content hash proved unchanged."""
         self.table.update(where=f"source = {sql_str(display_path(raw))}", values={"mtime": mtime})
+
+
+def _connect(db_dir: str, storage_options: dict | None):
+    import lancedb
+
+    return lancedb.connect(db_dir, read_consistency_interval=timedelta(0), storage_options=storage_options)
+
+
+def _has_table(db) -> bool:
+    listed = db.list_tables()
+    return TABLE in list(getattr(listed, "tables", listed))

@@ -444,7 +444,8 @@ class TransformSet:
             header["whitening"] = {"beta": w.beta, "keep_dims": w.keep_dims, "eps": w.eps}
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
         target = db / FILENAME
-        fd, tmp = tempfile.mkstemp(prefix=".transforms-", suffix=".npz", dir=db)
+        # the pid in the name lets the next writer tell a leftover from a live write (leftovers.py)
+        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.tmp-{os.getpid()}-", dir=db)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, header=blob, **arrays)

@@ -122,6 +122,12 @@ class RemoteSearcher(Searcher):
                 return self._ann
         return super().rebuild_ann(save=save)
 
+    def _ann_problem(self) -> str | None:
+        """A Lance vector index lives in the table itself: nothing local to check."""
+        if self._lance_indexed(self.col.store):
+            return None
+        return super()._ann_problem()
+
     def ann(self):
         with self._lock:
             store = self.col.store
