@@ -86,6 +86,9 @@ def storage_failure(exc: BaseException, where: str) -> StorageError | None:
             w in low for w in ("permission denied", "read-only file system", "access denied", "forbidden")):
         return StorageError(f"{where}: not allowed to write or read there ({what})",
                             hint="pick a --db folder you may write to, or fix its permissions")
+    if code == errno.ENOENT and isinstance(exc, OSError):
+        return StorageError(f"{where}: cannot be created or read there ({what})",
+                            hint="give --db a folder on a disk you may write to (not under /proc or /sys)")
     if any(w in low for w in _NETWORK):
         return StorageError(f"{where}: the object store cannot be reached ({what})",
                             hint=f"check the server (AWS_ENDPOINT_URL) is up and reachable and the "
