@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from clipsearch.encoders import Encoder
-from clipsearch.errors import SkipFile
+from clipsearch.errors import SkipFile, StorageError
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
 from clipsearch.indexers.base import IndexContext, Indexer
 from clipsearch.indexers.scanner import Found, Problem, has_media_extension, scan
@@ -213,6 +213,9 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
         _run_others(others, encoder, ctx, committer, report, bar)
     except KeyboardInterrupt:
         report.interrupted = True
+    except StorageError:  # the disk or server failed: a second commit attempt on the way out
+        committer.pending, committer.rows = [], 0  # would only wait for the same failure
+        raise
     finally:
         committer.flush()
         bar.close()
