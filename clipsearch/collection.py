@@ -341,7 +341,8 @@ class Collection:
     def _write_skip_log(self, report) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
-        (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
+        with storage_errors(str(self.path / SKIP_LOG)):
+            (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
                                  "time": time.time()}
         self.save_meta()
@@ -355,9 +356,10 @@ class Collection:
         with storage_errors(str(self.path)):
             self.path.mkdir(parents=True, exist_ok=True)
             marker.write_text(f"{time.time()}\n")
-        self.searcher.ensure_text_index()  # first: building it makes a new table version
-        self.searcher.rebuild_ann(save=True)  # tagged with the final version
-        self.searcher.after_write(fit_transforms=fit_transforms)
+        with storage_errors(str(self.store.db_dir)):
+            self.searcher.ensure_text_index()  # first: building it makes a new table version
+            self.searcher.rebuild_ann(save=True)  # tagged with the final version
+            self.searcher.after_write(fit_transforms=fit_transforms)
         marker.unlink(missing_ok=True)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:

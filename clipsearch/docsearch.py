@@ -93,22 +93,17 @@ def ensure_fts_index(table: Table) -> bool:
 FTS_PROBE = "clipsearchfulltextprobe"  # a word no collection holds: the query reads the index only
 
 
-def fts_columns(table: Table) -> list[str]:
-    """The columns `ensure_fts_index` indexes for this table's rows."""
-    if table.count_rows() == 0:
-        return []
-    return ["source", *(["text"] if table.count_rows("text IS NOT NULL") > 0 else [])]
-
-
 def fts_problem(table: Table) -> str | None:
     """Why a full-text index `ensure_fts_index` makes is missing or unreadable (one line), or None.
 
     A deleted index folder still appears in the table's index list, so each index is also asked
     one query."""
-    wanted = fts_columns(table)
-    if not wanted:
+    if table.count_rows() == 0:
         return None
     have = {tuple(ix.columns) for ix in table.list_indices() if str(ix.index_type).upper() == "FTS"}
+    wanted = ["source"]
+    if ("text",) in have or table.count_rows("text IS NOT NULL") > 0:  # counting scans: only if needed
+        wanted.append("text")
     for column in wanted:
         if (column,) not in have:
             return f"the full-text index on {column!r} is missing"

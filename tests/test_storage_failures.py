@@ -241,5 +241,11 @@ def test_an_object_store_that_dies_mid_run_is_one_line_and_keeps_committed_work(
         assert committed >= 2
         report = col.add([photos])
         assert report.unchanged == committed and col.store.count() == 60
+        # and a lost clipsearch.json is rebuilt from the table's record there too
+        s3.delete_object(Bucket="dying", Key="col/clipsearch.json")
+        again = open_collection(uri, device="cpu")
+        assert again.meta["model_id"] == col.meta["model_id"]
+        assert "clipsearch.json" in [o["Key"].split("/")[-1] for o in
+                                     s3.list_objects_v2(Bucket="dying", Prefix="col/")["Contents"]]
     finally:
         server.stop()
