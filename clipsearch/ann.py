@@ -544,8 +544,8 @@ class AnnIndex:
             _, d, listing = cls._listing(ann_dir)
         except FileNotFoundError:
             return {}
-        except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
-            _warn_once(ann_dir, cls._describe(ann_dir, e))
+        except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:  # the caller rebuilds
+            log.info("no reusable ANN shards: %s", cls._describe(ann_dir, e))
             return {}
         saved = listing.get("fingerprints", {})
         out = {}
@@ -555,7 +555,7 @@ class AnnIndex:
                 try:
                     out[kind] = cls._load_shard(d, e)
                 except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
-                    _warn_once(ann_dir, cls._describe(ann_dir, err))
+                    log.info("the %s shard is rebuilt: %s", kind, cls._describe(ann_dir, err))
         return out
 
     @classmethod
