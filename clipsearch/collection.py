@@ -347,6 +347,8 @@ class Collection:
     def _write_skip_log(self, report) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
+        lines += [f"{root}\tnot updated: {reason}; its rows are kept (--prune-missing removes them)"
+                  for root, reason in report.vanished]
         (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
                                  "time": time.time()}

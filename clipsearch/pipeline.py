@@ -135,6 +135,7 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
         if job is not None:
             jobs.append(job)
     covered, kept = vanished_roots(walk, states, report, prune_missing)
+    report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
     return jobs, gone
 
@@ -171,8 +172,8 @@ def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexRepo
                    prune_missing: bool) -> tuple[list[bytes], list[bytes]]:
     """(prefixes whose unseen rows are gone, prefixes whose rows are kept) after a walk.
 
-    A root vanished when it is missing, cannot be listed, or is a folder that now holds
-    nothing at all while the collection has rows under it (an unplugged drive leaves its empty
+    A root vanished when it is missing, cannot be listed, or is an empty folder while the
+    collection has rows under it (an unplugged drive leaves its empty
     mount folder). Its rows are kept and it is reported in `report.vanished`, unless
     `prune_missing`: then its rows go and it lands in `report.pruned_roots`.
     """
@@ -182,7 +183,7 @@ def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexRepo
     for root in walk.empty:
         real = os.path.realpath(root)
         if any(_under(raw, [root, real]) for raw in states):
-            lost.append((root, "it holds no files now (an unplugged drive?)"))
+            lost.append((root, "it is empty now (an unplugged drive?)"))
     for root, reason in lost:
         forms = [root, os.path.realpath(root)]
         if prune_missing:
@@ -194,7 +195,6 @@ def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexRepo
             report.vanished.append((display_path(root), reason))
             log.warning("%s: %s; its rows are kept (--prune-missing removes them)",
                         display_path(root), reason)
-    report.linked_roots.extend(walk.linked)
     return covered, kept
 
 

@@ -114,7 +114,7 @@ class Scan:
     unwalked: folders under those whose content is unknown (cannot be listed, empty mount
               point): rows under them are not gone.
     vanished: (root, reason) for roots that are missing or cannot be listed.
-    empty:    directory roots that hold nothing at all (not even hidden or excluded files).
+    empty:    directory roots that are empty (not even hidden or excluded entries).
     linked:   real targets of followed symlinks that lead outside the indexed folders.
     """
 
@@ -201,13 +201,12 @@ class Scan:
                     yield Problem(os.path.join(d.path, IGNORE_FILE), bad, notable=True)
             subdirs = []
             for e in entries:
-                rel = _rel_join(d.rel, e.name)
-                found = self._entry(e, d, rel, ignores, subdirs)
+                found = self._entry(e, d, ignores, subdirs)
                 if found is not None:
                     yield found
             stack.extend(reversed(subdirs))
 
-    def _entry(self, e: os.DirEntry, d: _Dir, rel: str, ignores, subdirs: list) -> Found | Problem | None:
+    def _entry(self, e: os.DirEntry, d: _Dir, ignores, subdirs: list) -> Found | Problem | None:
         """One directory entry: a Found/Problem to report, None to pass over (subdirectories
         to enter are appended to `subdirs`)."""
         if e.name == IGNORE_FILE or (not self.rules.include_hidden and e.name.startswith(b".")):
@@ -217,7 +216,9 @@ class Scan:
             is_dir = not link and e.is_dir(follow_symlinks=False)
         except OSError as err:
             return Problem(e.path, _explain(err))
-        if self._excluded(rel, is_dir, ignores):
+        matching = bool(ignores or self.rules.excludes)
+        rel = _rel_join(d.rel, e.name) if matching or is_dir else ""
+        if matching and self._excluded(rel, is_dir, ignores):
             return None
         if link:
             return self._link(e.path)

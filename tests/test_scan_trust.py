@@ -234,6 +234,7 @@ def test_missing_or_empty_roots_keep_their_rows(tmp_path):
     p = ok(cli("index", str(a), str(b), "--db", str(db), "-q"))
     assert "indexed 1 files" in p.stdout and "0 removed" in p.stdout
     assert f"warning: {b}: no such file or directory" in p.stderr and "--prune-missing" in p.stderr
+    assert skip_reasons(db)[str(b)].startswith("not updated: no such file or directory")
     assert cli("index", str(a), str(b), "--db", str(db), "-q", "--strict").returncode == 1
     col = Collection.open(db, device="cpu")
     assert sum(os.fsdecode(r).startswith(str(b) + "/") for r in sources(col)) == n
@@ -241,7 +242,7 @@ def test_missing_or_empty_roots_keep_their_rows(tmp_path):
     # b back as an empty mount folder: a plain re-run of every root keeps its rows too
     b.mkdir()
     p = ok(cli("index", "--db", str(db), "-q"))
-    assert "0 removed" in p.stdout and f"warning: {b}: it holds no files now" in p.stderr
+    assert "0 removed" in p.stdout and f"warning: {b}: it is empty now" in p.stderr
     assert Collection.open(db, device="cpu").info()["sources"] == 2 * n + 1
 
     # --prune-missing removes them on purpose, and forgets the root
@@ -376,3 +377,38 @@ def test_a_broken_ignore_file_is_reported_not_fatal(tmp_path):
     assert report.indexed == len(list(photos.glob("*.jpg")))  # line 2 still applies
     reasons = dict(report.skipped)
     assert "invalid pattern on line 1" in reasons[str(photos / ".clipsearchignore")]
+
+
+def test_unreadable_root_and_empty_mount_point_keep_their_rows(tmp_path, monkeypatch):
+    """Root can read anything here, so the permission error and the mount point are injected."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_shapes(a / "usb", per_class=1, seed=1)
+    write_shapes(a / "local", per_class=1, seed=2)
+    write_shapes(b, per_class=1, seed=3)
+    col = new_col(tmp_path)
+    col.add([a, b])
+    n = len(os.listdir(b))
+    for f in (a / "usb").iterdir():  # the drive is unplugged: its mount folder is left, empty
+        f.unlink()
+    (b / "red_star_0.jpg").unlink()
+
+    real_scandir, real_ismount = os.scandir, os.path.ismount
+
+    def scandir(path="."):
+        if isinstance(path, (str, bytes)) and os.fsdecode(path) == str(b):
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fsdecode(p) == str(a / "usb") or real_ismount(p))
+    shutil.copy(a / "local" / "red_star_0.jpg", a / "local" / "new.jpg")
+    report = col.add()
+    assert (report.indexed, report.removed) == (1, 0)
+    assert report.vanished == [(str(b), "cannot list it: permission denied (unreadable)")]
+    under = [os.fsdecode(r) for r in sources(col)]
+    assert sum(s.startswith(str(a / "usb") + "/") for s in under) == n
+    assert sum(s.startswith(str(b) + "/") for s in under) == n  # red_star_0 too: b was not seen
+
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    report = col.add()  # b readable again: its deleted file goes, the empty mount still holds
+    assert report.removed == 1 and not report.vanished
