@@ -412,3 +412,15 @@ def test_unreadable_root_and_empty_mount_point_keep_their_rows(tmp_path, monkeyp
     monkeypatch.setattr(os, "scandir", real_scandir)
     report = col.add()  # b readable again: its deleted file goes, the empty mount still holds
     assert report.removed == 1 and not report.vanished
+
+
+def test_a_root_named_through_a_symlink_is_stored_and_searched_by_its_real_path(tmp_path):
+    photos = tmp_path / "photos"
+    write_shapes(photos, per_class=1)
+    os.symlink(photos, tmp_path / "link")
+    col = new_col(tmp_path)
+    col.add([tmp_path / "link"])
+    assert col.roots == [str(photos)]
+    assert all(os.fsdecode(r).startswith(str(photos) + "/") for r in sources(col))
+    assert col.add([photos]).unchanged == len(os.listdir(photos))  # the same files, not new ones
+    assert len(col.search(text="a red star", k=3, under=str(tmp_path / "link"))) == 3
