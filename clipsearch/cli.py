@@ -93,7 +93,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @db_opt
 @click.option("--model", envvar="CLIPSEARCH_MODEL", default=None,
               help="ARCH/TAG, hf-hub:ORG/REPO, ARCH with --checkpoint, a preset, or clipsearch-tiny. "
@@ -112,7 +112,24 @@ def main() -> None:
                    "runs on CUDA.")
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
-@click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
+@click.option("--strict", is_flag=True,
+              help="Exit non-zero when any file was skipped or a root was not found.")
+@click.option("--follow-symlinks/--no-follow-symlinks", default=None,
+              help="Follow symlinks that lead outside the indexed folders; their targets become "
+                   "roots. Default: only links to targets inside them. Saved with the collection.")
+@click.option("--include-hidden/--no-include-hidden", default=None,
+              help="Index hidden files and folders (names starting with a dot). Default: skip them. "
+                   "Saved with the collection.")
+@click.option("--exclude", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out what this gitignore-style pattern matches, relative to each root "
+                   "(repeatable: '*.tmp', 'node_modules/', '/raw'). Added to the saved ones.")
+@click.option("--clear-excludes", is_flag=True, help="Forget the saved --exclude patterns first.")
+@click.option("--verify", is_flag=True,
+              help="Re-hash every file, re-embedding any whose content changed behind an unchanged "
+                   "size and mtime.")
+@click.option("--prune-missing", is_flag=True,
+              help="Remove the rows of roots that are missing or now empty (kept by default: "
+                   "an unplugged drive).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: threads in this process. ray: Ray Data tasks + an embedding actor pool.")
 @click.option("--ray-address", default=None, help="Ray cluster address (with --engine ray); default: local.")
@@ -122,12 +139,15 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, strict, engine,
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, strict,
+          follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
           ray_address, gpus_per_worker, commit_every, quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
-    Safe to stop (Ctrl-C) and re-run: committed work is kept and the next run resumes.
-    Skipped files are listed with --verbose and always written to DB/skipped.log.
+    Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
+    committed work is kept and the next run resumes. Skipped files are listed with --verbose
+    and always written to DB/skipped.log. Hidden files, the collection itself and caches are
+    never indexed; see --exclude and .clipsearchignore for the rest.
     """
     _setup_logging(verbose)
     if engine == "ray" and decode == "gpu":
@@ -138,23 +158,36 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         from clipsearch.gpu_decode import check_mode
 
         check_mode(decode, pick_device(device))
-    from clipsearch.objectstore import open_or_create
+    from clipsearch.objectstore import open_collection, open_or_create
 
     db = db or _db_default()
-    col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    if paths:
+        col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    else:  # re-index the saved roots of an existing collection
+        col = open_collection(db, device=device, model=model, checkpoint=checkpoint)
     options = {"fps": fps} if fps else {}
+    walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
+            "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
+            "prune_missing": prune_missing}
     if engine == "ray":
         from clipsearch.engines.ray_engine import index_with_ray
 
         report = index_with_ray(col, list(paths), address=ray_address, workers=workers,
                                 gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                                 max_pixels=max_pixels, options=options, progress=not quiet,
-                                commit_files=commit_every)
+                                commit_files=commit_every, **walk)
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
                          max_pixels=max_pixels, options=options, commit_files=commit_every,
-                         decode=decode)
+                         decode=decode, **walk)
     click.echo(report.summary())
+    for root, reason in report.vanished:
+        click.secho(f"warning: {root}: {reason}; not updated, its rows are kept", fg="yellow", err=True)
+    if report.vanished:
+        click.echo("hint: plug the drive back in and re-run, or pass --prune-missing to remove "
+                   "those rows", err=True)
+    for root in report.pruned_roots:
+        click.echo(f"  pruned {os.fsdecode(root)}: missing, its rows removed and the root forgotten")
     if report.skipped:
         if verbose:
             for path, reason in report.skipped:
@@ -164,8 +197,31 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
                        "(or use --verbose)")
     if report.interrupted:
         sys.exit(130)
-    if strict and report.skipped:
+    if strict and (report.skipped or report.vanished):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@db_opt
+@verbose_opt
+@handle_errors
+def remove(paths, db, verbose):
+    """Forget files and folders: their rows, and the saved roots they are or hold.
+
+    Needs no model. A file inside a folder that stays indexed comes back on the next
+    `index` of that folder: --exclude it or list it in a .clipsearchignore to keep it out.
+    """
+    _setup_logging(verbose)
+    from clipsearch.objectstore import open_collection
+
+    col = open_collection(db or _db_default(), device="cpu")
+    before = set(col.roots)
+    n = col.remove(list(paths))
+    dropped = sorted(before - set(col.roots))
+    click.echo(f"removed {n} files" + (f"; forgot roots: {', '.join(dropped)}" if dropped else ""))
+    if not n and not dropped:
+        click.echo("  nothing indexed there (paths are matched as given and as real paths)")
 
 
 @main.command()
@@ -246,6 +302,13 @@ def info(db, as_json, verbose):
     for kd, n in sorted(data["kinds"].items()):
         click.echo(f"  {kd:<13}{n}")
     click.echo(f"roots       {', '.join(data['roots']) or '-'}")
+    scan = data["scan"]
+    links = "followed only inside the roots"
+    if scan["follow_symlinks"]:
+        links = "followed anywhere (--follow-symlinks); their targets are roots"
+    click.echo(f"symlinks    {links}")
+    click.echo(f"hidden      {'included (--include-hidden)' if scan['include_hidden'] else 'skipped'}")
+    click.echo(f"excludes    {', '.join(scan['excludes']) or '-'}  (plus .clipsearchignore files)")
     click.echo(f"disk        {data['disk_bytes'] / 1e6:.1f} MB")
     click.echo(f"ann         {data['ann']['type']} over {data['ann']['rows']} rows")
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")

@@ -29,6 +29,7 @@ from clipsearch.errors import (
     UsageError,
 )
 from clipsearch.failures import storage_errors
+from clipsearch.indexers.scanner import ScanRules, is_inside
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Searcher
 
@@ -51,16 +52,30 @@ def default_db_dir() -> Path:
     return Path(base) / "clipsearch" / "default"
 
 
-def resolve_roots(paths: Sequence[str | os.PathLike]) -> list[bytes]:
-    """Absolute path bytes of what the user asked to index; a missing path is a usage error."""
-    roots = []
-    for p in paths:
-        raw = os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p))))
-        if not os.path.lexists(raw):
-            raise UsageError(f"{os.fsdecode(raw)}: no such file or directory",
-                             hint="check the path you passed to index")
-        roots.append(raw)
+def resolve_roots(paths: Sequence[str | os.PathLike], known: Sequence[str] = ()) -> list[bytes]:
+    """Absolute path bytes of what the user asked to index.
+
+    A missing path is kept (the run warns and keeps its rows: a drive may be unplugged); only
+    when nothing named exists and none of it was indexed before is it a usage error (a typo).
+    """
+    roots = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
+    known_real = {os.path.realpath(os.fsencode(k)) for k in known}
+    if roots and not any(os.path.exists(r) or os.path.realpath(r) in known_real for r in roots):
+        raise UsageError(f"{os.fsdecode(roots[0])}: no such file or directory",
+                         hint="check the path you passed to index")
     return roots
+
+
+def cache_dirs() -> list[tuple[bytes, str]]:
+    """Cache folders no walk enters: $XDG_CACHE_HOME (~/.cache) and clipsearch's own cache."""
+    from clipsearch.objectstore import cache_root
+
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    out = [(os.path.realpath(os.fsencode(xdg)), "the cache folder ($XDG_CACHE_HOME or ~/.cache)")]
+    own = os.path.realpath(os.fsencode(str(cache_root())))
+    if not any(is_inside(own, d) for d, _ in out):
+        out.append((own, "clipsearch's cache folder ($CLIPSEARCH_CACHE)"))
+    return out
 
 
 def check_meta(meta: dict, where: str, model: str | None = None, checkpoint: str | None = None) -> None:
@@ -74,6 +89,17 @@ def check_meta(meta: dict, where: str, model: str | None = None, checkpoint: str
             raise ModelMismatch(
                 f"the collection at {where} was built with {meta['model_name']}, not {wanted.name}",
                 hint="leave out --model (a collection knows its model), or use another --db")
+
+
+def _check_pattern(pattern: str) -> None:
+    """An exclude pattern pathspec can compile, or a usage error naming it."""
+    import pathspec
+
+    try:
+        pathspec.GitIgnoreSpec.from_lines([pattern])
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--exclude {pattern!r}: not a valid pattern ({e})",
+                         hint="use gitignore syntax, e.g. '*.tmp', 'node_modules/', '/raw'") from e
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -252,6 +278,52 @@ class Collection:
     def roots(self) -> list[str]:
         return list(self.meta.get("roots", []))
 
+    def scan_options(self) -> dict[str, Any]:
+        """The walk options saved with the collection (what a plain re-run uses)."""
+        saved = self.meta.get("scan") or {}
+        return {"follow_symlinks": bool(saved.get("follow_symlinks", False)),
+                "include_hidden": bool(saved.get("include_hidden", False)),
+                "excludes": list(saved.get("excludes", []))}
+
+    def set_scan_options(self, follow_symlinks: bool | None = None, include_hidden: bool | None = None,
+                         exclude: Sequence[str] | None = None,
+                         clear_excludes: bool = False) -> dict[str, Any]:
+        """Change the saved walk options: None keeps a setting, `exclude` adds patterns
+        (gitignore syntax, relative to each root), `clear_excludes` drops the saved ones first."""
+        opts = self.scan_options()
+        if follow_symlinks is not None:
+            opts["follow_symlinks"] = bool(follow_symlinks)
+        if include_hidden is not None:
+            opts["include_hidden"] = bool(include_hidden)
+        if clear_excludes:
+            opts["excludes"] = []
+        for pattern in exclude or ():
+            _check_pattern(pattern)
+            if pattern not in opts["excludes"]:
+                opts["excludes"].append(pattern)
+        if opts != self.scan_options() or "scan" not in self.meta:
+            self.meta["scan"] = opts
+            self.save_meta()
+        return opts
+
+    def scan_rules(self) -> ScanRules:
+        """The rules of this collection's walks: saved options, saved roots, folders never entered."""
+        opts = self.scan_options()
+        never = [(os.path.realpath(os.fsencode(str(self.path))), "the collection's own folder"),
+                 *cache_dirs()]
+        return ScanRules(follow_symlinks=opts["follow_symlinks"], include_hidden=opts["include_hidden"],
+                         excludes=tuple(opts["excludes"]), never_enter=tuple(never),
+                         indexed=tuple(os.path.realpath(os.fsencode(r)) for r in self.roots))
+
+    def run_roots(self, paths: Sequence[str | os.PathLike] | None) -> list[bytes]:
+        """What a run indexes: `paths`, or every saved root when none are given."""
+        if paths:
+            return resolve_roots(paths, self.roots)
+        if not self.roots:
+            raise UsageError("give the files or folders to index",
+                             hint="clipsearch index PATH... (later runs without PATH update them all)")
+        return [os.fsencode(r) for r in self.roots]
+
     @property
     def thumb_dir(self) -> Path:
         return self.path / "thumbs"
@@ -272,25 +344,34 @@ class Collection:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def add(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
+    def add(self, paths: Sequence[str | os.PathLike] | None = None, *, batch_size: int = 32,
             workers: int | None = None, progress: bool = False, max_pixels: int | None = None,
             options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256,
-            decode: str = "auto"):
-        """Index files and folders: new and changed files are embedded, vanished ones removed.
+            decode: str = "auto", follow_symlinks: bool | None = None,
+            include_hidden: bool | None = None, exclude: Sequence[str] | None = None,
+            clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False):
+        """Index files and folders (default: every saved root): new and changed files are
+        embedded, vanished ones removed.
 
         Returns an `IndexReport`. Bad files are skipped with a reason (see report.skipped and
         `skipped.log` in the collection directory); they never stop the job. `decode`: where
         JPEGs are decoded: auto (on the GPU when the encoder runs on CUDA), cpu or gpu.
+        `follow_symlinks`, `include_hidden`, `exclude`, `clear_excludes` change the saved walk
+        options (see `set_scan_options`). `verify` re-hashes files whose size and mtime did not
+        change. A root that is missing or now empty keeps its rows (`report.vanished`) unless
+        `prune_missing`.
         """
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
 
-        roots = resolve_roots(paths)
+        roots = self.run_roots(paths)
         with self._writer_lock():
+            self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
             ctx = self._begin_run(roots, max_pixels, options)
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
                                   batch_size=batch_size, workers=workers, progress=progress,
-                                  commit_files=commit_files, decode=decode)
+                                  commit_files=commit_files, decode=decode, rules=self.scan_rules(),
+                                  verify=verify, prune_missing=prune_missing)
             self._finish_run(report, fit_transforms)
         return report
 
@@ -304,7 +385,7 @@ class Collection:
         leftovers.clean(self.path, self.searcher.ann_dir, self.thumb_dir)
         if self.store.recorded_meta() is None:  # a table from before tables recorded their model
             self.store.record_meta(model_fields(self.meta))
-        self._remember_roots(roots)
+        self._remember_roots([r for r in roots if os.path.exists(r)])
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
 
@@ -313,6 +394,9 @@ class Collection:
         transforms), unless the run was interrupted, or changed nothing and every derived part
         is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A
         damaged part, or a refresh that an earlier run did not finish, is rebuilt here."""
+        self._remember_roots(report.linked_roots)
+        if report.pruned_roots:
+            self._forget_roots(report.pruned_roots)
         self._write_skip_log(report)
         if report.interrupted:
             return
@@ -331,16 +415,27 @@ class Collection:
         _write_json_atomic(self.path / META_FILE, self.meta)
 
     def _remember_roots(self, roots: list[bytes]) -> None:
-        known = set(self.meta.get("roots", []))
-        for r in roots:
-            d = r if os.path.isdir(r) else os.path.dirname(r)
-            known.add(os.fsdecode(d))
-        self.meta["roots"] = sorted(known)
-        self.save_meta()
+        """Save roots by real path; a file root stays a file (it admits no siblings)."""
+        known = {os.path.realpath(r) for r in self.meta.get("roots", [])}
+        known |= {os.fsdecode(os.path.realpath(r)) for r in roots}
+        if sorted(known) != self.meta.get("roots"):
+            self.meta["roots"] = sorted(known)
+            self.save_meta()
+
+    def _forget_roots(self, paths: Sequence[bytes]) -> list[str]:
+        """Drop the saved roots that are, or lie under, any of `paths`; returns those dropped."""
+        prefixes = [f for p in paths for f in (os.path.abspath(p), os.path.realpath(p))]
+        dropped = [r for r in self.roots if any(is_inside(os.fsencode(r), p) for p in prefixes)]
+        if dropped:
+            self.meta["roots"] = [r for r in self.roots if r not in dropped]
+            self.save_meta()
+        return dropped
 
     def _write_skip_log(self, report) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
+        lines += [f"{root}\tnot updated: {reason}; its rows are kept (--prune-missing removes them)"
+                  for root, reason in report.vanished]
         with storage_errors(str(self.path / SKIP_LOG)):
             (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
@@ -363,14 +458,19 @@ class Collection:
         marker.unlink(missing_ok=True)
 
     def remove(self, paths: Sequence[str | os.PathLike]) -> int:
-        """Forget these files (and everything under these folders). Returns sources removed."""
+        """Forget these files (and everything under these folders), and drop them from the saved
+        roots so a plain re-run does not bring them back. Needs no model. Returns sources removed.
+
+        A file or folder inside a root that stays is indexed again by the next run of that root:
+        exclude it (`exclude=`, `.clipsearchignore`) to keep it out."""
+        raws = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
+        prefixes = [f for r in raws for f in (r, os.path.realpath(r))]
         with self._writer_lock():
-            states = self.store.file_states()
-            prefixes = [os.fsencode(os.path.abspath(os.fspath(p))) for p in paths]
-            gone = [r for r in states if any(r == p or r.startswith(p.rstrip(b"/") + b"/")
-                                             for p in prefixes)]
-            n = self.store.delete_sources(gone)
-            self.refresh()
+            gone = [r for r in self.store.file_states() if any(is_inside(r, p) for p in prefixes)]
+            n = self.store.delete_sources(gone, thumb_dir=self.thumb_dir)
+            self._forget_roots(raws)
+            if n:
+                self.refresh()
             return n
 
     # ---- reading -----------------------------------------------------------------------------
@@ -391,7 +491,7 @@ class Collection:
 
     def info(self) -> dict[str, Any]:
         store = self.store
-        t = store.scan(["kind", "source"])
+        t = store.scan(["kind", "source_raw"])
         kinds: dict[str, int] = {}
         for kd in t.column("kind").to_pylist():
             kinds[kd] = kinds.get(kd, 0) + 1
@@ -399,12 +499,13 @@ class Collection:
         return {
             "path": str(self.path),
             "items": t.num_rows,
-            "sources": len(set(t.column("source").to_pylist())),
+            "sources": len(set(t.column("source_raw").to_pylist())),
             "kinds": kinds,
             "model": self.meta["model_name"],
             "model_id": self.meta["model_id"],
             "dim": int(self.meta["dim"]),
             "roots": self.roots,
+            "scan": self.scan_options(),
             "disk_bytes": size,
             "table_version": store.version,
             "ann": self.searcher.ann_description(),

@@ -22,7 +22,7 @@ from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
 from clipsearch.indexers.base import IndexContext, Indexer
-from clipsearch.indexers.scanner import Found, Problem, has_media_extension, scan
+from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension, is_inside
 from clipsearch.records import Record, display_path
 from clipsearch.store import FileState, SourceRows, Store
 
@@ -63,6 +63,9 @@ class IndexReport:
     removed: int = 0
     items: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    vanished: list[tuple[str, str]] = field(default_factory=list)  # (root, why): rows kept
+    pruned_roots: list[bytes] = field(default_factory=list)  # vanished roots removed on purpose
+    linked_roots: list[bytes] = field(default_factory=list)  # followed symlink targets
     scan_seconds: float = 0.0
     seconds: float = 0.0
     interrupted: bool = False
@@ -78,6 +81,8 @@ class IndexReport:
         s = (f"indexed {self.indexed} files ({self.items} items), {self.unchanged} unchanged, "
              f"{self.removed} removed, {len(self.skipped)} skipped in {self.seconds:.1f} s "
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
+        if self.vanished:
+            s += f"; {len(self.vanished)} root(s) not found, their rows kept"
         return s + (" [interrupted: run again to resume]" if self.interrupted else "")
 
 
@@ -105,40 +110,92 @@ class _Committer:
             self.pending, self.rows = [], 0
 
 
-def plan(store: Store, roots: list[bytes], indexers: list[Indexer],
-         report: IndexReport) -> tuple[list[Job], list[bytes]]:
-    """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone."""
+def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: IndexReport,
+         rules: ScanRules | None = None, *, verify: bool = False,
+         prune_missing: bool = False) -> tuple[list[Job], list[bytes]]:
+    """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone.
+
+    Each file is keyed by its real path, once however many roots or links reach it. `verify`
+    re-hashes files whose size and mtime are unchanged. Rows under a root that vanished (see
+    `vanished_roots`) are kept unless `prune_missing`.
+    """
     states: dict[bytes, FileState] = store.file_states()
     jobs: list[Job] = []
     seen: set[bytes] = set()
-    for entry in scan(roots):
-        seen.add(entry.path)
+    walk = Scan(roots, rules)
+    for entry in walk:
         if isinstance(entry, Problem):
-            if has_media_extension(entry.path) or os.path.islink(entry.path):
+            if entry.keeps_rows:
+                seen.add(entry.path)
+            if entry.notable or has_media_extension(entry.path) or os.path.islink(entry.path):
                 report.skipped.append((display_path(entry.path), entry.reason))
             continue
-        old = states.get(entry.path)
-        if old is not None and old.mtime == entry.mtime and old.size == entry.size:
-            report.unchanged += 1
-            continue
-        job = _job_for(entry, indexers, report)
-        if job is None:
-            continue
-        if old is not None and old.size == entry.size:
-            try:
-                job.content_hash = content_hash(entry.path, entry.size)
-            except OSError as e:
-                report.skipped.append((display_path(entry.path), f"unreadable: {e.strerror}"))
-                continue
-            if job.content_hash == old.content_hash:
-                store.touch(entry.path, entry.mtime)
-                report.unchanged += 1
-                continue
-        jobs.append(job)
-    prefixes = [os.path.abspath(r).rstrip(b"/") for r in roots]
-    gone = [raw for raw in states if raw not in seen and any(
-        raw == p or raw.startswith(p + b"/") for p in prefixes)]
+        seen.add(entry.path)
+        job = _plan_file(store, entry, states.get(entry.path), indexers, report, verify)
+        if job is not None:
+            jobs.append(job)
+    covered, kept = vanished_roots(walk, states, report, prune_missing)
+    report.linked_roots.extend(walk.linked)
+    gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
     return jobs, gone
+
+
+def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list[Indexer],
+               report: IndexReport, verify: bool) -> Job | None:
+    """A job for a new or changed file; None for an unchanged (or unindexable) one."""
+    same_stat = old is not None and old.mtime == entry.mtime and old.size == entry.size
+    if same_stat and not verify:
+        report.unchanged += 1
+        return None
+    job = _job_for(entry, indexers, report)
+    if job is None:
+        return None
+    if old is not None and old.size == entry.size:
+        try:
+            job.content_hash = content_hash(entry.path, entry.size)
+        except OSError as e:
+            report.skipped.append((display_path(entry.path), f"unreadable: {e.strerror}"))
+            return None
+        if job.content_hash == old.content_hash:
+            if not same_stat:
+                store.touch(entry.path, entry.mtime)
+            report.unchanged += 1
+            return None
+    return job
+
+
+def _under(raw: bytes, prefixes: list[bytes]) -> bool:
+    return any(is_inside(raw, p) for p in prefixes)
+
+
+def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexReport,
+                   prune_missing: bool) -> tuple[list[bytes], list[bytes]]:
+    """(prefixes whose unseen rows are gone, prefixes whose rows are kept) after a walk.
+
+    A root vanished when it is missing, cannot be listed, or is an empty folder while the
+    collection has rows under it (an unplugged drive leaves its empty
+    mount folder). Its rows are kept and it is reported in `report.vanished`, unless
+    `prune_missing`: then its rows go and it lands in `report.pruned_roots`.
+    """
+    covered = list(walk.walked)
+    kept = list(walk.unwalked)
+    lost = list(walk.vanished)
+    for root in walk.empty:
+        real = os.path.realpath(root)
+        if any(_under(raw, [root, real]) for raw in states):
+            lost.append((root, "it is empty now (an unplugged drive?)"))
+    for root, reason in lost:
+        forms = [root, os.path.realpath(root)]
+        if prune_missing:
+            covered.extend(forms)
+            report.pruned_roots.append(root)
+        else:
+            if not _under(root, [c for c in covered if c not in forms]):  # not seen gone in a walk
+                kept.extend(forms)
+            report.vanished.append((display_path(root), reason))
+            log.warning("%s: %s; its rows are kept (--prune-missing removes them)",
+                        display_path(root), reason)
+    return covered, kept
 
 
 def _job_for(entry: Found, indexers: list[Indexer], report: IndexReport) -> Job | None:
@@ -193,15 +250,17 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
 
 def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
         indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
-        progress: bool = True, commit_files: int = 256, decode: str = "auto") -> IndexReport:
+        progress: bool = True, commit_files: int = 256, decode: str = "auto",
+        rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False) -> IndexReport:
     """Bring the store up to date with the files under `roots`. Never raises for one bad file.
 
-    `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA."""
+    `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA.
+    `rules`, `verify`, `prune_missing`: see `plan`."""
     gpu = JpegDecoder.for_encoder(encoder, decode)
     report = IndexReport()
     t0 = time.perf_counter()
-    jobs, gone = plan(store, roots, indexers, report)
-    report.removed = store.delete_sources(gone)
+    jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
+    report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
     committer = _Committer(store, commit_files)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,

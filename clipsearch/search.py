@@ -308,7 +308,8 @@ class Searcher:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
             raise UsageError(f"offset must be >= 0, got {offset}")
-        under = os.path.abspath(os.path.expanduser(under)) if under else None
+        # sources are real paths (symlinks resolved), so the folder is too
+        under = os.path.realpath(os.path.expanduser(under)) if under else None
         kind = (kind or "").lower() or None
         if kind is not None and kind not in USER_KINDS and kind not in KIND_ALIASES:
             raise UsageError(f"unknown kind '{kind}'", hint="one of: " + ", ".join(USER_KINDS))

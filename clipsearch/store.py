@@ -10,7 +10,9 @@ every method as a one-line `StorageError` naming the collection (`clipsearch.fai
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +54,17 @@ def schema(dim: int, meta: dict | None = None) -> pa.Schema:
 def sql_str(value: str) -> str:
     """A SQL string literal (single quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def sql_bytes(value: bytes) -> str:
+    """A SQL binary literal (X'hex'): how rows are matched to their source file's raw name."""
+    return "X'" + value.hex() + "'"
+
+
+def sources_filter(raws: Iterable[bytes]) -> str:
+    """SQL filter for every row of these source files, by raw path bytes: two names that
+    display alike (invalid UTF-8 shown escaped) are still two files."""
+    return "source_raw IN (" + ",".join(sql_bytes(r) for r in raws) + ")"
 
 
 def float32_vectors(col) -> np.ndarray:
@@ -180,6 +193,15 @@ class Store:
         return float32_vectors(t.column("vector"))
 
     @guarded
+    def thumbs_of(self, raws: Sequence[bytes]) -> list[str]:
+        """Thumbnail paths recorded in the rows of these sources."""
+        out: list[str] = []
+        for i in range(0, len(raws), 500):
+            t = self.scan(["thumb"], sources_filter(raws[i:i + 500]))
+            out += [x for x in t.column("thumb").to_pylist() if x]
+        return out
+
+    @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
             return self.scan(META_COLUMNS, "false")
@@ -222,24 +244,32 @@ class Store:
         if not items:
             return
         data = self._to_arrow(items)
-        cond = "source IN (" + ",".join(sql_str(display_path(i.source_raw)) for i in items) + ")"
+        cond = sources_filter(i.source_raw for i in items)
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
 
     @guarded
-    def delete_sources(self, raws: Sequence[bytes]) -> int:
-        """Remove every row of these sources in one commit. Returns the number of sources."""
+    def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike | None = None) -> int:
+        """Remove every row of these sources (one commit per 500). Returns the number of sources.
+
+        With `thumb_dir`, their thumbnails there go too, so nothing of a file that left the
+        collection can still be served."""
         if not raws:
             return 0
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
-            self.table.delete("source IN (" + ",".join(sql_str(display_path(r)) for r in chunk) + ")")
+            thumbs = self.thumbs_of(chunk) if thumb_dir is not None else []
+            self.table.delete(sources_filter(chunk))
+            for t in thumbs:
+                if os.path.realpath(os.path.dirname(t)) == os.path.realpath(thumb_dir):
+                    with contextlib.suppress(OSError):
+                        os.unlink(t)
         return len(raws)
 
     @guarded
     def touch(self, raw: bytes, mtime: float) -> None:
         """Record a new mtime for a file whose content hash proved unchanged."""
-        self.table.update(where=f"source = {sql_str(display_path(raw))}", values={"mtime": mtime})
+        self.table.update(where=sources_filter([raw]), values={"mtime": mtime})
 
 
 def _connect(db_dir: str, storage_options: dict | None):

@@ -1,7 +1,19 @@
 """Walk the roots and report every candidate file, or why it cannot be read.
 
-Paths are bytes from start to end, so names that are not valid UTF-8 survive. Symlinks are
-followed, but a directory is entered once (by device and inode), so symlink loops end.
+Paths are bytes from start to end, so names that are not valid UTF-8 survive. Every file is
+reported by its real path (symlinks resolved), once per walk however many roots, links or
+hard links lead to it, so a file has one identity and one set of rows.
+
+What the walk leaves out, and why:
+- symlinks whose target lies outside the indexed folders, unless `follow_symlinks` (the
+  user then chose that target: it is reported in `Scan.linked`, to become a root);
+- the folders in `ScanRules.never_enter` (the collection itself, caches) and any folder that
+  holds another clipsearch collection;
+- hidden names (a leading dot) unless `include_hidden`;
+- what `ScanRules.excludes` or a `.clipsearchignore` file (gitignore syntax) matches.
+
+A root that is missing or cannot be listed is not walked (`Scan.vanished`), nor is an empty
+folder that is a mount point (`Scan.unwalked`): their files are not known to be gone.
 """
 
 from __future__ import annotations
@@ -12,6 +24,8 @@ import stat as st
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pathspec
+
 from clipsearch.records import display_path
 
 MEDIA_EXTENSIONS = {
@@ -19,6 +33,9 @@ MEDIA_EXTENSIONS = {
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
     b".pdf", b".txt", b".md", b".markdown",
 }
+IGNORE_FILE = b".clipsearchignore"
+COLLECTION_MARKERS = (b"clipsearch.json", b"items.lance")
+OUTSIDE = "symlink leads outside the indexed folders (--follow-symlinks follows it)"
 
 
 @dataclass
@@ -30,12 +47,49 @@ class Found:
 
 @dataclass
 class Problem:
+    """A path that cannot be indexed. `keeps_rows`: rows already stored for it stay (a file
+    that is unreadable today may be readable tomorrow); False when the path must not be
+    indexed at all (a symlink that leads outside). `notable`: worth reporting whatever its
+    name (otherwise only media files and symlinks are reported)."""
+
     path: bytes
     reason: str
+    keeps_rows: bool = True
+    notable: bool = False
+
+
+@dataclass(frozen=True)
+class ScanRules:
+    """What a walk follows and leaves out. All paths are real (resolved) paths."""
+
+    follow_symlinks: bool = False
+    include_hidden: bool = False
+    excludes: tuple[str, ...] = ()
+    never_enter: tuple[tuple[bytes, str], ...] = ()  # (folder, what it is, for the reason)
+    indexed: tuple[bytes, ...] = ()  # roots of earlier runs: symlink targets there are inside
+
+
+@dataclass
+class _Dir:
+    path: bytes
+    base: bytes  # the root (or followed target) this folder was reached from
+    rel: str  # its path relative to base, '/'-separated, '' for base itself
+    ignores: tuple[tuple[str, pathspec.PathSpec], ...] = ()  # (folder rel to base, its patterns)
 
 
 def has_media_extension(path: bytes) -> bool:
     return os.path.splitext(path)[1].lower() in MEDIA_EXTENSIONS
+
+
+def is_inside(path: bytes, folder: bytes) -> bool:
+    """Whether `path` is `folder` or lies under it (both absolute, normalised)."""
+    folder = folder.rstrip(b"/")
+    return path == folder or path.startswith(folder + b"/")
+
+
+def is_collection_dir(names: set[bytes]) -> bool:
+    """A folder holding a clipsearch collection (metadata + table), by its entries' names."""
+    return all(m in names for m in COLLECTION_MARKERS)
 
 
 def _explain(e: OSError) -> str:
@@ -46,57 +100,223 @@ def _explain(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _classify(path: bytes) -> Found | Problem | str | None:
-    """Found file, Problem, 'dir' for a directory to enter, or None to ignore."""
-    try:
-        s = os.stat(path)
-    except OSError as e:
-        if os.path.islink(path):
-            return Problem(path, "symlink loop" if e.errno == errno.ELOOP else "dangling symlink")
-        return Problem(path, _explain(e))
-    if st.S_ISDIR(s.st_mode):
-        return "dir"
-    if not st.S_ISREG(s.st_mode):
-        return None
-    return Found(path, s.st_mtime, s.st_size)
+def _rel_join(rel: str, name: bytes) -> str:
+    n = os.fsdecode(name)
+    return f"{rel}/{n}" if rel else n
 
 
-def scan(roots: list[bytes]) -> Iterator[Found | Problem]:
-    """Yield regular files (any extension) and problems under the roots, depth first, sorted."""
-    seen_dirs: set[tuple[int, int]] = set()
-    for root in roots:
-        root = os.path.abspath(root)
-        kind = _classify(root)
-        if isinstance(kind, Found | Problem):
-            yield kind
-            continue
-        if kind != "dir":
-            continue
-        stack = [root]
+class Scan:
+    """One walk over `roots` (absolute paths, as the user gave them). Iterate it for Found and
+    Problem entries; afterwards the attributes say what was covered.
+
+    walked:   prefixes whose every file was seen (a file under one that was not seen is gone);
+              both the given and the real form of each root.
+    unwalked: folders under those whose content is unknown (cannot be listed, empty mount
+              point): rows under them are not gone.
+    vanished: (root, reason) for roots that are missing or cannot be listed.
+    empty:    directory roots that are empty (not even hidden or excluded entries).
+    linked:   real targets of followed symlinks that lead outside the indexed folders.
+    """
+
+    def __init__(self, roots: list[bytes], rules: ScanRules | None = None) -> None:
+        self.roots = [os.path.abspath(r) for r in roots]
+        self.rules = rules or ScanRules()
+        self.walked: list[bytes] = []
+        self.unwalked: list[bytes] = []
+        self.vanished: list[tuple[bytes, str]] = []
+        self.empty: list[bytes] = []
+        self.linked: list[bytes] = []
+        self._real_roots = [os.path.realpath(r) for r in self.roots]
+        self._excludes = pathspec.GitIgnoreSpec.from_lines(self.rules.excludes)
+        self._seen_dirs: set[tuple[int, int]] = set()
+        self._seen_files: set[tuple[int, int]] = set()
+        self._pending: list[bytes] = []  # followed symlink targets still to walk
+
+    # ---- the walk ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Found | Problem]:
+        for given, real in zip(self.roots, self._real_roots, strict=True):
+            yield from self._root(given, real)
+        while self._pending:
+            target = self._pending.pop(0)
+            self.walked.append(target)
+            yield from self._tree(target)
+
+    def _root(self, given: bytes, real: bytes) -> Iterator[Found | Problem]:
+        try:
+            s = os.stat(real)
+        except OSError as e:
+            reason = "no such file or directory" if e.errno == errno.ENOENT else _explain(e)
+            self.vanished.append((given, reason))
+            return
+        barrier = self._never_enter(real)
+        if barrier:
+            yield Problem(given, f"not indexed: inside {barrier}", keeps_rows=False, notable=True)
+            return
+        self.walked.extend([given, real] if given != real else [given])
+        if st.S_ISDIR(s.st_mode):
+            yield from self._tree(real, root_given=given)
+        elif st.S_ISREG(s.st_mode):
+            found = self._file(real, s)
+            if found is not None:
+                yield found
+
+    def _tree(self, top: bytes, root_given: bytes | None = None) -> Iterator[Found | Problem]:
+        stack = [_Dir(top, top, "")]
         while stack:
             d = stack.pop()
             try:
-                s = os.stat(d)
+                s = os.stat(d.path)
                 key = (s.st_dev, s.st_ino)
-                if key in seen_dirs:
-                    if os.path.islink(d):
-                        yield Problem(d, "symlink loop (directory already visited)")
+                if key in self._seen_dirs:
                     continue
-                seen_dirs.add(key)
-                names = sorted(os.listdir(d))
+                self._seen_dirs.add(key)
+                with os.scandir(d.path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
             except OSError as e:
-                yield Problem(d, f"cannot list directory: {_explain(e)}")
+                if root_given is not None and d.path == top:
+                    self.walked = [w for w in self.walked if w not in (root_given, top)]
+                    self.vanished.append((root_given, f"cannot list it: {_explain(e)}"))
+                else:
+                    self.unwalked.append(d.path)
+                    yield Problem(d.path, f"cannot list directory: {_explain(e)}; its rows are kept",
+                                  notable=True)
                 continue
+            names = {e.name for e in entries}
+            if is_collection_dir(names):
+                if d.path == top:
+                    yield Problem(top, "not indexed: it is a clipsearch collection", keeps_rows=False,
+                                  notable=True)
+                continue
+            if not entries:
+                if d.path == top and root_given is not None:
+                    self.empty.append(root_given)
+                elif os.path.ismount(d.path):
+                    self.unwalked.append(d.path)  # an unplugged drive's mount folder
+                continue
+            ignores = d.ignores
+            if IGNORE_FILE in names:
+                spec, bad = self._ignore_spec(os.path.join(d.path, IGNORE_FILE))
+                ignores = ignores + ((d.rel, spec),)
+                if bad:
+                    yield Problem(os.path.join(d.path, IGNORE_FILE), bad, notable=True)
             subdirs = []
-            for name in names:
-                p = os.path.join(d, name)
-                kind = _classify(p)
-                if kind == "dir":
-                    subdirs.append(p)
-                elif kind is not None:
-                    yield kind
+            for e in entries:
+                found = self._entry(e, d, ignores, subdirs)
+                if found is not None:
+                    yield found
             stack.extend(reversed(subdirs))
+
+    def _entry(self, e: os.DirEntry, d: _Dir, ignores, subdirs: list) -> Found | Problem | None:
+        """One directory entry: a Found/Problem to report, None to pass over (subdirectories
+        to enter are appended to `subdirs`)."""
+        if e.name == IGNORE_FILE or (not self.rules.include_hidden and e.name.startswith(b".")):
+            return None
+        try:
+            link = e.is_symlink()
+            is_dir = not link and e.is_dir(follow_symlinks=False)
+        except OSError as err:
+            return Problem(e.path, _explain(err))
+        matching = bool(ignores or self.rules.excludes)
+        rel = _rel_join(d.rel, e.name) if matching or is_dir else ""
+        if matching and self._excluded(rel, is_dir, ignores):
+            return None
+        if link:
+            return self._link(e.path)
+        if is_dir:
+            if not self._never_enter(e.path):
+                subdirs.append(_Dir(e.path, d.base, rel, ignores))
+            return None
+        try:
+            s = e.stat(follow_symlinks=False)
+        except OSError as err:
+            return Problem(e.path, _explain(err))
+        return self._file(e.path, s) if st.S_ISREG(s.st_mode) else None
+
+    def _file(self, real: bytes, s: os.stat_result) -> Found | None:
+        key = (s.st_dev, s.st_ino)
+        if key in self._seen_files:  # the same file by another root, link or hard link
+            return None
+        self._seen_files.add(key)
+        return Found(real, s.st_mtime, s.st_size)
+
+    def _link(self, path: bytes) -> Found | Problem | None:
+        """A symlink met in a folder: follow it (by its real target), pass over it, or refuse."""
+        try:
+            real = os.path.realpath(path, strict=True)
+            s = os.stat(real)
+        except OSError as e:
+            dangling = e.errno == errno.ENOENT
+            return Problem(path, "dangling symlink" if dangling else
+                           "symlink loop" if e.errno == errno.ELOOP else _explain(e), keeps_rows=False,
+                           notable=True)
+        barrier = self._never_enter(real)
+        if barrier:
+            return Problem(path, f"not indexed: symlink leads into {barrier}", keeps_rows=False, notable=True)
+        if any(is_inside(real, r) for r in self._real_roots):
+            return None  # walked (or excluded) where it really is
+        inside = any(is_inside(real, r) for r in self.rules.indexed)
+        if not inside and not self.rules.follow_symlinks:
+            return Problem(path, OUTSIDE, keeps_rows=False, notable=True)
+        if not inside:
+            self.linked.append(real)
+        if st.S_ISDIR(s.st_mode):
+            if real not in self._pending:
+                self._pending.append(real)
+            return None
+        if not st.S_ISREG(s.st_mode):
+            return None
+        self.walked.append(real)
+        return self._file(real, s)
+
+    # ---- rules -------------------------------------------------------------------------------
+    def _never_enter(self, real: bytes) -> str | None:
+        """What `real` lies inside, if it is one of the folders no walk enters."""
+        for folder, what in self.rules.never_enter:
+            if is_inside(real, folder):
+                return what
+        return None
+
+    def _excluded(self, rel: str, is_dir: bool, ignores) -> bool:
+        """gitignore semantics: the last pattern that matches decides, inner files last."""
+        path = rel + "/" if is_dir else rel
+        verdict = self._excludes.check_file(path).include
+        for folder, spec in ignores:
+            sub = path[len(folder) + 1:] if folder else path
+            v = spec.check_file(sub).include
+            if v is not None:
+                verdict = v
+        return bool(verdict)
+
+    @staticmethod
+    def _ignore_spec(path: bytes) -> tuple[pathspec.PathSpec, str]:
+        """The patterns of a .clipsearchignore file, and what was wrong with it ('' if nothing):
+        an unreadable file or an invalid line is reported, never fatal."""
+        try:
+            with open(path, "rb") as f:
+                lines = os.fsdecode(f.read()).splitlines()
+        except OSError as e:
+            return pathspec.GitIgnoreSpec.from_lines([]), f"unreadable ignore file ({_explain(e)})"
+        try:
+            return pathspec.GitIgnoreSpec.from_lines(lines), ""
+        except ValueError:
+            good, bad = [], []
+            for n, line in enumerate(lines, 1):
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([line])
+                    good.append(line)
+                except ValueError:
+                    bad.append(str(n))
+            return (pathspec.GitIgnoreSpec.from_lines(good),
+                    f"invalid pattern on line {', '.join(bad)}; the other lines apply")
+
+
+def scan(roots: list[bytes], rules: ScanRules | None = None) -> Iterator[Found | Problem]:
+    """Yield regular files (any extension) and problems under the roots, depth first, sorted."""
+    yield from Scan(roots, rules)
 
 
 def describe(path: bytes) -> str:
     return display_path(path)
+
+
+__all__ = ["Found", "Problem", "Scan", "ScanRules", "has_media_extension", "is_inside"]

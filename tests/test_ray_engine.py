@@ -254,3 +254,25 @@ def test_ray_engine_into_s3(ray_runtime, files, tmp_path, monkeypatch):
         assert (again.indexed, again.unchanged) == (0, n)
     finally:
         server.stop()
+
+
+def test_a_file_reached_through_two_roots_has_one_row_set(ray_runtime, tmp_path):
+    """Issue #14 item 9: `index dir/v.mp4 dir` gives one set of rows per file in both engines."""
+    from test_video_indexer import solid, write_video
+
+    d = tmp_path / "dir"
+    d.mkdir()
+    write_video(d / "v.mp4", range(0, 3000, 40),
+                lambda p: solid((200, 30, 30) if p < 1500 else (30, 30, 200)))
+    _make_images(d, 6, seed=3)
+    os.symlink(d / "d1", d / "d1_link")  # a folder link inside the root: walked once
+    paths = [d / "v.mp4", d, d / "d1"]
+    local = Collection.create(tmp_path / "local", model="clipsearch-tiny", device="cpu")
+    local_report = local.add(paths, fit_transforms=False)
+    col = Collection.create(tmp_path / "ray", model="clipsearch-tiny", device="cpu")
+    report = index_with_ray(col, paths, batch_size=4, workers=1, fit_transforms=False)
+    assert report.indexed == local_report.indexed == 7
+    t = col.store.scan(["id", "source_raw"])
+    assert len(set(t.column("id").to_pylist())) == t.num_rows
+    assert len(set(t.column("source_raw").to_pylist())) == 7
+    _assert_same_collection(local, col)

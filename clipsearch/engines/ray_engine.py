@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.collection import Collection, resolve_roots
+from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, SkipFile, UsageError
 from clipsearch.pipeline import IndexReport, Job, _Committer, content_hash, plan
 from clipsearch.records import Record, display_path
@@ -299,24 +299,30 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
                    commit_files: int = DEFAULT_COMMIT_FILES, commit_rows: int = DEFAULT_COMMIT_ROWS,
                    retries: int = 3, max_pixels: int | None = None, options: dict | None = None,
                    model: str | None = None, checkpoint: str | None = None, progress: bool = False,
-                   fit_transforms: bool = True, embedder_cls: type = Embedder) -> IndexReport:
+                   fit_transforms: bool = True, embedder_cls: type = Embedder,
+                   follow_symlinks: bool | None = None, include_hidden: bool | None = None,
+                   exclude: Sequence[str] | None = None, clear_excludes: bool = False,
+                   verify: bool = False, prune_missing: bool = False) -> IndexReport:
     """`Collection.add` on a Ray cluster: same rows, same report, same collection format.
 
     `collection` is a Collection or a directory/URI (created with `model` if new). `address`
     is a Ray address ("auto" for the cluster this node belongs to; None starts a local one
     unless Ray is already initialised). `workers` embedding actors (default: one per GPU share,
     or half the CPUs), each with `gpus_per_worker` GPUs and `cpus_per_worker` CPU threads.
+    The walk options (`follow_symlinks` ... `prune_missing`) are those of `Collection.add`.
     """
     from clipsearch.indexers.base import default_indexers
 
     col = _resolve_collection(collection, model, checkpoint)
-    roots = resolve_roots(paths)
+    roots = col.run_roots(paths)
     with col._writer_lock():
+        col.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
         ctx = col._begin_run(roots, max_pixels, options)
         report = IndexReport()
         t0 = time.perf_counter()
-        jobs, gone = plan(col.store, roots, default_indexers(), report)
-        report.removed = col.store.delete_sources(gone)
+        jobs, gone = plan(col.store, roots, default_indexers(), report, col.scan_rules(),
+                          verify=verify, prune_missing=prune_missing)
+        report.removed = col.store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
         report.scan_seconds = time.perf_counter() - t0
         if jobs:
             run = _Run(col, report, commit_files, commit_rows)
