@@ -1,7 +1,8 @@
 """One Encoder class over any open_clip model: pixels and text in, L2-normalised float32 out.
 
-Weights are resolved before open_clip is asked to load them, so that an offline machine gets a
-one-line, actionable error in a second instead of a minute of hub retries and a traceback.
+Weights are resolved (cache first, then huggingface_hub's download) before open_clip is asked to
+load them, and open_clip is then given the files on disk: a machine that cannot reach the hub
+gets a one-line, actionable error instead of a traceback, and a cached model loads without it.
 """
 
 from __future__ import annotations
@@ -100,21 +101,39 @@ def _build(spec: ModelSpec, device: str):
             tags = [t for a, t in open_clip.list_pretrained() if a == arch]
             raise UsageError(f"'{spec.pretrained}' is not a known pretrained tag for {arch}",
                              hint="known tags: " + (", ".join(tags) or "none; use --checkpoint FILE"))
-        hub.pretrained_file(arch, spec.pretrained, what=f"weights for {spec.name}")
-    elif arch.startswith("hf-hub:"):
-        repo = arch[len("hf-hub:"):]
-        hub.fetch_file(repo, [hub.OPEN_CLIP_CONFIG], what=f"the config of {arch}")
-        hub.fetch_file(repo, hub.OPEN_CLIP_WEIGHTS, what=f"weights for {arch}")
-    try:  # the files are on disk now: open_clip finds them in the cache
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=spec.pretrained, device=device)
+    name, kwargs = _weights_source(spec)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as e:
         raise ModelUnavailable(f"could not load weights for {spec.name}: {str(e).splitlines()[0][:200]}",
                                hint=hub.OFFLINE_HINT) from e
     if spec.pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
         warnings.warn(f"{arch} has random weights (no tag, no --checkpoint): fine for benchmarks, "
                       "useless for search", stacklevel=3)
-    return model, preprocess, _tokenizer(arch)
+    return model, preprocess, _tokenizer(name)
+
+
+def _weights_source(spec: ModelSpec) -> tuple[str, dict]:
+    """The model name and create kwargs that make open_clip load files already on disk, so it
+    never goes to the hub a second time (where a flaky proxy would fail a cached model)."""
+    import open_clip
+
+    if spec.pretrained:
+        file = hub.pretrained_file(spec.arch, spec.pretrained, what=f"weights for {spec.name}")
+        if file is None:  # a plain-URL tag: open_clip downloads it itself
+            return spec.arch, {"pretrained": spec.pretrained}
+        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)  # what the tag would set
+        return spec.arch, {"pretrained": file, "image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                           "image_interpolation": cfg.get("interpolation"),
+                           "image_resize_mode": cfg.get("resize_mode")}
+    if spec.arch.startswith("hf-hub:"):
+        repo = spec.arch[len("hf-hub:"):]
+        config = hub.fetch_file(repo, [hub.OPEN_CLIP_CONFIG], what=f"the config of {spec.arch}")
+        weights = hub.fetch_file(repo, hub.OPEN_CLIP_WEIGHTS, what=f"weights for {spec.name}")
+        folder = Path(weights).parent
+        if Path(config).parent == folder:  # one snapshot of the repo holds both
+            return f"local-dir:{folder}", {}
+    return spec.arch, {}
 
 
 def _tokenizer(arch: str, context_length: int | None = None):

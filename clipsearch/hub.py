@@ -20,6 +20,7 @@ OFFLINE_HINT = (
 # open_clip's default weight file names in a hub repo; it prefers the safetensors one.
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
 
 def clipsearch_offline() -> bool:
@@ -121,20 +122,26 @@ def explain(e: BaseException, repo: str, what: str, filenames: Sequence[str] = (
         if code:
             return ModelUnavailable(f"{what} is not cached and the hub answered HTTP {code}",
                                     hint="try again later; " + OFFLINE_HINT)
-        why = f" ({type(cause).__name__})" if cause is not None else ""
+        why = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not None else ""
         return ModelUnavailable(f"{what} is not cached and the hub cannot be reached{why}",
-                                hint="check the connection (behind a proxy, set HTTPS_PROXY); or "
-                                + OFFLINE_HINT)
+                                hint=_network_hint())
     if _is_proxy_error(e):
         return ModelUnavailable(f"{what}: the proxy refused the download ({_first_line(e)})",
-                                hint="check HTTPS_PROXY / HTTP_PROXY; or " + OFFLINE_HINT)
+                                hint=_network_hint())
     if isinstance(e, HfHubHTTPError):
         return ModelUnavailable(f"{what}: the hub answered HTTP {_status(e)}", hint="try again later")
     if isinstance(e, OSError):
         return ModelUnavailable(f"{what} could not be stored: {_first_line(e)}",
                                 hint="free disk space, or point HF_HUB_CACHE at a writable folder")
     return ModelUnavailable(f"{what} could not be downloaded: {type(e).__name__}: {_first_line(e)}",
-                            hint="check the connection (behind a proxy, set HTTPS_PROXY); or " + OFFLINE_HINT)
+                            hint=_network_hint())
+
+
+def _network_hint() -> str:
+    proxy = next((k for k in _PROXY_VARS if os.environ.get(k)), None)  # its value may hold a password
+    check = (f"check that the proxy in {proxy} is up and lets the hub through" if proxy
+             else "check the connection (behind a proxy, set HTTPS_PROXY)")
+    return f"{check}; set HF_HUB_OFFLINE=1 to skip the hub; or " + OFFLINE_HINT
 
 
 def pretrained_source(arch: str, tag: str) -> tuple[str, tuple[str, ...]] | None:

@@ -4,7 +4,6 @@ process after process, and nothing is ever filled in at random."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from hub_fixtures import fill_hub_cache
 from safetensors.torch import save_file
 
 from clipsearch.encoders import Encoder
@@ -55,18 +55,6 @@ def source_model(seed: int, quick_gelu: bool, context_length: int | None = None)
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     return model.eval()
-
-
-def fill_hub_cache(cache: Path, repo: str, files: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Lay out a Hugging Face cache entry the way huggingface_hub leaves one after a download."""
-    entry = cache / f"models--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    snapshot = entry / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (entry / "refs").mkdir(exist_ok=True)
-    (entry / "refs" / "main").write_text(commit)
-    for name, sd in files.items():
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(snapshot / name))
 
 
 def vifi_checkpoint(src: torch.nn.Module, prefix: str = "module.") -> dict[str, torch.Tensor]:
@@ -212,6 +200,7 @@ t.register_archs(Path(sys.argv[1]) / "cfg")
 t.open_clip.pretrained._PRETRAINED[t.ARCH] = {"openai": t.openai_pretrained_cfg()}
 from clipsearch.encoders import Encoder
 from clipsearch.errors import ModelUnavailable
+from hub_fixtures import fill_hub_cache
 enc = Encoder.load(t.ARCH, checkpoint=sys.argv[2], device="cpu")
 out = {"text": enc.encode_texts(t.TEXTS).tolist(), "model_id": enc.model_id}
 try:
