@@ -164,16 +164,27 @@ def _base_weights(arch: str, keys: Iterable[str], path: str) -> dict[str, torch.
     file = hub.pretrained_file(base, VIFICLIP_BASE_TAG, what=what)
     if file is None:
         raise ModelUnavailable(f"{what}: no hub source to fetch it from", hint=hub.OFFLINE_HINT)
-    from clipsearch.checkpoint_formats import strip_module_prefix
-
-    sd = strip_module_prefix(read_state_dict(file))
-    found = {k: sd[k] for k in keys if k in sd}
+    found = _read_keys(file, keys)
     if len(found) < len(keys):
         lost = [k for k in keys if k not in found]
         raise ModelUnavailable(f"{path} (ViFi-CLIP) lacks {', '.join(lost[:4])}, and so does {file}",
                                hint="the checkpoint does not fit this architecture; pass the one it "
                                "was trained as: --model ARCH --checkpoint FILE")
     return found
+
+
+def _read_keys(file: str, keys: list[str]) -> dict[str, torch.Tensor]:
+    """Just `keys` from a weights file: a safetensors file is read lazily, not whole."""
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            present = set(f.keys())
+            return {k: f.get_tensor(k) for k in keys if k in present}
+    from clipsearch.checkpoint_formats import strip_module_prefix
+
+    sd = strip_module_prefix(read_state_dict(file))
+    return {k: sd[k] for k in keys if k in sd}
 
 
 def _load_strict(model: torch.nn.Module, sd: dict, path: str, arch: str, layout: str) -> None:
