@@ -1,14 +1,13 @@
 """One Encoder class over any open_clip model: pixels and text in, L2-normalised float32 out.
 
-Weights are resolved before open_clip is asked to load them, so that an offline machine gets a
-one-line, actionable error in a second instead of a minute of hub retries and a traceback.
+Weights are resolved (cache first, then huggingface_hub's download) before open_clip is asked to
+load them, and open_clip is then given the files on disk: a machine that cannot reach the hub
+gets a one-line, actionable error instead of a traceback, and a cached model loads without it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +16,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsearch import hub
 from clipsearch.errors import ModelUnavailable, UsageError
 from clipsearch.model_registry import TINY_NAME, ModelSpec, resolve, tiny_files
+from clipsearch.tokens import count_tokens
 
 log = logging.getLogger(__name__)
-
-_OFFLINE_HINT = (
-    "use the bundled model (--model clipsearch-tiny), or a local state dict "
-    "(--model ARCH --checkpoint FILE), or run once with internet to fill the cache"
-)
 
 
 def pick_device(device: str | None = "auto") -> str:
@@ -44,59 +40,21 @@ def pick_device(device: str | None = "auto") -> str:
     return device
 
 
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether weights could be downloaded at all: honours HF_HUB_OFFLINE, then tries one connect."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("CLIPSEARCH_OFFLINE"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _cached_pretrained(arch: str, tag: str) -> str | None:
-    """The local file open_clip would load for ARCH/TAG, if it is already cached."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        repo, filename = os.path.split(hub)
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        for fn in names:
-            for cand in (fn.replace(".bin", ".safetensors"), fn):
-                hit = try_to_load_from_cache(repo, cand)
-                if isinstance(hit, str):
-                    return hit
-    url = cfg.get("url", "")
-    if url:
-        cached = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if cached.is_file():
-            return str(cached)
-    return None
-
-
 def weights_status(spec: ModelSpec) -> str:
     """'local' when weights are on disk, 'missing' when they are not, 'unknown' if we can't tell."""
     if spec.checkpoint:
         return "local" if Path(spec.checkpoint).is_file() else "missing"
     if spec.arch == TINY_NAME:
         return "local" if tiny_files()[1].is_file() else "missing"
-    if spec.checkpoint:
-        return "local" if Path(spec.checkpoint).is_file() else "missing"
     if spec.pretrained:
         try:
-            return "local" if _cached_pretrained(spec.arch, spec.pretrained) else "missing"
+            return "local" if hub.cached_pretrained(spec.arch, spec.pretrained) else "missing"
         except Exception:
             return "unknown"
     if spec.arch.startswith("hf-hub:"):
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(spec.arch[len("hf-hub:"):], "open_clip_config.json")
-        return "local" if isinstance(hit, str) else "missing"
+        repo = spec.arch[len("hf-hub:"):]
+        local = hub.cached_file(repo, [hub.OPEN_CLIP_CONFIG]) and hub.cached_file(repo, hub.OPEN_CLIP_WEIGHTS)
+        return "local" if local else "missing"
     return "unknown"
 
 
@@ -136,31 +94,60 @@ def _build(spec: ModelSpec, device: str):
             raise ModelUnavailable(f"checkpoint file not found: {spec.checkpoint}",
                                    hint="restore the file, or re-index with another --model")
         model, preprocess, context_length = load_checkpoint_into(arch, spec.checkpoint, device)
-        tokenizer = open_clip.get_tokenizer(arch, context_length=context_length)
-        return model, preprocess, tokenizer
+        return model, preprocess, _tokenizer(arch, context_length)
 
     if spec.pretrained:
         if not open_clip.is_pretrained_cfg(arch, spec.pretrained):
             tags = [t for a, t in open_clip.list_pretrained() if a == arch]
             raise UsageError(f"'{spec.pretrained}' is not a known pretrained tag for {arch}",
                              hint="known tags: " + (", ".join(tags) or "none; use --checkpoint FILE"))
-        if not _cached_pretrained(arch, spec.pretrained) and not hub_reachable():
-            raise ModelUnavailable(f"weights for {spec.name} are not cached and cannot be downloaded "
-                                   "(no network)", hint=_OFFLINE_HINT)
-    elif arch.startswith("hf-hub:") and weights_status(spec) != "local" and not hub_reachable():
-        raise ModelUnavailable(f"{arch} is not cached and cannot be downloaded (no network)",
-                               hint=_OFFLINE_HINT)
+    name, kwargs = _weights_source(spec)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=spec.pretrained, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as e:
         raise ModelUnavailable(f"could not load weights for {spec.name}: {str(e).splitlines()[0][:200]}",
-                               hint=_OFFLINE_HINT) from e
+                               hint=hub.OFFLINE_HINT) from e
     if spec.pretrained is None and not arch.startswith(("hf-hub:", "local-dir:")):
         warnings.warn(f"{arch} has random weights (no tag, no --checkpoint): fine for benchmarks, "
                       "useless for search", stacklevel=3)
-    tokenizer = open_clip.get_tokenizer(arch)
-    return model, preprocess, tokenizer
+    return model, preprocess, _tokenizer(name)
+
+
+def _weights_source(spec: ModelSpec) -> tuple[str, dict]:
+    """The model name and create kwargs that make open_clip load files already on disk, so it
+    never goes to the hub a second time (where a flaky proxy would fail a cached model)."""
+    import open_clip
+
+    if spec.pretrained:
+        file = hub.pretrained_file(spec.arch, spec.pretrained, what=f"weights for {spec.name}")
+        if file is None:  # a plain-URL tag: open_clip downloads it itself
+            return spec.arch, {"pretrained": spec.pretrained}
+        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)  # what the tag would set
+        return spec.arch, {"pretrained": file, "image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                           "image_interpolation": cfg.get("interpolation"),
+                           "image_resize_mode": cfg.get("resize_mode")}
+    if spec.arch.startswith("hf-hub:"):
+        repo = spec.arch[len("hf-hub:"):]
+        config = hub.fetch_file(repo, [hub.OPEN_CLIP_CONFIG], what=f"the config of {spec.arch}")
+        weights = hub.fetch_file(repo, hub.OPEN_CLIP_WEIGHTS, what=f"weights for {spec.name}")
+        folder = Path(weights).parent
+        if Path(config).parent == folder:  # one snapshot of the repo holds both
+            return f"local-dir:{folder}", {}
+    return spec.arch, {}
+
+
+def _tokenizer(arch: str, context_length: int | None = None):
+    """open_clip's tokenizer for `arch`; Hugging Face ones (SigLIP, multilingual) need transformers."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(arch, context_length=context_length)
+    except ImportError as e:
+        raise ModelUnavailable(f"{arch} uses a Hugging Face tokenizer and {e.name or 'transformers'} "
+                               "is not installed", hint="pip install 'clipsearch[hf]'") from e
+    except OSError as e:  # transformers could not find the tokenizer files, cached or online
+        raise ModelUnavailable(f"the tokenizer of {arch} is not available: {str(e).splitlines()[0][:160]}",
+                               hint=hub.OFFLINE_HINT) from e
 
 
 def _maybe_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
@@ -274,8 +261,4 @@ class Encoder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens including the start and end markers, as the text tower will see them."""
-        tok = self.tokenizer
-        if hasattr(tok, "encode"):
-            return len(tok.encode(text)) + 2
-        ids = tok([text])[0]
-        return int((ids != 0).sum())
+        return count_tokens(self.tokenizer, text)

@@ -75,30 +75,37 @@ def warn_if_truncated(encoder: Any, text: str) -> bool:
     return False
 
 
-def _word_tokens(encoder: Any, word: str) -> int:
-    return max(encoder.count_tokens(word) - 2, 1)
+def _markers(encoder: Any) -> int:
+    """Tokens an empty text takes: CLIP adds start and end (2), SigLIP only an end (1)."""
+    return encoder.count_tokens("")
+
+
+def _word_tokens(encoder: Any, word: str, markers: int) -> int:
+    return max(encoder.count_tokens(word) - markers, 1)
 
 
 def split_by_tokens(encoder: Any, text: str, max_tokens: int | None = None) -> list[str]:
-    """Greedy split on whitespace into chunks that each fit the context (start/end included).
+    """Greedy split on whitespace into chunks that each fit the context (markers included).
 
     A single word longer than the whole context is cut into character pieces that fit.
     """
-    budget = (max_tokens or encoder.context_length) - 2
+    markers = _markers(encoder)
+    limit = max_tokens or encoder.context_length
+    budget = limit - markers
     if budget < 1:
         raise UsageError(f"chunk size {max_tokens} leaves no room for text tokens")
     chunks: list[str] = []
     cur: list[str] = []
     used = 0
     for word in text.split():
-        n = _word_tokens(encoder, word)
+        n = _word_tokens(encoder, word, markers)
         if n > budget:  # pathological: one "word" longer than the context
             step = max(1, len(word) * budget // n)
             pieces = [word[i:i + step] for i in range(0, len(word), step)]
         else:
             pieces = [word]
         for piece in pieces:
-            m = n if piece is word else _word_tokens(encoder, piece)
+            m = n if piece is word else _word_tokens(encoder, piece, markers)
             if cur and used + m > budget:
                 chunks.append(" ".join(cur))
                 cur, used = [], 0
@@ -110,12 +117,12 @@ def split_by_tokens(encoder: Any, text: str, max_tokens: int | None = None) -> l
     out: list[str] = []
     for chunk in chunks:
         words = chunk.split(" ")
-        if encoder.count_tokens(chunk) <= budget + 2 or len(words) == 1:
+        if encoder.count_tokens(chunk) <= limit or len(words) == 1:
             out.append(chunk)
         else:
             half = len(words) // 2
-            out += split_by_tokens(encoder, " ".join(words[:half]), budget + 2)
-            out += split_by_tokens(encoder, " ".join(words[half:]), budget + 2)
+            out += split_by_tokens(encoder, " ".join(words[:half]), limit)
+            out += split_by_tokens(encoder, " ".join(words[half:]), limit)
     return out
 
 
@@ -132,6 +139,7 @@ def encode_long_text(encoder: Any, text: str) -> np.ndarray:
         return np.asarray(encoder.encode_texts([text])[0], dtype=np.float32)
     chunks = split_by_tokens(encoder, text)
     vecs = np.asarray(encoder.encode_texts(chunks), dtype=np.float64)
-    weights = np.array([encoder.count_tokens(c) - 2 for c in chunks], dtype=np.float64)
+    markers = _markers(encoder)
+    weights = np.array([max(encoder.count_tokens(c) - markers, 1) for c in chunks], dtype=np.float64)
     pooled = (vecs * weights[:, None]).sum(0) / weights.sum()
     return (pooled / max(np.linalg.norm(pooled), 1e-12)).astype(np.float32)
