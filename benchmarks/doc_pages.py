@@ -40,7 +40,7 @@ from reportlab.pdfgen import canvas
 from clipsearch.docsearch import DEFAULT_WEIGHTS, ensure_fts_index, search_documents
 from clipsearch.records import path_bytes
 from clipsearch.store import SourceRows, Store
-from clipsearch.synth import COLORS, SHAPES, ShapeSpec, canonical_query, draw_shape_on
+from clipsearch.tiny.synth import COLORS, SHAPES, ShapeSpec, canonical_query, draw_shape_on
 
 PAGE_W, PAGE_H = 612, 792  # US letter, points
 MARGIN = 60

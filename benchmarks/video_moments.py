@@ -1,7 +1,7 @@
 """Synthetic moment-retrieval benchmark: shape segments in videos with exact ground truth.
 
 Each video (40–120 s) is a sequence of shots over backgrounds shared across videos; 4–8
-segments of 3–20 s show one drifting, jittering shape (clipsearch.synth.shapes); the gaps
+segments of 3–20 s show one drifting, jittering shape (clipsearch.tiny.synth.shapes); the gaps
 hold distractor shapes. Colour+shape combinations are dealt so that many occur exactly once
 in the collection: those are the queries ("a red star"), with one true span each.
 
@@ -32,7 +32,7 @@ from PIL import Image
 from clipsearch.moments import find_moments, rank_videos
 from clipsearch.records import path_bytes
 from clipsearch.store import SourceRows, Store
-from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, draw_shape_on, layout_box
+from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, draw_shape_on, layout_box
 from clipsearch.video_metrics import Span, mean_iou, recall_at_iou, video_recall_at_k
 
 FRAME = 224  # rendered frame size (square, so the encoder's centre crop keeps the whole frame)

@@ -127,7 +127,7 @@ def _build(spec: ModelSpec, device: str):
             if not weights.is_file():
                 raise ModelUnavailable(f"the bundled model's weights are missing ({weights})",
                                        hint="reinstall clipsearch, or retrain it: "
-                                       "python -m clipsearch.train_tiny")
+                                       "python -m clipsearch.tiny.train")
             spec = ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=spec.pooling)
     _check_arch(arch)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipsearch.synth.shapes import ShapeSpec, canonical_query, draw_shape_on, render_shape
+from clipsearch.tiny.synth.shapes import ShapeSpec, canonical_query, draw_shape_on, render_shape
 
 IMAGE_CLASSES = [("red", "star"), ("blue", "circle"), ("green", "triangle"), ("yellow", "square"),
                  ("purple", "cross"), ("orange", "diamond"), ("white", "star"), ("black", "circle"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
+from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
 
 # A fixed subset of colour+shape classes keeps the folder small but the task non-trivial.
 CLASSES = [(c, s) for c in ("red", "green", "blue", "yellow") for s in ("star", "circle", "square")]

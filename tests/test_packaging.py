@@ -27,7 +27,7 @@ def test_wheel_contents(wheel):
     for must in ("clipsearch/indexers/image.py", "clipsearch/indexers/video.py",
                  "clipsearch/indexers/document.py", "clipsearch/ui/server.py",
                  "clipsearch/models/clipsearch-tiny.safetensors", "clipsearch/models/clipsearch-tiny.json",
-                 "clipsearch/synth/shapes.py", "clipsearch/engines/ray_engine.py"):
+                 "clipsearch/tiny/synth/shapes.py", "clipsearch/engines/ray_engine.py"):
         assert must in names, must
     assert not any(n.startswith(("indexers/", "ui/", "tests/")) for n in names)  # no top-level clutter
 

@@ -50,7 +50,7 @@ def ray_runtime():
 
 
 def _make_images(root: Path, n: int, seed: int) -> None:
-    from clipsearch.synth import random_spec, render_shape
+    from clipsearch.tiny.synth import random_spec, render_shape
 
     rng = np.random.default_rng(seed)
     for i in range(n):

@@ -21,7 +21,7 @@ from ui_fixtures import (  # noqa: E402
     build_collection,
 )
 
-from clipsearch.synth.shapes import ShapeSpec, canonical_query, render_shape  # noqa: E402
+from clipsearch.tiny.synth.shapes import ShapeSpec, canonical_query, render_shape  # noqa: E402
 
 pytest_plugins = ["ui_fixtures"]
 httpx = pytest.importorskip("httpx")

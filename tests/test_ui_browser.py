@@ -15,7 +15,7 @@ import pytest
 pytest.register_assert_rewrite("ui_fixtures")
 from ui_fixtures import PDF_PAGES, VIDEO_SEGMENTS, ServerThread  # noqa: E402
 
-from clipsearch.synth.shapes import canonical_query  # noqa: E402
+from clipsearch.tiny.synth.shapes import canonical_query  # noqa: E402
 
 pytest_plugins = ["ui_fixtures"]
 pytestmark = pytest.mark.browser

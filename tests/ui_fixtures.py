@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
+from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
 
 IMAGE_SIZE = 160
 VIDEO_SEGMENTS = (ShapeSpec("circle", "red"), ShapeSpec("square", "blue"),
