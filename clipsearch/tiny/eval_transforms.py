@@ -15,7 +15,6 @@ product (they are fitted on the user's own collection); OTI uses no fitting at a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from clipsearch.errors import ClipsearchError, UsageError
-from clipsearch.model_registry import TINY_NAME, tiny_files
+from clipsearch.tiny.model import encoder_identity
 from clipsearch.tiny.synth import shapes
 from clipsearch.transforms import TransformSet, embed_builtin_captions
 
@@ -36,17 +35,6 @@ OTI_TEMPLATES = ("a photo of {}", "{}")  # inversion templates compared by defau
 
 
 # --------------------------------------------------------------------------- data
-
-
-def weights_sha256(encoder) -> str | None:
-    """sha256 of the weights file the encoder loaded, when it came from a local file."""
-    spec = getattr(encoder, "spec", None)
-    if spec is None:
-        return None
-    path = spec.checkpoint or (tiny_files()[1] if spec.arch == TINY_NAME else None)
-    if path is None or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _maybe(rng: np.random.Generator, options: Sequence[str]) -> str | None:
@@ -298,8 +286,7 @@ def evaluate(
     except ClipsearchError as exc:
         notes.append(f"typicality not measured: {exc}")
     return {
-        "model_id": encoder.model_id,
-        "weights_sha256": weights_sha256(encoder),
+        **encoder_identity(encoder),
         "dim": encoder.dim,
         "n_images": n,
         "n_classes": len(classes),

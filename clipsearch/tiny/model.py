@@ -13,7 +13,7 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from clipsearch.model_registry import TINY_NAME, file_fingerprint
+from clipsearch.model_registry import TINY_NAME, file_fingerprint, tiny_files
 
 MODEL_NAME = TINY_NAME
 
@@ -68,3 +68,13 @@ def weights_identity(model_dir: str | Path) -> dict[str, str]:
     weights = Path(model_dir) / f"{MODEL_NAME}.safetensors"
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     return {"model_id": f"{MODEL_NAME}#{file_fingerprint(weights)}", "weights_sha256": sha}
+
+
+def encoder_identity(encoder) -> dict[str, str | None]:
+    """model_id of any loaded encoder, and the sha256 of its weights file when it has a local one."""
+    spec = getattr(encoder, "spec", None)
+    path = None
+    if spec is not None:
+        path = spec.checkpoint or (tiny_files()[1] if spec.arch == TINY_NAME else None)
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else None
+    return {"model_id": getattr(encoder, "model_id", None), "weights_sha256": sha}
