@@ -85,8 +85,6 @@ def weights_status(spec: ModelSpec) -> str:
         return "local" if Path(spec.checkpoint).is_file() else "missing"
     if spec.arch == TINY_NAME:
         return "local" if tiny_files()[1].is_file() else "missing"
-    if spec.checkpoint:
-        return "local" if Path(spec.checkpoint).is_file() else "missing"
     if spec.pretrained:
         try:
             return "local" if _cached_pretrained(spec.arch, spec.pretrained) else "missing"

@@ -12,8 +12,6 @@ import stat as st
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from clipsearch.records import display_path
-
 MEDIA_EXTENSIONS = {
     b".jpg", b".jpeg", b".png", b".webp", b".bmp", b".gif", b".tif", b".tiff",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
@@ -96,7 +94,3 @@ def scan(roots: list[bytes]) -> Iterator[Found | Problem]:
                 elif kind is not None:
                     yield kind
             stack.extend(reversed(subdirs))
-
-
-def describe(path: bytes) -> str:
-    return display_path(path)
