@@ -173,7 +173,7 @@ def _maybe_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
 class FastPreprocess:
     """An open_clip preprocess with its ToTensor + Normalize tail done in numpy: the same numbers
     (bit for bit), without torch's intra-op thread team per tiny op. Called from decode threads
-    on a busy 2-core CPU, that tail cost ~25 ms per image in torch vs ~1 ms here.
+    on a busy CPU, that tail cost far more in torch than the whole rest of the preprocess.
 
     Anything that is not a PIL image, or a pipeline not ending in ToTensor + Normalize, goes
     through the original transform unchanged. Picklable (for process pools)."""

@@ -8,9 +8,8 @@ every batch is a pure function of (seed, step), so a run is reproducible.
 
 ``--steps`` fixes the schedule; when the wall-clock cap ``--minutes`` binds first (a busy
 shared CPU), the cosine schedule follows the clock instead and the run stops at the cap.
-Stage 2 (``clipsearch.tiny.tune``, ~2 min, when the cap leaves time for it) then tunes the
-top of both towers on frozen features for image-to-image search; the whole run took 18-19
-minutes on 2 idle cores.
+Stage 2 (``clipsearch.tiny.tune``, when the cap leaves time for it) then tunes the top of
+both towers on frozen features for image-to-image search (timings: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
