@@ -48,7 +48,7 @@ def env() -> dict:
 def encode(root: Path) -> dict:
     from benchmarks.index_throughput import encoder_only, random_checkpoint
     from clipsearch.encoders import Encoder
-    from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
+    from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
 
     out = {}
     for arch in ("ViT-B-32", "ViT-L-14"):
@@ -171,7 +171,7 @@ def paths_agree(root: Path) -> dict:
 
     from clipsearch.encoders import Encoder
     from clipsearch.gpu_decode import JpegDecoder, read_jpeg
-    from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
+    from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, render_shape
 
     rng = np.random.default_rng(3)
     folder = root / "shapes"

@@ -1,6 +1,6 @@
 """Indexing throughput: the local engine vs the Ray engine on one machine.
 
-Each engine indexes two sizes of the same synthetic image set (clipsearch.synth shapes) into a
+Each engine indexes two sizes of the same synthetic image set (clipsearch.tiny.synth shapes) into a
 fresh collection. A line through the two timings, t(N) = fixed + N / rate, separates the fixed
 cost of a run (Ray: actor start and model load; both: plan, commits, ANN rebuild) from the
 marginal rate in files/s, which is what grows with workers on a cluster.
@@ -25,7 +25,7 @@ import numpy as np
 
 
 def make_images(root: Path, n: int, size: int, seed: int = 0) -> None:
-    from clipsearch.synth import random_spec, render_shape
+    from clipsearch.tiny.synth import random_spec, render_shape
 
     rng = np.random.default_rng(seed)
     for i in range(n):

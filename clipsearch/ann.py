@@ -2,7 +2,7 @@
 
 One FAISS index per row kind (image, video_window, doc_page, ...): every query names the kinds it
 wants, so a kind filter picks shards instead of testing millions of ids against a selector per
-query (at 100 video-hours building a `video_window` selector cost ~150 ms per query, and it grows with n).
+query (a `video_window` selector costs time per query that grows with n; benchmarks/RESULTS.md).
 Per shard: exact (flat inner product) below `exact_threshold` rows, IVF above it: 4-bit PQ
 fast-scan codes to shortlist (cheap enough to probe many lists), then exact re-ranking of the
 shortlist on float16 copies of the vectors (lossless: the table stores float16). Large shards
@@ -93,12 +93,11 @@ BUILD_BATCH_ROWS = 65_536
 def ivf_params(n: int) -> tuple[int, int]:
     """(nlist, nprobe) for n vectors: ~4·sqrt(n) lists up to MAX_NLIST, ~4·sqrt(nlist) probed.
 
-    From the benchmarks/ann.py sweep (CLIP-like clustered data, 2 loaded cores): 100k → (1264,
-    142), recall@10 0.953–0.977 for nprobe 128–252, p50 < 0.5 ms; 1M → (4000, 252), recall@10
-    0.961 at nprobe 256, p50 8 ms. The fraction of lists needed falls as n grows, so a fixed
-    fraction (nlist/5) probed 3x more than needed at 1M and missed the 10 ms p50 target.
+    Chosen from the benchmarks/ann.py sweep on CLIP-like clustered data (figures in
+    benchmarks/RESULTS.md): the fraction of lists a query must probe falls as n grows, so a fixed
+    fraction (nlist/5) probes far more than needed at 1M rows and misses the latency target.
     Past ~1M the lists stop growing: a CPU build costs ~n·nlist (k-means and assignment), and
-    4-bit fast-scan makes scanning the longer lists cheap (benchmarks/moments_scale.py, 7 M rows).
+    4-bit fast-scan makes scanning the longer lists cheap (benchmarks/moments_scale.py).
     """
     nlist = int(min(max(4 * np.sqrt(n), 64), MAX_NLIST))
     return nlist, max(8, int(4 * np.sqrt(nlist)))
@@ -268,9 +267,9 @@ class Shard:
     """The rows of one kind: a FAISS index and, per index position, the row's id and path.
 
     On a CUDA machine `matrix` holds the same vectors in float16 on the GPU and searches are exact
-    matrix products there (~0.7 ms at 1M rows, 1.7 ms at 4M on an H100; benchmarks/RESULTS.md):
-    faster than any CPU index and with no recall loss, and it works where the PyPI faiss-gpu
-    wheels have no kernels (Hopper). The FAISS index stays the saved form and the CPU path.
+    matrix products there (figures in benchmarks/RESULTS.md, "GPU paths"): faster than any CPU
+    index and with no recall loss, and it works where the PyPI faiss-gpu wheels have no kernels
+    (Hopper). The FAISS index stays the saved form and the CPU path.
     """
     index: faiss.Index
     ids: np.ndarray  # index position -> LanceDB id (str)
@@ -284,7 +283,7 @@ class Shard:
         """Positions (ascending) of the rows whose path is inside folder `under`.
 
         Paths sorted once per shard make a folder one contiguous range, found by two binary
-        searches: ~1 ms, where testing every path per query took 170 ms at 1M rows.
+        searches, instead of testing every path on every query.
         """
         if self._by_path is None:
             self._by_path = np.argsort(self.sources, kind="stable")

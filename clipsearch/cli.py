@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from clipsearch.errors import ClipsearchError, UsageError
+from clipsearch.errors import ClipsearchError, MissingDependency, UsageError
 
 DB_HELP = ("Collection directory or object-storage URI (s3://bucket/prefix). "
            "Default: $CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default.")
@@ -380,6 +380,7 @@ def serve(db, host, port, auth, device, verbose):
     """Browser UI and HTTP API over a collection."""
     _setup_logging(verbose)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    MissingDependency.require(("fastapi", "gradio", "uvicorn", "python_multipart"), "clipsearch serve", "ui")
     from clipsearch.ui.server import serve as run_server
 
     run_server(db or _db_default(), host=host, port=port, auth=auth, device=device)

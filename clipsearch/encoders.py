@@ -85,7 +85,7 @@ def _build(spec: ModelSpec, device: str):
             if not weights.is_file():
                 raise ModelUnavailable(f"the bundled model's weights are missing ({weights})",
                                        hint="reinstall clipsearch, or retrain it: "
-                                       "python -m clipsearch.train_tiny")
+                                       "python -m clipsearch.tiny.train")
             spec = ModelSpec(arch=TINY_NAME, checkpoint=str(weights), pooling=spec.pooling)
     _check_arch(arch)
 
@@ -162,7 +162,7 @@ def _maybe_reparameterize(model: torch.nn.Module) -> torch.nn.Module:
 class FastPreprocess:
     """An open_clip preprocess with its ToTensor + Normalize tail done in numpy: the same numbers
     (bit for bit), without torch's intra-op thread team per tiny op. Called from decode threads
-    on a busy 2-core CPU, that tail cost ~25 ms per image in torch vs ~1 ms here.
+    on a busy CPU, that tail cost far more in torch than the whole rest of the preprocess.
 
     Anything that is not a PIL image, or a pipeline not ending in ToTensor + Normalize, goes
     through the original transform unchanged. Picklable (for process pools)."""

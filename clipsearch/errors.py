@@ -39,6 +39,22 @@ class TransformError(ClipsearchError):
     """A transform is missing, unfittable or corrupt."""
 
 
+class MissingDependency(ClipsearchError):
+    """A feature's optional dependency is not installed; the hint names the extra that brings it."""
+
+    @classmethod
+    def require(cls, modules: tuple[str, ...], feature: str, extra: str) -> None:
+        """Import ``modules`` (what the extra installs), or raise one line naming the extra."""
+        import importlib
+
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise cls(f"{feature} needs {e.name or name}, which is not installed",
+                          hint=f"pip install 'clipsearch[{extra}]'") from e
+
+
 class SkipFile(Exception):
     """Raised by an indexer for one file that cannot be indexed; the job goes on.
 

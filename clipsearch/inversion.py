@@ -177,8 +177,6 @@ class InversionResult:
     seconds: float
 
 
-OTIResult = InversionResult
-
 
 def _as_targets(targets: np.ndarray | torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:
     target = torch.as_tensor(np.asarray(targets, dtype=np.float32))

@@ -95,6 +95,28 @@ def tiny_files() -> tuple[Path, Path]:
     return d / f"{TINY_NAME}.json", d / f"{TINY_NAME}.safetensors"
 
 
+def captions_file(spec: ModelSpec) -> Path | None:
+    """Where a model's own caption set may sit: beside its weights, ``<weights stem>.captions.txt``.
+
+    Centering estimates the text-side mean from captions; a model trained on a narrow world
+    (like the bundled one) ships captions of that world so the mean is not estimated on
+    text the model never saw.
+    """
+    if spec.checkpoint:
+        return Path(spec.checkpoint).with_suffix(".captions.txt")
+    if spec.arch == TINY_NAME:
+        return tiny_files()[0].with_name(f"{TINY_NAME}.captions.txt")
+    return None
+
+
+def domain_captions(spec: ModelSpec) -> list[str]:
+    """The captions a model ships beside its weights (see `captions_file`), or none."""
+    path = captions_file(spec)
+    if path is None or not path.is_file():
+        return []
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def file_fingerprint(path: str | Path) -> str:
     """Size plus a hash of the first and last MiB: cheap for multi-GB checkpoints, still specific."""
     p = Path(path)

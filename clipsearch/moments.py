@@ -12,7 +12,7 @@ video's own background (threshold between median and peak), but the *score* is a
 moments of different videos compare. The design sketch's contrast term ``− mean(flanks)`` is
 available as ``flank_weight=1``: it rewards a span for differing from its surroundings, which
 says nothing about the query, and on the synthetic benchmark it put a wrong video's moment
-first for most queries (collection R1@0.5 0.41 with it, 0.97 without; benchmarks/RESULTS.md).
+first for most queries (benchmarks/RESULTS.md, "Moment retrieval").
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ class VideoCatalog(WindowCatalog):
     """A `WindowCatalog` that also knows where every frame row is and each video's shot cuts.
 
     Why: at 1,000 video-hours, reading the frame vectors of a query's ~20 candidate regions
-    through a filtered scan took ~330 ms, nearly all of a moment query (benchmarks/RESULTS.md).
+    through a filtered scan was nearly all of a moment query's time (benchmarks/RESULTS.md).
     With the frames' row offsets in memory (~20 bytes a frame), the same rows come from one
     `take` on the pinned table version, and the cuts need no read at all.
     """

@@ -410,7 +410,7 @@ class Searcher:
 
         It is built on the second video query at a version: a long-lived process (UI, HTTP
         API, an embedding tool) then answers moment queries from memory, while a one-shot CLI
-        query does not pay for a catalog it would use once (24 s at 1,000 video-hours).
+        query does not pay for a catalog it would use once (seconds at 1,000 video-hours).
         """
         from clipsearch.moments import VideoCatalog
 

@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch.errors import ModelMismatch, TransformError
+from clipsearch.model_registry import domain_captions
 
 log = logging.getLogger(__name__)
 
@@ -188,41 +190,19 @@ _GENERIC_TEMPLATES = (
     "there is {} here.",
 )
 
-_SHAPE_FALLBACK = ("circle", "square", "triangle", "star", "cross", "diamond")
-_COLOR_FALLBACK = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-
-
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _shape_captions(n: int, rng: np.random.Generator) -> list[str]:
-    """Captions over the tiny model's shape vocabulary, from the renderer when installed."""
-    try:
-        from clipsearch.synth import shapes as synth  # noqa: PLC0415
-    except ImportError:
-        synth = None
-    if synth is not None:
-        return [synth.caption(synth.random_spec(rng), rng) for _ in range(n)]
-    out = []
-    for _ in range(n):
-        c = _COLOR_FALLBACK[int(rng.integers(len(_COLOR_FALLBACK)))]
-        s = _SHAPE_FALLBACK[int(rng.integers(len(_SHAPE_FALLBACK)))]
-        out.append(_article(f"{c} {s}"))
-    return out
+def builtin_captions(domain: Sequence[str] = (), limit: int = 3000) -> list[str]:
+    """Deterministic captions used to estimate the text-side mean for centering.
 
-
-def builtin_captions(model_id: str = "", limit: int = 3000) -> list[str]:
-    """Deterministic template captions used to estimate the text-side mean for centering.
-
-    For ``clipsearch-tiny`` four fifths are captions over its shape vocabulary (the same
-    caption generator it was trained with) and the rest generic; other models get generic
-    captions only (templates x common nouns x adjectives).
+    ``domain`` is a model's own caption set (`model_registry.domain_captions`): up to four
+    fifths are taken from it, the rest are generic template captions (templates x common
+    nouns x adjectives). A model without one gets generic captions only.
     """
     rng = np.random.default_rng(0)
-    caps: list[str] = []
-    if "clipsearch-tiny" in model_id:
-        caps = _shape_captions(limit * 4 // 5, rng)
+    caps = list(domain[: limit * 4 // 5])
     generic = [
         t.format(_article(a + n)) for n in _GENERIC_NOUNS for a in _GENERIC_ADJ for t in _GENERIC_TEMPLATES
     ]
@@ -233,8 +213,10 @@ def builtin_captions(model_id: str = "", limit: int = 3000) -> list[str]:
 
 
 def embed_builtin_captions(encoder: Any, limit: int = 3000) -> np.ndarray:
-    """Embed :func:`builtin_captions` with ``encoder.encode_texts`` (the centering text side)."""
-    return np.asarray(encoder.encode_texts(builtin_captions(encoder.model_id, limit)), dtype=np.float32)
+    """Embed :func:`builtin_captions` (with the encoder's model's own captions) via ``encode_texts``."""
+    spec = getattr(encoder, "spec", None)
+    domain = domain_captions(spec) if spec is not None else []
+    return np.asarray(encoder.encode_texts(builtin_captions(domain, limit)), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- the set

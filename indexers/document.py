@@ -10,7 +10,7 @@ Rows produced per PDF page (page numbers are 1-based):
   are skipped. In the whole-page view a figure is a few pixels wide at CLIP's input size;
   in a full-width square it has the resolution a centre crop would give, and search keeps
   the best view per page. With the tiny model this lifts page-image figure retrieval a little
-  (R@5 0.80 -> 0.85, benchmarks/RESULTS.md). Set 0 to embed the whole page only (a third the cost).
+  (benchmarks/RESULTS.md). Set 0 to embed the whole page only (a third the cost).
 - `doc_text` rows: the page's text layer cut into token-limited, overlapping chunks
   (`clipsearch.chunking`), embedded with the text tower; `text` is the chunk,
   `extra = {"chunk": i, "span": [start, end]}` with offsets into the page text as pdfium

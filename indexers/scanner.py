@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 import pathspec
 
-from clipsearch.records import display_path
-
 MEDIA_EXTENSIONS = {
     b".jpg", b".jpeg", b".png", b".webp", b".bmp", b".gif", b".tif", b".tiff",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
@@ -314,9 +312,6 @@ def scan(roots: list[bytes], rules: ScanRules | None = None) -> Iterator[Found |
     """Yield regular files (any extension) and problems under the roots, depth first, sorted."""
     yield from Scan(roots, rules)
 
-
-def describe(path: bytes) -> str:
-    return display_path(path)
 
 
 __all__ = ["Found", "Problem", "Scan", "ScanRules", "has_media_extension", "is_inside"]

@@ -24,8 +24,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "==> installing PyTorch (CPU/CUDA wheel pinned for torchvision compatibility)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-echo "==> installing clipsearch (editable, with test extras)"
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu skips the ~4 GB of CUDA libraries.
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+  ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+echo "==> installing clipsearch (editable, with the test extra: everything the tests need)"
 .venv/bin/python -m pip install -q -e ".[test]"
 
 export CLIPSEARCH_DB=${CLIPSEARCH_DB:-$PWD/sample/db}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_fixtures import write_shapes
 from PIL import Image
+from support import write_shapes
 
 from clipsearch import Collection
 from clipsearch import pipeline as pipeline_mod

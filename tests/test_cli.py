@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from core_fixtures import write_shapes
+from support import write_shapes
 
 CLI = [sys.executable, "-m", "clipsearch.cli"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_fixtures import CLASSES, write_shapes
+from support import CLASSES, write_shapes
 
 from clipsearch import Collection
 from clipsearch.errors import CollectionNotFound, ModelMismatch, UsageError
@@ -154,7 +154,7 @@ def test_files_outside_the_run_roots_are_kept(tmp_path):
 def test_adding_photos_does_not_rebuild_the_video_shards(tmp_path):
     """After an index run only the kinds whose files changed are re-indexed by FAISS: new photos
     rebuild the image shard, while the video shards are taken over, in this process and in a new one."""
-    from test_video_indexer import solid, write_video
+    from support import solid, write_video
 
     photos = tmp_path / "media"
     labels = write_shapes(photos, per_class=1)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from core_fixtures import write_shapes
+from support import write_shapes
 
 from clipsearch import Collection
 

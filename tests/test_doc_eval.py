@@ -7,32 +7,18 @@ The retrieval floor runs the benchmark with the bundled clipsearch-tiny model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_document_indexer import FakeEncoder, make_pdf
+from support import FakeEncoder, make_pdf
 
 from clipsearch.docsearch import DocHit, ensure_fts_index, keyword_search, search_documents, snippet
 from clipsearch.fusion import hybrid_rerank
 from clipsearch.model_registry import tiny_files
 from clipsearch.store import Store
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("doc_pages_bench", REPO / "benchmarks" / "doc_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+from clipsearch.tiny import eval_docs as bench
 
 
 @pytest.fixture(scope="module")

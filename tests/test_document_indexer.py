@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -13,75 +12,14 @@ from clipsearch.indexers.base import IndexContext
 from clipsearch.indexers.document import DocumentIndexer, letterbox, read_text_file, render_scale, tile_boxes
 from PIL import Image
 from reportlab.lib import pdfencrypt
-from reportlab.lib.utils import ImageReader
-from reportlab.pdfgen import canvas
+from support import FakeEncoder, make_pdf, page_words
 
 from clipsearch.errors import SkipFile
-
-
-class FakeEncoder:
-    """Same interface as clipsearch.encoders.Encoder, without a model.
-
-    Tokens are words and punctuation marks plus two markers; a short context forces chunking.
-    Image vectors are the mean colour; text vectors a hash of the text.
-    """
-
-    dim = 8
-    context_length = 24
-    image_size = 64
-    model_id = "fake"
-    device = "cpu"
-
-    def __init__(self) -> None:
-        self.image_sizes: list[tuple[int, int]] = []
-
-    def count_tokens(self, text: str) -> int:
-        return len(re.findall(r"\w+|[^\w\s]", text)) + 2
-
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        out = []
-        for im in images:
-            self.image_sizes.append(im.size)
-            v = np.zeros(self.dim, np.float32)
-            v[:3] = np.asarray(im.convert("RGB"), np.float32).mean(axis=(0, 1))
-            v[3] = 1.0
-            out.append(v / np.linalg.norm(v))
-        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        out = []
-        for t in texts:
-            assert self.count_tokens(t) <= self.context_length, "indexer sent an over-long chunk"
-            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out.append(v / np.linalg.norm(v))
-        return np.stack(out)
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> IndexContext:
     return IndexContext(thumb_dir=tmp_path / "thumbs", options={"page_size": 256, "page_tiles": 0})
-
-
-def _words(page: int) -> str:
-    return " ".join(f"marker{page}x{i}" for i in range(30))
-
-
-def make_pdf(path: Path, pages: int, pagesize=(612, 792), encrypt=None, text=True, image=False) -> Path:
-    c = canvas.Canvas(str(path), pagesize=pagesize, encrypt=encrypt)
-    for p in range(1, pages + 1):
-        if text:
-            y = pagesize[1] - 72
-            words = _words(p).split()
-            for i in range(0, len(words), 6):
-                c.drawString(72, y, " ".join(words[i : i + 6]))
-                y -= 14
-        if image:
-            img = Image.new("RGB", (200, 200), (255, 0, 0))
-            c.drawImage(ImageReader(img), 100, 100, 300, 300)
-        c.showPage()
-    c.save()
-    return path
 
 
 def _minimal_pdf(objects: list[str]) -> bytes:
@@ -129,7 +67,7 @@ def test_text_chunks_carry_their_page_and_span(tmp_path: Path, ctx: IndexContext
             start, end = r.extra["span"]
             assert text[start:end] == r.text
             assert set(re.findall(r"marker(\d+)x", r.text)) == {str(page)}
-        assert {w for r in mine for w in r.text.split()} == set(_words(page).split())
+        assert {w for r in mine for w in r.text.split()} == set(page_words(page).split())
 
 
 def test_scanned_pdf_without_text_layer_still_gives_page_rows(tmp_path: Path, ctx: IndexContext) -> None:

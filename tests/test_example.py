@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core_fixtures import write_shapes
+from support import write_shapes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "photo_organizer.py"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from clipsearch.indexers.image import load_image
-from core_fixtures import CLASSES, write_shapes
 from PIL import Image, ImageOps
+from support import CLASSES, write_shapes
 
 from clipsearch import Collection, gpu_decode
 from clipsearch.encoders import Encoder

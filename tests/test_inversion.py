@@ -152,7 +152,7 @@ def test_oti_beats_best_vocabulary_caption_with_tiny_model():
     # image than the best caption the model's own vocabulary can write.
     enc = _tiny_encoder()
     from clipsearch.inversion import invert_images
-    from clipsearch.synth import shapes
+    from clipsearch.tiny.synth import shapes
 
     rng = np.random.default_rng(11)
     specs = [shapes.ShapeSpec("star", "red"), shapes.ShapeSpec("circle", "blue", "large", "left"),
@@ -189,8 +189,7 @@ class _StandInEncoder:
 
 
 def test_eval_transforms_end_to_end_plumbing(model, tokenizer, tmp_path):
-    pytest.importorskip("clipsearch.synth.shapes")
-    from clipsearch.eval_transforms import evaluate, make_shapes_dataset, to_markdown
+    from clipsearch.tiny.eval_transforms import evaluate, make_shapes_dataset, to_markdown
 
     make_shapes_dataset(tmp_path, per_class=2, image_size=32)
     res = evaluate(tmp_path, _StandInEncoder(model, tokenizer), invert_queries=8, steps=2, batch_size=8,

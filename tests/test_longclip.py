@@ -1,25 +1,19 @@
-"""Long-CLIP checkpoints load into open_clip with 248-token text; long text is never cut off."""
+"""Long-CLIP checkpoints load into open_clip with 248-token text."""
 
 from __future__ import annotations
 
 import json
-import warnings
 
-import numpy as np
 import open_clip
 import pytest
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 
-from clipsearch.errors import ModelUnavailable, UsageError
+from clipsearch.errors import ModelUnavailable
 from clipsearch.longclip import (
     KEPT_POSITIONS,
     LONGCLIP_CONTEXT,
-    encode_long_text,
     is_longclip,
     longclip_to_openclip,
-    split_by_tokens,
-    warn_if_truncated,
 )
 
 ARCH = "test-longclip-mini"
@@ -118,75 +112,3 @@ def test_lead_checkpoint_loader_autodetects_longclip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(ids), reference_encode_text(model, sd, ids),
                                    atol=1e-5, rtol=1e-5)
-
-
-# ---------------------------------------------------------------- long text
-
-
-class FakeEncoder:
-    """Real CLIP BPE counts, fake vectors; refuses any text that would be truncated."""
-
-    model_id = "fake"
-
-    def __init__(self, context_length: int = 16) -> None:
-        self.context_length = context_length
-        self.tok = SimpleTokenizer(context_length=context_length)
-        self.calls: list[list[str]] = []
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tok.encode(text)) + 2
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        out = []
-        for t in texts:
-            assert self.count_tokens(t) <= self.context_length, f"would truncate: {t!r}"
-            rng = np.random.default_rng(abs(hash(t)) % 2**32)
-            v = rng.normal(size=8)
-            out.append(v / np.linalg.norm(v))
-        return np.asarray(out, dtype=np.float32)
-
-
-def test_short_text_is_encoded_as_is():
-    enc = FakeEncoder()
-    v = encode_long_text(enc, "a red star")
-    assert enc.calls == [["a red star"]]
-    assert np.array_equal(v, enc.encode_texts(["a red star"])[0])
-
-
-def test_long_text_is_chunked_not_truncated():
-    enc = FakeEncoder(context_length=16)
-    words = [f"word{i} colour" for i in range(40)]
-    text = " ".join(words)
-    assert enc.count_tokens(text) > enc.context_length
-    v = encode_long_text(enc, text)
-    chunks = enc.calls[-1]
-    assert len(chunks) > 1
-    assert " ".join(chunks).split() == text.split()  # every word kept, in order
-    assert all(enc.count_tokens(c) <= enc.context_length for c in chunks)
-    vecs = enc.encode_texts(chunks).astype(np.float64)
-    w = np.array([enc.count_tokens(c) - 2 for c in chunks], dtype=np.float64)
-    want = (vecs * w[:, None]).sum(0)
-    np.testing.assert_allclose(v, want / np.linalg.norm(want), atol=1e-6)
-    assert abs(np.linalg.norm(v) - 1.0) < 1e-6
-
-
-def test_overlong_single_word_is_split():
-    enc = FakeEncoder(context_length=8)
-    chunks = split_by_tokens(enc, "x" * 200 + " tail")
-    assert "".join(chunks).replace(" ", "") == "x" * 200 + "tail"
-    assert all(enc.count_tokens(c) <= 8 for c in chunks)
-
-
-def test_warn_if_truncated():
-    enc = FakeEncoder(context_length=16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert warn_if_truncated(enc, "a red star") is False
-    with pytest.warns(UserWarning, match="tokens but fake reads 16"):
-        assert warn_if_truncated(enc, "a red star " * 10) is True
-
-
-def test_empty_text_is_an_error():
-    with pytest.raises(UsageError):
-        encode_long_text(FakeEncoder(), "   ")

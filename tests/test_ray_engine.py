@@ -50,7 +50,7 @@ def ray_runtime():
 
 
 def _make_images(root: Path, n: int, seed: int) -> None:
-    from clipsearch.synth import random_spec, render_shape
+    from clipsearch.tiny.synth import random_spec, render_shape
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -258,7 +258,7 @@ def test_ray_engine_into_s3(ray_runtime, files, tmp_path, monkeypatch):
 
 def test_a_file_reached_through_two_roots_has_one_row_set(ray_runtime, tmp_path):
     """Issue #14 item 9: `index dir/v.mp4 dir` gives one set of rows per file in both engines."""
-    from test_video_indexer import solid, write_video
+    from support import solid, write_video
 
     d = tmp_path / "dir"
     d.mkdir()

@@ -64,7 +64,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def _images(root: Path, n: int, seed: int) -> None:
-    from clipsearch.synth import random_spec, render_shape
+    from clipsearch.tiny.synth import random_spec, render_shape
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from clipsearch import Collection
+from clipsearch.tiny.sample import make_sample
 from clipsearch.video_metrics import temporal_iou
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "make_sample_collection.py"
-
-
-def _load_example():
-    spec = importlib.util.spec_from_file_location("make_sample_collection", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
-    manifest = _load_example().make_sample(root / "files", seed=0)
+    manifest = make_sample(root / "files", seed=0)
     col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
     report = col.add([root / "files"])
     return col, manifest, report

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clipsearch.indexers.scanner import OUTSIDE
-from core_fixtures import write_shapes
+from support import write_shapes
 from PIL import Image
-from test_document_indexer import make_pdf
+from support import make_pdf
 
 from clipsearch import Collection
 
@@ -289,7 +289,7 @@ def test_remove_forgets_files_and_roots_without_the_model(tmp_path, monkeypatch)
 
 # ---- one set of rows per file ---------------------------------------------------------------------
 def test_one_row_set_per_file_whatever_leads_to_it(tmp_path):
-    from test_video_indexer import solid, write_video
+    from support import solid, write_video
 
     d = tmp_path / "dir"
     d.mkdir()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from core_fixtures import write_shapes
+from support import write_shapes
 
 from clipsearch import Collection
 from clipsearch.cli import main

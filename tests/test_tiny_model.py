@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsearch import tiny_tune, train_tiny
-from clipsearch.synth import (
+from clipsearch.model_registry import domain_captions, resolve
+from clipsearch.tiny import captions, data, losses, train, tune
+from clipsearch.tiny import model as tiny_model
+from clipsearch.tiny.synth import (
     COLORS,
     POSITIONS,
     RGB,
@@ -152,7 +154,7 @@ def test_render_page() -> None:
 def test_positive_mask_counts_less_specific_captions() -> None:
     attrs = torch.tensor([[3, 0, 0, 0], [3, 0, 1, 1], [0, 0, 0, 0]])  # red stars, red circle
     mentioned = torch.tensor([[3, 0, -1, -1], [3, 0, 1, -1], [-1, 0, -1, -1]])
-    pos = train_tiny.positives(attrs, mentioned)
+    pos = losses.positives(attrs, mentioned)
     assert pos[:, 0].tolist() == [1, 1, 0]  # "a red star" fits both red stars
     assert pos[:, 1].tolist() == [0, 1, 0]  # "a large red star" only the large one
     assert pos[:, 2].tolist() == [1, 1, 1]  # "a red shape" fits all
@@ -160,19 +162,19 @@ def test_positive_mask_counts_less_specific_captions() -> None:
 
 def test_hard_negative_changes_exactly_one_attribute_of_the_image() -> None:
     rng = np.random.default_rng(4)
-    changed = {a: 0 for a in train_tiny.ATTRS}
+    changed = {a: 0 for a in data.ATTRS}
     for _ in range(400):
         spec = random_spec(rng, p_size=0.7, p_pos=0.7)
         _, mentioned = caption_with_attrs(spec, rng)
-        text, neg = train_tiny.hard_negative(spec, mentioned, rng)
-        diff = [a for a in train_tiny.ATTRS if neg[a] != mentioned[a]]
+        text, neg = data.hard_negative(spec, mentioned, rng)
+        diff = [a for a in data.ATTRS if neg[a] != mentioned[a]]
         assert len(diff) == 1, (spec, mentioned, neg)
         a = diff[0]
         assert neg[a] is not None and neg[a] != getattr(spec, a)  # false of this image
         changed[a] += 1
-        pos = train_tiny.positives(torch.tensor([train_tiny.encode_attrs(vars(spec))]),
-                                   torch.tensor([train_tiny.encode_attrs(mentioned),
-                                                 train_tiny.encode_attrs(neg)]))
+        pos = losses.positives(torch.tensor([data.encode_attrs(vars(spec))]),
+                                   torch.tensor([data.encode_attrs(mentioned),
+                                                 data.encode_attrs(neg)]))
         assert pos.tolist() == [[1.0, 0.0]]
         if a == "position":
             assert _mentions(text, _POS_WORDS[neg[a]])
@@ -184,18 +186,18 @@ def test_i2i_keep_position_leaves_moved_pairs_out() -> None:
     img = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     attrs = torch.tensor([[3, 0, 0, 0], [3, 0, 0, 1], [1, 2, 0, -1]])  # star/red left, right; other
     mentioned = attrs.clone()
-    _, plain = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0)
-    _, kept = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
+    _, plain = losses.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0)
+    _, kept = losses.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
                                    i2i_keep_position=True)
     assert plain["i2i"] > 0 and kept["i2i"] == 0
     attrs[1, 3] = 0  # same position: a positive pair again
-    _, same = train_tiny.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
+    _, same = losses.clip_loss(img, img, torch.tensor(10.0), attrs, mentioned, i2i_weight=1.0,
                                    i2i_keep_position=True)
     assert same["i2i"] > 0
 
 
 def test_position_probe_learns_from_known_positions_only() -> None:
-    probe = train_tiny.PositionProbe(8)
+    probe = losses.PositionProbe(8)
     emb = torch.randn(4, 8)
     assert probe.loss(emb, torch.tensor([-1, -1, -1, -1])).item() == 0
     labels = torch.tensor([0, -1, 3, -1])
@@ -204,23 +206,23 @@ def test_position_probe_learns_from_known_positions_only() -> None:
 
 
 def test_probe_is_not_part_of_the_saved_model(tmp_path: Path) -> None:
-    log = train_tiny.train(tmp_path / "p", seed=1, steps=2, batch_size=12, workers=0, eval_n=0,
+    log = train.train(tmp_path / "p", seed=1, steps=2, batch_size=12, workers=0, eval_n=0,
                            log_every=1, probe_weight=0.5, tune_batches=0)
     assert log["tune"] is None
     assert all("probe" in h for h in log["history"])
     from safetensors.torch import load_file
 
     saved = set(load_file(str(tmp_path / "p" / "clipsearch-tiny.safetensors")))
-    model, _, _ = train_tiny.build_model(tmp_path / "p" / "clipsearch-tiny.json", 0)
+    model, _, _ = tiny_model.build_model(tmp_path / "p" / "clipsearch-tiny.json", 0)
     assert saved == set(model.state_dict())
 
 
 def test_first_batch_is_deterministic(tmp_path: Path) -> None:
-    cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
-    _, preprocess, tok = train_tiny.build_model(cfg, 0)
-    a = train_tiny.BatchSource(7, 8, preprocess, tok, 2)[0]
-    b = train_tiny.BatchSource(7, 8, preprocess, tok, 2)[0]
-    c = train_tiny.BatchSource(8, 8, preprocess, tok, 2)[0]
+    cfg = tiny_model.write_config(tmp_path, tiny_model.model_config())
+    _, preprocess, tok = tiny_model.build_model(cfg, 0)
+    a = data.BatchSource(7, 8, preprocess, tok, 2)[0]
+    b = data.BatchSource(7, 8, preprocess, tok, 2)[0]
+    c = data.BatchSource(8, 8, preprocess, tok, 2)[0]
     for key in a:
         assert torch.equal(a[key], b[key])
     assert not torch.equal(a["images"], c["images"])
@@ -233,24 +235,24 @@ def _losses(log: dict) -> list[float]:
 def test_same_seed_same_losses(tmp_path: Path) -> None:
     kw = {"seed": 3, "steps": 3, "batch_size": 12, "workers": 0, "eval_n": 0, "log_every": 1,
           "tune_batches": 2, "tune_epochs": 2}
-    a = train_tiny.train(tmp_path / "a", **kw)
-    b = train_tiny.train(tmp_path / "b", **kw)
+    a = train.train(tmp_path / "a", **kw)
+    b = train.train(tmp_path / "b", **kw)
     assert _losses(a) == _losses(b) and len(_losses(a)) == 3
     assert a["tune"]["epoch_loss"] == b["tune"]["epoch_loss"] and len(a["tune"]["epoch_loss"]) == 2
 
 
 def test_stage2_is_skipped_when_the_time_cap_leaves_no_room(tmp_path: Path) -> None:
-    log = train_tiny.train(tmp_path / "t", seed=0, steps=50, minutes=0.05, batch_size=8, workers=0,
+    log = train.train(tmp_path / "t", seed=0, steps=50, minutes=0.05, batch_size=8, workers=0,
                            eval_n=0, tune_batches=2, tune_epochs=1)
     assert "skipped" in log["tune"] and "cap" in log["tune"]["skipped"]
     assert (tmp_path / "t" / "clipsearch-tiny.safetensors").exists()
     assert not (tmp_path / "t" / "stage1").exists()
 
 
-def _fresh_model_and_source(tmp_path: Path) -> tuple[torch.nn.Module, train_tiny.BatchSource]:
-    cfg = train_tiny.write_config(tmp_path, train_tiny.model_config())
-    model, preprocess, tok = train_tiny.build_model(cfg, 0)
-    return model, train_tiny.BatchSource(5, 12, preprocess, tok, 10, neg_rate=0.5,
+def _fresh_model_and_source(tmp_path: Path) -> tuple[torch.nn.Module, data.BatchSource]:
+    cfg = tiny_model.write_config(tmp_path, tiny_model.model_config())
+    model, preprocess, tok = tiny_model.build_model(cfg, 0)
+    return model, data.BatchSource(5, 12, preprocess, tok, 10, neg_rate=0.5,
                                          neg_weights={"position": 1.0})
 
 
@@ -258,7 +260,7 @@ def test_stage2_cached_features_give_the_models_own_embeddings(tmp_path: Path) -
     """Stage 2 trains on cached features; they must be what the full forward pass computes."""
     model, source = _fresh_model_and_source(tmp_path)
     batch = source[4]
-    cached = tiny_tune.cache_features(model, source, first_step=4, batches=1, workers=0)[0]
+    cached = tune.cache_features(model, source, first_step=4, batches=1, workers=0)[0]
     assert "neg_tokens" in batch and len(cached["text"]) == len(batch["tokens"]) + len(batch["neg_tokens"])
     with torch.no_grad():
         img = model.visual.attnpool(model.visual.layer4(cached["image"].float()))
@@ -272,7 +274,7 @@ def test_stage2_cached_features_give_the_models_own_embeddings(tmp_path: Path) -
 def test_stage2_tunes_only_the_top_and_lowers_its_loss(tmp_path: Path) -> None:
     model, source = _fresh_model_and_source(tmp_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = tiny_tune.tune_top(model, source, first_step=10, seed=0, batches=3, epochs=4, lr=1e-3,
+    res = tune.tune_top(model, source, first_step=10, seed=0, batches=3, epochs=4, lr=1e-3,
                              workers=0, threads=1, log=False)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -285,7 +287,7 @@ def test_stage2_tunes_only_the_top_and_lowers_its_loss(tmp_path: Path) -> None:
 
 def test_short_training_writes_loadable_files(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
-    cmd = [sys.executable, "-m", "clipsearch.train_tiny", "--out", str(out), "--seed", "0",
+    cmd = [sys.executable, "-m", "clipsearch.tiny.train", "--out", str(out), "--seed", "0",
            "--steps", "24", "--batch-size", "24", "--workers", "1", "--eval-n", "48",
            "--tune-batches", "4", "--tune-epochs", "2"]
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
@@ -296,6 +298,8 @@ def test_short_training_writes_loadable_files(tmp_path: Path) -> None:
     log = json.loads((out / "train_log.json").read_text())
     assert log["seed"] == 0 and log["steps_done"] == 24 and "t2i_p10" in log["final_eval"]
     assert log["tune"]["batches"] == 4 and "t2i_p10" in log["stage1_eval"]
+    assert log["final_eval"]["model_id"].startswith("clipsearch-tiny#")
+    assert (out / "clipsearch-tiny.captions.txt").read_text().splitlines() == captions.tiny_captions()
     _check_loads_like_core(out / "stage1")
     _check_loads_like_core(out)
 
@@ -303,10 +307,10 @@ def test_short_training_writes_loadable_files(tmp_path: Path) -> None:
 def test_stage2_runs_alone_on_a_stage1_model(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    train_tiny.train(tmp_path / "s1", seed=1, steps=2, batch_size=12, workers=0, eval_n=0, tune_batches=0)
-    tiny_tune.main(["--model-dir", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), "--seed", "1",
-                    "--first-step", "2", "--batch-size", "12", "--batches", "2", "--epochs", "1",
-                    "--workers", "0", "--eval-n", "96"])
+    train.train(tmp_path / "s1", seed=1, steps=2, batch_size=12, workers=0, eval_n=0, tune_batches=0)
+    tune.main(["--model-dir", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), "--seed", "1",
+               "--first-step", "2", "--batch-size", "12", "--batches", "2", "--epochs", "1",
+               "--workers", "0", "--eval-n", "96"])
     log = json.loads((tmp_path / "s2" / "tune_log.json").read_text())
     assert log["batches"] == 2 and set(log["eval_before"]) == set(log["eval_after"]) >= {"i2i_p10"}
     before = load_file(str(tmp_path / "s1" / "clipsearch-tiny.safetensors"))
@@ -339,13 +343,21 @@ def test_shipped_model_loads() -> None:
     assert (SHIPPED / "clipsearch-tiny.safetensors").stat().st_size <= 25 * 1024 * 1024
 
 
+def test_shipped_captions_are_the_generators() -> None:
+    """The caption file centering reads is what the lab's generator writes (regenerate both)."""
+    shipped = (SHIPPED / "clipsearch-tiny.captions.txt").read_text().splitlines()
+    assert shipped == captions.tiny_captions()
+    assert domain_captions(resolve("clipsearch-tiny")) == shipped
+
+
 def test_shipped_model_quality_floor() -> None:
-    from clipsearch.eval_tiny import evaluate
+    from clipsearch.tiny.eval import evaluate
 
     # Floors sit below the shipped model's measured n=200 figures (t2i 0.959, i2i 0.912,
     # full 0.959, position 0.98 -- a small set has few look-alikes; chance is ~0.02 for the
     # first three, 0.2 for position). Raise them with the model.
     res = evaluate(SHIPPED, n=200, seed=777)
+    assert res["model_id"] == resolve("clipsearch-tiny").model_id() and len(res["weights_sha256"]) == 64
     assert res["t2i_p10"] >= 0.9, res
     assert res["i2i_p10"] >= 0.85, res
     assert res["full_r1"] >= 0.85, res
@@ -354,7 +366,7 @@ def test_shipped_model_quality_floor() -> None:
 
 
 def test_shipped_model_prefers_the_right_colour() -> None:
-    from clipsearch.eval_tiny import embed_images, embed_texts, load_model
+    from clipsearch.tiny.eval import embed_images, embed_texts, load_model
 
     model, preprocess, tok = load_model(SHIPPED)
     rng = np.random.default_rng(99)

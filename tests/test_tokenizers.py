@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -21,7 +20,6 @@ from open_clip.tokenizer import HFTokenizer  # noqa: E402
 from clipsearch.chunking import chunk_text  # noqa: E402
 from clipsearch.encoders import Encoder  # noqa: E402
 from clipsearch.errors import ModelUnavailable  # noqa: E402
-from clipsearch.longclip import encode_long_text, split_by_tokens  # noqa: E402
 from clipsearch.model_registry import ModelSpec  # noqa: E402
 from clipsearch.tokens import count_tokens  # noqa: E402
 
@@ -98,17 +96,6 @@ def test_chunks_fit_the_siglip_context(encoder):
     assert all(text[c.start:c.end] == c.text for c in chunks)
     vecs = encoder.encode_texts([c.text for c in chunks])
     assert vecs.shape == (len(chunks), encoder.dim)
-
-
-def test_long_text_splits_to_full_chunks_with_one_marker(encoder):
-    text = " ".join(WORDS * 8)  # every word is one token here
-    chunks = split_by_tokens(encoder, text)
-    assert " ".join(chunks).split() == text.split()
-    assert all(encoder.count_tokens(c) <= CONTEXT for c in chunks)
-    for chunk, nxt in zip(chunks, chunks[1:], strict=False):  # greedy: the next word did not fit
-        assert encoder.count_tokens(chunk + " " + nxt.split()[0]) > CONTEXT
-    v = encode_long_text(encoder, text)
-    assert v.shape == (encoder.dim,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
 
 
 def test_a_hugging_face_tokenizer_without_transformers_is_one_line(tmp_path, monkeypatch):

@@ -109,11 +109,36 @@ def test_typicality_ranks_planted_outliers_last():
 
 
 def test_builtin_captions_are_deterministic_and_sized():
-    a = builtin_captions("clipsearch-tiny#abc", limit=500)
-    assert a == builtin_captions("clipsearch-tiny#abc", limit=500)
-    assert len(a) == 500 and len(set(a)) > 100
-    generic = builtin_captions("ViT-B-32/laion", limit=300)
-    assert len(generic) == 300 and generic != a[:300]
+    domain = [f"a caption of world {i}" for i in range(1000)]
+    a = builtin_captions(domain, limit=500)
+    assert a == builtin_captions(domain, limit=500)
+    assert len(a) == 500 and a[:400] == domain[:400] and len(set(a)) == 500  # 4/5 from the domain
+    generic = builtin_captions(limit=300)
+    assert len(generic) == 300 and not set(generic) & set(domain)
+
+
+def test_a_model_reads_its_own_captions_from_beside_its_weights(tmp_path):
+    from clipsearch.model_registry import ModelSpec, domain_captions
+    from clipsearch.transforms import embed_builtin_captions
+
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"x")
+    spec = ModelSpec(arch="ViT-B-32", checkpoint=str(ckpt))
+    assert domain_captions(spec) == []
+    (tmp_path / "mine.captions.txt").write_text("a red gizmo\n\na blue gizmo\n")
+    assert domain_captions(spec) == ["a red gizmo", "a blue gizmo"]
+
+    class Enc:  # records what it was asked to embed
+        def __init__(self):
+            self.spec, self.seen = spec, []
+
+        def encode_texts(self, texts):
+            self.seen += texts
+            return np.zeros((len(texts), 4))
+
+    enc = Enc()
+    assert embed_builtin_captions(enc, limit=20).shape == (20, 4)
+    assert enc.seen[:2] == ["a red gizmo", "a blue gizmo"] and len(enc.seen) == 20
 
 
 # ---------------------------------------------------------------- persistence
@@ -241,7 +266,7 @@ def test_bad_queries_are_clear_errors(fitted):
 
 
 def test_retrieval_metrics_known_answer():
-    from clipsearch.eval_transforms import retrieval_metrics
+    from clipsearch.tiny.eval_transforms import retrieval_metrics
 
     db_labels = np.array([0, 1, 0, 1])
     # Query 0 (label 0) is db row 0 itself: ranking of the rest by score is rows 1, 2, 3
@@ -256,7 +281,7 @@ def test_retrieval_metrics_known_answer():
 
 
 def test_stratified_subset_spreads_over_classes():
-    from clipsearch.eval_transforms import stratified_subset
+    from clipsearch.tiny.eval_transforms import stratified_subset
 
     labels = np.repeat(np.arange(4), 10)
     sub = stratified_subset(labels, 8)
@@ -264,9 +289,8 @@ def test_stratified_subset_spreads_over_classes():
 
 
 def test_shapes_folder_round_trip(tmp_path):
-    pytest.importorskip("clipsearch.synth.shapes")
     from clipsearch.errors import UsageError
-    from clipsearch.eval_transforms import load_labeled_folder, make_shapes_dataset
+    from clipsearch.tiny.eval_transforms import load_labeled_folder, make_shapes_dataset
 
     assert make_shapes_dataset(tmp_path, per_class=1, image_size=32) == 48
     assert make_shapes_dataset(tmp_path, per_class=1, image_size=32) == 0  # idempotent

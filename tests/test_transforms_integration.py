@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from core_fixtures import write_shapes
+from support import write_shapes
 
 from clipsearch import Collection
 from clipsearch.errors import TransformError, UsageError

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.register_assert_rewrite("ui_fixtures")
-from ui_fixtures import (  # noqa: E402
+from support import (
     PDF_PAGES,
     QUERY_TARGETS,
     SEGMENT_SECONDS,
@@ -21,9 +19,8 @@ from ui_fixtures import (  # noqa: E402
     build_collection,
 )
 
-from clipsearch.synth.shapes import ShapeSpec, canonical_query, render_shape  # noqa: E402
+from clipsearch.tiny.synth.shapes import ShapeSpec, canonical_query, render_shape
 
-pytest_plugins = ["ui_fixtures"]
 httpx = pytest.importorskip("httpx")
 
 
@@ -127,7 +124,7 @@ def test_gradio_client_named_endpoints(server, sample):
 def test_missing_and_empty_collections_answer_politely(tmp_path):
     from clipsearch.ui.server import build_app
     from fastapi.testclient import TestClient
-    from ui_fixtures import tiny_model_args
+    from support import tiny_model_args
 
     from clipsearch.collection import Collection
 

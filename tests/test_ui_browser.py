@@ -11,13 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import PDF_PAGES, VIDEO_SEGMENTS, ServerThread
 
-pytest.register_assert_rewrite("ui_fixtures")
-from ui_fixtures import PDF_PAGES, VIDEO_SEGMENTS, ServerThread  # noqa: E402
+from clipsearch.tiny.synth.shapes import canonical_query
 
-from clipsearch.synth.shapes import canonical_query  # noqa: E402
-
-pytest_plugins = ["ui_fixtures"]
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

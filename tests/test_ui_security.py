@@ -16,7 +16,6 @@ from urllib.parse import quote, urlsplit
 import pytest
 from clipsearch.ui.files import FileGuard, FileRefused, Signer, has_dotdot
 
-pytest_plugins = ["ui_fixtures"]
 SECRET = "TOP-SECRET-CONTENT-7f3a"
 
 
@@ -181,7 +180,7 @@ def test_uploads_have_a_size_limit_and_must_be_images(server):
 def test_auth_protects_ui_api_and_files(sample):
     import httpx
     from clipsearch.ui.server import build_app
-    from ui_fixtures import ServerThread
+    from support import ServerThread
 
     data, db = sample
     with ServerThread(build_app(db, auth="alice:pw1", device="cpu")) as srv:

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from clipsearch.model_registry import tiny_files
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    path = ROOT / "benchmarks" / "video_moments.py"
-    spec = importlib.util.spec_from_file_location("video_moments_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from clipsearch.tiny.eval_moments import run_benchmark
 
 
 @pytest.mark.skipif(not tiny_files()[1].is_file(), reason="clipsearch-tiny weights are not built yet")
@@ -30,8 +16,9 @@ def test_moment_retrieval_floor_through_indexer(tmp_path):
     R5@0.5 1.0, R1@0.7 0.75, mIoU 0.85, video R@1 1.0, in-video R1@0.5 1.0; 2026-11-22, model
     G): a drop means the indexer or the moment search regressed, or a retrained model got worse.
     """
-    res = _bench().run_benchmark(4, seed=1, min_len=40, max_len=60, through_indexer=True, workdir=tmp_path)
+    res = run_benchmark(4, seed=1, min_len=40, max_len=60, through_indexer=True, workdir=tmp_path)
     assert res["queries"] >= 6, res
+    assert res["model_id"].startswith("clipsearch-tiny#") and res["weights_sha256"], res
     assert res["R1@0.5"] >= 0.875, res
     assert res["R5@0.5"] >= 0.875, res
     assert res["R1@0.7"] >= 0.625, res

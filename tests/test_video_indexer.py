@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,6 +17,7 @@ from clipsearch.indexers.video import (
     window_spans,
 )
 from PIL import Image
+from support import solid, write_video
 
 from clipsearch.errors import SkipFile
 from clipsearch.records import path_bytes
@@ -42,36 +42,6 @@ class FakeEncoder:
             v = np.concatenate([a.mean(axis=(0, 1)), a.std(axis=(0, 1))]) + 1e-3
             out.append(v / np.linalg.norm(v))
         return np.stack(out).astype(np.float32)
-
-
-def write_video(path: Path, pts_ms, frame_fn, size=(64, 48), codec="libx264", rotation=None) -> Path:
-    """Frames at explicit PTS (milliseconds), so start offsets and variable frame rate are exact."""
-    out = av.open(str(path), "w")
-    s = out.add_stream(codec, rate=25)
-    s.width, s.height = size
-    s.pix_fmt = "yuv420p"
-    s.time_base = Fraction(1, 1000)
-    s.codec_context.time_base = Fraction(1, 1000)
-    if rotation:
-        s.set_display_rotation(rotation)
-    for p in pts_ms:
-        f = av.VideoFrame.from_ndarray(frame_fn(p), format="rgb24")
-        f.pts = p
-        f.time_base = Fraction(1, 1000)
-        for pk in s.encode(f):
-            out.mux(pk)
-    for pk in s.encode():
-        out.mux(pk)
-    out.close()
-    return path
-
-
-def solid(colour, size=(64, 48), seed=0):
-    rng = np.random.default_rng(seed)
-    a = np.empty((size[1], size[0], 3), np.uint8)
-    a[:] = colour
-    noise = rng.integers(-6, 7, a.shape)
-    return np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture

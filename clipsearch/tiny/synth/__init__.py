@@ -4,7 +4,7 @@ Benchmarks, sample collections and tests import the renderer from here so that e
 part of the project draws exactly the same visual world the shipped model was trained on.
 """
 
-from clipsearch.synth.shapes import (
+from clipsearch.tiny.synth.shapes import (
     COLORS,
     POSITIONS,
     RGB,

@@ -1,9 +1,10 @@
 """Take the README screenshot: serve a collection, run a query in headless Chromium, save a PNG.
 
-    python -m clipsearch.ui.screenshot --db DIR --query "a red star" --out docs/screenshot.png
+    python scripts/screenshot.py --db DIR --query "a red star" --out docs/screenshot.png
 
-Needs Playwright (pip) and a Chromium binary (Debian: apt-get install chromium); Playwright's
-own browser download is not used. The server runs in-process on a free loopback port.
+A dev tool, not shipped in the wheel. Needs Playwright (the `dev` extra) and a Chromium binary
+(Debian: apt-get install chromium); Playwright's own browser download is not used. The server
+runs in-process on a free loopback port.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Measure whether embedding-space transforms help, on a labelled image folder.
 
-    python -m clipsearch.eval_transforms FOLDER --model clipsearch-tiny [--make-shapes]
+    python -m clipsearch.tiny.eval_transforms FOLDER --model clipsearch-tiny [--make-shapes]
 
 FOLDER has one sub-folder per class. Every image queries all the others (leave-one-out);
 an item is relevant when it shares the query's class. Reported side by side: image->image
@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from clipsearch.errors import ClipsearchError, UsageError
+from clipsearch.tiny.model import encoder_identity
+from clipsearch.tiny.synth import shapes
 from clipsearch.transforms import TransformSet, embed_builtin_captions
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -45,8 +47,6 @@ def make_shapes_dataset(folder: str | Path, per_class: int = 40, seed: int = 0, 
 
     Existing files are kept, so the call is idempotent; returns how many images it wrote.
     """
-    from clipsearch.synth import shapes  # noqa: PLC0415
-
     root = Path(folder)
     written = 0
     for ci, color in enumerate(shapes.COLORS):
@@ -142,8 +142,6 @@ def outlier_images(per_kind: int = 3, size: int = 128, seed: int = 0) -> list[tu
                 arr = band * rng.integers(0, 256, size=3) + (1 - band) * 255
                 img = Image.fromarray(np.ascontiguousarray(np.broadcast_to(arr, (size, size, 3)), np.uint8))
             else:
-                from clipsearch.synth import shapes  # noqa: PLC0415
-
                 img = Image.new("RGB", (size, size))
                 half = size // 2
                 for j in range(4):
@@ -288,7 +286,7 @@ def evaluate(
     except ClipsearchError as exc:
         notes.append(f"typicality not measured: {exc}")
     return {
-        "model_id": encoder.model_id,
+        **encoder_identity(encoder),
         "dim": encoder.dim,
         "n_images": n,
         "n_classes": len(classes),
@@ -316,7 +314,8 @@ def _table(rows: list[Row]) -> list[str]:
 def to_markdown(result: dict) -> str:
     """The report as markdown tables."""
     lines = [
-        f"Model `{result['model_id']}` (dim {result['dim']}), {result['n_images']} images in "
+        f"Model `{result['model_id']}` (weights sha256 `{(result['weights_sha256'] or 'unknown')[:16]}`, "
+        f"dim {result['dim']}), {result['n_images']} images in "
         f"{result['n_classes']} classes; embedding took {result['embed_s']:.1f} s.",
         "",
         "Image -> image (leave-one-out):",
@@ -351,7 +350,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m clipsearch.eval_transforms", description=__doc__.split("\n\n")[0]
+        prog="python -m clipsearch.tiny.eval_transforms", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("folder", help="labelled image folder: one sub-folder per class")
     ap.add_argument("--model", default="clipsearch-tiny")

@@ -1,15 +1,18 @@
-"""Shared fixtures for the UI/API tests: a small rendered collection and a live server.
+"""Helpers the tests share: rendered shape folders, small media files, fake encoders, a server.
 
-The collection holds ~30 shape images (each colour+shape pair once, plus a family of
-near-duplicates), one short video with three shape segments and a three-page PDF, indexed
-with clipsearch-tiny. Built once per session. Tests that need it skip when the tiny model
-is missing; CLIPSEARCH_UI_TEST_MODEL/_CHECKPOINT substitute another model (plumbing only).
+The fixtures built from them live in conftest.py. The UI/API sample collection holds ~30 shape
+images (each colour+shape pair once, plus a family of near-duplicates), one short video with
+three shape segments and a three-page PDF, indexed with clipsearch-tiny, built once per session.
+Tests that need it skip when the tiny model is missing; CLIPSEARCH_UI_TEST_MODEL/_CHECKPOINT
+substitute another model (plumbing only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -17,11 +20,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
+from reportlab.lib.utils import ImageReader
+from reportlab.pdfgen import canvas
 
-from clipsearch.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
+from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
 
 IMAGE_SIZE = 160
 VIDEO_SEGMENTS = (ShapeSpec("circle", "red"), ShapeSpec("square", "blue"),
@@ -98,10 +104,8 @@ def write_images(root: Path, data: SampleData, n: int = 24, seed: int = 0) -> No
     data.dup_query = _jpeg(base.resize((150, 150)), 75)
 
 
-def write_video(path: Path, fps: int = 10, size: int = 128) -> Path:
+def write_segments_video(path: Path, fps: int = 10, size: int = 128) -> Path:
     """Three static shape segments of SEGMENT_SECONDS each, H.264 in MP4."""
-    import av
-
     rng = np.random.default_rng(5)
     frames = [np.asarray(render_shape(s, rng, size=size, background="plain")) for s in VIDEO_SEGMENTS]
     out = av.open(str(path), "w")
@@ -124,9 +128,6 @@ def write_video(path: Path, fps: int = 10, size: int = 128) -> Path:
 
 def write_pdf(path: Path) -> Path:
     """One page per PDF_PAGES spec: the rendered page picture plus a text layer naming it."""
-    from reportlab.lib.utils import ImageReader
-    from reportlab.pdfgen import canvas
-
     rng = np.random.default_rng(7)
     c = canvas.Canvas(str(path), pagesize=(424, 640))
     for n, spec in enumerate(PDF_PAGES, start=1):
@@ -143,7 +144,7 @@ def make_sample(root: Path) -> SampleData:
     data = SampleData(root)
     write_images(root, data)
     (root / "media").mkdir(exist_ok=True)
-    data.video = write_video(root / "media" / "shapes.mp4")
+    data.video = write_segments_video(root / "media" / "shapes.mp4")
     data.pdf = write_pdf(root / "media" / "report.pdf")
     return data
 
@@ -188,23 +189,120 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory) -> tuple[SampleData, Path]:
-    """(sample data, collection directory), indexed once per session."""
-    args = tiny_model_args()  # skip before rendering anything
-    assert args
-    base = tmp_path_factory.mktemp("ui")
-    data = make_sample(base / "library")
-    db = base / "db"
-    build_collection(db, [data.root])
-    return data, db
+# ---------------------------------------------------------------- labelled shape folders
+
+# A fixed subset of colour+shape classes keeps the folder small but the task non-trivial.
+CLASSES = [(c, s) for c in ("red", "green", "blue", "yellow") for s in ("star", "circle", "square")]
 
 
-@pytest.fixture(scope="session")
-def server(sample):
-    """A live server over the sample collection: yields its base URL."""
-    from clipsearch.ui.server import build_app
+def write_shapes(folder: Path, per_class: int = 4, seed: int = 7, size: int = 160) -> dict[str, str]:
+    """Render per_class JPEGs of each class into folder; returns {filename: 'color shape'}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for color, shape in CLASSES:
+        for i in range(per_class):
+            im = render_shape(ShapeSpec(shape, color), rng, size=size)
+            name = f"{color}_{shape}_{i}.jpg"
+            im.save(folder / name, quality=92)
+            labels[name] = f"{color} {shape}"
+    return labels
 
-    _, db = sample
-    with ServerThread(build_app(db, device="cpu")) as srv:
-        yield srv.url
+
+# ---------------------------------------------------------------- documents
+
+
+class FakeEncoder:
+    """Same interface as clipsearch.encoders.Encoder, without a model.
+
+    Tokens are words and punctuation marks plus two markers; a short context forces chunking.
+    Image vectors are the mean colour; text vectors a hash of the text.
+    """
+
+    dim = 8
+    context_length = 24
+    image_size = 64
+    model_id = "fake"
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.image_sizes: list[tuple[int, int]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(re.findall(r"\w+|[^\w\s]", text)) + 2
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        out = []
+        for im in images:
+            self.image_sizes.append(im.size)
+            v = np.zeros(self.dim, np.float32)
+            v[:3] = np.asarray(im.convert("RGB"), np.float32).mean(axis=(0, 1))
+            v[3] = 1.0
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            assert self.count_tokens(t) <= self.context_length, "indexer sent an over-long chunk"
+            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+def page_words(page: int) -> str:
+    """The marker words on page ``page`` of a `make_pdf` file."""
+    return " ".join(f"marker{page}x{i}" for i in range(30))
+
+
+def make_pdf(path: Path, pages: int, pagesize=(612, 792), encrypt=None, text=True, image=False) -> Path:
+    """A reportlab PDF whose page ``p`` carries `page_words(p)` (and a red square with ``image``)."""
+    c = canvas.Canvas(str(path), pagesize=pagesize, encrypt=encrypt)
+    for p in range(1, pages + 1):
+        if text:
+            y = pagesize[1] - 72
+            words = page_words(p).split()
+            for i in range(0, len(words), 6):
+                c.drawString(72, y, " ".join(words[i : i + 6]))
+                y -= 14
+        if image:
+            img = Image.new("RGB", (200, 200), (255, 0, 0))
+            c.drawImage(ImageReader(img), 100, 100, 300, 300)
+        c.showPage()
+    c.save()
+    return path
+
+
+# ---------------------------------------------------------------- videos
+
+
+def write_video(path: Path, pts_ms, frame_fn, size=(64, 48), codec="libx264", rotation=None) -> Path:
+    """Frames at explicit PTS (milliseconds), so start offsets and variable frame rate are exact."""
+    out = av.open(str(path), "w")
+    s = out.add_stream(codec, rate=25)
+    s.width, s.height = size
+    s.pix_fmt = "yuv420p"
+    s.time_base = Fraction(1, 1000)
+    s.codec_context.time_base = Fraction(1, 1000)
+    if rotation:
+        s.set_display_rotation(rotation)
+    for p in pts_ms:
+        f = av.VideoFrame.from_ndarray(frame_fn(p), format="rgb24")
+        f.pts = p
+        f.time_base = Fraction(1, 1000)
+        for pk in s.encode(f):
+            out.mux(pk)
+    for pk in s.encode():
+        out.mux(pk)
+    out.close()
+    return path
+
+
+def solid(colour, size=(64, 48), seed=0):
+    """An RGB frame of one colour with a little noise (so the encoder sees texture)."""
+    rng = np.random.default_rng(seed)
+    a = np.empty((size[1], size[0], 3), np.uint8)
+    a[:] = colour
+    noise = rng.integers(-6, 7, a.shape)
+    return np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)

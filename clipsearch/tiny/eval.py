@@ -4,7 +4,7 @@ The evaluation set is rendered with a different seed, a canvas size the training
 uses and a different background mix, so the figures measure generalisation within the
 shapes world rather than memorised renders.
 
-    python -m clipsearch.eval_tiny --model-dir clipsearch/models --n 600 --seed 12345
+    python -m clipsearch.tiny.eval --model-dir clipsearch/models --n 600 --seed 12345
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import open_clip
 import torch
 
-from clipsearch.synth import COLORS, POSITIONS, SHAPES, SIZES, ShapeSpec, canonical_query
-from clipsearch.synth.shapes import render_shape
+from clipsearch.tiny.model import MODEL_NAME, weights_identity
+from clipsearch.tiny.synth import COLORS, POSITIONS, SHAPES, SIZES, ShapeSpec, canonical_query
+from clipsearch.tiny.synth.shapes import render_shape
 
-MODEL_NAME = "clipsearch-tiny"
 EVAL_CANVAS = 176  # training renders 64..128 px canvases
 EVAL_BG_WEIGHTS = {"plain": 0.1, "gradient": 0.15, "textured": 0.25, "photo": 0.3, "page": 0.2}
 P_DEGRADE = 0.25
@@ -154,7 +154,7 @@ def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
     t2i_photo, _ = text_to_image(img_emb, model, tokenizer, specs, "a photo of {}")
     i2i = image_to_image_scores(img_emb, specs)
     return {
-        "n": n, "seed": seed, "canvas": EVAL_CANVAS,
+        **weights_identity(model_dir), "n": n, "seed": seed, "canvas": EVAL_CANVAS,
         "t2i_p10": round(t2i, 4),
         "t2i_p10_photo_of": round(t2i_photo, 4),
         "full_r1": round(full_attribute_recall(img_emb, model, tokenizer, specs), 4),
@@ -181,6 +181,7 @@ def format_table(res: dict) -> str:
         ("size picked among 2 (chance 0.5)", res["size_acc"], None),
     ]
     lines = [f"clipsearch-tiny eval: n={res['n']} seed={res['seed']} canvas={res['canvas']}px",
+             f"model_id {res['model_id']}, weights sha256 {res['weights_sha256'][:16]}",
              f"{'metric':<50} {'value':>6} {'target':>7}"]
     for name, val, target in rows:
         mark = "" if target is None else (" ok" if val >= target else " LOW")

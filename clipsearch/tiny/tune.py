@@ -1,6 +1,6 @@
 """Stage 2 of clipsearch-tiny training: tune the top of both towers on frozen features.
 
-Stage 1 (``clipsearch.train_tiny``) trains everything end to end for 3,300 steps. It leaves
+Stage 1 (``clipsearch.tiny.train``) trains everything end to end for 3,300 steps. It leaves
 image->image search weaker than text->image: images of one colour+shape at different sizes,
 positions and backgrounds do not all cluster. A heavier image-image term from the start made
 every metric worse (run I in benchmarks/RESULTS.md), because it disturbs the low-level
@@ -10,9 +10,9 @@ renders once, and tunes only the last image block, the attention pool and the te
 with the image-image term weighted up. Caching makes each pass over ~25k samples take seconds
 of compute instead of a full forward pass. The result is an ordinary open_clip state dict.
 
-``train_tiny`` runs this stage itself. Alone, on a model trained with ``--tune-batches 0``:
+``clipsearch.tiny.train`` runs this stage itself. Alone, on a model trained with ``--tune-batches 0``:
 
-    python -m clipsearch.tiny_tune --model-dir /tmp/stage1 --seed 1 --out /tmp/tuned
+    python -m clipsearch.tiny.tune --model-dir /tmp/stage1 --seed 1 --out /tmp/tuned
 """
 
 from __future__ import annotations
@@ -27,16 +27,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
-from clipsearch.train_tiny import (
-    MODEL_NAME,
-    TRAIN_NEG_RATE,
-    TRAIN_NEG_WEIGHTS,
-    BatchSource,
-    batch_loader,
-    clip_loss,
-    save_weights,
-    write_config,
-)
+from clipsearch.tiny.captions import write_captions
+from clipsearch.tiny.data import TRAIN_NEG_RATE, TRAIN_NEG_WEIGHTS, BatchSource, batch_loader
+from clipsearch.tiny.losses import clip_loss
+from clipsearch.tiny.model import MODEL_NAME, save_weights, write_config
 
 TUNE_BATCHES = 400
 TUNE_EPOCHS = 3
@@ -164,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2, help="render processes (0 = inline)")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the evaluation")
     args = ap.parse_args(argv)
-    from clipsearch.eval_tiny import evaluate, load_model
+    from clipsearch.tiny.eval import evaluate, load_model
 
     model, preprocess, tokenizer = load_model(args.model_dir)
     source = BatchSource(args.seed, args.batch_size, preprocess, tokenizer, args.first_step,
@@ -172,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     log = tune_top(model, source, args.first_step, args.seed, batches=args.batches, epochs=args.epochs,
                    lr=args.lr, i2i_weight=args.i2i_weight, workers=args.workers)
     write_config(args.out, json.loads((args.model_dir / f"{MODEL_NAME}.json").read_text()))
+    write_captions(args.out)
     save_weights(model, args.out / f"{MODEL_NAME}.safetensors")
     if args.eval_n:
         for name, d in (("before", args.model_dir), ("after", args.out)):

@@ -1,0 +1,33 @@
+"""Fixtures shared by the test files; the helpers they are built from are in support.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("support")
+
+from support import SampleData, ServerThread, build_collection, make_sample, tiny_model_args  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> tuple[SampleData, Path]:
+    """(sample data, collection directory), indexed once per session."""
+    args = tiny_model_args()  # skip before rendering anything
+    assert args
+    base = tmp_path_factory.mktemp("ui")
+    data = make_sample(base / "library")
+    db = base / "db"
+    build_collection(db, [data.root])
+    return data, db
+
+
+@pytest.fixture(scope="session")
+def server(sample):
+    """A live server over the sample collection: yields its base URL."""
+    from clipsearch.ui.server import build_app
+
+    _, db = sample
+    with ServerThread(build_app(db, device="cpu")) as srv:
+        yield srv.url
