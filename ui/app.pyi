@@ -1,0 +1,383 @@
+"""The Gradio Blocks: search box, image query, filters, result grid, detail view, named API.
+
+Results are drawn as HTML cards whose images and videos come from the server's own guarded
+/files routes (see `ui/files.py`), so Gradio never needs `allowed_paths`. Clicks on a card
+come back to Python through `gr.HTML`'s `trigger`; everything a user types or uploads goes
+through `SearchService`, the same code path as the REST API.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
+from clipsearch.ui.files import FileRefused  # noqa: E402
+
+from clipsearch.errors import ClipsearchError  # noqa: E402
+
+CSS = """
+.cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
+.cs-card { border: 1px solid var(--border-color-primary); border-radius: 8px; overflow: hidden;
+           cursor: pointer; background: var(--background-fill-secondary); display: flex;
+           flex-direction: column; }
+.cs-card:hover { outline: 2px solid var(--color-accent); }
+.cs-card img { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; display: block; background: #222; }
+.cs-noimg { width: 100%; aspect-ratio: 1 / 1; display: flex; align-items: center; justify-content: center;
+            font-size: 13px; color: var(--body-text-color-subdued); }
+.cs-cap { padding: 4px 6px; font-size: 12px; line-height: 1.3; flex: 1; }
+.cs-score { font-weight: 600; }
+.cs-kind { float: right; color: var(--body-text-color-subdued); }
+.cs-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.cs-snippet { color: var(--body-text-color-subdued); max-height: 3.9em; overflow: hidden; }
+.cs-more { margin: 0 6px 6px; font-size: 12px; padding: 2px 6px; border-radius: 6px; cursor: pointer;
+           border: 1px solid var(--border-color-primary);
+           background: var(--button-secondary-background-fill); }
+.cs-detail img { max-width: 100%; max-height: 60vh; display: block; margin: 0 auto; }
+.cs-detail video { width: 100%; max-height: 60vh; display: block; background: #000; }
+.cs-timeline { position: relative; height: 8px; background: var(--border-color-primary);
+               border-radius: 4px; margin: 6px 0; }
+.cs-seg { position: absolute; top: 0; height: 8px; background: var(--color-accent); border-radius: 4px;
+          left: 0; width: 0; }
+.cs-meta { font-size: 13px; margin-top: 8px; word-break: break-all; }
+.cs-meta td { padding: 1px 8px 1px 0; vertical-align: top; }
+.cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
+"""
+
+# Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
+CLICK_JS = """
+element.addEventListener('click', (ev) => {
+  const b = ev.target.closest('[data-action]');
+  if (!b || !element.contains(b)) return;
+  if (b.tagName === 'A') return;
+  ev.preventDefault();
+  trigger('click', {action: b.dataset.action, index: parseInt(b.dataset.index || '-1', 10)});
+});
+"""
+
+# The detail view's player starts at the moment's t_start and marks [t_start, t_end].
+PLAYER_JS = CLICK_JS + """
+const setup = () => {
+  const v = element.querySelector('video[data-start]');
+  if (!v) return;
+  const s = parseFloat(v.dataset.start), e = parseFloat(v.dataset.end);
+  const place = () => {
+    const d = v.duration, seg = element.querySelector('.cs-seg');
+    if (seg && d > 0 && isFinite(d)) {
+      seg.style.left = (100 * s / d) + '%';
+      seg.style.width = Math.max(0.5, 100 * (e - s) / d) + '%';
+    }
+    if (Math.abs(v.currentTime - s) > 0.01) v.currentTime = s;
+  };
+  if (v.readyState >= 1) place(); else v.addEventListener('loadedmetadata', place, {once: true});
+};
+setup();
+watch('value', setup);
+"""
+
+EMPTY_GRID = ("<div class='cs-empty'>Results appear here. Type a query and press Enter, "
+              "or drop an image.</div>")
+EMPTY_DETAIL = "<div class='cs-empty'>Click a result to see it full size.</div>"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return "?"
+    m, s = divmod(float(t), 60)
+    return f"{int(m)}:{s:04.1f}" if m else f"{s:.1f}s"
+
+
+def _kind_label(hit: dict) -> str:
+    kind = hit["kind"]
+    if kind == "moment":
+        return f"moment {_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
+    if kind in ("video_frame", "video"):
+        return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
+    if kind in ("doc", "doc_page", "doc_text"):
+        return f"page {hit['page']}" if hit.get("page") else "document"
+    return kind
+
+
+def render_grid(hits: list[dict]) -> str:
+    """Result cards: thumbnail, score, kind, file name, and a page snippet for documents."""
+    if not hits:
+        return EMPTY_GRID
+    cards = []
+    for i, h in enumerate(hits):
+        img = (f"<img src='{_e(h['thumb_url'])}' alt='{_e(h['name'])}' loading='lazy'>"
+               if h.get("thumb_url") else f"<div class='cs-noimg'>{_e(_kind_label(h))}</div>")
+        snippet = ""
+        if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
+            snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
+        cards.append(
+            f"<div class='cs-card' data-action='open' data-index='{i}' data-kind='{_e(h['kind'])}'"
+            f" title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
+            f"<span class='cs-score'>{h['score']:.3f}</span>"
+            f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
+            f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
+            f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
+    return "<div class='cs-grid'>" + "".join(cards) + "</div>"
+
+
+def render_detail(hit: dict | None, index: int = -1) -> str:
+    """The full-size view of one result: the image, a player at the moment, or the page."""
+    if hit is None:
+        return EMPTY_DETAIL
+    kind, media = hit["kind"], hit.get("media_url")
+    if kind == "moment" and media:
+        s, e = float(hit.get("t_start") or 0.0), float(hit.get("t_end") or 0.0)
+        view = (f"<video class='cs-player' controls preload='auto' data-start='{s:.3f}' "
+                f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f},{e:.3f}'></video>"
+                f"<div class='cs-timeline' title='the matching segment'><div class='cs-seg'></div></div>")
+    elif kind in ("video_frame", "video") and media:
+        s = float(hit.get("t_start") or 0.0)
+        e = float(hit.get("t_end") or s)
+        view = (f"<video class='cs-player' controls preload='auto' data-start='{s:.3f}' "
+                f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f}'></video>"
+                f"<div class='cs-timeline'><div class='cs-seg'></div></div>")
+    elif kind == "image" and media:
+        view = f"<a href='{_e(media)}' target='_blank' rel='noopener'><img src='{_e(media)}' alt=''></a>"
+    elif hit.get("thumb_url"):
+        view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
+    else:
+        view = "<div class='cs-noimg'>no preview</div>"
+    rows = [("Path", hit["source"]), ("Kind", kind), ("Score", f"{hit['score']:.4f}")]
+    if hit.get("t_start") is not None:
+        rows.append(("Time", f"{float(hit['t_start']):.2f}s – {float(hit.get('t_end') or 0):.2f}s"))
+    if hit.get("page") is not None:
+        rows.append(("Page", str(hit["page"])))
+    if hit.get("duration") is not None:
+        rows.append(("Duration", f"{float(hit['duration']):.1f}s"))
+    if hit.get("id"):
+        rows.append(("Id", hit["id"]))
+    table = "".join(f"<tr><td><b>{_e(k)}</b></td><td class='cs-f-{_e(k.lower())}'>{_e(v)}</td></tr>"
+                    for k, v in rows)
+    snippet = f"<p class='cs-snippet-full'>{_e(hit['text'])}</p>" if hit.get("text") else ""
+    link = ""
+    if media:
+        href = media + (f"#page={hit['page']}" if hit.get("page") else "")
+        link = f"<a href='{_e(href)}' target='_blank' rel='noopener'>Open original</a> · "
+    return (f"<div class='cs-detail' data-kind='{_e(kind)}'>{view}<div class='cs-meta'>"
+            f"<table>{table}</table>{snippet}{link}"
+            f"<button class='cs-more' data-action='more' data-index='{index}'>More like this</button>"
+            f"</div></div>")
+
+
+def _message(text: str | None, error: bool = False) -> str:
+    if not text:
+        return ""
+    return ("⚠️ " if error else "") + text
+
+
+def _error_text(e: Exception) -> str:
+    hint = getattr(e, "hint", None)
+    return f"{e}" + (f" — {hint}" if hint else "")
+
+from gradio.events import Dependency
+
+class QueryImage(gr.Image):
+    """The image box, handing Python the uploaded file's path (or a pasted data URL's bytes)
+    undecoded. `gr.Image` would decode it itself, before any check of its size; the server
+    decodes it instead, under its pixel limit (`SearchService.decode`)."""
+
+    is_template = True  # drawn by the frontend's own Image component
+
+    def preprocess(self, payload) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            import base64
+            import binascii
+
+            try:
+                return base64.b64decode(payload.url.partition(",")[2], validate=True)
+            except (ValueError, binascii.Error):
+                raise gr.Error("the pasted image could not be read") from None
+        return str(payload.path) if payload.path else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_blocks(service: SearchService) -> gr.Blocks:
+    """The UI and its named API endpoints (search, search_image, moments, info)."""
+
+    def status() -> str:
+        return service.status_line()
+
+    def filter_updates():
+        roots = service.roots() if service.exists() else []
+        fitted = False
+        if service.exists():
+            try:
+                fitted = bool(service.info().get("transforms_fitted"))
+            except ClipsearchError:
+                fitted = False
+        return (status(), gr.update(choices=[""] + roots),
+                gr.update(visible=fitted), gr.update(visible=fitted), gr.update(visible=fitted))
+
+    def execute(query: dict, offset: int, previous: list[dict]) -> tuple:
+        """Run `query` from `offset`; returns the outputs shared by every search trigger."""
+        try:
+            res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
+                                 kind=query.get("kind"), under=query.get("under"), offset=offset,
+                                 whiten=query.get("whiten", False), center=query.get("center", False),
+                                 invert=query.get("invert", False))
+            hits = previous + res["hits"]
+            msg = _message(res.get("message") if not res["hits"] else query.get("label"))
+            more = gr.update(visible=bool(res["more"]))
+        except ClipsearchError as e:
+            hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
+        grid = render_grid(hits) if hits or offset else (
+            f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
+        state = {"query": query, "hits": hits}
+        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status()
+
+    def new_search(text, image, kind, under, whiten, center, invert):
+        text = (text or "").strip()
+        if not text and image is None:
+            return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
+                    {"query": {}, "hits": []}, status())
+        query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
+                 "whiten": whiten, "center": center, "invert": invert}
+        return execute(query, 0, [])
+
+    def load_more(state):
+        if not state or not state.get("query"):
+            return gr.update(), gr.update(), "", gr.update(visible=False), state, status()
+        return execute(state["query"], len(state["hits"]), state["hits"])
+
+    def more_like(state, index: int, kind_label: str, under: str):
+        hit = state["hits"][index]
+        try:
+            path = like_image_path(service, hit)
+        except (FileRefused, ClipsearchError) as e:
+            msg = getattr(e, "message", None) or str(e)
+            return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
+                    gr.update(), state, status())
+        kind = KIND_LABELS.get(kind_label)
+        query = {"text": None, "image": path, "under": under, "label": f"Items like {hit['name']}",
+                 "kind": None if kind == "moment" else kind}
+        return execute(query, 0, [])
+
+    def on_click(state, kind_label, under, evt: gr.EventData):
+        action, index = getattr(evt, "action", None), int(getattr(evt, "index", -1))
+        hits = (state or {}).get("hits") or []
+        if action == "more":
+            if index < 0:
+                index = int((state or {}).get("selected", -1))
+            if not 0 <= index < len(hits):
+                return (gr.update(),) * 6
+            return more_like(state, index, kind_label, under)
+        if not 0 <= index < len(hits):
+            return (gr.update(),) * 6
+        state = dict(state, selected=index)
+        return gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update()
+
+    # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
+    def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
+                   under: str = "", whiten: bool = False, center: bool = False,
+                   hybrid: bool = False) -> dict:
+        """Text search. kind: all, image, video, moment, doc, frame or page."""
+        try:
+            return service.search(q, k=k, kind=kind, offset=offset, under=under, whiten=whiten,
+                                  center=center, hybrid=hybrid)
+        except ClipsearchError as e:
+            raise gr.Error(_error_text(e)) from None
+
+    def api_moments(q: str, k: int = 10, under: str = "") -> dict:
+        """Video moments for a text query: hits with t_start/t_end in seconds."""
+        try:
+            return service.moments(q, k=k, under=under)
+        except ClipsearchError as e:
+            raise gr.Error(_error_text(e)) from None
+
+    def api_info() -> dict:
+        """Collection name, counts per kind, model, device, fitted transforms."""
+        try:
+            return service.info()
+        except ClipsearchError as e:
+            raise gr.Error(_error_text(e)) from None
+
+    def api_search_image(image: str | None, q: str, k: float, kind: str, offset: float,
+                         under: str) -> dict:
+        if image is None:
+            raise gr.Error("give an image: handle_file('photo.jpg')")
+        try:
+            return service.search(q or None, image, k=int(k), kind=kind, offset=int(offset), under=under)
+        except ClipsearchError as e:
+            raise gr.Error(_error_text(e)) from None
+
+    with gr.Blocks(title="clipsearch", analytics_enabled=False) as demo:
+        state = gr.State({"query": {}, "hits": []})
+        status_md = gr.Markdown(elem_id="cs-status")
+        with gr.Row():
+            text = gr.Textbox(label="Search", scale=4,
+                              placeholder="Describe what you are looking for, then press Enter",
+                              elem_id="cs-query", autofocus=True, submit_btn=True)
+            image = QueryImage(label="…or search by image (upload, paste or drop)", type="filepath",
+                               sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
+        with gr.Row():
+            kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
+            under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,
+                                elem_id="cs-under", scale=2)
+            whiten = gr.Checkbox(label="Whiten", visible=False, elem_id="cs-whiten")
+            center = gr.Checkbox(label="Center", visible=False, elem_id="cs-center")
+            invert = gr.Checkbox(label="Invert", visible=False, elem_id="cs-invert")
+        message = gr.Markdown(elem_id="cs-message")
+        with gr.Row():
+            with gr.Column(scale=3):
+                grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS, padding=False)
+                more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
+            with gr.Column(scale=2):
+                detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
+
+        inputs = [text, image, kind, under, whiten, center, invert]
+        outputs = [grid, detail, message, more, state, status_md]
+        text.submit(new_search, inputs, outputs, api_visibility="private")
+        image.change(new_search, inputs, outputs, api_visibility="private")
+        for f in (kind, under, whiten, center, invert):
+            f.change(new_search, inputs, outputs, api_visibility="private")
+        more.click(load_more, [state], outputs, api_visibility="private")
+        grid.click(on_click, [state, kind, under], outputs, api_visibility="private")
+        detail.click(on_click, [state, kind, under], outputs, api_visibility="private")
+        demo.load(filter_updates, None, [status_md, under, whiten, center, invert],
+                  api_visibility="private")
+        gr.Timer(15).tick(status, None, status_md, api_visibility="private")
+
+        gr.api(api_search, api_name="search")
+        gr.api(api_moments, api_name="moments")
+        gr.api(api_info, api_name="info")
+        with gr.Column(visible=False):
+            # gr.File, not gr.Image: the upload reaches api_search_image undecoded, which checks
+            # it and says clearly what is wrong with a non-image.
+            a_img = gr.File(type="filepath", file_count="single", label="image")
+            a_q = gr.Textbox(label="q")
+            a_k = gr.Number(PAGE_SIZE, label="k", precision=0)
+            a_kind = gr.Textbox("all", label="kind")
+            a_off = gr.Number(0, label="offset", precision=0)
+            a_under = gr.Textbox("", label="under")
+            a_out = gr.JSON(label="result")
+        a_img.upload(api_search_image, [a_img, a_q, a_k, a_kind, a_off, a_under], a_out,
+                     api_name="search_image")
+    return demo
+
+
+def like_image_path(service: SearchService, hit: dict) -> str:
+    """The picture a "More like this" query starts from: the image itself, else its thumbnail."""
+    if hit["kind"] == "image" and hit.get("id"):
+        return service.item_file(hit["id"])[0]
+    url = hit.get("thumb_url") or ""
+    if url.startswith("/files/thumb/"):
+        return service.item_thumb(url[len("/files/thumb/"):].split("?", 1)[0])
+    raise FileRefused(404, "this item has no picture to search from")
