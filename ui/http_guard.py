@@ -17,6 +17,8 @@ import json
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from python_multipart.exceptions import MultipartParseError
+
 Scope = dict
 LOOPBACK_NAMES = frozenset({"localhost"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -163,8 +165,10 @@ class HostCheck:
             await send_json(send, problem[0], {"error": problem[1], "hint": problem[2]})
 
 
-class BodyTooLarge(Exception):
-    """Raised into the app from `receive` when a request body passes the cap."""
+class BodyTooLarge(MultipartParseError):
+    """Raised into the app from `receive` when a request body passes the cap. A multipart parse
+    error, so that the form parsers reading the body (Starlette's, Gradio's upload route) delete
+    the temporary files they were writing, as they do for a malformed body."""
 
 
 class BodyLimit:
@@ -206,7 +210,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.cap:
                     over = True
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(f"request body over {self.cap} bytes")
             return message
 
         async def guarded_send(message) -> None:
