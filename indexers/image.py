@@ -11,6 +11,7 @@ server shares this process-wide setting with Gradio and any other decoder in its
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -64,13 +65,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 class TooManyPixels(SkipFile):
-    """An image over the pixel limit (a possible decompression bomb), known from its header."""
+    """An image over the pixel limit (a possible decompression bomb), known from its header.
+    `pixels` is its pixel count when known (Pillow's own refusal names no width and height)."""
 
-    def __init__(self, width: int | None, height: int | None, max_pixels: int) -> None:
+    def __init__(self, width: int | None, height: int | None, max_pixels: int,
+                 pixels: int | None = None) -> None:
         self.width, self.height, self.max_pixels = width, height, max_pixels
-        size = f"{width}x{height} = {width * height:,} pixels" if width and height else "too many pixels"
+        self.pixels = width * height if width and height else pixels
+        if width and height:
+            size = f"{width}x{height} = {self.pixels:,} pixels"
+        else:
+            size = f"{self.pixels:,} pixels" if self.pixels else "too many pixels"
+        self.size = size
         super().__init__(f"image of {size} exceeds the limit of {max_pixels:,} "
                          "(possible decompression bomb; raise --max-pixels to allow)")
+
+    @classmethod
+    def from_pillow(cls, error: Exception, max_pixels: int) -> TooManyPixels:
+        """From Pillow's DecompressionBombError, whose message holds the pixel count."""
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        return cls(None, None, max_pixels, int(found.group(1)) if found else None)
 
 
 def check_pixels(w: int, h: int, max_pixels: int) -> None:
@@ -96,8 +110,8 @@ def open_image(fp: IO[bytes], max_pixels: int, formats: tuple[str, ...] | None =
                     Image.MAX_IMAGE_PIXELS = saved
         else:
             im = Image.open(fp, formats=formats)
-    except Image.DecompressionBombError:
-        raise TooManyPixels(None, None, max_pixels) from None
+    except Image.DecompressionBombError as e:
+        raise TooManyPixels.from_pillow(e, max_pixels) from None
     check_pixels(*im.size, max_pixels)
     return im
 
@@ -118,8 +132,8 @@ def load_image(src: str | Path | bytes | IO[bytes], max_pixels: int, min_side: i
         raise
     except UnidentifiedImageError:
         raise SkipFile("not a readable image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError:  # a frame or tile larger than the header said
-        raise TooManyPixels(None, None, max_pixels) from None
+    except Image.DecompressionBombError as e:  # a frame or tile larger than the header said
+        raise TooManyPixels.from_pillow(e, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise SkipFile(f"truncated or corrupt image: {e}") from None
 

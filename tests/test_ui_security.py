@@ -495,3 +495,224 @@ def test_non_utf8_names_are_served_and_previewed(hostile_server, hostile):
     assert "filename*=UTF-8''caf%5Cxe9.png" in headers["content-disposition"]
     status, headers, body = raw_request(hostile_server, "GET", hit["thumb_url"])
     assert status == 200 and headers["content-type"] == "image/jpeg" and body[:3] == b"\xff\xd8\xff"
+
+
+# ---- one login -------------------------------------------------------------------------------
+USER, PASSWORD = "alice", "pw-9c1e"
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+# Everything but the login page needs a login, Gradio's event streams and the schema included.
+PROTECTED = ["/api/info", "/api/search?q=star", "/api/openapi.json", "/config", "/gradio_api/info",
+             "/gradio_api/heartbeat/abc", "/gradio_api/queue/data?session_hash=abc",
+             "/gradio_api/openapi.json", "/files/item/" + "0" * 32]
+
+
+@pytest.fixture(scope="module")
+def auth_server(sample):
+    from clipsearch.ui.server import build_app
+
+    _, db = sample
+    app = CountingApp(build_app(db, auth=(USER, PASSWORD), device="cpu"))
+    with ServerThread(app) as srv:
+        srv.app = app
+        yield srv
+
+
+def test_one_login_works_on_every_route(auth_server):
+    import httpx
+
+    base = auth_server.url
+    for target in PROTECTED:
+        status, headers, body = raw_request(base, "GET", target, timeout=30)
+        assert status == 401, target
+        assert ("www-authenticate" in headers) == target.startswith(("/api/", "/files/")), target
+        assert b"cs-query" not in body
+    status, _, page = raw_request(base, "GET", "/")
+    assert status == 200 and b"cs-query" not in page  # Gradio's login form, not the app
+
+    hit = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3, "kind": "image"},
+                    headers=BASIC, timeout=120).json()["hits"][0]
+    unsigned = hit["media_url"].split("?")[0]
+    basic_ok = [t for t in PROTECTED if "heartbeat" not in t and "queue/data" not in t and "0" * 32 not in t]
+    for target in basic_ok + [unsigned, "/"]:
+        status, _, body = raw_request(base, "GET", target, BASIC, timeout=60)
+        assert status == 200, target
+    assert b"cs-query" in raw_request(base, "GET", "/", BASIC)[2]  # Basic opens the UI itself
+
+    # Gradio's login form sets the session cookie; it works on the REST and file routes too.
+    with httpx.Client(base_url=base, timeout=120) as browser:
+        r = browser.post("/login", data={"username": USER, "password": PASSWORD})
+        assert r.status_code == 200 and browser.cookies
+        for target in basic_ok + [unsigned]:
+            assert browser.get(target).status_code == 200, target
+    # Media URLs the UI made carry a signature: a page's <img> loads them, nothing else does.
+    assert "sig=" in hit["media_url"]
+    assert raw_request(base, "GET", hit["media_url"])[0] == 200
+    assert raw_request(base, "GET", unsigned + "?sig=" + "0" * 32)[0] == 401
+
+    from gradio_client import Client
+
+    client = Client(base + "/", auth=(USER, PASSWORD), verbose=False)
+    assert client.predict(q="a red circle", k=2, kind="image", api_name="/search")["hits"]
+
+
+def test_login_is_checked_before_the_body_is_read(auth_server):
+    from clipsearch.ui.api import MAX_UPLOAD_BYTES
+
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:nope").decode()}
+    for target in ("/api/search/image", "/gradio_api/upload"):
+        for headers in ({}, wrong):
+            auth_server.app.received = 0
+            status, reply, sent = chunked_upload(auth_server.url, target, 10 * MAX_UPLOAD_BYTES, headers)
+            assert status == 401, (target, reply[:200])
+            assert auth_server.app.received == 0, target
+            assert sent < 5 * MAX_UPLOAD_BYTES
+
+
+def test_failed_logins_back_off_per_client(sample):
+    import httpx
+    from clipsearch.ui.server import build_app
+
+    _, db = sample
+
+    def client(address: str) -> httpx.Client:
+        return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60)
+
+    with ServerThread(build_app(db, auth=(USER, PASSWORD), device="cpu")) as srv, \
+            client("127.0.0.2") as attacker, client("127.0.0.3") as form_user:
+        codes = [attacker.get(srv.url + "/api/info", auth=(USER, f"guess{i}")).status_code
+                 for i in range(50)]
+        assert codes.count(401) <= 7 and codes.count(429) >= 43, codes
+        r = attacker.get(srv.url + "/api/info", auth=(USER, PASSWORD))
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even the right one waits
+        assert attacker.post(srv.url + "/login", data={"username": USER, "password": PASSWORD}
+                             ).status_code == 429
+        assert httpx.get(srv.url + "/api/info", auth=(USER, PASSWORD), timeout=60).status_code == 200
+        form = [form_user.post(srv.url + "/login", data={"username": USER, "password": f"g{i}"}).status_code
+                for i in range(8)]
+        assert form[:5] == [400] * 5 and form[-1] == 429, form
+
+
+# ---- the real command: `clipsearch serve --auth-file`, one pixel limit, peak memory ----------
+class ServeProcess:
+    """`python -m clipsearch.cli serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, args: list[str], env: dict, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "clipsearch.cli", "serve", "--port", str(self.port),
+                    "--device", "cpu", *args]
+        self.env, self.log = env, log
+
+    def __enter__(self) -> ServeProcess:
+        self.out = open(self.log, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if raw_request(self.url, "GET", "/api/info", BASIC, timeout=10)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+
+    def status_kb(self, field: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(field)
+
+
+def ui_image_search(base: str, headers: dict, upload: Path) -> str:
+    """Drop `upload` on the UI's image box the way the browser does (upload, then the box's
+    change event through Gradio's queue); returns the message the UI shows."""
+    import httpx
+
+    with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+        config = c.get("/config").json()
+        box = next(x["id"] for x in config["components"] if x.get("props", {}).get("elem_id") == "cs-image")
+        dep = next(d for d in config["dependencies"] if [box, "change"] in d["targets"])
+        path = c.post("/gradio_api/upload", files={"files": (upload.name, upload.read_bytes(), "image/png")}
+                      ).json()[0]
+        image = {"path": path, "orig_name": upload.name, "size": upload.stat().st_size,
+                 "mime_type": "image/png", "meta": {"_type": "gradio.FileData"}}
+        session = "securitytest"
+        r = c.post("/gradio_api/queue/join", json={
+            "data": ["", image, "All", "", False, False, False], "fn_index": dep["id"],
+            "trigger_id": box, "session_hash": session, "event_data": None})
+        assert r.status_code == 200, r.text
+        with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    assert msg.get("success"), msg
+                    return msg["output"]["data"][2]
+    raise AssertionError("no answer from the queue")
+
+
+@pytest.mark.slow
+def test_one_pixel_limit_everywhere_and_the_password_stays_out_of_ps(hostile, tmp_path):
+    """A 20000x20000 PNG (a few hundred KB) through the UI's image box, the named Gradio
+    endpoint, REST and a preview: each gets a clear refusal, and the server's peak memory
+    stays near its idle size. The login comes from --auth-file, so `ps` never shows it."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    auth = tmp_path / "auth"
+    auth.write_text(f"{USER}:{PASSWORD}\n")
+    auth.chmod(0o600)
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CLIPSEARCH_AUTH"}
+    env.update(GRADIO_TEMP_DIR=str(tmp_root), OMP_NUM_THREADS="1")
+    bomb = hostile["bomb"]
+    assert bomb.stat().st_size < 1_000_000
+    with ServeProcess(["--db", str(hostile["db"]), "--auth-file", str(auth)], env, tmp_path / "log") as srv:
+        cmdline = Path(f"/proc/{srv.proc.pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in cmdline and str(auth).encode() in cmdline
+        small = tmp_path / "small.png"
+        Image.new("RGB", (64, 64), (0, 200, 0)).save(small)
+        r = httpx.post(srv.url + "/api/search/image", headers=BASIC, timeout=120,
+                       files={"file": ("small.png", small.read_bytes(), "image/png")})
+        assert r.status_code == 200, r.text
+        assert "Nothing matched" not in ui_image_search(srv.url, BASIC, small)
+        client = Client(srv.url + "/", auth=(USER, PASSWORD), verbose=False)
+        client.predict(image=handle_file(str(small)), q="", k=2, kind="all", offset=0, under="",
+                       api_name="/search_image")
+        idle_kb = srv.status_kb("VmRSS")
+        Path(f"/proc/{srv.proc.pid}/clear_refs").write_text("5")  # restart the peak (VmHWM) here
+
+        size = "400,000,000 pixels"  # 20000 x 20000
+        assert size in ui_image_search(srv.url, BASIC, bomb)
+        with pytest.raises(Exception, match=size):
+            client.predict(image=handle_file(str(bomb)), q="", k=2, kind="all", offset=0, under="",
+                           api_name="/search_image")
+        r = httpx.post(srv.url + "/api/search/image", headers=BASIC, timeout=120,
+                       files={"file": ("bomb.png", bomb.read_bytes(), "image/png")})
+        assert r.status_code == 413 and size in r.json()["error"] and r.json()["hint"]
+        r = httpx.get(srv.url + f"/files/item/{hostile['ids']['bomb']}/preview", headers=BASIC, timeout=120)
+        assert r.status_code == 413 and size in r.json()["error"]
+        peak_kb = srv.status_kb("VmHWM")
+        print(f"server RSS idle {idle_kb // 1024} MB, peak during the bomb requests {peak_kb // 1024} MB")
+        assert (peak_kb - idle_kb) < 300 * 1024, (idle_kb, peak_kb)
+        uploads = list(tmp_root.glob("clipsearch-uploads-*"))
+        assert len(uploads) == 1 and uploads[0].stat().st_mode & 0o777 == 0o700
+        assert any(p.is_file() for p in uploads[0].rglob("*"))  # the queries are in there
+    log = (tmp_path / "log").read_text()
+    assert srv.proc.returncode is not None, log[-2000:]
+    assert not list(tmp_root.glob("clipsearch-uploads-*")), ("query uploads left behind", log[-3000:],
+                                                             srv.proc.returncode)
+    assert PASSWORD not in log

@@ -79,9 +79,8 @@ def decode_query_image(src: bytes | str | os.PathLike | IO[bytes], max_pixels: i
     try:
         return load_image(src, max_pixels, formats=UPLOAD_FORMATS)
     except TooManyPixels as e:
-        size = f"{e.width}x{e.height}" if e.width else "over the limit"
-        raise UploadRejected(f"the image is {size}: more than the {max_pixels:,} pixels this server "
-                             "decodes", status=413,
+        raise UploadRejected(f"the image is {e.size}: more than the {max_pixels:,} pixels this "
+                             "server decodes", status=413,
                              hint="send a smaller picture (or start the server with a larger "
                                   "--max-pixels)") from None
     except SkipFile:
@@ -370,9 +369,9 @@ def _preview(real: str, max_pixels: int) -> Response:
             im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
-    except TooManyPixels:
-        raise FileRefused(413, f"the image has more than the {max_pixels:,} pixels this server "
-                               "decodes; open the original instead") from None
+    except TooManyPixels as e:
+        raise FileRefused(413, f"the image is {e.size}: more than the {max_pixels:,} pixels this "
+                               "server decodes; open the original instead") from None
     except (SkipFile, OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         raise FileRefused(415, "not a previewable image") from None
     return Response(buf.getvalue(), media_type="image/jpeg",

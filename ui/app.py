@@ -182,25 +182,29 @@ def _error_text(e: Exception) -> str:
     return f"{e}" + (f" — {hint}" if hint else "")
 
 
-class QueryImage(gr.Image):
-    """The image box, handing Python the uploaded file's path (or a pasted data URL's bytes)
-    undecoded. `gr.Image` would decode it itself, before any check of its size; the server
-    decodes it instead, under its pixel limit (`SearchService.decode`)."""
+def undecoded_upload(payload) -> str | bytes | None:
+    """An image box's input as the uploaded file's path (or a pasted data URL's bytes), with
+    no pixel decoded: the server decodes it itself, under its pixel limit (`SearchService.decode`).
+    `gr.Image` would decode it first, checked only by Pillow's process-wide limit."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        import base64
+        import binascii
 
-    is_template = True  # drawn by the frontend's own Image component
+        try:
+            return base64.b64decode(payload.url.partition(",")[2], validate=True)
+        except (ValueError, binascii.Error):
+            raise gr.Error("the pasted image could not be read") from None
+    return str(payload.path) if payload.path else None
 
-    def preprocess(self, payload) -> str | bytes | None:
-        if payload is None:
-            return None
-        if payload.url and payload.url.startswith("data:"):
-            import base64
-            import binascii
 
-            try:
-                return base64.b64decode(payload.url.partition(",")[2], validate=True)
-            except (ValueError, binascii.Error):
-                raise gr.Error("the pasted image could not be read") from None
-        return str(payload.path) if payload.path else None
+def query_image_box(**kwargs) -> gr.Image:
+    """The UI's image box: a `gr.Image` whose input reaches Python undecoded. (Set on the
+    instance: a `gr.Image` subclass would make Gradio write a .pyi stub next to this module.)"""
+    box = gr.Image(type="filepath", **kwargs)
+    box.preprocess = undecoded_upload
+    return box
 
 
 def build_blocks(service: SearchService) -> gr.Blocks:
@@ -319,8 +323,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             text = gr.Textbox(label="Search", scale=4,
                               placeholder="Describe what you are looking for, then press Enter",
                               elem_id="cs-query", autofocus=True, submit_btn=True)
-            image = QueryImage(label="…or search by image (upload, paste or drop)", type="filepath",
-                               sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
+            image = query_image_box(label="…or search by image (upload, paste or drop)",
+                                    sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
         with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
             under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,

@@ -138,6 +138,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
     if host in ("0.0.0.0", "::") and not allowed_hosts:
         print("Reach it by IP address, or name each host name it is reached by with --allowed-host.")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # Gradio keeps event streams open (heartbeat); without a deadline Ctrl-C would wait on them.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     finally:
         remove_upload_dir()
