@@ -716,3 +716,19 @@ def test_one_pixel_limit_everywhere_and_the_password_stays_out_of_ps(hostile, tm
     assert not list(tmp_root.glob("clipsearch-uploads-*")), ("query uploads left behind", log[-3000:],
                                                              srv.proc.returncode)
     assert PASSWORD not in log
+
+
+def test_serve_refuses_a_bad_login_source_before_starting(tmp_path):
+    from click.testing import CliRunner
+
+    from clipsearch.cli import main
+
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve", "--db", str(tmp_path / "db"), "--auth-file", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "--auth-file" in r.output and "hint:" in r.output
+    (tmp_path / "f").write_text("a:b\n")
+    r = runner.invoke(main, ["serve", "--db", str(tmp_path / "db"), "--auth", "a:b", "--auth-file",
+                             str(tmp_path / "f")])
+    assert r.exit_code == 2 and "not both" in r.output
+    r = runner.invoke(main, ["serve", "--help"])
+    assert "--auth-file" in r.output and "--allowed-host" in r.output and "--max-pixels" in r.output
