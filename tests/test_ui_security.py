@@ -544,6 +544,12 @@ def test_one_login_works_on_every_route(auth_server):
         assert r.status_code == 200 and browser.cookies
         for target in basic_ok + [unsigned]:
             assert browser.get(target).status_code == 200, target
+        stale = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+        browser.get("/logout")
+        assert browser.get("/api/info").status_code == 401
+    # Basic still opens Gradio's own routes next to a stale session cookie
+    status, _, body = raw_request(base, "GET", "/", {**BASIC, "Cookie": stale})
+    assert status == 200 and b"cs-query" in body
     # Media URLs the UI made carry a signature: a page's <img> loads them, nothing else does.
     assert "sig=" in hit["media_url"]
     assert raw_request(base, "GET", hit["media_url"])[0] == 200

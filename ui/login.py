@@ -178,16 +178,17 @@ class LoginGate:
         return self.signer.verify(path, sig)
 
     def _as_gradio_session(self, scope) -> dict:
-        """`scope` with a Gradio session cookie for the Basic user added to its headers."""
+        """`scope` with Gradio's session cookies replaced by ones naming the Basic user."""
         tokens = getattr(self.gradio_app, "tokens", None)
         names = self._cookie_names()
         if tokens is None or not names:
             return scope
         tokens[self._basic_token] = self.user  # again after a logout removed it
+        others = [c.strip() for c in (header(scope, b"cookie") or "").split(";")
+                  if c.strip() and c.split("=", 1)[0].strip() not in names]
+        cookie = "; ".join(others + [f"{n}={self._basic_token}" for n in names])
         headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"cookie"]
-        cookie = header(scope, b"cookie")
-        ours = f"{names[1]}={self._basic_token}"
-        headers.append((b"cookie", (f"{cookie}; {ours}" if cookie else ours).encode("latin-1")))
+        headers.append((b"cookie", cookie.encode("latin-1")))
         return dict(scope, headers=headers)
 
     # ---- the gate ------------------------------------------------------------------------
