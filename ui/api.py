@@ -94,14 +94,6 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     return decode_query_image(data, max_pixels)
 
 
-def load_query_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An image file a client uploaded through Gradio (already on disk) → RGB, same rules."""
-    size = os.path.getsize(path)
-    if size > MAX_UPLOAD_BYTES:
-        raise too_big(size)
-    return decode_query_image(path, max_pixels)
-
-
 class SearchService:
     """Queries over one collection directory, safe to call from many threads."""
 
@@ -139,10 +131,12 @@ class SearchService:
         return int(meta.get("max_pixels") or DEFAULT_MAX_PIXELS)
 
     def decode(self, src: bytes | str | os.PathLike) -> Image.Image:
-        """A query image (upload bytes or a file path) → RGB under `max_pixels`."""
+        """A query image → RGB under `max_pixels`: upload bytes (also capped in size), or a file
+        on the server (an upload Gradio stored under its own cap, or an item for "More like
+        this")."""
         if isinstance(src, bytes | bytearray):
             return load_upload(bytes(src), self.max_pixels)
-        return load_query_image(src, self.max_pixels)
+        return decode_query_image(src, self.max_pixels)
 
     def roots(self) -> list[str]:
         """Indexed roots, re-read when another process (`clipsearch index`) added some."""
