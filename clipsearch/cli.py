@@ -372,19 +372,28 @@ def fit_transforms(db, text_source, verbose):
 @db_opt
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--auth", default=None, help="user:password to require a login.")
+@click.option("--auth-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding one line user:password to require a login. Default: $CLIPSEARCH_AUTH.")
+@click.option("--auth", default=None,
+              help="user:password to require a login (visible in the process list: prefer --auth-file).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name the server may be reached by, besides loopback and the bind "
+                   "address (repeatable). Other Host headers are refused (DNS rebinding).")
+@click.option("--max-pixels", default=None, type=click.IntRange(1),
+              help="Largest image (in pixels) the server decodes: uploads, previews, 'more like "
+                   "this'. Default 89,478,485.")
 @device_opt
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth, device, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, device, verbose):
     """Browser UI and HTTP API over a collection."""
     _setup_logging(verbose)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     MissingDependency.require(("fastapi", "gradio", "uvicorn", "python_multipart"), "clipsearch serve", "ui")
     from clipsearch.ui.server import serve as run_server
 
-    run_server(db or _db_default(), host=host, port=port, auth=auth, device=device)
-
+    run_server(db or _db_default(), host=host, port=port, auth=auth, device=device, auth_file=auth_file,
+               allowed_hosts=allowed_hosts, max_pixels=max_pixels)
 
 if __name__ == "__main__":
     main()

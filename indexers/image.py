@@ -2,13 +2,20 @@
 
 `prepare` does all the CPU work of one file (decode + preprocess) so the pipeline can run it in
 worker threads while the encoder runs batches; `extract` is the one-file path of the protocol.
+
+Every decode passes its own pixel limit (`open_image`), checked from the header before any
+pixel is decoded. Pillow's process-wide `MAX_IMAGE_PIXELS` is left as Pillow ships it: the web
+server shares this process-wide setting with Gradio and any other decoder in its process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from clipsearch.indexers.base import IndexContext
@@ -22,8 +29,10 @@ if TYPE_CHECKING:
 
     from clipsearch.encoders import Encoder
 
-Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit before decoding
+# Pillow warns between its limit and twice it; our own limit (checked next) decides instead.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+_PILLOW_REFUSES_ABOVE = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def image_format(head: bytes) -> str | None:
@@ -55,19 +64,65 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+class TooManyPixels(SkipFile):
+    """An image over the pixel limit (a possible decompression bomb), known from its header.
+    `pixels` is its pixel count when known (Pillow's own refusal names no width and height)."""
+
+    def __init__(self, width: int | None, height: int | None, max_pixels: int,
+                 pixels: int | None = None) -> None:
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+        self.pixels = width * height if width and height else pixels
+        if width and height:
+            size = f"{width}x{height} = {self.pixels:,} pixels"
+        else:
+            size = f"{self.pixels:,} pixels" if self.pixels else "too many pixels"
+        self.size = size
+        super().__init__(f"image of {size} exceeds the limit of {max_pixels:,} "
+                         "(possible decompression bomb; raise --max-pixels to allow)")
+
+    @classmethod
+    def from_pillow(cls, error: Exception, max_pixels: int) -> TooManyPixels:
+        """From Pillow's DecompressionBombError, whose message holds the pixel count."""
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        return cls(None, None, max_pixels, int(found.group(1)) if found else None)
+
+
 def check_pixels(w: int, h: int, max_pixels: int) -> None:
-    """SkipFile for an image over the pixel limit, decided from its header before decoding."""
+    """TooManyPixels for an image over the pixel limit, decided from its header before decoding."""
     if w * h > max_pixels:
-        raise SkipFile(f"image of {w}x{h} = {w * h:,} pixels exceeds the limit of "
-                       f"{max_pixels:,} (possible decompression bomb; raise --max-pixels to allow)")
+        raise TooManyPixels(w, h, max_pixels)
 
 
-def load_image(path: str | Path | bytes, max_pixels: int, min_side: int = 224) -> Image.Image:
-    """Decode an image upright and in RGB, at no more resolution than `min_side` needs."""
+def open_image(fp: IO[bytes], max_pixels: int, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """`Image.open` (header only) with `max_pixels` deciding; nothing is decoded yet.
+
+    Pillow refuses on its own above twice its default limit. A larger `max_pixels` lifts that
+    only while this header is read, under a lock, and puts Pillow's value back.
+    """
     try:
-        with open(path, "rb") as f:
-            im = Image.open(f)
-            check_pixels(*im.size, max_pixels)
+        if max_pixels > _PILLOW_REFUSES_ABOVE > 0:
+            with _PILLOW_LIMIT_LOCK:
+                saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = max_pixels
+                try:
+                    im = Image.open(fp, formats=formats)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+        else:
+            im = Image.open(fp, formats=formats)
+    except Image.DecompressionBombError as e:
+        raise TooManyPixels.from_pillow(e, max_pixels) from None
+    check_pixels(*im.size, max_pixels)
+    return im
+
+
+def load_image(src: str | Path | bytes | IO[bytes], max_pixels: int, min_side: int = 224,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode an image (a path or an open binary file) upright and in RGB, at no more
+    resolution than `min_side` needs. `formats` restricts the Pillow formats tried."""
+    try:
+        with (contextlib.nullcontext(src) if hasattr(src, "read") else open(src, "rb")) as f:
+            im = open_image(f, max_pixels, formats)
             if im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
             im = ImageOps.exif_transpose(im)
@@ -77,8 +132,8 @@ def load_image(path: str | Path | bytes, max_pixels: int, min_side: int = 224) -
         raise
     except UnidentifiedImageError:
         raise SkipFile("not a readable image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as e:
-        raise SkipFile(f"decompression bomb: {e}") from None
+    except Image.DecompressionBombError as e:  # a frame or tile larger than the header said
+        raise TooManyPixels.from_pillow(e, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise SkipFile(f"truncated or corrupt image: {e}") from None
 

@@ -306,3 +306,128 @@ def solid(colour, size=(64, 48), seed=0):
     a[:] = colour
     noise = rng.integers(-6, 7, a.shape)
     return np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+# ---- hostile input and raw HTTP, for the security tests ---------------------------------------
+def write_png_bomb(path: Path, side: int = 20000) -> Path:
+    """A black 1-bit PNG of side x side pixels, a few hundred KB on disk, written row by row so
+    making it costs no memory (decoding it would cost side*side bytes at least)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def add_rows(col, source: Path, kind: str, vector, **fields) -> str:
+    """Write one row for `source` straight into the table, as an older clipsearch (or a laxer
+    scanner) would have indexed it; returns its id. The caller refreshes the ANN index."""
+    from clipsearch.records import Record, item_id, path_bytes
+    from clipsearch.store import SourceRows
+
+    raw = path_bytes(source)
+    rec = Record(kind=kind, vector=np.asarray(vector, np.float32), **fields)
+    st = os.lstat(source) if os.path.lexists(source) else None
+    col.store.replace_sources([SourceRows(raw, st.st_mtime if st else 0.0, st.st_size if st else 0,
+                                          "test", [rec])])
+    return item_id(raw, rec.locator())
+
+
+class CountingApp:
+    """ASGI wrapper counting the request-body bytes the app below it actually read."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.received = 0
+
+    async def __call__(self, scope, receive, send):
+        async def counted():
+            message = await receive()
+            if message.get("type") == "http.request":
+                self.received += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def raw_request(base: str, method: str, target: str, headers: dict | None = None,
+                body: bytes | None = None, timeout: float = 60) -> tuple[int, dict, bytes]:
+    """One request sent verbatim (no normalisation of the target, any Host header)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        hdrs = {"Host": u.netloc, **(headers or {})}
+        if body is not None:
+            hdrs.setdefault("Content-Length", str(len(body)))
+        for k, v in hdrs.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def chunked_upload(base: str, target: str, total: int, headers: dict | None = None,
+                   chunk: int = 256 * 1024, field: str = "file") -> tuple[int | None, bytes, int]:
+    """POST a multipart upload of `total` bytes with chunked encoding, stopping as soon as the
+    server answers or hangs up. Returns (status or None, response bytes, bytes sent)."""
+    import select
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(base)
+    sock = socket.create_connection((u.hostname, u.port), timeout=15)
+    boundary = "clipsearchtestboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+    lines = [f"POST {target} HTTP/1.1", f"Host: {u.netloc}", "Transfer-Encoding: chunked",
+             f"Content-Type: multipart/form-data; boundary={boundary}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sent = 0
+    reply = b""
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        piece = b"\x89PNG" + b"\0" * (chunk - 4)
+        first = True
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered before the body was done
+            data = head + piece if first else piece
+            first = False
+            sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            sent += len(data)
+        else:
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            sock.sendall(f"{len(tail):x}\r\n".encode() + tail + b"\r\n0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                break
+            reply += got
+            if b"\r\n\r\n" in reply:
+                head_part, body = reply.split(b"\r\n\r\n", 1)
+                lengths = [ln.split(b":", 1)[1] for ln in head_part.lower().split(b"\r\n")
+                           if ln.startswith(b"content-length:")]
+                if lengths and len(body) >= int(lengths[0]):
+                    break
+    except (ConnectionResetError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else None
+    return status, reply, sent

@@ -67,3 +67,39 @@ def test_truncated_is_skipfile(tmp_path):
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(SkipFile, match="truncated or corrupt"):
         load_image(p, max_pixels=10**6)
+
+
+def test_no_process_wide_pixel_limit_is_lifted():
+    """Importing the indexer leaves Pillow's own bomb guard on for everything else in the process."""
+    import clipsearch.indexers.image  # noqa: F401
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
+
+
+def test_pixel_limit_is_per_decode(tmp_path, monkeypatch):
+    from clipsearch.indexers import image as image_mod
+    from clipsearch.indexers.image import TooManyPixels
+
+    p = tmp_path / "wide.png"
+    Image.new("1", (200, 100)).save(p)
+    with pytest.raises(TooManyPixels, match="200x100 = 20,000 pixels exceeds the limit of 19,999"):
+        load_image(p, max_pixels=19_999)
+    # A limit above Pillow's own refusal threshold is honoured for this decode only.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    monkeypatch.setattr(image_mod, "_PILLOW_REFUSES_ABOVE", 2_000)
+    assert load_image(p, max_pixels=50_000).size == (200, 100)
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(p)  # everyone else still gets Pillow's guard
+    with pytest.raises(TooManyPixels):
+        load_image(p, max_pixels=1_500)
+
+
+def test_formats_can_be_restricted(tmp_path):
+    import io
+
+    p = tmp_path / "x.gif"
+    Image.new("RGB", (8, 8)).save(p, "GIF")
+    with pytest.raises(SkipFile, match="not a readable image"):
+        load_image(p, max_pixels=10**6, formats=("PNG",))
+    assert load_image(io.BytesIO(p.read_bytes()), max_pixels=10**6, formats=("GIF",)).size == (8, 8)

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clipsearch.indexers.scanner import OUTSIDE
-from support import write_shapes
 from PIL import Image
-from support import make_pdf
+from support import make_pdf, write_shapes
 
 from clipsearch import Collection
 

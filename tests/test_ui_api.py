@@ -128,13 +128,13 @@ def test_missing_and_empty_collections_answer_politely(tmp_path):
 
     from clipsearch.collection import Collection
 
-    missing = TestClient(build_app(tmp_path / "nothing-here", device="cpu"))
+    missing = TestClient(build_app(tmp_path / "nothing-here", device="cpu"), base_url="http://127.0.0.1")
     r = missing.get("/api/info")
     assert r.status_code == 404 and "clipsearch index" in r.json()["hint"]
     assert missing.get("/api/search", params={"q": "x"}).status_code == 404
 
     Collection.create(tmp_path / "empty", device="cpu", **tiny_model_args())
-    empty = TestClient(build_app(tmp_path / "empty", device="cpu"))
+    empty = TestClient(build_app(tmp_path / "empty", device="cpu"), base_url="http://127.0.0.1")
     r = empty.get("/api/search", params={"q": "a red star"})
     assert r.status_code == 200 and r.json()["hits"] == [] and "empty" in r.json()["message"]
 

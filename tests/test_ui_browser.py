@@ -155,3 +155,28 @@ def test_missing_collection_gets_a_friendly_message(browser, tmp_path):
         search(pg, "a red star")
         pg.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('no collection')")
         context.close()
+
+
+def test_login_form_then_search_with_thumbnails(browser, sample):
+    """With a login: Gradio's form, then the UI; its thumbnails load on the session cookie."""
+    from clipsearch.ui.server import build_app
+
+    data, db = sample
+    with ServerThread(build_app(db, auth=("alice", "pw-browser"), device="cpu")) as srv:
+        context = browser.new_context()
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        refused = []
+        pg.on("response", lambda r: refused.append((r.status, r.url)) if r.status >= 400 else None)
+        pg.goto(srv.url + "/")
+        pg.locator("input[type=text]").first.fill("alice")
+        pg.locator("input[type=password]").fill("pw-browser")
+        pg.locator("button", has_text="Login").click()
+        pg.wait_for_selector("#cs-query textarea, #cs-query input")
+        query, expected = data.unique_query(0)
+        search(pg, query, kind="Images")
+        first = wait_cards(pg, "image").first
+        assert first.get_attribute("title") == str(expected)
+        assert_thumbnail_loads(pg, first)
+        assert refused == []
+        context.close()

@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService, load_query_image  # noqa: E402
+from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
 
 from clipsearch.errors import ClipsearchError  # noqa: E402
@@ -182,6 +182,31 @@ def _error_text(e: Exception) -> str:
     return f"{e}" + (f" — {hint}" if hint else "")
 
 
+def undecoded_upload(payload) -> str | bytes | None:
+    """An image box's input as the uploaded file's path (or a pasted data URL's bytes), with
+    no pixel decoded: the server decodes it itself, under its pixel limit (`SearchService.decode`).
+    `gr.Image` would decode it first, checked only by Pillow's process-wide limit."""
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(payload.url.partition(",")[2], validate=True)
+        except (ValueError, binascii.Error):
+            raise gr.Error("the pasted image could not be read") from None
+    return str(payload.path) if payload.path else None
+
+
+def query_image_box(**kwargs) -> gr.Image:
+    """The UI's image box: a `gr.Image` whose input reaches Python undecoded. (Set on the
+    instance: a `gr.Image` subclass would make Gradio write a .pyi stub next to this module.)"""
+    box = gr.Image(type="filepath", **kwargs)
+    box.preprocess = undecoded_upload
+    return box
+
+
 def build_blocks(service: SearchService) -> gr.Blocks:
     """The UI and its named API endpoints (search, search_image, moments, info)."""
 
@@ -287,8 +312,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         if image is None:
             raise gr.Error("give an image: handle_file('photo.jpg')")
         try:
-            pil = load_query_image(image)
-            return service.search(q or None, pil, k=int(k), kind=kind, offset=int(offset), under=under)
+            return service.search(q or None, image, k=int(k), kind=kind, offset=int(offset), under=under)
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
@@ -299,8 +323,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             text = gr.Textbox(label="Search", scale=4,
                               placeholder="Describe what you are looking for, then press Enter",
                               elem_id="cs-query", autofocus=True, submit_btn=True)
-            image = gr.Image(label="…or search by image (upload, paste or drop)", type="pil",
-                             sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
+            image = query_image_box(label="…or search by image (upload, paste or drop)",
+                                    sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
         with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
             under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,
@@ -350,11 +374,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 def like_image_path(service: SearchService, hit: dict) -> str:
     """The picture a "More like this" query starts from: the image itself, else its thumbnail."""
     if hit["kind"] == "image" and hit.get("id"):
-        return service.item_file(hit["id"])
+        return service.item_file(hit["id"])[0]
     url = hit.get("thumb_url") or ""
     if url.startswith("/files/thumb/"):
-        from urllib.parse import unquote
-
-        return service.guard.thumb(unquote(url[len("/files/thumb/"):].split("?", 1)[0]))
+        return service.item_thumb(url[len("/files/thumb/"):].split("?", 1)[0])
     raise FileRefused(404, "this item has no picture to search from")
-

@@ -1,31 +1,34 @@
 """Which files the web server may send, and the URLs it hands out for them.
 
-The server can be reached by a browser, so every file request is treated as hostile: the
-parameter must not contain a `..` segment (raw or percent-encoded), the path is resolved with
-realpath (symlinks followed) and the result must lie inside one of the collection's indexed
-roots or its thumbnail cache. The collection directory itself (the table, metadata, ANN index)
-is never served, even when it sits inside an indexed root. Serving by item id is preferred: the
-id is looked up in the table, so a client never names a path at all.
+Files are served by item id only: the id is looked up in the collection's table, so a client
+never names a path, and a file that is not a row (a dotfile, anything never indexed) cannot be
+asked for at all. The row's `source_raw` bytes are what is opened (non-UTF-8 names work), and
+the source is still resolved with realpath (symlinks followed) and must lie inside one of the
+collection's indexed roots, so rows indexed through a symlink that leads out are not served
+(defence in depth for collections indexed before the scanner stopped following them). The
+collection directory itself is never served; thumbnails only from its thumbnail cache, and
+only those a row names. The content type comes from the file's magic bytes, never its name.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
-import mimetypes
 import os
 import re
 import secrets
 from collections.abc import Callable
-from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
-THUMB_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
 # Media types we send inline; anything else goes out as an opaque download.
-INLINE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff",
-                "video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/x-msvideo",
-                "application/pdf", "text/plain", "text/markdown")
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff",
+                          "video/mp4", "video/webm", "video/quicktime", "video/x-matroska",
+                          "video/x-msvideo", "video/x-m4v", "application/pdf"})
+SNIFF_BYTES = 8192
+TEXT_TYPE = "text/plain; charset=utf-8"
+OPAQUE_TYPE = "application/octet-stream"
 
 
 class FileRefused(Exception):
@@ -52,24 +55,39 @@ def has_dotdot(value: str) -> bool:
     return True  # still changing after 4 rounds of decoding: refuse rather than guess
 
 
-def is_inside(path: str, base: str) -> bool:
-    """Whether real path `path` is `base` or below it (both already realpath'ed)."""
-    base = base.rstrip(os.sep) or os.sep
-    return path == base or path.startswith(base if base == os.sep else base + os.sep)
+def is_inside(path: bytes, base: bytes) -> bool:
+    """Whether real path `path` is `base` or below it (both already realpath'ed bytes)."""
+    base = base.rstrip(b"/") or b"/"
+    return path == base or path.startswith(base if base == b"/" else base + b"/")
 
 
-def media_type(path: str) -> tuple[str, bool]:
-    """(content type, inline?) for a file we are about to send."""
-    guessed, _ = mimetypes.guess_type(path)
-    if guessed == "text/markdown":
-        return "text/plain; charset=utf-8", True
-    if guessed in INLINE_TYPES:
-        return (guessed + "; charset=utf-8") if guessed.startswith("text/") else guessed, True
-    return "application/octet-stream", False
+def _looks_like_text(head: bytes) -> bool:
+    if b"\0" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def sniff_media_type(path: str | bytes) -> tuple[str, bool]:
+    """(content type, inline?) from a file's first bytes: a known image, video or PDF is sent
+    inline as what it is; UTF-8 text as text/plain; anything else as an opaque download."""
+    import filetype
+
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    kind = filetype.guess(head)
+    if kind is not None:
+        return (kind.mime, True) if kind.mime in INLINE_TYPES else (OPAQUE_TYPE, False)
+    if head and _looks_like_text(head):
+        return TEXT_TYPE, True
+    return OPAQUE_TYPE, False
 
 
 class FileGuard:
-    """Resolves file requests to real paths inside the allowed directories, or refuses them.
+    """Decides whether a row's source file or thumbnail may be sent, and where it really is.
 
     `roots` is a callable so that roots added by an indexing process after the server started
     are honoured without a restart.
@@ -77,35 +95,41 @@ class FileGuard:
 
     def __init__(self, db_dir: str | os.PathLike, thumb_dir: str | os.PathLike,
                  roots: Callable[[], list[str]]) -> None:
-        self.db_dir = os.path.realpath(db_dir)
-        self.thumb_dir = os.path.realpath(thumb_dir)
+        self.db_dir = os.path.realpath(os.fsencode(db_dir))
+        self.thumb_dir = os.path.realpath(os.fsencode(thumb_dir))
         self._roots = roots
 
-    def allowed_bases(self) -> list[str]:
-        return [os.path.realpath(r) for r in self._roots()] + [self.thumb_dir]
+    def real_roots(self) -> list[bytes]:
+        return [os.path.realpath(os.fsencode(r)) for r in self._roots()]
 
-    def check(self, candidate: str | os.PathLike) -> str:
-        """The real path of `candidate` if it may be served; raises FileRefused otherwise."""
-        raw = os.fspath(candidate)
-        if "\0" in raw or has_dotdot(raw):
-            raise FileRefused(400, "path segments '..' are not allowed")
-        if not os.path.isabs(raw):
-            raise FileRefused(400, "give an absolute path inside an indexed folder")
+    def source_allowed(self, raw: bytes, roots: list[bytes] | None = None) -> bool:
+        """Whether the real path of source `raw` lies inside an indexed root (not the db)."""
+        if not raw or b"\0" in raw or not os.path.isabs(raw):
+            return False
         real = os.path.realpath(raw)
-        in_thumbs = is_inside(real, self.thumb_dir)
-        if not in_thumbs and is_inside(real, self.db_dir):
-            raise FileRefused(403, "the collection's own files are not served")
-        if not in_thumbs and not any(is_inside(real, b) for b in self.allowed_bases()):
+        if is_inside(real, self.db_dir):
+            return False
+        return any(is_inside(real, r) for r in (self.real_roots() if roots is None else roots))
+
+    def source(self, raw: bytes) -> str:
+        """The path to open for a row's `source_raw`, or FileRefused."""
+        if not self.source_allowed(raw):
             raise FileRefused(403, "only files inside the collection's indexed folders are served")
+        real = os.path.realpath(raw)
         if not os.path.isfile(real):
             raise FileRefused(404, "no such file")
-        return real
+        return os.fsdecode(real)
 
-    def thumb(self, name: str) -> str:
-        """A thumbnail by file name (no directories) from the collection's thumbnail cache."""
-        if has_dotdot(name) or not THUMB_NAME_RE.match(name):
-            raise FileRefused(400, "bad thumbnail name")
-        return self.check(os.path.join(self.thumb_dir, name))
+    def thumb(self, stored: str | None) -> str:
+        """The path to open for a row's `thumb`: a file in the thumbnail cache, or FileRefused."""
+        if not stored:
+            raise FileRefused(404, "this item has no thumbnail")
+        real = os.path.realpath(os.fsencode(stored))
+        if not is_inside(real, self.thumb_dir) or real == self.thumb_dir:
+            raise FileRefused(403, "thumbnails are served only from the collection's thumbnail cache")
+        if not os.path.isfile(real):
+            raise FileRefused(404, "no such thumbnail")
+        return os.fsdecode(real)
 
 
 class Signer:
@@ -130,11 +154,6 @@ def item_url(item_id: str, preview: bool = False) -> str:
     return f"/files/item/{item_id}" + ("/preview" if preview else "")
 
 
-def thumb_url(thumb_path: str | None, thumb_dir: str | os.PathLike) -> str | None:
-    """URL of a thumbnail the indexer wrote, or None when it is not in the thumbnail cache."""
-    if not thumb_path:
-        return None
-    real_dir = os.path.realpath(thumb_dir)
-    if not is_inside(os.path.realpath(os.path.dirname(thumb_path)), real_dir):
-        return None
-    return "/files/thumb/" + quote(Path(thumb_path).name)
+def thumb_url(row_id: str) -> str:
+    """URL of the thumbnail a row names (served only while that row exists)."""
+    return f"/files/thumb/{row_id}"

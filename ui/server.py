@@ -1,85 +1,144 @@
 """`clipsearch serve`: one FastAPI app carrying the REST API, guarded file routes and the UI.
 
-The Gradio Blocks are mounted at "/" with no `allowed_paths`, so Gradio's own file route only
-serves what Gradio itself created (uploads, its cache); media come from /files, which checks
-every path against the collection's roots. Binds to 127.0.0.1 unless told otherwise.
+Every request first passes ASGI middleware, outermost first: security headers on every
+response (`http_guard.SecurityHeaders`), the Host/Origin check (`http_guard.HostCheck`), the
+login (`login.LoginGate`, before any body is read) and the streaming body cap
+(`http_guard.BodyLimit`). The Gradio Blocks are mounted at "/" with no `allowed_paths`, so
+Gradio's own file route only serves what Gradio itself stored (uploads), in a private temporary
+folder removed at exit; media come from /files, which serves rows of the collection only.
+Binds to 127.0.0.1 unless told otherwise. See docs/security.md.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, UploadLimit, rest_router  # noqa: E402
+from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, rest_router  # noqa: E402
 from clipsearch.ui.files import Signer  # noqa: E402
+from clipsearch.ui.http_guard import BodyLimit, HostCheck, HostPolicy, SecurityHeaders  # noqa: E402
+from clipsearch.ui.login import LoginGate, LoginThrottle, load_credentials, parse_credentials  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from clipsearch.collection import Collection  # noqa: E402
-from clipsearch.errors import UsageError  # noqa: E402
 
 log = logging.getLogger(__name__)
+UPLOAD_DIR_ENV = "GRADIO_TEMP_DIR"
+_upload_dir: str | None = None
 
 
 def parse_auth(auth: str | None) -> tuple[str, str] | None:
     """'user:password' → (user, password); a clear error for anything else."""
-    if auth is None:
-        return None
-    user, sep, password = auth.partition(":")
-    if not sep or not user or not password:
-        raise UsageError("--auth must look like user:password", hint="e.g. --auth alice:s3cret")
-    return user, password
+    return None if auth is None else parse_credentials(auth, "--auth")
+
+
+def private_upload_dir() -> str:
+    """A folder only this user can read (mode 0700) where Gradio keeps query uploads; made
+    once per process, pointed to by $GRADIO_TEMP_DIR, and removed when the process exits."""
+    global _upload_dir
+    if _upload_dir is None or not os.path.isdir(_upload_dir):
+        parent = os.environ.get(UPLOAD_DIR_ENV) or None
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        _upload_dir = tempfile.mkdtemp(prefix="clipsearch-uploads-", dir=parent)
+        os.environ[UPLOAD_DIR_ENV] = _upload_dir
+        atexit.register(remove_upload_dir)
+    return _upload_dir
+
+
+def remove_upload_dir() -> None:
+    """Delete the private upload folder and everything clients uploaded into it."""
+    global _upload_dir
+    if _upload_dir is not None:
+        shutil.rmtree(_upload_dir, ignore_errors=True)
+        _upload_dir = None
+
+
+def _gradio_app(app: FastAPI):
+    """The Gradio App mounted inside `app` (it holds the login form's session tokens)."""
+    from gradio.routes import App
+    from starlette.routing import Mount
+
+    return next(r.app for r in app.routes if isinstance(r, Mount) and isinstance(r.app, App))
 
 
 def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[str, str] | None = None,
-              device: str | None = "auto") -> FastAPI:
+              device: str | None = "auto", host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
+              max_pixels: int | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+              throttle: LoginThrottle | None = None) -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
     `collection` may be a Collection or a directory; a directory that holds no collection yet
-    still serves, with a message saying how to create one.
+    still serves, with a message saying how to create one. `host` is the address it will be
+    bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
     """
     import gradio as gr
+
+    private_upload_dir()  # before Gradio reads $GRADIO_TEMP_DIR
     from clipsearch.ui.app import CSS, build_blocks
 
     creds = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
     db = collection.path if isinstance(collection, Collection) else Path(collection)
-    service = SearchService(db, device=device, signer=Signer() if creds else None)
+    signer = Signer() if creds else None
+    service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels)
     if isinstance(collection, Collection):
         service._col = collection
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
     app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    app.include_router(rest_router(service, creds))
-    app.add_middleware(UploadLimit)
+    app.include_router(rest_router(service))
     app.state.service = service
     blocks = build_blocks(service)
     blocks.queue(default_concurrency_limit=2)
     app = gr.mount_gradio_app(app, blocks, path="/", auth=creds, allowed_paths=[],
-                              max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"], show_error=False,
+                              max_file_size=max_upload_bytes, footer_links=["api"], show_error=False,
                               run_history=False, ssr_mode=False, css=CSS,
                               auth_message="clipsearch: log in to search this collection")
     # Gradio checks that a file named in a request was uploaded (not any server path) only for
     # Blocks that went through launch(); a mounted app skips that check, letting a client make
     # the server copy /etc/passwd into Gradio's cache. Mark it launched so the check runs.
     blocks.has_launched = True
+    # add_middleware wraps outside what was added before: the last one here sees requests first.
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    if creds:
+        app.add_middleware(LoginGate, credentials=creds, gradio_app=_gradio_app(app), url_signer=signer,
+                           throttle=throttle)
+    app.add_middleware(HostCheck, policy=HostPolicy(host, allowed_hosts))
+    app.add_middleware(SecurityHeaders)
     return app
 
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
-          device: str | None = "auto") -> None:
-    """Run the UI + HTTP API until Ctrl-C."""
+          device: str | None = "auto", *, auth_file: str | os.PathLike | None = None,
+          allowed_hosts: Iterable[str] = (), max_pixels: int | None = None) -> None:
+    """Run the UI + HTTP API until Ctrl-C. The login comes from `auth`, `auth_file` or
+    $CLIPSEARCH_AUTH (see `login.load_credentials`)."""
     import uvicorn
 
-    creds = parse_auth(auth)
+    creds = load_credentials(auth, auth_file)
+    allowed_hosts = list(allowed_hosts)
     if host not in ("127.0.0.1", "localhost", "::1") and creds is None:
-        log.warning("serving on %s without --auth: anyone who can reach this port can search and "
-                    "view the indexed files", host)
-    app = build_app(db, auth=creds, device=device)
+        log.warning("serving on %s without a login (--auth-file): anyone who can reach this port "
+                    "can search and view the indexed files", host)
+    app = build_app(db, auth=creds, device=device, host=host, allowed_hosts=allowed_hosts,
+                    max_pixels=max_pixels)
     service: SearchService = app.state.service
     if not service.exists():
         print(f"No collection at {service.db} yet; the UI says how to create one.")
     else:
         service.warm_up()
-    print(f"clipsearch: http://{host}:{port}/  (API: /api/search?q=..., schema: /api/openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"clipsearch: http://{shown}:{port}/  (API: /api/search?q=..., schema: /api/openapi.json)")
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        print("Reach it by IP address, or name each host name it is reached by with --allowed-host.")
+    try:
+        # Gradio keeps event streams open (heartbeat); without a deadline Ctrl-C would wait on them.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        remove_upload_dir()
