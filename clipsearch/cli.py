@@ -99,6 +99,9 @@ def main() -> None:
                    "runs on CUDA.")
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
+@click.option("--max-text-chunks", default=None, type=click.IntRange(0),
+              help="Text rows per document: a bigger file is indexed up to this many chunks, with a "
+                   "note in the summary. 0 = no cap. Default 20,000.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when any file was skipped.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: threads in this process. ray: Ray Data tasks + an embedding actor pool.")
@@ -106,11 +109,13 @@ def main() -> None:
 @click.option("--gpus-per-worker", default=0.0, type=click.FloatRange(0), help="With --engine ray.")
 @click.option("--commit-every", default=256, hidden=True, type=click.IntRange(1),
               help="Files per commit (smaller: less lost on a crash, more versions).")
+@click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
+              help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, strict, engine,
-          ray_address, gpus_per_worker, commit_every, quiet, verbose):
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
+          strict, engine, ray_address, gpus_per_worker, commit_every, commit_rows, quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Safe to stop (Ctrl-C) and re-run: committed work is kept and the next run resumes.
@@ -130,6 +135,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     db = db or _db_default()
     col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     options = {"fps": fps} if fps else {}
+    if max_text_chunks is not None:
+        options["max_text_chunks"] = max_text_chunks
     if engine == "ray":
         from clipsearch.engines.ray_engine import index_with_ray
 
@@ -140,8 +147,10 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
                          max_pixels=max_pixels, options=options, commit_files=commit_every,
-                         decode=decode)
+                         decode=decode, commit_rows=commit_rows)
     click.echo(report.summary())
+    for path, note in report.notes:
+        click.echo(f"  note: {path}: {note}")
     if report.skipped:
         if verbose:
             for path, reason in report.skipped:

@@ -200,12 +200,15 @@ class Collection:
     def add(self, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
             workers: int | None = None, progress: bool = False, max_pixels: int | None = None,
             options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256,
-            decode: str = "auto"):
+            decode: str = "auto", commit_rows: int = 5000):
         """Index files and folders: new and changed files are embedded, vanished ones removed.
 
         Returns an `IndexReport`. Bad files are skipped with a reason (see report.skipped and
         `skipped.log` in the collection directory); they never stop the job. `decode`: where
         JPEGs are decoded: auto (on the GPU when the encoder runs on CUDA), cpu or gpu.
+        `options` go to the indexers, e.g. {"max_text_chunks": 5000} (text rows per document;
+        0 = no cap); files indexed only in part are listed in report.notes. `commit_rows`: rows
+        per commit, also the batch in which one big document's rows are committed.
         """
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
@@ -215,7 +218,7 @@ class Collection:
             ctx = self._begin_run(roots, max_pixels, options)
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
                                   batch_size=batch_size, workers=workers, progress=progress,
-                                  commit_files=commit_files, decode=decode)
+                                  commit_files=commit_files, decode=decode, commit_rows=commit_rows)
             self._finish_run(report, fit_transforms)
         return report
 
@@ -254,6 +257,7 @@ class Collection:
     def _write_skip_log(self, report) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
+        lines += [f"{path}\tnote: {note}" for path, note in report.notes]
         (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
                                  "time": time.time()}

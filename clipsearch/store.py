@@ -1,7 +1,9 @@
 """The LanceDB table that is the collection's system of record.
 
-One row per retrievable item. Every write replaces *all* rows of a set of source files in one
+One row per retrievable item. A write replaces *all* rows of a set of source files in one
 merge_insert, i.e. one atomic commit: a crash leaves either the old rows or the new ones.
+A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_SIZE` until
+`mark_complete` records its real state; change detection never takes such a file as indexed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow as pa
 from clipsearch.records import Record, display_path, item_id
 
 TABLE = "items"
+PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 
@@ -59,6 +62,11 @@ class FileState:
     mtime: float
     size: int
     content_hash: str
+
+    @property
+    def complete(self) -> bool:
+        """False while a file's rows are still going in by parts (or a run stopped midway)."""
+        return self.size != PARTIAL_SIZE
 
 
 @dataclass
@@ -176,6 +184,17 @@ class Store:
         cond = "source IN (" + ",".join(sql_str(display_path(i.source_raw)) for i in items) + ")"
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
+
+    def append_rows(self, item: SourceRows) -> None:
+        """Add rows of one source, keeping its other rows (one commit): the parts of a big file."""
+        if item.records:
+            self.table.add(self._to_arrow([item]))
+
+    def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
+        """Record the file state on every row of a source put in by parts (one commit): only
+        now does change detection take the file as indexed."""
+        self.table.update(where=f"source = {sql_str(display_path(raw))}",
+                          values={"mtime": mtime, "size": size, "content_hash": content_hash})
 
     def delete_sources(self, raws: Sequence[bytes]) -> int:
         """Remove every row of these sources in one commit. Returns the number of sources."""
