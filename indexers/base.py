@@ -26,7 +26,7 @@ class IndexContext:
 class Part:
     """Some records of one file, as a streaming indexer produces them, and how far it has got.
 
-    `done`/`total` are in `unit`s ("page", "MB"); `note` is something the run's summary should
+    `done`/`total` are in `unit`s ("pages", "MB"); `note` is something the run's summary should
     say about this file, such as a cap that stopped it early."""
 
     records: list[Record]

@@ -171,13 +171,13 @@ def pdf_parts(path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]
                 if len(pending_pages) >= batch:
                     records = encode_pending()
                     produced += len(records)
-                    yield Part(records, done=num, total=n_pages, unit="page")
+                    yield Part(records, done=num, total=n_pages, unit="pages")
             records = encode_pending()
             produced += len(records)
             note = None if cut_page is None else _cap_note(cap, f"the text stops on page {cut_page} "
                                                                 f"of {n_pages}; every page's image is in")
             if records or note:
-                yield Part(records, done=n_pages, total=n_pages, unit="page", note=note)
+                yield Part(records, done=n_pages, total=n_pages, unit="pages", note=note)
         finally:
             with _PDFIUM_LOCK:
                 pdf.close()

@@ -161,7 +161,7 @@ def test_many_page_pdf_commits_as_it_goes_and_shows_pages(col, tmp_path, monkeyp
     assert counts[0] == 0 and 0 < counts[len(counts) // 2] < counts[-1]
     assert [p.done for p in watch.parts] == sorted(p.done for p in watch.parts)
     assert {p.total for p in watch.parts} == {240} and watch.parts[-1].done == 240
-    assert "long.pdf 16/240 page" in Postfixes.shown and "long.pdf 240/240 page" in Postfixes.shown
+    assert "long.pdf 16/240 pages" in Postfixes.shown and "long.pdf 240/240 pages" in Postfixes.shown
     (path, note), = report.notes
     assert path == str(pdf) and "the text stops on page" in note and "of 240" in note
     assert col.store.file_states()[os.fsencode(pdf)].complete
