@@ -112,6 +112,9 @@ def main() -> None:
                    "runs on CUDA.")
 @click.option("--fps", default=None, type=click.FloatRange(0.05, 30),
               help="Video frames sampled per second. Default 1, or 2 for videos under 2 minutes.")
+@click.option("--max-text-chunks", default=None, type=click.IntRange(0),
+              help="Text rows per document: a bigger file is indexed up to this many chunks, with a "
+                   "note in the summary. 0 = no cap. Default 20,000.")
 @click.option("--strict", is_flag=True,
               help="Exit non-zero when any file was skipped or a root was not found.")
 @click.option("--follow-symlinks/--no-follow-symlinks", default=None,
@@ -136,12 +139,14 @@ def main() -> None:
 @click.option("--gpus-per-worker", default=0.0, type=click.FloatRange(0), help="With --engine ray.")
 @click.option("--commit-every", default=256, hidden=True, type=click.IntRange(1),
               help="Files per commit (smaller: less lost on a crash, more versions).")
+@click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
+              help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @verbose_opt
 @handle_errors
-def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, strict,
-          follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, quiet, verbose):
+def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
+          strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
@@ -169,6 +174,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
             "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
             "prune_missing": prune_missing}
+    if max_text_chunks is not None:
+        options["max_text_chunks"] = max_text_chunks
     if engine == "ray":
         from clipsearch.engines.ray_engine import index_with_ray
 
@@ -179,7 +186,7 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
                          max_pixels=max_pixels, options=options, commit_files=commit_every,
-                         decode=decode, **walk)
+                         decode=decode, commit_rows=commit_rows, **walk)
     click.echo(report.summary())
     for root, reason in report.vanished:
         click.secho(f"warning: {root}: {reason}; not updated, its rows are kept", fg="yellow", err=True)
@@ -188,6 +195,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
                    "those rows", err=True)
     for root in report.pruned_roots:
         click.echo(f"  pruned {os.fsdecode(root)}: missing, its rows removed and the root forgotten")
+    for path, note in report.notes:
+        click.echo(f"  note: {path}: {note}")
     if report.skipped:
         if verbose:
             for path, reason in report.skipped:

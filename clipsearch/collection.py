@@ -349,7 +349,8 @@ class Collection:
             options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256,
             decode: str = "auto", follow_symlinks: bool | None = None,
             include_hidden: bool | None = None, exclude: Sequence[str] | None = None,
-            clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False):
+            clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False,
+            commit_rows: int = 5000):
         """Index files and folders (default: every saved root): new and changed files are
         embedded, vanished ones removed.
 
@@ -360,6 +361,9 @@ class Collection:
         options (see `set_scan_options`). `verify` re-hashes files whose size and mtime did not
         change. A root that is missing or now empty keeps its rows (`report.vanished`) unless
         `prune_missing`.
+        `options` go to the indexers, e.g. {"max_text_chunks": 5000} (text rows per document;
+        0 = no cap); files indexed only in part are listed in report.notes. `commit_rows`: rows
+        per commit, also the batch in which one big document's rows are committed.
         """
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
@@ -371,7 +375,7 @@ class Collection:
             report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
                                   batch_size=batch_size, workers=workers, progress=progress,
                                   commit_files=commit_files, decode=decode, rules=self.scan_rules(),
-                                  verify=verify, prune_missing=prune_missing)
+                                  verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
             self._finish_run(report, fit_transforms)
         return report
 
@@ -436,6 +440,7 @@ class Collection:
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
         lines += [f"{root}\tnot updated: {reason}; its rows are kept (--prune-missing removes them)"
                   for root, reason in report.vanished]
+        lines += [f"{path}\tnote: {note}" for path, note in report.notes]
         with storage_errors(str(self.path / SKIP_LOG)):
             (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),

@@ -2,7 +2,9 @@
 
 Images are decoded and preprocessed by a thread pool while the encoder runs on the previous
 batch, so the encoder does not wait. Other media (video, documents) go file by file through
-their indexer. Commits group whole files; a file's rows are replaced in the same commit.
+their indexer. Commits group whole files; a file's rows are replaced in the same commit. A
+streaming indexer's file (a huge text, a long PDF) is committed in row batches as its parts
+come, marked partial until its last part is in (`_FileWriter`), so memory follows the batch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -21,10 +24,10 @@ from tqdm import tqdm
 from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
-from clipsearch.indexers.base import IndexContext, Indexer
+from clipsearch.indexers.base import IndexContext, Indexer, Part
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension, is_inside
 from clipsearch.records import Record, display_path
-from clipsearch.store import FileState, SourceRows, Store
+from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class IndexReport:
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (root, why): rows kept
     pruned_roots: list[bytes] = field(default_factory=list)  # vanished roots removed on purpose
     linked_roots: list[bytes] = field(default_factory=list)  # followed symlink targets
+    notes: list[tuple[str, str]] = field(default_factory=list)  # indexed, with a caveat (a cap)
     scan_seconds: float = 0.0
     seconds: float = 0.0
     interrupted: bool = False
@@ -83,6 +87,10 @@ class IndexReport:
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
         if self.vanished:
             s += f"; {len(self.vanished)} root(s) not found, their rows kept"
+        if self.notes:
+            s += f"; {len(self.notes)} indexed in part: " + "; ".join(
+                f"{os.path.basename(path)}: {note}" for path, note in self.notes[:3])
+            s += f"; and {len(self.notes) - 3} more" if len(self.notes) > 3 else ""
         return s + (" [interrupted: run again to resume]" if self.interrupted else "")
 
 
@@ -108,6 +116,50 @@ class _Committer:
         if self.pending:
             self.store.replace_sources(self.pending)
             self.pending, self.rows = [], 0
+
+
+class _FileWriter:
+    """Commits one file's rows in batches of the committer's `max_rows` while its indexer is
+    still producing them, so no more than a batch is held.
+
+    The batches go in marked partial (`PARTIAL_SIZE`), the first one replacing the file's old
+    rows; after the last, `mark_complete` records the file's state. A run stopped in between
+    leaves rows that change detection does not take as indexed, so the next run redoes the
+    file. A file that fits in one batch goes through the committer like any other."""
+
+    def __init__(self, committer: _Committer, job: Job) -> None:
+        self.committer, self.store, self.job = committer, committer.store, job
+        self.buffer: list[Record] = []
+        self.rows = 0
+        self.started = False
+
+    def add(self, records: list[Record]) -> None:
+        self.buffer.extend(records)
+        self.rows += len(records)
+        if len(self.buffer) >= self.committer.max_rows:
+            self._commit_part()
+
+    def _commit_part(self) -> None:
+        item = SourceRows(self.job.path, self.job.mtime, PARTIAL_SIZE, "", self.buffer)
+        if self.started:
+            self.store.append_rows(item)
+        else:
+            self.store.replace_sources([item])
+        self.started, self.buffer = True, []
+
+    def finish(self) -> None:
+        job = self.job
+        if not self.started:
+            self.committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "", self.buffer))
+            return
+        if self.buffer:
+            self._commit_part()
+        self.store.mark_complete(job.path, job.mtime, job.size, job.content_hash or "")
+
+    def abandon(self) -> None:
+        """The file turned out bad midway: it gets no rows, like any skipped file."""
+        if self.started:
+            self.store.delete_sources([self.job.path])
 
 
 def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: IndexReport,
@@ -251,18 +303,20 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
 def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
         indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
         progress: bool = True, commit_files: int = 256, decode: str = "auto",
-        rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False) -> IndexReport:
+        rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
+        commit_rows: int = 5000) -> IndexReport:
     """Bring the store up to date with the files under `roots`. Never raises for one bad file.
 
     `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA.
-    `rules`, `verify`, `prune_missing`: see `plan`."""
+    `rules`, `verify`, `prune_missing`: see `plan`. `commit_rows`: rows per commit, also the
+    batch a big file's rows are committed in."""
     gpu = JpegDecoder.for_encoder(encoder, decode)
     report = IndexReport()
     t0 = time.perf_counter()
     jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
     report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
-    committer = _Committer(store, commit_files)
+    committer = _Committer(store, commit_files, max_rows=commit_rows)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
                desc="indexing", smoothing=0.1)
     try:
@@ -353,19 +407,52 @@ def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
     from pathlib import Path
 
     for job in jobs:
-        bar.set_postfix_str(os.path.basename(display_path(job.path))[:40], refresh=False)
+        name = os.path.basename(display_path(job.path))[:40]
+        bar.set_postfix_str(name, refresh=False)
+        writer: _FileWriter | None = None
         try:
-            records = job.indexer.extract(Path(os.fsdecode(job.path)), encoder, ctx)
-            job.content_hash = job.content_hash or content_hash(job.path, job.size)
+            path = Path(os.fsdecode(job.path))
+            if hasattr(job.indexer, "extract_parts"):
+                job.content_hash = job.content_hash or content_hash(job.path, job.size)
+                writer = _FileWriter(committer, job)
+                notes = _stream_parts(job.indexer.extract_parts(path, encoder, ctx), writer, bar, name)
+            else:
+                records = job.indexer.extract(path, encoder, ctx)
+                job.content_hash = job.content_hash or content_hash(job.path, job.size)
         except SkipFile as e:
+            _abandon(writer)
             _skip(report, job, e.reason)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # one broken file must never stop the job
             log.debug("unexpected error on %r", job.path, exc_info=True)
+            _abandon(writer)
             _skip(report, job, f"unexpected error ({type(e).__name__}: {e})")
         else:
-            committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash, records))
+            if writer is not None:
+                writer.finish()
+                report.items += writer.rows
+                report.notes.extend((display_path(job.path), n) for n in notes)
+            else:
+                committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash, records))
+                report.items += len(records)
             report.indexed += 1
-            report.items += len(records)
         bar.update(1)
+
+
+def _stream_parts(parts: Iterable[Part], writer: _FileWriter, bar: tqdm, name: str) -> list[str]:
+    """Feed a streaming indexer's parts to the file's writer, showing progress within the file;
+    returns the parts' notes."""
+    notes = []
+    for part in parts:
+        writer.add(part.records)
+        if part.note:
+            notes.append(part.note)
+        if part.total:
+            bar.set_postfix_str(f"{name} {part.done:g}/{part.total:g} {part.unit}")
+    return notes
+
+
+def _abandon(writer: _FileWriter | None) -> None:
+    if writer is not None:
+        writer.abandon()

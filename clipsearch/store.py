@@ -1,11 +1,14 @@
 """The LanceDB table that is the collection's system of record.
 
-One row per retrievable item. Every write replaces *all* rows of a set of source files in one
+One row per retrievable item. A write replaces *all* rows of a set of source files in one
 merge_insert, i.e. one atomic commit: a crash leaves either the old rows or the new ones.
 
 The table's schema metadata records which model made its vectors (`recorded_meta`), so the
 collection's identity survives a lost or replaced `clipsearch.json`. Storage failures leave
 every method as a one-line `StorageError` naming the collection (`clipsearch.failures`).
+
+A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_SIZE` until
+`mark_complete` records its real state; change detection never takes such a file as indexed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from clipsearch.records import Record, display_path, item_id
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
+PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 
@@ -80,6 +84,11 @@ class FileState:
     mtime: float
     size: int
     content_hash: str
+
+    @property
+    def complete(self) -> bool:
+        """False while a file's rows are still going in by parts (or a run stopped midway)."""
+        return self.size != PARTIAL_SIZE
 
 
 @dataclass
@@ -247,6 +256,19 @@ class Store:
         cond = sources_filter(i.source_raw for i in items)
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
+
+    @guarded
+    def append_rows(self, item: SourceRows) -> None:
+        """Add rows of one source, keeping its other rows (one commit): the parts of a big file."""
+        if item.records:
+            self.table.add(self._to_arrow([item]))
+
+    @guarded
+    def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
+        """Record the file state on every row of a source put in by parts (one commit): only
+        now does change detection take the file as indexed."""
+        self.table.update(where=sources_filter([raw]),
+                          values={"mtime": mtime, "size": size, "content_hash": content_hash})
 
     @guarded
     def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike | None = None) -> int:

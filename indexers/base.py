@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -21,6 +22,20 @@ class IndexContext:
     options: dict = field(default_factory=dict)
 
 
+@dataclass
+class Part:
+    """Some records of one file, as a streaming indexer produces them, and how far it has got.
+
+    `done`/`total` are in `unit`s ("pages", "MB"); `note` is something the run's summary should
+    say about this file, such as a cap that stopped it early."""
+
+    records: list[Record]
+    done: float = 0.0
+    total: float | None = None
+    unit: str = ""
+    note: str | None = None
+
+
 @runtime_checkable
 class Indexer(Protocol):
     medium: str
@@ -31,6 +46,17 @@ class Indexer(Protocol):
 
     def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
         """All records of one file. Raises SkipFile(reason) on bad input."""
+        ...
+
+
+@runtime_checkable
+class StreamingIndexer(Indexer, Protocol):
+    """An indexer whose files can be too big to hold as records: the pipeline commits its parts
+    as they come, so memory follows the work in flight, not the file size."""
+
+    def extract_parts(self, path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+        """The records of one file, a part at a time. Raises SkipFile(reason) on bad input,
+        possibly after some parts."""
         ...
 
 

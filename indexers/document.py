@@ -20,27 +20,33 @@ Plain-text files (.txt, .md, .markdown) have no pages: their `doc_text` rows hav
 `page = None`, the span is into the whole decoded file and `extra["lines"]` gives the
 1-based first and last line of the chunk, which is what an editor can jump to.
 
-Memory stays bounded on long PDFs: pages are opened, rendered, reduced to the encoder's
-input size and closed one by one, and encoded in small batches; only vectors and chunk
-text are kept. PDFium is not thread-safe, so every PDFium call holds one module lock.
+Memory follows the work in flight, not the file size: `extract_parts` yields a file's rows a
+few pages (PDF) or a few hundred chunks (text) at a time, and the pipeline commits them as
+they come. PDF pages are opened, rendered, reduced to the encoder's input size and closed one
+by one; a text file is decoded and chunked a megabyte at a time (`chunking.stream_chunks`).
+Text rows per file are capped (`max_text_chunks`, default 20,000), so one huge file cannot
+swamp the collection or slow every query; the part that stops there carries a note saying so.
+PDFium is not thread-safe, so every PDFium call holds one module lock.
 """
 
 from __future__ import annotations
 
-import bisect
+import codecs
 import io
 import math
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pypdfium2 as pdfium
+from clipsearch.indexers.base import Part
 from PIL import Image, ImageStat
 
-from clipsearch.chunking import Chunk, chunk_text
+from clipsearch.chunking import Chunk, chunk_text, stream_chunks
 from clipsearch.errors import SkipFile
 from clipsearch.records import Record, item_id, path_bytes
 
@@ -56,6 +62,9 @@ DEFAULT_PAGE_BATCH = 8
 DEFAULT_PAGE_TILES = 1.0  # whole page + full-width squares (top/bottom of a portrait page)
 BLANK_STDDEV = 2.0  # grey-level spread below which a tile is empty paper
 THUMB_QUALITY = 85
+DEFAULT_MAX_TEXT_CHUNKS = 20_000  # text rows per file; 0 = no cap
+TEXT_BLOCK = 1 << 18  # bytes of a text file decoded and chunked at a time
+TEXT_PART = 256  # text chunks encoded and handed on together
 _PDF_MAGIC = b"%PDF-"
 # Bytes that never occur in text but do in binaries; NUL alone catches most binary formats.
 _CONTROL = {c for c in range(32) if chr(c) not in "\t\n\r\f\v\x1b"} | {127}
@@ -75,34 +84,51 @@ class DocumentIndexer:
 
     def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
         """All rows of one document; raises SkipFile with a reason for files it cannot read."""
+        return [r for part in self.extract_parts(path, encoder, ctx) for r in part.records]
+
+    def extract_parts(self, path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+        """The rows of one document a few pages or chunks at a time (see the module docstring)."""
         path = Path(path)
         with open(path, "rb") as fh:
             head = fh.read(1024)
         if _PDF_MAGIC in head or path.suffix.lower() in PDF_SUFFIXES:
-            return extract_pdf(path, encoder, ctx)
-        return extract_text_file(path, encoder, ctx)
+            return pdf_parts(path, encoder, ctx)
+        return text_file_parts(path, encoder, ctx)
+
+
+def max_text_chunks(opts: dict[str, Any]) -> int:
+    """The per-file cap on text rows from the run's options; 0 means none."""
+    cap = opts.get("max_text_chunks")
+    return DEFAULT_MAX_TEXT_CHUNKS if cap is None else max(0, int(cap))
+
+
+def _cap_note(cap: int, where: str) -> str:
+    return (f"only the first {cap:,} text chunks were indexed ({where}); "
+            "raise --max-text-chunks to index more")
 
 
 # --- PDF ---------------------------------------------------------------------------------
 
 
-def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
-    """Page-image rows and text-chunk rows for every page of a PDF, one page at a time."""
+def pdf_parts(path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+    """Page-image rows and text-chunk rows of a PDF, one page at a time, a part per few pages."""
     opts = ctx.options
     page_size = int(opts.get("page_size", DEFAULT_PAGE_SIZE))
     batch = max(1, int(opts.get("page_batch", DEFAULT_PAGE_BATCH)))
     tile_frac = float(opts.get("page_tiles", DEFAULT_PAGE_TILES))
     max_tokens, overlap = _chunk_budget(encoder, opts)
+    cap = max_text_chunks(opts)
     pixel_cap = min(int(ctx.max_pixels), page_size * page_size)
     thumb_dir = Path(ctx.thumb_dir)
     thumb_dir.mkdir(parents=True, exist_ok=True)
     source = path_bytes(os.path.abspath(path))
 
-    records: list[Record] = []
+    produced, kept_chunks, cut_page = 0, 0, None
     pending_pages: list[tuple[int, Image.Image, str, dict[str, Any]]] = []
     pending_chunks: list[Chunk] = []
 
-    def flush() -> None:
+    def encode_pending() -> list[Record]:
+        records: list[Record] = []
         if pending_pages:
             vecs = encoder.encode_images([img for _, img, _, _ in pending_pages])
             for (num, _, thumb, extra), v in zip(pending_pages, vecs, strict=True):
@@ -112,6 +138,7 @@ def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]
             vecs = encoder.encode_texts([c.text for c in pending_chunks])
             records.extend(_text_records(pending_chunks, vecs))
             pending_chunks.clear()
+        return records
 
     with open(path, "rb") as fh:
         pdf = _open_pdf(fh, path)
@@ -135,16 +162,27 @@ def extract_pdf(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]
                         extra.update(chunk=tile, region=region)
                     pending_pages.append((num, view, str(thumb), extra))
                 image.close()
-                pending_chunks.extend(chunk_text(text, encoder.count_tokens, max_tokens, overlap, page=num))
+                chunks = chunk_text(text, encoder.count_tokens, max_tokens, overlap, page=num)
+                if cap and kept_chunks + len(chunks) > cap:
+                    cut_page = cut_page or num
+                    chunks = chunks[: cap - kept_chunks]
+                kept_chunks += len(chunks)
+                pending_chunks.extend(chunks)
                 if len(pending_pages) >= batch:
-                    flush()
-            flush()
+                    records = encode_pending()
+                    produced += len(records)
+                    yield Part(records, done=num, total=n_pages, unit="pages")
+            records = encode_pending()
+            produced += len(records)
+            note = None if cut_page is None else _cap_note(cap, f"the text stops on page {cut_page} "
+                                                                f"of {n_pages}; every page's image is in")
+            if records or note:
+                yield Part(records, done=n_pages, total=n_pages, unit="pages", note=note)
         finally:
             with _PDFIUM_LOCK:
                 pdf.close()
-    if not records:
+    if not produced:
         raise SkipFile(f"{path}: none of its {n_pages} PDF pages could be rendered")
-    return records
 
 
 def _open_pdf(fh: io.BufferedReader, path: Path) -> pdfium.PdfDocument:
@@ -269,43 +307,85 @@ def _save_jpeg(image: Image.Image, dest: Path) -> None:
 # --- plain text --------------------------------------------------------------------------
 
 
-def extract_text_file(path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
-    """Text-chunk rows for a .txt/.md file (page None; line range in extra)."""
-    text = read_text_file(path)
+def text_file_parts(path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+    """Text-chunk rows of a .txt/.md file (page None; line range in extra), a part per few
+    hundred chunks, reading the file a block at a time; stops at the `max_text_chunks` cap."""
+    pieces = TextPieces(path, text_encoding(path))
     max_tokens, overlap = _chunk_budget(encoder, ctx.options)
-    chunks = chunk_text(text, encoder.count_tokens, max_tokens, overlap)
-    if not chunks:
+    cap = max_text_chunks(ctx.options)
+    total = round(os.path.getsize(path) / 2**20, 1)
+    chunks = stream_chunks(pieces, encoder.count_tokens, max_tokens, overlap)
+    batch: list[Chunk] = []
+    kept, last_line, note = 0, 0, None
+
+    def part(note: str | None = None) -> Part:
+        records = _text_records(batch, encoder.encode_texts([c.text for c in batch])) if batch else []
+        return Part(records, done=round(pieces.bytes_read / 2**20, 1), total=total, unit="MB", note=note)
+
+    try:
+        for c in chunks:
+            if cap and kept == cap:  # there is more text than the cap lets in
+                note = _cap_note(cap, f"lines 1-{last_line} of the file")
+                break
+            batch.append(c)
+            kept, last_line = kept + 1, c.lines[1] if c.lines else last_line
+            if len(batch) == TEXT_PART:
+                yield part()
+                batch = []
+    finally:
+        chunks.close()
+    if not kept:
         raise SkipFile(f"{path}: text file is empty")
-    records = _text_records(chunks, encoder.encode_texts([c.text for c in chunks]))
-    newlines = [m.start() for m in re.finditer("\n", text)]
-    for rec, c in zip(records, chunks, strict=True):
-        first, last = bisect.bisect_left(newlines, c.start), bisect.bisect_left(newlines, c.end - 1)
-        rec.extra["lines"] = [first + 1, last + 1]
-    return records
+    if batch or note:
+        yield part(note)
+
+
+class TextPieces:
+    """The decoded text of a file, a block at a time (`read_text_file` for the rules);
+    `bytes_read` says how far into the file it has got."""
+
+    def __init__(self, path: Path, encoding: str) -> None:
+        self.path, self.encoding, self.bytes_read = Path(path), encoding, 0
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder(self.encoding)()
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(TEXT_BLOCK), b""):
+                self.bytes_read += len(block)
+                yield decoder.decode(block)
+        yield decoder.decode(b"", final=True)
 
 
 def read_text_file(path: Path) -> str:
-    """Decode a text file: UTF-8 (with or without BOM), UTF-16 with a BOM, else Windows-1252.
+    """Decode a whole text file (see `text_encoding`); `TextPieces` for one too big to hold."""
+    return "".join(TextPieces(path, text_encoding(path)))
+
+
+def text_encoding(path: Path) -> str:
+    """How to decode a text file: UTF-8 (with or without BOM), UTF-16 with a BOM, else Windows-1252.
 
     Files that look binary (NUL bytes, many control characters) or decode under none of
-    these are skipped with a reason rather than indexed as garbage.
+    these are skipped with a reason rather than indexed as garbage. The check reads the file a
+    block at a time, so it costs a pass over the bytes but no memory.
     """
-    data = Path(path).read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        candidates = ["utf-16"]
-    elif b"\x00" in data:
-        raise SkipFile(f"{path}: binary content (NUL bytes), not a text file")
-    else:
-        candidates = ["utf-8-sig", "cp1252"]
-    for encoding in candidates:
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        sample = text[:65536]
-        if sample and sum(ord(ch) in _CONTROL for ch in sample) > 0.01 * len(sample):
-            raise SkipFile(f"{path}: binary content (control characters), not a text file")
-        return text
+    with open(path, "rb") as fh:
+        bom = fh.read(2) in (b"\xff\xfe", b"\xfe\xff")
+        for encoding in ["utf-16"] if bom else ["utf-8-sig", "cp1252"]:
+            fh.seek(0)
+            decoder = codecs.getincrementaldecoder(encoding)()
+            sample = ""
+            try:
+                for block in iter(lambda: fh.read(TEXT_BLOCK), b""):
+                    if not bom and b"\x00" in block:
+                        raise SkipFile(f"{path}: binary content (NUL bytes), not a text file")
+                    text = decoder.decode(block)
+                    sample += text[: 65536 - len(sample)]
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                continue
+            if sample and sum(ord(ch) in _CONTROL for ch in sample) > 0.01 * len(sample):
+                raise SkipFile(f"{path}: binary content (control characters), not a text file")
+            return encoding
     raise SkipFile(f"{path}: text is neither UTF-8, UTF-16 nor Windows-1252")
 
 
@@ -320,12 +400,13 @@ def _chunk_budget(encoder: Encoder, opts: dict[str, Any]) -> tuple[int, int]:
 
 
 def _text_records(chunks: list[Chunk], vectors: np.ndarray) -> list[Record]:
-    return [
-        Record(
-            "doc_text", _f32(v), page=c.page, text=c.text, extra={"chunk": c.index, "span": [c.start, c.end]}
-        )
-        for c, v in zip(chunks, vectors, strict=True)
-    ]
+    records = []
+    for c, v in zip(chunks, vectors, strict=True):
+        extra: dict[str, Any] = {"chunk": c.index, "span": [c.start, c.end]}
+        if c.lines is not None:
+            extra["lines"] = list(c.lines)
+        records.append(Record("doc_text", _f32(v), page=c.page, text=c.text, extra=extra))
+    return records
 
 
 def _f32(v: np.ndarray) -> np.ndarray:

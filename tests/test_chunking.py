@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import random
 import re
 
 import numpy as np
 import open_clip
 import pytest
 
-from clipsearch.chunking import chunk_text
+from clipsearch.chunking import chunk_text, stream_chunks
 
 _TOK = open_clip.get_tokenizer("RN50")  # OpenAI CLIP BPE; needs no weights
 
@@ -102,3 +104,59 @@ def test_a_word_longer_than_the_budget_is_split_inside() -> None:
 def test_budget_must_leave_room_beside_the_markers() -> None:
     with pytest.raises(ValueError):
         chunk_text("some text", clip_count, 2)
+
+
+def _pieces(text: str, rng: random.Random, most: int):
+    i = 0
+    while i < len(text):
+        n = rng.randint(1, most)
+        yield text[i : i + n]
+        i += n
+
+
+def _key(chunks):
+    return [(c.text, c.start, c.end, c.index) for c in chunks]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_chunks_are_the_chunks_of_the_whole_text(seed: int) -> None:
+    """Cut anywhere (inside words, inside a long URL, between \r and \n), the pieces give the
+    very chunks of the joined text, with offsets into it and its line numbers."""
+    rng = random.Random(seed)
+    text = _corpus(seed, 700)
+    if seed % 3 == 0:
+        text = "".join(f"{i:x}" for i in range(600)) + " " + text + "z" * 300  # over-long words at both ends
+    count = clip_count if seed % 2 else word_count
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    for max_tokens, overlap in [(77, 16), (24, 6), (12, 3), (5, 1), (20, 0)]:
+        whole = chunk_text(text, count, max_tokens, overlap)
+        streamed = list(stream_chunks(_pieces(text, rng, 300), count, max_tokens, overlap))
+        assert _key(streamed) == _key(whole)
+        for c in streamed:
+            first, last = bisect.bisect_left(newlines, c.start), bisect.bisect_left(newlines, c.end - 1)
+            assert c.lines == (first + 1, last + 1)
+
+
+def test_streaming_text_without_whitespace_still_moves_on() -> None:
+    """No word boundary for 20,000 characters: the window must not grow to hold all of it."""
+    rng = random.Random(1)
+    text = "".join(rng.choice("abcdefghij0123456789/.") for _ in range(20_000))
+    seen = []
+
+    def pieces():
+        for i in range(0, len(text), 700):
+            seen.append(i)
+            yield text[i : i + 700]
+
+    first = None
+    for c in stream_chunks(pieces(), clip_count, 32, 8):
+        first = first or (c, len(seen))
+    assert first is not None and first[1] <= 3  # the first chunk came out before the 4th piece was read
+    assert _key(stream_chunks(pieces(), clip_count, 32, 8)) == _key(chunk_text(text, clip_count, 32, 8))
+
+
+def test_streaming_empty_or_blank_pieces_gives_nothing() -> None:
+    assert list(stream_chunks([], clip_count, 20)) == []
+    assert list(stream_chunks(["", "  \n", "\t", ""], clip_count, 20)) == []
+    one = list(stream_chunks(["", "al", "pha", "", " beta"], clip_count, 20))
+    assert [(c.text, c.start, c.end, c.lines) for c in one] == [("alpha beta", 0, 10, (1, 1))]
