@@ -13,9 +13,8 @@ reproduces open_clip's ``CLIP.encode_text`` (and ``TextTransformer.forward``) fo
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,22 +149,6 @@ def encode_text_with_pseudo_token(
     return x
 
 
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients for the duration; restores the previous state."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 @dataclass
 class InversionResult:
     """``features``: (n, dim) L2-normalised float32 features; ``cosines``: their cosine with
@@ -190,7 +173,6 @@ def _as_targets(targets: np.ndarray | torch.Tensor, steps: int, batch_size: int)
 
 
 def _optimise(
-    model: nn.Module,
     forward: Callable[[torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
     init_std: float,
@@ -204,28 +186,31 @@ def _optimise(
 ) -> InversionResult:
     """Shared loop: per-target pseudo parameters of ``shape``, cosine loss, AdamW, frozen model.
 
+    Gradients are taken with respect to the pseudo parameters only (``torch.autograd.grad``),
+    so the model is never touched: no ``requires_grad`` or train/eval flips, no ``.grad`` on its
+    parameters. Other threads may encode with the same model meanwhile. The model is used in
+    the mode it is in (`Encoder` keeps it in eval mode).
+
     Targets in a batch are independent (each parameter only affects its own loss and AdamW
     is element-wise), so batching changes speed, not results.
     """
     gen = torch.Generator().manual_seed(seed)
     feats, curve = [], []
     t0 = time.perf_counter()
-    with _frozen(model):
-        for start in range(0, target.shape[0], batch_size):
-            tgt = target[start:start + batch_size]
-            init = torch.randn(tgt.shape[0], *shape, generator=gen) * init_std
-            pseudo = nn.Parameter(init.to(tgt.device))
-            opt = torch.optim.AdamW([pseudo], lr=lr, weight_decay=weight_decay)
-            curve = []
-            with torch.enable_grad():
-                for _ in range(steps):
-                    opt.zero_grad(set_to_none=True)
-                    loss = (1.0 - F.cosine_similarity(forward(pseudo).float(), tgt, dim=-1)).mean()
-                    loss.backward()
-                    opt.step()
-                    curve.append(float(loss.detach()))
-            with torch.no_grad():
-                feats.append(F.normalize(forward(pseudo).float(), dim=-1))
+    for start in range(0, target.shape[0], batch_size):
+        tgt = target[start:start + batch_size]
+        init = torch.randn(tgt.shape[0], *shape, generator=gen) * init_std
+        pseudo = nn.Parameter(init.to(tgt.device))
+        opt = torch.optim.AdamW([pseudo], lr=lr, weight_decay=weight_decay)
+        curve = []
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = (1.0 - F.cosine_similarity(forward(pseudo).float(), tgt, dim=-1)).mean()
+                (pseudo.grad,) = torch.autograd.grad(loss, [pseudo])
+                opt.step()
+                curve.append(float(loss.detach()))
+        with torch.no_grad():
+            feats.append(F.normalize(forward(pseudo).float(), dim=-1))
     features = torch.cat(feats)
     cos = (features * target).sum(-1)
     return InversionResult(
@@ -262,7 +247,7 @@ def oti(
                                              placeholder=placeholder, truncate=True)
 
     init_std = float(tower.token_embedding.weight.detach().float().std())
-    return _optimise(model, forward, (tower.token_embedding.embedding_dim,), init_std, target,
+    return _optimise(forward, (tower.token_embedding.embedding_dim,), init_std, target,
                      steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
 
 
@@ -347,7 +332,7 @@ def ovi(
     def forward(pseudo: torch.Tensor) -> torch.Tensor:
         return encode_image_with_pseudo_tokens(model, pseudo)
 
-    return _optimise(model, forward, (n_tokens, width), 0.02, target,
+    return _optimise(forward, (n_tokens, width), 0.02, target,
                      steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
 
 

@@ -125,6 +125,23 @@ def test_oti_leaves_model_frozen_state_alone(model, tokenizer):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_oti_never_changes_model_state_while_it_runs(tokenizer):
+    """Other threads encode with the same model during OTI: no flag may flip, even briefly."""
+    model = small_clip().train()  # trainable parameters, train mode: both must stay so
+    seen = []
+
+    def look(*_):
+        seen.append((model.training, any(p.requires_grad for p in model.parameters())))
+
+    hook = model.transformer.register_forward_hook(look)
+    try:
+        oti(model, tokenizer, np.ones((1, 32), np.float32), steps=3)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {(True, True)}
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_oti_rejects_bad_targets(model, tokenizer):
     with pytest.raises(TransformError):
         oti(model, tokenizer, np.zeros((0, 32), np.float32))
