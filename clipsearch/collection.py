@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from clipsearch.errors import (
 from clipsearch.failures import storage_errors
 from clipsearch.indexers.scanner import ScanRules, is_inside
 from clipsearch.model_registry import ModelSpec, resolve
-from clipsearch.search import Hit, Searcher
+from clipsearch.search import Hit, Hits, Searcher
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Collection:
         self._encoder = None
         self._store = None
         self._searcher: Searcher | None = None
+        self._parts_lock = threading.RLock()  # server threads share one collection: load parts once
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -246,32 +248,44 @@ class Collection:
     @property
     def encoder(self):
         if self._encoder is None:
-            from clipsearch.encoders import Encoder
-
-            self._encoder = Encoder.load(self.spec, device=self.device)
-            if self._encoder.model_id != self.meta["model_id"]:
-                raise ModelMismatch(f"the weights of {self.meta['model_name']} changed since the "
-                                    f"collection at {self.path} was built",
-                                    hint="re-index into a new --db with the current weights")
+            with self._parts_lock:
+                if self._encoder is None:
+                    self._load_encoder()
         return self._encoder
+
+    def _load_encoder(self) -> None:
+        from clipsearch.encoders import Encoder
+
+        self._encoder = Encoder.load(self.spec, device=self.device)
+        if self._encoder.model_id != self.meta["model_id"]:
+            raise ModelMismatch(f"the weights of {self.meta['model_name']} changed since the "
+                                f"collection at {self.path} was built",
+                                hint="re-index into a new --db with the current weights")
 
     @property
     def store(self):
         if self._store is None:
-            from clipsearch.errors import StorageError
-            from clipsearch.store import TABLE, Store
-
-            if "last_run" in self.meta and not (self.path / f"{TABLE}.lance").is_dir():
-                raise StorageError(f"the collection's table {self.path / TABLE}.lance is missing",
-                                   hint="restore the collection folder from a backup, or re-index "
-                                        "into a new --db")
-            self._store = Store(self.path, int(self.meta["dim"]), meta=model_fields(self.meta))
+            with self._parts_lock:
+                if self._store is None:
+                    self._open_store()
         return self._store
+
+    def _open_store(self) -> None:
+        from clipsearch.errors import StorageError
+        from clipsearch.store import TABLE, Store
+
+        if "last_run" in self.meta and not (self.path / f"{TABLE}.lance").is_dir():
+            raise StorageError(f"the collection's table {self.path / TABLE}.lance is missing",
+                               hint="restore the collection folder from a backup, or re-index "
+                                    "into a new --db")
+        self._store = Store(self.path, int(self.meta["dim"]), meta=model_fields(self.meta))
 
     @property
     def searcher(self) -> Searcher:
         if self._searcher is None:
-            self._searcher = Searcher(self)
+            with self._parts_lock:
+                if self._searcher is None:
+                    self._searcher = Searcher(self)
         return self._searcher
 
     @property
@@ -482,10 +496,19 @@ class Collection:
     def search(self, text: str | None = None, image: str | os.PathLike | Image.Image | None = None,
                k: int = 10, *, kind: str | None = None, under: str | None = None, offset: int = 0,
                whiten: bool = False, center: bool = False, invert: bool = False, hybrid: bool = False,
-               sort: str | None = None) -> list[Hit]:
-        """Text and/or image query → ranked hits (cosine scores, best first)."""
-        return self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
+               sort: str | None = None) -> Hits:
+        """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
+        say what the caller should know, e.g. that a long text query was cut."""
+        hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort)
+        return Hits(hits, warnings=self.query_warnings(text))
+
+    def query_warnings(self, text: str | None) -> list[str]:
+        """What to tell the caller about a text query before (or without) running it."""
+        from clipsearch.encoders import truncation_note
+
+        note = truncation_note(self.encoder, text) if text and text.strip() else None
+        return [note] if note else []
 
     def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end."""

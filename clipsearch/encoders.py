@@ -8,6 +8,7 @@ gets a one-line, actionable error instead of a traceback, and a cached model loa
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +204,8 @@ class Encoder:
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess if isinstance(preprocess, FastPreprocess) else FastPreprocess(preprocess)
         self.tokenizer = tokenizer
+        # Hugging Face fast tokenizers refuse concurrent calls ("Already borrowed"): one at a time.
+        self._tokenize_lock = threading.Lock()
         self.device = device
         self.batch_size = batch_size
         self.context_length = int(getattr(tokenizer, "context_length", None) or model.context_length)
@@ -252,13 +255,27 @@ class Encoder:
             chunk = list(texts[i:i + self.batch_size])
             for t in chunk:
                 if hasattr(self, "dim") and self.count_tokens(t) > self.context_length:
-                    log.warning("text of %d tokens truncated to the model's %d: %.60r...",
+                    # callers of a search are told through `truncation_note`; this is for the log
+                    log.info("text of %d tokens truncated to the model's %d: %.60r...",
                                 self.count_tokens(t), self.context_length, t)
-            tokens = self.tokenizer(chunk).to(self.device)
+            with self._tokenize_lock:
+                tokens = self.tokenizer(chunk)
+            tokens = tokens.to(self.device)
             with torch.inference_mode(), self._autocast():
                 vecs.append(self._normalise(self.model.encode_text(tokens)))
         return np.concatenate(vecs)
 
     def count_tokens(self, text: str) -> int:
         """Tokens including the start and end markers, as the text tower will see them."""
-        return count_tokens(self.tokenizer, text)
+        with self._tokenize_lock:
+            return count_tokens(self.tokenizer, text)
+
+
+def truncation_note(encoder, text: str) -> str | None:
+    """A line for the caller when `text` is longer than `encoder` reads (any object with
+    `count_tokens` and `context_length`), else None."""
+    n = encoder.count_tokens(text)
+    if n <= encoder.context_length:
+        return None
+    return (f"the query is {n} tokens; the model reads only the first {encoder.context_length}, "
+            "so the rest was ignored: shorten it to what matters most")

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,15 @@ class Hit:
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
         return d
+
+
+class Hits(list):
+    """The hits of one query (a list of `Hit`), with `warnings`: lines the caller should see,
+    e.g. that a text query was longer than the model reads and was cut."""
+
+    def __init__(self, hits: Iterable[Hit] = (), warnings: Iterable[str] = ()) -> None:
+        super().__init__(hits)
+        self.warnings: list[str] = list(warnings)
 
 
 def _load_query_image(image: str | os.PathLike | Image.Image) -> Image.Image:
@@ -171,16 +181,17 @@ class Searcher:
         from clipsearch.transforms import TransformSet
 
         path = self.col.path / "transforms.npz"
-        mtime = path.stat().st_mtime if path.exists() else None
-        if self._transforms is None or mtime != self._transforms_mtime:
-            if mtime is None:
-                raise TransformError(f"no transforms are fitted for {self.col.path}",
-                                     hint="run `clipsearch fit-transforms` (needs enough indexed items)")
-            self._transforms = TransformSet.load(self.col.path, self.col.meta["model_id"],
-                                                 int(self.col.meta["dim"]))
-            self._transforms_mtime = mtime
-            self._transformed.clear()
-        return self._transforms
+        with self._lock:  # (re)loading only: concurrent queries then share the loaded set
+            mtime = path.stat().st_mtime if path.exists() else None
+            if self._transforms is None or mtime != self._transforms_mtime:
+                if mtime is None:
+                    raise TransformError(f"no transforms are fitted for {self.col.path}",
+                                         hint="run `clipsearch fit-transforms` (needs enough indexed items)")
+                self._transforms = TransformSet.load(self.col.path, self.col.meta["model_id"],
+                                                     int(self.col.meta["dim"]))
+                self._transforms_mtime = mtime
+                self._transformed.clear()
+            return self._transforms
 
     def transforms_description(self) -> str | None:
         try:
@@ -217,6 +228,10 @@ class Searcher:
         big text tower on a CPU. With `embed_text=False` (the automatic fit after `index`) it is
         fitted only if those embeddings are already cached; otherwise on first use of --center.
         """
+        with self._lock:  # one fit at a time; queries wait only if they need the transforms
+            return self._fit_transforms(strict, text_source, embed_text)
+
+    def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool):
         from clipsearch.transforms import TransformSet
 
         _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
@@ -262,21 +277,22 @@ class Searcher:
 
     def _transformed_index(self, kinds: tuple[str, ...], whiten: bool, center: bool) -> AnnIndex:
         """A flat index over transformed vectors of `kinds` (transforms move every vector)."""
-        ts = self.transforms()
-        version = self.col.store.version
-        key = (kinds, whiten, center)
-        cached = self._transformed.get(key)
-        if cached and cached[1] == version:
-            return cached[0]
-        where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
-        meta, vecs = self.col.store.vectors(where)
-        tv = ts.apply_db(vecs, whiten=whiten, center=center).astype(np.float32)
-        idx = AnnIndex.from_vectors(tv, np.array(meta.column("id").to_pylist(), dtype=object),
-                                    np.array(meta.column("kind").to_pylist(), dtype=object),
-                                    np.array(meta.column("source").to_pylist(), dtype=object), version,
-                                    exact_threshold=1 << 62)
-        self._transformed[key] = (idx, version)
-        return idx
+        with self._lock:  # build once; searching the built index needs no lock
+            ts = self.transforms()
+            version = self.col.store.version
+            key = (kinds, whiten, center)
+            cached = self._transformed.get(key)
+            if cached and cached[1] == version:
+                return cached[0]
+            where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+            meta, vecs = self.col.store.vectors(where)
+            tv = ts.apply_db(vecs, whiten=whiten, center=center).astype(np.float32)
+            idx = AnnIndex.from_vectors(tv, np.array(meta.column("id").to_pylist(), dtype=object),
+                                        np.array(meta.column("kind").to_pylist(), dtype=object),
+                                        np.array(meta.column("source").to_pylist(), dtype=object),
+                                        version, exact_threshold=1 << 62)
+            self._transformed[key] = (idx, version)
+            return idx
 
     # ---- queries -----------------------------------------------------------------------------
     def query_vector(self, text: str | None, image, invert: bool = False) -> tuple[np.ndarray, str]:

@@ -31,9 +31,12 @@ from clipsearch.ui.files import (
     thumb_url,
 )
 from clipsearch.ui.http_guard import mb
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
@@ -104,7 +107,7 @@ class SearchService:
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
         self._col: Collection | None = None
-        self._lock = threading.Lock()  # one query at a time: the encoder shares the CPU anyway
+        self._lock = threading.Lock()  # opening the collection only: queries run concurrently
         self._roots: tuple[float, list[str]] = (-1.0, [])
         self._info: tuple[tuple, dict] | None = None
         self.guard = FileGuard(self.db, self.db / "thumbs", self.roots)
@@ -205,7 +208,8 @@ class SearchService:
                k: int = PAGE_SIZE, kind: str | None = None, under: str | None = None,
                offset: int = 0, whiten: bool = False, center: bool = False, invert: bool = False,
                hybrid: bool = False) -> dict[str, Any]:
-        """Run a query; returns {"hits", "offset", "k", "more", "message"} as plain JSON.
+        """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings"} as plain
+        JSON (`warnings`: lines the caller should see, e.g. that a long query was cut).
 
         `image` may be a decoded picture, upload bytes or a file path; anything not yet decoded
         is decoded here, under the server's pixel limit. Hits whose source lies outside the
@@ -234,20 +238,21 @@ class SearchService:
         if col.store.count() == 0:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
-                               f"--db {self.db}`; they show up here without a restart."}
+                               f"--db {self.db}`; they show up here without a restart.",
+                    "warnings": col.query_warnings(text)}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
-        with self._lock:
-            hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
-                              offset=int(offset), whiten=whiten, center=center, invert=invert,
-                              hybrid=hybrid)
+        hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
+                          offset=int(offset), whiten=whiten, center=center, invert=invert,
+                          hybrid=hybrid)
         rows = self.page_rows(hits)
         out = [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
         message = None
         if not out:
             message = ("No more results." if offset else
                        "Nothing matched. Try other words, another kind, or clear the folder filter.")
-        return {"hits": out, "offset": offset, "k": k, "more": len(hits) == k, "message": message}
+        return {"hits": out, "offset": offset, "k": k, "more": len(hits) == k, "message": message,
+                "warnings": list(getattr(hits, "warnings", []))}
 
     def moments(self, text: str, k: int = 10, under: str | None = None) -> dict[str, Any]:
         return self.search(text, kind="moment", k=k, under=under)
@@ -337,6 +342,36 @@ def _error(e: Exception) -> JSONResponse:
     if getattr(e, "hint", None):
         body["hint"] = e.hint
     return JSONResponse(body, status_code=status)
+
+
+SCHEMA_HINT = "see /api/openapi.json for this endpoint's parameters"
+
+
+def validation_error_body(exc: RequestValidationError) -> dict[str, str]:
+    """FastAPI's parameter errors as the API's one shape: {"error": "<param>: <what>", "hint"}."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body", "header")]
+        msg = str(err.get("msg", "is not valid"))
+        parts.append(f"{'.'.join(loc) or 'request'}: {msg[:1].lower() + msg[1:]}")
+    return {"error": "; ".join(parts) or "bad request", "hint": SCHEMA_HINT}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Bad parameters answer 400 and every HTTP error of these routes answers {"error", ...},
+    as docs/http_api.md says, instead of FastAPI's 422/{"detail"}. Gradio's mounted app keeps
+    its own handlers (its client expects them)."""
+
+    async def bad_parameters(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_error_body(exc), status_code=400)
+
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, bad_parameters)
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 def content_disposition(name: str, inline: bool) -> str:
@@ -431,5 +466,18 @@ def rest_router(service: SearchService) -> APIRouter:
     def file_thumb(item_id: str) -> Any:
         """The thumbnail the row `item_id` names (video frames, document pages)."""
         return run(lambda: _file_response(service.item_thumb(item_id)))
+
+    @router.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
+    def api_unknown(rest: str, request: Request) -> Any:
+        """Unknown /api paths would otherwise fall through to the mounted UI's own 404."""
+        allowed = sorted({m for r in router.routes if isinstance(r, APIRoute) and r.name != "api_unknown"
+                          and r.path_regex.match(request.url.path) for m in r.methods or ()})
+        if allowed:
+            return JSONResponse({"error": f"{request.method} is not allowed on {request.url.path}",
+                                 "hint": "use " + " or ".join(allowed)}, status_code=405,
+                                headers={"Allow": ", ".join(allowed)})
+        return JSONResponse({"error": f"no such endpoint: /api/{rest}",
+                             "hint": "see /api/openapi.json for the endpoints"}, status_code=404)
 
     return router

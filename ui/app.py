@@ -233,6 +233,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                                  invert=query.get("invert", False))
             hits = previous + res["hits"]
             msg = _message(res.get("message") if not res["hits"] else query.get("label"))
+            msg = " · ".join([m for m in [msg] if m] + [_message(w, error=True) for w in res["warnings"]])
             more = gr.update(visible=bool(res["more"]))
         except ClipsearchError as e:
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)

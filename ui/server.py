@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, rest_router  # noqa: E402
+from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, install_error_handlers, rest_router  # noqa: E402
 from clipsearch.ui.files import Signer  # noqa: E402
 from clipsearch.ui.http_guard import BodyLimit, HostCheck, HostPolicy, SecurityHeaders  # noqa: E402
 from clipsearch.ui.login import LoginGate, LoginThrottle, load_credentials, parse_credentials  # noqa: E402
@@ -93,6 +93,7 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
     app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.include_router(rest_router(service))
+    install_error_handlers(app)
     app.state.service = service
     blocks = build_blocks(service)
     blocks.queue(default_concurrency_limit=2)
