@@ -396,7 +396,7 @@ def hostile(tmp_path_factory, secret_file):
     root = base / "root"
     root.mkdir()
     rng = np.random.default_rng(0)
-    from clipsearch.synth.shapes import ShapeSpec, render_shape
+    from clipsearch.tiny.synth.shapes import ShapeSpec, render_shape
 
     render_shape(ShapeSpec("circle", "red"), rng, size=96, background="plain").save(root / "photo.png")
     odd = os.path.join(os.fsencode(root), b"caf\xe9.png")
