@@ -353,9 +353,11 @@ class Searcher:
         if whiten or center:
             ts = self.transforms()
             if center and modality != "image" and ts.text_mean is None and ts.image_mean is not None:
-                log.warning("fitting the text mean for --center (once per collection)...")
-                self.fit_transforms(strict=False)
-                ts = self.transforms()
+                with self._lock:  # concurrent --center queries: one fits, the others then reuse it
+                    if self.transforms().text_mean is None:
+                        log.warning("fitting the text mean for --center (once per collection)...")
+                        self.fit_transforms(strict=False)
+                    ts = self.transforms()
             qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
                                 whiten=whiten, center=center)[0]
             raw = self._transformed_index(tuple(sorted(set(kinds) & set(IMAGE_LIKE)) or kinds),
