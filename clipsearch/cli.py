@@ -7,13 +7,13 @@ traceback. Flags override CLIPSEARCH_* environment variables, which override def
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
 
 import click
 
+from clipsearch import jsonsafe
 from clipsearch.errors import ClipsearchError, UsageError
 
 DB_HELP = ("Collection directory or object-storage URI (s3://bucket/prefix). "
@@ -189,7 +189,7 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
                       sort=None if sort == "score" else sort)
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+        click.echo(jsonsafe.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
     if not hits:
         click.echo("no results" + ("" if col.store.count() else " (the collection is empty)"))
@@ -225,7 +225,7 @@ def info(db, as_json, verbose):
     col = open_collection(db or _db_default(), device="cpu")
     data = col.info()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(jsonsafe.dumps(data, indent=2))
         return
     click.echo(f"collection  {data['path']}")
     click.echo(f"model       {data['model']}  (dim {data['dim']})")
@@ -262,7 +262,7 @@ def models(show_all, as_json, verbose):
             rows.append({"name": f"{arch}/{tag}", "model": f"{arch}/{tag}",
                          "weights": weights_status(resolve(f"{arch}/{tag}")), "note": ""})
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(jsonsafe.dumps(rows, indent=2))
         return
     for r in rows:
         click.echo(f"{r['name']:<34} {r['weights']:<19} {r['note'] or r['model']}")

@@ -111,7 +111,7 @@ def search_documents(
     if k <= 0 or not query.strip():
         return []
     depth = depth or max(200, 20 * k)
-    where_under = _under_clause(under)
+    where_under = under_clause(under)
     qvec = encoder.encode_texts([query])[0].astype(np.float32)
 
     page_rows = _vector_leg(table, qvec, "doc_page", depth, where_under, ann_search)
@@ -284,7 +284,7 @@ def _scan(table: Table, where: str) -> list[dict[str, Any]]:
     return table.to_lance().to_table(columns=_COLUMNS, filter=where).to_pylist()
 
 
-def _under_clause(under: str | None) -> str | None:
+def under_clause(under: str | None) -> str | None:
     """Sources equal to `under` or inside it (a path-component prefix, not a string prefix)."""
     if not under:
         return None

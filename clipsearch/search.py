@@ -21,6 +21,7 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.jsonsafe import finite
 from clipsearch.store import float32_vectors
 
 if TYPE_CHECKING:
@@ -60,11 +61,12 @@ class Hit:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields; a non-finite number (no similarity to show) becomes None."""
         d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
         d["score"] = round(float(self.score), 6)
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
-        return d
+        return finite(d)
 
 
 def _load_query_image(image: str | os.PathLike | Image.Image) -> Image.Image:
@@ -314,7 +316,7 @@ class Searcher:
         hits = self._hydrate(raw)
         hits = _group(hits)
         if hybrid and text:
-            hits = self._hybrid(hits, text, kinds, need)
+            hits = self._hybrid(hits, text, kinds, need, under)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
         return hits[offset:offset + k]
@@ -332,14 +334,20 @@ class Searcher:
             out.append(hit_from_row(r, score))
         return out
 
-    def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int) -> list[Hit]:
-        """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score."""
-        from clipsearch.docsearch import keyword_search
+    def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int,
+                under: str | None = None) -> list[Hit]:
+        """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score.
+
+        `cosine` is the vector similarity, None for a match by path alone."""
+        from clipsearch.docsearch import keyword_search, under_clause
         from clipsearch.fusion import hybrid_rerank
 
         where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        if under:
+            where = f"({where}) AND {under_clause(under)}"
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
         fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
+        cosines: dict[str | None, float | None] = {h.id: h.score for h in hits}
         by_id = {h.id: h for h in hits}
         missing = [i for i, _ in fused if i not in by_id]
         for h in self._hydrate([(i, float("nan")) for i in missing]):
@@ -348,7 +356,7 @@ class Searcher:
         for rid, score in fused:
             h = by_id.get(rid)
             if h is not None:
-                h.extra["cosine"] = h.score
+                h.extra["cosine"] = cosines.get(rid)
                 h.score = float(score)
                 out.append(h)
         return _group(out)
