@@ -187,22 +187,37 @@ class Searcher:
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
         """Fit whitening + centering on the collection's image-like vectors and save them.
 
-        The text mean for centering needs a few thousand caption embeddings: minutes with a
-        big text tower on a CPU. With `embed_text=False` (the automatic fit after `index`) it is
-        fitted only if those embeddings are already cached; otherwise on first use of --center.
+        All or nothing: the fit is computed and checked first, and written (atomically) only
+        if at least one transform came out of it; otherwise `TransformError` is raised and the
+        saved transforms are left as they were. `text_source="collection"` with too few
+        document chunks for a text mean falls back to the built-in captions (logged), rather
+        than dropping centering. The text mean needs a few thousand caption embeddings: minutes
+        with a big text tower on a CPU. With `embed_text=False` (the automatic fit after
+        `index`) it is fitted only if those embeddings are already cached; otherwise on first
+        use of --center.
         """
-        from clipsearch.transforms import TransformSet
+        from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
-        texts = None
+        texts, note = None, None
         if text_source == "collection":
             _, texts = self.col.store.vectors("kind = 'doc_text'")
-        if texts is None or len(texts) == 0:
+            if len(texts) < MIN_CENTER_SAMPLES:
+                note = (f"text source 'collection': {len(texts)} document text chunks, centering needs "
+                        f"{MIN_CENTER_SAMPLES}; using the built-in captions")
+                log.warning(note)
+                texts = None
+        if texts is None:
             text_source = "builtin"
             cached = (self.col.path / "builtin_text_vectors.npy").exists()
             texts = self._builtin_text_vectors() if (embed_text or cached) else None
         ts = TransformSet.fit(vecs, texts, model_id=self.col.meta["model_id"], dim=int(self.col.meta["dim"]),
                               text_source=text_source, strict=strict)
+        if note and "center" in ts.params:
+            ts.params["center"]["note"] = note
+        if not ts.available:
+            raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
+                                 hint="index more items, then run fit-transforms again")
         ts.save(self.col.path)
         self._transforms = None
         return ts

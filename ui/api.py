@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
-from clipsearch.objectstore import open_collection
+from clipsearch.objectstore import Location, is_remote, open_collection
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ MAX_K = 200
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_QUERY_PIXELS = 50_000_000
 PREVIEW_SIDE = 384
+REMOTE_META_SECONDS = 10.0  # how often a server over object storage re-reads the indexed roots
 # UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
 KIND_LABELS: dict[str, str | None] = {
     "All": None,
@@ -84,11 +86,18 @@ def load_query_image(path: str | os.PathLike) -> Image.Image:
 
 
 class SearchService:
-    """Queries over one collection directory, safe to call from many threads."""
+    """Queries over one collection (a directory or an s3://... URI), safe to call from many threads.
+
+    For a collection on object storage `db` is its local cache directory (thumbnails) and
+    `location` reads its metadata where the table lives.
+    """
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
                  signer: Signer | None = None) -> None:
-        self.db = Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
+        self.location = Location(str(db)) if is_remote(db) else None
+        self.db = self.location.cache_dir if self.location else \
+            Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
+        self.where = self.location.uri if self.location else str(self.db)  # for messages
         self.device = device
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._col: Collection | None = None
@@ -103,14 +112,19 @@ class SearchService:
         if self._col is None:
             with self._lock:
                 if self._col is None:
-                    self._col = open_collection(self.db, device=self.device)
+                    self._col = open_collection(self.location.uri if self.location else self.db,
+                                                device=self.device)
         return self._col
 
     def exists(self) -> bool:
+        if self.location is not None:
+            return self._col is not None or self.location.exists("clipsearch.json")
         return Collection.exists(self.db)
 
     def roots(self) -> list[str]:
         """Indexed roots, re-read when another process (`clipsearch index`) added some."""
+        if self.location is not None:
+            return self._remote_roots()
         meta = self.db / "clipsearch.json"
         try:
             mtime = meta.stat().st_mtime
@@ -124,6 +138,14 @@ class SearchService:
             self._roots = (mtime, roots)
         return list(self._roots[1])
 
+    def _remote_roots(self) -> list[str]:
+        """Roots from the metadata on object storage, read at most every REMOTE_META_SECONDS."""
+        now = time.monotonic()
+        if self._roots[0] < 0 or now - self._roots[0] >= REMOTE_META_SECONDS:
+            meta = self.location.read_json() or {}
+            self._roots = (now, list(meta.get("roots", [])))
+        return list(self._roots[1])
+
     def warm_up(self) -> None:
         """Load the model now, so the first query does not wait for it."""
         if self.exists():
@@ -133,15 +155,15 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         """Collection name, item counts, model and device; cached per table version."""
         if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.db}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.db}`")
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
         col = self.col
         key = (col.store.version, self._roots[0])
         if self._info is None or self._info[0] != key:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
             info["db"] = info.pop("path")
-            info["name"] = col.path.name
+            info["name"] = self.where.rstrip("/").rsplit("/", 1)[-1]
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
@@ -195,13 +217,13 @@ class SearchService:
         if under and has_dotdot(under):
             raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
         if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.db}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.db}`")
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
         col = self.col
         if col.store.count() == 0:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
-                               f"--db {self.db}`; they show up here without a restart."}
+                               f"--db {self.where}`; they show up here without a restart."}
         with self._lock:
             hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
                               offset=int(offset), whiten=whiten, center=center, invert=invert,

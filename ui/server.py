@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -37,14 +36,15 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
               device: str | None = "auto") -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
-    `collection` may be a Collection or a directory; a directory that holds no collection yet
-    still serves, with a message saying how to create one.
+    `collection` may be a Collection, a directory or an object-storage URI; one that holds no
+    collection yet still serves, with a message saying how to create one.
     """
     import gradio as gr
     from clipsearch.ui.app import CSS, build_blocks
 
     creds = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
-    db = collection.path if isinstance(collection, Collection) else Path(collection)
+    db = (getattr(collection, "uri", None) or collection.path) if isinstance(collection, Collection) \
+        else collection  # a directory or an s3://... URI
     service = SearchService(db, device=device, signer=Signer() if creds else None)
     if isinstance(collection, Collection):
         service._col = collection
@@ -78,7 +78,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
     app = build_app(db, auth=creds, device=device)
     service: SearchService = app.state.service
     if not service.exists():
-        print(f"No collection at {service.db} yet; the UI says how to create one.")
+        print(f"No collection at {service.where} yet; the UI says how to create one.")
     else:
         service.warm_up()
     print(f"clipsearch: http://{host}:{port}/  (API: /api/search?q=..., schema: /api/openapi.json)")
