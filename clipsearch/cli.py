@@ -1,4 +1,4 @@
-"""The `clipsearch` command line: index, search, info, models, fit-transforms, serve.
+"""The `clipsearch` command line: index, search, browse, info, models, fit-transforms, serve.
 
 Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
 traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
@@ -75,6 +75,7 @@ def main() -> None:
     clipsearch search --image q.jpg -k 20   image → image
     clipsearch search "a goal" --moments    where in which video
     clipsearch search "revenue" --kind doc  which page of which document
+    clipsearch browse                       no query: the most atypical items (outliers) first
     clipsearch serve                        browser UI + HTTP API
     """
 
@@ -188,6 +189,11 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
     hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
                       sort=None if sort == "score" else sort)
+    _echo_hits(col, hits, as_json)
+
+
+def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f") -> None:
+    """Hits as one JSON array, or one line each: score, kind, file and where in it."""
     if as_json:
         click.echo(jsonsafe.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
@@ -200,9 +206,40 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
             where = f"  [{_ts(h.t_start)}–{_ts(h.t_end)}]" if h.t_end is not None else f"  [{_ts(h.t_start)}]"
         if h.page is not None:
             where += f"  p.{h.page}"
-        click.echo(f"{h.score:7.4f}  {h.kind:<11} {h.source}{where}")
+        click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
         if h.text and h.kind == "doc":
             click.echo(f"         {h.text[:100]!r}")
+
+
+@main.command()
+@db_opt
+@click.option("--order", type=click.Choice(["atypical", "typical"]), default="atypical", show_default=True,
+              help="atypical: outliers first (what does not belong); typical: the most usual first.")
+@click.option("--kind", type=click.Choice(["image", "video", "frame", "doc", "page", "all"]), default="all",
+              show_default=True, help="Which items to browse.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Results.")
+@click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
+@click.option("--under", type=click.Path(file_okay=False), help="Only items inside this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@verbose_opt
+@handle_errors
+def browse(db, order, kind, k, offset, under, as_json, verbose):
+    """Browse the whole collection without a query, ordered by typicality.
+
+    \b
+    clipsearch browse                       the 20 most atypical items: outliers, strays
+    clipsearch browse --kind image -k 50    the 50 most atypical images
+    clipsearch browse --order typical       the most typical items first
+
+    Typicality is measured in the fitted whitened space (needs `clipsearch fit-transforms`
+    to have fitted whitening); the score printed is ||w||^2, higher is more atypical.
+    """
+    _setup_logging(verbose)
+    from clipsearch.objectstore import open_collection
+
+    col = open_collection(db or _db_default(), device="cpu")
+    hits = col.browse(order=order, kind=kind, k=k, offset=offset, under=under)
+    _echo_hits(col, hits, as_json, score_format="9.2f")
 
 
 def _ts(t: float | None) -> str:

@@ -43,6 +43,12 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
 }
 USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
+BROWSE_ORDERS = ("atypical", "typical")
+# Typicality is measured in the whitening fitted on image-like rows, so only those can be browsed.
+BROWSE_KINDS: dict[str, tuple[str, ...]] = {
+    "all": DEFAULT_KINDS, "image": ("image",), "video": ("video_frame",), "frame": ("video_frame",),
+    "video_frame": ("video_frame",), "doc": ("doc_page",), "page": ("doc_page",), "doc_page": ("doc_page",),
+}
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Searcher:
         self._transforms_mtime: float | None = None
         self._video_catalog = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
+        self._typicality: dict[tuple[str, ...], tuple] = {}  # kinds -> (version, transforms, rows)
 
     @property
     def ann_dir(self) -> Path:
@@ -376,6 +383,74 @@ class Searcher:
                 out.append(h)
         return _group(out)
 
+    # ---- browsing without a query -----------------------------------------------------------
+    def browse(self, order: str = "atypical", kind: str | None = None, k: int = 10, offset: int = 0,
+               under: str | None = None) -> list[Hit]:
+        """The whole collection by typicality, no query: "atypical" (outliers first) or "typical".
+
+        Typicality is ||w||^2 in the fitted whitened space (`TransformSet.typicality`, lower is
+        more typical); it is each hit's `score` and `extra["typicality"]`. One hit per video (its
+        most atypical, or typical, frame) and per document page, as in search.
+        """
+        if k <= 0:
+            raise UsageError(f"k must be positive, got {k}", hint="use -k 20")
+        if offset < 0:
+            raise UsageError(f"offset must be >= 0, got {offset}")
+        if order not in BROWSE_ORDERS:
+            raise UsageError(f"unknown order '{order}'", hint="one of: " + ", ".join(BROWSE_ORDERS))
+        kind = (kind or "all").lower()
+        if kind not in BROWSE_KINDS:
+            raise UsageError(f"cannot browse kind '{kind}' by typicality",
+                             hint="one of: " + ", ".join(BROWSE_KINDS))
+        ids, keys, sources, typ = self._typicality_of(BROWSE_KINDS[kind])
+        rank = np.argsort(-typ if order == "atypical" else typ, kind="stable")
+        base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) if under else None
+        picked: list[int] = []
+        seen: set = set()
+        for i in rank:
+            if base is not None and not (sources[i] == base or sources[i].startswith(base + os.sep)):
+                continue
+            if keys[i] in seen:
+                continue
+            seen.add(keys[i])
+            picked.append(int(i))
+            if len(picked) == offset + k:
+                break
+        hits = self._hydrate([(ids[i], float(typ[i])) for i in picked[offset:]])
+        for h in hits:
+            h.extra["typicality"] = h.score
+        return hits
+
+    def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list, list, list, np.ndarray]:
+        """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table
+        version and fitted transforms (a browsing UI pages through them)."""
+        ts = self.transforms()
+        if ts.whitening is None:
+            why = ts.skipped.get("whiten", "it was not fitted")
+            raise TransformError(f"browsing by typicality needs the whitening transform: {why}",
+                                 hint="index more images, then run `clipsearch fit-transforms`")
+        store = self.col.store
+        version = store.version
+        cached = self._typicality.get(kinds)
+        if cached and cached[0] == version and cached[1] is ts:
+            return cached[2]
+        where = "kind IN (" + ",".join(f"'{x}'" for x in kinds) + ")"
+        ids: list = []
+        keys: list = []
+        sources: list = []
+        parts = []
+        for meta, vecs in store.vector_batches(store.snapshot(), ["id", "kind", "source", "page"], where):
+            batch_ids = meta.column("id").to_pylist()
+            ids += batch_ids
+            sources += meta.column("source").to_pylist()
+            keys += [_group_key(i, kd, src, pg) for i, kd, src, pg in zip(
+                batch_ids, meta.column("kind").to_pylist(), meta.column("source").to_pylist(),
+                meta.column("page").to_pylist(), strict=True)]
+            parts.append(ts.typicality(vecs))
+        rows = (ids, keys, sources, np.concatenate(parts) if parts else np.zeros(0))
+        self._typicality[kinds] = (version, ts, rows)
+        return rows
+
     def _sort_typicality(self, hits: list[Hit]) -> list[Hit]:
         """Most typical first (lowest ||w||^2), as Whitened-CLIP's likelihood surrogate."""
         ts = self.transforms()
@@ -445,13 +520,21 @@ def hit_from_row(r: dict, score: float) -> Hit:
                id=r["id"], extra={k: v for k, v in extra.items() if k in ("duration", "scale")})
 
 
+def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tuple:
+    """What a result stands for: a whole video, one document page, or the row itself."""
+    if kind in ("video_frame", "video", "video_window"):
+        return (source,)
+    if kind in ("doc_page", "doc_text"):
+        return (source, page)
+    return (rid,)
+
+
 def _group(hits: list[Hit]) -> list[Hit]:
     """One hit per video (its best frame) and per document page; images pass through."""
     seen: set[tuple] = set()
     out = []
     for h in hits:
-        key = (h.source,) if h.kind in ("video_frame", "video", "video_window") else \
-            (h.source, h.page) if h.kind in ("doc_page", "doc_text") else (h.id,)
+        key = _group_key(h.id, h.kind, h.source, h.page)
         if key in seen:
             continue
         seen.add(key)

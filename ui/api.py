@@ -238,6 +238,26 @@ class SearchService:
     def moments(self, text: str, k: int = 10, under: str | None = None) -> dict[str, Any]:
         return self.search(text, kind="moment", k=k, under=under)
 
+    def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
+               offset: int = 0, under: str | None = None) -> dict[str, Any]:
+        """No query: the collection by typicality (outliers first by default), same JSON as search."""
+        if not 1 <= int(k) <= MAX_K:
+            raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
+        kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
+        kind = "video" if kind == "moment" else kind  # a video browses as its frames
+        under = (under or "").strip() or None
+        if under and has_dotdot(under):
+            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
+        if not self.exists():
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
+        col = self.col  # opened outside the query lock, which opening takes
+        with self._lock:
+            hits = col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
+        out = [self.hit_json(h, offset + i) for i, h in enumerate(hits)]
+        message = None if out else ("No more results." if offset else "Nothing to browse here.")
+        return {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message}
+
     # ---- hits → JSON with URLs ---------------------------------------------------------------
     def hit_json(self, hit, rank: int) -> dict[str, Any]:
         d = hit.to_dict()
@@ -402,6 +422,13 @@ def rest_router(service: SearchService, auth: tuple[str, str] | None = None) -> 
     def api_moments(q: str, k: int = 10, under: str | None = None) -> Any:
         """Where in which video `q` happens: hits with t_start/t_end in seconds."""
         return run(lambda: service.moments(q, k=k, under=under))
+
+    @router.get("/api/browse", dependencies=[Depends(need_login)])
+    def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,
+                   offset: int = Query(0, ge=0), under: str | None = None) -> Any:
+        """No query: items by typicality. order: atypical (outliers first) or typical;
+        kind: image, video, frame, doc, page or all."""
+        return run(lambda: service.browse(order, kind=kind, k=k, offset=offset, under=under))
 
     @router.post("/api/search/image", dependencies=[Depends(need_login)])
     async def api_search_image(request: Request, file: UploadFile = File(...), q: str = Form(""),
