@@ -104,6 +104,7 @@ class Searcher:
         self._video_catalog = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple] = {}  # kinds -> (version, transforms, rows)
+        self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
 
     @property
     def ann_dir(self) -> Path:
@@ -337,6 +338,8 @@ class Searcher:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
         hits = self._hydrate(raw)
         hits = _group(hits)
+        if text and image is None and kind in (None, "all"):
+            hits = self._with_document_text(hits, text, vec, under, max(200, 20 * (k + offset)))
         if hybrid and text:
             hits = self._hybrid(hits, text, kinds, need, under)
         if sort == "typicality":
@@ -369,7 +372,7 @@ class Searcher:
             where = f"({where}) AND {under_clause(under)}"
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
         fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
-        cosines: dict[str | None, float | None] = {h.id: h.score for h in hits}
+        cosines: dict[str | None, float | None] = {h.id: h.extra.get("cosine", h.score) for h in hits}
         by_id = {h.id: h for h in hits}
         missing = [i for i, _ in fused if i not in by_id]
         for h in self._hydrate([(i, float("nan")) for i in missing]):
@@ -382,6 +385,56 @@ class Searcher:
                 h.score = float(score)
                 out.append(h)
         return _group(out)
+
+    def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
+                            depth: int) -> list[Hit]:
+        """Give the words of documents their say in a text query over all kinds.
+
+        The vector ranking (images, video frames, page pictures) is fused with the document
+        text rankings of `docsearch.page_text_evidence` by two-tier RRF, as document search
+        fuses its own: a page whose text singles it out (a rare word of the query) ranks with
+        the items the picture ranking singles out, ahead of the rest. When the text singles
+        nothing out (a visual query) the ranking and its cosine scores stay as they were.
+        Otherwise `score` is the fused score and `extra["cosine"]` the vector similarity
+        (None for a page found by its words alone).
+        """
+        from clipsearch.docsearch import HEAD, page_details, page_text_evidence, snippet
+        from clipsearch.fusion import confident_head, gated_rrf
+
+        if not self._has_document_text():
+            return hits
+        table = self.col.store.table
+        evidence = page_text_evidence(table, vec, text, depth, under=under,
+                                      ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
+        if not evidence.decisive:
+            return hits
+        by_key = {_fusion_key(h): h for h in hits}
+        fused = gated_rrf([list(by_key), *evidence.rankings],
+                          [confident_head([h.score for h in hits], max_head=HEAD), *evidence.heads],
+                          weights=[1.0, *evidence.weights])
+        missing = [key for key, _ in fused[:len(hits)] if key not in by_key]
+        for key, found in page_details(table, missing).items():
+            row = found.get("page") or found.get("chunk")
+            by_key[key] = hit_from_row(row, float("nan"))
+        out = []
+        for key, score in fused[:len(hits)]:
+            h = by_key.get(key)
+            if h is None:
+                continue
+            h.extra["cosine"] = h.score if np.isfinite(h.score) else None
+            h.score = float(score)
+            chunk = evidence.chunks.get(key)
+            if chunk is not None and chunk.get("text"):
+                h.text = snippet(chunk["text"], text)
+            out.append(h)
+        return out
+
+    def _has_document_text(self) -> bool:
+        """Whether the table holds document text (asked once per table version)."""
+        version = self.col.store.version
+        if self._doc_text[0] != version:
+            self._doc_text = (version, self.col.store.count("kind = 'doc_text'") > 0)
+        return self._doc_text[1]
 
     # ---- browsing without a query -----------------------------------------------------------
     def browse(self, order: str = "atypical", kind: str | None = None, k: int = 10, offset: int = 0,
@@ -527,6 +580,11 @@ def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tup
     if kind in ("doc_page", "doc_text"):
         return (source, page)
     return (rid,)
+
+
+def _fusion_key(h: Hit) -> tuple:
+    """A hit's key in rankings fused with document pages: (source, page) for pages."""
+    return (h.source, h.page) if h.kind in ("doc_page", "doc_text") else ("", h.id)
 
 
 def _group(hits: list[Hit]) -> list[Hit]:
