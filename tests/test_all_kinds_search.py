@@ -94,3 +94,13 @@ def test_http_search_without_kind_finds_the_page(sample_collection):
     hits = TestClient(app).get("/api/search", params={"q": "turbines"}).json()["hits"]
     assert (hits[0]["source"], hits[0]["page"]) == (pdf, 2)
     assert "turbines" in hits[0]["text"]
+
+
+def test_a_page_must_hold_every_word_to_be_singled_out_over_all_kinds(sample_collection):
+    """Across all kinds a page naming one word of a longer query does not outrank pictures
+    (a visual query naming a word some report happens to use); `--kind doc` still finds it."""
+    col, manifest, _ = sample_collection
+    (pdf, _), = manifest["docs"].items()
+    top = col.search(text="turbines in a thunderstorm", k=3)[0]
+    assert (top.source, top.page) != (pdf, 2) and "cosine" not in top.extra
+    assert col.search(text="turbines in a thunderstorm", kind="doc", k=1)[0].page == 2
