@@ -339,7 +339,7 @@ class Searcher:
         hits = self._hydrate(raw)
         hits = _group(hits)
         if text and image is None and kind in (None, "all"):
-            hits = self._with_document_text(hits, text, vec, under, max(200, 20 * (k + offset)))
+            hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)))
         if hybrid and text:
             hits = self._hybrid(hits, text, kinds, need, under)
         if sort == "typicality":
@@ -387,7 +387,7 @@ class Searcher:
         return _group(out)
 
     def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
-                            depth: int) -> list[Hit]:
+                            n: int, depth: int) -> list[Hit]:
         """Give the words of documents their say in a text query over all kinds.
 
         The vector ranking (images, video frames, page pictures) is fused with the document
@@ -396,7 +396,7 @@ class Searcher:
         the items the picture ranking singles out, ahead of the rest. When the text singles
         nothing out (a visual query) the ranking and its cosine scores stay as they were.
         Otherwise `score` is the fused score and `extra["cosine"]` the vector similarity
-        (None for a page found by its words alone).
+        (None for a page found by its words alone). Returns at least `n` hits when there are.
         """
         from clipsearch.docsearch import HEAD, page_details, page_text_evidence, snippet
         from clipsearch.fusion import confident_head, gated_rrf
@@ -412,12 +412,13 @@ class Searcher:
         fused = gated_rrf([list(by_key), *evidence.rankings],
                           [confident_head([h.score for h in hits], max_head=HEAD), *evidence.heads],
                           weights=[1.0, *evidence.weights])
-        missing = [key for key, _ in fused[:len(hits)] if key not in by_key]
+        fused = fused[:max(n, len(hits))]
+        missing = [key for key, _ in fused if key not in by_key]
         for key, found in page_details(table, missing).items():
             row = found.get("page") or found.get("chunk")
             by_key[key] = hit_from_row(row, float("nan"))
         out = []
-        for key, score in fused[:len(hits)]:
+        for key, score in fused:
             h = by_key.get(key)
             if h is None:
                 continue

@@ -104,3 +104,17 @@ def test_a_page_must_hold_every_word_to_be_singled_out_over_all_kinds(sample_col
     top = col.search(text="turbines in a thunderstorm", k=3)[0]
     assert (top.source, top.page) != (pdf, 2) and "cosine" not in top.extra
     assert col.search(text="turbines in a thunderstorm", kind="doc", k=1)[0].page == 2
+
+
+def test_text_files_alone_are_found_over_all_kinds(tmp_path):
+    """No pictures at all (nothing for the vector ranking): the words still find the file."""
+    from clipsearch import Collection
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "plan.txt").write_text("Order new anemometers before the windfarm visit.\n")
+    (tmp_path / "notes" / "other.md").write_text("# Groceries\n\nMilk, bread and apples.\n")
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    col.add([tmp_path / "notes"])
+    hits = col.search(text="anemometers", k=3)
+    assert hits and hits[0].source == str(tmp_path / "notes" / "plan.txt")
+    assert hits[0].kind == "doc_text" and "anemometers" in hits[0].text
