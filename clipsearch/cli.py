@@ -1,4 +1,4 @@
-"""The `clipsearch` command line: index, search, info, models, fit-transforms, serve.
+"""The `clipsearch` command line: index, search, browse, info, models, fit-transforms, serve.
 
 Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
 traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
@@ -7,13 +7,13 @@ traceback. Flags override CLIPSEARCH_* environment variables, which override def
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
 
 import click
 
+from clipsearch import jsonsafe
 from clipsearch.errors import ClipsearchError, MissingDependency, UsageError
 
 DB_HELP = ("Collection directory or object-storage URI (s3://bucket/prefix). "
@@ -88,6 +88,7 @@ def main() -> None:
     clipsearch search --image q.jpg -k 20   image → image
     clipsearch search "a goal" --moments    where in which video
     clipsearch search "revenue" --kind doc  which page of which document
+    clipsearch browse                       no query: the most atypical items (outliers) first
     clipsearch serve                        browser UI + HTTP API
     """
 
@@ -268,8 +269,13 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
                       sort=None if sort == "score" else sort)
     for line in hits.warnings:
         click.echo(f"warning: {line}", err=True)
+    _echo_hits(col, hits, as_json)
+
+
+def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f") -> None:
+    """Hits as one JSON array, or one line each: score, kind, file and where in it."""
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+        click.echo(jsonsafe.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
     if not hits:
         click.echo("no results" + ("" if col.store.count() else " (the collection is empty)"))
@@ -280,9 +286,40 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
             where = f"  [{_ts(h.t_start)}–{_ts(h.t_end)}]" if h.t_end is not None else f"  [{_ts(h.t_start)}]"
         if h.page is not None:
             where += f"  p.{h.page}"
-        click.echo(f"{h.score:7.4f}  {h.kind:<11} {h.source}{where}")
+        click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
         if h.text and h.kind == "doc":
             click.echo(f"         {h.text[:100]!r}")
+
+
+@main.command()
+@db_opt
+@click.option("--order", type=click.Choice(["atypical", "typical"]), default="atypical", show_default=True,
+              help="atypical: outliers first (what does not belong); typical: the most usual first.")
+@click.option("--kind", type=click.Choice(["image", "video", "frame", "doc", "page", "all"]), default="all",
+              show_default=True, help="Which items to browse.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 10000), help="Results.")
+@click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
+@click.option("--under", type=click.Path(file_okay=False), help="Only items inside this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
+@verbose_opt
+@handle_errors
+def browse(db, order, kind, k, offset, under, as_json, verbose):
+    """Browse the whole collection without a query, ordered by typicality.
+
+    \b
+    clipsearch browse                       the 20 most atypical items: outliers, strays
+    clipsearch browse --kind image -k 50    the 50 most atypical images
+    clipsearch browse --order typical       the most typical items first
+
+    Typicality is measured in the fitted whitened space (needs `clipsearch fit-transforms`
+    to have fitted whitening); the score printed is ||w||^2, higher is more atypical.
+    """
+    _setup_logging(verbose)
+    from clipsearch.objectstore import open_collection
+
+    col = open_collection(db or _db_default(), device="cpu")
+    hits = col.browse(order=order, kind=kind, k=k, offset=offset, under=under)
+    _echo_hits(col, hits, as_json, score_format="9.2f")
 
 
 def _ts(t: float | None) -> str:
@@ -305,7 +342,7 @@ def info(db, as_json, verbose):
     col = open_collection(db or _db_default(), device="cpu")
     data = col.info()
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(jsonsafe.dumps(data, indent=2))
         return
     click.echo(f"collection  {data['path']}")
     click.echo(f"model       {data['model']}  (dim {data['dim']})")
@@ -349,7 +386,7 @@ def models(show_all, as_json, verbose):
             rows.append({"name": f"{arch}/{tag}", "model": f"{arch}/{tag}",
                          "weights": weights_status(resolve(f"{arch}/{tag}")), "note": ""})
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(jsonsafe.dumps(rows, indent=2))
         return
     for r in rows:
         click.echo(f"{r['name']:<34} {r['weights']:<19} {r['note'] or r['model']}")
@@ -365,17 +402,15 @@ def models(show_all, as_json, verbose):
 @verbose_opt
 @handle_errors
 def fit_transforms(db, text_source, verbose):
-    """Fit whitening and modality-gap centering on the collection and save them with it."""
+    """Fit whitening and modality-gap centering on the collection and save them with it.
+
+    Nothing is saved unless some transform could be fitted; a failed fit keeps the old one.
+    """
     _setup_logging(verbose)
     from clipsearch.objectstore import open_collection
 
     col = open_collection(db or _db_default())
-    ts = col.searcher.fit_transforms(strict=False, text_source=text_source)
-    if not ts.available:
-        from clipsearch.errors import TransformError
-
-        raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
-                             hint="index more items, then run fit-transforms again")
+    ts = col.searcher.fit_transforms(strict=False, text_source=text_source)  # saves nothing on failure
     click.echo(f"fitted: {ts.describe()}")
 
 

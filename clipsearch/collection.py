@@ -510,6 +510,15 @@ class Collection:
         note = truncation_note(self.encoder, text) if text and text.strip() else None
         return [note] if note else []
 
+    def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = 10, offset: int = 0,
+               under: str | None = None) -> list[Hit]:
+        """No query: the collection ordered by typicality, "atypical" (outliers) or "typical" first.
+
+        `kind`: image, video, frame, doc/page, or all (default). Needs fitted whitening (enough
+        image-like items; `clipsearch fit-transforms`). `score` is the typicality, ||w||^2.
+        """
+        return self.searcher.browse(order=order, kind=kind, k=k, offset=offset, under=under)
+
     def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end."""
         return self.searcher.moments(text, k=k, under=under)

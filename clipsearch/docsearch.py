@@ -148,7 +148,7 @@ def search_documents(
     if k <= 0 or not query.strip():
         return []
     depth = depth or max(200, 20 * k)
-    where_under = _under_clause(under)
+    where_under = under_clause(under)
     qvec = encoder.encode_texts([query])[0].astype(np.float32)
 
     page_rows = _vector_leg(table, qvec, "doc_page", depth, where_under, ann_search)
@@ -179,7 +179,7 @@ def search_documents(
     cosines = _best_cosines(page_rows + chunk_rows)
     singled = [set(p[:h]) for p, h in zip(pages, heads, strict=True)]
     missing = [key for key, _ in fused if key not in best_chunk or key not in best_page]
-    details = _page_details(table, missing)
+    details = page_details(table, missing)
 
     hits = []
     for key, score in fused:
@@ -200,23 +200,28 @@ def search_documents(
 
 
 def keyword_search(
-    table: Table, query: str, n: int, *, where: str | None = None, column: str = "text"
+    table: Table, query: str, n: int, *, where: str | None = None, column: str = "text",
+    all_terms: bool = False,
 ) -> list[dict[str, Any]]:
     """Best-first BM25 matches of `query` in one column, as row dicts with `score`.
 
     `column` is "text" (document chunks) or "source" (paths; what `--hybrid` uses for images
-    and videos, with `where="kind = 'image'"` and `fusion.hybrid_rerank`).
+    and videos, with `where="kind = 'image'"` and `fusion.hybrid_rerank`). `all_terms` keeps
+    only rows holding every word of the query (stop words aside), as plain words.
 
     Quoted parts are phrase queries. If the query does not parse or there is no full-text
     index yet, it is retried as plain words, then gives up with an empty list (logged).
     """
+    from lancedb.query import FullTextOperator, MatchQuery
+
     plain = " ".join(re.findall(r"\w+", query))
     error = None
-    for q in dict.fromkeys([query, plain]):
+    for q in dict.fromkeys([plain] if all_terms else [query, plain]):
         if not q.strip():
             continue
         try:
-            builder = table.search(q, query_type="fts", fts_columns=column)
+            fts = MatchQuery(q, column, operator=FullTextOperator.AND) if all_terms else q
+            builder = table.search(fts, query_type="fts", fts_columns=None if all_terms else column)
             if where:
                 builder = builder.where(where, prefilter=True)
             rows = builder.select([*_COLUMNS, "_score"]).limit(n).to_list()
@@ -230,6 +235,56 @@ def keyword_search(
     if error is not None and fts_problem(table) is not None:
         _warn_keyword(table, column, error)
     return []
+
+
+@dataclass
+class TextEvidence:
+    """What the documents' words say about a query, as rankings of pages (`fusion.gated_rrf`
+    inputs): chunk vectors and keywords, how many leading pages each singles out, their
+    weights, and each ranked page's best chunk (for a snippet)."""
+
+    rankings: list[list[PageKey]]
+    heads: list[int]
+    weights: list[float]
+    chunks: dict[PageKey, dict[str, Any]]
+
+    @property
+    def decisive(self) -> bool:
+        """Whether any ranking singles a page out (otherwise it has nothing to add)."""
+        return any(self.heads)
+
+
+def page_text_evidence(
+    table: Table,
+    qvec: np.ndarray,
+    query: str,
+    depth: int,
+    *,
+    under: str | None = None,
+    ann_search: AnnSearch | None = None,
+    weights: Sequence[float] = DEFAULT_WEIGHTS[1:],
+) -> TextEvidence:
+    """Document-text evidence for a query over all kinds (images, videos and pages).
+
+    The chunk and keyword legs of `search_documents`, gated the same way, except that a
+    keyword match must hold every word of the query: across all kinds a page naming one word
+    of a visual query ("a dog on a beach") must not outrank the photos. When no page holds
+    all the words nothing is decisive, and the chunk ranking (noise then) is not even run.
+    """
+    where_under = under_clause(under)
+    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_under),
+                                  all_terms=True)
+    if not keyword_rows:
+        return TextEvidence([], [], [], {})
+    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_under, ann_search)
+    legs = [chunk_rows, keyword_rows]
+    rankings = [group_ranking(rows, _page_key) for rows in legs]
+    heads = [_confident_pages(rows, depth, keyword=i == 1) if w > 0 else 0
+             for i, (rows, w) in enumerate(zip(legs, weights, strict=True))]
+    by_id = {r["id"]: r for r in chunk_rows + keyword_rows}
+    order = rrf([[r["id"] for r in chunk_rows], [r["id"] for r in keyword_rows]])
+    chunks = best_member((by_id[i] for i, _ in order), _page_key)
+    return TextEvidence(rankings, heads, list(weights), chunks)
 
 
 def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:
@@ -298,8 +353,9 @@ def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool) -
     return confident_head(scores, max_head=HEAD)
 
 
-def _page_details(table: Table, keys: list[PageKey]) -> dict[PageKey, dict[str, dict[str, Any]]]:
-    """Thumb and first chunk of pages that no ranking supplied them for, in one query."""
+def page_details(table: Table, keys: list[PageKey]) -> dict[PageKey, dict[str, dict[str, Any]]]:
+    """The `doc_page` row (thumbnail) and first `doc_text` chunk of each page, in one query:
+    {key: {"page": row, "chunk": row}} (either may be missing)."""
     if not keys:
         return {}
     conds = []
@@ -326,7 +382,7 @@ def _scan(table: Table, where: str) -> list[dict[str, Any]]:
     return table.to_lance().to_table(columns=_COLUMNS, filter=where).to_pylist()
 
 
-def _under_clause(under: str | None) -> str | None:
+def under_clause(under: str | None) -> str | None:
     """Sources equal to `under` or inside it (a path-component prefix, not a string prefix)."""
     if not under:
         return None

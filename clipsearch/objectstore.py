@@ -308,9 +308,9 @@ class RemoteCollection(Collection):
         super()._write_skip_log(report)
         self.location.write_bytes(SKIP_LOG, (self.path / SKIP_LOG).read_bytes())
 
-    def refresh(self, fit_transforms: bool = True) -> None:
-        """Rebuild derived state, then mirror the fitted transforms next to the table."""
-        super().refresh(fit_transforms=fit_transforms)
+    def push_transforms(self) -> None:
+        """Mirror freshly fitted transforms next to the table (the searcher calls this after
+        every successful fit: after an index run and after `fit-transforms`)."""
         local = self.path / TRANSFORMS_FILE
         if local.is_file():
             self.location.write_bytes(TRANSFORMS_FILE, local.read_bytes())

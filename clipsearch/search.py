@@ -26,6 +26,7 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.jsonsafe import finite
 from clipsearch.leftovers import temp_name
 from clipsearch.store import float32_vectors
 
@@ -48,6 +49,12 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
 }
 USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
+BROWSE_ORDERS = ("atypical", "typical")
+# Typicality is measured in the whitening fitted on image-like rows, so only those can be browsed.
+BROWSE_KINDS: dict[str, tuple[str, ...]] = {
+    "all": DEFAULT_KINDS, "image": ("image",), "video": ("video_frame",), "frame": ("video_frame",),
+    "video_frame": ("video_frame",), "doc": ("doc_page",), "page": ("doc_page",), "doc_page": ("doc_page",),
+}
 
 
 @dataclass
@@ -66,11 +73,12 @@ class Hit:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields; a non-finite number (no similarity to show) becomes None."""
         d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
         d["score"] = round(float(self.score), 6)
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
-        return d
+        return finite(d)
 
 
 class Hits(list):
@@ -110,6 +118,8 @@ class Searcher:
         self._transforms_mtime: float | None = None
         self._video_catalog = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
+        self._typicality: dict[tuple[str, ...], tuple] = {}  # kinds -> (version, transforms, rows)
+        self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
 
     @property
     def ann_dir(self) -> Path:
@@ -224,26 +234,41 @@ class Searcher:
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
         """Fit whitening + centering on the collection's image-like vectors and save them.
 
-        The text mean for centering needs a few thousand caption embeddings: minutes with a
-        big text tower on a CPU. With `embed_text=False` (the automatic fit after `index`) it is
-        fitted only if those embeddings are already cached; otherwise on first use of --center.
+        All or nothing: the fit is computed and checked first, and written (atomically) only
+        if at least one transform came out of it; otherwise `TransformError` is raised and the
+        saved transforms are left as they were. `text_source="collection"` with too few
+        document chunks for a text mean falls back to the built-in captions (logged), rather
+        than dropping centering. The text mean needs a few thousand caption embeddings: minutes
+        with a big text tower on a CPU. With `embed_text=False` (the automatic fit after
+        `index`) it is fitted only if those embeddings are already cached; otherwise on first
+        use of --center.
         """
         with self._lock:  # one fit at a time; queries wait only if they need the transforms
             return self._fit_transforms(strict, text_source, embed_text)
 
     def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool):
-        from clipsearch.transforms import TransformSet
+        from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
-        texts = None
+        texts, note = None, None
         if text_source == "collection":
             _, texts = self.col.store.vectors("kind = 'doc_text'")
-        if texts is None or len(texts) == 0:
+            if len(texts) < MIN_CENTER_SAMPLES:
+                note = (f"text source 'collection': {len(texts)} document text chunks, centering needs "
+                        f"{MIN_CENTER_SAMPLES}; using the built-in captions")
+                log.warning(note)
+                texts = None
+        if texts is None:
             text_source = "builtin"
             cached = (self.col.path / "builtin_text_vectors.npy").exists()
             texts = self._builtin_text_vectors() if (embed_text or cached) else None
         ts = TransformSet.fit(vecs, texts, model_id=self.col.meta["model_id"], dim=int(self.col.meta["dim"]),
                               text_source=text_source, strict=strict)
+        if note and "center" in ts.params:
+            ts.params["center"]["note"] = note
+        if not ts.available:
+            raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
+                                 hint="index more items, then run fit-transforms again")
         ts.save(self.col.path)
         self._transforms = None
         return ts
@@ -366,8 +391,10 @@ class Searcher:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
         hits = self._of_kinds(self._hydrate(raw), kinds)
         hits = _group(hits)
+        if text and image is None and kind in (None, "all"):
+            hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)))
         if hybrid and text:
-            hits = self._hybrid(hits, text, kinds, need)
+            hits = self._hybrid(hits, text, kinds, need, under)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
         return hits[offset:offset + k]
@@ -390,14 +417,20 @@ class Searcher:
         """Only hits of the kinds asked for: the table's kind is the truth, whatever an index says."""
         return [h for h in hits if h.kind in kinds]
 
-    def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int) -> list[Hit]:
-        """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score."""
-        from clipsearch.docsearch import keyword_search
+    def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int,
+                under: str | None = None) -> list[Hit]:
+        """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score.
+
+        `cosine` is the vector similarity, None for a match by path alone."""
+        from clipsearch.docsearch import keyword_search, under_clause
         from clipsearch.fusion import hybrid_rerank
 
         where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        if under:
+            where = f"({where}) AND {under_clause(under)}"
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
         fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
+        cosines: dict[str | None, float | None] = {h.id: h.extra.get("cosine", h.score) for h in hits}
         by_id = {h.id: h for h in hits}
         missing = [i for i, _ in fused if i not in by_id]
         for h in self._hydrate([(i, float("nan")) for i in missing]):
@@ -406,10 +439,129 @@ class Searcher:
         for rid, score in fused:
             h = by_id.get(rid)
             if h is not None:
-                h.extra["cosine"] = h.score
+                h.extra["cosine"] = cosines.get(rid)
                 h.score = float(score)
                 out.append(h)
         return _group(out)
+
+    def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
+                            n: int, depth: int) -> list[Hit]:
+        """Give the words of documents their say in a text query over all kinds.
+
+        The vector ranking (images, video frames, page pictures) is fused with the document
+        text rankings of `docsearch.page_text_evidence` by two-tier RRF, as document search
+        fuses its own: a page whose text singles it out (a rare word of the query) ranks with
+        the items the picture ranking singles out, ahead of the rest. When the text singles
+        nothing out (a visual query) the ranking and its cosine scores stay as they were.
+        Otherwise `score` is the fused score and `extra["cosine"]` the vector similarity
+        (None for a page found by its words alone). Returns at least `n` hits when there are.
+        """
+        from clipsearch.docsearch import HEAD, page_details, page_text_evidence, snippet
+        from clipsearch.fusion import confident_head, gated_rrf
+
+        if not self._has_document_text():
+            return hits
+        table = self.col.store.table
+        evidence = page_text_evidence(table, vec, text, depth, under=under,
+                                      ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
+        if not evidence.decisive:
+            return hits
+        by_key = {_fusion_key(h): h for h in hits}
+        fused = gated_rrf([list(by_key), *evidence.rankings],
+                          [confident_head([h.score for h in hits], max_head=HEAD), *evidence.heads],
+                          weights=[1.0, *evidence.weights])
+        fused = fused[:max(n, len(hits))]
+        missing = [key for key, _ in fused if key not in by_key]
+        for key, found in page_details(table, missing).items():
+            row = found.get("page") or found.get("chunk")
+            by_key[key] = hit_from_row(row, float("nan"))
+        out = []
+        for key, score in fused:
+            h = by_key.get(key)
+            if h is None:
+                continue
+            h.extra["cosine"] = h.score if np.isfinite(h.score) else None
+            h.score = float(score)
+            chunk = evidence.chunks.get(key)
+            if chunk is not None and chunk.get("text"):
+                h.text = snippet(chunk["text"], text)
+            out.append(h)
+        return out
+
+    def _has_document_text(self) -> bool:
+        """Whether the table holds document text (asked once per table version)."""
+        version = self.col.store.version
+        if self._doc_text[0] != version:
+            self._doc_text = (version, self.col.store.count("kind = 'doc_text'") > 0)
+        return self._doc_text[1]
+
+    # ---- browsing without a query -----------------------------------------------------------
+    def browse(self, order: str = "atypical", kind: str | None = None, k: int = 10, offset: int = 0,
+               under: str | None = None) -> list[Hit]:
+        """The whole collection by typicality, no query: "atypical" (outliers first) or "typical".
+
+        Typicality is ||w||^2 in the fitted whitened space (`TransformSet.typicality`, lower is
+        more typical); it is each hit's `score` and `extra["typicality"]`. One hit per video (its
+        most atypical, or typical, frame) and per document page, as in search.
+        """
+        if k <= 0:
+            raise UsageError(f"k must be positive, got {k}", hint="use -k 20")
+        if offset < 0:
+            raise UsageError(f"offset must be >= 0, got {offset}")
+        if order not in BROWSE_ORDERS:
+            raise UsageError(f"unknown order '{order}'", hint="one of: " + ", ".join(BROWSE_ORDERS))
+        kind = (kind or "all").lower()
+        if kind not in BROWSE_KINDS:
+            raise UsageError(f"cannot browse kind '{kind}' by typicality",
+                             hint="one of: " + ", ".join(BROWSE_KINDS))
+        ids, keys, sources, typ = self._typicality_of(BROWSE_KINDS[kind])
+        rank = np.argsort(-typ if order == "atypical" else typ, kind="stable")
+        base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) if under else None
+        picked: list[int] = []
+        seen: set = set()
+        for i in rank:
+            if base is not None and not (sources[i] == base or sources[i].startswith(base + os.sep)):
+                continue
+            if keys[i] in seen:
+                continue
+            seen.add(keys[i])
+            picked.append(int(i))
+            if len(picked) == offset + k:
+                break
+        hits = self._hydrate([(ids[i], float(typ[i])) for i in picked[offset:]])
+        for h in hits:
+            h.extra["typicality"] = h.score
+        return hits
+
+    def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list, list, list, np.ndarray]:
+        """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table
+        version and fitted transforms (a browsing UI pages through them)."""
+        ts = self.transforms()
+        if ts.whitening is None:
+            why = ts.skipped.get("whiten", "it was not fitted")
+            raise TransformError(f"browsing by typicality needs the whitening transform: {why}",
+                                 hint="index more images, then run `clipsearch fit-transforms`")
+        store = self.col.store
+        version = store.version
+        cached = self._typicality.get(kinds)
+        if cached and cached[0] == version and cached[1] is ts:
+            return cached[2]
+        where = "kind IN (" + ",".join(f"'{x}'" for x in kinds) + ")"
+        ids: list = []
+        keys: list = []
+        sources: list = []
+        parts = []
+        for meta, vecs in store.vector_batches(store.snapshot(), ["id", "kind", "source", "page"], where):
+            batch_ids = meta.column("id").to_pylist()
+            ids += batch_ids
+            sources += meta.column("source").to_pylist()
+            keys += [_group_key(i, kd, src, pg) for i, kd, src, pg in zip(
+                batch_ids, meta.column("kind").to_pylist(), meta.column("source").to_pylist(),
+                meta.column("page").to_pylist(), strict=True)]
+            parts.append(ts.typicality(vecs))
+        rows = (ids, keys, sources, np.concatenate(parts) if parts else np.zeros(0))
+        self._typicality[kinds] = (version, ts, rows)
+        return rows
 
     def _sort_typicality(self, hits: list[Hit]) -> list[Hit]:
         """Most typical first (lowest ||w||^2), as Whitened-CLIP's likelihood surrogate."""
@@ -480,13 +632,26 @@ def hit_from_row(r: dict, score: float) -> Hit:
                id=r["id"], extra={k: v for k, v in extra.items() if k in ("duration", "scale")})
 
 
+def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tuple:
+    """What a result stands for: a whole video, one document page, or the row itself."""
+    if kind in ("video_frame", "video", "video_window"):
+        return (source,)
+    if kind in ("doc_page", "doc_text"):
+        return (source, page)
+    return (rid,)
+
+
+def _fusion_key(h: Hit) -> tuple:
+    """A hit's key in rankings fused with document pages: (source, page) for pages."""
+    return (h.source, h.page) if h.kind in ("doc_page", "doc_text") else ("", h.id)
+
+
 def _group(hits: list[Hit]) -> list[Hit]:
     """One hit per video (its best frame) and per document page; images pass through."""
     seen: set[tuple] = set()
     out = []
     for h in hits:
-        key = (h.source,) if h.kind in ("video_frame", "video", "video_window") else \
-            (h.source, h.page) if h.kind in ("doc_page", "doc_text") else (h.id,)
+        key = _group_key(h.id, h.kind, h.source, h.page)
         if key in seen:
             continue
         seen.add(key)

@@ -31,3 +31,21 @@ def server(sample):
     _, db = sample
     with ServerThread(build_app(db, device="cpu")) as srv:
         yield srv.url
+
+
+@pytest.fixture(scope="session")
+def sample_collection(tmp_path_factory):
+    """The quick start's sample collection (clipsearch.tiny.sample), indexed once per session
+    with clipsearch-tiny: (Collection, ground-truth manifest, collection directory)."""
+    from clipsearch.model_registry import tiny_files
+
+    if not all(p.is_file() for p in tiny_files()):
+        pytest.skip("clipsearch-tiny is not installed")
+    from clipsearch import Collection
+    from clipsearch.tiny.sample import make_sample
+
+    root = tmp_path_factory.mktemp("sample")
+    manifest = make_sample(root / "files", seed=0)
+    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
+    col.add([root / "files"], workers=2)
+    return col, manifest, root / "db"

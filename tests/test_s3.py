@@ -175,3 +175,62 @@ def test_lance_ivf_pq_index_serves_remote_search(s3, cache, tmp_path, monkeypatc
     assert lance_ann.has_vector_index(col.store)
     new = root / "more" / "s1" / "im003.png"
     assert col.search(image=new, k=5)[0].source == str(new)
+
+
+@needs_tiny
+def test_fit_transforms_is_mirrored_next_to_the_table(s3, cache, tmp_path, monkeypatch):
+    """`fit-transforms` on a remote collection reaches other machines (they pull on open)."""
+    uri = f"s3://{BUCKET}/fitted"
+    _images(tmp_path / "pics", 12, seed=4)
+    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col.add([tmp_path / "pics"], fit_transforms=False)
+    assert "fitted/transforms.npz" not in _keys(s3, "fitted/")
+    ts = col.searcher.fit_transforms(strict=False)
+    assert "center" in ts.available
+    body = s3.get_object(Bucket=BUCKET, Key="fitted/transforms.npz")["Body"].read()
+    assert body == (col.path / "transforms.npz").read_bytes()
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache-b"))
+    assert open_collection(uri, device="cpu").searcher.transforms().image_mean is not None
+
+
+@needs_tiny
+def test_serve_a_collection_on_s3(s3, cache, tmp_path):
+    """`clipsearch serve --db s3://...` serves the remote collection: info, search, media."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from support import free_port
+
+    uri = f"s3://{BUCKET}/served"
+    root = tmp_path / "pics"
+    _images(root, 12, seed=6)
+    RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu").add([root])
+    port = free_port()
+    env = {**os.environ, "CLIPSEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--db", uri, "--port",
+                             str(port), "--device", "cpu"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                info = httpx.get(base + "/api/info", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert info.status_code == 200, info.text
+        assert info.json()["items"] == 12 and info.json()["db"] == uri and info.json()["name"] == "served"
+        found = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3}, timeout=60)
+        hits = found.json()["hits"]
+        assert len(hits) == 3 and all(h["source"].startswith(str(root)) for h in hits)
+        media = httpx.get(base + hits[0]["media_url"], timeout=30)
+        assert media.status_code == 200 and media.content == open(hits[0]["source"], "rb").read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+

@@ -43,3 +43,53 @@ def test_unchanged_rerun_skips_the_refresh(col):
     before = ann.stat().st_mtime_ns
     report = col.add([col.path.parent / "photos"])
     assert report.indexed == 0 and ann.stat().st_mtime_ns == before
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CLIPSEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _write_pdf(path, pages: list[str]) -> None:
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(path), pagesize=(400, 300))
+    for text in pages:
+        c.drawString(20, 150, text)
+        c.showPage()
+    c.save()
+
+
+def test_failed_fit_transforms_keeps_the_saved_ones(tmp_path):
+    """fit-transforms decides before it writes: a fit that yields nothing leaves the old file."""
+    photos = tmp_path / "photos"
+    write_shapes(photos, per_class=1)  # 12 images: enough for centering, fitted after index
+    c = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    c.add([photos])
+    saved = (c.path / "transforms.npz").read_bytes()
+    c.remove(sorted(photos.glob("*.jpg"))[:6])  # 6 left: too few for any transform
+    p = _cli("fit-transforms", "--db", str(c.path))
+    assert p.returncode == 1 and "no transform could be fitted" in p.stderr, p.stderr
+    assert (c.path / "transforms.npz").read_bytes() == saved
+    assert Collection.open(c.path, device="cpu").searcher.transforms().image_mean is not None
+
+
+def test_collection_text_source_too_small_falls_back_to_builtin_captions(tmp_path):
+    write_shapes(tmp_path / "files", per_class=1)
+    _write_pdf(tmp_path / "files" / "memo.pdf", ["The budget meeting moves to Tuesday.",
+                                                 "Bring the quarterly figures."])
+    c = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    c.add([tmp_path / "files"])
+    assert 0 < c.store.count("kind = 'doc_text'") < 10
+    p = _cli("fit-transforms", "--db", str(c.path), "--text-source", "collection")
+    assert p.returncode == 0, p.stderr
+    assert "center(text=builtin)" in p.stdout and "center skipped" not in p.stdout
+    assert "using the built-in captions" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    ts = Collection.open(c.path, device="cpu").searcher.transforms()
+    assert ts.image_mean is not None and ts.text_mean is not None
+    assert "using the built-in captions" in ts.params["center"]["note"]

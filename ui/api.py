@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -40,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
-from clipsearch.objectstore import open_collection
+from clipsearch.objectstore import Location, is_remote, open_collection
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ PAGE_SIZE = 24
 MAX_K = 200
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 PREVIEW_SIDE = 384
+REMOTE_META_SECONDS = 10.0  # how often a server over object storage re-reads the indexed roots
 # UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
 KIND_LABELS: dict[str, str | None] = {
     "All": None,
@@ -98,11 +100,18 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
 
 
 class SearchService:
-    """Queries over one collection directory, safe to call from many threads."""
+    """Queries over one collection (a directory or an s3://... URI), safe to call from many threads.
+
+    For a collection on object storage `db` is its local cache directory (thumbnails) and
+    `location` reads its metadata where the table lives.
+    """
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
                  signer: Signer | None = None, max_pixels: int | None = None) -> None:
-        self.db = Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
+        self.location = Location(str(db)) if is_remote(db) else None
+        self.db = self.location.cache_dir if self.location else \
+            Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
+        self.where = self.location.uri if self.location else str(self.db)  # for messages
         self.device = device
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
@@ -118,10 +127,13 @@ class SearchService:
         if self._col is None:
             with self._lock:
                 if self._col is None:
-                    self._col = open_collection(self.db, device=self.device)
+                    self._col = open_collection(self.location.uri if self.location else self.db,
+                                                device=self.device)
         return self._col
 
     def exists(self) -> bool:
+        if self.location is not None:
+            return self._col is not None or self.location.exists("clipsearch.json")
         return Collection.exists(self.db)
 
     @property
@@ -143,6 +155,8 @@ class SearchService:
 
     def roots(self) -> list[str]:
         """Indexed roots, re-read when another process (`clipsearch index`) added some."""
+        if self.location is not None:
+            return self._remote_roots()
         meta = self.db / "clipsearch.json"
         try:
             mtime = meta.stat().st_mtime
@@ -156,6 +170,14 @@ class SearchService:
             self._roots = (mtime, roots)
         return list(self._roots[1])
 
+    def _remote_roots(self) -> list[str]:
+        """Roots from the metadata on object storage, read at most every REMOTE_META_SECONDS."""
+        now = time.monotonic()
+        if self._roots[0] < 0 or now - self._roots[0] >= REMOTE_META_SECONDS:
+            meta = self.location.read_json() or {}
+            self._roots = (now, list(meta.get("roots", [])))
+        return list(self._roots[1])
+
     def warm_up(self) -> None:
         """Load the model now, so the first query does not wait for it."""
         if self.exists():
@@ -165,15 +187,15 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         """Collection name, item counts, model and device; cached per table version."""
         if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.db}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.db}`")
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
         col = self.col
         key = (col.store.version, self._roots[0])
         if self._info is None or self._info[0] != key:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
             info["db"] = info.pop("path")
-            info["name"] = col.path.name
+            info["name"] = self.where.rstrip("/").rsplit("/", 1)[-1]
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
@@ -232,13 +254,13 @@ class SearchService:
         if under and has_dotdot(under):
             raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
         if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.db}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.db}`")
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
         col = self.col
         if col.store.count() == 0:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
-                               f"--db {self.db}`; they show up here without a restart.",
+                               f"--db {self.where}`; they show up here without a restart.",
                     "warnings": col.query_warnings(text)}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
@@ -256,6 +278,26 @@ class SearchService:
 
     def moments(self, text: str, k: int = 10, under: str | None = None) -> dict[str, Any]:
         return self.search(text, kind="moment", k=k, under=under)
+
+    def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
+               offset: int = 0, under: str | None = None) -> dict[str, Any]:
+        """No query: the collection by typicality (outliers first by default), same JSON as search."""
+        if not 1 <= int(k) <= MAX_K:
+            raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
+        kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
+        kind = "video" if kind == "moment" else kind  # a video browses as its frames
+        under = (under or "").strip() or None
+        if under and has_dotdot(under):
+            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
+        if not self.exists():
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
+        col = self.col  # opened outside the query lock, which opening takes
+        with self._lock:
+            hits = col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
+        out = [self.hit_json(h, offset + i) for i, h in enumerate(hits)]
+        message = None if out else ("No more results." if offset else "Nothing to browse here.")
+        return {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message}
 
     # ---- hits → JSON with URLs ---------------------------------------------------------------
     def page_rows(self, hits) -> PageRows:
@@ -436,6 +478,13 @@ def rest_router(service: SearchService) -> APIRouter:
     def api_moments(q: str, k: int = 10, under: str | None = None) -> Any:
         """Where in which video `q` happens: hits with t_start/t_end in seconds."""
         return run(lambda: service.moments(q, k=k, under=under))
+
+    @router.get("/api/browse")
+    def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,
+                   offset: int = Query(0, ge=0), under: str | None = None) -> Any:
+        """No query: items by typicality. order: atypical (outliers first) or typical;
+        kind: image, video, frame, doc, page or all."""
+        return run(lambda: service.browse(order, kind=kind, k=k, offset=offset, under=under))
 
     @router.post("/api/search/image")
     def api_search_image(file: UploadFile = File(...), q: str = Form(""),

@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -75,9 +74,9 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
               throttle: LoginThrottle | None = None) -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
-    `collection` may be a Collection or a directory; a directory that holds no collection yet
-    still serves, with a message saying how to create one. `host` is the address it will be
-    bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
+    `collection` may be a Collection, a directory or an object-storage URI; one that holds no
+    collection yet still serves, with a message saying how to create one. `host` is the address it
+    will be bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
     """
     import gradio as gr
 
@@ -85,7 +84,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     from clipsearch.ui.app import CSS, build_blocks
 
     creds = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
-    db = collection.path if isinstance(collection, Collection) else Path(collection)
+    db = (getattr(collection, "uri", None) or collection.path) if isinstance(collection, Collection) \
+        else collection  # a directory or an s3://... URI
     signer = Signer() if creds else None
     service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels)
     if isinstance(collection, Collection):
@@ -131,7 +131,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
                     max_pixels=max_pixels)
     service: SearchService = app.state.service
     if not service.exists():
-        print(f"No collection at {service.db} yet; the UI says how to create one.")
+        print(f"No collection at {service.where} yet; the UI says how to create one.")
     else:
         service.warm_up()
     shown = f"[{host}]" if ":" in host else host

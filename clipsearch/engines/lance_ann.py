@@ -137,6 +137,13 @@ class RemoteSearcher(Searcher):
                 return self._ann
         return super().ann()
 
+    def fit_transforms(self, *args, **kwargs):
+        """Fit and save as a local collection does, then mirror the result to object storage
+        (a collection opened elsewhere pulls it from there)."""
+        ts = super().fit_transforms(*args, **kwargs)
+        self.col.push_transforms()
+        return ts
+
     def ann_description(self) -> dict:
         ann = self.ann()
         kind = "lance IVF_PQ" if isinstance(ann, LanceAnn) else ann.describe()
