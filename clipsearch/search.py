@@ -30,6 +30,8 @@ from clipsearch.store import float32_vectors
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
+    from clipsearch.moments import VideoCatalog
+    from clipsearch.transforms import TransformSet
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class Hit:
     text: str | None = None
     thumb: str | None = None
     id: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
@@ -72,7 +74,11 @@ class Hit:
         return d
 
 
-def _load_query_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+# A query image: a path, or one already decoded.
+QueryImage = str | os.PathLike[str] | Image.Image
+
+
+def _load_query_image(image: QueryImage) -> Image.Image:
     from clipsearch.errors import SkipFile
     from clipsearch.indexers.image import load_image
 
@@ -95,10 +101,10 @@ class Searcher:
         self.col = col
         self._lock = threading.RLock()
         self._ann: AnnIndex | None = None
-        self._transformed: dict[tuple, tuple[AnnIndex, int]] = {}
-        self._transforms = None
+        self._transformed: dict[tuple[Any, ...], tuple[AnnIndex, int]] = {}
+        self._transforms: TransformSet | None = None
         self._transforms_mtime: float | None = None
-        self._video_catalog = None
+        self._video_catalog: VideoCatalog | None = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
 
     @property
@@ -162,12 +168,12 @@ class Searcher:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         return self.ann().search(vec, n, kinds=kinds, under=under)[0]
 
-    def ann_description(self) -> dict:
+    def ann_description(self) -> dict[str, Any]:
         ann = self.ann()
         return {"type": ann.describe(), "rows": len(ann), "version": ann.version}
 
     # ---- transforms --------------------------------------------------------------------------
-    def transforms(self):
+    def transforms(self) -> TransformSet:
         from clipsearch.transforms import TransformSet
 
         path = self.col.path / "transforms.npz"
@@ -195,7 +201,7 @@ class Searcher:
         cache = self.col.path / "builtin_text_vectors.npy"
         if cache.exists():
             try:
-                vecs = np.load(cache, allow_pickle=False)
+                vecs: np.ndarray = np.load(cache, allow_pickle=False)
                 if vecs.ndim == 2 and vecs.shape[1] == int(self.col.meta["dim"]) and np.isfinite(vecs).all():
                     return vecs
             except Exception as e:  # truncated or garbage: embed the captions again
@@ -210,7 +216,8 @@ class Searcher:
             tmp.unlink(missing_ok=True)
         return vecs
 
-    def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
+    def fit_transforms(self, strict: bool = True, text_source: str = "builtin",
+                       embed_text: bool = True) -> TransformSet:
         """Fit whitening + centering on the collection's image-like vectors and save them.
 
         The text mean for centering needs a few thousand caption embeddings: minutes with a
@@ -279,7 +286,8 @@ class Searcher:
         return idx
 
     # ---- queries -----------------------------------------------------------------------------
-    def query_vector(self, text: str | None, image, invert: bool = False) -> tuple[np.ndarray, str]:
+    def query_vector(self, text: str | None, image: QueryImage | None,
+                     invert: bool = False) -> tuple[np.ndarray, str]:
         """(vector, modality). Text+image → the normalised sum of both."""
         enc = self.col.encoder
         if text is None and image is None:
@@ -301,7 +309,8 @@ class Searcher:
         v = np.sum(parts, axis=0)
         return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32), modality
 
-    def search(self, text=None, image=None, k: int = 10, kind: str | None = None,
+    def search(self, text: str | None = None, image: QueryImage | None = None, k: int = 10,
+               kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None) -> list[Hit]:
         if k <= 0:
@@ -386,11 +395,11 @@ class Searcher:
             by_id[h.id] = h
         out = []
         for rid, score in fused:
-            h = by_id.get(rid)
-            if h is not None:
-                h.extra["cosine"] = h.score
-                h.score = float(score)
-                out.append(h)
+            hit = by_id.get(rid)
+            if hit is not None:
+                hit.extra["cosine"] = hit.score
+                hit.score = float(score)
+                out.append(hit)
         return _group(out)
 
     def _sort_typicality(self, hits: list[Hit]) -> list[Hit]:
@@ -405,7 +414,7 @@ class Searcher:
             h.extra["typicality"] = float(typ.get(h.id, np.inf))
         return sorted(hits, key=lambda h: h.extra["typicality"])
 
-    def video_catalog(self):
+    def video_catalog(self) -> VideoCatalog | None:
         """The in-memory `VideoCatalog` of the current table version, or None.
 
         It is built on the second video query at a version: a long-lived process (UI, HTTP
@@ -455,7 +464,7 @@ class Searcher:
                     thumb=d.thumb) for d in found]
 
 
-def hit_from_row(r: dict, score: float) -> Hit:
+def hit_from_row(r: dict[str, Any], score: float) -> Hit:
     extra = json.loads(r["extra"]) if r.get("extra") else {}
     return Hit(source=r["source"], kind=r["kind"], score=score, t_start=r.get("t_start"),
                t_end=r.get("t_end"), page=r.get("page"), text=r.get("text"), thumb=r.get("thumb"),
@@ -464,7 +473,7 @@ def hit_from_row(r: dict, score: float) -> Hit:
 
 def _group(hits: list[Hit]) -> list[Hit]:
     """One hit per video (its best frame) and per document page; images pass through."""
-    seen: set[tuple] = set()
+    seen: set[tuple[Any, ...]] = set()
     out = []
     for h in hits:
         key = (h.source,) if h.kind in ("video_frame", "video", "video_window") else \
