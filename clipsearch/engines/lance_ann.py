@@ -117,7 +117,7 @@ class RemoteSearcher(Searcher):
                 else:
                     build_vector_index(store)
                 self._indexed_at = None  # both make a new table version
-                self._ann = LanceAnn(store)
+                self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 self._transformed.clear()
                 return self._ann
         return super().rebuild_ann(save=save)
