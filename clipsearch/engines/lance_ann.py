@@ -133,7 +133,7 @@ class RemoteSearcher(Searcher):
             store = self.col.store
             if self._lance_indexed(store):
                 if not isinstance(self._ann, LanceAnn) or self._ann.version != store.version:
-                    self._ann = LanceAnn(store)
+                    self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 return self._ann
         return super().ann()
 
