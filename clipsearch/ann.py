@@ -138,7 +138,7 @@ def empty_faiss(n: int, dim: int, exact_threshold: int = EXACT_THRESHOLD) -> fai
     if dim % 4 == 0:
         index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 4}x4fs,Refine(SQfp16)",
                                     faiss.METRIC_INNER_PRODUCT)
-        index.k_factor = REFINE_K_FACTOR
+        index.k_factor = REFINE_K_FACTOR  # type: ignore[attr-defined]  # an IndexRefine; faiss types it Index
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
@@ -318,13 +318,14 @@ class Shard:
         if sel_ids is not None:
             sel = faiss.IDSelectorBatch(sel_ids)
             ivf = faiss.try_extract_index_ivf(self.index)
-            base = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None \
-                else faiss.SearchParameters(sel=sel)
+            # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
+            base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+                    if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
             if isinstance(self.index, faiss.IndexRefine):
-                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,
+                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
                                                            base_index_params=base)
             else:
-                params = base
+                params = base  # type: ignore[assignment]
             n = len(sel_ids)
         k = min(k, n)
         if params is not None:
@@ -344,7 +345,7 @@ def _reserve_refine_codes(index: faiss.Index, n: int) -> None:
     refine = faiss.downcast_index(index.refine_index)
     codes = getattr(refine, "codes", None)
     if codes is not None and refine.ntotal == 0 and hasattr(codes, "resize"):
-        codes.resize(n * refine.code_size)
+        codes.resize(n * refine.code_size)  # type: ignore[attr-defined]  # an IndexFlatCodes
         codes.resize(0)
 
 
@@ -503,7 +504,7 @@ class AnnIndex:
         for i, (kind, shard) in enumerate(self.shards.items()):
             dest = tmp / f"shard{i}.faiss"
             if _link_saved(shard, dest):  # a reused shard's files are linked, not rewritten
-                checks = shard.checks
+                checks = shard.checks or {}  # _link_saved is true only with checks
             else:
                 cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ \
                     else shard.index
@@ -548,11 +549,11 @@ class AnnIndex:
             return {}
         saved = listing.get("fingerprints", {})
         out = {}
-        for e in listing["shards"]:
-            kind = e["kind"]
+        for entry in listing["shards"]:
+            kind = entry["kind"]
             if kind in saved and saved[kind] == fingerprints.get(kind):
                 try:
-                    out[kind] = cls._load_shard(d, e)
+                    out[kind] = cls._load_shard(d, entry)
                 except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
                     log.info("the %s shard is rebuilt: %s", kind, cls._describe(ann_dir, err))
         return out

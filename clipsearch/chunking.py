@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\S+")
@@ -62,7 +62,7 @@ def chunk_text(
 
 def stream_chunks(
     pieces: Iterable[str], count_tokens: TokenCounter, max_tokens: int, overlap_tokens: int = 0
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """The chunks `chunk_text` gives for `"".join(pieces)`, holding about one piece at a time.
 
     For text too big to hold whole (a 200 MB log): each piece is chunked with the unfinished

@@ -194,8 +194,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     if report.vanished:
         click.echo("hint: plug the drive back in and re-run, or pass --prune-missing to remove "
                    "those rows", err=True)
-    for root in report.pruned_roots:
-        click.echo(f"  pruned {os.fsdecode(root)}: missing, its rows removed and the root forgotten")
+    for pruned in report.pruned_roots:
+        click.echo(f"  pruned {os.fsdecode(pruned)}: missing, its rows removed and the root forgotten")
     for path, note in report.notes:
         click.echo(f"  note: {path}: {note}")
     if report.skipped:

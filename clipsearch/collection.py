@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,12 @@ from clipsearch.failures import storage_errors
 from clipsearch.indexers.scanner import ScanRules, is_inside
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
+
+if TYPE_CHECKING:
+    from clipsearch.encoders import Encoder
+    from clipsearch.indexers.base import IndexContext
+    from clipsearch.pipeline import IndexReport
+    from clipsearch.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ def default_db_dir() -> Path:
     return Path(base) / "clipsearch" / "default"
 
 
-def resolve_roots(paths: Sequence[str | os.PathLike], known: Sequence[str] = ()) -> list[bytes]:
+def resolve_roots(paths: Sequence[str | os.PathLike[str]], known: Sequence[str] = ()) -> list[bytes]:
     """Absolute path bytes of what the user asked to index.
 
     A missing path is kept (the run warns and keeps its rows: a drive may be unplugged); only
@@ -79,7 +85,8 @@ def cache_dirs() -> list[tuple[bytes, str]]:
     return out
 
 
-def check_meta(meta: dict, where: str, model: str | None = None, checkpoint: str | None = None) -> None:
+def check_meta(meta: dict[str, Any], where: str, model: str | None = None,
+               checkpoint: str | None = None) -> None:
     """Refuse metadata from a newer clipsearch, and a model other than the collection's own."""
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
         raise ClipsearchError(f"{where} was written by a newer clipsearch (schema "
@@ -103,7 +110,7 @@ def _check_pattern(pattern: str) -> None:
                          hint="use gitignore syntax, e.g. '*.tmp', 'node_modules/', '/raw'") from e
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = leftovers.temp_name(path)
     with storage_errors(str(path)):
         try:
@@ -113,12 +120,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def model_fields(meta: dict) -> dict[str, Any]:
+def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """The part of clipsearch.json that the table itself records: which model made its vectors."""
     return {k: meta[k] for k in MODEL_FIELDS if k in meta}
 
 
-def settle_meta(meta: dict | None, store, where: str) -> tuple[dict | None, bool]:
+def settle_meta(meta: dict[str, Any] | None, store: Store | None,
+                where: str) -> tuple[dict[str, Any] | None, bool]:
     """The collection's metadata, with the table's own record of its model winning over a lost,
     unreadable or replaced clipsearch.json. Returns (meta, whether it was rebuilt); (None, False)
     when there is neither.
@@ -144,20 +152,20 @@ def settle_meta(meta: dict | None, store, where: str) -> tuple[dict | None, bool
     return meta, False
 
 
-def new_meta(encoder) -> dict[str, Any]:
+def new_meta(encoder: Encoder) -> dict[str, Any]:
     """`clipsearch.json` of a new collection: what model built it, for checks on every open."""
     return {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
             "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
             "created": time.time(), "roots": []}
 
 
-def _existing_store(p: Path):
+def _existing_store(p: Path) -> Store | None:
     from clipsearch.store import Store
 
     return Store.open_existing(os.path.abspath(p))
 
 
-def _save_rebuilt_meta(path: Path, meta: dict) -> None:
+def _save_rebuilt_meta(path: Path, meta: dict[str, Any]) -> None:
     """Write a rebuilt clipsearch.json; a reader on read-only storage goes on without it."""
     try:
         _write_json_atomic(path, meta)
@@ -168,19 +176,19 @@ def _save_rebuilt_meta(path: Path, meta: dict) -> None:
 class Collection:
     """A searchable collection on disk. Cheap to open; the model loads on first use."""
 
-    def __init__(self, path: Path, meta: dict, device: str | None = "auto") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], device: str | None = "auto") -> None:
         self.path = Path(os.path.abspath(path))
         self.meta = meta
         self.device = device
         self.spec = ModelSpec.from_dict(meta["model"])
-        self._encoder = None
-        self._store = None
+        self._encoder: Encoder | None = None
+        self._store: Store | None = None
         self._searcher: Searcher | None = None
         self._parts_lock = threading.RLock()  # server threads share one collection: load parts once
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike | None = None, model: str | None = None,
+    def create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
                checkpoint: str | None = None, device: str | None = "auto",
                pooling: str = "mean") -> Collection:
         """Create a collection for `model` (loads it first, so a bad model leaves nothing behind)."""
@@ -200,7 +208,7 @@ class Collection:
         return col
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, device: str | None = "auto",
+    def open(cls, path: str | os.PathLike[str] | None = None, device: str | None = "auto",
              model: str | None = None, checkpoint: str | None = None) -> Collection:
         """Open an existing collection. If `model` is given it must be the one it was built with."""
         p = Path(path).expanduser() if path else default_db_dir()
@@ -228,7 +236,7 @@ class Collection:
         return col
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike | None = None, model: str | None = None,
+    def open_or_create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
                        checkpoint: str | None = None, device: str | None = "auto") -> Collection:
         p = Path(path).expanduser() if path else default_db_dir()
         if cls.exists(p):
@@ -236,7 +244,7 @@ class Collection:
         return cls.create(p, model=model, checkpoint=checkpoint, device=device)
 
     @staticmethod
-    def exists(path: str | os.PathLike | None = None) -> bool:
+    def exists(path: str | os.PathLike[str] | None = None) -> bool:
         """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
         p = Path(path).expanduser() if path else default_db_dir()
         if (p / META_FILE).is_file():
@@ -246,7 +254,7 @@ class Collection:
 
     # ---- parts, loaded lazily ----------------------------------------------------------------
     @property
-    def encoder(self):
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             with self._parts_lock:
                 if self._encoder is None:
@@ -263,7 +271,7 @@ class Collection:
                                 hint="re-index into a new --db with the current weights")
 
     @property
-    def store(self):
+    def store(self) -> Store:
         if self._store is None:
             with self._parts_lock:
                 if self._store is None:
@@ -329,7 +337,7 @@ class Collection:
                          excludes=tuple(opts["excludes"]), never_enter=tuple(never),
                          indexed=tuple(os.path.realpath(os.fsencode(r)) for r in self.roots))
 
-    def run_roots(self, paths: Sequence[str | os.PathLike] | None) -> list[bytes]:
+    def run_roots(self, paths: Sequence[str | os.PathLike[str]] | None) -> list[bytes]:
         """What a run indexes: `paths`, or every saved root when none are given."""
         if paths:
             return resolve_roots(paths, self.roots)
@@ -358,13 +366,13 @@ class Collection:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def add(self, paths: Sequence[str | os.PathLike] | None = None, *, batch_size: int = 32,
+    def add(self, paths: Sequence[str | os.PathLike[str]] | None = None, *, batch_size: int = 32,
             workers: int | None = None, progress: bool = False, max_pixels: int | None = None,
-            options: dict | None = None, fit_transforms: bool = True, commit_files: int = 256,
+            options: dict[str, Any] | None = None, fit_transforms: bool = True, commit_files: int = 256,
             decode: str = "auto", follow_symlinks: bool | None = None,
             include_hidden: bool | None = None, exclude: Sequence[str] | None = None,
             clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False,
-            commit_rows: int = 5000):
+            commit_rows: int = 5000) -> IndexReport:
         """Index files and folders (default: every saved root): new and changed files are
         embedded, vanished ones removed.
 
@@ -393,7 +401,8 @@ class Collection:
             self._finish_run(report, fit_transforms)
         return report
 
-    def _begin_run(self, roots: list[bytes], max_pixels: int | None, options: dict | None):
+    def _begin_run(self, roots: list[bytes], max_pixels: int | None,
+                   options: dict[str, Any] | None) -> IndexContext:
         """Start of an indexing run (local or Ray engine), under the writer lock: thumbnail
         directory, the indexers' context, and the roots remembered for later runs."""
         from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext
@@ -407,7 +416,7 @@ class Collection:
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
 
-    def _finish_run(self, report, fit_transforms: bool) -> None:
+    def _finish_run(self, report: IndexReport, fit_transforms: bool) -> None:
         """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
         transforms), unless the run was interrupted, or changed nothing and every derived part
         is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A
@@ -449,7 +458,7 @@ class Collection:
             self.save_meta()
         return dropped
 
-    def _write_skip_log(self, report) -> None:
+    def _write_skip_log(self, report: IndexReport) -> None:
         lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {report.summary()}"]
         lines += [f"{path}\t{reason}" for path, reason in report.skipped]
         lines += [f"{root}\tnot updated: {reason}; its rows are kept (--prune-missing removes them)"
@@ -476,7 +485,7 @@ class Collection:
             self.searcher.after_write(fit_transforms=fit_transforms)
         marker.unlink(missing_ok=True)
 
-    def remove(self, paths: Sequence[str | os.PathLike]) -> int:
+    def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Forget these files (and everything under these folders), and drop them from the saved
         roots so a plain re-run does not bring them back. Needs no model. Returns sources removed.
 
@@ -493,7 +502,7 @@ class Collection:
             return n
 
     # ---- reading -----------------------------------------------------------------------------
-    def search(self, text: str | None = None, image: str | os.PathLike | Image.Image | None = None,
+    def search(self, text: str | None = None, image: str | os.PathLike[str] | Image.Image | None = None,
                k: int = 10, *, kind: str | None = None, under: str | None = None, offset: int = 0,
                whiten: bool = False, center: bool = False, invert: bool = False, hybrid: bool = False,
                sort: str | None = None) -> Hits:
@@ -524,7 +533,8 @@ class Collection:
         return self.searcher.moments(text, k=k, under=under)
 
     def embed_text(self, text: str) -> np.ndarray:
-        return self.encoder.encode_texts([text])[0]
+        vec: np.ndarray = self.encoder.encode_texts([text])[0]
+        return vec
 
     def info(self) -> dict[str, Any]:
         store = self.store

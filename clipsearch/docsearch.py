@@ -330,7 +330,7 @@ def _vector_leg(
         return out[:n]
     builder = (
         table.search(qvec, vector_column_name="vector")
-        .distance_type("dot")
+        .distance_type("dot")  # type: ignore[attr-defined]  # a vector query; lancedb annotates the base class
         .where(_and(f"kind = {_sql(kind)}", where_under), prefilter=True)
         .select(_COLUMNS)
         .limit(n)

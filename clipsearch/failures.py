@@ -73,7 +73,7 @@ def storage_failure(exc: BaseException, where: str) -> StorageError | None:
     what = detail(exc)
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and getattr(exc, "strerror", None):
-        what = f"{name}: {exc.strerror}" if name else exc.strerror
+        what = f"{name}: {exc.strerror}" if name else str(exc.strerror)
     low = f"{what} {exc}".lower()
     if code == errno.ENOSPC or "no space left" in low:
         return StorageError(f"{where}: the disk is full ({what})",

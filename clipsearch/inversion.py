@@ -62,8 +62,8 @@ def text_tower(model: nn.Module) -> _TextTower:
         )
     if text is None and all(hasattr(model, a) for a in ("token_embedding", "transformer", "ln_final")):
         return _TextTower(
-            model.token_embedding, model.positional_embedding, model.transformer,
-            getattr(model, "attn_mask", None), model.ln_final, model.text_projection,
+            model.token_embedding, model.positional_embedding, model.transformer,  # type: ignore[arg-type]
+            getattr(model, "attn_mask", None), model.ln_final, model.text_projection,  # type: ignore[arg-type]
             getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None),
         )
     raise TransformError(
@@ -94,7 +94,7 @@ def _pool_index(tower: _TextTower, ids: torch.Tensor) -> int:
     if tower.pool_type == "argmax":
         return int(ids[0].argmax())
     if tower.pool_type == "eos":
-        return int((ids[0] == tower.eos_id).int().argmax())
+        return int((ids[0] == tower.eos_id).int().argmax())  # type: ignore[attr-defined]  # a Tensor
     if tower.pool_type == "first":
         return 0
     if tower.pool_type == "last":
@@ -195,7 +195,8 @@ def _optimise(
     is element-wise), so batching changes speed, not results.
     """
     gen = torch.Generator().manual_seed(seed)
-    feats, curve = [], []
+    feats: list[torch.Tensor] = []
+    curve: list[float] = []
     t0 = time.perf_counter()
     for start in range(0, target.shape[0], batch_size):
         tgt = target[start:start + batch_size]
@@ -326,13 +327,13 @@ def ovi(
     image modality, for text -> text search. Optional; ViT image towers only.
     """
     visual = _vision_transformer(model)
-    target = _as_targets(targets, steps, batch_size).to(visual.class_embedding.device)
+    target = _as_targets(targets, steps, batch_size).to(visual.class_embedding.device)  # type: ignore[arg-type]
     width = visual.class_embedding.shape[-1]
 
     def forward(pseudo: torch.Tensor) -> torch.Tensor:
         return encode_image_with_pseudo_tokens(model, pseudo)
 
-    return _optimise(forward, (n_tokens, width), 0.02, target,
+    return _optimise(forward, (n_tokens, width), 0.02, target,  # type: ignore[arg-type]
                      steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.store import float32_vectors
@@ -242,7 +244,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _scan(table, where: str, columns: list[str]):
+def _scan(table: Any, where: str, columns: list[str]) -> pa.Table:
     """Filtered read of a few rows. The Lance dataset underneath a local table answers this
     several times faster than the query builder (measured in benchmarks/moments_scale.py)."""
     to_lance = getattr(table, "to_lance", None)
@@ -260,7 +262,7 @@ class WindowCatalog:
     (~60 bytes a window, i.e. ~0.4 GiB at 1,000 video-hours) and passes it to `find_moments`.
     """
 
-    def __init__(self, rows, version: int | None = None) -> None:
+    def __init__(self, rows: pa.Table, version: int | None = None) -> None:
         ids = np.asarray(rows.column("id").to_pylist(), dtype="S32")
         order = np.argsort(ids)
         self.ids = ids[order]
@@ -274,7 +276,7 @@ class WindowCatalog:
         self.thumb = np.asarray(rows.column("thumb").to_pylist(), dtype=object)[order]
 
     @classmethod
-    def build(cls, table) -> WindowCatalog:
+    def build(cls, table: Any) -> WindowCatalog:
         cols = ["id", "source", "t_start", "t_end", "thumb", "extra"]
         return cls(_scan(table, "kind = 'video_window'", cols), getattr(table, "version", None))
 
@@ -286,7 +288,7 @@ class WindowCatalog:
         """Approximate memory held (arrays plus one pointer per row for the object columns)."""
         return sum(a.nbytes for a in (self.ids, self.codes, self.t_start, self.t_end)) + 16 * len(self)
 
-    def rows(self, pairs: Sequence[tuple[str, float]]) -> list[dict]:
+    def rows(self, pairs: Sequence[tuple[str, float]]) -> list[dict[str, Any]]:
         """Hit dicts (as `_window_hits` returns) for (id, score) pairs; unknown ids are dropped."""
         keys = np.asarray([rid for rid, _ in pairs], dtype="S32")
         pos = np.clip(np.searchsorted(self.ids, keys), 0, max(len(self) - 1, 0))
@@ -308,7 +310,7 @@ class VideoCatalog(WindowCatalog):
     `take` on the pinned table version, and the cuts need no read at all.
     """
 
-    def __init__(self, snapshot) -> None:
+    def __init__(self, snapshot: Any) -> None:
         super().__init__(snapshot.to_table(columns=_WINDOW_COLS, filter="kind = 'video_window'"),
                          int(snapshot.version))
         self._snapshot = snapshot
@@ -326,7 +328,7 @@ class VideoCatalog(WindowCatalog):
         self._cuts = _cuts_from(videos)
 
     @classmethod
-    def build(cls, table) -> VideoCatalog:
+    def build(cls, table: Any) -> VideoCatalog:
         return cls(table.to_lance())
 
     @property
@@ -336,7 +338,7 @@ class VideoCatalog(WindowCatalog):
     def cuts(self, sources: Sequence[str]) -> dict[str, np.ndarray]:
         return {s: self._cuts[s] for s in sources if s in self._cuts}
 
-    def frames(self, regions: Sequence[tuple[str, float, float]]):
+    def frames(self, regions: Sequence[tuple[str, float, float]]) -> _Frames:
         """(sources, times, thumbs, float32 vectors) of the frames inside the regions."""
         picks = []
         for src, a, b in regions:
@@ -355,9 +357,13 @@ class VideoCatalog(WindowCatalog):
                 float32_vectors(rows.column("vector")))
 
 
+# (sources, times, thumbs, float32 vectors) of frame rows.
+_Frames = tuple[np.ndarray, np.ndarray, list[str], np.ndarray]
+
+
 def _window_hits(
-    query: np.ndarray, table, n: int, ann_search: AnnSearch | None, catalog: WindowCatalog | None = None
-) -> list[dict]:
+    query: np.ndarray, table: Any, n: int, ann_search: AnnSearch | None, catalog: WindowCatalog | None = None
+) -> list[dict[str, Any]]:
     """Top-`n` `video_window` rows for the query, as dicts with a `score` (cosine)."""
     if ann_search is not None:
         pairs = ann_search(query, n, "video_window")
@@ -394,14 +400,14 @@ def _scale_of(extra: str | None) -> str:
         return "?"
 
 
-def _load_cuts(table, sources: Sequence[str]) -> dict[str, np.ndarray]:
+def _load_cuts(table: Any, sources: Sequence[str]) -> dict[str, np.ndarray]:
     if not sources:
         return {}
     where = f"kind = 'video' AND source IN ({', '.join(_sql_str(s) for s in sources)})"
     return _cuts_from(_scan(table, where, ["source", "extra"]))
 
 
-def _cuts_from(rows) -> dict[str, np.ndarray]:
+def _cuts_from(rows: pa.Table) -> dict[str, np.ndarray]:
     """Shot cuts per video from `video` rows (source, extra)."""
     out: dict[str, np.ndarray] = {}
     for src, extra in zip(rows.column("source").to_pylist(), rows.column("extra").to_pylist(), strict=False):
@@ -412,7 +418,7 @@ def _cuts_from(rows) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_frames(table, regions: Sequence[tuple[str, float, float]]):
+def _load_frames(table: Any, regions: Sequence[tuple[str, float, float]]) -> _Frames:
     """One scan for the frame rows of all regions (source, start, end)."""
     clauses = " OR ".join(
         f"(source = {_sql_str(src)} AND t_start >= {a:.6f} AND t_start <= {b:.6f})" for src, a, b in regions
@@ -428,7 +434,7 @@ def _load_frames(table, regions: Sequence[tuple[str, float, float]]):
 
 def find_moments(
     query_vec: np.ndarray,
-    table,
+    table: Any,
     k: int = 10,
     *,
     candidates: int = 300,
@@ -482,7 +488,7 @@ def find_moments(
 
 def rank_videos(
     query_vec: np.ndarray,
-    table,
+    table: Any,
     k: int = 10,
     *,
     candidates: int = 300,
@@ -491,7 +497,7 @@ def rank_videos(
 ) -> list[VideoHit]:
     """Videos ranked by their best-matching window (cosine), with that window as the pointer."""
     q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
-    best: dict[str, dict] = {}
+    best: dict[str, dict[str, Any]] = {}
     for h in _window_hits(q, table, candidates, ann_search, catalog):
         if h["source"] not in best or h["score"] > best[h["source"]]["score"]:
             best[h["source"]] = h

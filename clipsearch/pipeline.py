@@ -287,7 +287,7 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
         path = Path(os.fsdecode(job.path))
         tensor = read_jpeg(path, ctx.max_pixels) if gpu is not None else None
         if tensor is None:
-            tensor = job.indexer.prepare(path, preprocess, ctx, min_side)
+            tensor = job.indexer.prepare(path, preprocess, ctx, min_side)  # type: ignore[attr-defined]
         if job.content_hash is None:
             job.content_hash = content_hash(job.path, job.size)
     except SkipFile as e:
@@ -362,7 +362,7 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
             if len(ready) >= batch_size or (not inflight and not queue and ready):
                 batch, ready = ready[:batch_size], ready[batch_size:]
                 if gpu is not None:
-                    batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, bar)
+                    batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
                 vecs = encoder.encode_pixels(torch.stack([t for _, t in batch]))
@@ -384,12 +384,12 @@ def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDec
     kept = []
     for (job, _), tensor in zip(batch, out, strict=True):
         if tensor is None:  # rare: fall back to PIL, which also names what is wrong with the file
-            _, tensor, reason = _prepare_image(job, encoder.preprocess, ctx, encoder.image_size)
+            _, tensor, reason = _prepare_image(job, encoder.preprocess, ctx, encoder.image_size)  # type: ignore[assignment]
             if reason is not None:
                 _skip(report, job, reason)
                 bar.update(1)
                 continue
-        kept.append((job, tensor.to(gpu.device, non_blocking=True)))
+        kept.append((job, tensor.to(gpu.device, non_blocking=True)))  # type: ignore[union-attr]
     return kept
 
 

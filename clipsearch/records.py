@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class Record:
     page: int | None = None
     text: str | None = None
     thumb: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def locator(self) -> str:
         """A string that identifies this item inside its source file."""
@@ -41,7 +42,7 @@ class Record:
         return ":".join(parts)
 
 
-def path_bytes(path: str | os.PathLike) -> bytes:
+def path_bytes(path: str | os.PathLike[str]) -> bytes:
     """Raw filesystem bytes of a path: the only lossless key for non-UTF-8 names."""
     return os.fsencode(os.fspath(path))
 

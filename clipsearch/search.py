@@ -32,6 +32,8 @@ from clipsearch.store import float32_vectors
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
+    from clipsearch.moments import VideoCatalog
+    from clipsearch.transforms import TransformSet
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Hit:
     text: str | None = None
     thumb: str | None = None
     id: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields; a non-finite number (no similarity to show) becomes None."""
@@ -90,7 +92,11 @@ class Hits(list):
         self.warnings: list[str] = list(warnings)
 
 
-def _load_query_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+# A query image: a path, or one already decoded.
+QueryImage = str | os.PathLike[str] | Image.Image
+
+
+def _load_query_image(image: QueryImage) -> Image.Image:
     from clipsearch.errors import SkipFile
     from clipsearch.indexers.image import load_image
 
@@ -113,10 +119,10 @@ class Searcher:
         self.col = col
         self._lock = threading.RLock()
         self._ann: AnnIndex | None = None
-        self._transformed: dict[tuple, tuple[AnnIndex, int]] = {}
-        self._transforms = None
+        self._transformed: dict[tuple[Any, ...], tuple[AnnIndex, int]] = {}
+        self._transforms: TransformSet | None = None
         self._transforms_mtime: float | None = None
-        self._video_catalog = None
+        self._video_catalog: VideoCatalog | None = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple] = {}  # kinds -> (version, transforms, rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
@@ -182,12 +188,12 @@ class Searcher:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         return self.ann().search(vec, n, kinds=kinds, under=under)[0]
 
-    def ann_description(self) -> dict:
+    def ann_description(self) -> dict[str, Any]:
         ann = self.ann()
         return {"type": ann.describe(), "rows": len(ann), "version": ann.version}
 
     # ---- transforms --------------------------------------------------------------------------
-    def transforms(self):
+    def transforms(self) -> TransformSet:
         from clipsearch.transforms import TransformSet
 
         path = self.col.path / "transforms.npz"
@@ -216,7 +222,7 @@ class Searcher:
         cache = self.col.path / "builtin_text_vectors.npy"
         if cache.exists():
             try:
-                vecs = np.load(cache, allow_pickle=False)
+                vecs: np.ndarray = np.load(cache, allow_pickle=False)
                 if vecs.ndim == 2 and vecs.shape[1] == int(self.col.meta["dim"]) and np.isfinite(vecs).all():
                     return vecs
             except Exception as e:  # truncated or garbage: embed the captions again
@@ -231,7 +237,8 @@ class Searcher:
             tmp.unlink(missing_ok=True)
         return vecs
 
-    def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
+    def fit_transforms(self, strict: bool = True, text_source: str = "builtin",
+                       embed_text: bool = True) -> TransformSet:
         """Fit whitening + centering on the collection's image-like vectors and save them.
 
         All or nothing: the fit is computed and checked first, and written (atomically) only
@@ -320,7 +327,8 @@ class Searcher:
             return idx
 
     # ---- queries -----------------------------------------------------------------------------
-    def query_vector(self, text: str | None, image, invert: bool = False) -> tuple[np.ndarray, str]:
+    def query_vector(self, text: str | None, image: QueryImage | None,
+                     invert: bool = False) -> tuple[np.ndarray, str]:
         """(vector, modality). Text+image → the normalised sum of both."""
         enc = self.col.encoder
         if text is None and image is None:
@@ -342,7 +350,8 @@ class Searcher:
         v = np.sum(parts, axis=0)
         return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32), modality
 
-    def search(self, text=None, image=None, k: int = 10, kind: str | None = None,
+    def search(self, text: str | None = None, image: QueryImage | None = None, k: int = 10,
+               kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None) -> list[Hit]:
         if k <= 0:
@@ -437,11 +446,11 @@ class Searcher:
             by_id[h.id] = h
         out = []
         for rid, score in fused:
-            h = by_id.get(rid)
-            if h is not None:
-                h.extra["cosine"] = cosines.get(rid)
-                h.score = float(score)
-                out.append(h)
+            hit = by_id.get(rid)
+            if hit is not None:
+                hit.extra["cosine"] = cosines.get(rid)
+                hit.score = float(score)
+                out.append(hit)
         return _group(out)
 
     def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
@@ -575,7 +584,7 @@ class Searcher:
             h.extra["typicality"] = float(typ.get(h.id, np.inf))
         return sorted(hits, key=lambda h: h.extra["typicality"])
 
-    def video_catalog(self):
+    def video_catalog(self) -> VideoCatalog | None:
         """The in-memory `VideoCatalog` of the current table version, or None.
 
         It is built on the second video query at a version: a long-lived process (UI, HTTP
@@ -625,7 +634,7 @@ class Searcher:
                     thumb=d.thumb) for d in found]
 
 
-def hit_from_row(r: dict, score: float) -> Hit:
+def hit_from_row(r: dict[str, Any], score: float) -> Hit:
     extra = json.loads(r["extra"]) if r.get("extra") else {}
     return Hit(source=r["source"], kind=r["kind"], score=score, t_start=r.get("t_start"),
                t_end=r.get("t_end"), page=r.get("page"), text=r.get("text"), thumb=r.get("thumb"),
@@ -648,7 +657,7 @@ def _fusion_key(h: Hit) -> tuple:
 
 def _group(hits: list[Hit]) -> list[Hit]:
     """One hit per video (its best frame) and per document page; images pass through."""
-    seen: set[tuple] = set()
+    seen: set[tuple[Any, ...]] = set()
     out = []
     for h in hits:
         key = _group_key(h.id, h.kind, h.source, h.page)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,7 @@ META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page"
                 "extra", "mtime", "size", "content_hash"]
 
 
-def schema(dim: int, meta: dict | None = None) -> pa.Schema:
+def schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
     """The table's schema; `meta` (the model fields of clipsearch.json) goes into its metadata."""
     metadata = {TABLE_META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
     return pa.schema([
@@ -71,12 +72,13 @@ def sources_filter(raws: Iterable[bytes]) -> str:
     return "source_raw IN (" + ",".join(sql_bytes(r) for r in raws) + ")"
 
 
-def float32_vectors(col) -> np.ndarray:
+def float32_vectors(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Arrow fixed_size_list<float16|float32> column (chunked or not) -> float32 (n, dim).
 
     `flatten()` rather than `.values`, so a sliced array yields only its own rows."""
     arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, arr.type.list_size)
+    vectors: np.ndarray = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return vectors.reshape(-1, arr.type.list_size)
 
 
 @dataclass
@@ -107,8 +109,8 @@ class Store:
 
     `meta` is what a new table records about its model (see `recorded_meta`)."""
 
-    def __init__(self, db_dir: str | Path, dim: int, storage_options: dict | None = None,
-                 meta: dict | None = None, create: bool = True) -> None:
+    def __init__(self, db_dir: str | Path, dim: int, storage_options: dict[str, str] | None = None,
+                 meta: dict[str, Any] | None = None, create: bool = True) -> None:
         self.db_dir = str(db_dir)
         self.dim = dim
         with storage_errors(self.db_dir):
@@ -121,7 +123,7 @@ class Store:
                 raise LookupError(f"no table at {self.db_dir}")
 
     @classmethod
-    def open_existing(cls, db_dir: str | Path, storage_options: dict | None = None) -> Store | None:
+    def open_existing(cls, db_dir: str | Path, storage_options: dict[str, str] | None = None) -> Store | None:
         """The table at `db_dir` if there is one (its dim read from its schema); never creates."""
         if "://" not in str(db_dir) and not (Path(db_dir) / f"{TABLE}.lance").is_dir():
             return None  # connecting would create the folder
@@ -142,7 +144,7 @@ class Store:
         return int(self.table.version)
 
     @guarded
-    def recorded_meta(self) -> dict | None:
+    def recorded_meta(self) -> dict[str, Any] | None:
         """The model fields the table recorded when it was created (None for an older table)."""
         raw = (self.table.schema.metadata or {}).get(TABLE_META_KEY)
         try:
@@ -151,7 +153,7 @@ class Store:
             return None
 
     @guarded
-    def record_meta(self, meta: dict) -> None:
+    def record_meta(self, meta: dict[str, Any]) -> None:
         """Record the model fields in a table made before tables recorded them."""
         self.table.to_lance().update_schema_metadata(
             {TABLE_META_KEY.decode(): json.dumps(meta, sort_keys=True)})
@@ -181,13 +183,13 @@ class Store:
         return t.drop_columns(["vector"]), float32_vectors(t.column("vector"))
 
     @guarded
-    def snapshot(self):
+    def snapshot(self) -> Any:
         """The table pinned at its current version (a lance dataset): several reads of one build
         see the same rows even while a writer commits."""
         return self.table.to_lance()
 
     @guarded
-    def vector_batches(self, snapshot, columns: Sequence[str], where: str | None = None,
+    def vector_batches(self, snapshot: Any, columns: Sequence[str], where: str | None = None,
                        batch_rows: int = 65_536) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """(metadata batch, float32 vectors) over matching rows, a batch at a time, so an index
         over more vectors than fit in memory can still be built."""
@@ -196,7 +198,7 @@ class Store:
                 yield b.drop_columns(["vector"]), float32_vectors(b.column("vector"))
 
     @guarded
-    def take_vectors(self, snapshot, positions: np.ndarray) -> np.ndarray:
+    def take_vectors(self, snapshot: Any, positions: np.ndarray) -> np.ndarray:
         """float32 vectors of the rows at these scan positions (e.g. a k-means training sample)."""
         t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["vector"])
         return float32_vectors(t.column("vector"))
@@ -219,7 +221,7 @@ class Store:
 
     # ---- writes ------------------------------------------------------------------------------
     def _to_arrow(self, items: Iterable[SourceRows]) -> pa.Table:
-        cols: dict[str, list] = {c: [] for c in META_COLUMNS}
+        cols: dict[str, list[Any]] = {c: [] for c in META_COLUMNS}
         vecs = []
         for item in items:
             src = display_path(item.source_raw)
@@ -271,7 +273,7 @@ class Store:
                           values={"mtime": mtime, "size": size, "content_hash": content_hash})
 
     @guarded
-    def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike | None = None) -> int:
+    def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike[str] | None = None) -> int:
         """Remove every row of these sources (one commit per 500). Returns the number of sources.
 
         With `thumb_dir`, their thumbnails there go too, so nothing of a file that left the
@@ -283,7 +285,8 @@ class Store:
             thumbs = self.thumbs_of(chunk) if thumb_dir is not None else []
             self.table.delete(sources_filter(chunk))
             for t in thumbs:
-                if os.path.realpath(os.path.dirname(t)) == os.path.realpath(thumb_dir):
+                if thumb_dir is not None and (
+                        os.path.realpath(os.path.dirname(t)) == os.path.realpath(thumb_dir)):
                     with contextlib.suppress(OSError):
                         os.unlink(t)
         return len(raws)
@@ -294,12 +297,12 @@ class Store:
         self.table.update(where=sources_filter([raw]), values={"mtime": mtime})
 
 
-def _connect(db_dir: str, storage_options: dict | None):
+def _connect(db_dir: str, storage_options: dict[str, str] | None) -> Any:
     import lancedb
 
     return lancedb.connect(db_dir, read_consistency_interval=timedelta(0), storage_options=storage_options)
 
 
-def _has_table(db) -> bool:
+def _has_table(db: Any) -> bool:
     listed = db.list_tables()
     return TABLE in list(getattr(listed, "tables", listed))

@@ -430,7 +430,7 @@ class TransformSet:
         fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.tmp-{os.getpid()}-", dir=db)
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, header=blob, **arrays)
+                np.savez(fh, header=blob, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)

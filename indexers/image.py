@@ -11,6 +11,7 @@ server shares this process-wide setting with Gradio and any other decoder in its
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import warnings
@@ -116,13 +117,13 @@ def open_image(fp: IO[bytes], max_pixels: int, formats: tuple[str, ...] | None =
     return im
 
 
-def load_image(src: str | Path | bytes | IO[bytes], max_pixels: int, min_side: int = 224,
+def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int, min_side: int = 224,
                formats: tuple[str, ...] | None = None) -> Image.Image:
     """Decode an image (a path or an open binary file) upright and in RGB, at no more
     resolution than `min_side` needs. `formats` restricts the Pillow formats tried."""
     try:
         with (contextlib.nullcontext(src) if hasattr(src, "read") else open(src, "rb")) as f:
-            im = open_image(f, max_pixels, formats)
+            im = open_image(f, max_pixels, formats)  # type: ignore[arg-type]  # hasattr(read) decided it
             if im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))
             im = ImageOps.exif_transpose(im)

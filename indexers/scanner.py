@@ -197,9 +197,9 @@ class Scan:
                 ignores = ignores + ((d.rel, spec),)
                 if bad:
                     yield Problem(os.path.join(d.path, IGNORE_FILE), bad, notable=True)
-            subdirs = []
-            for e in entries:
-                found = self._entry(e, d, ignores, subdirs)
+            subdirs: list[_Dir] = []
+            for entry in entries:
+                found = self._entry(entry, d, ignores, subdirs)
                 if found is not None:
                     yield found
             stack.extend(reversed(subdirs))

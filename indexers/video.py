@@ -201,8 +201,8 @@ def _upright(img: Image.Image, rotation: int) -> Image.Image:
     r = int(round(rotation / 90.0)) % 4
     if r == 0:
         return img
-    return img.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                          Image.Transpose.ROTATE_270)[r])
+    return img.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                          Image.Transpose.ROTATE_270)[r - 1])
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -263,7 +263,8 @@ def decode_samples(path: Path, short_side: int, options: dict | None, info: Deco
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
-                t = float(frame.pts * frame.time_base) - info.start_time
+                # PyAV types time_base as optional; a decoded frame always has its stream's
+                t = float(frame.pts * frame.time_base) - info.start_time  # type: ignore[operator]
                 if last_t is not None and t <= last_t:
                     continue  # duplicate or out-of-order timestamp
                 if last_t is None:
@@ -271,14 +272,15 @@ def decode_samples(path: Path, short_side: int, options: dict | None, info: Deco
                     info.rotation = int(frame.rotation or 0)
                     size = target_size(frame.width, frame.height, short_side)
                 last_t = t
-                last_dur = float(frame.duration * frame.time_base) if frame.duration else 0.0
+                last_dur = float(frame.duration * frame.time_base) if frame.duration else 0.0  # type: ignore[operator]
                 if t >= next_detect - _EPS:
                     next_detect = t + 1.0 / float(cut_rate)
                     recent = [*recent[-7:], (t, frame)]  # cuts are reported a few detector frames late
                     small = frame.to_ndarray(
                         width=CUT_WIDTH, height=_even(CUT_WIDTH * frame.height / frame.width), format="bgr24"
                     )
-                    tc = FrameTimecode(Timecode(int(frame.pts), Fraction(frame.time_base)), fps=cut_rate)
+                    tc = FrameTimecode(Timecode(int(frame.pts), Fraction(frame.time_base)),  # type: ignore[arg-type]
+                                       fps=cut_rate)
                     for cut in detector.process_frame(tc, small):
                         ct = float(cut.seconds) - info.start_time
                         if ct <= 0.0 or (info.cuts and ct <= info.cuts[-1]):

@@ -381,8 +381,8 @@ def _error(e: Exception) -> JSONResponse:
     status = getattr(e, "status", None) or (404 if isinstance(e, CollectionNotFound) else
                                              400 if isinstance(e, UsageError) else 500)
     body = {"error": str(e)}
-    if getattr(e, "hint", None):
-        body["hint"] = e.hint
+    if hint := getattr(e, "hint", None):
+        body["hint"] = hint
     return JSONResponse(body, status_code=status)
 
 

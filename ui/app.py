@@ -203,7 +203,7 @@ def query_image_box(**kwargs) -> gr.Image:
     """The UI's image box: a `gr.Image` whose input reaches Python undecoded. (Set on the
     instance: a `gr.Image` subclass would make Gradio write a .pyi stub next to this module.)"""
     box = gr.Image(type="filepath", **kwargs)
-    box.preprocess = undecoded_upload
+    box.preprocess = undecoded_upload  # type: ignore[method-assign,assignment]
     return box
 
 

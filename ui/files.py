@@ -146,7 +146,7 @@ class Signer:
         return hmac.new(self._key, path.encode(), hashlib.sha256).hexdigest()[:32]
 
     def verify(self, path: str, sig: str | None) -> bool:
-        return bool(sig) and hmac.compare_digest(self.sign(path), sig)
+        return sig is not None and hmac.compare_digest(self.sign(path), sig)
 
 
 def item_url(item_id: str, preview: bool = False) -> str:

@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from clipsearch.ui.http_guard import header, send_json
@@ -50,7 +50,7 @@ def parse_credentials(value: str, source: str) -> tuple[str, str]:
 
 
 def load_credentials(auth: str | None = None, auth_file: str | os.PathLike | None = None,
-                     environ: dict | None = None) -> tuple[str, str] | None:
+                     environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
     """The login from `--auth`, `--auth-file` or $CLIPSEARCH_AUTH (in that order; one at most
     of the first two). `--auth` works but shows the password to anyone who can run `ps`."""
     environ = os.environ if environ is None else environ

@@ -117,7 +117,7 @@ class RemoteSearcher(Searcher):
                 else:
                     build_vector_index(store)
                 self._indexed_at = None  # both make a new table version
-                self._ann = LanceAnn(store)
+                self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 self._transformed.clear()
                 return self._ann
         return super().rebuild_ann(save=save)
@@ -133,7 +133,7 @@ class RemoteSearcher(Searcher):
             store = self.col.store
             if self._lance_indexed(store):
                 if not isinstance(self._ann, LanceAnn) or self._ann.version != store.version:
-                    self._ann = LanceAnn(store)
+                    self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 return self._ann
         return super().ann()
 
