@@ -259,6 +259,7 @@ class Collection:
             with self._parts_lock:
                 if self._encoder is None:
                     self._load_encoder()
+        assert self._encoder is not None
         return self._encoder
 
     def _load_encoder(self) -> None:
@@ -276,6 +277,7 @@ class Collection:
             with self._parts_lock:
                 if self._store is None:
                     self._open_store()
+        assert self._store is not None
         return self._store
 
     def _open_store(self) -> None:

@@ -220,7 +220,7 @@ def keyword_search(
         if not q.strip():
             continue
         try:
-            fts = MatchQuery(q, column, operator=FullTextOperator.AND) if all_terms else q
+            fts = MatchQuery(q, column, operator=FullTextOperator.AND) if all_terms else q  # type: ignore[call-arg]
             builder = table.search(fts, query_type="fts", fts_columns=None if all_terms else column)
             if where:
                 builder = builder.where(where, prefilter=True)

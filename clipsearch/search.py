@@ -80,10 +80,11 @@ class Hit:
         d["score"] = round(float(self.score), 6)
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
-        return finite(d)
+        out: dict[str, Any] = finite(d)
+        return out
 
 
-class Hits(list):
+class Hits(list[Hit]):
     """The hits of one query (a list of `Hit`), with `warnings`: lines the caller should see,
     e.g. that a text query was longer than the model reads and was cut."""
 
@@ -124,7 +125,7 @@ class Searcher:
         self._transforms_mtime: float | None = None
         self._video_catalog: VideoCatalog | None = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
-        self._typicality: dict[tuple[str, ...], tuple] = {}  # kinds -> (version, transforms, rows)
+        self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
 
     @property
@@ -251,9 +252,10 @@ class Searcher:
         use of --center.
         """
         with self._lock:  # one fit at a time; queries wait only if they need the transforms
-            return self._fit_transforms(strict, text_source, embed_text)
+            fitted: TransformSet = self._fit_transforms(strict, text_source, embed_text)
+            return fitted
 
-    def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool):
+    def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool) -> TransformSet:
         from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
@@ -483,7 +485,8 @@ class Searcher:
         missing = [key for key, _ in fused if key not in by_key]
         for key, found in page_details(table, missing).items():
             row = found.get("page") or found.get("chunk")
-            by_key[key] = hit_from_row(row, float("nan"))
+            if row is not None:
+                by_key[key] = hit_from_row(row, float("nan"))
         out = []
         for key, score in fused:
             h = by_key.get(key)
@@ -527,7 +530,7 @@ class Searcher:
         rank = np.argsort(-typ if order == "atypical" else typ, kind="stable")
         base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) if under else None
         picked: list[int] = []
-        seen: set = set()
+        seen: set[tuple[Any, ...]] = set()
         for i in rank:
             if base is not None and not (sources[i] == base or sources[i].startswith(base + os.sep)):
                 continue
@@ -542,7 +545,7 @@ class Searcher:
             h.extra["typicality"] = h.score
         return hits
 
-    def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list, list, list, np.ndarray]:
+    def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
         """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table
         version and fitted transforms (a browsing UI pages through them)."""
         ts = self.transforms()
@@ -554,11 +557,12 @@ class Searcher:
         version = store.version
         cached = self._typicality.get(kinds)
         if cached and cached[0] == version and cached[1] is ts:
-            return cached[2]
+            rows: tuple[list[Any], list[Any], list[Any], np.ndarray] = cached[2]
+            return rows
         where = "kind IN (" + ",".join(f"'{x}'" for x in kinds) + ")"
-        ids: list = []
-        keys: list = []
-        sources: list = []
+        ids: list[Any] = []
+        keys: list[Any] = []
+        sources: list[Any] = []
         parts = []
         for meta, vecs in store.vector_batches(store.snapshot(), ["id", "kind", "source", "page"], where):
             batch_ids = meta.column("id").to_pylist()
@@ -641,7 +645,7 @@ def hit_from_row(r: dict[str, Any], score: float) -> Hit:
                id=r["id"], extra={k: v for k, v in extra.items() if k in ("duration", "scale")})
 
 
-def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tuple:
+def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tuple[Any, ...]:
     """What a result stands for: a whole video, one document page, or the row itself."""
     if kind in ("video_frame", "video", "video_window"):
         return (source,)
@@ -650,7 +654,7 @@ def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tup
     return (rid,)
 
 
-def _fusion_key(h: Hit) -> tuple:
+def _fusion_key(h: Hit) -> tuple[Any, ...]:
     """A hit's key in rankings fused with document pages: (source, page) for pages."""
     return (h.source, h.page) if h.kind in ("doc_page", "doc_text") else ("", h.id)
 

@@ -174,7 +174,7 @@ class SearchService:
         """Roots from the metadata on object storage, read at most every REMOTE_META_SECONDS."""
         now = time.monotonic()
         if self._roots[0] < 0 or now - self._roots[0] >= REMOTE_META_SECONDS:
-            meta = self.location.read_json() or {}
+            meta = (self.location.read_json() if self.location is not None else None) or {}
             self._roots = (now, list(meta.get("roots", [])))
         return list(self._roots[1])
 
@@ -292,10 +292,9 @@ class SearchService:
         if not self.exists():
             raise CollectionNotFound(f"no collection at {self.where}",
                                      hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
-        col = self.col  # opened outside the query lock, which opening takes
-        with self._lock:
-            hits = col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
-        out = [self.hit_json(h, offset + i) for i, h in enumerate(hits)]
+        hits = self.col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
+        rows = self.page_rows(hits)
+        out = [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
         message = None if out else ("No more results." if offset else "Nothing to browse here.")
         return {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message}
 
@@ -412,8 +411,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return Response(status_code=exc.status_code, headers=exc.headers)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    app.add_exception_handler(RequestValidationError, bad_parameters)
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, bad_parameters)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
 
 
 def content_disposition(name: str, inline: bool) -> str:

@@ -141,7 +141,7 @@ class RemoteSearcher(Searcher):
         """Fit and save as a local collection does, then mirror the result to object storage
         (a collection opened elsewhere pulls it from there)."""
         ts = super().fit_transforms(*args, **kwargs)
-        self.col.push_transforms()
+        self.col.push_transforms()  # type: ignore[attr-defined]  # a RemoteCollection
         return ts
 
     def ann_description(self) -> dict:
