@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,10 @@ from clipsearch.indexers.scanner import ScanRules, is_inside
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Searcher
 
+if TYPE_CHECKING:
+    from clipsearch.indexers.base import IndexContext
+    from clipsearch.pipeline import Committer, IndexReport
+
 log = logging.getLogger(__name__)
 
 META_FILE = "clipsearch.json"
@@ -40,7 +44,7 @@ SCHEMA_VERSION = 1
 SKIP_LOG = "skipped.log"
 REFRESH_MARKER = "refresh.pending"  # written before a refresh of derived state, removed after
 MODEL_FIELDS = ("schema_version", "model", "model_name", "model_id", "dim")  # what the table records
-__all__ = ["Collection", "Hit"]
+__all__ = ["Collection", "Hit", "IndexRun"]
 
 
 def default_db_dir() -> Path:
@@ -162,6 +166,29 @@ def _save_rebuilt_meta(path: Path, meta: dict) -> None:
         _write_json_atomic(path, meta)
     except ClipsearchError as e:
         log.warning("could not write the rebuilt %s: %s", path, e)
+
+
+class IndexRun:
+    """One indexing run of a collection, as `Collection.index_run` hands it to an engine: the
+    store, the roots, the walk rules, the indexers' context and commit groups (`committer`).
+    The engine sets `report`; the run's end (skip log, derived state) is `finish`."""
+
+    def __init__(self, col: Collection, roots: list[bytes], ctx: IndexContext, fit_transforms: bool) -> None:
+        self.col, self.roots, self.ctx, self.fit_transforms = col, roots, ctx, fit_transforms
+        self.store = col.store
+        self.rules = col.scan_rules()
+        self.report: IndexReport | None = None
+
+    def committer(self, max_files: int, max_rows: int = 5000, max_age: float = 10.0) -> Committer:
+        """Groups this run's finished files into commits."""
+        from clipsearch.pipeline import Committer
+
+        return Committer(self.store, max_files, max_rows=max_rows, max_age=max_age)
+
+    def finish(self, report: IndexReport) -> None:
+        """The skip log, remembered roots, and the derived state refreshed when rows changed."""
+        self.report = report
+        self.col._finish_run(report, self.fit_transforms)
 
 
 class Collection:
@@ -368,19 +395,33 @@ class Collection:
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
 
+        with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
+                            follow_symlinks=follow_symlinks, include_hidden=include_hidden,
+                            exclude=exclude, clear_excludes=clear_excludes) as run:
+            run.report = pipeline.run(run.store, self.encoder, run.roots, run.ctx, default_indexers(),
+                                      batch_size=batch_size, workers=workers, progress=progress,
+                                      commit_files=commit_files, decode=decode, rules=run.rules,
+                                      verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
+        return run.report
+
+    @contextlib.contextmanager
+    def index_run(self, paths: Sequence[str | os.PathLike] | None = None, *, max_pixels: int | None = None,
+                  options: dict | None = None, fit_transforms: bool = True,
+                  follow_symlinks: bool | None = None, include_hidden: bool | None = None,
+                  exclude: Sequence[str] | None = None, clear_excludes: bool = False) -> Iterator[IndexRun]:
+        """One indexing run, for any engine: holds the writer lock, saves the walk options,
+        prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
+        writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
         roots = self.run_roots(paths)
         with self._writer_lock():
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
-            ctx = self._begin_run(roots, max_pixels, options)
-            report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
-                                  batch_size=batch_size, workers=workers, progress=progress,
-                                  commit_files=commit_files, decode=decode, rules=self.scan_rules(),
-                                  verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
-            self._finish_run(report, fit_transforms)
-        return report
+            run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)
+            yield run
+            if run.report is not None:
+                run.finish(run.report)
 
     def _begin_run(self, roots: list[bytes], max_pixels: int | None, options: dict | None):
-        """Start of an indexing run (local or Ray engine), under the writer lock: thumbnail
+        """Start of an indexing run (see `index_run`), under the writer lock: thumbnail
         directory, the indexers' context, and the roots remembered for later runs."""
         from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext
 
@@ -393,7 +434,7 @@ class Collection:
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
 
-    def _finish_run(self, report, fit_transforms: bool) -> None:
+    def _finish_run(self, report: IndexReport, fit_transforms: bool) -> None:
         """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
         transforms), unless the run was interrupted, or changed nothing and every derived part
         is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
-from clipsearch.indexers.base import IndexContext, Indexer, Part
+from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension, is_inside
 from clipsearch.records import Record, display_path
 from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
@@ -94,7 +94,7 @@ class IndexReport:
         return s + (" [interrupted: run again to resume]" if self.interrupted else "")
 
 
-class _Committer:
+class Committer:
     """Groups finished files and commits them together, by count, row volume or age."""
 
     def __init__(self, store: Store, max_files: int, max_rows: int = 5000, max_age: float = 10.0):
@@ -127,7 +127,7 @@ class _FileWriter:
     leaves rows that change detection does not take as indexed, so the next run redoes the
     file. A file that fits in one batch goes through the committer like any other."""
 
-    def __init__(self, committer: _Committer, job: Job) -> None:
+    def __init__(self, committer: Committer, job: Job) -> None:
         self.committer, self.store, self.job = committer, committer.store, job
         self.buffer: list[Record] = []
         self.rows = 0
@@ -316,12 +316,12 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
     jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
     report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
-    committer = _Committer(store, commit_files, max_rows=commit_rows)
+    committer = Committer(store, commit_files, max_rows=commit_rows)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
                desc="indexing", smoothing=0.1)
     try:
-        images = [j for j in jobs if hasattr(j.indexer, "prepare")]
-        others = [j for j in jobs if not hasattr(j.indexer, "prepare")]
+        images = [j for j in jobs if is_batched(j.indexer)]
+        others = [j for j in jobs if not is_batched(j.indexer)]
         _run_images(images, encoder, ctx, committer, report, bar, batch_size, workers, gpu)
         _run_others(others, encoder, ctx, committer, report, bar)
     except KeyboardInterrupt:
@@ -340,7 +340,7 @@ def _skip(report: IndexReport, job: Job, reason: str) -> None:
     report.skipped.append((display_path(job.path), reason))
 
 
-def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm, batch_size: int, workers: int | None,
                 gpu: JpegDecoder | None = None) -> None:
     if not jobs:
@@ -402,7 +402,7 @@ def _collect(fut: Future, ready: list, report: IndexReport, bar: tqdm) -> None:
         ready.append((job, tensor))
 
 
-def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm) -> None:
     from pathlib import Path
 
@@ -412,7 +412,7 @@ def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
         writer: _FileWriter | None = None
         try:
             path = Path(os.fsdecode(job.path))
-            if hasattr(job.indexer, "extract_parts"):
+            if is_streaming(job.indexer):
                 job.content_hash = job.content_hash or content_hash(job.path, job.size)
                 writer = _FileWriter(committer, job)
                 notes = _stream_parts(job.indexer.extract_parts(path, encoder, ctx), writer, bar, name)

@@ -98,12 +98,14 @@ class SearchService:
     """Queries over one collection directory, safe to call from many threads."""
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
-                 signer: Signer | None = None, max_pixels: int | None = None) -> None:
+                 signer: Signer | None = None, max_pixels: int | None = None,
+                 collection: Collection | None = None) -> None:
+        """`collection`: one already open (its `path` should be `db`), used instead of opening it."""
         self.db = Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
         self.device = device
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
-        self._col: Collection | None = None
+        self._col: Collection | None = collection
         self._lock = threading.Lock()  # one query at a time: the encoder shares the CPU anyway
         self._roots: tuple[float, list[str]] = (-1.0, [])
         self._info: tuple[tuple, dict] | None = None
