@@ -121,6 +121,22 @@ def model_fields(meta: dict) -> dict[str, Any]:
     return {k: meta[k] for k in MODEL_FIELDS if k in meta}
 
 
+def meta_problem(meta: Any) -> str | None:
+    """What makes `meta` no collection metadata (a hand-edited or foreign clipsearch.json), or None."""
+    if not isinstance(meta, dict):
+        return f"it holds a JSON {type(meta).__name__}, not an object"
+    missing = [k for k in ("model", "model_name", "model_id", "dim") if k not in meta]
+    if missing:
+        return "it lacks " + ", ".join(repr(k) for k in missing)
+    if not isinstance(meta["model"], dict) or "arch" not in meta["model"]:
+        return "its 'model' names no model ('arch')"
+    try:
+        int(meta["dim"])
+    except (TypeError, ValueError):
+        return f"its 'dim' is {meta['dim']!r}, not a number"
+    return None
+
+
 def settle_meta(meta: dict | None, store, where: str) -> tuple[dict | None, bool]:
     """The collection's metadata, with the table's own record of its model winning over a lost,
     unreadable or replaced clipsearch.json. Returns (meta, whether it was rebuilt); (None, False)
@@ -128,8 +144,15 @@ def settle_meta(meta: dict | None, store, where: str) -> tuple[dict | None, bool
 
     Without that record (a table from before tables recorded it), rows and no clipsearch.json
     are refused: which model made them cannot be known, and a guess would mix two models.
+    A damaged clipsearch.json (`meta_problem`) counts as lost when the table has that record.
     """
     recorded = store.recorded_meta() if store is not None else None
+    problem = meta_problem(meta) if meta is not None else None
+    if problem is not None:
+        if recorded is None:
+            raise ClipsearchError(f"{where}: {META_FILE} is damaged: {problem}",
+                                  hint=f"restore {META_FILE} from a backup, or re-index into a new --db")
+        meta = None  # rebuilt from the table's record below
     if recorded is None:
         if meta is None and store is not None and store.count() > 0:
             raise ModelMismatch(f"{where}: {META_FILE} is missing and the table does not record which "
@@ -183,7 +206,8 @@ class IndexRun:
         """Groups this run's finished files into commits."""
         from clipsearch.pipeline import Committer
 
-        return Committer(self.store, max_files, max_rows=max_rows, max_age=max_age)
+        return Committer(self.store, max_files, max_rows=max_rows, max_age=max_age,
+                         thumb_dir=self.ctx.thumb_dir)
 
     def finish(self, report: IndexReport) -> None:
         """The skip log, remembered roots, and the derived state refreshed when rows changed."""

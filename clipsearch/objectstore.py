@@ -343,6 +343,13 @@ def open_collection(db: str | os.PathLike | None = None, device: str | None = "a
     return Collection.open(db, device=device, model=model, checkpoint=checkpoint)
 
 
+def collection_exists(db: str | os.PathLike | None = None) -> bool:
+    """`Collection.exists` for a local directory or an object-storage URI."""
+    if is_remote(db):
+        return Location(str(db)).holds_collection()
+    return Collection.exists(db)
+
+
 def open_or_create(db: str | os.PathLike | None = None, model: str | None = None,
                    checkpoint: str | None = None, device: str | None = "auto") -> Collection:
     """`Collection.open_or_create` for a local directory or an object-storage URI."""

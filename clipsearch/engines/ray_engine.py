@@ -41,7 +41,7 @@ import numpy as np
 from clipsearch.collection import Collection, IndexRun
 from clipsearch.errors import ClipsearchError, SkipFile, UsageError
 from clipsearch.indexers.base import is_batched
-from clipsearch.pipeline import IndexReport, Job, content_hash, plan
+from clipsearch.pipeline import IndexReport, Job, content_hash, plan, unexpected_reason
 from clipsearch.records import Record, display_path
 from clipsearch.store import SourceRows
 
@@ -87,7 +87,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess, ctx_args: dict,
         except OSError as e:
             err = f"unreadable: {e.strerror or e}"
         except Exception as e:  # one broken file must never stop the job
-            err = f"unexpected error ({type(e).__name__}: {e})"
+            err = unexpected_reason(e)
         pixels.append(px)
         errors.append(err)
         hashes.append(h)
@@ -156,7 +156,7 @@ class Embedder:
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as e:  # one broken file must never stop the job
-            return h, f"unexpected error ({type(e).__name__}: {e})", b""
+            return h, unexpected_reason(e), b""
 
     @staticmethod
     def _out(batch, hashes, errors, records) -> dict[str, np.ndarray]:
@@ -275,8 +275,10 @@ def _job_row(job: Job) -> dict[str, Any]:
 class _Run:
     """One indexing run's driver state: what was committed, what failed, and why."""
 
-    def __init__(self, index_run: IndexRun, report: IndexReport, commit_files: int, commit_rows: int):
+    def __init__(self, index_run: IndexRun, report: IndexReport, jobs: list[Job], commit_files: int,
+                 commit_rows: int):
         self.report = report
+        self.jobs = {j.path: j for j in jobs}
         self.committer = index_run.committer(commit_files, max_rows=commit_rows, max_age=30.0)
         self.done: set[bytes] = set()
 
@@ -290,7 +292,8 @@ class _Run:
                     continue
                 self.done.add(raw)
                 if err:
-                    self.report.skipped.append((display_path(raw), str(err)))
+                    self.report.skip(raw, str(err))
+                    self.committer.drop(self.jobs[raw])  # its old rows are of another version
                     continue
                 records: list[Record] = pickle.loads(recs)
                 self.committer.add(SourceRows(raw, float(mtime), int(size), str(h), records))
@@ -329,7 +332,7 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
         report.removed = index_run.store.delete_sources(gone, thumb_dir=index_run.ctx.thumb_dir)
         report.scan_seconds = time.perf_counter() - t0
         if jobs:
-            run = _Run(index_run, report, commit_files, commit_rows)
+            run = _Run(index_run, report, jobs, commit_files, commit_rows)
             try:
                 with _ray_session(address) as ray, _data_context(progress):
                     n = _cap_workers(ray, workers or default_workers(ray, gpus_per_worker),
@@ -340,6 +343,7 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
                 report.interrupted = True
             finally:
                 run.committer.flush()
+                report.removed += run.committer.removed
         report.seconds = time.perf_counter() - t0
         index_run.report = report
     return report
