@@ -29,7 +29,8 @@ from clipsearch.errors import (
     UsageError,
 )
 from clipsearch.failures import storage_errors
-from clipsearch.indexers.scanner import ScanRules, is_inside
+from clipsearch.fsutil import is_within, write_atomic
+from clipsearch.indexers.scanner import ScanRules
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Searcher
 
@@ -77,7 +78,7 @@ def cache_dirs() -> list[tuple[bytes, str]]:
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     out = [(os.path.realpath(os.fsencode(xdg)), "the cache folder ($XDG_CACHE_HOME or ~/.cache)")]
     own = os.path.realpath(os.fsencode(str(cache_root())))
-    if not any(is_inside(own, d) for d, _ in out):
+    if not any(is_within(own, d) for d, _ in out):
         out.append((own, "clipsearch's cache folder ($CLIPSEARCH_CACHE)"))
     return out
 
@@ -107,13 +108,8 @@ def _check_pattern(pattern: str) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = leftovers.temp_name(path)
     with storage_errors(str(path)):
-        try:
-            tmp.write_text(json.dumps(data, indent=2))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, json.dumps(data, indent=2))
 
 
 def model_fields(meta: dict) -> dict[str, Any]:
@@ -494,7 +490,7 @@ class Collection:
     def _forget_roots(self, paths: Sequence[bytes]) -> list[str]:
         """Drop the saved roots that are, or lie under, any of `paths`; returns those dropped."""
         prefixes = [f for p in paths for f in (os.path.abspath(p), os.path.realpath(p))]
-        dropped = [r for r in self.roots if any(is_inside(os.fsencode(r), p) for p in prefixes)]
+        dropped = [r for r in self.roots if any(is_within(os.fsencode(r), p) for p in prefixes)]
         if dropped:
             self.meta["roots"] = [r for r in self.roots if r not in dropped]
             self.save_meta()
@@ -536,7 +532,7 @@ class Collection:
         raws = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
         prefixes = [f for r in raws for f in (r, os.path.realpath(r))]
         with self._writer_lock():
-            gone = [r for r in self.store.file_states() if any(is_inside(r, p) for p in prefixes)]
+            gone = [r for r in self.store.file_states() if any(is_within(r, p) for p in prefixes)]
             n = self.store.delete_sources(gone, thumb_dir=self.thumb_dir)
             self._forget_roots(raws)
             if n:

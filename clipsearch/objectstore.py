@@ -38,7 +38,7 @@ from clipsearch.collection import (
 )
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
 from clipsearch.failures import storage_errors
-from clipsearch.leftovers import temp_name
+from clipsearch.fsutil import write_atomic
 from clipsearch.model_registry import resolve
 
 log = logging.getLogger(__name__)
@@ -322,12 +322,7 @@ class RemoteCollection(Collection):
             return
         with storage_errors(str(self.path)):
             self.path.mkdir(parents=True, exist_ok=True)
-            tmp = temp_name(local)
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, local)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(local, data)
 
     def info(self) -> dict[str, Any]:
         out = super().info()

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
+from clipsearch.fsutil import is_within
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
-from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension, is_inside
+from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
 from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
 
@@ -255,7 +256,7 @@ def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list
 
 
 def _under(raw: bytes, prefixes: list[bytes]) -> bool:
-    return any(is_inside(raw, p) for p in prefixes)
+    return any(is_within(raw, p) for p in prefixes)
 
 
 def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexReport,

@@ -12,6 +12,7 @@ index run rebuilds it from the table.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,8 +26,8 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
-from clipsearch.leftovers import temp_name
-from clipsearch.store import float32_vectors
+from clipsearch.fsutil import write_atomic
+from clipsearch.store import float32_vectors, sql_in
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -132,7 +133,7 @@ class Searcher:
         from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         if not TransformSet.exists(self.col.path):
-            enough = self.col.store.count(f"kind IN {IMAGE_LIKE!r}") >= MIN_CENTER_SAMPLES
+            enough = self.col.store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES
             return "no transforms are fitted though there are enough items" if fit_transforms and enough \
                 else None
         try:
@@ -201,13 +202,9 @@ class Searcher:
             except Exception as e:  # truncated or garbage: embed the captions again
                 log.warning("%s is unreadable (%s); embedding the captions again", cache, e)
         vecs = embed_builtin_captions(self.col.encoder).astype(np.float32)
-        tmp = temp_name(cache)
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, vecs)
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, vecs)
+        write_atomic(cache, buf.getvalue())
         return vecs
 
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True):
@@ -219,7 +216,7 @@ class Searcher:
         """
         from clipsearch.transforms import TransformSet
 
-        _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
+        _, vecs = self.col.store.vectors(sql_in("kind", IMAGE_LIKE))
         texts = None
         if text_source == "collection":
             _, texts = self.col.store.vectors("kind = 'doc_text'")
@@ -248,7 +245,7 @@ class Searcher:
         from clipsearch.transforms import MIN_CENTER_SAMPLES
 
         store = self.col.store
-        if fit_transforms and store.count("kind IN ('image','video_frame','doc_page')") >= MIN_CENTER_SAMPLES:
+        if fit_transforms and store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES:
             try:
                 self.fit_transforms(strict=False, embed_text=False)
                 return
@@ -268,7 +265,7 @@ class Searcher:
         cached = self._transformed.get(key)
         if cached and cached[1] == version:
             return cached[0]
-        where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        where = sql_in("kind", kinds)
         meta, vecs = self.col.store.vectors(where)
         tv = ts.apply_db(vecs, whiten=whiten, center=center).astype(np.float32)
         idx = AnnIndex.from_vectors(tv, np.array(meta.column("id").to_pylist(), dtype=object),
@@ -377,7 +374,7 @@ class Searcher:
         from clipsearch.docsearch import keyword_search
         from clipsearch.fusion import hybrid_rerank
 
-        where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        where = sql_in("kind", kinds)
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
         fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
         by_id = {h.id: h for h in hits}
@@ -398,7 +395,7 @@ class Searcher:
         ts = self.transforms()
         if not hits:
             return hits
-        rows = self.col.store.scan(["id", "vector"], "id IN (" + ",".join(f"'{h.id}'" for h in hits) + ")")
+        rows = self.col.store.scan(["id", "vector"], sql_in("id", (h.id for h in hits)))
         vec = float32_vectors(rows.column("vector"))
         typ = dict(zip(rows.column("id").to_pylist(), ts.typicality(vec), strict=True))
         for h in hits:
