@@ -112,3 +112,28 @@ def test_a_damaged_clipsearch_json_is_one_line(tmp_path, meta):
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
     assert "clipsearch.json is damaged" in p.stderr and "hint:" in p.stderr
+
+
+def test_one_containment_rule_for_str_and_bytes():
+    from clipsearch.fsutil import folder_prefix, is_within
+
+    assert is_within(b"/a/b/c", b"/a/b") and is_within("/a/b", "/a/b/") and is_within("/x", "/")
+    assert not is_within(b"/a/bc", b"/a/b") and not is_within("/a", "/a/b")
+    assert folder_prefix("/a/b/") == "/a/b/" and folder_prefix("/") == "/"
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
+    from clipsearch.fsutil import write_atomic
+
+    target = tmp_path / "f.json"
+    target.write_text("old")
+    write_atomic(target, "new")
+    write_atomic(tmp_path / "g.bin", b"\x00\x01")
+    assert target.read_text() == "new" and (tmp_path / "g.bin").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "g.bin"]
+
+
+def test_sql_in_quotes_every_value():
+    from clipsearch.store import sql_in
+
+    assert sql_in("kind", ("image", "it's")) == "kind IN ('image','it''s')"
