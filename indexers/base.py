@@ -73,13 +73,15 @@ class BatchedIndexer(Indexer, Protocol):
 
 
 def is_batched(indexer: Indexer) -> bool:
-    """Whether the pipeline encodes this indexer's files in batches (see `BatchedIndexer`)."""
-    return isinstance(indexer, BatchedIndexer)
+    """Whether the pipeline encodes this indexer's files in batches: it implements
+    `BatchedIndexer.prepare` (the one method that path calls)."""
+    return callable(getattr(indexer, "prepare", None))
 
 
 def is_streaming(indexer: Indexer) -> bool:
-    """Whether the pipeline commits this indexer's files part by part (see `StreamingIndexer`)."""
-    return isinstance(indexer, StreamingIndexer)
+    """Whether the pipeline commits this indexer's files part by part: it implements
+    `StreamingIndexer.extract_parts` (the one method that path calls)."""
+    return callable(getattr(indexer, "extract_parts", None))
 
 
 def indexer_for(medium: str) -> Indexer:
