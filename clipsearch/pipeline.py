@@ -218,12 +218,12 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
                 report.skipped.append((display_path(entry.path), entry.reason))
             continue
         seen.add(entry.path)
-        skips = len(report.skipped)
+        unchanged = report.unchanged
         job = _plan_file(store, entry, states.get(entry.path), indexers, report, verify)
         if job is not None:
             jobs.append(job)
-        elif len(report.skipped) > skips and entry.path in states:
-            stale.append(entry.path)  # changed, and now unreadable or not media: old rows go
+        elif report.unchanged == unchanged and entry.path in states:
+            stale.append(entry.path)  # changed, and now unreadable, empty or not media: rows go
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
