@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from clipsearch.failures import storage_errors
+from clipsearch.fsutil import folder_prefix, write_atomic
 from clipsearch.leftovers import temp_name
 from clipsearch.store import Store, sql_str
 
@@ -287,7 +288,7 @@ class Shard:
         """
         if self._by_path is None:
             self._by_path = np.argsort(self.sources, kind="stable")
-        prefix = under.rstrip(os.sep) + os.sep
+        prefix = folder_prefix(under)
         key = self.sources.__getitem__
         lo = bisect.bisect_left(self._by_path, prefix, key=key)
         hi = bisect.bisect_left(self._by_path, prefix + "\U0010ffff", lo=lo, key=key)
@@ -484,12 +485,9 @@ class AnnIndex:
                 placed = self._write_folder(tmp)
                 os.replace(tmp, target)
                 pointer = ann_dir / POINTER
-                ptmp = temp_name(pointer)
-                ptmp.write_text(json.dumps({"version": self.version, "dir": name}))
-                os.replace(ptmp, pointer)
+                write_atomic(pointer, json.dumps({"version": self.version, "dir": name}))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                temp_name(ann_dir / POINTER).unlink(missing_ok=True)
                 raise
         for shard, (fname, checks) in placed:
             shard.saved, shard.checks = target / fname, checks

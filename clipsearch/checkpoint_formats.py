@@ -20,7 +20,7 @@ import torch
 VIFICLIP_IMAGE_MEAN = (0.485, 0.456, 0.406)
 VIFICLIP_IMAGE_STD = (0.229, 0.224, 0.225)
 # Buffers the OpenAI CLIP module keeps in its state dict but open_clip does not.
-_OPENAI_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
+OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 WRAPPER_KEYS = ("model", "state_dict")
@@ -57,7 +57,7 @@ def is_clip4clip(state_dict: Mapping) -> bool:
 
 def is_openai(state_dict: Mapping) -> bool:
     """OpenAI's CLIP module saves its config next to the weights; open_clip's never does."""
-    return any(k.removeprefix("module.") in _OPENAI_NON_WEIGHTS for k in state_dict)
+    return any(k.removeprefix("module.") in OPENAI_META_KEYS for k in state_dict)
 
 
 def vificlip_to_openclip(
@@ -116,6 +116,6 @@ def clip4clip_to_openclip(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     if "visual.conv2.weight" in out:
         raise ValueError("CLIP4Clip with linear_patch='3d' (visual.conv2) has no open_clip equivalent; "
                          "use a checkpoint trained with linear_patch='2d'")
-    for key in _OPENAI_NON_WEIGHTS:
+    for key in OPENAI_META_KEYS:
         out.pop(key, None)
     return out

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
+from clipsearch.checkpoint_formats import OPENAI_META_KEYS
 from clipsearch.errors import ModelUnavailable
 
-LONGCLIP_CONTEXT = 248
 # Models fine-tuned from OpenAI's CLIP; their missing weights come from ARCH/<this tag>.
 VIFICLIP_BASE_TAG = "openai"
-_OPENAI_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 
 
 def read_state_dict(path: str, weights_only: bool = True) -> dict[str, torch.Tensor]:
@@ -137,7 +136,7 @@ def _fit_keys(model: torch.nn.Module, sd: dict) -> dict:
     wanted = model.state_dict()
     for key in list(sd):
         # OpenAI's saved config, and buffers that a JIT archive keeps but open_clip rebuilds
-        if key in _OPENAI_NON_WEIGHTS or (key.endswith("attn_mask") and key not in wanted):
+        if key in OPENAI_META_KEYS or (key.endswith("attn_mask") and key not in wanted):
             sd.pop(key)
     if "logit_scale" in sd and model.logit_scale.ndim != sd["logit_scale"].ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)

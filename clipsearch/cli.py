@@ -164,10 +164,13 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         from clipsearch.gpu_decode import check_mode
 
         check_mode(decode, pick_device(device))
-    from clipsearch.objectstore import open_collection, open_or_create
+    from clipsearch.collection import resolve_roots
+    from clipsearch.objectstore import collection_exists, open_collection, open_or_create
 
     db = db or _db_default()
     if paths:
+        if not collection_exists(db):  # a typo must not leave an empty collection behind
+            resolve_roots(paths)
         col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     else:  # re-index the saved roots of an existing collection
         col = open_collection(db, device=device, model=model, checkpoint=checkpoint)
@@ -207,6 +210,11 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
                        "(or use --verbose)")
     if report.interrupted:
         sys.exit(130)
+    if report.unexpected:
+        click.echo(f"error: {report.unexpected} file(s) skipped on an unexpected error", err=True)
+        click.echo("hint: that is a bug in clipsearch: please report it with the output of this "
+                   "run with --verbose (it shows the traceback)", err=True)
+        sys.exit(1)
     if strict and (report.skipped or report.vanished):
         sys.exit(1)
 

@@ -30,7 +30,8 @@ from clipsearch.errors import (
     UsageError,
 )
 from clipsearch.failures import storage_errors
-from clipsearch.indexers.scanner import ScanRules, is_inside
+from clipsearch.fsutil import is_within, write_atomic
+from clipsearch.indexers.scanner import ScanRules
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
 
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from clipsearch.pipeline import IndexReport
     from clipsearch.store import Store
 
+if TYPE_CHECKING:
+    from clipsearch.indexers.base import IndexContext
+    from clipsearch.pipeline import Committer, IndexReport
+
 log = logging.getLogger(__name__)
 
 META_FILE = "clipsearch.json"
@@ -47,7 +52,7 @@ SCHEMA_VERSION = 1
 SKIP_LOG = "skipped.log"
 REFRESH_MARKER = "refresh.pending"  # written before a refresh of derived state, removed after
 MODEL_FIELDS = ("schema_version", "model", "model_name", "model_id", "dim")  # what the table records
-__all__ = ["Collection", "Hit"]
+__all__ = ["Collection", "Hit", "IndexRun"]
 
 
 def default_db_dir() -> Path:
@@ -80,7 +85,7 @@ def cache_dirs() -> list[tuple[bytes, str]]:
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     out = [(os.path.realpath(os.fsencode(xdg)), "the cache folder ($XDG_CACHE_HOME or ~/.cache)")]
     own = os.path.realpath(os.fsencode(str(cache_root())))
-    if not any(is_inside(own, d) for d, _ in out):
+    if not any(is_within(own, d) for d, _ in out):
         out.append((own, "clipsearch's cache folder ($CLIPSEARCH_CACHE)"))
     return out
 
@@ -111,18 +116,29 @@ def _check_pattern(pattern: str) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = leftovers.temp_name(path)
     with storage_errors(str(path)):
-        try:
-            tmp.write_text(json.dumps(data, indent=2))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, json.dumps(data, indent=2))
 
 
 def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """The part of clipsearch.json that the table itself records: which model made its vectors."""
     return {k: meta[k] for k in MODEL_FIELDS if k in meta}
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What makes `meta` no collection metadata (a hand-edited or foreign clipsearch.json), or None."""
+    if not isinstance(meta, dict):
+        return f"it holds a JSON {type(meta).__name__}, not an object"
+    missing = [k for k in ("model", "model_name", "model_id", "dim") if k not in meta]
+    if missing:
+        return "it lacks " + ", ".join(repr(k) for k in missing)
+    if not isinstance(meta["model"], dict) or "arch" not in meta["model"]:
+        return "its 'model' names no model ('arch')"
+    try:
+        int(meta["dim"])
+    except (TypeError, ValueError):
+        return f"its 'dim' is {meta['dim']!r}, not a number"
+    return None
 
 
 def settle_meta(meta: dict[str, Any] | None, store: Store | None,
@@ -133,8 +149,15 @@ def settle_meta(meta: dict[str, Any] | None, store: Store | None,
 
     Without that record (a table from before tables recorded it), rows and no clipsearch.json
     are refused: which model made them cannot be known, and a guess would mix two models.
+    A damaged clipsearch.json (`meta_problem`) counts as lost when the table has that record.
     """
     recorded = store.recorded_meta() if store is not None else None
+    problem = meta_problem(meta) if meta is not None else None
+    if problem is not None:
+        if recorded is None:
+            raise ClipsearchError(f"{where}: {META_FILE} is damaged: {problem}",
+                                  hint=f"restore {META_FILE} from a backup, or re-index into a new --db")
+        meta = None  # rebuilt from the table's record below
     if recorded is None:
         if meta is None and store is not None and store.count() > 0:
             raise ModelMismatch(f"{where}: {META_FILE} is missing and the table does not record which "
@@ -171,6 +194,30 @@ def _save_rebuilt_meta(path: Path, meta: dict[str, Any]) -> None:
         _write_json_atomic(path, meta)
     except ClipsearchError as e:
         log.warning("could not write the rebuilt %s: %s", path, e)
+
+
+class IndexRun:
+    """One indexing run of a collection, as `Collection.index_run` hands it to an engine: the
+    store, the roots, the walk rules, the indexers' context and commit groups (`committer`).
+    The engine sets `report`; the run's end (skip log, derived state) is `finish`."""
+
+    def __init__(self, col: Collection, roots: list[bytes], ctx: IndexContext, fit_transforms: bool) -> None:
+        self.col, self.roots, self.ctx, self.fit_transforms = col, roots, ctx, fit_transforms
+        self.store = col.store
+        self.rules = col.scan_rules()
+        self.report: IndexReport | None = None
+
+    def committer(self, max_files: int, max_rows: int = 5000, max_age: float = 10.0) -> Committer:
+        """Groups this run's finished files into commits."""
+        from clipsearch.pipeline import Committer
+
+        return Committer(self.store, max_files, max_rows=max_rows, max_age=max_age,
+                         thumb_dir=self.ctx.thumb_dir)
+
+    def finish(self, report: IndexReport) -> None:
+        """The skip log, remembered roots, and the derived state refreshed when rows changed."""
+        self.report = report
+        self.col._finish_run(report, self.fit_transforms)
 
 
 class Collection:
@@ -392,20 +439,34 @@ class Collection:
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
 
+        with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
+                            follow_symlinks=follow_symlinks, include_hidden=include_hidden,
+                            exclude=exclude, clear_excludes=clear_excludes) as run:
+            run.report = pipeline.run(run.store, self.encoder, run.roots, run.ctx, default_indexers(),
+                                      batch_size=batch_size, workers=workers, progress=progress,
+                                      commit_files=commit_files, decode=decode, rules=run.rules,
+                                      verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
+        return run.report
+
+    @contextlib.contextmanager
+    def index_run(self, paths: Sequence[str | os.PathLike] | None = None, *, max_pixels: int | None = None,
+                  options: dict | None = None, fit_transforms: bool = True,
+                  follow_symlinks: bool | None = None, include_hidden: bool | None = None,
+                  exclude: Sequence[str] | None = None, clear_excludes: bool = False) -> Iterator[IndexRun]:
+        """One indexing run, for any engine: holds the writer lock, saves the walk options,
+        prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
+        writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
         roots = self.run_roots(paths)
         with self._writer_lock():
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
-            ctx = self._begin_run(roots, max_pixels, options)
-            report = pipeline.run(self.store, self.encoder, roots, ctx, default_indexers(),
-                                  batch_size=batch_size, workers=workers, progress=progress,
-                                  commit_files=commit_files, decode=decode, rules=self.scan_rules(),
-                                  verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
-            self._finish_run(report, fit_transforms)
-        return report
+            run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)
+            yield run
+            if run.report is not None:
+                run.finish(run.report)
 
     def _begin_run(self, roots: list[bytes], max_pixels: int | None,
                    options: dict[str, Any] | None) -> IndexContext:
-        """Start of an indexing run (local or Ray engine), under the writer lock: thumbnail
+        """Start of an indexing run (see `index_run`), under the writer lock: thumbnail
         directory, the indexers' context, and the roots remembered for later runs."""
         from clipsearch.indexers.base import DEFAULT_MAX_PIXELS, IndexContext
 
@@ -454,7 +515,7 @@ class Collection:
     def _forget_roots(self, paths: Sequence[bytes]) -> list[str]:
         """Drop the saved roots that are, or lie under, any of `paths`; returns those dropped."""
         prefixes = [f for p in paths for f in (os.path.abspath(p), os.path.realpath(p))]
-        dropped = [r for r in self.roots if any(is_inside(os.fsencode(r), p) for p in prefixes)]
+        dropped = [r for r in self.roots if any(is_within(os.fsencode(r), p) for p in prefixes)]
         if dropped:
             self.meta["roots"] = [r for r in self.roots if r not in dropped]
             self.save_meta()
@@ -496,7 +557,7 @@ class Collection:
         raws = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
         prefixes = [f for r in raws for f in (r, os.path.realpath(r))]
         with self._writer_lock():
-            gone = [r for r in self.store.file_states() if any(is_inside(r, p) for p in prefixes)]
+            gone = [r for r in self.store.file_states() if any(is_within(r, p) for p in prefixes)]
             n = self.store.delete_sources(gone, thumb_dir=self.thumb_dir)
             self._forget_roots(raws)
             if n:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.failures import detail
+from clipsearch.fsutil import folder_prefix
 from clipsearch.fusion import RRF_K, best_member, confident_head, gated_rrf, group_ranking, rrf
-from clipsearch.store import sql_str as _sql
+from clipsearch.store import sql_in, sql_str
 
 if TYPE_CHECKING:
     from lancedb.table import Table
@@ -320,9 +321,9 @@ def _vector_leg(
         hits = list(ann_search(qvec, n * (4 if where_under else 1), kind))
         if not hits:
             return []
-        ids = ", ".join(_sql(str(i)) for i, _ in hits)
         # the kind again: the table is the truth, whatever the index says
-        rows = {r["id"]: r for r in _scan(table, _and(f"kind = {_sql(kind)}", f"id IN ({ids})", where_under))}
+        ids = sql_in("id", (str(i) for i, _ in hits))
+        rows = {r["id"]: r for r in _scan(table, _and(f"kind = {sql_str(kind)}", ids, where_under))}
         out = []
         for i, s in hits:
             if str(i) in rows:
@@ -331,7 +332,7 @@ def _vector_leg(
     builder = (
         table.search(qvec, vector_column_name="vector")
         .distance_type("dot")  # type: ignore[attr-defined]  # a vector query; lancedb annotates the base class
-        .where(_and(f"kind = {_sql(kind)}", where_under), prefilter=True)
+        .where(_and(f"kind = {sql_str(kind)}", where_under), prefilter=True)
         .select(_COLUMNS)
         .limit(n)
     )
@@ -361,9 +362,9 @@ def page_details(table: Table, keys: list[PageKey]) -> dict[PageKey, dict[str, d
     conds = []
     for source, page in keys:
         page_cond = "page IS NULL" if page is None else f"page = {int(page)}"
-        conds.append(f"(source = {_sql(source)} AND {page_cond})")
+        conds.append(f"(source = {sql_str(source)} AND {page_cond})")
     out: dict[PageKey, dict[str, dict[str, Any]]] = {}
-    rows = _scan(table, f"kind IN ('doc_page', 'doc_text') AND ({' OR '.join(conds)})")
+    rows = _scan(table, f"{sql_in('kind', ('doc_page', 'doc_text'))} AND ({' OR '.join(conds)})")
     for r in sorted(rows, key=lambda r: json.loads(r.get("extra") or "{}").get("chunk", 0)):
         slot = out.setdefault(_page_key(r), {})
         slot.setdefault("page" if r["kind"] == "doc_page" else "chunk", r)
@@ -387,8 +388,7 @@ def under_clause(under: str | None) -> str | None:
     if not under:
         return None
     base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) or os.sep
-    inside = base if base.endswith(os.sep) else base + os.sep
-    return f"(source = {_sql(base)} OR starts_with(source, {_sql(inside)}))"
+    return f"(source = {sql_str(base)} OR starts_with(source, {sql_str(folder_prefix(base))}))"
 
 
 def _and(*conds: str | None) -> str:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
+from clipsearch.checkpoint_formats import OPENAI_META_KEYS
 from clipsearch.errors import ModelUnavailable
 
 KEPT_POSITIONS = 20  # positions Long-CLIP copies verbatim from CLIP
 LONGCLIP_CONTEXT = 248
-_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def is_longclip(state_dict: dict[str, Any]) -> bool:
@@ -52,6 +52,6 @@ def longclip_to_openclip(state_dict: dict[str, Any]) -> tuple[dict[str, Any], in
     if ctx <= KEPT_POSITIONS:
         raise ModelUnavailable(f"Long-CLIP positional table has only {ctx} positions")
     sd["positional_embedding"] = torch.cat([pe[:KEPT_POSITIONS], pe_res[KEPT_POSITIONS:]], dim=0)
-    for key in _OPENAI_META_KEYS:
+    for key in OPENAI_META_KEYS:
         sd.pop(key, None)
     return sd, ctx

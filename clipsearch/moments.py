@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipsearch.store import float32_vectors
+from clipsearch.store import float32_vectors, sql_in, sql_str
 from clipsearch.video_metrics import temporal_iou
 
 AnnSearch = Callable[[np.ndarray, int, str], list[tuple[str, float]]]
@@ -240,10 +240,6 @@ def standardise_per_scale(scores: np.ndarray, scales: Sequence[str]) -> np.ndarr
 # ---------------------------------------------------------------- table access
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _scan(table: Any, where: str, columns: list[str]) -> pa.Table:
     """Filtered read of a few rows. The Lance dataset underneath a local table answers this
     several times faster than the query builder (measured in benchmarks/moments_scale.py)."""
@@ -373,8 +369,7 @@ def _window_hits(
             rows = catalog.rows(pairs)
         else:
             score_of = {rid: float(sc) for rid, sc in pairs}
-            ids = ", ".join(_sql_str(rid) for rid in score_of)
-            rows = _scan(table, f"id IN ({ids})", _WINDOW_COLS).to_pylist()
+            rows = _scan(table, sql_in("id", score_of), _WINDOW_COLS).to_pylist()
             for r in rows:
                 r["score"] = score_of[r["id"]]
     else:
@@ -403,7 +398,7 @@ def _scale_of(extra: str | None) -> str:
 def _load_cuts(table: Any, sources: Sequence[str]) -> dict[str, np.ndarray]:
     if not sources:
         return {}
-    where = f"kind = 'video' AND source IN ({', '.join(_sql_str(s) for s in sources)})"
+    where = f"kind = 'video' AND {sql_in('source', sources)}"
     return _cuts_from(_scan(table, where, ["source", "extra"]))
 
 
@@ -421,7 +416,7 @@ def _cuts_from(rows: pa.Table) -> dict[str, np.ndarray]:
 def _load_frames(table: Any, regions: Sequence[tuple[str, float, float]]) -> _Frames:
     """One scan for the frame rows of all regions (source, start, end)."""
     clauses = " OR ".join(
-        f"(source = {_sql_str(src)} AND t_start >= {a:.6f} AND t_start <= {b:.6f})" for src, a, b in regions
+        f"(source = {sql_str(src)} AND t_start >= {a:.6f} AND t_start <= {b:.6f})" for src, a, b in regions
     )
     frames = _scan(table, f"kind = 'video_frame' AND ({clauses})", ["source", "t_start", "thumb", "vector"])
     return (np.asarray(frames.column("source").to_pylist(), dtype=object),

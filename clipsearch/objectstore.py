@@ -38,7 +38,7 @@ from clipsearch.collection import (
 )
 from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
 from clipsearch.failures import storage_errors
-from clipsearch.leftovers import temp_name
+from clipsearch.fsutil import write_atomic
 from clipsearch.model_registry import resolve
 
 log = logging.getLogger(__name__)
@@ -322,12 +322,7 @@ class RemoteCollection(Collection):
             return
         with storage_errors(str(self.path)):
             self.path.mkdir(parents=True, exist_ok=True)
-            tmp = temp_name(local)
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, local)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(local, data)
 
     def info(self) -> dict[str, Any]:
         out = super().info()
@@ -341,6 +336,13 @@ def open_collection(db: str | os.PathLike | None = None, device: str | None = "a
     if is_remote(db):
         return RemoteCollection.open(str(db), device=device, model=model, checkpoint=checkpoint)
     return Collection.open(db, device=device, model=model, checkpoint=checkpoint)
+
+
+def collection_exists(db: str | os.PathLike | None = None) -> bool:
+    """`Collection.exists` for a local directory or an object-storage URI."""
+    if is_remote(db):
+        return Location(str(db)).holds_collection()
+    return Collection.exists(db)
 
 
 def open_or_create(db: str | os.PathLike | None = None, model: str | None = None,

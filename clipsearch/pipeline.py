@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
+from clipsearch.fsutil import is_within
 from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
-from clipsearch.indexers.base import IndexContext, Indexer, Part
-from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension, is_inside
+from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
+from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
 from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
 
@@ -57,6 +58,15 @@ class Job:
     size: int
     indexer: Indexer
     content_hash: str | None = None
+    replaces: bool = False  # the store holds rows of an older version of this file
+
+
+UNEXPECTED = "unexpected error"  # the start of a skip reason that is a bug, not bad input
+
+
+def unexpected_reason(e: BaseException) -> str:
+    """The skip reason of an exception no indexer should raise: a bug, counted apart."""
+    return f"{UNEXPECTED} ({type(e).__name__}: {e})"
 
 
 @dataclass
@@ -70,9 +80,18 @@ class IndexReport:
     pruned_roots: list[bytes] = field(default_factory=list)  # vanished roots removed on purpose
     linked_roots: list[bytes] = field(default_factory=list)  # followed symlink targets
     notes: list[tuple[str, str]] = field(default_factory=list)  # indexed, with a caveat (a cap)
+    unexpected: int = 0  # skips that are bugs (`unexpected_reason`), not bad input
     scan_seconds: float = 0.0
     seconds: float = 0.0
     interrupted: bool = False
+
+    def skip(self, path: bytes, reason: str) -> None:
+        """A file not indexed, and why; a bug's reason is also counted in `unexpected`."""
+        self.skipped.append((display_path(path), reason))
+        if reason.startswith(UNEXPECTED):
+            self.unexpected += 1
+            log.warning("%s: %s; this is a bug in clipsearch (--verbose shows the traceback)",
+                        display_path(path), reason)
 
     @property
     def seen(self) -> int:
@@ -85,6 +104,8 @@ class IndexReport:
         s = (f"indexed {self.indexed} files ({self.items} items), {self.unchanged} unchanged, "
              f"{self.removed} removed, {len(self.skipped)} skipped in {self.seconds:.1f} s "
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
+        if self.unexpected:
+            s += f"; {self.unexpected} of the skipped hit an unexpected error (a bug)"
         if self.vanished:
             s += f"; {len(self.vanished)} root(s) not found, their rows kept"
         if self.notes:
@@ -94,14 +115,24 @@ class IndexReport:
         return s + (" [interrupted: run again to resume]" if self.interrupted else "")
 
 
-class _Committer:
-    """Groups finished files and commits them together, by count, row volume or age."""
+class Committer:
+    """Groups finished files and commits them together, by count, row volume or age; and
+    removes the old rows of files whose re-index failed (`drop`), so no stale rows stay."""
 
-    def __init__(self, store: Store, max_files: int, max_rows: int = 5000, max_age: float = 10.0):
+    def __init__(self, store: Store, max_files: int, max_rows: int = 5000, max_age: float = 10.0,
+                 thumb_dir: str | os.PathLike | None = None):
         self.store, self.max_files, self.max_rows, self.max_age = store, max_files, max_rows, max_age
+        self.thumb_dir = thumb_dir
         self.pending: list[SourceRows] = []
+        self.dropped: list[bytes] = []
         self.rows = 0
+        self.removed = 0  # files whose old rows `drop` removed
         self.since = time.monotonic()
+
+    def drop(self, job: Job) -> None:
+        """A file that failed: its rows from an older version go with the next commit."""
+        if job.replaces:
+            self.dropped.append(job.path)
 
     def add(self, item: SourceRows) -> None:
         if not self.pending:
@@ -116,6 +147,9 @@ class _Committer:
         if self.pending:
             self.store.replace_sources(self.pending)
             self.pending, self.rows = [], 0
+        if self.dropped:
+            self.removed += self.store.delete_sources(self.dropped, thumb_dir=self.thumb_dir)
+            self.dropped = []
 
 
 class _FileWriter:
@@ -127,7 +161,7 @@ class _FileWriter:
     leaves rows that change detection does not take as indexed, so the next run redoes the
     file. A file that fits in one batch goes through the committer like any other."""
 
-    def __init__(self, committer: _Committer, job: Job) -> None:
+    def __init__(self, committer: Committer, job: Job) -> None:
         self.committer, self.store, self.job = committer, committer.store, job
         self.buffer: list[Record] = []
         self.rows = 0
@@ -174,6 +208,7 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     states: dict[bytes, FileState] = store.file_states()
     jobs: list[Job] = []
     seen: set[bytes] = set()
+    stale: list[bytes] = []
     walk = Scan(roots, rules)
     for entry in walk:
         if isinstance(entry, Problem):
@@ -183,13 +218,16 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
                 report.skipped.append((display_path(entry.path), entry.reason))
             continue
         seen.add(entry.path)
+        unchanged = report.unchanged
         job = _plan_file(store, entry, states.get(entry.path), indexers, report, verify)
         if job is not None:
             jobs.append(job)
+        elif report.unchanged == unchanged and entry.path in states:
+            stale.append(entry.path)  # changed, and now unreadable, empty or not media: rows go
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
-    return jobs, gone
+    return jobs, gone + stale
 
 
 def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list[Indexer],
@@ -202,6 +240,7 @@ def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list
     job = _job_for(entry, indexers, report)
     if job is None:
         return None
+    job.replaces = old is not None
     if old is not None and old.size == entry.size:
         try:
             job.content_hash = content_hash(entry.path, entry.size)
@@ -217,7 +256,7 @@ def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list
 
 
 def _under(raw: bytes, prefixes: list[bytes]) -> bool:
-    return any(is_inside(raw, p) for p in prefixes)
+    return any(is_within(raw, p) for p in prefixes)
 
 
 def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexReport,
@@ -295,8 +334,8 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     except OSError as e:
         return job, None, f"unreadable: {e.strerror or e}"
     except Exception as e:  # one broken file must never stop the job
-        log.debug("unexpected error on %r", job.path, exc_info=True)
-        return job, None, f"unexpected error ({type(e).__name__}: {e})"
+        log.info("unexpected error on %s", display_path(job.path), exc_info=True)
+        return job, None, unexpected_reason(e)
     return job, tensor, None
 
 
@@ -316,12 +355,12 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
     jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
     report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
-    committer = _Committer(store, commit_files, max_rows=commit_rows)
+    committer = Committer(store, commit_files, max_rows=commit_rows, thumb_dir=ctx.thumb_dir)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
                desc="indexing", smoothing=0.1)
     try:
-        images = [j for j in jobs if hasattr(j.indexer, "prepare")]
-        others = [j for j in jobs if not hasattr(j.indexer, "prepare")]
+        images = [j for j in jobs if is_batched(j.indexer)]
+        others = [j for j in jobs if not is_batched(j.indexer)]
         _run_images(images, encoder, ctx, committer, report, bar, batch_size, workers, gpu)
         _run_others(others, encoder, ctx, committer, report, bar)
     except KeyboardInterrupt:
@@ -332,15 +371,18 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
     finally:
         committer.flush()
         bar.close()
+        report.removed += committer.removed
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _skip(report: IndexReport, job: Job, reason: str) -> None:
-    report.skipped.append((display_path(job.path), reason))
+def _skip(report: IndexReport, committer: Committer, job: Job, reason: str) -> None:
+    """A job that failed: reported, and its old rows dropped (they are of another version)."""
+    report.skip(job.path, reason)
+    committer.drop(job)
 
 
-def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm, batch_size: int, workers: int | None,
                 gpu: JpegDecoder | None = None) -> None:
     if not jobs:
@@ -358,11 +400,11 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
             if inflight and len(ready) < batch_size:
                 done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    _collect(fut, ready, report, bar)
+                    _collect(fut, ready, report, committer, bar)
             if len(ready) >= batch_size or (not inflight and not queue and ready):
                 batch, ready = ready[:batch_size], ready[batch_size:]
                 if gpu is not None:
-                    batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, bar)  # type: ignore[arg-type]
+                    batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, committer, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
                 vecs = encoder.encode_pixels(torch.stack([t for _, t in batch]))
@@ -375,7 +417,8 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
 
 
 def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,
-                   ctx: IndexContext, report: IndexReport, bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
+                   ctx: IndexContext, report: IndexReport, committer: Committer,
+                   bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
     """Decode a batch's RawJpegs on the GPU; a JPEG nvJPEG refuses goes through PIL instead."""
     raws = [(i, t) for i, (_, t) in enumerate(batch) if isinstance(t, RawJpeg)]
     out: list[torch.Tensor | None] = [t if not isinstance(t, RawJpeg) else None for _, t in batch]
@@ -386,23 +429,23 @@ def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDec
         if tensor is None:  # rare: fall back to PIL, which also names what is wrong with the file
             _, tensor, reason = _prepare_image(job, encoder.preprocess, ctx, encoder.image_size)  # type: ignore[assignment]
             if reason is not None:
-                _skip(report, job, reason)
+                _skip(report, committer, job, reason)
                 bar.update(1)
                 continue
         kept.append((job, tensor.to(gpu.device, non_blocking=True)))  # type: ignore[union-attr]
     return kept
 
 
-def _collect(fut: Future, ready: list, report: IndexReport, bar: tqdm) -> None:
+def _collect(fut: Future, ready: list, report: IndexReport, committer: Committer, bar: tqdm) -> None:
     job, tensor, reason = fut.result()
     if reason is not None:
-        _skip(report, job, reason)
+        _skip(report, committer, job, reason)
         bar.update(1)
     else:
         ready.append((job, tensor))
 
 
-def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: _Committer,
+def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm) -> None:
     from pathlib import Path
 
@@ -412,7 +455,7 @@ def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
         writer: _FileWriter | None = None
         try:
             path = Path(os.fsdecode(job.path))
-            if hasattr(job.indexer, "extract_parts"):
+            if is_streaming(job.indexer):
                 job.content_hash = job.content_hash or content_hash(job.path, job.size)
                 writer = _FileWriter(committer, job)
                 notes = _stream_parts(job.indexer.extract_parts(path, encoder, ctx), writer, bar, name)
@@ -421,13 +464,13 @@ def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                 job.content_hash = job.content_hash or content_hash(job.path, job.size)
         except SkipFile as e:
             _abandon(writer)
-            _skip(report, job, e.reason)
+            _skip(report, committer, job, e.reason)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # one broken file must never stop the job
-            log.debug("unexpected error on %r", job.path, exc_info=True)
+            log.info("unexpected error on %s", display_path(job.path), exc_info=True)
             _abandon(writer)
-            _skip(report, job, f"unexpected error ({type(e).__name__}: {e})")
+            _skip(report, committer, job, unexpected_reason(e))
         else:
             if writer is not None:
                 writer.finish()

@@ -12,6 +12,7 @@ index run rebuilds it from the table.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -26,9 +27,9 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.fsutil import write_atomic
 from clipsearch.jsonsafe import finite
-from clipsearch.leftovers import temp_name
-from clipsearch.store import float32_vectors
+from clipsearch.store import float32_vectors, sql_in
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -159,7 +160,7 @@ class Searcher:
         from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         if not TransformSet.exists(self.col.path):
-            enough = self.col.store.count(f"kind IN {IMAGE_LIKE!r}") >= MIN_CENTER_SAMPLES
+            enough = self.col.store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES
             return "no transforms are fitted though there are enough items" if fit_transforms and enough \
                 else None
         try:
@@ -229,13 +230,9 @@ class Searcher:
             except Exception as e:  # truncated or garbage: embed the captions again
                 log.warning("%s is unreadable (%s); embedding the captions again", cache, e)
         vecs = embed_builtin_captions(self.col.encoder).astype(np.float32)
-        tmp = temp_name(cache)
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, vecs)
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, vecs)
+        write_atomic(cache, buf.getvalue())
         return vecs
 
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin",
@@ -258,7 +255,7 @@ class Searcher:
     def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool) -> TransformSet:
         from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
-        _, vecs = self.col.store.vectors("kind IN ('image','video_frame','doc_page')")
+        _, vecs = self.col.store.vectors(sql_in("kind", IMAGE_LIKE))
         texts, note = None, None
         if text_source == "collection":
             _, texts = self.col.store.vectors("kind = 'doc_text'")
@@ -297,7 +294,7 @@ class Searcher:
         from clipsearch.transforms import MIN_CENTER_SAMPLES
 
         store = self.col.store
-        if fit_transforms and store.count("kind IN ('image','video_frame','doc_page')") >= MIN_CENTER_SAMPLES:
+        if fit_transforms and store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES:
             try:
                 self.fit_transforms(strict=False, embed_text=False)
                 return
@@ -318,7 +315,7 @@ class Searcher:
             cached = self._transformed.get(key)
             if cached and cached[1] == version:
                 return cached[0]
-            where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+            where = sql_in("kind", kinds)
             meta, vecs = self.col.store.vectors(where)
             tv = ts.apply_db(vecs, whiten=whiten, center=center).astype(np.float32)
             idx = AnnIndex.from_vectors(tv, np.array(meta.column("id").to_pylist(), dtype=object),
@@ -436,7 +433,7 @@ class Searcher:
         from clipsearch.docsearch import keyword_search, under_clause
         from clipsearch.fusion import hybrid_rerank
 
-        where = "kind IN (" + ",".join(f"'{k}'" for k in kinds) + ")"
+        where = sql_in("kind", kinds)
         if under:
             where = f"({where}) AND {under_clause(under)}"
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
@@ -581,7 +578,7 @@ class Searcher:
         ts = self.transforms()
         if not hits:
             return hits
-        rows = self.col.store.scan(["id", "vector"], "id IN (" + ",".join(f"'{h.id}'" for h in hits) + ")")
+        rows = self.col.store.scan(["id", "vector"], sql_in("id", (h.id for h in hits)))
         vec = float32_vectors(rows.column("vector"))
         typ = dict(zip(rows.column("id").to_pylist(), ts.typicality(vec), strict=True))
         for h in hits:

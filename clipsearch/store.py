@@ -61,6 +61,11 @@ def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """A SQL `column IN (...)` test of string values, each quoted by `sql_str`."""
+    return f"{column} IN (" + ",".join(sql_str(v) for v in values) + ")"
+
+
 def sql_bytes(value: bytes) -> str:
     """A SQL binary literal (X'hex'): how rows are matched to their source file's raw name."""
     return "X'" + value.hex() + "'"
@@ -216,7 +221,7 @@ class Store:
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
             return self.scan(META_COLUMNS, "false")
-        where = "id IN (" + ",".join(sql_str(i) for i in ids) + ")"
+        where = sql_in("id", ids)
         return self.scan(META_COLUMNS, where)
 
     # ---- writes ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clipsearch.errors import ModelMismatch, TransformError
+from clipsearch.fsutil import write_atomic
 from clipsearch.model_registry import domain_captions
 
 log = logging.getLogger(__name__)
@@ -426,17 +426,9 @@ class TransformSet:
             header["whitening"] = {"beta": w.beta, "keep_dims": w.keep_dims, "eps": w.eps}
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
         target = db / FILENAME
-        # the pid in the name lets the next writer tell a leftover from a live write (leftovers.py)
-        fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.tmp-{os.getpid()}-", dir=db)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, header=blob, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, header=blob, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds vs allow_pickle
+        write_atomic(target, buf.getvalue())
         return target
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from clipsearch.records import Record
 
 if TYPE_CHECKING:
+    import torch
+
     from clipsearch.encoders import Encoder
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -58,6 +60,36 @@ class StreamingIndexer(Indexer, Protocol):
         """The records of one file, a part at a time. Raises SkipFile(reason) on bad input,
         possibly after some parts."""
         ...
+
+
+@runtime_checkable
+class BatchedIndexer(Indexer, Protocol):
+    """An indexer whose files each make one row from one preprocessed pixel tensor: the pipeline
+    runs `prepare` in worker threads and encodes many files in one batch (the image fast path)."""
+
+    def prepare(self, path: Path, preprocess: Callable, ctx: IndexContext, min_side: int) -> torch.Tensor:
+        """Decode and preprocess one file into the encoder's input. Raises SkipFile(reason)."""
+        ...
+
+
+def is_batched(indexer: Indexer) -> bool:
+    """Whether the pipeline encodes this indexer's files in batches: it implements
+    `BatchedIndexer.prepare` (the one method that path calls)."""
+    return callable(getattr(indexer, "prepare", None))
+
+
+def is_streaming(indexer: Indexer) -> bool:
+    """Whether the pipeline commits this indexer's files part by part: it implements
+    `StreamingIndexer.extract_parts` (the one method that path calls)."""
+    return callable(getattr(indexer, "extract_parts", None))
+
+
+def indexer_for(medium: str) -> Indexer:
+    """The default indexer of `medium` (as a worker process rebuilds it from a job's medium)."""
+    for ix in default_indexers():
+        if ix.medium == medium:
+            return ix
+    raise ValueError(f"no indexer for the medium {medium!r}")
 
 
 def default_indexers() -> list[Indexer]:

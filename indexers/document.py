@@ -48,6 +48,7 @@ from PIL import Image, ImageStat
 
 from clipsearch.chunking import Chunk, chunk_text, stream_chunks
 from clipsearch.errors import SkipFile
+from clipsearch.fsutil import write_atomic
 from clipsearch.records import Record, item_id, path_bytes
 
 if TYPE_CHECKING:
@@ -299,9 +300,9 @@ def letterbox(image: Image.Image, size: int) -> Image.Image:
 
 def _save_jpeg(image: Image.Image, dest: Path) -> None:
     """Write atomically so a crash never leaves a truncated thumbnail behind."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    image.save(tmp, format="JPEG", quality=THUMB_QUALITY)
-    os.replace(tmp, dest)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=THUMB_QUALITY)
+    write_atomic(dest, buf.getvalue())
 
 
 # --- plain text --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import pathspec
 
+from clipsearch.fsutil import is_within
+
 MEDIA_EXTENSIONS = {
     b".jpg", b".jpeg", b".png", b".webp", b".bmp", b".gif", b".tif", b".tiff",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
@@ -77,12 +79,6 @@ class _Dir:
 
 def has_media_extension(path: bytes) -> bool:
     return os.path.splitext(path)[1].lower() in MEDIA_EXTENSIONS
-
-
-def is_inside(path: bytes, folder: bytes) -> bool:
-    """Whether `path` is `folder` or lies under it (both absolute, normalised)."""
-    folder = folder.rstrip(b"/")
-    return path == folder or path.startswith(folder + b"/")
 
 
 def is_collection_dir(names: set[bytes]) -> bool:
@@ -250,9 +246,9 @@ class Scan:
         barrier = self._never_enter(real)
         if barrier:
             return Problem(path, f"not indexed: symlink leads into {barrier}", keeps_rows=False, notable=True)
-        if any(is_inside(real, r) for r in self._real_roots):
+        if any(is_within(real, r) for r in self._real_roots):
             return None  # walked (or excluded) where it really is
-        inside = any(is_inside(real, r) for r in self.rules.indexed)
+        inside = any(is_within(real, r) for r in self.rules.indexed)
         if not inside and not self.rules.follow_symlinks:
             return Problem(path, OUTSIDE, keeps_rows=False, notable=True)
         if not inside:
@@ -270,7 +266,7 @@ class Scan:
     def _never_enter(self, real: bytes) -> str | None:
         """What `real` lies inside, if it is one of the folders no walk enters."""
         for folder, what in self.rules.never_enter:
-            if is_inside(real, folder):
+            if is_within(real, folder):
                 return what
         return None
 
@@ -314,4 +310,4 @@ def scan(roots: list[bytes], rules: ScanRules | None = None) -> Iterator[Found |
 
 
 
-__all__ = ["Found", "Problem", "Scan", "ScanRules", "has_media_extension", "is_inside"]
+__all__ = ["Found", "Problem", "Scan", "ScanRules", "has_media_extension"]

@@ -107,7 +107,9 @@ class SearchService:
     """
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
-                 signer: Signer | None = None, max_pixels: int | None = None) -> None:
+                 signer: Signer | None = None, max_pixels: int | None = None,
+                 collection: Collection | None = None) -> None:
+        """`collection`: one already open (its `path` should be `db`), used instead of opening it."""
         self.location = Location(str(db)) if is_remote(db) else None
         self.db = self.location.cache_dir if self.location else \
             Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
@@ -115,7 +117,7 @@ class SearchService:
         self.device = device
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
-        self._col: Collection | None = None
+        self._col: Collection | None = collection
         self._lock = threading.Lock()  # opening the collection only: queries run concurrently
         self._roots: tuple[float, list[str]] = (-1.0, [])
         self._info: tuple[tuple, dict] | None = None

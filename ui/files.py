@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Callable
 from urllib.parse import unquote
 
+from clipsearch.fsutil import is_within
+
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Media types we send inline; anything else goes out as an opaque download.
 INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff",
@@ -53,12 +55,6 @@ def has_dotdot(value: str) -> bool:
             return False
         value = decoded
     return True  # still changing after 4 rounds of decoding: refuse rather than guess
-
-
-def is_inside(path: bytes, base: bytes) -> bool:
-    """Whether real path `path` is `base` or below it (both already realpath'ed bytes)."""
-    base = base.rstrip(b"/") or b"/"
-    return path == base or path.startswith(base if base == b"/" else base + b"/")
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -107,9 +103,9 @@ class FileGuard:
         if not raw or b"\0" in raw or not os.path.isabs(raw):
             return False
         real = os.path.realpath(raw)
-        if is_inside(real, self.db_dir):
+        if is_within(real, self.db_dir):
             return False
-        return any(is_inside(real, r) for r in (self.real_roots() if roots is None else roots))
+        return any(is_within(real, r) for r in (self.real_roots() if roots is None else roots))
 
     def source(self, raw: bytes) -> str:
         """The path to open for a row's `source_raw`, or FileRefused."""
@@ -125,7 +121,7 @@ class FileGuard:
         if not stored:
             raise FileRefused(404, "this item has no thumbnail")
         real = os.path.realpath(os.fsencode(stored))
-        if not is_inside(real, self.thumb_dir) or real == self.thumb_dir:
+        if not is_within(real, self.thumb_dir) or real == self.thumb_dir:
             raise FileRefused(403, "thumbnails are served only from the collection's thumbnail cache")
         if not os.path.isfile(real):
             raise FileRefused(404, "no such thumbnail")

@@ -87,9 +87,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     db = (getattr(collection, "uri", None) or collection.path) if isinstance(collection, Collection) \
         else collection  # a directory or an s3://... URI
     signer = Signer() if creds else None
-    service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels)
-    if isinstance(collection, Collection):
-        service._col = collection
+    service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels,
+                            collection=collection if isinstance(collection, Collection) else None)
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
     app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.include_router(rest_router(service))

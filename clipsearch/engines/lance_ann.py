@@ -18,8 +18,9 @@ import os
 
 import numpy as np
 
+from clipsearch.fsutil import folder_prefix
 from clipsearch.search import Searcher
-from clipsearch.store import Store, sql_str
+from clipsearch.store import Store, sql_in, sql_str
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,9 @@ class LanceAnn:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         where = []
         if kinds:
-            where.append("kind IN (" + ",".join(sql_str(x) for x in kinds) + ")")
+            where.append(sql_in("kind", kinds))
         if under:
-            where.append(f"starts_with(source, {sql_str(under.rstrip(os.sep) + os.sep)})")
+            where.append(f"starts_with(source, {sql_str(folder_prefix(under))})")
         out = []
         for row in q:
             s = (self.store.table.search(row, vector_column_name="vector").distance_type("dot")

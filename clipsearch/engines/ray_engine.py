@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.collection import Collection
+from clipsearch.collection import Collection, IndexRun
 from clipsearch.errors import ClipsearchError, SkipFile, UsageError
-from clipsearch.pipeline import IndexReport, Job, _Committer, content_hash, plan
+from clipsearch.indexers.base import is_batched
+from clipsearch.pipeline import IndexReport, Job, content_hash, plan, unexpected_reason
 from clipsearch.records import Record, display_path
 from clipsearch.store import SourceRows
 
@@ -62,17 +63,18 @@ def _ctx_from(ctx_args: dict):
 def decode_batch(batch: dict[str, np.ndarray], preprocess, ctx_args: dict,
                  min_side: int) -> dict[str, np.ndarray]:
     """Ray task body: read, decode and preprocess each image; errors become reasons, not raises."""
-    from clipsearch.indexers.image import ImageIndexer
+    from clipsearch.indexers.base import indexer_for, is_batched
 
     ctx = _ctx_from(ctx_args)
-    ix = ImageIndexer()
+    indexers = {m: indexer_for(m) for m in set(batch["medium"])}
     pixels: list[np.ndarray | None] = []
     errors, hashes = [], []
     for path, size, h, medium in zip(batch["path"], batch["size"], batch["content_hash"],
                                      batch["medium"], strict=True):
         raw = bytes(path)
         err, px = "", None
-        if medium != "image":  # videos and documents decode inside the actor, file by file
+        ix = indexers[medium]
+        if not is_batched(ix):  # videos and documents decode inside the actor, file by file
             pixels.append(None)
             errors.append(err)
             hashes.append(h)
@@ -85,7 +87,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess, ctx_args: dict,
         except OSError as e:
             err = f"unreadable: {e.strerror or e}"
         except Exception as e:  # one broken file must never stop the job
-            err = f"unexpected error ({type(e).__name__}: {e})"
+            err = unexpected_reason(e)
         pixels.append(px)
         errors.append(err)
         hashes.append(h)
@@ -122,7 +124,10 @@ class Embedder:
         """Embed a batch: images in one forward pass, other media one file at a time."""
         import torch
 
-        is_img = np.array([m == "image" for m in batch["medium"]], dtype=bool)
+        from clipsearch.indexers.base import indexer_for, is_batched
+
+        batched = {m: is_batched(indexer_for(m)) for m in set(batch["medium"])}
+        is_img = np.array([batched[m] for m in batch["medium"]], dtype=bool)
         hashes = list(batch["content_hash"])
         errors = list(batch["error"])
         records: list[bytes] = [b""] * len(is_img)
@@ -140,9 +145,9 @@ class Embedder:
         """Videos and documents: the indexer's own per-file path on this actor's encoder.
 
         Returns (content_hash, error, pickled records)."""
-        from clipsearch.indexers.base import default_indexers
+        from clipsearch.indexers.base import indexer_for
 
-        ix = next(x for x in default_indexers() if x.medium == medium)
+        ix = indexer_for(medium)
         try:
             found = ix.extract(Path(os.fsdecode(raw)), self.encoder, self.ctx)
             return h or content_hash(raw, size), "", pickle.dumps(found)
@@ -151,7 +156,7 @@ class Embedder:
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as e:  # one broken file must never stop the job
-            return h, f"unexpected error ({type(e).__name__}: {e})", b""
+            return h, unexpected_reason(e), b""
 
     @staticmethod
     def _out(batch, hashes, errors, records) -> dict[str, np.ndarray]:
@@ -270,9 +275,11 @@ def _job_row(job: Job) -> dict[str, Any]:
 class _Run:
     """One indexing run's driver state: what was committed, what failed, and why."""
 
-    def __init__(self, col: Collection, report: IndexReport, commit_files: int, commit_rows: int):
-        self.col, self.report = col, report
-        self.committer = _Committer(col.store, commit_files, max_rows=commit_rows, max_age=30.0)
+    def __init__(self, index_run: IndexRun, report: IndexReport, jobs: list[Job], commit_files: int,
+                 commit_rows: int):
+        self.report = report
+        self.jobs = {j.path: j for j in jobs}
+        self.committer = index_run.committer(commit_files, max_rows=commit_rows, max_age=30.0)
         self.done: set[bytes] = set()
 
     def consume(self, ds) -> None:
@@ -285,7 +292,8 @@ class _Run:
                     continue
                 self.done.add(raw)
                 if err:
-                    self.report.skipped.append((display_path(raw), str(err)))
+                    self.report.skip(raw, str(err))
+                    self.committer.drop(self.jobs[raw])  # its old rows are of another version
                     continue
                 records: list[Record] = pickle.loads(recs)
                 self.committer.add(SourceRows(raw, float(mtime), int(size), str(h), records))
@@ -314,30 +322,30 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
     from clipsearch.indexers.base import default_indexers
 
     col = _resolve_collection(collection, model, checkpoint)
-    roots = col.run_roots(paths)
-    with col._writer_lock():
-        col.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
-        ctx = col._begin_run(roots, max_pixels, options)
+    with col.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
+                       follow_symlinks=follow_symlinks, include_hidden=include_hidden, exclude=exclude,
+                       clear_excludes=clear_excludes) as index_run:
         report = IndexReport()
         t0 = time.perf_counter()
-        jobs, gone = plan(col.store, roots, default_indexers(), report, col.scan_rules(),
+        jobs, gone = plan(index_run.store, index_run.roots, default_indexers(), report, index_run.rules,
                           verify=verify, prune_missing=prune_missing)
-        report.removed = col.store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
+        report.removed = index_run.store.delete_sources(gone, thumb_dir=index_run.ctx.thumb_dir)
         report.scan_seconds = time.perf_counter() - t0
         if jobs:
-            run = _Run(col, report, commit_files, commit_rows)
+            run = _Run(index_run, report, jobs, commit_files, commit_rows)
             try:
                 with _ray_session(address) as ray, _data_context(progress):
                     n = _cap_workers(ray, workers or default_workers(ray, gpus_per_worker),
                                      cpus_per_worker)
-                    _execute(ray, col, ctx, jobs, run, n, gpus_per_worker, cpus_per_worker,
+                    _execute(ray, col, index_run.ctx, jobs, run, n, gpus_per_worker, cpus_per_worker,
                              batch_size, retries, embedder_cls)
             except KeyboardInterrupt:
                 report.interrupted = True
             finally:
                 run.committer.flush()
+                report.removed += run.committer.removed
         report.seconds = time.perf_counter() - t0
-        col._finish_run(report, fit_transforms)
+        index_run.report = report
     return report
 
 
@@ -373,7 +381,7 @@ def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int
 
     actors = _ActorNames()
     # Images first (cheap, batched), then videos and documents: one pipeline, one actor pool.
-    rows = sorted((_job_row(j) for j in jobs), key=lambda r: r["medium"] != "image")
+    rows = [_job_row(j) for j in sorted(jobs, key=lambda j: not is_batched(j.indexer))]
     last_error = "worker process died"
     for bs in ([batch_size, 1] if batch_size > 1 else [1]):
         todo = [r for r in rows if r["path"] not in run.done]
