@@ -449,8 +449,9 @@ class Collection:
         return run.report
 
     @contextlib.contextmanager
-    def index_run(self, paths: Sequence[str | os.PathLike] | None = None, *, max_pixels: int | None = None,
-                  options: dict | None = None, fit_transforms: bool = True,
+    def index_run(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
+                  max_pixels: int | None = None, options: dict[str, Any] | None = None,
+                  fit_transforms: bool = True,
                   follow_symlinks: bool | None = None, include_hidden: bool | None = None,
                   exclude: Sequence[str] | None = None, clear_excludes: bool = False) -> Iterator[IndexRun]:
         """One indexing run, for any engine: holds the writer lock, saves the walk options,

@@ -14,8 +14,8 @@ def is_within(path: AnyStr, base: AnyStr) -> bool:
     """Whether `path` is `base` or lies under it, by whole path components ("/a/bc" is not
     under "/a/b"). Both absolute and normalised, both str or both bytes."""
     sep = os.sep.encode() if isinstance(base, bytes) else os.sep
-    base = base.rstrip(sep) or sep  # type: ignore[arg-type]
-    return path == base or path.startswith(base if base == sep else base + sep)  # type: ignore[operator]
+    base = base.rstrip(sep) or sep
+    return path == base or path.startswith(base if base == sep else base + sep)
 
 
 def folder_prefix(base: str) -> str:

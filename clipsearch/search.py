@@ -578,7 +578,7 @@ class Searcher:
         ts = self.transforms()
         if not hits:
             return hits
-        rows = self.col.store.scan(["id", "vector"], sql_in("id", (h.id for h in hits)))
+        rows = self.col.store.scan(["id", "vector"], sql_in("id", (h.id for h in hits if h.id is not None)))
         vec = float32_vectors(rows.column("vector"))
         typ = dict(zip(rows.column("id").to_pylist(), ts.typicality(vec), strict=True))
         for h in hits:

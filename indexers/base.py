@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeGuard, runtime_checkable
 
 from clipsearch.records import Record
 
@@ -72,13 +72,13 @@ class BatchedIndexer(Indexer, Protocol):
         ...
 
 
-def is_batched(indexer: Indexer) -> bool:
+def is_batched(indexer: Indexer) -> TypeGuard[BatchedIndexer]:
     """Whether the pipeline encodes this indexer's files in batches: it implements
     `BatchedIndexer.prepare` (the one method that path calls)."""
     return callable(getattr(indexer, "prepare", None))
 
 
-def is_streaming(indexer: Indexer) -> bool:
+def is_streaming(indexer: Indexer) -> TypeGuard[StreamingIndexer]:
     """Whether the pipeline commits this indexer's files part by part: it implements
     `StreamingIndexer.extract_parts` (the one method that path calls)."""
     return callable(getattr(indexer, "extract_parts", None))

@@ -247,10 +247,10 @@ def evaluate(videos: list[SynthVideo], encoder, table, source_of, k: int = 10, a
 
 def localise_in_video(query: np.ndarray, table, source: str, flank_weight: float = 0.0) -> list[Span]:
     """Segments of one known video for the query (single-video moment retrieval)."""
-    from clipsearch.moments import _sql_str, segments_from_curve
-    from clipsearch.store import float32_vectors
+    from clipsearch.moments import segments_from_curve
+    from clipsearch.store import float32_vectors, sql_str
 
-    where = f"source = {_sql_str(source)} AND kind IN ('video_frame', 'video')"
+    where = f"source = {sql_str(source)} AND kind IN ('video_frame', 'video')"
     rows = table.search().where(where).select(["kind", "t_start", "extra", "vector"]).limit(None).to_arrow()
     kinds = rows.column("kind").to_pylist()
     video = [json.loads(e or "{}") for k, e in zip(kinds, rows.column("extra").to_pylist(), strict=True)
