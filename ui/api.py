@@ -252,12 +252,7 @@ class SearchService:
             kind = "page"  # document search ranks by text; an image query compares the pages
         if kind == "moment" and image is not None and text is None:
             raise UsageError("video moments are found by text", hint="type what happens in the video")
-        under = (under or "").strip() or None
-        if under and has_dotdot(under):
-            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
-        if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.where}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
+        under = self._checked_under(under)
         col = self.col
         if col.store.count() == 0:
             return {"hits": [], "offset": offset, "k": k, "more": False,
@@ -269,14 +264,28 @@ class SearchService:
         hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
                           offset=int(offset), whiten=whiten, center=center, invert=invert,
                           hybrid=hybrid)
-        rows = self.page_rows(hits)
-        out = [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
+        out = self.hits_json(hits, offset)
         message = None
         if not out:
             message = ("No more results." if offset else
                        "Nothing matched. Try other words, another kind, or clear the folder filter.")
         return {"hits": out, "offset": offset, "k": k, "more": len(hits) == k, "message": message,
                 "warnings": list(getattr(hits, "warnings", []))}
+
+    def _checked_under(self, under: str | None) -> str | None:
+        """The folder filter, refused with '..' in it; and the collection must exist."""
+        under = (under or "").strip() or None
+        if under and has_dotdot(under):
+            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
+        if not self.exists():
+            raise CollectionNotFound(f"no collection at {self.where}",
+                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
+        return under
+
+    def hits_json(self, hits: list[Any], offset: int) -> list[dict[str, Any]]:
+        """Hits as JSON with URLs, leaving out any whose source is no row under the roots."""
+        rows = self.page_rows(hits)
+        return [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
 
     def moments(self, text: str, k: int = 10, under: str | None = None) -> dict[str, Any]:
         return self.search(text, kind="moment", k=k, under=under)
@@ -288,15 +297,9 @@ class SearchService:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
         kind = "video" if kind == "moment" else kind  # a video browses as its frames
-        under = (under or "").strip() or None
-        if under and has_dotdot(under):
-            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
-        if not self.exists():
-            raise CollectionNotFound(f"no collection at {self.where}",
-                                     hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
+        under = self._checked_under(under)
         hits = self.col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
-        rows = self.page_rows(hits)
-        out = [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
+        out = self.hits_json(hits, offset)
         message = None if out else ("No more results." if offset else "Nothing to browse here.")
         return {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message}
 
