@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipsearch.ann import AnnIndex
 from clipsearch.errors import TransformError, UsageError
-from clipsearch.fsutil import write_atomic
+from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.jsonsafe import finite
 from clipsearch.store import float32_vectors, sql_in
 
@@ -84,6 +84,11 @@ class Hit:
         out: dict[str, Any] = finite(d)
         return out
 
+
+
+def real_folder(under: str | None) -> str | None:
+    """A folder filter as the sources are stored: a real path, symlinks resolved."""
+    return os.path.realpath(os.path.expanduser(under)) if under else None
 
 class Hits(list[Hit]):
     """The hits of one query (a list of `Hit`), with `warnings`: lines the caller should see,
@@ -357,8 +362,7 @@ class Searcher:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
             raise UsageError(f"offset must be >= 0, got {offset}")
-        # sources are real paths (symlinks resolved), so the folder is too
-        under = os.path.realpath(os.path.expanduser(under)) if under else None
+        under = real_folder(under)
         kind = (kind or "").lower() or None
         if kind is not None and kind not in USER_KINDS and kind not in KIND_ALIASES:
             raise UsageError(f"unknown kind '{kind}'", hint="one of: " + ", ".join(USER_KINDS))
@@ -525,11 +529,11 @@ class Searcher:
                              hint="one of: " + ", ".join(BROWSE_KINDS))
         ids, keys, sources, typ = self._typicality_of(BROWSE_KINDS[kind])
         rank = np.argsort(-typ if order == "atypical" else typ, kind="stable")
-        base = os.path.abspath(os.path.expanduser(under)).rstrip(os.sep) if under else None
+        base = real_folder(under)
         picked: list[int] = []
         seen: set[tuple[Any, ...]] = set()
         for i in rank:
-            if base is not None and not (sources[i] == base or sources[i].startswith(base + os.sep)):
+            if base is not None and not is_within(sources[i], base):
                 continue
             if keys[i] in seen:
                 continue
