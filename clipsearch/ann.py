@@ -187,6 +187,8 @@ def gpu_search_wanted() -> bool:
     """Exact search on a CUDA GPU with torch, unless CLIPSEARCH_GPU_SEARCH=0 keeps GPU memory free."""
     if os.environ.get("CLIPSEARCH_GPU_SEARCH", "auto").lower() in ("0", "off", "false", "no"):
         return False
+    if sys.platform == "linux" and not os.path.exists("/proc/driver/nvidia/version"):
+        return False  # no NVIDIA driver: no CUDA, and no torch import (seconds) to learn that
     try:
         import torch
     except ImportError:
@@ -511,7 +513,8 @@ class AnnIndex:
                     np.savez(f, ids=shard.ids.astype(str), sources=shard.sources.astype(str),
                              kind=np.array(kind))
                 checks = {"faiss": file_check(dest), "npz": file_check(dest.with_suffix(".npz"))}
-            entries.append({"kind": kind, "file": dest.stem, "rows": len(shard), **checks})
+            entries.append({"kind": kind, "file": dest.stem, "rows": len(shard),
+                            "index": type(shard.index).__name__, **checks})
             placed.append((shard, (dest.name, checks)))
         manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
                     "shards": entries, "fingerprints": self.fingerprints}
@@ -575,6 +578,17 @@ class AnnIndex:
             return (f"the ANN index in {ann_dir} covers {listing['rows']} rows, the table has {rows} "
                     "(a foreign index?)")
         return None
+
+    @classmethod
+    def describe_saved(cls, ann_dir: str | Path) -> dict | None:
+        """What the saved index is, from its manifest alone (no shard is read): {"type" (as
+        `describe`), "rows", "version"}; None when there is none or its manifest is unusable."""
+        try:
+            version, _, listing = cls._listing(Path(ann_dir))
+            kinds = ", ".join(f"{e['kind']}: {e.get('index', 'saved')}" for e in listing["shards"])
+            return {"type": kinds, "rows": int(listing["rows"]), "version": version}
+        except (FileNotFoundError, DamagedIndex, OSError, KeyError, TypeError, ValueError):
+            return None
 
     @staticmethod
     def _describe(ann_dir: Path, e: BaseException) -> str:

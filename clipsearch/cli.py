@@ -380,9 +380,7 @@ def info(db, as_json, verbose):
 def models(show_all, as_json, verbose):
     """Known model names and whether their weights are on this machine."""
     _setup_logging(verbose)
-    import open_clip
-
-    from clipsearch.encoders import weights_status
+    from clipsearch.hub import weights_status
     from clipsearch.model_registry import PRESETS, resolve
 
     rows = []
@@ -390,6 +388,8 @@ def models(show_all, as_json, verbose):
         status = "needs --checkpoint" if p.needs_checkpoint else weights_status(resolve(p.model))
         rows.append({"name": p.name, "model": p.model, "weights": status, "note": p.note})
     if show_all:
+        import open_clip  # its list of weights: only --all needs it
+
         for arch, tag in open_clip.list_pretrained():
             rows.append({"name": f"{arch}/{tag}", "model": f"{arch}/{tag}",
                          "weights": weights_status(resolve(f"{arch}/{tag}")), "note": ""})

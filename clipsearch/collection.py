@@ -442,7 +442,7 @@ class Collection:
         with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
-            run.report = pipeline.run(run.store, self.encoder, run.roots, run.ctx, default_indexers(),
+            run.report = pipeline.run(run.store, lambda: self.encoder, run.roots, run.ctx, default_indexers(),
                                       batch_size=batch_size, workers=workers, progress=progress,
                                       commit_files=commit_files, decode=decode, rules=run.rules,
                                       verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)

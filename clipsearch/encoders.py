@@ -41,24 +41,6 @@ def pick_device(device: str | None = "auto") -> str:
     return device
 
 
-def weights_status(spec: ModelSpec) -> str:
-    """'local' when weights are on disk, 'missing' when they are not, 'unknown' if we can't tell."""
-    if spec.checkpoint:
-        return "local" if Path(spec.checkpoint).is_file() else "missing"
-    if spec.arch == TINY_NAME:
-        return "local" if tiny_files()[1].is_file() else "missing"
-    if spec.pretrained:
-        try:
-            return "local" if hub.cached_pretrained(spec.arch, spec.pretrained) else "missing"
-        except Exception:
-            return "unknown"
-    if spec.arch.startswith("hf-hub:"):
-        repo = spec.arch[len("hf-hub:"):]
-        local = hub.cached_file(repo, [hub.OPEN_CLIP_CONFIG]) and hub.cached_file(repo, hub.OPEN_CLIP_WEIGHTS)
-        return "local" if local else "missing"
-    return "unknown"
-
-
 def _check_arch(arch: str) -> None:
     import difflib
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 from clipsearch.errors import ModelUnavailable
+from clipsearch.model_registry import TINY_NAME, ModelSpec, preset_hub_file, tiny_files
 
 OFFLINE_HINT = (
     "use the bundled model (--model clipsearch-tiny), or a local state dict "
@@ -145,10 +146,13 @@ def _network_hint() -> str:
 
 
 def pretrained_source(arch: str, tag: str) -> tuple[str, tuple[str, ...]] | None:
-    """(hub repo, candidate file names) open_clip loads ARCH/TAG from; None if it is not on the hub."""
-    import open_clip
+    """(hub repo, candidate file names) open_clip loads ARCH/TAG from; None if it is not on the hub.
+    A preset's is known without importing open_clip."""
+    hub = preset_hub_file(arch, tag)
+    if hub is None:
+        import open_clip
 
-    hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
+        hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
     if not hub:
         return None
     repo, filename = os.path.split(hub)
@@ -161,11 +165,11 @@ def pretrained_source(arch: str, tag: str) -> tuple[str, tuple[str, ...]] | None
 
 def cached_pretrained(arch: str, tag: str) -> str | None:
     """The local file open_clip would load for ARCH/TAG, if it is already on disk."""
-    import open_clip
-
     source = pretrained_source(arch, tag)
     if source:
         return cached_file(*source)
+    import open_clip
+
     url = open_clip.get_pretrained_cfg(arch, tag).get("url", "")
     cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
     return cached if cached and os.path.isfile(cached) else None
@@ -178,3 +182,21 @@ def pretrained_file(arch: str, tag: str, what: str | None = None) -> str | None:
     if source is None:
         return cached_pretrained(arch, tag)
     return fetch_file(*source, what=what or f"weights for {arch}/{tag}")
+
+
+def weights_status(spec: ModelSpec) -> str:
+    """'local' when weights are on disk, 'missing' when they are not, 'unknown' if we can't tell."""
+    if spec.checkpoint:
+        return "local" if os.path.isfile(spec.checkpoint) else "missing"
+    if spec.arch == TINY_NAME:
+        return "local" if tiny_files()[1].is_file() else "missing"
+    if spec.pretrained:
+        try:
+            return "local" if cached_pretrained(spec.arch, spec.pretrained) else "missing"
+        except Exception:
+            return "unknown"
+    if spec.arch.startswith("hf-hub:"):
+        repo = spec.arch[len("hf-hub:"):]
+        local = cached_file(repo, [OPEN_CLIP_CONFIG]) and cached_file(repo, OPEN_CLIP_WEIGHTS)
+        return "local" if local else "missing"
+    return "unknown"

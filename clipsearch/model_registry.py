@@ -24,14 +24,19 @@ class Preset:
     model: str
     note: str
     needs_checkpoint: str | None = None  # where to get weights when the user must supply the file
+    # open_clip's hub file for the preset's ARCH/TAG, "repo/filename" ("repo/" = default names):
+    # `clipsearch models` checks the cache with it without importing open_clip (and torch).
+    hub_file: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("tiny", TINY_NAME, "bundled shapes model: demos and tests only, not real photos"),
-        Preset("fast", "MobileCLIP-S2/datacompdr", "MobileCLIP-S2, reparameterised: fast on CPU"),
-        Preset("balanced", "ViT-B-32/laion2b_s34b_b79k", "ViT-B-32 LAION-2B: the default"),
+        Preset("fast", "MobileCLIP-S2/datacompdr", "MobileCLIP-S2, reparameterised: fast on CPU",
+               hub_file="apple/MobileCLIP-S2-OpenCLIP/"),
+        Preset("balanced", "ViT-B-32/laion2b_s34b_b79k", "ViT-B-32 LAION-2B: the default",
+               hub_file="laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"),
         Preset(
             "retrieval",
             "ViT-L-14-336-quickgelu",
@@ -115,6 +120,11 @@ def domain_captions(spec: ModelSpec) -> list[str]:
     if path is None or not path.is_file():
         return []
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def preset_hub_file(arch: str, tag: str) -> str | None:
+    """The hub file a preset's ARCH/TAG loads from (open_clip's `hf_hub`), if it is a preset."""
+    return next((p.hub_file for p in PRESETS.values() if p.model == f"{arch}/{tag}" and p.hub_file), None)
 
 
 def file_fingerprint(path: str | Path) -> str:

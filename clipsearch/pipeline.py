@@ -14,21 +14,25 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
 
-from clipsearch.encoders import Encoder
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.fsutil import is_within
-from clipsearch.gpu_decode import JpegDecoder, RawJpeg, read_jpeg
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
 from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipsearch.encoders import Encoder
+    from clipsearch.gpu_decode import JpegDecoder, RawJpeg
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +326,8 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     With a GPU decoder, a JPEG is only read here (a RawJpeg) and decoded later, in a batch."""
     from pathlib import Path
 
+    from clipsearch.gpu_decode import read_jpeg
+
     try:
         path = Path(os.fsdecode(job.path))
         tensor = read_jpeg(path, ctx.max_pixels) if gpu is not None else None
@@ -339,7 +345,7 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     return job, tensor, None
 
 
-def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
+def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[bytes], ctx: IndexContext,
         indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
         progress: bool = True, commit_files: int = 256, decode: str = "auto",
         rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
@@ -348,13 +354,18 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
 
     `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA.
     `rules`, `verify`, `prune_missing`: see `plan`. `commit_rows`: rows per commit, also the
-    batch a big file's rows are committed in."""
-    gpu = JpegDecoder.for_encoder(encoder, decode)
+    batch a big file's rows are committed in. `encoder` may be a function that loads it: it is
+    called only when some file needs embedding, so a run that changes nothing loads no model."""
     report = IndexReport()
     t0 = time.perf_counter()
     jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
     report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
+    if not jobs:
+        report.seconds = time.perf_counter() - t0
+        return report
+    encoder = resolve_encoder(encoder)
+    gpu = _jpeg_decoder(encoder, decode)
     committer = Committer(store, commit_files, max_rows=commit_rows, thumb_dir=ctx.thumb_dir)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
                desc="indexing", smoothing=0.1)
@@ -374,6 +385,19 @@ def run(store: Store, encoder: Encoder, roots: list[bytes], ctx: IndexContext,
         report.removed += committer.removed
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
+    """The encoder itself, loading it now if given as a function that loads it."""
+    from clipsearch.encoders import Encoder
+
+    return encoder if isinstance(encoder, Encoder) else encoder()
+
+
+def _jpeg_decoder(encoder: Encoder, decode: str) -> JpegDecoder | None:
+    from clipsearch.gpu_decode import JpegDecoder
+
+    return JpegDecoder.for_encoder(encoder, decode)
 
 
 def _skip(report: IndexReport, committer: Committer, job: Job, reason: str) -> None:
@@ -407,7 +431,7 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, committer, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
-                vecs = encoder.encode_pixels(torch.stack([t for _, t in batch]))
+                vecs = encoder.encode_pixels(_stack(batch))
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
                                              [Record(kind="image", vector=v)]))
@@ -416,10 +440,18 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     bar.update(1)
 
 
+def _stack(batch: list[tuple[Job, torch.Tensor]]) -> torch.Tensor:
+    import torch
+
+    return torch.stack([t for _, t in batch])
+
+
 def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,
                    ctx: IndexContext, report: IndexReport, committer: Committer,
                    bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
     """Decode a batch's RawJpegs on the GPU; a JPEG nvJPEG refuses goes through PIL instead."""
+    from clipsearch.gpu_decode import RawJpeg
+
     raws = [(i, t) for i, (_, t) in enumerate(batch) if isinstance(t, RawJpeg)]
     out: list[torch.Tensor | None] = [t if not isinstance(t, RawJpeg) else None for _, t in batch]
     for (i, _), img in zip(raws, gpu([t for _, t in raws]), strict=True):

@@ -196,6 +196,11 @@ class Searcher:
         return self.ann().search(vec, n, kinds=kinds, under=under)[0]
 
     def ann_description(self) -> dict[str, Any]:
+        """The ANN index that serves the table now: the saved one's manifest when it is current
+        (no shard is loaded), else the index `ann` loads or builds."""
+        saved = AnnIndex.describe_saved(self.ann_dir)
+        if saved is not None and saved["version"] == self.col.store.version:
+            return saved
         ann = self.ann()
         return {"type": ann.describe(), "rows": len(ann), "version": ann.version}
 

@@ -112,46 +112,71 @@ class SourceRows:
 class Store:
     """Thin, typed wrapper over the LanceDB table. Knows nothing about models or indexers.
 
+    Reads go through the Lance dataset (`dataset`, always at the latest version); LanceDB, a
+    far heavier import, is opened only for a write or the full-text index (`table`).
     `meta` is what a new table records about its model (see `recorded_meta`)."""
 
     def __init__(self, db_dir: str | Path, dim: int, storage_options: dict[str, str] | None = None,
                  meta: dict[str, Any] | None = None, create: bool = True) -> None:
         self.db_dir = str(db_dir)
         self.dim = dim
+        self.storage_options = storage_options
+        self._table: Any = None
         with storage_errors(self.db_dir):
-            self._db = _connect(self.db_dir, storage_options)
-            if _has_table(self._db):
-                self.table = self._db.open_table(TABLE)
-            elif create:
-                self.table = self._db.create_table(TABLE, schema=schema(dim, meta))
-            else:
-                raise LookupError(f"no table at {self.db_dir}")
+            self._dataset: Any = _open_dataset(self.uri, storage_options)
+            if self._dataset is None:
+                if not create:
+                    raise LookupError(f"no table at {self.db_dir}")
+                self._table = _connect(self.db_dir, storage_options).create_table(
+                    TABLE, schema=schema(dim, meta))
+                self._dataset = _open_dataset(self.uri, storage_options)
 
     @classmethod
     def open_existing(cls, db_dir: str | Path, storage_options: dict[str, str] | None = None) -> Store | None:
         """The table at `db_dir` if there is one (its dim read from its schema); never creates."""
         if "://" not in str(db_dir) and not (Path(db_dir) / f"{TABLE}.lance").is_dir():
-            return None  # connecting would create the folder
-        with storage_errors(str(db_dir)):
-            if not _has_table(_connect(str(db_dir), storage_options)):
-                return None
+            return None  # nothing to open; and a look must not create the folder
         try:
             store = cls(db_dir, 0, storage_options, create=False)
         except LookupError:
             return None
-        store.dim = int(store.table.schema.field("vector").type.list_size)
+        store.dim = int(store.dataset.schema.field("vector").type.list_size)
         return store
+
+    @property
+    def uri(self) -> str:
+        """The Lance dataset of the table (LanceDB keeps a table TABLE at db_dir/TABLE.lance)."""
+        return f"{self.db_dir.rstrip('/')}/{TABLE}.lance"
+
+    @property
+    def dataset(self) -> Any:
+        """The table as a Lance dataset at its latest version: another process's commits are
+        seen on the next read, as LanceDB's `read_consistency_interval=0` would."""
+        with storage_errors(self.db_dir):
+            ds = self._dataset
+            latest = ds.latest_version
+            if latest != ds.version:
+                ds = self._dataset = ds.checkout_version(latest)
+            return ds
+
+    @property
+    def table(self) -> Any:
+        """The LanceDB table: for writes and the full-text index (imports LanceDB on first use)."""
+        if self._table is None:
+            with storage_errors(self.db_dir):
+                self._table = _connect(self.db_dir, self.storage_options).open_table(TABLE)
+        return self._table
 
     # ---- reads -------------------------------------------------------------------------------
     @property
     @guarded
     def version(self) -> int:
-        return int(self.table.version)
+        return int(self.dataset.version)
 
     @guarded
     def recorded_meta(self) -> dict[str, Any] | None:
         """The model fields the table recorded when it was created (None for an older table)."""
-        raw = (self.table.schema.metadata or {}).get(TABLE_META_KEY)
+        raw = (self.dataset.schema.metadata or {}).get(TABLE_META_KEY)
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -160,17 +185,17 @@ class Store:
     @guarded
     def record_meta(self, meta: dict[str, Any]) -> None:
         """Record the model fields in a table made before tables recorded them."""
-        self.table.to_lance().update_schema_metadata(
+        self.dataset.update_schema_metadata(
             {TABLE_META_KEY.decode(): json.dumps(meta, sort_keys=True)})
 
     @guarded
     def count(self, where: str | None = None) -> int:
-        return int(self.table.count_rows(where)) if where else int(self.table.count_rows())
+        return int(self.dataset.count_rows(filter=where)) if where else int(self.dataset.count_rows())
 
     @guarded
     def file_states(self) -> dict[bytes, FileState]:
         """Per source file, the state its rows were computed from (for change detection)."""
-        t = self.table.to_lance().to_table(columns=["source_raw", "mtime", "size", "content_hash"])
+        t = self.dataset.to_table(columns=["source_raw", "mtime", "size", "content_hash"])
         raws = t.column("source_raw").to_pylist()
         mt = t.column("mtime").to_pylist()
         sz = t.column("size").to_pylist()
@@ -179,7 +204,7 @@ class Store:
 
     @guarded
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
-        return self.table.to_lance().to_table(columns=list(columns), filter=where)
+        return self.dataset.to_table(columns=list(columns), filter=where)
 
     @guarded
     def vectors(self, where: str | None = None) -> tuple[pa.Table, np.ndarray]:
@@ -191,7 +216,7 @@ class Store:
     def snapshot(self) -> Any:
         """The table pinned at its current version (a lance dataset): several reads of one build
         see the same rows even while a writer commits."""
-        return self.table.to_lance()
+        return self.dataset
 
     @guarded
     def vector_batches(self, snapshot: Any, columns: Sequence[str], where: str | None = None,
@@ -308,6 +333,13 @@ def _connect(db_dir: str, storage_options: dict[str, str] | None) -> Any:
     return lancedb.connect(db_dir, read_consistency_interval=timedelta(0), storage_options=storage_options)
 
 
-def _has_table(db: Any) -> bool:
-    listed = db.list_tables()
-    return TABLE in list(getattr(listed, "tables", listed))
+def _open_dataset(uri: str, storage_options: dict[str, str] | None) -> Any:
+    """The Lance dataset at `uri`, or None when there is none (other failures raise)."""
+    import lance
+
+    try:
+        return lance.dataset(uri, storage_options=storage_options)
+    except ValueError as e:  # lance's "Dataset at path ... was not found"
+        if "not found" in str(e).lower():
+            return None
+        raise

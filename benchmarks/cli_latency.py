@@ -1,0 +1,211 @@
+"""Cold CLI latency: wall time and peak RSS of `info`, an unchanged `index` and a text `search`.
+
+Each command runs as a user runs it (a fresh `clipsearch` process), after the page cache is
+dropped when this process may (root: `sync; echo 3 > /proc/sys/vm/drop_caches`), three times or
+more; the median wall time and the largest peak RSS (the child's own `ru_maxrss`, from
+`os.wait4`) are reported. Side by side: rclip 3.3 over the same files and the same random-init
+ViT-B-32-256 weights (built offline by ../shared/peers/setup.sh).
+
+    python benchmarks/cli_latency.py --work /tmp/cli-latency --peers /tmp/clipsearch-peers
+
+What it builds once under --work (and reuses): N small JPEGs; a clipsearch-tiny collection
+indexed for real; a ViT-B-32-256 collection whose table holds the files' real states with
+random unit vectors (an unchanged run and a query never look at a vector's values, and
+embedding 10,000 files with ViT-B on a laptop CPU takes many minutes; `--vit-index real`
+embeds them); rclip's index of the same files (rclip embeds them: minutes, once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VIT = "ViT-B-32-256/datacomp_s34b_b86k"  # the peers' random-init weights, rclip's model size
+RCLIP_MODEL_DIR = "ViT-B-32-256-datacomp_s34b_b86k"
+QUERY = "a red square"
+
+
+def clipsearch_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("clipsearch")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "clipsearch.cli"]
+
+
+def drop_caches() -> bool:
+    """Empty the page cache (root only); False when this process may not."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def measure(cmd: list[str], env: dict[str, str], runs: int, cwd: Path | None = None) -> dict:
+    """Median wall and max peak RSS over `runs` cold runs, each in a helper that reports its child."""
+    walls, rss = [], []
+    for _ in range(runs):
+        drop_caches()
+        probe = subprocess.run([sys.executable, __file__, "--_one", json.dumps(cmd)], env=env, cwd=cwd,
+                               capture_output=True, text=True)
+        if probe.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {probe.stderr[-1200:]}")
+        one = json.loads(probe.stdout.strip().splitlines()[-1])
+        walls.append(one["wall"])
+        rss.append(one["rss_mb"])
+    return {"wall_s": round(statistics.median(walls), 2), "walls": [round(w, 2) for w in walls],
+            "rss_mb": max(rss)}
+
+
+def _one(cmd: list[str]) -> None:
+    """Run `cmd` once; print its wall time and its own peak RSS (ru_maxrss of this lone child)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        sys.stderr.write(err.decode(errors="replace"))
+        sys.exit(p.returncode)
+    import resource
+
+    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"wall": wall, "rss_mb": round(rss_kb / 1024)}))
+
+
+def make_files(folder: Path, n: int) -> None:
+    """n small JPEGs (a few KB each: decoding is not what is measured), made once."""
+    if folder.is_dir() and len(list(folder.glob("*/*.jpg"))) == n:
+        return
+    from PIL import Image
+
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / f"d{i // 1000:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((96, 96), Image.BILINEAR).save(sub / f"f{i:05d}.jpg", quality=85)
+
+
+def build_real(db: Path, files: Path, model: str, env: dict[str, str]) -> None:
+    if not (db / "clipsearch.json").is_file():
+        subprocess.run([*clipsearch_cmd(), "index", str(files), "--db", str(db), "--model", model, "-q",
+                        "--device", "cpu"], env=env, check=True)
+
+
+def build_synthetic(db: Path, files: Path, model: str) -> None:
+    """A collection of `model` whose rows carry the files' real states and random unit vectors,
+    written through the engines' seam (`Collection.index_run`), derived state and all."""
+    if (db / "clipsearch.json").is_file():
+        return
+    from clipsearch.indexers.scanner import Found, Scan
+
+    from clipsearch.collection import Collection
+    from clipsearch.pipeline import IndexReport, content_hash
+    from clipsearch.records import Record
+    from clipsearch.store import SourceRows
+
+    col = Collection.create(db, model=model, device="cpu")
+    rng = np.random.default_rng(0)
+    with col.index_run([files]) as run:
+        committer = run.committer(1000)
+        report = IndexReport()
+        for entry in Scan(run.roots, run.rules):
+            if not isinstance(entry, Found):
+                continue
+            v = rng.standard_normal(col.encoder.dim).astype(np.float32)
+            state = (entry.path, entry.mtime, entry.size, content_hash(entry.path, entry.size))
+            committer.add(SourceRows(*state, [Record(kind="image", vector=v / np.linalg.norm(v))]))
+            report.indexed += 1
+            report.items += 1
+        committer.flush()
+        run.report = report
+
+
+def rclip_setup(peers: Path, work: Path, files: Path, env: dict[str, str]) -> tuple[list[str], dict]:
+    """rclip's command and environment, with its own data folder (the model files linked)."""
+    data = work / "rclip-data"
+    if not data.is_dir():
+        data.mkdir(parents=True)
+        for item in (peers / "rclip-data").iterdir():
+            if item.name != "db.sqlite3":
+                os.symlink(item, data / item.name)
+    renv = {**env, "RCLIP_DATADIR": str(data)}
+    cmd = [str(peers / "venv-rclip" / "bin" / "rclip")]
+    if not (data / "db.sqlite3").is_file():
+        subprocess.run([*cmd, "-t", "1", QUERY], cwd=files, env=renv, check=True, capture_output=True)
+    return cmd, renv
+
+
+def has_backend_flag(env: dict[str, str]) -> bool:
+    p = subprocess.run([*clipsearch_cmd(), "search", "--help"], env=env, capture_output=True, text=True)
+    return "--backend" in p.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/cli-latency"))
+    ap.add_argument("--peers", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "clipsearch-peers")
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--vit-index", choices=["synthetic", "real"], default="synthetic")
+    ap.add_argument("--backend", action="append", default=[],
+                    help="also time `search --backend NAME` (repeatable), when the flag exists")
+    ap.add_argument("--no-rclip", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--_one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._one:
+        _one(json.loads(args._one))
+        return
+    work = args.work
+    files = work / "files"
+    env = {**os.environ, "HF_HOME": str(args.peers / "hf"), "HF_HUB_OFFLINE": "1", "CLIPSEARCH_DEVICE": "cpu"}
+    os.environ.update({k: env[k] for k in ("HF_HOME", "HF_HUB_OFFLINE")})
+    make_files(files, args.files)
+    dbs = {"clipsearch-tiny": work / "db-tiny", VIT: work / "db-vit"}
+    build_real(dbs["clipsearch-tiny"], files, "clipsearch-tiny", env)
+    if args.vit_index == "real":
+        build_real(dbs[VIT], files, VIT, env)
+    else:
+        build_synthetic(dbs[VIT], files, VIT)
+    cs = clipsearch_cmd()
+    backends = args.backend if args.backend and has_backend_flag(env) else []
+    rows = []
+    for model, db in dbs.items():
+        rows.append(("info", model, measure([*cs, "info", "--db", str(db)], env, args.runs)))
+        rows.append((f"index (unchanged, {args.files:,} files)", model,
+                     measure([*cs, "index", "-q", "--db", str(db)], env, args.runs)))
+        search = [*cs, "search", QUERY, "--db", str(db)]
+        rows.append(("search (text)", model, measure(search, env, args.runs)))
+        for b in backends:
+            rows.append((f"search (text, --backend {b})", model,
+                         measure([*cs, "search", QUERY, "--db", str(db), "--backend", b], env, args.runs)))
+    if not args.no_rclip:
+        rcmd, renv = rclip_setup(args.peers, work, files, env)
+        rows.append(("rclip: index check + text query", "ViT-B-32-256 (ONNX)",
+                     measure([*rcmd, "-f", "-t", "10", QUERY], renv, args.runs, cwd=files)))
+        rows.append(("rclip: text query (--no-indexing)", "ViT-B-32-256 (ONNX)",
+                     measure([*rcmd, "-n", "-f", "-t", "10", QUERY], renv, args.runs, cwd=files)))
+    cold = drop_caches()
+    print(f"| command | model | wall s (median of {args.runs}) | runs | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for what, model, m in rows:
+        print(f"| {what} | {model} | {m['wall_s']:.2f} | {', '.join(f'{w:.2f}' for w in m['walls'])} | "
+              f"{m['rss_mb']} |")
+    print(f"\npage cache dropped before each run: {'yes' if cold else 'no (not permitted)'}")
+    if args.json:
+        args.json.write_text(json.dumps([{"command": w, "model": m, **r} for w, m, r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Commands that need no model import neither torch nor open_clip (seconds and a GB of start-up).
+
+Each command runs in a fresh interpreter that drives click's `main` and then reports which of
+the heavy modules ended up in `sys.modules`; a run that does embed is the control that shows
+the probe can see them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import tiny_model_args, write_shapes
+
+PROBE = """
+import json, sys
+from clipsearch.cli import main
+try:
+    main(sys.argv[1:], prog_name="clipsearch")
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+heavy = ("torch", "open_clip", "lancedb")
+print("\\n" + json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def run_cli(*args: str) -> tuple[int, list[str], str]:
+    """(exit code, heavy modules loaded, output) of one command in a fresh interpreter."""
+    p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300)
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    return last["code"], last["loaded"], p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory) -> tuple[Path, Path]:
+    """(photo folder, collection) indexed once with clipsearch-tiny."""
+    from clipsearch.collection import Collection
+
+    args = tiny_model_args()
+    base = tmp_path_factory.mktemp("startup")
+    photos = base / "photos"
+    write_shapes(photos, per_class=1)
+    col = Collection.create(base / "db", device="cpu", **args)
+    col.add([photos], workers=2)
+    return photos, base / "db"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["models"], ["index", "--help"]])
+def test_commands_without_a_collection_load_no_model(args):
+    code, loaded, out = run_cli(*args)
+    assert code == 0, out
+    assert "torch" not in loaded and "open_clip" not in loaded, out
+
+
+def test_info_loads_no_model_and_no_lancedb(indexed):
+    _, db = indexed
+    code, loaded, out = run_cli("info", "--db", str(db))
+    assert code == 0, out
+    assert loaded == [], out
+    assert "items       12" in out and "image: IndexFlatIP" in out
+
+
+def test_an_unchanged_index_run_loads_no_model(indexed):
+    photos, db = indexed
+    code, loaded, out = run_cli("index", "-q", "--db", str(db))
+    assert code == 0, out
+    assert "12 unchanged" in out
+    assert "torch" not in loaded and "open_clip" not in loaded, out
+
+
+def test_remove_loads_no_model(indexed, tmp_path):
+    photos, db = indexed
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    victim = sorted(photos.iterdir())[0]
+    code, loaded, out = run_cli("remove", str(victim), "--db", str(copy))
+    assert code == 0, out
+    assert "removed 1 files" in out
+    assert "torch" not in loaded and "open_clip" not in loaded, out
+
+
+def test_a_run_with_a_new_file_does_load_the_model(indexed, tmp_path):
+    """The control: the probe sees the model when a file needs embedding."""
+    photos, db = indexed
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    extra = tmp_path / "more"
+    write_shapes(extra, per_class=1, seed=99)
+    code, loaded, out = run_cli("index", "-q", str(photos), str(extra), "--db", str(copy))
+    assert code == 0, out
+    assert "indexed 12 files" in out
+    assert "open_clip" in loaded and "torch" in loaded, out
+
+
+def test_the_presets_name_the_hub_files_open_clip_loads():
+    """`models` checks presets' weights without open_clip: their hub files must be open_clip's."""
+    import open_clip
+
+    from clipsearch.model_registry import PRESETS
+
+    known = [p for p in PRESETS.values() if p.hub_file]
+    assert known
+    for p in known:
+        arch, tag = p.model.split("/", 1)
+        assert p.hub_file == open_clip.get_pretrained_cfg(arch, tag).get("hf_hub"), p.name
