@@ -131,8 +131,28 @@ def build_synthetic(db: Path, files: Path, model: str) -> None:
         run.report = report
 
 
-def rclip_setup(peers: Path, work: Path, files: Path, env: dict[str, str]) -> tuple[list[str], dict]:
-    """rclip's command and environment, with its own data folder (the model files linked)."""
+RCLIP_FILL = """
+import os, sys, numpy as np
+from rclip import db
+from rclip.utils.helpers import compute_file_hash
+d = db.DB(sys.argv[1])
+rng = np.random.default_rng(0)
+for top, _, names in os.walk(sys.argv[2]):
+    for n in sorted(names):
+        p = os.path.join(top, n); st = os.stat(p)
+        v = rng.standard_normal(512).astype(np.float32); v /= np.linalg.norm(v)
+        d.upsert_image(db.NewImage(filepath=p, modified_at=st.st_mtime, size=st.st_size,
+                                   vector=v.tobytes(), hash=compute_file_hash(p)), commit=False)
+d.close()
+"""
+
+
+def rclip_setup(peers: Path, work: Path, files: Path, env: dict[str, str],
+                index: str = "synthetic") -> tuple[list[str], dict]:
+    """rclip's command and environment, with its own data folder (the model files linked).
+
+    Its index of the files is made once: by rclip's own DB class with the files' real states and
+    random unit vectors (as the ViT collection is), or by rclip itself (`index="real"`)."""
     data = work / "rclip-data"
     if not data.is_dir():
         data.mkdir(parents=True)
@@ -142,7 +162,12 @@ def rclip_setup(peers: Path, work: Path, files: Path, env: dict[str, str]) -> tu
     renv = {**env, "RCLIP_DATADIR": str(data)}
     cmd = [str(peers / "venv-rclip" / "bin" / "rclip")]
     if not (data / "db.sqlite3").is_file():
-        subprocess.run([*cmd, "-t", "1", QUERY], cwd=files, env=renv, check=True, capture_output=True)
+        if index == "real":
+            subprocess.run([*cmd, "-t", "1", QUERY], cwd=files, env=renv, check=True, capture_output=True)
+        else:
+            python = peers / "venv-rclip" / "bin" / "python"
+            subprocess.run([str(python), "-c", RCLIP_FILL, str(data / "db.sqlite3"), str(files)],
+                           env=renv, check=True)
     return cmd, renv
 
 
@@ -157,7 +182,8 @@ def main() -> None:
     ap.add_argument("--peers", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "clipsearch-peers")
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--vit-index", choices=["synthetic", "real"], default="synthetic")
+    ap.add_argument("--vit-index", choices=["synthetic", "real"], default="synthetic",
+                    help="the ViT collection and rclip's index: random vectors, or embedded for real")
     ap.add_argument("--backend", action="append", default=[],
                     help="also time `search --backend NAME` (repeatable), when the flag exists")
     ap.add_argument("--no-rclip", action="store_true")
@@ -191,7 +217,7 @@ def main() -> None:
             rows.append((f"search (text, --backend {b})", model,
                          measure([*cs, "search", QUERY, "--db", str(db), "--backend", b], env, args.runs)))
     if not args.no_rclip:
-        rcmd, renv = rclip_setup(args.peers, work, files, env)
+        rcmd, renv = rclip_setup(args.peers, work, files, env, args.vit_index)
         rows.append(("rclip: index check + text query", "ViT-B-32-256 (ONNX)",
                      measure([*rcmd, "-f", "-t", "10", QUERY], renv, args.runs, cwd=files)))
         rows.append(("rclip: text query (--no-indexing)", "ViT-B-32-256 (ONNX)",

@@ -42,7 +42,7 @@ def ivf_pq_params(n: int, dim: int) -> tuple[int, int]:
 
 def has_vector_index(store: Store) -> bool:
     try:
-        return any("vector" in list(ix.columns) for ix in store.table.list_indices())
+        return any("vector" in list(ix["fields"]) for ix in store.dataset.list_indices())
     except Exception:  # an older LanceDB without list_indices: treat as absent
         return False
 
@@ -146,6 +146,7 @@ class RemoteSearcher(Searcher):
         return ts
 
     def ann_description(self) -> dict:
+        if not self._lance_indexed(self.col.store):
+            return super().ann_description()  # the saved FAISS index's manifest, when current
         ann = self.ann()
-        kind = "lance IVF_PQ" if isinstance(ann, LanceAnn) else ann.describe()
-        return {"type": kind, "rows": len(ann), "version": ann.version}
+        return {"type": "lance IVF_PQ", "rows": len(ann), "version": ann.version}
