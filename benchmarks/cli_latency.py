@@ -197,6 +197,11 @@ def main() -> None:
     files = work / "files"
     env = {**os.environ, "HF_HOME": str(args.peers / "hf"), "HF_HUB_OFFLINE": "1", "CLIPSEARCH_DEVICE": "cpu"}
     os.environ.update({k: env[k] for k in ("HF_HOME", "HF_HUB_OFFLINE")})
+    # As installed: with bytecode caches (a session may set PYTHONDONTWRITEBYTECODE, and then
+    # every clipsearch module would be compiled on every start).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    sources = [str(ROOT / d) for d in ("clipsearch", "indexers", "ui")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *sources], check=False)
     make_files(files, args.files)
     dbs = {"clipsearch-tiny": work / "db-tiny", VIT: work / "db-vit"}
     build_real(dbs["clipsearch-tiny"], files, "clipsearch-tiny", env)

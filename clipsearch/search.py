@@ -151,11 +151,24 @@ class Searcher:
     def derived_problems(self, fit_transforms: bool = True) -> list[str]:
         """One line per part of the derived state that is missing, stale or damaged and must be
         rebuilt from the table: the saved ANN index, the full-text index, the transforms."""
-        from clipsearch.docsearch import fts_problem
-
-        problems = [self._ann_problem(), fts_problem(self.col.store.table),
-                    self._transforms_problem(fit_transforms)]
+        problems = [self._ann_problem(), self._fts_problem(), self._transforms_problem(fit_transforms)]
         return [p for p in problems if p]
+
+    def _fts_problem(self) -> str | None:
+        """The full-text index's problem, if any. Asked through the Lance dataset first, which
+        answers a healthy index without importing LanceDB (a second or more); docsearch's own
+        check, through LanceDB, then words what it found."""
+        from clipsearch.docsearch import FTS_PROBE, fts_problem
+
+        store = self.col.store
+        if store.count() == 0:
+            return None
+        wanted = ["source"]
+        if "text" in store.text_indexed_columns() or store.count("text IS NOT NULL") > 0:
+            wanted.append("text")
+        if all(store.text_index_problem(c, FTS_PROBE) is None for c in wanted):
+            return None
+        return fts_problem(store.table)
 
     def _ann_problem(self) -> str | None:
         store = self.col.store

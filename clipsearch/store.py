@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from clipsearch.failures import guarded, storage_errors
+from clipsearch.failures import detail, guarded, storage_errors
 from clipsearch.records import Record, display_path, item_id
 
 TABLE = "items"
@@ -241,6 +241,26 @@ class Store:
             t = self.scan(["thumb"], sources_filter(raws[i:i + 500]))
             out += [x for x in t.column("thumb").to_pylist() if x]
         return out
+
+    @guarded
+    def text_index_problem(self, column: str, probe: str) -> str | None:
+        """Why the full-text index on `column` cannot serve (missing, unreadable), or None.
+        Asked through the Lance dataset: a health check on an unchanged run needs no LanceDB.
+        `probe`: a word to query, so that the index files are read, not only listed."""
+        ds = self.dataset
+        if not any(ix["type"] == "Inverted" and list(ix["fields"]) == [column] for ix in ds.list_indices()):
+            return f"the full-text index on {column!r} is missing"
+        try:
+            ds.to_table(columns=["id"], full_text_query={"query": probe, "columns": [column]}, limit=1,
+                        disable_scoring_autoprojection=True)
+        except Exception as e:  # lance raises OSError, ValueError, its own errors alike
+            return f"the full-text index on {column!r} is unreadable ({detail(e)})"
+        return None
+
+    @guarded
+    def text_indexed_columns(self) -> list[str]:
+        """The columns a full-text (inverted) index covers."""
+        return [c for ix in self.dataset.list_indices() if ix["type"] == "Inverted" for c in ix["fields"]]
 
     @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:

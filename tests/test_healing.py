@@ -136,7 +136,11 @@ def test_other_weights_of_the_same_size_are_refused_without_clipsearch_json(db, 
                                   "-q"])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert "error:" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.output
-    r = CliRunner().invoke(main, ["index", str(media(db)), "--db", str(db), "-q"])  # the table's model
+    r = CliRunner().invoke(main, ["index", str(media(db)), "--db", str(db), "-q"])  # nothing to embed:
+    assert r.exit_code == 0 and "unchanged" in r.output, r.output  # the weights are not even loaded
+    new = tmp_path / "new"
+    write_shapes(new, per_class=1)
+    r = CliRunner().invoke(main, ["index", str(media(db)), str(new), "--db", str(db), "-q"])  # embeds: no
     assert r.exit_code == 1 and "weights" in r.stderr, r.output
     store = Store.open_existing(db)
     assert store.count() == rows and store.recorded_meta()["model_id"] == recorded
