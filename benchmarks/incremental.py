@@ -1,9 +1,10 @@
 """What one `index` run costs when a little changed in a big collection.
 
-1. A clipsearch-tiny collection of --rows rows: synthetic clustered image rows at the model's
-   dim, written in the table's own schema and ids (`store.schema`, `records.item_id`) by bulk
-   appends, plus --files real tiny JPEGs indexed by `Collection.add`; the ANN index is saved
-   (`Searcher.rebuild_ann(save=True)`, i.e. `ann.update_saved`).
+1. A clipsearch-tiny collection of --rows rows: synthetic image rows at the model's dim, drawn
+   from benchmarks/ann.py's CLIP-like clustered distribution, written in the table's own schema
+   and ids (`store.schema`, `records.item_id`) by bulk appends, plus --files real tiny JPEGs
+   indexed by `Collection.add`; the ANN index is saved (`Searcher.rebuild_ann(save=True)`,
+   i.e. `ann.update_saved`).
 2. The change: 100 new images, 100 deleted, 100 renamed, 1,000 touched (mtime only).
 3. One `Collection.add` over the real files' folder, timed in total and by part: the encoder's
    calls (embedding), the ANN update, the full-text index, the transforms; "without
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from benchmarks.ann import make_distribution, make_queries, sample
 from clipsearch import Collection
 from clipsearch.ann import AnnIndex, update_saved
 from clipsearch.ann_live import LiveAnn
@@ -42,11 +44,6 @@ from clipsearch.records import Record, display_path, item_id
 from clipsearch.store import SourceRows, Store, schema, sources_filter
 
 APPEND_ROWS = 100_000
-
-
-def clustered(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
-    v = centres[rng.integers(0, len(centres), n)] + 0.35 * rng.standard_normal((n, centres.shape[1]))
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
 def synthetic_rows(dim: int, start: int, vecs: np.ndarray) -> pa.Table:
@@ -122,12 +119,12 @@ def ann_recall(store: Store, ann: LiveAnn, queries: np.ndarray) -> float:
 
 def ann_only(base: Path, rows: int, dim: int, rng: np.random.Generator, info: dict[str, Any]) -> None:
     """The ANN update alone at `rows` rows of `dim` (see the module docstring)."""
-    centres = rng.standard_normal((200, dim))
+    dist = make_distribution(dim, max(50, rows // 500), seed=0)
+    data = sample(dist, rows, seed=1)
     store = Store(base / "db", dim)
     t = time.perf_counter()
     for start in range(0, rows, APPEND_ROWS):
-        vecs = clustered(rng, centres, min(APPEND_ROWS, rows - start))
-        store.table.add(synthetic_rows(dim, start, vecs))
+        store.table.add(synthetic_rows(dim, start, data[start:start + APPEND_ROWS]))
     store.table.optimize()
     info["write_s"] = round(time.perf_counter() - t, 1)
     ann_dir = base / "ann"
@@ -135,7 +132,7 @@ def ann_only(base: Path, rows: int, dim: int, rng: np.random.Generator, info: di
     update_saved(store, ann_dir)
     info["first_build_s"] = round(time.perf_counter() - t, 1)
     raw = [f"/synthetic/{i // 1000:04d}/{i:08d}.jpg".encode() for i in range(1300)]
-    new = clustered(rng, centres, 100)
+    new = sample(dist, 100, seed=2)
     store.replace_sources([SourceRows(f"/new/{i}.jpg".encode(), 2.0, 10, f"n{i}",
                                       [Record(kind="image", vector=v)]) for i, v in enumerate(new)])
     store.delete_sources(raw[:100])
@@ -147,7 +144,7 @@ def ann_only(base: Path, rows: int, dim: int, rng: np.random.Generator, info: di
                                               moved.column("content_hash").to_pylist(),
                                               moved.column("vector").to_pylist(), strict=True)])
     store.table.update(where=sources_filter(raw[200:1200]), values={"mtime": 3.0})
-    queries = clustered(rng, centres, 50)
+    queries = make_queries(dist, data, 50, seed=3)
     t = time.perf_counter()
     reader = LiveAnn(store, AnnIndex.load(ann_dir), ann_dir)
     reader.search(queries[0], 10, kinds=("image",))
@@ -188,11 +185,11 @@ def main() -> None:
     t0 = time.perf_counter()
     col = Collection.create(base / "db", model="clipsearch-tiny", device="cpu")
     dim = int(col.meta["dim"])
-    centres = rng.standard_normal((200, dim))
-    synthetic = a.rows - a.files
+    synthetic = max(0, a.rows - a.files)
+    dist = make_distribution(dim, max(50, a.rows // 500), seed=0)
+    data = sample(dist, synthetic, seed=1)
     for start in range(0, synthetic, APPEND_ROWS):
-        vecs = clustered(rng, centres, min(APPEND_ROWS, synthetic - start))
-        col.store.table.add(synthetic_rows(dim, start, vecs))
+        col.store.table.add(synthetic_rows(dim, start, data[start:start + APPEND_ROWS]))
     files = base / "files"
     write_jpegs(files, [f"f{i:05d}.jpg" for i in range(a.files)], rng)
     col.add([files], workers=2)  # indexes the files, saves the ANN index over every row
@@ -232,7 +229,7 @@ def main() -> None:
     info["table_rows_after"] = col.store.count()
     info["table_versions"] = len(col.store.table.list_versions())
 
-    queries = clustered(rng, centres, 50)
+    queries = make_queries(dist, data, 50, seed=3)
     info["recall_at_10"], first_s = recall_at_10(col, queries)
     info["reader_first_query_s"] = round(first_s, 2)
     print(json.dumps(info, indent=2))
