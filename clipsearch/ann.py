@@ -11,15 +11,23 @@ holds all vectors in memory. The folder filter is pushed into FAISS as an ID sel
 filtered query still returns k hits when k exist. Defaults are measured by benchmarks/ann.py
 (benchmarks/RESULTS.md).
 
-A refresh rebuilds only the shards of kinds whose files changed (`kind_fingerprints`); the others
-are taken over, and their saved files hard-linked into the new version. On a CUDA machine every
-shard that fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
+The writer keeps the saved index current incrementally (`update_saved`): per kind, rows new or
+replaced since the save (found by id and content hash) are added to the trained shard, and rows
+gone from the table are removed (flat index) or tombstoned (IVF + refine, which has no
+`remove_ids`; searches skip tombstones through an ID selector). A shard is rebuilt only past
+its limits (grown to twice its training size, across the exact/IVF threshold, mostly
+tombstones), when damaged, or on `full=True`. Readers never build: `ann_live.LiveAnn` searches
+the saved shards plus the rows newer than the save, exactly. On a CUDA machine every shard that
+fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
 
-Saved form: a folder per version, its `shards.json` manifest written last, naming each shard's
-kind, row count, and the size and CRC-32 of its two files, and carrying a checksum of itself;
-`current.json` points at the folder. A truncated, garbage, reordered or foreign file fails that
-check (`AnnIndex.problem`): readers log one warning and build what they need from the table,
-and the next index run saves a fresh index.
+Saved form: a folder per version, its `shards.json` manifest written last, naming the table
+version and fragment watermark it covers and, per shard, its kind, row count, training size,
+and the size, CRC-32, inode and mtime of its files (index, ids/paths/hashes, tombstones), with
+a checksum of itself; `current.json` points at the folder. Unchanged files are hard-linked
+from version to version. Shards are read on first use (`ShardMap`), each checked by CRC in the
+same pass that reads it; a truncated, garbage, reordered or foreign file fails that check
+(`AnnIndex.problem`, `DamagedIndex`): readers log one warning and search that kind exactly,
+and the next index run saves a fresh shard.
 """
 
 from __future__ import annotations
@@ -323,41 +331,37 @@ class Shard:
         return faiss.try_extract_index_ivf(self.index) is None
 
     def search(self, q: np.ndarray, k: int, under: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions) of the top k per query row, restricted to folder `under`."""
-        params = None
+        """(scores, positions) of the top k per query row, restricted to folder `under`;
+        tombstoned positions are never returned."""
         n = len(self)
-        sel_ids = None
+        keep = None  # positions a search may return, when not all
         if under:
-            sel_ids = self.positions_under(under)
+            keep = self.positions_under(under)
             if len(self.dead):
-                sel_ids = np.setdiff1d(sel_ids, self.dead, assume_unique=True)
+                keep = np.setdiff1d(keep, self.dead, assume_unique=True)
         elif len(self.dead) and self.matrix is not None:
-            sel_ids = np.setdiff1d(np.arange(n, dtype=np.int64), self.dead, assume_unique=True)
-        if sel_ids is not None and not len(sel_ids):
+            keep = np.setdiff1d(np.arange(n, dtype=np.int64), self.dead, assume_unique=True)
+        if keep is not None and not len(keep):
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self.matrix is not None:
-            return matrix_search(self.matrix, q, k, sel_ids)
-        tombstones = None
-        if sel_ids is None and len(self.dead):  # skip the tombstoned positions (IVF: no remove_ids)
-            tombstones = faiss.IDSelectorBatch(self.dead)
-            sel_ids = np.zeros(n - len(self.dead))  # only its length is used below
-        if sel_ids is not None:
-            sel = (faiss.IDSelectorNot(tombstones) if tombstones is not None
-                   else faiss.IDSelectorBatch(sel_ids))
-            ivf = faiss.try_extract_index_ivf(self.index)
-            # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
-            base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
-                    if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
-            if isinstance(self.index, faiss.IndexRefine):
-                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
-                                                           base_index_params=base)
-            else:
-                params = base  # type: ignore[assignment]
-            n = len(sel_ids)
-        k = min(k, n)
-        if params is not None:
+            return matrix_search(self.matrix, q, k, keep)
+        if keep is not None:
+            return self._search_selected(q, min(k, len(keep)), faiss.IDSelectorBatch(keep))
+        if len(self.dead):  # all but the tombstones: a selector of the few, negated
+            dead = faiss.IDSelectorBatch(self.dead)
+            return self._search_selected(q, min(k, self.live), faiss.IDSelectorNot(dead))
+        return self.index.search(q, min(k, n))
+
+    def _search_selected(self, q: np.ndarray, k: int, sel: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
+        ivf = faiss.try_extract_index_ivf(self.index)
+        # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
+        base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+                if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
+        if isinstance(self.index, faiss.IndexRefine):
+            params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
+                                                       base_index_params=base)
             return self.index.search(q, k, params=params)
-        return self.index.search(q, k)
+        return self.index.search(q, k, params=base)
 
 
 def _reserve_refine_codes(index: faiss.Index, n: int) -> None:
