@@ -267,3 +267,52 @@ def test_a_kill_during_the_update_leaves_a_searchable_index_repaired_by_the_next
     after = _reader(store, ann_dir)
     assert after._newer == 0 and _recall(store, after, queries) >= 0.95
     assert np.array_equal(_centroids(after.shards["image"]), before)
+
+
+def test_a_query_reads_only_the_shards_of_its_kinds_and_a_damaged_one_is_searched_exactly(flat, caplog):
+    store, ann_dir, rng = flat
+    frames = _unit(rng.normal(size=(6, DIM)))
+    records = [Record(kind="video_frame", vector=v, t_start=float(i), t_end=float(i))
+               for i, v in enumerate(frames)]
+    store.replace_sources([SourceRows(b"/p/v.mp4", 1.0, 10, "hv", records)])
+    update_saved(store, ann_dir)
+    reader = _reader(store, ann_dir)
+    _, vecs = store.vectors("kind = 'image'")
+    assert reader.search(vecs[0], 1, kinds=("image",))[0][0][1] == pytest.approx(1.0, abs=1e-3)
+    assert reader.shards.loaded("image") is not None and reader.shards.loaded("video_frame") is None
+    video = reader.shards.saved_entry("video_frame").path("faiss")
+    video.write_bytes(os.urandom(video.stat().st_size))  # same size: only the CRC can tell
+    fresh = _reader(store, ann_dir)
+    top = fresh.search(frames[2], 1, kinds=("video_frame",))[0]
+    assert top[0][1] == pytest.approx(1.0, abs=1e-3)  # found exactly, from the table
+    assert any("not the file its manifest names" in r.getMessage() for r in caplog.records)
+    assert "not the file" in AnnIndex.problem(ann_dir)
+    update_saved(store, ann_dir)  # the writer replaces the damaged shard
+    assert AnnIndex.problem(ann_dir, version=store.version, rows=store.count()) is None
+
+
+def test_a_collection_reader_finds_rows_written_after_the_save(tmp_path):
+    """Through `Collection.search`: rows another writer committed (no refresh yet) are found,
+    and a deleted file's rows are not, while the saved index stays as it was."""
+    from support import add_rows, tiny_model_args, write_shapes
+
+    from clipsearch import Collection
+
+    if not tiny_model_args():
+        pytest.skip("clipsearch-tiny is not installed")
+    photos = tmp_path / "photos"
+    write_shapes(photos, per_class=1, size=64)
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    col.add([photos])
+    pointer = (tmp_path / "db" / "ann" / POINTER).read_bytes()
+    reader = Collection.open(tmp_path / "db", device="cpu")
+    probe = reader.embed_text("a red star")
+    extra = photos / "written_later.jpg"
+    extra.write_bytes(b"")
+    add_rows(col, extra, "image", probe)
+    victim = next(h for h in reader.search(text="a blue circle", k=3) if h.source != str(extra))
+    col.store.delete_sources([os.fsencode(victim.source)])
+    hits = reader.search(text="a red star", k=3)
+    assert hits[0].source == str(extra)
+    assert victim.source not in {h.source for h in reader.search(text="a blue circle", k=30)}
+    assert (tmp_path / "db" / "ann" / POINTER).read_bytes() == pointer
