@@ -14,7 +14,9 @@
 
 `--ann-only` times the ANN part alone at scale: the same synthetic table, the same change made
 straight through `Store` (new rows, deletions, renames as delete + add with the same vectors,
-touches as one update), then `ann.update_saved` and a reader's first query and recall.
+touches as one update), then a reader's first query and recall before the update (saved index
++ delta) and after it, `ann.update_saved`, and, to compare, a full rebuild (`full=True`) and
+its recall.
 
     .venv/bin/python -m benchmarks.incremental --rows 100000
     .venv/bin/python -m benchmarks.incremental --rows 1000000 --ann-only
@@ -44,6 +46,7 @@ from clipsearch.records import Record, display_path, item_id
 from clipsearch.store import SourceRows, Store, schema, sources_filter
 
 APPEND_ROWS = 100_000
+CLUSTERS = 3000  # as benchmarks/ann.py
 
 
 def synthetic_rows(dim: int, start: int, vecs: np.ndarray) -> pa.Table:
@@ -119,7 +122,7 @@ def ann_recall(store: Store, ann: LiveAnn, queries: np.ndarray) -> float:
 
 def ann_only(base: Path, rows: int, dim: int, rng: np.random.Generator, info: dict[str, Any]) -> None:
     """The ANN update alone at `rows` rows of `dim` (see the module docstring)."""
-    dist = make_distribution(dim, max(50, rows // 500), seed=0)
+    dist = make_distribution(dim, CLUSTERS, seed=0)
     data = sample(dist, rows, seed=1)
     store = Store(base / "db", dim)
     t = time.perf_counter()
@@ -159,6 +162,10 @@ def ann_only(base: Path, rows: int, dim: int, rng: np.random.Generator, info: di
     info["reader_first_query_s"] = round(time.perf_counter() - t, 2)
     info["recall_at_10_after_update"] = ann_recall(store, reader, queries)
     info["rows_after"] = store.count()
+    t = time.perf_counter()
+    rebuilt = update_saved(store, base / "ann_full", full=True)
+    info["full_rebuild_s"] = round(time.perf_counter() - t, 1)
+    info["recall_at_10_full_rebuild"] = ann_recall(store, LiveAnn(store, rebuilt, base / "ann_full"), queries)
 
 
 def main() -> None:
@@ -186,7 +193,7 @@ def main() -> None:
     col = Collection.create(base / "db", model="clipsearch-tiny", device="cpu")
     dim = int(col.meta["dim"])
     synthetic = max(0, a.rows - a.files)
-    dist = make_distribution(dim, max(50, a.rows // 500), seed=0)
+    dist = make_distribution(dim, CLUSTERS, seed=0)
     data = sample(dist, synthetic, seed=1)
     for start in range(0, synthetic, APPEND_ROWS):
         col.store.table.add(synthetic_rows(dim, start, data[start:start + APPEND_ROWS]))

@@ -71,6 +71,7 @@ class LiveAnn:
         self.saved = saved
         self._rows: dict[str, DeltaRows] = {}
         self._broken: set[str] = set()  # kinds whose saved shard is damaged: searched exactly
+        self._all_kinds: list[str] | None = None
         fragments = self.snapshot.get_fragments()
         self._total = int(self.snapshot.count_rows())
         if saved is None:
@@ -125,11 +126,14 @@ class LiveAnn:
 
     def _kinds(self) -> list[str]:
         """Every kind a search over all kinds must look at: the saved shards' and the delta's."""
-        kinds = set(self.shards)
-        if self._fragments is None or self._fragments:
-            t = self.snapshot.scanner(columns=["kind"], fragments=self._fragments).to_table()
-            kinds |= set(t.column("kind").unique().to_pylist())
-        return sorted(kinds)
+        with self._lock:
+            if self._all_kinds is None:
+                kinds = set(self.shards)
+                if self._fragments is None or self._fragments:
+                    t = self.snapshot.scanner(columns=["kind"], fragments=self._fragments).to_table()
+                    kinds |= set(t.column("kind").unique().to_pylist())
+                self._all_kinds = sorted(kinds)
+            return self._all_kinds
 
     def _shard(self, kind: str) -> Shard | None:
         """The kind's saved shard, or None (none saved, or damaged: then its rows are read whole)."""
