@@ -11,15 +11,23 @@ holds all vectors in memory. The folder filter is pushed into FAISS as an ID sel
 filtered query still returns k hits when k exist. Defaults are measured by benchmarks/ann.py
 (benchmarks/RESULTS.md).
 
-A refresh rebuilds only the shards of kinds whose files changed (`kind_fingerprints`); the others
-are taken over, and their saved files hard-linked into the new version. On a CUDA machine every
-shard that fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
+The writer keeps the saved index current incrementally (`update_saved`): per kind, rows new or
+replaced since the save (found by id and content hash) are added to the trained shard, and rows
+gone from the table are removed (flat index) or tombstoned (IVF + refine, which has no
+`remove_ids`; searches skip tombstones through an ID selector). A shard is rebuilt only past
+its limits (grown to twice its training size, across the exact/IVF threshold, mostly
+tombstones), when damaged, or on `full=True`. Readers never build: `ann_live.LiveAnn` searches
+the saved shards plus the rows newer than the save, exactly. On a CUDA machine every shard that
+fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
 
-Saved form: a folder per version, its `shards.json` manifest written last, naming each shard's
-kind, row count, and the size and CRC-32 of its two files, and carrying a checksum of itself;
-`current.json` points at the folder. A truncated, garbage, reordered or foreign file fails that
-check (`AnnIndex.problem`): readers log one warning and build what they need from the table,
-and the next index run saves a fresh index.
+Saved form: a folder per version, its `shards.json` manifest written last, naming the table
+version and fragment watermark it covers and, per shard, its kind, row count, training size,
+and the size, CRC-32, inode and mtime of its files (index, ids/paths/hashes, tombstones), with
+a checksum of itself; `current.json` points at the folder. Unchanged files are hard-linked
+from version to version. Shards are read on first use (`ShardMap`), each checked by CRC in the
+same pass that reads it; a truncated, garbage, reordered or foreign file fails that check
+(`AnnIndex.problem`, `DamagedIndex`): readers log one warning and search that kind exactly,
+and the next index run saves a fresh shard.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,25 +43,28 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import folder_prefix, write_atomic
 from clipsearch.leftovers import temp_name
-from clipsearch.store import Store, sql_str
+from clipsearch.store import Store, float32_vectors, sql_str
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "shards.json"
 POINTER = "current.json"
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3
 
 
 class DamagedIndex(ValueError):
@@ -77,7 +89,7 @@ def _self_checksum(manifest: dict) -> int:
 _warned: set[tuple[str, str]] = set()
 
 
-def _warn_once(ann_dir: Path, problem: str) -> None:
+def warn_once(ann_dir: Path, problem: str) -> None:
     """One warning per damaged index and process (a server must not log it per query)."""
     if (str(ann_dir), problem) not in _warned:
         _warned.add((str(ann_dir), problem))
@@ -281,6 +293,9 @@ class Shard:
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
     saved: Path | None = field(default=None, repr=False, compare=False)  # its .faiss file, if any
     checks: dict | None = field(default=None, repr=False, compare=False)  # file_check of its saved files
+    hashes: np.ndarray | None = field(default=None, repr=False, compare=False)  # position -> content hash
+    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
+    trained: int = 0  # rows the shard was built (and, for IVF, trained) at: its retraining yardstick
 
     def positions_under(self, under: str) -> np.ndarray:
         """Positions (ascending) of the rows whose path is inside folder `under`.
@@ -297,43 +312,58 @@ class Shard:
         return np.sort(self._by_path[lo:hi]).astype(np.int64)
 
     @classmethod
-    def place(cls, index: faiss.Index, ids: np.ndarray, sources: np.ndarray) -> Shard:
-        """A shard searched where it is fastest: exact on the GPU (torch), FAISS on the GPU, or CPU."""
+    def place(cls, index: faiss.Index, ids: np.ndarray, sources: np.ndarray, **saved_form) -> Shard:
+        """A shard searched where it is fastest: exact on the GPU (torch), FAISS on the GPU, or CPU.
+        `saved_form`: the other fields (hashes, dead, trained)."""
         matrix = None
         if gpu_search_wanted() and index.ntotal and _fits_on_gpu(index.ntotal * index.d * 2):
             matrix = index_matrix(index, "cuda")
-        return cls(index if matrix is not None else to_gpu(index), ids, sources, matrix)
+        return cls(index if matrix is not None else to_gpu(index), ids, sources, matrix, **saved_form)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def live(self) -> int:
+        """Rows a search can return: positions less tombstones."""
+        return len(self) - len(self.dead)
+
+    @property
+    def exact(self) -> bool:
+        return faiss.try_extract_index_ivf(self.index) is None
+
     def search(self, q: np.ndarray, k: int, under: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions) of the top k per query row, restricted to folder `under`."""
-        params = None
+        """(scores, positions) of the top k per query row, restricted to folder `under`;
+        tombstoned positions are never returned."""
         n = len(self)
-        sel_ids = None
+        keep = None  # positions a search may return, when not all
         if under:
-            sel_ids = self.positions_under(under)
-            if not len(sel_ids):
-                return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+            keep = self.positions_under(under)
+            if len(self.dead):
+                keep = np.setdiff1d(keep, self.dead, assume_unique=True)
+        elif len(self.dead) and self.matrix is not None:
+            keep = np.setdiff1d(np.arange(n, dtype=np.int64), self.dead, assume_unique=True)
+        if keep is not None and not len(keep):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self.matrix is not None:
-            return matrix_search(self.matrix, q, k, sel_ids)
-        if sel_ids is not None:
-            sel = faiss.IDSelectorBatch(sel_ids)
-            ivf = faiss.try_extract_index_ivf(self.index)
-            # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
-            base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
-                    if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
-            if isinstance(self.index, faiss.IndexRefine):
-                params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
-                                                           base_index_params=base)
-            else:
-                params = base  # type: ignore[assignment]
-            n = len(sel_ids)
-        k = min(k, n)
-        if params is not None:
+            return matrix_search(self.matrix, q, k, keep)
+        if keep is not None:
+            return self._search_selected(q, min(k, len(keep)), faiss.IDSelectorBatch(keep))
+        if len(self.dead):  # all but the tombstones: a selector of the few, negated
+            dead = faiss.IDSelectorBatch(self.dead)
+            return self._search_selected(q, min(k, self.live), faiss.IDSelectorNot(dead))
+        return self.index.search(q, min(k, n))
+
+    def _search_selected(self, q: np.ndarray, k: int, sel: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
+        ivf = faiss.try_extract_index_ivf(self.index)
+        # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
+        base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+                if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
+        if isinstance(self.index, faiss.IndexRefine):
+            params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
+                                                       base_index_params=base)
             return self.index.search(q, k, params=params)
-        return self.index.search(q, k)
+        return self.index.search(q, k, params=base)
 
 
 def _reserve_refine_codes(index: faiss.Index, n: int) -> None:
@@ -362,32 +392,195 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
         sample = np.sort(np.random.default_rng(seed).choice(positions, size=m, replace=False))
         train_faiss(index, store.take_vectors(snapshot, sample), seed)
     _reserve_refine_codes(index, n)
-    ids, sources = [], []
+    ids, sources, hashes = [], [], []
     where = f"kind = {sql_str(kind)}"
-    for meta, vecs in store.vector_batches(snapshot, ["id", "source"], where, batch_rows):
+    for meta, vecs in store.vector_batches(snapshot, ["id", "source", "content_hash"], where, batch_rows):
         index.add(vecs)
         ids.extend(meta.column("id").to_pylist())
         sources.extend(meta.column("source").to_pylist())
-    return Shard.place(index, np.array(ids, dtype=object), np.array(sources, dtype=object))
+        hashes.extend(meta.column("content_hash").fill_null("").to_pylist())
+    return Shard.place(index, np.array(ids, dtype=object), np.array(sources, dtype=object),
+                       hashes=np.array(hashes, dtype=object), trained=n)
+
+
+def _link(src: Path, dest: Path, size: int) -> bool:
+    """Hard-link one saved file into a new version folder; False if it is gone or changed size.
+    Saving a 7M-row shard again would rewrite ~9 GB."""
+    try:
+        if src.stat().st_size != size:
+            return False
+        os.link(src, dest)
+        return True
+    except OSError:
+        dest.unlink(missing_ok=True)
+        return False
 
 
 def _link_saved(shard: Shard, dest: Path) -> bool:
-    """Hard-link a shard's saved files into `dest` (same stem, .faiss and .npz); False if it has
-    none or they are gone or changed size. Saving a 7M-row shard again would rewrite ~9 GB."""
+    """Hard-link a shard's saved .faiss and .npz into `dest` (same stem); False if it has none."""
     src = shard.saved
     if src is None or shard.checks is None:
         return False
-    try:
-        if (src.stat().st_size != shard.checks["faiss"]["size"]
-                or src.with_suffix(".npz").stat().st_size != shard.checks["npz"]["size"]):
-            return False
-        os.link(src, dest)
-        os.link(src.with_suffix(".npz"), dest.with_suffix(".npz"))
-        return True
-    except OSError:
-        for p in (dest, dest.with_suffix(".npz")):
-            p.unlink(missing_ok=True)
-        return False
+    if _link(src, dest, shard.checks["faiss"]["size"]):
+        if _link(src.with_suffix(".npz"), dest.with_suffix(".npz"), shard.checks["npz"]["size"]):
+            return True
+        dest.unlink(missing_ok=True)
+    return False
+
+
+DEAD_SUFFIX = "-dead.npy"
+
+
+@dataclass(frozen=True)
+class SavedShard:
+    """One shard of a saved index, not read yet: its folder and manifest entry. `dead`: new
+    tombstones not saved yet (an update that only deleted rows from an IVF shard)."""
+
+    folder: Path
+    entry: dict
+    dead: np.ndarray | None = None
+
+    def path(self, part: str) -> Path:
+        suffix = {"faiss": ".faiss", "npz": ".npz", "dead": DEAD_SUFFIX}[part]
+        return self.folder / f"{self.entry['file']}{suffix}"
+
+    @property
+    def live(self) -> int:
+        dead = len(self.dead) if self.dead is not None else int(self.entry.get("dead", {}).get("count", 0))
+        return int(self.entry["rows"]) - dead
+
+
+def _damaged(path: Path, got: int, expected: dict) -> DamagedIndex:
+    return DamagedIndex(f"{path} is not the file its manifest names (size {got}, expected "
+                        f"{expected['size']}; truncated or overwritten)")
+
+
+def _read_checked(path: Path, expected: dict) -> bytes:
+    """A small saved file's bytes, checked against its manifest entry as they are read."""
+    data = path.read_bytes()
+    if len(data) != expected["size"] or zlib.crc32(data) != expected["crc32"]:
+        raise _damaged(path, len(data), expected)
+    return data
+
+
+def _read_index_checked(path: Path, expected: dict) -> faiss.Index:
+    """A saved FAISS index, its CRC computed in the same single pass that reads it: a reader
+    does not read a 9 GB shard twice (once to check it, once to load it) before its first query."""
+    size = path.stat().st_size
+    if size != expected["size"]:
+        raise _damaged(path, size, expected)
+    crc = 0
+    with open(path, "rb") as f:
+        def chunk(n: int) -> bytes:
+            nonlocal crc
+            b = f.read(n)
+            crc = zlib.crc32(b, crc)
+            return b
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(chunk))  # type: ignore[attr-defined]
+        except RuntimeError as e:
+            raise DamagedIndex(f"{path} is not the file its manifest names (unreadable: "
+                               f"{str(e).splitlines()[0][:200]})") from None
+        crc = zlib.crc32(f.read(), crc)  # anything after what the index consumed
+    if crc != expected["crc32"]:
+        raise _damaged(path, size, expected)
+    return index
+
+
+def read_saved_meta(saved: SavedShard) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """(ids, sources, content hashes or None, tombstones) of a saved shard, checked; its FAISS
+    file is not read (the writer compares rows before deciding whether it needs the index)."""
+    e = saved.entry
+    with np.load(io.BytesIO(_read_checked(saved.path("npz"), e["npz"]))) as meta:
+        ids, sources = meta["ids"].astype(object), meta["sources"].astype(object)
+        hashes = meta["hashes"].astype(object) if "hashes" in meta.files else None
+        kind = str(meta["kind"]) if "kind" in meta.files else None
+    if saved.dead is not None:
+        dead = saved.dead
+    elif "dead" in e:
+        dead = np.load(io.BytesIO(_read_checked(saved.path("dead"), e["dead"]))).astype(np.int64)
+    else:
+        dead = np.zeros(0, np.int64)
+    if kind != e["kind"] or not (len(ids) == len(sources) == e["rows"]) or (
+            len(dead) and (dead.min() < 0 or dead.max() >= len(ids))):
+        raise DamagedIndex(f"{saved.path('npz')} does not hold the {e['rows']} {e['kind']} rows "
+                           "its manifest names")
+    return ids, sources, hashes, dead
+
+
+def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
+    """Read one saved shard (checked as it is read); `place=False` keeps it a plain CPU index
+    that the writer may change."""
+    ids, sources, hashes, dead = read_saved_meta(saved)
+    faiss_path = saved.path("faiss")
+    index = _read_index_checked(faiss_path, saved.entry["faiss"])
+    if index.ntotal != len(ids):
+        raise DamagedIndex(f"{faiss_path} does not hold the {saved.entry['rows']} {saved.entry['kind']} "
+                           "rows its manifest names")
+    trained = int(saved.entry.get("trained", len(ids)))
+    shard = (Shard.place(index, ids, sources, hashes=hashes, dead=dead, trained=trained) if place
+             else Shard(index, ids, sources, hashes=hashes, dead=dead, trained=trained))
+    shard.saved, shard.checks = faiss_path, {p: saved.entry[p] for p in ("faiss", "npz")}
+    return shard
+
+
+class ShardMap(Mapping[str, Shard]):
+    """Kind -> Shard. The shards of a saved index are read on first use, so a query over images
+    never reads the video shards, and `info` reads none."""
+
+    def __init__(self, shards: dict[str, Shard] | None = None,
+                 saved: dict[str, SavedShard] | None = None) -> None:
+        self._shards = dict(shards or {})
+        self._saved = {k: v for k, v in (saved or {}).items() if k not in self._shards}
+        self._order = sorted({*self._saved, *self._shards})
+        self._lock = threading.Lock()
+
+    def __getitem__(self, kind: str) -> Shard:
+        shard = self._shards.get(kind)
+        if shard is not None:
+            return shard
+        if kind not in self._saved:
+            raise KeyError(kind)
+        with self._lock:  # concurrent first queries read a shard once
+            if kind not in self._shards:
+                self._shards[kind] = load_saved_shard(self._saved[kind])
+            return self._shards[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __contains__(self, kind: object) -> bool:  # without loading (Mapping's would)
+        return kind in self._shards or kind in self._saved
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def loaded(self, kind: str) -> Shard | None:
+        return self._shards.get(kind)
+
+    def saved_entry(self, kind: str) -> SavedShard | None:
+        """Where the kind's shard lies on disk, while it is not loaded."""
+        return self._saved.get(kind)
+
+    def live(self, kind: str) -> int:
+        """Rows of `kind` a search can return, without reading the shard."""
+        shard = self._shards.get(kind)
+        return shard.live if shard is not None else self._saved[kind].live
+
+    def type_name(self, kind: str) -> str:
+        shard = self._shards.get(kind)
+        if shard is not None:
+            return f"{type(shard.index).__name__}{' (exact on GPU)' if shard.matrix is not None else ''}"
+        return str(self._saved[kind].entry.get("type", "saved"))
+
+    def placed(self, kind: str, folder: Path, entry: dict) -> None:
+        """After a save: the kind's files are now `entry` in `folder`."""
+        shard = self._shards.get(kind)
+        if shard is not None:
+            shard.saved = folder / f"{entry['file']}.faiss"
+            shard.checks = {p: entry[p] for p in ("faiss", "npz")}
+        else:
+            self._saved[kind] = SavedShard(folder, entry)
 
 
 FINGERPRINT_COLUMNS = ["kind", "source", "content_hash"]
@@ -414,11 +607,29 @@ def kind_fingerprints(t) -> dict[str, str]:
     return out
 
 
+def fragment_watermark(snapshot) -> int:
+    """The highest fragment id of a table version (-1 for none). Lance numbers fragments upward
+    and writes every new or rewritten row (merge_insert, update, compaction) into new fragments,
+    while a delete only marks rows in old ones: the rows written after this version are exactly
+    those in fragments above it."""
+    return max((f.fragment_id for f in snapshot.get_fragments()), default=-1)
+
+
 @dataclass
 class AnnIndex:
-    shards: dict[str, Shard]  # kind -> its rows
+    shards: Mapping[str, Shard]  # kind -> its rows (a ShardMap: saved shards load on first use)
     version: int
     fingerprints: dict[str, str] = field(default_factory=dict)  # kind -> kind_fingerprints() digest
+    watermark: int = -1  # fragment_watermark() of the table version it covers
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, ShardMap):
+            self.shards = ShardMap(dict(self.shards))
+
+    @property
+    def shard_map(self) -> ShardMap:
+        assert isinstance(self.shards, ShardMap)
+        return self.shards
 
     @classmethod
     def build(cls, store: Store, exact_threshold: int = EXACT_THRESHOLD,
@@ -434,9 +645,9 @@ class AnnIndex:
         column = rows.column("kind")
         wanted = sorted(set(pc.unique(column).to_pylist()) if kinds is None else set(kinds))
         prints = kind_fingerprints(rows)
-        old = {}
+        old: dict[str, Shard] = {}
         if isinstance(reuse, AnnIndex):
-            old = {k: s for k, s in reuse.shards.items() if prints.get(k) == reuse.fingerprints.get(k)}
+            old = {k: reuse.shards[k] for k in reuse.shards if prints.get(k) == reuse.fingerprints.get(k)}
         elif reuse is not None:
             old = cls.load_shards(reuse, prints)
         shards = {}
@@ -450,7 +661,8 @@ class AnnIndex:
         if old:
             log.info("ANN: reused the unchanged shards %s, built %s", sorted(set(old) & set(shards)),
                      sorted(set(shards) - set(old)))
-        return cls(shards, int(snapshot.version), {k: prints[k] for k in shards if k in prints})
+        return cls(shards, int(snapshot.version), {k: prints[k] for k in shards if k in prints},
+                   fragment_watermark(snapshot))
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, ids: np.ndarray, kinds: np.ndarray, sources: np.ndarray,
@@ -460,21 +672,23 @@ class AnnIndex:
         shards = {}
         for kind in sorted(set(kinds.tolist())):
             m = kinds == kind
-            shards[kind] = Shard.place(build_faiss(vectors[m], exact_threshold), ids[m], sources[m])
+            shards[kind] = Shard.place(build_faiss(vectors[m], exact_threshold), ids[m], sources[m],
+                                       trained=int(m.sum()))
         return cls(shards, version)
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self.shards.values())
+        """Rows a search can return (tombstones left out), without reading any shard."""
+        return sum(self.shard_map.live(k) for k in self.shards)
 
     def describe(self) -> str:
         """Index types per kind, e.g. "image: IndexFlatIP, video_window: IndexRefine"."""
-        return ", ".join(f"{k}: {type(s.index).__name__}{' (exact on GPU)' if s.matrix is not None else ''}"
-                         for k, s in self.shards.items())
+        return ", ".join(f"{k}: {self.shard_map.type_name(k)}" for k in self.shards)
 
     # ---- persistence: a directory per version, switched by an atomic pointer file ------------
     def save(self, ann_dir: str | Path) -> None:
         """Write a new version folder (shards, then the manifest), then switch the pointer to it.
-        A failure (full disk) removes the partial folder and leaves the previous index in use."""
+        Shards whose files did not change are hard-linked from the previous version. A failure
+        (full disk) removes the partial folder and leaves the previous index in use."""
         ann_dir = Path(ann_dir)
         with storage_errors(str(ann_dir)):
             ann_dir.mkdir(parents=True, exist_ok=True)
@@ -484,56 +698,53 @@ class AnnIndex:
             target = ann_dir / name
             tmp = temp_name(target)
             try:
-                placed = self._write_folder(tmp)
+                entries = self._write_folder(tmp)
                 os.replace(tmp, target)
                 pointer = ann_dir / POINTER
                 write_atomic(pointer, json.dumps({"version": self.version, "dir": name}))
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        for shard, (fname, checks) in placed:
-            shard.saved, shard.checks = target / fname, checks
+        for kind, entry in entries.items():
+            self.shard_map.placed(kind, target, entry)
         for old in ann_dir.glob("v*"):
             if old.name != target.name:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _write_folder(self, tmp: Path) -> list[tuple[Shard, tuple[str, dict]]]:
-        """Shard files, then the manifest naming them, into `tmp`; returns where each shard went."""
+    def _write_folder(self, tmp: Path) -> dict[str, dict]:
+        """Shard files, then the manifest naming them, into `tmp`; returns each kind's entry."""
         tmp.mkdir(parents=True)
-        entries, placed = [], []
-        for i, (kind, shard) in enumerate(self.shards.items()):
+        entries: dict[str, dict] = {}
+        for i, kind in enumerate(self.shards):
             dest = tmp / f"shard{i}.faiss"
-            if _link_saved(shard, dest):  # a reused shard's files are linked, not rewritten
-                checks = shard.checks or {}  # _link_saved is true only with checks
+            shard = self.shard_map.loaded(kind)
+            if shard is not None:
+                entries[kind] = _write_shard(kind, shard, dest)
             else:
-                cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ \
-                    else shard.index
-                faiss.write_index(cpu, str(dest))
-                with open(dest.with_suffix(".npz"), "wb") as f:
-                    np.savez(f, ids=shard.ids.astype(str), sources=shard.sources.astype(str),
-                             kind=np.array(kind))
-                checks = {"faiss": file_check(dest), "npz": file_check(dest.with_suffix(".npz"))}
-            entries.append({"kind": kind, "file": dest.stem, "rows": len(shard),
-                            "index": type(shard.index).__name__, **checks})
-            placed.append((shard, (dest.name, checks)))
+                saved = self.shard_map.saved_entry(kind)
+                assert saved is not None
+                entries[kind] = _link_shard(saved, dest)
         manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
-                    "shards": entries, "fingerprints": self.fingerprints}
+                    "watermark": self.watermark, "shards": list(entries.values()),
+                    "fingerprints": self.fingerprints}
         manifest["checksum"] = _self_checksum(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest))
-        return placed
+        return entries
 
     @classmethod
     def load(cls, ann_dir: str | Path) -> AnnIndex | None:
-        """The saved index, or None when there is none or it is damaged (logged once)."""
+        """The saved index (its manifest checked; each shard is read, and checked, on first use),
+        or None when there is none or its manifest is damaged (logged once)."""
         ann_dir = Path(ann_dir)
         try:
             version, d, listing = cls._listing(ann_dir)
-            shards = {e["kind"]: cls._load_shard(d, e) for e in listing["shards"]}
-            return cls(shards, int(version), dict(listing.get("fingerprints", {})))
+            saved = {e["kind"]: SavedShard(d, e) for e in listing["shards"]}
+            return cls(ShardMap(saved=saved), int(version), dict(listing.get("fingerprints", {})),
+                       int(listing.get("watermark", -1)))
         except FileNotFoundError as e:
             log.debug("no saved ANN index in %s: %s", ann_dir, e)
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
-            _warn_once(ann_dir, cls._describe(ann_dir, e))
+            warn_once(ann_dir, cls.damage_line(ann_dir, e))
         return None
 
     @classmethod
@@ -546,17 +757,17 @@ class AnnIndex:
         except FileNotFoundError:
             return {}
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:  # the caller rebuilds
-            log.info("no reusable ANN shards: %s", cls._describe(ann_dir, e))
+            log.info("no reusable ANN shards: %s", cls.damage_line(ann_dir, e))
             return {}
         saved = listing.get("fingerprints", {})
         out = {}
         for entry in listing["shards"]:
             kind = entry["kind"]
-            if kind in saved and saved[kind] == fingerprints.get(kind):
+            if kind in saved and saved[kind] == fingerprints.get(kind) and "dead" not in entry:
                 try:
-                    out[kind] = cls._load_shard(d, entry)
+                    out[kind] = load_saved_shard(SavedShard(d, entry))
                 except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as err:
-                    log.info("the %s shard is rebuilt: %s", kind, cls._describe(ann_dir, err))
+                    log.info("the %s shard is rebuilt: %s", kind, cls.damage_line(ann_dir, err))
         return out
 
     @classmethod
@@ -571,7 +782,7 @@ class AnnIndex:
         except FileNotFoundError:
             return f"there is no saved ANN index in {ann_dir}"
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
-            return cls._describe(ann_dir, e)
+            return cls.damage_line(ann_dir, e)
         if version is not None and saved != version:
             return f"the ANN index in {ann_dir} was built at table version {saved}, the table is at {version}"
         if rows is not None and listing["rows"] != rows:
@@ -585,13 +796,13 @@ class AnnIndex:
         `describe`), "rows", "version"}; None when there is none or its manifest is unusable."""
         try:
             version, _, listing = cls._listing(Path(ann_dir))
-            kinds = ", ".join(f"{e['kind']}: {e.get('index', 'saved')}" for e in listing["shards"])
+            kinds = ", ".join(f"{e['kind']}: {e.get('type', 'saved')}" for e in listing["shards"])
             return {"type": kinds, "rows": int(listing["rows"]), "version": version}
         except (FileNotFoundError, DamagedIndex, OSError, KeyError, TypeError, ValueError):
             return None
 
     @staticmethod
-    def _describe(ann_dir: Path, e: BaseException) -> str:
+    def damage_line(ann_dir: Path, e: BaseException) -> str:
         return f"the ANN index in {ann_dir} is damaged ({type(e).__name__}: {e})"
 
     @staticmethod
@@ -613,7 +824,7 @@ class AnnIndex:
         except ValueError as e:
             raise DamagedIndex(f"{d / MANIFEST} is unreadable: {e}") from None
         if not isinstance(listing, dict) or listing.get("format") != MANIFEST_FORMAT:
-            raise DamagedIndex(f"{d / MANIFEST} has no checksums (an older clipsearch wrote it)")
+            raise DamagedIndex(f"{d / MANIFEST} is not in this clipsearch's format (an older one wrote it)")
         if listing.get("checksum") != _self_checksum(listing) or listing.get("version") != version:
             raise DamagedIndex(f"{d / MANIFEST} fails its checksum (edited or reordered)")
         return version, d, listing
@@ -621,36 +832,20 @@ class AnnIndex:
     @staticmethod
     def _check_files(d: Path, entry: dict) -> dict:
         checks = {}
-        for part, suffix in (("faiss", ".faiss"), ("npz", ".npz")):
+        parts = [("faiss", ".faiss"), ("npz", ".npz")] + ([("dead", DEAD_SUFFIX)] if "dead" in entry else [])
+        for part, suffix in parts:
             path = d / f"{entry['file']}{suffix}"
-            got = file_check(path)
-            if got != entry[part]:
-                raise DamagedIndex(f"{path} is not the file its manifest names (size {got['size']}, "
-                                   f"expected {entry[part]['size']}; truncated or overwritten)")
-            checks[part] = got
+            _verify(path, entry[part])
+            checks[part] = entry[part]
         return checks
-
-    @classmethod
-    def _load_shard(cls, d: Path, entry: dict) -> Shard:
-        checks = cls._check_files(d, entry)
-        faiss_path = d / f"{entry['file']}.faiss"
-        with np.load(faiss_path.with_suffix(".npz")) as meta:
-            ids, sources = meta["ids"].astype(object), meta["sources"].astype(object)
-            kind = str(meta["kind"]) if "kind" in meta.files else None
-        index = faiss.read_index(str(faiss_path))
-        if kind != entry["kind"] or not (len(ids) == len(sources) == index.ntotal == entry["rows"]):
-            raise DamagedIndex(f"{faiss_path} does not hold the {entry['rows']} {entry['kind']} rows "
-                               "its manifest names")
-        shard = Shard.place(index, ids, sources)
-        shard.saved, shard.checks = faiss_path, checks
-        return shard
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
                under: str | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (id, cosine) per query row over the shards of `kinds`, within folder `under`."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        shards = [s for kind, s in self.shards.items() if (not kinds or kind in kinds) and len(s)]
+        shards = [self.shards[kind] for kind in self.shards
+                  if (not kinds or kind in kinds) and self.shard_map.live(kind)]
         if not shards or k <= 0:
             return [[] for _ in range(len(q))]
         hits: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
@@ -661,3 +856,177 @@ class AnnIndex:
         if len(shards) > 1:
             hits = [sorted(h, key=lambda t: -t[1])[:k] for h in hits]
         return hits
+
+
+def _file_entry(path: Path) -> dict:
+    """Size and CRC-32 of a saved file, and its inode and mtime: a file whose inode, mtime and
+    size are as recorded was not rewritten since, so a writer need not read it again to trust it."""
+    st = path.stat()
+    return {**file_check(path), "stat": [st.st_ino, st.st_mtime_ns]}
+
+
+def _verify(path: Path, expected: dict) -> None:
+    """Raise DamagedIndex unless `path` is the file `expected` describes (by stat, else by CRC)."""
+    st = path.stat()
+    if st.st_size == expected["size"] and expected.get("stat") == [st.st_ino, st.st_mtime_ns]:
+        return
+    got = file_check(path)
+    if got["size"] != expected["size"] or got["crc32"] != expected["crc32"]:
+        raise _damaged(path, got["size"], expected)
+
+
+def _write_dead(dead: np.ndarray, dest: Path) -> dict:
+    path = dest.with_name(dest.stem + DEAD_SUFFIX)
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(dead, np.int64))
+    return {"count": len(dead), **_file_entry(path)}
+
+
+def _write_shard(kind: str, shard: Shard, dest: Path) -> dict:
+    """A shard's files at `dest` (.faiss, .npz, tombstones): linked when they are already saved
+    and unchanged, else written. Returns its manifest entry."""
+    if _link_saved(shard, dest):
+        files = dict(shard.checks or {})
+    else:
+        cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ else shard.index
+        faiss.write_index(cpu, str(dest))
+        extra: dict[str, Any] = {"hashes": shard.hashes.astype(str)} if shard.hashes is not None else {}
+        with open(dest.with_suffix(".npz"), "wb") as f:
+            np.savez(f, ids=shard.ids.astype(str), sources=shard.sources.astype(str), kind=np.array(kind),
+                     **extra)
+        files = {"faiss": _file_entry(dest), "npz": _file_entry(dest.with_suffix(".npz"))}
+    entry = {"kind": kind, "file": dest.stem, "rows": len(shard), "trained": shard.trained or len(shard),
+             "exact": shard.exact, "type": type(shard.index).__name__, **files}
+    if len(shard.dead):
+        entry["dead"] = _write_dead(shard.dead, dest)
+    return entry
+
+
+def _link_shard(saved: SavedShard, dest: Path) -> dict:
+    """A saved shard's files linked into `dest`'s folder; its tombstones written when new."""
+    entry = {k: v for k, v in saved.entry.items() if k != "dead"}
+    entry["file"] = dest.stem
+    parts = [("faiss", ".faiss"), ("npz", ".npz")]
+    if saved.dead is None and "dead" in saved.entry:
+        parts.append(("dead", DEAD_SUFFIX))
+        entry["dead"] = saved.entry["dead"]
+    for part, suffix in parts:
+        expected = saved.entry[part]
+        if not _link(saved.path(part), dest.with_name(dest.stem + suffix), expected["size"]):
+            raise DamagedIndex(f"{saved.path(part)} is gone or changed size")
+    if saved.dead is not None and len(saved.dead):
+        entry["dead"] = _write_dead(saved.dead, dest)
+    return entry
+
+
+# ---- the writer's incremental update ----------------------------------------------------------
+GROWTH_LIMIT = 2.0  # an IVF shard is retrained once it holds this many times the rows it was trained at
+MAX_DEAD_SHARE = 0.5  # ... or once tombstones are this share of its positions
+
+
+def _row_keys(ids, hashes) -> pa.Array:
+    """id + content hash per row: rows with equal keys hold equal vectors (a file's vectors
+    follow from its content; the id names the file and the place in it)."""
+    cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else pa.array(c, pa.string())
+            for c in (ids, hashes)]
+    return pc.binary_join_element_wise(cols[0], pc.fill_null(cols[1], ""), "\x00")
+
+
+def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions: np.ndarray,
+                   exact_threshold: int) -> Shard | SavedShard | None:
+    """The saved shard brought to the table's rows of its kind (`positions` in the scan,
+    `table_keys` theirs): the same SavedShard if nothing changed, a SavedShard with new
+    tombstones if rows were only deleted from an IVF shard, a Shard with rows added (and, for a
+    flat index, removed), or None where it must be rebuilt: grown past GROWTH_LIMIT times its
+    training size, across the exact/IVF threshold, mostly tombstones, or saved without hashes."""
+    ids, sources, hashes, dead = read_saved_meta(saved)
+    e = saved.entry
+    n, n_after = len(ids), len(positions)
+    exact, trained = bool(e.get("exact", True)), int(e.get("trained", n))
+    if hashes is None or (exact and n_after >= exact_threshold) or (
+            not exact and (n_after > GROWTH_LIMIT * trained or n_after < exact_threshold // 2)):
+        return None
+    live = np.ones(n, bool)
+    live[dead] = False
+    saved_keys = _row_keys(ids, hashes)
+    kill = np.flatnonzero(live & ~pc.is_in(saved_keys, value_set=table_keys).to_numpy(zero_copy_only=False))
+    known = pc.is_in(table_keys, value_set=saved_keys.filter(pa.array(live))).to_numpy(zero_copy_only=False)
+    add = positions[~known]
+    if not len(add) and not len(kill):
+        _verify(saved.path("faiss"), e["faiss"])
+        return saved
+    dead = np.union1d(dead, kill).astype(np.int64)
+    if not exact and len(dead) > MAX_DEAD_SHARE * (n + len(add)):
+        return None
+    if not exact and not len(add):  # deletions only: the index files stay as they are
+        _verify(saved.path("faiss"), e["faiss"])
+        return SavedShard(saved.folder, e, dead)
+    index = _read_index_checked(saved.path("faiss"), e["faiss"])
+    if exact and len(dead):  # a flat index removes rows for real (IndexRefine cannot)
+        index.remove_ids(faiss.IDSelectorBatch(dead))
+        keep = np.setdiff1d(np.arange(n), dead, assume_unique=True)
+        ids, sources, hashes, dead = ids[keep], sources[keep], hashes[keep], np.zeros(0, np.int64)
+    if len(add):  # into the trained lists: IVF add assigns to the existing centroids
+        t = snapshot.take(add, columns=["id", "source", "content_hash", "vector"])
+        index.add(float32_vectors(t.column("vector")))
+        ids = np.concatenate([ids, np.array(t.column("id").to_pylist(), dtype=object)])
+        sources = np.concatenate([sources, np.array(t.column("source").to_pylist(), dtype=object)])
+        hashes = np.concatenate([hashes, np.array(t.column("content_hash").fill_null("").to_pylist(),
+                                                  dtype=object)])
+    return Shard.place(index, ids, sources, hashes=hashes, dead=dead,
+                       trained=n_after if exact else trained)
+
+
+def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
+                 exact_threshold: int = EXACT_THRESHOLD, previous: AnnIndex | None = None,
+                 batch_rows: int = BUILD_BATCH_ROWS) -> AnnIndex:
+    """Bring the saved index to the table's current version at a cost that follows the change,
+    save it, and return it. The writer's call (under the writer lock).
+
+    Per kind, rows new or replaced since the save (by id and content hash, from one scan of
+    those two columns) are added to the trained shard and rows gone from the table are removed
+    (flat) or tombstoned (IVF); a shard is rebuilt only past its limits (`_updated_shard`), when
+    damaged, or with `full` (`clipsearch optimize`). Unchanged shard files are hard-linked, so a
+    re-tag after a compaction (which rewrites every fragment) costs a manifest. `previous`: this
+    process's index, whose already loaded unchanged shards are kept rather than read again.
+    """
+    ann_dir = Path(ann_dir)
+    snapshot = store.snapshot()
+    version = int(snapshot.version)
+    saved = None if full else AnnIndex.load(ann_dir)
+    rows = snapshot.to_table(columns=["id", "kind", "content_hash"])
+    kind_col = rows.column("kind")
+    keys = _row_keys(rows.column("id"), rows.column("content_hash"))
+    shards: dict[str, Shard] = {}
+    pending: dict[str, SavedShard] = {}
+    changed = saved is None
+    for kind in sorted(pc.unique(kind_col).to_pylist()):
+        positions = np.flatnonzero(pc.equal(kind_col, kind).to_numpy(zero_copy_only=False))
+        entry = saved.shard_map.saved_entry(kind) if saved is not None else None
+        part: Shard | SavedShard | None = None
+        if entry is not None:
+            try:
+                part = _updated_shard(snapshot, entry, keys.take(pa.array(positions)), positions,
+                                      exact_threshold)
+            except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+                log.warning("rebuilding the %s shard: %s", kind, AnnIndex.damage_line(ann_dir, e))
+        if part is None:
+            log.info("ANN: building the %s shard (%d rows)", kind, len(positions))
+            part = _build_shard(store, snapshot, kind, positions, exact_threshold, batch_rows)
+        if part is entry and previous is not None:
+            old = previous.shard_map.loaded(kind)
+            if old is not None and old.saved == entry.path("faiss") and old.checks == {
+                    p: entry.entry[p] for p in ("faiss", "npz")} and old.live == entry.live:
+                part = old  # the same files, already in memory
+        changed = changed or part is not entry
+        if isinstance(part, Shard):
+            shards[kind] = part
+        else:
+            pending[kind] = part
+    if saved is not None and set(saved.shards) != set(shards) | set(pending):
+        changed = True
+    if saved is not None and not changed and saved.version == version:
+        return saved
+    index = AnnIndex(ShardMap(shards, pending), version, watermark=fragment_watermark(snapshot))
+    index.save(ann_dir)
+    return index

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.ann import AnnIndex
+from clipsearch.ann import POINTER, AnnIndex, update_saved
+from clipsearch.ann_live import LiveAnn
 from clipsearch.errors import TransformError, UsageError
 from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.jsonsafe import finite
@@ -125,7 +126,9 @@ class Searcher:
     def __init__(self, col: Collection) -> None:
         self.col = col
         self._lock = threading.RLock()
-        self._ann: AnnIndex | None = None
+        self._ann: LiveAnn | None = None  # what queries at the table's current version search
+        self._saved: AnnIndex | None = None  # the saved index, its shards loaded as queries need them
+        self._saved_pointer: bytes | None = None  # the pointer file `_saved` was loaded through
         self._transformed: dict[tuple[Any, ...], tuple[AnnIndex, int]] = {}
         self._transforms: TransformSet | None = None
         self._transforms_mtime: float | None = None
@@ -139,14 +142,35 @@ class Searcher:
         return self.col.path / "ann"
 
     # ---- ANN ---------------------------------------------------------------------------------
-    def rebuild_ann(self, save: bool = False) -> AnnIndex:
+    def rebuild_ann(self, save: bool = False, full: bool = False) -> AnnIndex:
+        """The writer's ANN step: with `save`, `ann.update_saved` brings the saved index to the
+        table's version (rows added and removed in place; `full` retrains every shard) and
+        queries use it. Without `save`, an index is built in memory only, for this process."""
         with self._lock:
-            ann = AnnIndex.build(self.col.store, reuse=self._ann if self._ann is not None else self.ann_dir)
+            store = self.col.store
             if save:
-                ann.save(self.ann_dir)
-            self._ann = ann
+                ann = update_saved(store, self.ann_dir, full=full, previous=self._saved)
+                self._saved, self._saved_pointer = ann, self._pointer()
+            else:
+                ann = AnnIndex.build(store, reuse=self._saved if self._saved is not None else self.ann_dir)
+            self._ann = LiveAnn(store, ann, self.ann_dir) if ann.version == store.version else None
             self._transformed.clear()
             return ann
+
+    def _pointer(self) -> bytes | None:
+        try:
+            return (self.ann_dir / POINTER).read_bytes()
+        except OSError:
+            return None
+
+    def _saved_index(self) -> AnnIndex | None:
+        """The saved index, read again only when the writer has switched the pointer (so the
+        shards this process has loaded are kept across table versions)."""
+        pointer = self._pointer()
+        if pointer is None or pointer != self._saved_pointer:
+            self._saved = AnnIndex.load(self.ann_dir) if pointer is not None else None
+            self._saved_pointer = pointer
+        return self._saved
 
     def derived_problems(self, fit_transforms: bool = True) -> list[str]:
         """One line per part of the derived state that is missing, stale or damaged and must be
@@ -187,19 +211,15 @@ class Searcher:
             return str(e)
         return None
 
-    def ann(self) -> AnnIndex:
-        """The ANN index at the table's current version: cached, loaded, or rebuilt."""
+    def ann(self) -> LiveAnn:
+        """The ANN view at the table's current version: the saved index plus an exact search of
+        the rows written since it was saved. Readers never build or save an index."""
         with self._lock:
-            version = self.col.store.version
+            store = self.col.store
+            version = store.version
             if self._ann is not None and self._ann.version == version:
                 return self._ann
-            loaded = AnnIndex.load(self.ann_dir)
-            if loaded is not None and loaded.version == version:
-                self._ann = loaded
-                return loaded
-            # Another process is writing (or crashed before its rebuild): build from the table,
-            # taking over the shards of kinds that did not change.
-            self._ann = AnnIndex.build(self.col.store, reuse=loaded if loaded is not None else self._ann)
+            self._ann = LiveAnn(store, self._saved_index(), self.ann_dir)
             return self._ann
 
     def ann_search(self, vec: np.ndarray, n: int, kind: str | tuple[str, ...],

@@ -108,7 +108,7 @@ class RemoteSearcher(Searcher):
             self._indexed, self._indexed_at = has_vector_index(store), version
         return self._indexed
 
-    def rebuild_ann(self, save: bool = False):
+    def rebuild_ann(self, save: bool = False, full: bool = False):
         with self._lock:
             store = self.col.store
             indexed = self._lance_indexed(store)
@@ -121,7 +121,7 @@ class RemoteSearcher(Searcher):
                 self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 self._transformed.clear()
                 return self._ann
-        return super().rebuild_ann(save=save)
+        return super().rebuild_ann(save=save, full=full)
 
     def _ann_problem(self) -> str | None:
         """A Lance vector index lives in the table itself: nothing local to check."""
