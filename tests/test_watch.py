@@ -1,0 +1,255 @@
+"""Watch mode (`clipsearch watch`, `serve --watch`, `Collection.watch`, `Watcher`) against the real
+watcher: files created, edited, renamed and deleted while it runs; the walk rules; the fall-back
+to rescans at the watch limit; catching up after a restart; waiting for another writer."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from clipsearch.indexers.scanner import Admission, ScanRules
+from support import ServerThread, build_collection, save_solid, tiny_model_args, wait_until, write_shapes
+
+from clipsearch.collection import Collection
+from clipsearch.watch import Watcher, is_watch_limit
+
+FAST = {"quiet": 0.3, "max_wait": 2.0, "rescan_every": 600.0}  # short batches; no timed rescans
+
+
+def real(p: Path) -> bytes:
+    return os.fsencode(os.path.realpath(p))
+
+
+def states(reader: Collection) -> dict:
+    return reader.store.file_states()
+
+
+@contextlib.contextmanager
+def running(watcher: Watcher):
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        assert watcher.stop(timeout=120), "the watcher did not stop"
+
+
+@pytest.fixture
+def library(tmp_path):
+    """(root folder of 12 shape images, collection indexed from it, kept inside the root)."""
+    tiny_model_args()
+    root = tmp_path / "photos"
+    write_shapes(root, per_class=1, size=64)
+    col = build_collection(root / "db", [root])
+    return root, col
+
+
+def test_created_edited_renamed_and_deleted_files_are_followed(library, tmp_path):
+    root, col = library
+    reader = Collection.open(col.path, device="cpu")
+    reports = []
+    with running(Watcher(col, on_run=reports.append, **FAST)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        assert reports[0].indexed == 0 and reports[0].removed == 0  # nothing changed since the build
+        assert w.status.mode == "events" and w.status.watching
+
+        new = save_solid(root / "new.png", (240, 20, 20))
+        wait_until(lambda: real(new) in states(reader), what="the new file to be indexed")
+        assert reader.search(image=new, k=1)[0].source == os.path.realpath(new)
+
+        before = states(reader)[real(new)].content_hash
+        save_solid(new, (20, 20, 240), seed=1)  # edited in place
+        wait_until(lambda: states(reader).get(real(new)) and states(reader)[real(new)].content_hash != before,
+                   what="the edit to be indexed")
+
+        moved = root / "sub" / "moved.png"
+        moved.parent.mkdir()
+        os.rename(new, moved)
+        wait_until(lambda: real(moved) in states(reader) and real(new) not in states(reader),
+                   what="the rename to be followed")
+
+        query = save_solid(tmp_path / "query.png", (20, 20, 240), seed=1)  # outside the root
+        assert reader.search(image=query, k=1)[0].source == os.path.realpath(moved)
+        moved.unlink()
+        wait_until(lambda: real(moved) not in states(reader), what="the deleted file to be removed")
+        assert os.path.realpath(moved) not in [h.source for h in reader.search(image=query, k=50)]
+        assert w.status.error is None and w.status.last_run is not None
+
+
+def test_events_the_walk_leaves_out_start_no_run(library):
+    """Hidden files, excluded ones and the collection's own folder (which every run writes to:
+    it lies inside the watched root here) trigger nothing; a visible file still does."""
+    root, col = library
+    col.set_scan_options(exclude=["*.tmp.png"])
+    reports = []
+    with running(Watcher(col, on_run=reports.append, **FAST)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        save_solid(root / ".hidden.png", (0, 200, 0))
+        save_solid(root / "draft.tmp.png", (0, 200, 0))
+        (root / "db" / "stray.png").write_bytes((root / "draft.tmp.png").read_bytes())
+        visible = save_solid(root / "visible.png", (200, 200, 0))
+        wait_until(lambda: w.status.runs >= 2, what="a run for the visible file")
+        assert reports[1].indexed == 1
+        # Settle: the run wrote into db/ (table, index, thumbnails); those events must not start
+        # another run. Give a start-up of one ample time (many quiet periods) to show itself.
+        runs = w.status.runs
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: w.status.runs > runs, timeout=3, what="a spurious run")
+        assert w.status.runs == runs, [r.summary() for r in reports]
+    indexed = set(states(col))
+    assert real(visible) in indexed
+    left_out = {real(root / ".hidden.png"), real(root / "draft.tmp.png"), real(root / "db" / "stray.png")}
+    assert not left_out & indexed
+
+
+def test_admission_follows_the_walk_rules(tmp_path):
+    root = tmp_path / "r"
+    (root / "a" / "node_modules").mkdir(parents=True)
+    (root / "keep").mkdir()
+    (root / "keep" / ".clipsearchignore").write_text("*.raw\n")
+    (root / "col").mkdir()
+    (root / "col" / "clipsearch.json").write_text("{}")
+    (root / "col" / "items.lance").mkdir()
+    rules = ScanRules(excludes=("node_modules/",), never_enter=((real(tmp_path / "db"), "the collection"),))
+    adm = Admission([os.fsencode(root)], rules)
+    ok = [root / "x.jpg", root / "a" / "y.jpg", root / "keep" / "z.jpg", root / "keep" / ".clipsearchignore",
+          root / "gone" / "deleted.jpg"]
+    refused = [root / ".x.jpg", root / ".h" / "y.jpg", root / "a" / "node_modules" / "m.jpg",
+               root / "keep" / "photo.raw", root / "col" / "thumb.jpg", tmp_path / "db" / "t.jpg",
+               tmp_path / "elsewhere.jpg"]
+    assert [p for p in ok if not adm.admits(os.fsencode(p))] == []
+    assert [p for p in refused if adm.admits(os.fsencode(p))] == []
+    hidden_ok = Admission([os.fsencode(root)], ScanRules(include_hidden=True))
+    assert hidden_ok.admits(os.fsencode(root / ".x.jpg"))
+
+
+def _limit_at_start(*_a, **_k):
+    raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+
+def _limit_later(*_a, **_k):
+    yield set()  # watching worked for a while...
+    raise RuntimeError("error in underlying watcher: OS file watch limit reached. (MaxFilesWatch)")
+
+
+@pytest.mark.parametrize("fake_watch", [_limit_at_start, _limit_later], ids=["at-start", "while-watching"])
+def test_the_watch_limit_falls_back_to_rescans(library, monkeypatch, caplog, fake_watch):
+    import watchfiles
+
+    monkeypatch.setattr(watchfiles, "watch", fake_watch)
+    root, col = library
+    caplog.set_level(logging.WARNING, logger="clipsearch.watch")
+    with running(Watcher(col, quiet=0.3, max_wait=2.0, rescan_every=1.0)) as w:
+        wait_until(lambda: w.status.mode == "rescan", what="the fall-back to rescans")
+        warnings = [r.getMessage() for r in caplog.records if "watch limit" in r.getMessage()]
+        assert len(warnings) == 1 and "fs.inotify.max_user_watches" in warnings[0]
+        new = save_solid(root / "late.png", (10, 200, 200))
+        wait_until(lambda: real(new) in states(col), what="a rescan to index the new file")
+
+
+def test_is_watch_limit_tells_the_limit_from_other_failures():
+    assert is_watch_limit(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_watch_limit(OSError("OS file watch limit reached. (Error { kind: MaxFilesWatch })"))
+    assert not is_watch_limit(PermissionError(errno.EACCES, "Permission denied"))
+    assert not is_watch_limit(FileNotFoundError(errno.ENOENT, "No such file or directory"))
+
+
+def test_a_restart_catches_up_on_changes_made_while_stopped(library):
+    root, col = library
+    with running(Watcher(col, **FAST)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+    assert not w.status.watching and w.status.mode == "stopped"
+    added = save_solid(root / "while_stopped.png", (200, 0, 200))
+    gone = sorted(root.glob("red_*.jpg"))[0]
+    gone.unlink()
+    reports = []
+    stop = threading.Event()
+    t = threading.Thread(target=col.watch, kwargs={"stop": stop, "on_run": reports.append, **FAST})
+    t.start()
+    try:
+        wait_until(lambda: reports, what="the catch-up run after the restart")
+    finally:
+        stop.set()
+        t.join(120)
+    assert not t.is_alive()
+    assert (reports[0].indexed, reports[0].removed) == (1, 1)
+    assert real(added) in states(col) and real(gone) not in states(col)
+
+
+def test_another_writer_is_waited_for(library, caplog):
+    root, col = library
+    caplog.set_level(logging.WARNING, logger="clipsearch.watch")
+    new = save_solid(root / "queued.png", (90, 90, 250))
+    with open(col.path / ".writer.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what `clipsearch index` holds
+        with running(Watcher(col, busy_retry=0.2, **FAST)) as w:
+            wait_until(lambda: any("another process is indexing" in r.getMessage() for r in caplog.records),
+                       what="the watcher to notice the other writer")
+            assert w.status.runs == 0 and w.status.watching
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            wait_until(lambda: w.status.runs >= 1, what="the run once the lock is free")
+    assert real(new) in states(col)
+
+
+def test_cli_watch_prints_a_line_per_run_and_stops_on_ctrl_c(library):
+    root, col = library
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "clipsearch", "watch", "--db", str(col.path), "--quiet-seconds", "0.3",
+           "--max-wait", "2", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(ln.startswith("indexed 0 files") for ln in lines), what="the catch-up line")
+        save_solid(root / "cli.png", (250, 120, 0))
+        wait_until(lambda: any(ln.startswith("indexed 1 files") for ln in lines), what="the new file's line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "watching" in err and "stopped" in err
+    assert all(ln.startswith("indexed ") for ln in lines)  # one summary line per run, no progress bar
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _search_image(url: str, path: Path) -> list[str]:
+    import httpx
+
+    r = httpx.post(f"{url}/api/search/image", files={"file": (path.name, path.read_bytes(), "image/png")},
+                   data={"k": "5"}, timeout=120)
+    r.raise_for_status()
+    return [h["source"] for h in r.json()["hits"]]
+
+
+def test_serve_watch_shows_new_files_without_a_restart(library, tmp_path):
+    from clipsearch.ui.server import build_app
+
+    root, col = library
+    with ServerThread(build_app(col.path, device="cpu", watch=dict(FAST))) as srv:
+        wait_until(lambda: (_get(f"{srv.url}/api/info")["watch"] or {}).get("runs"), what="the catch-up run")
+        info = _get(f"{srv.url}/api/info")
+        assert info["watch"]["watching"] and info["watch"]["mode"] == "events"
+        items = info["items"]
+        new = save_solid(root / "served.png", (0, 250, 120))
+        wait_until(lambda: _get(f"{srv.url}/api/info")["items"] > items, what="the new file in /api/info")
+        assert _search_image(srv.url, new)[0] == os.path.realpath(new)
+        status = _get(f"{srv.url}/api/info")["watch"]
+        assert status["last_changed"] and status["last_run"] >= status["last_changed"]
+    assert build_app(col.path, device="cpu").state.service.watch_status() is None  # not asked to watch
