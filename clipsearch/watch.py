@@ -105,6 +105,7 @@ class Watcher:
         self.stop_event = threading.Event()
         self._limit_reached = False
         self._linked: list[str] = []  # followed symlink targets outside the given paths
+        self._watched_before: list[str] = []  # the roots the last watching session covered
         self._status = WatchStatus()
         self._status_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -145,6 +146,7 @@ class Watcher:
             raise UsageError("give the folders to watch",
                              hint="clipsearch watch PATH... (later runs without PATH watch them all)")
         self._set(watching=True, mode="starting", roots=self.run_roots())
+        self._watched_before = self._watchable()  # what the catch-up covers
         try:
             going = self._index(self.paths)  # catch-up: what changed while nothing watched
             while going and not self.stop_event.is_set():
@@ -168,9 +170,13 @@ class Watcher:
         import watchfiles
 
         watched = self._watchable()
+        back = self._roots_holding(r for r in watched if r not in self._watched_before)
+        self._watched_before = watched
         if not watched:  # every root is missing (an unplugged drive): rescan until one is back
             self._set(mode="rescan")
             return self._rescan_after(self.rescan_every, until_roots_change=True)
+        if back and not self._index(back):  # what changed while it was away
+            return False
         self._set(mode="events", roots=self.run_roots())
         admission = self._admission(watched)
         last_full = time.monotonic()

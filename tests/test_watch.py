@@ -112,6 +112,31 @@ def test_events_the_walk_leaves_out_start_no_run(library):
     assert not left_out & indexed
 
 
+def test_a_root_that_vanishes_is_watched_again_when_it_is_back(tmp_path, monkeypatch):
+    """An unplugged drive: its rows stay, and once it is back what changed meanwhile is indexed
+    and its events are followed again."""
+    from clipsearch import watch
+
+    monkeypatch.setattr(watch, "TICK_SECONDS", 0.2)
+    tiny_model_args()
+    root, away = tmp_path / "drive", tmp_path / "unplugged"
+    write_shapes(root, per_class=1, size=64)
+    col = build_collection(tmp_path / "db", [root])
+    rows = len(states(col))
+    with running(Watcher(col, **FAST)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        os.rename(root, away)
+        wait_until(lambda: w.status.mode == "rescan", what="the watcher to notice the root is gone")
+        assert len(states(col)) == rows  # kept
+        meanwhile = save_solid(away / "meanwhile.png", (120, 0, 250))
+        os.rename(away, root)
+        wait_until(lambda: real(root / meanwhile.name) in states(col), what="the catch-up once it is back")
+        wait_until(lambda: w.status.mode == "events", what="watching again")
+        later = save_solid(root / "later.png", (250, 0, 120))
+        wait_until(lambda: real(later) in states(col), what="an event after the root came back")
+    assert len(states(col)) == rows + 2
+
+
 def test_admission_follows_the_walk_rules(tmp_path):
     root = tmp_path / "r"
     (root / "a" / "node_modules").mkdir(parents=True)
@@ -252,4 +277,5 @@ def test_serve_watch_shows_new_files_without_a_restart(library, tmp_path):
         assert _search_image(srv.url, new)[0] == os.path.realpath(new)
         status = _get(f"{srv.url}/api/info")["watch"]
         assert status["last_changed"] and status["last_run"] >= status["last_changed"]
+        assert "watching, updated" in srv.server.config.app.state.service.status_line()
     assert build_app(col.path, device="cpu").state.service.watch_status() is None  # not asked to watch
