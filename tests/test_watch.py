@@ -86,6 +86,33 @@ def test_created_edited_renamed_and_deleted_files_are_followed(library, tmp_path
         assert w.status.error is None and w.status.last_run is not None
 
 
+def test_a_steady_stream_is_batched_and_capped(library):
+    """New files every 0.2 s never leave `quiet` seconds of calm: batches close at `max_wait`,
+    so runs happen while the stream goes on, far fewer of them than files."""
+    root, col = library
+    files: list[Path] = []
+    done = threading.Event()
+
+    def stream() -> None:
+        for i in range(50):
+            files.append(save_solid(root / "burst" / f"b{i:02d}.png", (5 * i, 100, 200 - 3 * i), seed=i))
+            if done.wait(0.2):
+                return
+
+    with running(Watcher(col, quiet=0.5, max_wait=1.0, rescan_every=600.0)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        try:
+            wait_until(lambda: w.status.runs >= 2 or not streamer.is_alive(), what="a run or the end")
+            assert streamer.is_alive(), "no run before the stream ended: batches were not capped"
+        finally:
+            streamer.join()
+        runs_during = w.status.runs - 1
+        wait_until(lambda: {real(f) for f in files} <= set(states(col)), what="every streamed file")
+    assert 1 <= runs_during < len(files) / 2
+
+
 def test_events_the_walk_leaves_out_start_no_run(library):
     """Hidden files, excluded ones and the collection's own folder (which every run writes to:
     it lies inside the watched root here) trigger nothing; a visible file still does."""
@@ -180,6 +207,37 @@ def test_the_watch_limit_falls_back_to_rescans(library, monkeypatch, caplog, fak
         assert len(warnings) == 1 and "fs.inotify.max_user_watches" in warnings[0]
         new = save_solid(root / "late.png", (10, 200, 200))
         wait_until(lambda: real(new) in states(col), what="a rescan to index the new file")
+
+
+class FlakyCollection:
+    """What a Watcher uses of a Collection; its first run fails as a full disk would."""
+
+    def __init__(self, root: Path) -> None:
+        self.roots = [str(root)]
+        self.calls: list = []
+
+    def scan_rules(self) -> ScanRules:
+        return ScanRules()
+
+    def add(self, paths=None, **options):
+        from clipsearch.errors import StorageError
+        from clipsearch.pipeline import IndexReport
+
+        self.calls.append(paths)
+        if len(self.calls) == 1:
+            raise StorageError("/db/items.lance: no space left on device", hint="free some space")
+        return IndexReport(indexed=1)
+
+
+def test_a_failed_run_is_one_line_and_the_watcher_goes_on(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="clipsearch.watch")
+    col = FlakyCollection(tmp_path)
+    with running(Watcher(col, quiet=0.2, max_wait=1.0, rescan_every=0.5)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="a run after the failed one")
+        assert w.status.error is None and w.status.watching
+    failed = [r.getMessage() for r in caplog.records if "no space left" in r.getMessage()]
+    assert len(failed) == 1 and "free some space" in failed[0] and "\n" not in failed[0]
+    assert col.calls[0] is None  # the catch-up covers every saved root
 
 
 def test_is_watch_limit_tells_the_limit_from_other_failures():
