@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import ClipsearchError, UsageError, WriterBusy
@@ -95,7 +95,8 @@ class Watcher:
                  busy_retry: float = BUSY_RETRY_SECONDS, add_options: dict[str, Any] | None = None,
                  force_polling: bool | None = None) -> None:
         if not 0 < quiet <= max_wait or rescan_every <= 0:
-            raise ValueError("need 0 < quiet <= max_wait and rescan_every > 0")
+            raise UsageError(f"watch: quiet={quiet:g}, max_wait={max_wait:g}, rescan_every={rescan_every:g} "
+                             "do not fit", hint="need 0 < quiet <= max_wait and rescan_every > 0")
         self.col = col
         self.paths = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths] if paths else None
         self.quiet, self.max_wait, self.rescan_every = quiet, max_wait, rescan_every
@@ -115,7 +116,7 @@ class Watcher:
     def status(self) -> WatchStatus:
         """A copy of the current status (safe to read from any thread)."""
         with self._status_lock:
-            return WatchStatus(**{**asdict(self._status), "roots": list(self._status.roots)})
+            return replace(self._status, roots=list(self._status.roots))
 
     def _set(self, **changes: Any) -> None:
         with self._status_lock:

@@ -307,6 +307,32 @@ def test_cli_watch_prints_a_line_per_run_and_stops_on_ctrl_c(library):
     assert all(ln.startswith("indexed ") for ln in lines)  # one summary line per run, no progress bar
 
 
+def test_kill_9_mid_run_is_resumed_by_the_next_start(library):
+    """The watcher killed as soon as the first rows of a batch are committed (its derived-state
+    refresh, or the rest of the batch, cut off): the next start's catch-up completes it."""
+    root, col = library
+    before = len(states(col))
+    cmd = [sys.executable, "-m", "clipsearch", "watch", "--db", str(col.path), "--quiet-seconds", "0.3",
+           "--max-wait", "2", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().startswith("indexed 0 files")  # the catch-up
+        burst = [save_solid(root / "burst" / f"k{i:02d}.png", (6 * i, 250 - 6 * i, 60), seed=i)
+                 for i in range(40)]
+        wait_until(lambda: len(states(col)) > before, what="the batch's first commit", step=0.02)
+    finally:
+        proc.kill()
+        proc.wait(60)
+    committed = len(states(col)) - before
+    reports = []
+    stop = threading.Event()
+    col.watch(stop=stop, on_run=lambda r: (reports.append(r), stop.set()), **FAST)
+    assert {real(f) for f in burst} <= set(states(col)) and len(states(col)) == before + 40
+    assert col.search(image=burst[7], k=1)[0].source == os.path.realpath(burst[7])
+    assert reports[0].indexed == 40 - committed  # the rest of the batch, nothing twice
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())
