@@ -286,8 +286,8 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
 
     signal.signal(signal.SIGINT, stop_soon)
     signal.signal(signal.SIGTERM, stop_soon)
-    click.echo(f"watching {', '.join(watcher.run_roots()) or '(no roots yet)'} for {col.path} "
-               "(Ctrl-C to stop)", err=True)
+    if watcher.run_roots():  # else run() says what to give
+        click.echo(f"watching {', '.join(watcher.run_roots())} for {col.path} (Ctrl-C to stop)", err=True)
     watcher.run(stop)
     click.echo("stopped", err=True)
     if any(interrupted):

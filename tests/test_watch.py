@@ -333,6 +333,19 @@ def test_kill_9_mid_run_is_resumed_by_the_next_start(library):
     assert reports[0].indexed == 40 - committed  # the rest of the batch, nothing twice
 
 
+def test_nothing_to_watch_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from clipsearch.cli import main
+
+    Collection.create(tmp_path / "db", device="cpu", **tiny_model_args())  # no folder indexed yet
+    for args in (["watch"], ["serve", "--watch"]):
+        r = CliRunner().invoke(main, [*args, "--db", str(tmp_path / "db")])
+        assert r.exit_code == 2, r.output
+        lines = [ln for ln in r.output.splitlines() if ln]
+        assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), r.output
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())
