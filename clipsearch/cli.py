@@ -89,6 +89,7 @@ def main() -> None:
     clipsearch search "a goal" --moments    where in which video
     clipsearch search "revenue" --kind doc  which page of which document
     clipsearch browse                       no query: the most atypical items (outliers) first
+    clipsearch watch ~/Pictures             keep the collection current as files change
     clipsearch serve                        browser UI + HTTP API
     """
 

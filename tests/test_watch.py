@@ -86,6 +86,7 @@ def test_created_edited_renamed_and_deleted_files_are_followed(library, tmp_path
         assert w.status.error is None and w.status.last_run is not None
 
 
+@pytest.mark.slow
 def test_a_steady_stream_is_batched_and_capped(library):
     """New files every 0.2 s never leave `quiet` seconds of calm: batches close at `max_wait`,
     so runs happen while the stream goes on, far fewer of them than files."""
@@ -284,6 +285,7 @@ def test_another_writer_is_waited_for(library, caplog):
     assert real(new) in states(col)
 
 
+@pytest.mark.slow
 def test_cli_watch_prints_a_line_per_run_and_stops_on_ctrl_c(library):
     root, col = library
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -307,6 +309,7 @@ def test_cli_watch_prints_a_line_per_run_and_stops_on_ctrl_c(library):
     assert all(ln.startswith("indexed ") for ln in lines)  # one summary line per run, no progress bar
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_is_resumed_by_the_next_start(library):
     """The watcher killed as soon as the first rows of a batch are committed (its derived-state
     refresh, or the rest of the batch, cut off): the next start's catch-up completes it."""
