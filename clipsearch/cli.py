@@ -1,4 +1,4 @@
-"""The `clipsearch` command line: index, search, browse, info, models, fit-transforms, serve.
+"""The `clipsearch` command line: index, watch, search, browse, info, models, fit-transforms, serve.
 
 Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
 traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
