@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +40,7 @@ QUIET_SECONDS = 1.5  # a batch ends after this long without new events...
 MAX_WAIT_SECONDS = 10.0  # ...or this long after its first event, under a steady stream
 RESCAN_SECONDS = 300.0  # the safety-net rescan, and the only updates past the watch limit
 BUSY_RETRY_SECONDS = 2.0  # another process is indexing: try again after this long
+SETTLE_SECONDS = 300.0  # the longest a batch waits for a file still being written
 TICK_SECONDS = 5.0  # how often an idle watcher looks at the clock (rescans, roots that came back)
 WATCHES_SETTING = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -63,6 +65,15 @@ def watch_limit_warning(rescan_every: float) -> str:
     return (f"the inotify watch limit is reached{current}: rescanning every {rescan_every:g} s "
             f"instead of watching; raise it with `sudo sysctl {WATCHES_SETTING}=524288` "
             f"(and a line in /etc/sysctl.d/ to keep it)")
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None when it is gone or not a file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 @dataclass
@@ -187,7 +198,10 @@ class Watcher:
                     step=int(self.quiet * 1000), stop_event=self.stop_event,
                     rust_timeout=int(min(self.rescan_every, TICK_SECONDS) * 1000), yield_on_timeout=True,
                     raise_interrupt=True, force_polling=self.force_polling, ignore_permission_denied=True):
-                touched = self._roots_holding(p for _, p in changes if admission.admits(os.fsencode(p)))
+                admitted = [p for _, p in changes if admission.admits(os.fsencode(p))]
+                touched = self._roots_holding(admitted)
+                if touched and not self._settle(admitted):
+                    return False
                 if touched:
                     log.info("changes under %s", ", ".join(touched))
                     if not self._index(touched):
@@ -212,6 +226,24 @@ class Watcher:
             self._set(mode="rescan")
             return self._rescan_after(self.rescan_every, until_roots_change=True)
         return not self.stop_event.is_set()
+
+    def _settle(self, paths: list[str]) -> bool:
+        """Wait until the files of a batch that were still being written (a copy in progress:
+        its events stay one path, so watchfiles sees calm) keep their size and mtime for `quiet`
+        seconds, so that a half-copied file is not indexed; at most SETTLE_SECONDS. Returns
+        False when stopped meanwhile."""
+        now = time.time()
+        recent = [p for p in paths if (st := _stat(p)) is not None and now - st[1] / 1e9 < 2 * self.quiet]
+        if not recent:
+            return True
+        start = calm_since = time.monotonic()
+        last = [_stat(p) for p in recent]
+        while time.monotonic() - calm_since < self.quiet and time.monotonic() - start < SETTLE_SECONDS:
+            if self.stop_event.wait(min(0.25, self.quiet / 2)):
+                return False
+            if (seen := [_stat(p) for p in recent]) != last:
+                last, calm_since = seen, time.monotonic()
+        return True
 
     def _admission(self, watched: list[str]) -> Admission:
         return Admission([os.fsencode(r) for r in watched], self.col.scan_rules())

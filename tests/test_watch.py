@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -14,12 +15,22 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from clipsearch.indexers.scanner import Admission, ScanRules
-from support import ServerThread, build_collection, save_solid, tiny_model_args, wait_until, write_shapes
+from PIL import Image
+from support import (
+    ServerThread,
+    build_collection,
+    save_solid,
+    solid,
+    tiny_model_args,
+    wait_until,
+    write_shapes,
+)
 
 from clipsearch.collection import Collection
 from clipsearch.watch import Watcher, is_watch_limit
@@ -112,6 +123,30 @@ def test_a_steady_stream_is_batched_and_capped(library):
         runs_during = w.status.runs - 1
         wait_until(lambda: {real(f) for f in files} <= set(states(col)), what="every streamed file")
     assert 1 <= runs_during < len(files) / 2
+
+
+def test_a_file_still_being_copied_is_indexed_once_whole(library):
+    """A slow copy: writes to one path every 0.2 s look calm to the event batching (the set of
+    changed paths stops growing); the batch waits for the file to stop changing instead of
+    indexing it half-written."""
+
+    root, col = library
+    buf = io.BytesIO()
+
+    Image.fromarray(solid((250, 250, 250), size=(256, 256), seed=3)).save(buf, "PNG")
+    data = buf.getvalue()
+    reports = []
+    with running(Watcher(col, on_run=reports.append, quiet=0.5, max_wait=2.0, rescan_every=600.0)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        target = root / "copying.png"
+        with open(target, "wb") as f:
+            for i in range(0, len(data), len(data) // 12 + 1):
+                f.write(data[i:i + len(data) // 12 + 1])
+                f.flush()
+                time.sleep(0.2)  # the slow writer, not a wait for the result
+        wait_until(lambda: real(target) in states(col), what="the copied file to be indexed")
+    assert [r.skipped for r in reports] == [[] for _ in reports]  # never seen half-written
+    assert sum(r.indexed for r in reports) == 1
 
 
 def test_events_the_walk_leaves_out_start_no_run(library):
