@@ -41,6 +41,7 @@ MAX_WAIT_SECONDS = 10.0  # ...or this long after its first event, under a steady
 RESCAN_SECONDS = 300.0  # the safety-net rescan, and the only updates past the watch limit
 BUSY_RETRY_SECONDS = 2.0  # another process is indexing: try again after this long
 SETTLE_SECONDS = 300.0  # the longest a batch waits for a file still being written
+FAILED_RETRY_SECONDS = 30.0  # a failed run (full disk, server down) is retried over every root after this
 TICK_SECONDS = 5.0  # how often an idle watcher looks at the clock (rescans, roots that came back)
 WATCHES_SETTING = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -118,6 +119,7 @@ class Watcher:
         self._limit_reached = False
         self._linked: list[str] = []  # followed symlink targets outside the given paths
         self._watched_before: list[str] = []  # the roots the last watching session covered
+        self._retry_at: float | None = None  # when to retry after a failed run (monotonic)
         self._status = WatchStatus()
         self._status_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -163,6 +165,9 @@ class Watcher:
             going = self._index(self.paths)  # catch-up: what changed while nothing watched
             while going and not self.stop_event.is_set():
                 going = self._rescan_after(self.rescan_every) if self._limit_reached else self._watch_events()
+        except Exception as e:  # a bug: the status says the watcher is gone, and why
+            self._set(error=f"the watcher stopped: {type(e).__name__}: {e}")
+            raise
         finally:
             self._set(watching=False, mode="stopped")
 
@@ -207,7 +212,7 @@ class Watcher:
                     if not self._index(touched):
                         return False
                     admission = self._admission(watched)  # the run may have changed the rules
-                if time.monotonic() - last_full >= self.rescan_every:
+                if time.monotonic() - last_full >= self.rescan_every or self._retry_due():
                     if not self._index(self.paths):
                         return False
                     last_full = time.monotonic()
@@ -245,6 +250,10 @@ class Watcher:
                 last, calm_since = seen, time.monotonic()
         return True
 
+    def _retry_due(self) -> bool:
+        """Whether a failed run's changes are due to be tried again (by a run over every root)."""
+        return self._retry_at is not None and time.monotonic() >= self._retry_at
+
     def _admission(self, watched: list[str]) -> Admission:
         return Admission([os.fsencode(r) for r in watched], self.col.scan_rules())
 
@@ -281,9 +290,13 @@ class Watcher:
                 continue
             except (ClipsearchError, OSError) as e:
                 hint = f" (hint: {e.hint})" if isinstance(e, ClipsearchError) and e.hint else ""
-                log.warning("a run failed: %s%s; retrying on the next change or rescan", e, hint)
+                log.warning("a run failed: %s%s; a run over every root follows in %g s", e, hint,
+                            FAILED_RETRY_SECONDS)
                 self._set(error=str(e))
+                self._retry_at = time.monotonic() + FAILED_RETRY_SECONDS
                 return True
+            if not paths:
+                self._retry_at = None
             self._record(report)
             if report.interrupted:
                 self.stop_event.set()

@@ -265,11 +265,15 @@ class FlakyCollection:
         return IndexReport(indexed=1)
 
 
-def test_a_failed_run_is_one_line_and_the_watcher_goes_on(tmp_path, caplog):
+def test_a_failed_run_is_one_line_and_is_retried(tmp_path, caplog, monkeypatch):
+    from clipsearch import watch
+
+    monkeypatch.setattr(watch, "FAILED_RETRY_SECONDS", 0.5)
+    monkeypatch.setattr(watch, "TICK_SECONDS", 0.2)
     caplog.set_level(logging.WARNING, logger="clipsearch.watch")
     col = FlakyCollection(tmp_path)
-    with running(Watcher(col, quiet=0.2, max_wait=1.0, rescan_every=0.5)) as w:
-        wait_until(lambda: w.status.runs >= 1, what="a run after the failed one")
+    with running(Watcher(col, quiet=0.2, max_wait=1.0, rescan_every=600)) as w:  # no timed rescans
+        wait_until(lambda: w.status.runs >= 1, what="the retry after the failed run")
         assert w.status.error is None and w.status.watching
     failed = [r.getMessage() for r in caplog.records if "no space left" in r.getMessage()]
     assert len(failed) == 1 and "free some space" in failed[0] and "\n" not in failed[0]
