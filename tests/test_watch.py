@@ -280,6 +280,34 @@ def test_a_failed_run_is_one_line_and_is_retried(tmp_path, caplog, monkeypatch):
     assert col.calls[0] is None  # the catch-up covers every saved root
 
 
+class SlowCollection(FlakyCollection):
+    """Its runs block until released: a run in progress when the watcher is told to stop."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def add(self, paths=None, **options):
+        from clipsearch.pipeline import IndexReport
+
+        self.running.set()
+        assert self.release.wait(60)
+        return IndexReport(indexed=3)
+
+
+def test_stop_waits_for_the_run_in_progress(tmp_path):
+    col = SlowCollection(tmp_path)
+    reports = []
+    w = Watcher(col, on_run=reports.append, **FAST)
+    thread = w.start()
+    assert col.running.wait(60)
+    assert not w.stop(timeout=0.5)  # asked to stop mid-run: the run is not cut short
+    assert thread.is_alive() and reports == []
+    col.release.set()
+    assert w.stop(timeout=60)
+    assert [r.indexed for r in reports] == [3] and w.status.runs == 1 and w.status.mode == "stopped"
+
+
 def test_is_watch_limit_tells_the_limit_from_other_failures():
     assert is_watch_limit(OSError(errno.ENOSPC, "No space left on device"))
     assert is_watch_limit(OSError("OS file watch limit reached. (Error { kind: MaxFilesWatch })"))
