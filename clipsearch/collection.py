@@ -410,7 +410,7 @@ class Collection:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise WriterBusy(f"another process is indexing {self.path}",
-                                      hint="wait for it to finish; searching works meanwhile") from None
+                                 hint="wait for it to finish; searching works meanwhile") from None
             try:
                 yield
             finally:

@@ -103,8 +103,9 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
 
 
 def watch_note(status: dict[str, Any] | None) -> str:
-    """The status line's words for the watcher: watching or not, and when the collection last
-    changed ('' when the server does not watch)."""
+    """The status line's words for the watcher: watching (or rescanning, past the watch limit)
+    or stopped, when it last brought the collection up to date, and a failure ('' when the
+    server does not watch)."""
     if not status:
         return ""
     if not status["watching"]:
