@@ -68,13 +68,14 @@ def watch_limit_warning(rescan_every: float) -> str:
             f"(and a line in /etc/sysctl.d/ to keep it)")
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-    """(size, mtime in ns) of a file, None when it is gone or not a file."""
+def _modified_within(path: str, seconds: float) -> bool:
+    """Whether the regular file at `path` was modified in the last `seconds` (False when it is
+    gone, or a folder: its mtime moves with every file added to it)."""
     try:
         st = os.stat(path)
     except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+        return False
+    return stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime < seconds
 
 
 @dataclass
@@ -233,21 +234,17 @@ class Watcher:
         return not self.stop_event.is_set()
 
     def _settle(self, paths: list[str]) -> bool:
-        """Wait until the files of a batch that were still being written (a copy in progress:
-        its events stay one path, so watchfiles sees calm) keep their size and mtime for `quiet`
-        seconds, so that a half-copied file is not indexed; at most SETTLE_SECONDS. Returns
-        False when stopped meanwhile."""
-        now = time.time()
-        recent = [p for p in paths if (st := _stat(p)) is not None and now - st[1] / 1e9 < 2 * self.quiet]
-        if not recent:
-            return True
-        start = calm_since = time.monotonic()
-        last = [_stat(p) for p in recent]
-        while time.monotonic() - calm_since < self.quiet and time.monotonic() - start < SETTLE_SECONDS:
+        """Wait until no file of a batch was modified in the last `quiet` seconds: a copy in
+        progress keeps writing to one path, which watchfiles sees as calm (its set of changed
+        paths stops growing), and must not be indexed half-written. A file written once is
+        already that old when its batch closes, so this costs it nothing. At most
+        SETTLE_SECONDS; returns False when stopped meanwhile."""
+        start = time.monotonic()
+        while any(_modified_within(p, self.quiet) for p in paths):
+            if time.monotonic() - start >= SETTLE_SECONDS:
+                break
             if self.stop_event.wait(min(0.25, self.quiet / 2)):
                 return False
-            if (seen := [_stat(p) for p in recent]) != last:
-                last, calm_since = seen, time.monotonic()
         return True
 
     def _retry_due(self) -> bool:
