@@ -422,9 +422,11 @@ def info(db, as_json, verbose):
     """What is indexed: model, items, sources, kinds, size on disk."""
     _setup_logging(verbose)
     from clipsearch.objectstore import open_collection
+    from clipsearch.watch import describe_state, watch_state
 
     col = open_collection(db or _db_default(), device="cpu")
     data = col.info()
+    data["watch"] = watch_state(col.path)
     if as_json:
         click.echo(jsonsafe.dumps(data, indent=2))
         return
@@ -446,6 +448,8 @@ def info(db, as_json, verbose):
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
     if data.get("last_run"):
         click.echo(f"last run    {data['last_run']}")
+    if data["watch"]:
+        click.echo(f"watch       {describe_state(data['watch'])}")
 
 
 @main.command()

@@ -17,8 +17,10 @@ finishes its commits first, and one cut short (a second Ctrl-C, a kill) is resum
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -27,8 +29,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import ClipsearchError, UsageError, WriterBusy
-from clipsearch.fsutil import is_within
+from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.indexers.scanner import Admission
+from clipsearch.leftovers import process_alive
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -43,6 +46,7 @@ BUSY_RETRY_SECONDS = 2.0  # another process is indexing: try again after this lo
 SETTLE_SECONDS = 300.0  # the longest a batch waits for a file still being written
 FAILED_RETRY_SECONDS = 30.0  # a failed run (full disk, server down) is retried over every root after this
 TICK_SECONDS = 5.0  # how often an idle watcher looks at the clock (rescans, roots that came back)
+STATE_FILE = "watch.state"  # in the collection folder: what its watcher is doing, for other processes
 WATCHES_SETTING = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
 
@@ -76,6 +80,37 @@ def _modified_within(path: str, seconds: float) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime < seconds
+
+
+def watch_state(collection_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What the watcher of the collection at `collection_dir` last published (`WatchStatus`
+    fields plus `pid` and `host`), for a process that is not the watcher (`info`, a server
+    without --watch); None when it was never watched. A watcher on this machine whose process
+    is gone (killed) reads as stopped."""
+    try:
+        with open(os.path.join(collection_dir, STATE_FILE)) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    if state.get("watching") and state.get("host") == socket.gethostname() \
+            and not process_alive(int(state.get("pid") or 0)):
+        state.update(watching=False, mode="stopped")
+    return state
+
+
+def describe_state(state: dict[str, Any]) -> str:
+    """One line for `clipsearch info`: whether a watcher runs, where, and its last run."""
+    when = state.get("last_run")
+    last = (f"; last run {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}: "
+            f"{state.get('last_summary')}") if when else ""
+    if not state.get("watching"):
+        return "not watching (the last watcher stopped)" + last
+    how = "rescanning every so often (watch limit reached or no root to watch)" \
+        if state.get("mode") == "rescan" else "watching"
+    failed = f"; the last run failed: {state['error']}" if state.get("error") else ""
+    return f"{how} (pid {state.get('pid')} on {state.get('host')}){last}{failed}"
 
 
 @dataclass
@@ -134,8 +169,24 @@ class Watcher:
 
     def _set(self, **changes: Any) -> None:
         with self._status_lock:
+            before = asdict(self._status)
             for k, v in changes.items():
                 setattr(self._status, k, v)
+            state = asdict(self._status)
+        if state != before:
+            self._publish(state)
+
+    def _publish(self, state: dict[str, Any]) -> None:
+        """Write the status where other processes read it (`watch_state`); never fails the
+        watcher (the collection folder may be read-only or full)."""
+        path = getattr(self.col, "path", None)
+        if path is None:
+            return
+        try:
+            write_atomic(os.path.join(path, STATE_FILE),
+                         json.dumps({**state, "pid": os.getpid(), "host": socket.gethostname()}))
+        except OSError as e:
+            log.debug("could not write %s: %s", STATE_FILE, e)
 
     # ---- running -----------------------------------------------------------------------------
     def start(self) -> threading.Thread:

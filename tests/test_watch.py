@@ -200,6 +200,36 @@ def test_a_root_that_vanishes_is_watched_again_when_it_is_back(tmp_path, monkeyp
     assert len(states(col)) == rows + 2
 
 
+def test_other_processes_see_the_watcher_in_info(library, tmp_path):
+    """`clipsearch info` and a server without --watch read what the watcher publishes in the
+    collection folder; a killed watcher's state reads as stopped."""
+    from click.testing import CliRunner
+    from clipsearch.ui.api import SearchService
+
+    from clipsearch.cli import main
+    from clipsearch.watch import STATE_FILE, watch_state
+
+    root, col = library
+    assert watch_state(col.path) is None  # never watched
+    with running(Watcher(col, **FAST)) as w:
+        wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
+        state = watch_state(col.path)
+        assert state["watching"] and state["pid"] == os.getpid() and state["runs"] == 1
+        assert SearchService(col.path, device="cpu").watch_status()["watching"]
+        out = CliRunner().invoke(main, ["info", "--db", str(col.path)]).output
+        assert f"watch       watching (pid {os.getpid()}" in out and "last run" in out
+    assert watch_state(col.path)["watching"] is False
+    # A watcher killed with -9 never wrote "stopped": its pid is gone, so it reads as stopped.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    path = col.path / STATE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "watching": True,
+                                "pid": int(dead.stdout)}))
+    assert watch_state(col.path)["watching"] is False
+    assert json.loads(CliRunner().invoke(main, ["info", "--db", str(col.path), "--json"]).output)["watch"][
+        "mode"] == "stopped"
+
+
 def test_admission_follows_the_walk_rules(tmp_path):
     root = tmp_path / "r"
     (root / "a" / "node_modules").mkdir(parents=True)
@@ -445,4 +475,5 @@ def test_serve_watch_shows_new_files_without_a_restart(library, tmp_path):
         status = _get(f"{srv.url}/api/info")["watch"]
         assert status["last_changed"] and status["last_run"] >= status["last_changed"]
         assert "watching, updated" in srv.server.config.app.state.service.status_line()
-    assert build_app(col.path, device="cpu").state.service.watch_status() is None  # not asked to watch
+    # A server that does not watch shows what the collection's watcher last published: stopped.
+    assert build_app(col.path, device="cpu").state.service.watch_status()["watching"] is False

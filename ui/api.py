@@ -227,8 +227,16 @@ class SearchService:
         return {**self._info[1], "watch": self.watch_status()}
 
     def watch_status(self) -> dict[str, Any] | None:
-        """What the server's watcher is doing (`WatchStatus`), or None when not watching."""
-        return self.watcher.status.to_dict() if self.watcher is not None else None
+        """What the collection's watcher is doing (`WatchStatus` fields): this server's own
+        (`serve --watch`), else what a `clipsearch watch` process published; None when the
+        collection was never watched."""
+        if self.watcher is not None:
+            return self.watcher.status.to_dict()
+        if self.location is not None:
+            return None  # a watcher of a remote collection publishes on its own machine
+        from clipsearch.watch import watch_state
+
+        return watch_state(self.db)
 
     def _device_name(self) -> str:
         from clipsearch.encoders import pick_device
