@@ -5,13 +5,15 @@ They are only a trigger: each batch (after `quiet` seconds without new events, o
 steady stream) becomes one ordinary incremental run, `Collection.add` over the roots the events fell
 in, so the plan decides what is new, changed, moved or gone exactly as `clipsearch index` does, and a
 missed or coalesced event costs nothing. Events the walk would leave out (hidden names, excludes,
-.clipsearchignore, the collection's own folder) start no run (`scanner.Admission`).
+.clipsearchignore, the collection's own folder) start no run (`scanner.Admission`); a file still
+being written holds its batch back until it has been left alone for `quiet` seconds.
 
 A full rescan runs on start (catching up on what changed while nothing watched) and every
 `rescan_every` seconds as a safety net; where the platform's watch limit is reached (inotify's
 ENOSPC), rescans are all there is, with one warning saying how to raise the limit. Another process
 holding the writer lock is waited for. Stopping (`stop` set) happens between runs: a run in progress
 finishes its commits first, and one cut short (a second Ctrl-C, a kill) is resumed by the next start.
+The status is published in the collection folder (`watch_state`) for `info` and other servers.
 """
 
 from __future__ import annotations
