@@ -1,4 +1,4 @@
-"""The `clipsearch` command line: index, search, browse, info, models, fit-transforms, serve.
+"""The `clipsearch` command line: index, watch, search, browse, info, models, fit-transforms, serve.
 
 Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
 traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
@@ -89,6 +89,7 @@ def main() -> None:
     clipsearch search "a goal" --moments    where in which video
     clipsearch search "revenue" --kind doc  which page of which document
     clipsearch browse                       no query: the most atypical items (outliers) first
+    clipsearch watch ~/Pictures             keep the collection current as files change
     clipsearch serve                        browser UI + HTTP API
     """
 
@@ -219,6 +220,81 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         sys.exit(1)
 
 
+rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, type=click.FloatRange(1),
+                          metavar="SECONDS",
+                          help="Full rescan this often, as a safety net; where the platform's watch limit "
+                               "is reached, rescans are all there is.")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@db_opt
+@click.option("--model", envvar="CLIPSEARCH_MODEL", default=None,
+              help="For a new collection, as with `index`. Default: ViT-B-32/laion2b_s34b_b79k.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Local open_clip state dict for --model ARCH.")
+@device_opt
+@click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decode threads, as with `index`.")
+@rescan_opt
+@click.option("--quiet-seconds", default=1.5, show_default=True, type=click.FloatRange(0.05),
+              help="A batch of changes is indexed after this long without new ones...")
+@click.option("--max-wait", default=10.0, show_default=True, type=click.FloatRange(0.05),
+              help="...or this long after its first change, under a steady stream of them.")
+@verbose_opt
+@handle_errors
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, verbose):
+    """Keep the collection current as files appear, change, move and vanish.
+
+    Without PATH, watches every root indexed before. Starts with one catch-up run (what changed
+    while nothing watched), then indexes each batch of changes as `index` would, printing one
+    summary line per run. The walk rules apply (hidden files, --exclude, .clipsearchignore).
+    Ctrl-C (or SIGTERM) stops after the run in progress; a second Ctrl-C cuts it short, and the
+    next start resumes it. Another process indexing the same collection is waited for.
+    """
+    _setup_logging(verbose)
+    import signal
+    import threading
+
+    from clipsearch.collection import resolve_roots
+    from clipsearch.objectstore import collection_exists, open_collection, open_or_create
+    from clipsearch.watch import Watcher
+
+    if max_wait < quiet_seconds:
+        raise UsageError(f"--max-wait {max_wait:g} is shorter than --quiet-seconds {quiet_seconds:g}",
+                         hint="give --max-wait at least as long as --quiet-seconds")
+    db = db or _db_default()
+    if paths:
+        if not collection_exists(db):
+            resolve_roots(paths)
+        col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    else:
+        col = open_collection(db, device=device, model=model, checkpoint=checkpoint)
+    interrupted: list[bool] = []
+
+    def on_run(report) -> None:
+        click.echo(report.summary())
+        interrupted[:] = [report.interrupted]
+
+    watcher = Watcher(col, list(paths), quiet=quiet_seconds, max_wait=max_wait, rescan_every=rescan_every,
+                      on_run=on_run, add_options={"workers": workers} if workers else None)
+    stop = threading.Event()
+
+    def stop_soon(signum, _frame) -> None:
+        click.echo("stopping after the run in progress (Ctrl-C again cuts it short; the next start "
+                   "resumes it)", err=True)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, stop_soon)
+    signal.signal(signal.SIGTERM, stop_soon)
+    if watcher.run_roots():  # else run() says what to give
+        click.echo(f"watching {', '.join(watcher.run_roots())} for {col.path} (Ctrl-C to stop)", err=True)
+    watcher.run(stop)
+    click.echo("stopped", err=True)
+    if any(interrupted):
+        sys.exit(130)
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @db_opt
@@ -346,9 +422,11 @@ def info(db, as_json, verbose):
     """What is indexed: model, items, sources, kinds, size on disk."""
     _setup_logging(verbose)
     from clipsearch.objectstore import open_collection
+    from clipsearch.watch import describe_state, watch_state
 
     col = open_collection(db or _db_default(), device="cpu")
     data = col.info()
+    data["watch"] = watch_state(col.path)
     if as_json:
         click.echo(jsonsafe.dumps(data, indent=2))
         return
@@ -370,6 +448,8 @@ def info(db, as_json, verbose):
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
     if data.get("last_run"):
         click.echo(f"last run    {data['last_run']}")
+    if data["watch"]:
+        click.echo(f"watch       {describe_state(data['watch'])}")
 
 
 @main.command()
@@ -436,18 +516,33 @@ def fit_transforms(db, text_source, verbose):
 @click.option("--max-pixels", default=None, type=click.IntRange(1),
               help="Largest image (in pixels) the server decodes: uploads, previews, 'more like "
                    "this'. Default 89,478,485.")
+@click.option("--watch", "watch", is_flag=True,
+              help="Keep the collection current while serving (as `clipsearch watch` over its roots).")
+@rescan_opt
 @device_opt
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, device, verbose):
-    """Browser UI and HTTP API over a collection."""
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, verbose):
+    """Browser UI and HTTP API over a collection.
+
+    With --watch, new, changed, moved and deleted files under the collection's roots show up
+    without a restart; /api/info says what the watcher is doing and when it last ran.
+    """
     _setup_logging(verbose)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     MissingDependency.require(("fastapi", "gradio", "uvicorn", "python_multipart"), "clipsearch serve", "ui")
     from clipsearch.ui.server import serve as run_server
 
-    run_server(db or _db_default(), host=host, port=port, auth=auth, device=device, auth_file=auth_file,
-               allowed_hosts=allowed_hosts, max_pixels=max_pixels)
+    db = db or _db_default()
+    if watch:
+        from clipsearch.objectstore import open_collection
+
+        if not open_collection(db, device="cpu").roots:
+            raise UsageError(f"--watch: the collection at {db} has no indexed folders to watch",
+                             hint=f"index one first: clipsearch index FOLDER --db {db}")
+    run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
+               allowed_hosts=allowed_hosts, max_pixels=max_pixels,
+               watch={"rescan_every": rescan_every} if watch else None)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from clipsearch.errors import (
     CollectionNotFound,
     ModelMismatch,
     UsageError,
+    WriterBusy,
 )
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import is_within, write_atomic
@@ -408,8 +409,8 @@ class Collection:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ClipsearchError(f"another process is indexing {self.path}",
-                                      hint="wait for it to finish; searching works meanwhile") from None
+                raise WriterBusy(f"another process is indexing {self.path}",
+                                 hint="wait for it to finish; searching works meanwhile") from None
             try:
                 yield
             finally:
@@ -564,6 +565,20 @@ class Collection:
             if n:
                 self.refresh()
             return n
+
+    def watch(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
+              stop: threading.Event | None = None, on_run: Callable[[IndexReport], None] | None = None,
+              quiet: float = 1.5, max_wait: float = 10.0, rescan_every: float = 300.0,
+              **add_options: Any) -> None:
+        """Keep the collection current until `stop` is set (blocking): one catch-up run, then
+        one incremental run per batch of file events under `paths` (default: the saved roots),
+        a batch ending after `quiet` seconds without events or `max_wait` after its first; a
+        full rescan every `rescan_every` seconds, and only that past the platform's watch limit.
+        `on_run(report)` follows every run. See `clipsearch.watch.Watcher` for a thread."""
+        from clipsearch.watch import Watcher
+
+        Watcher(self, paths, quiet=quiet, max_wait=max_wait, rescan_every=rescan_every, on_run=on_run,
+                add_options=add_options).run(stop)
 
     # ---- reading -----------------------------------------------------------------------------
     def search(self, text: str | None = None, image: str | os.PathLike[str] | Image.Image | None = None,

@@ -31,6 +31,11 @@ class CollectionNotFound(ClipsearchError):
     """No collection exists at the given path."""
 
 
+class WriterBusy(ClipsearchError):
+    """Another process holds the collection's writer lock (it is indexing): a watcher waits and
+    retries instead of giving up."""
+
+
 class StorageError(ClipsearchError):
     """The disk, the table's files or the object store failed (full disk, damaged file, no server)."""
 

@@ -23,7 +23,8 @@ def temp_name(final: Path, pid: int | None = None) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid() if pid is None else pid}-")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this process included)."""
     if pid == os.getpid():
         return True
     try:
@@ -40,7 +41,7 @@ def is_leftover(path: Path) -> bool:
     m = _PID.search(path.name)
     if m is None:
         return path.name.endswith(".tmp") or ".tmp-" in path.name
-    return not _alive(int(m.group(1)))
+    return not process_alive(int(m.group(1)))
 
 
 def clean(*dirs: Path) -> list[Path]:

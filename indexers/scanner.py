@@ -309,5 +309,65 @@ def scan(roots: list[bytes], rules: ScanRules | None = None) -> Iterator[Found |
     yield from Scan(roots, rules)
 
 
+class Admission:
+    """Whether one path is one a walk of `roots` under `rules` would report, decided without
+    walking: what a file watcher asks of each event, so that changes the walk leaves out (hidden
+    names, excludes, .clipsearchignore, the collection's own folder) start no run.
 
-__all__ = ["Found", "Problem", "Scan", "ScanRules", "has_media_extension"]
+    Follows the walk's rules component by component from the root down; a `.clipsearchignore`
+    is admitted whatever it says (it changes the rules). A path outside every root, or met
+    only through a followed symlink, is not admitted. Ignore files are re-read when they change.
+    """
+
+    def __init__(self, roots: list[bytes], rules: ScanRules | None = None) -> None:
+        self._scan = Scan(roots, rules)
+        self._bases = sorted({os.path.realpath(r) for r in roots} | {os.path.abspath(r) for r in roots},
+                             key=len, reverse=True)
+        self._ignores: dict[bytes, tuple[float, pathspec.PathSpec]] = {}
+
+    def admits(self, path: bytes) -> bool:
+        path = os.path.abspath(path)
+        base = next((b for b in self._bases if is_within(path, b)), None)
+        if base is None or self._scan._never_enter(os.path.realpath(path)):
+            return False
+        rel_parts = [] if path == base else path[len(base):].strip(os.sep.encode()).split(os.sep.encode())
+        ignores: tuple[tuple[str, pathspec.PathSpec], ...] = ()
+        folder, rel = base, ""
+        for i, name in enumerate(rel_parts):
+            if self._collection_at(folder):
+                return False
+            spec = self._ignore_at(folder)
+            if spec is not None:
+                ignores = ignores + ((rel, spec),)
+            last = i == len(rel_parts) - 1
+            if last and name == IGNORE_FILE:
+                return True
+            if not self._scan.rules.include_hidden and name.startswith(b"."):
+                return False
+            rel = _rel_join(rel, name)
+            folder = os.path.join(folder, name)
+            is_dir = not last or os.path.isdir(folder)
+            if (ignores or self._scan.rules.excludes) and self._scan._excluded(rel, is_dir, ignores):
+                return False
+        return True
+
+    @staticmethod
+    def _collection_at(folder: bytes) -> bool:
+        return all(os.path.exists(os.path.join(folder, m)) for m in COLLECTION_MARKERS)
+
+    def _ignore_at(self, folder: bytes) -> pathspec.PathSpec | None:
+        """The patterns of `folder`'s .clipsearchignore, cached by its mtime; None without one."""
+        path = os.path.join(folder, IGNORE_FILE)
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            self._ignores.pop(path, None)
+            return None
+        cached = self._ignores.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, self._scan._ignore_spec(path)[0])
+            self._ignores[path] = cached
+        return cached[1]
+
+
+__all__ = ["Admission", "Found", "Problem", "Scan", "ScanRules", "has_media_extension"]

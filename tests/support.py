@@ -431,3 +431,22 @@ def chunked_upload(base: str, target: str, total: int, headers: dict | None = No
         sock.close()
     status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else None
     return status, reply, sent
+
+
+# ---- waiting on a background process or thread ------------------------------------------------
+def wait_until(predicate, timeout: float = 90, what: str = "the condition", step: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), failing after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(step)
+
+
+def save_solid(path: Path, colour, seed: int = 0, size=(64, 64)) -> Path:
+    """A small PNG of one colour (with `solid`'s noise); distinct colours embed far apart."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(solid(colour, size=size, seed=seed)).save(path)
+    return path

@@ -42,6 +42,8 @@ API_FLOORS = [
     ("pypdfium2", "4.30", ["pypdfium2:PdfDocument", "pypdfium2:PdfiumError",
                            "pypdfium2.raw:FPDF_ERR_PASSWORD"]),
     ("huggingface_hub", "0.20", ["huggingface_hub:try_to_load_from_cache"]),
+    ("watchfiles", "0.21", ["watchfiles:watch(stop_event, debounce, step, rust_timeout, yield_on_timeout, "
+                            "force_polling, ignore_permission_denied)"]),
 ]
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from clipsearch.indexers.base import DEFAULT_MAX_PIXELS
@@ -42,6 +42,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
 from clipsearch.objectstore import Location, is_remote, open_collection
+
+if TYPE_CHECKING:
+    from clipsearch.watch import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,20 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     return decode_query_image(data, max_pixels)
 
 
+def watch_note(status: dict[str, Any] | None) -> str:
+    """The status line's words for the watcher: watching (or rescanning, past the watch limit)
+    or stopped, when it last brought the collection up to date, and a failure ('' when the
+    server does not watch)."""
+    if not status:
+        return ""
+    if not status["watching"]:
+        return " · not watching (stopped)"
+    how = "rescanning" if status["mode"] == "rescan" else "watching"
+    when = status.get("last_run")
+    note = f" · {how}, updated {time.strftime('%H:%M:%S', time.localtime(when))}" if when else f" · {how}"
+    return note + (f" · last run failed: {status['error']}" if status.get("error") else "")
+
+
 class SearchService:
     """Queries over one collection (a directory or an s3://... URI), safe to call from many threads.
 
@@ -121,6 +138,7 @@ class SearchService:
         self._lock = threading.Lock()  # opening the collection only: queries run concurrently
         self._roots: tuple[float, list[str]] = (-1.0, [])
         self._info: tuple[tuple, dict] | None = None
+        self.watcher: Watcher | None = None  # set by `serve --watch` (see server.watch_lifespan)
         self.guard = FileGuard(self.db, self.db / "thumbs", self.roots)
 
     # ---- the collection ----------------------------------------------------------------------
@@ -206,7 +224,19 @@ class SearchService:
             info["pages"] = len({(r["source"], r["page"]) for r in pages})
             info["documents"] = len({r["source"] for r in pages})
             self._info = (key, info)
-        return dict(self._info[1])
+        return {**self._info[1], "watch": self.watch_status()}
+
+    def watch_status(self) -> dict[str, Any] | None:
+        """What the collection's watcher is doing (`WatchStatus` fields): this server's own
+        (`serve --watch`), else what a `clipsearch watch` process published; None when the
+        collection was never watched."""
+        if self.watcher is not None:
+            return self.watcher.status.to_dict()
+        if self.location is not None:
+            return None  # a watcher of a remote collection publishes on its own machine
+        from clipsearch.watch import watch_state
+
+        return watch_state(self.db)
 
     def _device_name(self) -> str:
         from clipsearch.encoders import pick_device
@@ -225,7 +255,7 @@ class SearchService:
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
-                + f" · model `{info['model']}` · device `{info['device']}`")
+                + f" · model `{info['model']}` · device `{info['device']}`" + watch_note(info["watch"]))
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: Image.Image | bytes | str | None = None, *,

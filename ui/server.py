@@ -11,12 +11,15 @@ Binds to 127.0.0.1 unless told otherwise. See docs/security.md.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -30,6 +33,7 @@ from clipsearch.collection import Collection  # noqa: E402
 
 log = logging.getLogger(__name__)
 UPLOAD_DIR_ENV = "GRADIO_TEMP_DIR"
+WATCH_STOP_SECONDS = 30  # at shutdown, how long a run in progress may take to finish its commits
 _upload_dir: str | None = None
 
 
@@ -68,15 +72,47 @@ def _gradio_app(app: FastAPI):
     return next(r.app for r in app.routes if isinstance(r, Mount) and isinstance(r.app, App))
 
 
+def watch_lifespan(service: SearchService, options: dict[str, Any]):
+    """The app's lifespan when serving with --watch: a `Watcher` in a background thread from
+    start-up to shutdown, writing through its own Collection (the server's readers see its
+    commits as they see any other writer's). At shutdown a run in progress may finish its
+    commits; one cut short is resumed by the next start."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from clipsearch.objectstore import open_collection
+        from clipsearch.watch import Watcher
+
+        watcher = None
+        if service.exists():
+            writer = open_collection(service.location.uri if service.location else service.db,
+                                     device=service.device)
+            watcher = Watcher(writer, **options)
+            service.watcher = watcher
+            watcher.start()
+        else:
+            log.warning("--watch: no collection at %s yet, so nothing is watched; index a folder "
+                        "first (clipsearch index FOLDER --db %s)", service.where, service.where)
+        try:
+            yield
+        finally:
+            if watcher is not None and not await asyncio.to_thread(watcher.stop, WATCH_STOP_SECONDS):
+                log.warning("the watcher's run in progress did not finish; the next start resumes it")
+
+    return lifespan
+
+
 def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[str, str] | None = None,
               device: str | None = "auto", host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
               max_pixels: int | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-              throttle: LoginThrottle | None = None) -> FastAPI:
+              throttle: LoginThrottle | None = None, watch: dict[str, Any] | None = None) -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
     `collection` may be a Collection, a directory or an object-storage URI; one that holds no
     collection yet still serves, with a message saying how to create one. `host` is the address it
     will be bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
+    `watch`: keep the collection current while serving (`Watcher` keyword arguments, {} for the
+    defaults; see `watch_lifespan`); None: no watching.
     """
     import gradio as gr
 
@@ -90,7 +126,9 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels,
                             collection=collection if isinstance(collection, Collection) else None)
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
-    app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    lifespan = watch_lifespan(service, watch) if watch is not None else None
+    app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+                  lifespan=lifespan)
     app.include_router(rest_router(service))
     install_error_handlers(app)
     app.state.service = service
@@ -116,9 +154,10 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
           device: str | None = "auto", *, auth_file: str | os.PathLike | None = None,
-          allowed_hosts: Iterable[str] = (), max_pixels: int | None = None) -> None:
+          allowed_hosts: Iterable[str] = (), max_pixels: int | None = None,
+          watch: dict[str, Any] | None = None) -> None:
     """Run the UI + HTTP API until Ctrl-C. The login comes from `auth`, `auth_file` or
-    $CLIPSEARCH_AUTH (see `login.load_credentials`)."""
+    $CLIPSEARCH_AUTH (see `login.load_credentials`); `watch` as in `build_app`."""
     import uvicorn
 
     creds = load_credentials(auth, auth_file)
@@ -127,7 +166,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
         log.warning("serving on %s without a login (--auth-file): anyone who can reach this port "
                     "can search and view the indexed files", host)
     app = build_app(db, auth=creds, device=device, host=host, allowed_hosts=allowed_hosts,
-                    max_pixels=max_pixels)
+                    max_pixels=max_pixels, watch=watch)
     service: SearchService = app.state.service
     if not service.exists():
         print(f"No collection at {service.where} yet; the UI says how to create one.")
