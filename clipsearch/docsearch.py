@@ -73,21 +73,36 @@ class DocHit:
     signals: tuple[str, ...] = field(default_factory=tuple)
 
 
-def ensure_fts_index(table: Table) -> bool:
-    """(Re)build the full-text indexes; the core calls this after each index run.
+def ensure_fts_index(table: Table, *, rebuild: bool = False) -> bool:
+    """Full-text indexes brought up to date; the maintainer calls this after each index run.
 
     LanceDB's native inverted index (stemmed, lower-cased, stop words removed) over `text`
     (document chunks; with positions so "quoted phrases" work) and over `source` (paths:
-    folder and file-name words, for `--hybrid` image and video search). Rows added later are
-    still searched, unindexed, until the next rebuild. Returns False for an empty table.
+    folder and file-name words, for `--hybrid` image and video search). A missing index is
+    created; an existing one gets the rows added since (Lance's index optimisation: the cost
+    follows the new rows, not the table; deleted rows are never matched). `rebuild` builds
+    them anew (a damaged index, `clipsearch optimize`). Rows not yet folded in are still
+    searched, unindexed. Returns False for an empty table.
     """
     from lancedb.index import FTS
 
     if table.count_rows() == 0:
         return False
-    if table.count_rows("text IS NOT NULL") > 0:
-        table.create_index("text", config=FTS(with_position=True), replace=True)
-    table.create_index("source", config=FTS(), replace=True)
+    have = {ix.columns[0]: ix for ix in table.list_indices()
+            if str(ix.index_type).upper() == "FTS" and len(ix.columns) == 1}
+    wanted = {"source": FTS()}
+    if "text" in have or table.count_rows("text IS NOT NULL") > 0:
+        wanted["text"] = FTS(with_position=True)
+    stale = []
+    for column, config in wanted.items():
+        if rebuild or column not in have:
+            table.create_index(column, config=config, replace=True)
+        else:
+            stats = table.index_stats(have[column].name)
+            if stats is None or stats.num_unindexed_rows > 0:
+                stale.append(have[column].name)
+    if stale:
+        table.to_lance().optimize.optimize_indices(index_names=stale)
     return True
 
 
