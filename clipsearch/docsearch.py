@@ -73,14 +73,18 @@ class DocHit:
     signals: tuple[str, ...] = field(default_factory=tuple)
 
 
+FTS_MAX_SEGMENTS = 8  # index segments (one per update) before an update merges them
+
+
 def ensure_fts_index(table: Table, *, rebuild: bool = False) -> bool:
     """Full-text indexes brought up to date; the maintainer calls this after each index run.
 
     LanceDB's native inverted index (stemmed, lower-cased, stop words removed) over `text`
     (document chunks; with positions so "quoted phrases" work) and over `source` (paths:
     folder and file-name words, for `--hybrid` image and video search). A missing index is
-    created; an existing one gets the rows added since (Lance's index optimisation: the cost
-    follows the new rows, not the table; deleted rows are never matched). `rebuild` builds
+    created; an existing one gets the rows added since as a segment of its own (Lance's index
+    optimisation: the cost follows the new rows, not the table; deleted rows are never
+    matched), and every `FTS_MAX_SEGMENTS` updates its segments are merged. `rebuild` builds
     them anew (a damaged index, `clipsearch optimize`). Rows not yet folded in are still
     searched, unindexed. Returns False for an empty table.
     """
@@ -93,16 +97,18 @@ def ensure_fts_index(table: Table, *, rebuild: bool = False) -> bool:
     wanted = {"source": FTS()}
     if "text" in have or table.count_rows("text IS NOT NULL") > 0:
         wanted["text"] = FTS(with_position=True)
-    stale = []
     for column, config in wanted.items():
         if rebuild or column not in have:
             table.create_index(column, config=config, replace=True)
-        else:
-            stats = table.index_stats(have[column].name)
-            if stats is None or stats.num_unindexed_rows > 0:
-                stale.append(have[column].name)
-    if stale:
-        table.to_lance().optimize.optimize_indices(index_names=stale)
+            continue
+        ix = have[column]
+        stats = table.index_stats(ix.name)
+        if stats is not None and stats.num_unindexed_rows == 0:
+            continue
+        segments = int(getattr(ix, "num_segments", None) or 1)
+        # 0: the new rows become a segment of their own; past a few, the segments are merged
+        merge = segments if segments >= FTS_MAX_SEGMENTS else 0
+        table.to_lance().optimize.optimize_indices(index_names=[ix.name], num_indices_to_merge=merge)
     return True
 
 
