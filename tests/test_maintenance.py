@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support import tiny_model_args, write_shapes
+from support import tiny_model_args
 
 from clipsearch import Collection
 from clipsearch.cli import main
@@ -152,8 +152,8 @@ def test_single_file_runs_keep_versions_and_data_files_bounded(tmp_path, monkeyp
     assert 1 <= segments["source_idx"] <= FTS_MAX_SEGMENTS, segments  # merged now and then
     assert col.search(image=pics / "solid_0031.png", k=1)[0].source.endswith("solid_0031.png")
     # the same as end-of-run upkeep for 300 single-row commits: bounded, whatever their number
-    from clipsearch.store import SourceRows
     from clipsearch.records import Record
+    from clipsearch.store import SourceRows
 
     for i in range(300):
         raw = os.fsencode(str(tmp_path / f"row{i}.png"))
