@@ -69,7 +69,7 @@ def _as_matrix(vectors: Any, dim: int | None, what: str, many: bool = False) -> 
             f"{what}: vectors have dimension {x.shape[1]} but the transforms expect {dim}",
             hint="the collection and the transforms must come from the same model",
         )
-    if not np.all(np.isfinite(x)):
+    if not all(np.isfinite(x[i:i + CHUNK_ROWS]).all() for i in range(0, x.shape[0], CHUNK_ROWS)):
         raise TransformError(f"{what}: contains NaN or infinite values")
     return x
 
