@@ -3,7 +3,7 @@
 After an index run or a removal (and on `clipsearch optimize`) the `Maintainer` brings what is
 derived from the table up to date: the full-text index (new rows folded in), the compacted
 table, the ANN index, the transforms (refitted only when the collection changed by a large
-factor) and old table versions cleaned up past a retention. It runs under the writer lock,
+factor) and table versions superseded longer ago than a retention cleaned up. It runs under the writer lock,
 which the `Collection` holds; the query engine (`search.Searcher`) only reads what it leaves.
 
 The video catalog has no saved state: each long-lived reader builds it from the table, so
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_MARKER = "refresh.pending"  # written before a refresh of derived state, removed after
 KEEP_VERSIONS_ENV = "CLIPSEARCH_KEEP_VERSIONS_MINUTES"
-DEFAULT_KEEP_MINUTES = 10.0  # a reader that opened the table this long ago can still read it
+DEFAULT_KEEP_MINUTES = 10.0  # a superseded version stays readable this long
 TRANSFORM_SAMPLE_ROWS = 100_000  # transforms are fitted on at most this many image-like rows
 REFIT_FACTOR = 2.0  # refit once the image-like rows grew to this many times, or shrank to 1/this
 COMPACT_MIN_SMALL_FILES = 16  # compact once the table has this many small data files ...
@@ -46,7 +46,7 @@ BUILTIN_TEXT_CACHE = "builtin_text_vectors.npy"
 
 
 def keep_versions() -> timedelta:
-    """How long old table versions are kept for readers that still read them
+    """How long a superseded table version is kept for readers that still read it
     ($CLIPSEARCH_KEEP_VERSIONS_MINUTES, default 10 minutes)."""
     raw = os.environ.get(KEEP_VERSIONS_ENV)
     if raw is None or not raw.strip():
@@ -215,9 +215,10 @@ class Maintainer:
         self.col.store.compact()
         return True
 
-    def cleanup(self) -> None:
-        """Remove table versions older than the retention (`keep_versions`), and their files."""
-        self.col.store.cleanup_versions(keep_versions())
+    def cleanup(self) -> int:
+        """Remove table versions superseded longer ago than the retention (`keep_versions`),
+        and the files only they use; returns how many."""
+        return self.col.store.cleanup_versions(keep_versions())
 
     # ---- transforms --------------------------------------------------------------------------
     def update_transforms(self, fit_transforms: bool = True) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -339,10 +339,22 @@ class Store:
         self.table.to_lance().optimize.compact_files()
 
     @guarded
-    def cleanup_versions(self, older_than: timedelta) -> None:
-        """Remove versions older than `older_than` and the files only they use; the latest
-        version always stays."""
-        self.table.to_lance().cleanup_old_versions(older_than=older_than)
+    def cleanup_versions(self, keep: timedelta) -> int:
+        """Remove the versions superseded more than `keep` ago, and the files only they use;
+        returns how many. A reader that opened a version while it was the latest has `keep`
+        to finish with it (a version's own age says nothing: the latest may be a week old)."""
+        dataset = self.table.to_lance()
+        listed = dataset.versions()
+        old = [a["version"] for a, b in zip(listed, listed[1:], strict=False)
+               if _age(b["timestamp"]) >= keep]
+        if old:
+            dataset.cleanup_old_versions(versions=old)
+        return len(old)
+
+
+def _age(stamp: datetime) -> timedelta:
+    """How long ago a version's timestamp was (lance lists naive local times)."""
+    return datetime.now(stamp.tzinfo) - stamp
 
 
 def _connect(db_dir: str, storage_options: dict[str, str] | None) -> Any:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -167,22 +168,25 @@ def test_single_file_runs_keep_versions_and_data_files_bounded(tmp_path, monkeyp
 
 
 def test_a_reader_of_an_old_version_keeps_reading_within_the_retention(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEEP_VERSIONS_ENV, "0.03")  # 1.8 s
     pics = tmp_path / "pics"
     write_solids(pics, 20)
     col = new_collection(tmp_path)
     col.add([pics], fit_transforms=False)
     reader = col.store.snapshot()  # pinned at this version, as a searching process holds it
     n = reader.count_rows()
+    time.sleep(2.5)  # the version itself is now older than the retention, but still the latest
     for p in sorted(pics.iterdir())[:10]:
         p.unlink()
     writer = Collection.open(col.path, device="cpu")
     writer.add([pics], fit_transforms=False)
-    writer.optimize()  # compacts and cleans up with the default retention
+    writer.optimize()  # compacts and cleans up: the reader's version was superseded just now
     assert reader.to_table(columns=["id", "vector"]).num_rows == n
     assert writer.store.count() == 10
 
-    monkeypatch.setenv(KEEP_VERSIONS_ENV, "0")  # no retention: that reader's files are gone
+    time.sleep(2.5)  # superseded longer ago than the retention: its files go
     writer.optimize()
+    assert len(writer.store.snapshot().versions()) <= 3  # those superseded by this optimize stay
     with pytest.raises(Exception):  # noqa: B017 - lance raises OSError or its own errors
         reader.to_table(columns=["id", "vector"])
 
