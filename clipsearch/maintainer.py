@@ -3,11 +3,13 @@
 After an index run or a removal (and on `clipsearch optimize`) the `Maintainer` brings what is
 derived from the table up to date: the full-text index (new rows folded in), the compacted
 table, the ANN index, the transforms (refitted only when the collection changed by a large
-factor) and table versions superseded longer ago than a retention cleaned up. It runs under the writer lock,
-which the `Collection` holds; the query engine (`search.Searcher`) only reads what it leaves.
+factor), and it removes table versions superseded longer ago than a retention. It runs under
+the writer lock, which the `Collection` holds; the query engine (`search.Searcher`) only
+reads what it leaves.
 
-The video catalog has no saved state: each long-lived reader builds it from the table, so
-there is nothing here to maintain for it.
+The video catalog has no saved state: each long-lived reader builds it in memory from a
+pinned table version (it holds row offsets, which any commit or compaction moves), so there
+is nothing here to maintain for it.
 """
 
 from __future__ import annotations
