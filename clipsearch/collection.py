@@ -32,7 +32,7 @@ from clipsearch.errors import (
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.indexers.scanner import ScanRules
-from clipsearch.maintainer import REFRESH_MARKER, Maintainer, OptimizeSummary
+from clipsearch.maintainer import REFRESH_MARKER, Maintainer, OptimizeSummary, keep_versions
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
 
@@ -469,6 +469,7 @@ class Collection:
         prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
         writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
         roots = self.run_roots(paths)
+        keep_versions()  # a bad retention setting stops the run before it writes anything
         with self._writer_lock():
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
             run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)

@@ -122,7 +122,7 @@ def refit_reason(fit: dict[str, Any] | None, rows: int) -> str | None:
         return f"first fit ({rows} image-like rows)"
     fitted = int(fit.get("rows", 0))
     if fitted <= 0:
-        return f"no record of the fitted rows; {rows} now"
+        return f"the saved fit records no size; {rows} image-like rows now"
     if rows >= REFIT_FACTOR * fitted:
         return f"grew from {fitted} to {rows} image-like rows"
     if rows * REFIT_FACTOR <= fitted:
@@ -158,6 +158,7 @@ class Maintainer:
         A marker file stands while it runs: a refresh cut short (kill, full disk) is redone by
         the next index run even if that run changes nothing. Steps that make a table version
         (full-text index, compaction) come first, so the ANN index is tagged with the final one."""
+        keep = keep_versions()  # a bad setting stops here, before anything is written
         marker = self.col.path / REFRESH_MARKER
         with storage_errors(str(self.col.path)):
             self.col.path.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ class Maintainer:
             self.compact()
             self.update_ann()
             self.update_transforms(fit_transforms)
-            self.cleanup()
+            self.cleanup(keep)
         marker.unlink(missing_ok=True)
 
     def optimize(self, transforms: bool = False) -> OptimizeSummary:
@@ -175,6 +176,7 @@ class Maintainer:
         retrain the ANN index fully, clean up old versions past the retention; with
         `transforms`, refit them too."""
         store = self.col.store
+        keep = keep_versions()
         before = self.table_stats()
         marker = self.col.path / REFRESH_MARKER
         with storage_errors(str(self.col.path)):
@@ -187,7 +189,7 @@ class Maintainer:
                 self.fit_transforms(strict=False, embed_text=False, reason="on demand (optimize)")
             else:
                 self.update_transforms(True)
-            self.cleanup()
+            self.cleanup(keep)
         marker.unlink(missing_ok=True)
         return OptimizeSummary(before, self.table_stats(), compacted)
 
@@ -217,10 +219,10 @@ class Maintainer:
         self.col.store.compact()
         return True
 
-    def cleanup(self) -> int:
-        """Remove table versions superseded longer ago than the retention (`keep_versions`),
-        and the files only they use; returns how many."""
-        return self.col.store.cleanup_versions(keep_versions())
+    def cleanup(self, keep: timedelta | None = None) -> int:
+        """Remove table versions superseded longer ago than `keep` (default: the retention,
+        `keep_versions`), and the files only they use; returns how many."""
+        return self.col.store.cleanup_versions(keep_versions() if keep is None else keep)
 
     # ---- transforms --------------------------------------------------------------------------
     def update_transforms(self, fit_transforms: bool = True) -> None:

@@ -191,10 +191,19 @@ def test_a_reader_of_an_old_version_keeps_reading_within_the_retention(tmp_path,
         reader.to_table(columns=["id", "vector"])
 
 
-def test_a_bad_retention_is_one_line_naming_the_variable(monkeypatch):
+def test_a_bad_retention_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+    pics = tmp_path / "pics"
+    write_solids(pics, 3)
+    col = new_collection(tmp_path)
+    col.add([pics], fit_transforms=False)
+    version = col.store.version
     monkeypatch.setenv(KEEP_VERSIONS_ENV, "ten")
     with pytest.raises(UsageError, match=KEEP_VERSIONS_ENV):
         keep_versions()
+    for args in (["optimize"], ["index", str(pics)]):
+        out = CliRunner().invoke(main, [*args, "--db", str(col.path)])
+        assert out.exit_code == 2 and f"${KEEP_VERSIONS_ENV}='ten'" in out.output, out.output
+    assert col.store.version == version  # nothing was written
     monkeypatch.setenv(KEEP_VERSIONS_ENV, "2.5")
     assert keep_versions().total_seconds() == 150
 
