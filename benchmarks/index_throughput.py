@@ -178,7 +178,7 @@ def main() -> None:
         if cached.exists():  # same model as an earlier run: the collection would compute the same
             shutil.copy(cached, col.path / "builtin_text_vectors.npy")
         t = time.perf_counter()
-        col.searcher._builtin_text_vectors()
+        col.maintainer.builtin_text_vectors()
         out["first_add_caption_embedding_s"] = round(time.perf_counter() - t, 1)
         out["caption_vectors_reused"] = cached.exists()
         shutil.copy(col.path / "builtin_text_vectors.npy", cached)

@@ -1,4 +1,5 @@
-"""The `clipsearch` command line: index, watch, search, browse, info, models, fit-transforms, serve.
+"""The `clipsearch` command line: index, watch, search, browse, info, models, fit-transforms, optimize,
+serve.
 
 Errors print one line and a hint (exit 2 for usage errors, 1 otherwise); --verbose shows the
 traceback. Flags override CLIPSEARCH_* environment variables, which override defaults.
@@ -446,6 +447,12 @@ def info(db, as_json, verbose):
     click.echo(f"disk        {data['disk_bytes'] / 1e6:.1f} MB")
     click.echo(f"ann         {data['ann']['type']} over {data['ann']['rows']} rows")
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
+    fit = data.get("transforms_fit")
+    if fit:
+        click.echo(f"  fitted on {fit['sample']} of {fit['rows']} image-like rows: {fit['reason']}")
+    table = data["table"]
+    click.echo(f"table       version {data['table_version']}: {table['versions']} versions kept, "
+               f"{table['fragments']} fragments, {table['deleted_rows']} deleted rows")
     if data.get("last_run"):
         click.echo(f"last run    {data['last_run']}")
     if data["watch"]:
@@ -498,8 +505,25 @@ def fit_transforms(db, text_source, verbose):
     from clipsearch.objectstore import open_collection
 
     col = open_collection(db or _db_default())
-    ts = col.searcher.fit_transforms(strict=False, text_source=text_source)  # saves nothing on failure
+    ts = col.fit_transforms(strict=False, text_source=text_source)  # saves nothing on failure
     click.echo(f"fitted: {ts.describe()}")
+
+
+@main.command()
+@db_opt
+@click.option("--transforms", is_flag=True, help="Refit the transforms too (on a bounded sample).")
+@verbose_opt
+@handle_errors
+def optimize(db, transforms, verbose):
+    """Compact the table, rebuild the full-text index, retrain the ANN index, and remove table
+    versions older than $CLIPSEARCH_KEEP_VERSIONS_MINUTES (default 10: what readers may still
+    be reading). Index runs do this when it is worth it; this does it now.
+    """
+    _setup_logging(verbose)
+    from clipsearch.objectstore import open_collection
+
+    col = open_collection(db or _db_default(), device="cpu")
+    click.echo(col.optimize(transforms=transforms).line())
 
 
 @main.command()

@@ -33,6 +33,7 @@ from clipsearch.errors import (
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.indexers.scanner import ScanRules
+from clipsearch.maintainer import REFRESH_MARKER, Maintainer, OptimizeSummary, keep_versions
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from clipsearch.indexers.base import IndexContext
     from clipsearch.pipeline import IndexReport
     from clipsearch.store import Store
+    from clipsearch.transforms import TransformSet
 
 if TYPE_CHECKING:
     from clipsearch.indexers.base import IndexContext
@@ -51,9 +53,8 @@ log = logging.getLogger(__name__)
 META_FILE = "clipsearch.json"
 SCHEMA_VERSION = 1
 SKIP_LOG = "skipped.log"
-REFRESH_MARKER = "refresh.pending"  # written before a refresh of derived state, removed after
 MODEL_FIELDS = ("schema_version", "model", "model_name", "model_id", "dim")  # what the table records
-__all__ = ["Collection", "Hit", "IndexRun"]
+__all__ = ["REFRESH_MARKER", "Collection", "Hit", "IndexRun"]
 
 
 def default_db_dir() -> Path:
@@ -232,6 +233,7 @@ class Collection:
         self._encoder: Encoder | None = None
         self._store: Store | None = None
         self._searcher: Searcher | None = None
+        self._maintainer: Maintainer | None = None
         self._parts_lock = threading.RLock()  # server threads share one collection: load parts once
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -347,6 +349,15 @@ class Collection:
         return self._searcher
 
     @property
+    def maintainer(self) -> Maintainer:
+        """The write side: derived state after writes, compaction, transforms (see maintainer.py)."""
+        if self._maintainer is None:
+            with self._parts_lock:
+                if self._maintainer is None:
+                    self._maintainer = Maintainer(self)
+        return self._maintainer
+
+    @property
     def roots(self) -> list[str]:
         return list(self.meta.get("roots", []))
 
@@ -459,6 +470,7 @@ class Collection:
         prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
         writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
         roots = self.run_roots(paths)
+        keep_versions()  # a bad retention setting stops the run before it writes anything
         with self._writer_lock():
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
             run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)
@@ -482,25 +494,14 @@ class Collection:
                             options=dict(options or {}))
 
     def _finish_run(self, report: IndexReport, fit_transforms: bool) -> None:
-        """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
-        transforms), unless the run was interrupted, or changed nothing and every derived part
-        is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A
-        damaged part, or a refresh that an earlier run did not finish, is rebuilt here."""
+        """End of an indexing run: the skip log, then (unless the run was interrupted) the
+        derived state, which the maintainer brings up to date (`Maintainer.after_run`)."""
         self._remember_roots(report.linked_roots)
         if report.pruned_roots:
             self._forget_roots(report.pruned_roots)
         self._write_skip_log(report)
-        if report.interrupted:
-            return
-        if report.indexed == 0 and report.removed == 0:
-            problems = self.searcher.derived_problems(fit_transforms=fit_transforms)
-            if (self.path / REFRESH_MARKER).exists():
-                problems.insert(0, "an earlier refresh of the derived state did not finish")
-            for problem in problems:
-                log.warning("%s: %s; rebuilding it from the table", self.path, problem)
-            if not problems:
-                return
-        self.refresh(fit_transforms=fit_transforms)
+        if not report.interrupted:
+            self.maintainer.after_run(report, fit_transforms)
 
     def save_meta(self) -> None:
         """Persist `self.meta` (a remote collection writes it next to its table instead)."""
@@ -536,19 +537,27 @@ class Collection:
         self.save_meta()
 
     def refresh(self, fit_transforms: bool = True) -> None:
-        """Rebuild what is derived from the table: the ANN index, full-text index, transforms.
+        """Bring what is derived from the table up to date: full-text index, compaction, ANN
+        index, transforms, old versions (`Maintainer.refresh`). The caller holds the writer lock
+        or knows no one else writes."""
+        self.maintainer.refresh(fit_transforms=fit_transforms)
 
-        A marker file stands while it runs: a refresh cut short (kill, full disk) is redone by
-        the next index run even if that run changes nothing."""
-        marker = self.path / REFRESH_MARKER
-        with storage_errors(str(self.path)):
-            self.path.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{time.time()}\n")
-        with storage_errors(str(self.store.db_dir)):
-            self.searcher.ensure_text_index()  # first: building it makes a new table version
-            self.searcher.rebuild_ann(save=True)  # tagged with the final version
-            self.searcher.after_write(fit_transforms=fit_transforms)
-        marker.unlink(missing_ok=True)
+    def optimize(self, transforms: bool = False) -> OptimizeSummary:
+        """Compact the table, rebuild the full-text index, retrain the ANN index and clean up
+        old versions past the retention ($CLIPSEARCH_KEEP_VERSIONS_MINUTES, default 10);
+        `transforms` refits them too. Takes the writer lock. Returns what changed."""
+        with self._writer_lock():
+            return self.maintainer.optimize(transforms=transforms)
+
+    def fit_transforms(self, strict: bool = False, text_source: str = "builtin") -> TransformSet:
+        """Refit whitening + centering now, on a bounded sample (`Maintainer.fit_transforms`),
+        under the writer lock. Nothing is saved when nothing could be fitted."""
+        with self._writer_lock():
+            return self.maintainer.fit_transforms(strict=strict, text_source=text_source)
+
+    def push_transforms(self) -> None:
+        """Freshly fitted transforms are already where readers look: nothing to mirror here
+        (a remote collection copies them next to its table)."""
 
     def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Forget these files (and everything under these folders), and drop them from the saved
@@ -634,7 +643,9 @@ class Collection:
             "scan": self.scan_options(),
             "disk_bytes": size,
             "table_version": store.version,
+            "table": self.maintainer.table_stats().to_dict(),
             "ann": self.searcher.ann_description(),
             "transforms": self.searcher.transforms_description(),
+            "transforms_fit": self.searcher.transforms_fit(),
             "last_run": self.meta.get("last_run", {}).get("summary"),
         }

@@ -73,21 +73,42 @@ class DocHit:
     signals: tuple[str, ...] = field(default_factory=tuple)
 
 
-def ensure_fts_index(table: Table) -> bool:
-    """(Re)build the full-text indexes; the core calls this after each index run.
+FTS_MAX_SEGMENTS = 8  # index segments (one per update) before an update merges them
+
+
+def ensure_fts_index(table: Table, *, rebuild: bool = False) -> bool:
+    """Full-text indexes brought up to date; the maintainer calls this after each index run.
 
     LanceDB's native inverted index (stemmed, lower-cased, stop words removed) over `text`
     (document chunks; with positions so "quoted phrases" work) and over `source` (paths:
-    folder and file-name words, for `--hybrid` image and video search). Rows added later are
-    still searched, unindexed, until the next rebuild. Returns False for an empty table.
+    folder and file-name words, for `--hybrid` image and video search). A missing index is
+    created; an existing one gets the rows added since as a segment of its own (Lance's index
+    optimisation: the cost follows the new rows, not the table; deleted rows are never
+    matched), and every `FTS_MAX_SEGMENTS` updates its segments are merged. `rebuild` builds
+    them anew (a damaged index, `clipsearch optimize`). Rows not yet folded in are still
+    searched, unindexed. Returns False for an empty table.
     """
     from lancedb.index import FTS
 
     if table.count_rows() == 0:
         return False
-    if table.count_rows("text IS NOT NULL") > 0:
-        table.create_index("text", config=FTS(with_position=True), replace=True)
-    table.create_index("source", config=FTS(), replace=True)
+    have = {ix.columns[0]: ix for ix in table.list_indices()
+            if str(ix.index_type).upper() == "FTS" and len(ix.columns) == 1}
+    wanted = {"source": FTS()}
+    if "text" in have or table.count_rows("text IS NOT NULL") > 0:
+        wanted["text"] = FTS(with_position=True)
+    for column, config in wanted.items():
+        if rebuild or column not in have:
+            table.create_index(column, config=config, replace=True)
+            continue
+        ix = have[column]
+        stats = table.index_stats(ix.name)
+        if stats is not None and stats.num_unindexed_rows == 0:
+            continue
+        segments = int(getattr(ix, "num_segments", None) or 1)
+        # 0: the new rows become a segment of their own; past a few, the segments are merged
+        merge = segments if segments >= FTS_MAX_SEGMENTS else 0
+        table.to_lance().optimize.optimize_indices(index_names=[ix.name], num_indices_to_merge=merge)
     return True
 
 

@@ -309,7 +309,7 @@ class RemoteCollection(Collection):
         self.location.write_bytes(SKIP_LOG, (self.path / SKIP_LOG).read_bytes())
 
     def push_transforms(self) -> None:
-        """Mirror freshly fitted transforms next to the table (the searcher calls this after
+        """Mirror freshly fitted transforms next to the table (the maintainer calls this after
         every successful fit: after an index run and after `fit-transforms`)."""
         local = self.path / TRANSFORMS_FILE
         if local.is_file():

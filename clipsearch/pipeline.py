@@ -213,6 +213,7 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     jobs: list[Job] = []
     seen: set[bytes] = set()
     stale: list[bytes] = []
+    touched: list[tuple[bytes, float]] = []  # new mtime, same content: written together below
     walk = Scan(roots, rules)
     for entry in walk:
         if isinstance(entry, Problem):
@@ -223,20 +224,22 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
             continue
         seen.add(entry.path)
         unchanged = report.unchanged
-        job = _plan_file(store, entry, states.get(entry.path), indexers, report, verify)
+        job = _plan_file(entry, states.get(entry.path), indexers, report, verify, touched)
         if job is not None:
             jobs.append(job)
         elif report.unchanged == unchanged and entry.path in states:
             stale.append(entry.path)  # changed, and now unreadable, empty or not media: rows go
+    store.touch_many(touched)
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
     return jobs, gone + stale
 
 
-def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list[Indexer],
-               report: IndexReport, verify: bool) -> Job | None:
-    """A job for a new or changed file; None for an unchanged (or unindexable) one."""
+def _plan_file(entry: Found, old: FileState | None, indexers: list[Indexer],
+               report: IndexReport, verify: bool, touched: list[tuple[bytes, float]]) -> Job | None:
+    """A job for a new or changed file; None for an unchanged (or unindexable) one. A file
+    whose mtime changed but not its content goes on `touched` (its new mtime)."""
     same_stat = old is not None and old.mtime == entry.mtime and old.size == entry.size
     if same_stat and not verify:
         report.unchanged += 1
@@ -253,7 +256,7 @@ def _plan_file(store: Store, entry: Found, old: FileState | None, indexers: list
             return None
         if job.content_hash == old.content_hash:
             if not same_stat:
-                store.touch(entry.path, entry.mtime)
+                touched.append((entry.path, entry.mtime))
             report.unchanged += 1
             return None
     return job

@@ -6,13 +6,12 @@ routes to them. Every query checks the table version, so a searcher in a long-ru
 (the web server) sees what another process indexed, without a restart.
 
 Derived state that is damaged (a saved ANN shard, the full-text index, the transforms) is
-skipped by queries with one warning, and reported by `derived_problems` so that the next
-index run rebuilds it from the table.
+skipped by queries with one warning, and reported to the maintainer (`maintainer.Maintainer`,
+the write side) so that the next index run rebuilds it from the table. Queries only read.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from PIL import Image
 from clipsearch.ann import POINTER, AnnIndex, update_saved
 from clipsearch.ann_live import LiveAnn
 from clipsearch.errors import TransformError, UsageError
-from clipsearch.fsutil import is_within, write_atomic
+from clipsearch.fsutil import is_within
 from clipsearch.jsonsafe import finite
 from clipsearch.store import float32_vectors, sql_in
 
@@ -172,44 +171,10 @@ class Searcher:
             self._saved_pointer = pointer
         return self._saved
 
-    def derived_problems(self, fit_transforms: bool = True) -> list[str]:
-        """One line per part of the derived state that is missing, stale or damaged and must be
-        rebuilt from the table: the saved ANN index, the full-text index, the transforms."""
-        problems = [self._ann_problem(), self._fts_problem(), self._transforms_problem(fit_transforms)]
-        return [p for p in problems if p]
-
-    def _fts_problem(self) -> str | None:
-        """The full-text index's problem, if any. Asked through the Lance dataset first, which
-        answers a healthy index without importing LanceDB (a second or more); docsearch's own
-        check, through LanceDB, then words what it found."""
-        from clipsearch.docsearch import FTS_PROBE, fts_problem
-
-        store = self.col.store
-        if store.count() == 0:
-            return None
-        wanted = ["source"]
-        if "text" in store.text_indexed_columns() or store.count("text IS NOT NULL") > 0:
-            wanted.append("text")
-        if all(store.text_index_problem(c, FTS_PROBE) is None for c in wanted):
-            return None
-        return fts_problem(store.table)
-
-    def _ann_problem(self) -> str | None:
+    def ann_problem(self) -> str | None:
+        """Why the saved ANN index is missing, stale or damaged (the maintainer rebuilds it)."""
         store = self.col.store
         return AnnIndex.problem(self.ann_dir, version=store.version, rows=store.count())
-
-    def _transforms_problem(self, fit_transforms: bool) -> str | None:
-        from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
-
-        if not TransformSet.exists(self.col.path):
-            enough = self.col.store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES
-            return "no transforms are fitted though there are enough items" if fit_transforms and enough \
-                else None
-        try:
-            TransformSet.load(self.col.path, self.col.meta["model_id"], int(self.col.meta["dim"]))
-        except TransformError as e:
-            return str(e)
-        return None
 
     def ann(self) -> LiveAnn:
         """The ANN view at the table's current version: the saved index plus an exact search of
@@ -260,94 +225,13 @@ class Searcher:
         except TransformError:
             return None
 
-    def _builtin_text_vectors(self) -> np.ndarray:
-        """Embeddings of the built-in captions, cached in the collection (same model forever)."""
-        from clipsearch.transforms import embed_builtin_captions
-
-        cache = self.col.path / "builtin_text_vectors.npy"
-        if cache.exists():
-            try:
-                vecs: np.ndarray = np.load(cache, allow_pickle=False)
-                if vecs.ndim == 2 and vecs.shape[1] == int(self.col.meta["dim"]) and np.isfinite(vecs).all():
-                    return vecs
-            except Exception as e:  # truncated or garbage: embed the captions again
-                log.warning("%s is unreadable (%s); embedding the captions again", cache, e)
-        vecs = embed_builtin_captions(self.col.encoder).astype(np.float32)
-        buf = io.BytesIO()
-        np.save(buf, vecs)
-        write_atomic(cache, buf.getvalue())
-        return vecs
-
-    def fit_transforms(self, strict: bool = True, text_source: str = "builtin",
-                       embed_text: bool = True) -> TransformSet:
-        """Fit whitening + centering on the collection's image-like vectors and save them.
-
-        All or nothing: the fit is computed and checked first, and written (atomically) only
-        if at least one transform came out of it; otherwise `TransformError` is raised and the
-        saved transforms are left as they were. `text_source="collection"` with too few
-        document chunks for a text mean falls back to the built-in captions (logged), rather
-        than dropping centering. The text mean needs a few thousand caption embeddings: minutes
-        with a big text tower on a CPU. With `embed_text=False` (the automatic fit after
-        `index`) it is fitted only if those embeddings are already cached; otherwise on first
-        use of --center.
-        """
-        with self._lock:  # one fit at a time; queries wait only if they need the transforms
-            fitted: TransformSet = self._fit_transforms(strict, text_source, embed_text)
-            return fitted
-
-    def _fit_transforms(self, strict: bool, text_source: str, embed_text: bool) -> TransformSet:
-        from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
-
-        _, vecs = self.col.store.vectors(sql_in("kind", IMAGE_LIKE))
-        texts, note = None, None
-        if text_source == "collection":
-            _, texts = self.col.store.vectors("kind = 'doc_text'")
-            if len(texts) < MIN_CENTER_SAMPLES:
-                note = (f"text source 'collection': {len(texts)} document text chunks, centering needs "
-                        f"{MIN_CENTER_SAMPLES}; using the built-in captions")
-                log.warning(note)
-                texts = None
-        if texts is None:
-            text_source = "builtin"
-            cached = (self.col.path / "builtin_text_vectors.npy").exists()
-            texts = self._builtin_text_vectors() if (embed_text or cached) else None
-        ts = TransformSet.fit(vecs, texts, model_id=self.col.meta["model_id"], dim=int(self.col.meta["dim"]),
-                              text_source=text_source, strict=strict)
-        if note and "center" in ts.params:
-            ts.params["center"]["note"] = note
-        if not ts.available:
-            raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
-                                 hint="index more items, then run fit-transforms again")
-        ts.save(self.col.path)
-        self._transforms = None
-        return ts
-
-    def ensure_text_index(self) -> None:
-        """Full-text index over document text, and over paths for --hybrid."""
-        from clipsearch.docsearch import ensure_fts_index
-
-        ensure_fts_index(self.col.store.table)
-
-    def after_write(self, fit_transforms: bool = True) -> None:
-        """Derived state after an index run: (best-effort) transforms.
-
-        Transforms are refitted automatically only when there are enough image-like items for
-        at least centering; below that, `clipsearch fit-transforms` explains what is missing.
-        """
-        from clipsearch.transforms import MIN_CENTER_SAMPLES
-
-        store = self.col.store
-        if fit_transforms and store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES:
-            try:
-                self.fit_transforms(strict=False, embed_text=False)
-                return
-            except TransformError as e:
-                log.info("transforms not fitted: %s", e)
-        problem = self._transforms_problem(fit_transforms=False)
-        if problem:  # damaged and not refittable now: remove it rather than report it every run
-            log.warning("%s; removing it", problem)
-            (self.col.path / "transforms.npz").unlink(missing_ok=True)
-            self._transforms = None
+    def transforms_fit(self) -> dict[str, Any] | None:
+        """The saved fit's record: why it was fitted, the rows it stood for, its sample size."""
+        try:
+            fit: dict[str, Any] | None = self.transforms().params.get("fit")
+        except TransformError:
+            return None
+        return fit
 
     def _transformed_index(self, kinds: tuple[str, ...], whiten: bool, center: bool) -> AnnIndex:
         """A flat index over transformed vectors of `kinds` (transforms move every vector)."""
@@ -431,7 +315,7 @@ class Searcher:
                 with self._lock:  # concurrent --center queries: one fits, the others then reuse it
                     if self.transforms().text_mean is None:
                         log.warning("fitting the text mean for --center (once per collection)...")
-                        self.fit_transforms(strict=False)
+                        self.col.maintainer.fit_transforms(strict=False, reason="text mean for --center")
                     ts = self.transforms()
             qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
                                 whiten=whiten, center=center)[0]

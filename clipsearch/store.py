@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,24 @@ class Store:
         return float32_vectors(t.column("vector"))
 
     @guarded
+    def sample_vectors(self, kinds: tuple[str, ...], limit: int, seed: int = 0) -> tuple[np.ndarray, int]:
+        """(float32 vectors of at most `limit` rows of these kinds, how many rows they sample).
+
+        Reads the kind column and the sampled rows' vectors only: a fit on a sample of a big
+        collection costs the sample, not the collection."""
+        import pyarrow.compute as pc
+
+        snapshot = self.snapshot()
+        kind = snapshot.to_table(columns=["kind"]).column("kind")
+        positions = np.flatnonzero(pc.is_in(kind, pa.array(list(kinds))).to_numpy(zero_copy_only=False))
+        n = len(positions)
+        if n > limit:
+            positions = np.sort(np.random.default_rng(seed).choice(positions, size=limit, replace=False))
+        if not len(positions):
+            return np.zeros((0, self.dim), np.float32), 0
+        return self.take_vectors(snapshot, positions), n
+
+    @guarded
     def thumbs_of(self, raws: Sequence[bytes]) -> list[str]:
         """Thumbnail paths recorded in the rows of these sources."""
         out: list[str] = []
@@ -344,7 +362,44 @@ class Store:
     @guarded
     def touch(self, raw: bytes, mtime: float) -> None:
         """Record a new mtime for a file whose content hash proved unchanged."""
-        self.table.update(where=sources_filter([raw]), values={"mtime": mtime})
+        self.touch_many([(raw, mtime)])
+
+    @guarded
+    def touch_many(self, files: Sequence[tuple[bytes, float]], batch: int = 500) -> None:
+        """Record new mtimes of files whose content hash proved unchanged: one commit per
+        `batch` files (a merge of the rows' ids and new mtimes), not one per file."""
+        for i in range(0, len(files), batch):
+            new = dict(files[i:i + batch])
+            rows = self.scan(["id", "source_raw"], sources_filter(new))
+            if not rows.num_rows:
+                continue
+            mtimes = [new[r] for r in rows.column("source_raw").to_pylist()]
+            data = pa.table({"id": rows.column("id"), "mtime": pa.array(mtimes, pa.float64())})
+            self.table.merge_insert("id").when_matched_update_all().execute(data)
+
+    # ---- upkeep ------------------------------------------------------------------------------
+    @guarded
+    def compact(self) -> None:
+        """Merge small data files and drop deleted rows (one commit; indexes are remapped)."""
+        self.table.to_lance().optimize.compact_files()
+
+    @guarded
+    def cleanup_versions(self, keep: timedelta) -> int:
+        """Remove the versions superseded more than `keep` ago, and the files only they use;
+        returns how many. A reader that opened a version while it was the latest has `keep`
+        to finish with it (a version's own age says nothing: the latest may be a week old)."""
+        dataset = self.table.to_lance()
+        listed = dataset.versions()
+        old = [a["version"] for a, b in zip(listed, listed[1:], strict=False)
+               if _age(b["timestamp"]) >= keep]
+        if old:
+            dataset.cleanup_old_versions(versions=old)
+        return len(old)
+
+
+def _age(stamp: datetime) -> timedelta:
+    """How long ago a version's timestamp was (lance lists naive local times)."""
+    return datetime.now(stamp.tzinfo) - stamp
 
 
 def _connect(db_dir: str, storage_options: dict[str, str] | None) -> Any:

@@ -40,6 +40,7 @@ MIN_PER_DIM = 10  # whitening needs about this many samples per kept dimension
 MIN_WHITEN_DIMS = 16  # below this a reduced whitening is not worth having
 MIN_CENTER_SAMPLES = 10
 MODALITIES = ("image", "text")
+CHUNK_ROWS = 16_384  # rows per float64 step: fits and transforms of many vectors stay in float32
 
 
 class TransformMismatch(TransformError, ModelMismatch):
@@ -49,10 +50,14 @@ class TransformMismatch(TransformError, ModelMismatch):
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
-    """Validate and convert to a float64 (n, d) matrix; a 1-D vector becomes one row."""
+def _as_matrix(vectors: Any, dim: int | None, what: str, many: bool = False) -> np.ndarray:
+    """Validate and convert to a float64 (n, d) matrix; a 1-D vector becomes one row. With
+    `many` (a collection's vectors) float32 stays float32, without a copy: `_chunks` takes it
+    to float64 a slice at a time."""
     try:
-        x = np.asarray(vectors, dtype=np.float64)
+        x = np.asarray(vectors)
+        keep = many and x.dtype in (np.float32, np.float64)
+        x = x if keep else np.asarray(vectors, dtype=np.float32 if many else np.float64)
     except (TypeError, ValueError) as exc:
         raise TransformError(f"{what}: not a numeric array ({exc})") from exc
     if x.ndim == 1:
@@ -64,9 +69,24 @@ def _as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
             f"{what}: vectors have dimension {x.shape[1]} but the transforms expect {dim}",
             hint="the collection and the transforms must come from the same model",
         )
-    if not np.all(np.isfinite(x)):
+    if not all(np.isfinite(x[i:i + CHUNK_ROWS]).all() for i in range(0, x.shape[0], CHUNK_ROWS)):
         raise TransformError(f"{what}: contains NaN or infinite values")
     return x
+
+
+def _chunks(x: np.ndarray) -> Any:
+    """float64 slices of `x`, `CHUNK_ROWS` rows at a time: the precision of a float64 fit or
+    transform without a float64 copy of every vector."""
+    for i in range(0, x.shape[0], CHUNK_ROWS):
+        yield x[i:i + CHUNK_ROWS].astype(np.float64)
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    """Column mean in float64, summed a chunk at a time."""
+    total = np.zeros(x.shape[1], np.float64)
+    for c in _chunks(x):
+        total += c.sum(axis=0)
+    return total / max(x.shape[0], 1)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -121,7 +141,7 @@ def fit_whitening(
     ``min_per_dim * MIN_WHITEN_DIMS``, or an explicit ``keep_dims`` that the sample count
     cannot support, raise ``TransformError`` stating how many vectors are needed.
     """
-    x = _as_matrix(vectors, None, "whitening input")
+    x = _as_matrix(vectors, None, "whitening input", many=True)
     n, d = x.shape
     if not 0.0 < beta <= 2.0:
         raise TransformError(f"whitening beta must be in (0, 2], got {beta}")
@@ -153,9 +173,12 @@ def fit_whitening(
                 f"{k} dims at {min_per_dim} samples per dim (full needs {min_per_dim * d})"
             )
             log.warning(note)
-    mean = x.mean(axis=0)
-    xc = x - mean[None, :]
-    cov = xc.T @ xc / max(n - 1, 1)
+    mean = _mean(x)
+    cov = np.zeros((d, d), np.float64)
+    for c in _chunks(x):
+        c -= mean[None, :]
+        cov += c.T @ c
+    cov /= max(n - 1, 1)
     eigvals, eigvecs = np.linalg.eigh(cov)
     order = np.argsort(eigvals)[::-1]
     eigvals = np.clip(eigvals[order], 0.0, None)
@@ -266,7 +289,7 @@ class TransformSet:
         """
         if not model_id:
             raise TransformError("model_id is required to fit transforms")
-        x = _as_matrix(image_vectors, dim, "image vectors")
+        x = _as_matrix(image_vectors, dim, "image vectors", many=True)
         n = x.shape[0]
         ts = cls(model_id=model_id, dim=int(dim), n_fit={"image": n}, params={})
         if whiten:
@@ -286,16 +309,16 @@ class TransformSet:
                         f"the collection has {n}",
                         hint="index more items, or search without --center",
                     )
-                ts.image_mean = x.mean(axis=0)
+                ts.image_mean = _mean(x)
                 params: dict[str, Any] = {"text_source": None}
                 if text_vectors is not None:
-                    t = _as_matrix(text_vectors, dim, "text vectors")
+                    t = _as_matrix(text_vectors, dim, "text vectors", many=True)
                     if t.shape[0] < MIN_CENTER_SAMPLES:
                         raise TransformError(
                             f"text centering needs at least {MIN_CENTER_SAMPLES} text vectors, "
                             f"got {t.shape[0]}"
                         )
-                    ts.text_mean = t.mean(axis=0)
+                    ts.text_mean = _mean(t)
                     ts.n_fit["text"] = t.shape[0]
                     params["text_source"] = text_source
                 ts.params["center"] = params
@@ -343,13 +366,18 @@ class TransformSet:
         return _normalise(x)
 
     def apply_db(self, vectors: np.ndarray, *, whiten: bool = False, center: bool = False) -> np.ndarray:
-        """Transform the collection's (image-side) vectors to match :meth:`apply_query`."""
-        x = _as_matrix(vectors, self.dim, "collection vectors")
+        """Transform the collection's (image-side) vectors to match :meth:`apply_query`;
+        float32 out, computed in float64 a chunk at a time."""
+        x = _as_matrix(vectors, self.dim, "collection vectors", many=True)
         if whiten:
-            return _normalise(self._check_whiten().whiten(x))
-        if center:
-            return _normalise(x - self._mean_for("image")[None, :])
-        return _normalise(x)
+            w = self._check_whiten()
+            parts = [_normalise(w.whiten(c)) for c in _chunks(x)]
+        elif center:
+            mean = self._mean_for("image")[None, :]
+            parts = [_normalise(c - mean) for c in _chunks(x)]
+        else:
+            parts = [_normalise(c) for c in _chunks(x)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def typicality(self, vectors: np.ndarray) -> np.ndarray:
         """Squared norm ``||w||^2`` of the fully whitened (β=1) vectors; float64, one per row.
@@ -357,8 +385,10 @@ class TransformSet:
         Under a Gaussian fit it is the negative log-likelihood up to ½ and a constant, so
         **lower is more typical**; the largest values are the collection's outliers.
         """
-        w = self._check_whiten().whiten(_as_matrix(vectors, self.dim, "vectors"), beta=1.0)
-        return np.einsum("ij,ij->i", w, w)
+        wh = self._check_whiten()
+        x = _as_matrix(vectors, self.dim, "vectors", many=True)
+        parts = [np.einsum("ij,ij->i", w, w) for w in (wh.whiten(c, beta=1.0) for c in _chunks(x))]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     @property
     def available(self) -> list[str]:

@@ -71,7 +71,7 @@ def shard_file(db: Path, kind: str, suffix: str) -> Path:
 
 def healthy(db: Path) -> bool:
     col = Collection.open(db, device="cpu")
-    return col.searcher.derived_problems() == [] and not (db / REFRESH_MARKER).exists()
+    return col.maintainer.derived_problems() == [] and not (db / REFRESH_MARKER).exists()
 
 
 def rerun(db: Path):
@@ -225,7 +225,7 @@ def test_an_index_from_another_table_is_foreign(db, tmp_path, base):
     col.add([photos])
     shutil.rmtree(db / "ann")
     shutil.copytree(other / "ann", db / "ann")
-    problem = Collection.open(db, device="cpu").searcher.derived_problems()
+    problem = Collection.open(db, device="cpu").maintainer.derived_problems()
     assert problem and "ANN" in problem[0]
     rerun(db)
     assert healthy(db)
@@ -307,19 +307,19 @@ def test_a_failed_ann_save_leaves_nothing_behind_and_is_redone(db, monkeypatch):
 
 
 def test_a_refresh_cut_short_is_finished_by_the_next_unchanged_run(db, monkeypatch):
-    from clipsearch.search import Searcher
+    from clipsearch.maintainer import Maintainer
 
     (db / "transforms.npz").unlink()
-    real = Searcher.after_write
+    real = Maintainer.update_transforms
 
     def killed(self, fit_transforms=True):
         raise KeyboardInterrupt  # what a kill between the ANN save and the transforms looks like
 
-    monkeypatch.setattr(Searcher, "after_write", killed)
+    monkeypatch.setattr(Maintainer, "update_transforms", killed)
     with pytest.raises(KeyboardInterrupt):
         Collection.open(db, device="cpu").refresh()
     assert (db / REFRESH_MARKER).exists() and not (db / "transforms.npz").exists()
-    monkeypatch.setattr(Searcher, "after_write", real)
+    monkeypatch.setattr(Maintainer, "update_transforms", real)
     rerun(db)
     assert (db / "transforms.npz").exists() and healthy(db)
 

@@ -185,7 +185,7 @@ def test_fit_transforms_is_mirrored_next_to_the_table(s3, cache, tmp_path, monke
     col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
     col.add([tmp_path / "pics"], fit_transforms=False)
     assert "fitted/transforms.npz" not in _keys(s3, "fitted/")
-    ts = col.searcher.fit_transforms(strict=False)
+    ts = col.fit_transforms(strict=False)
     assert "center" in ts.available
     body = s3.get_object(Bucket=BUCKET, Key="fitted/transforms.npz")["Body"].read()
     assert body == (col.path / "transforms.npz").read_bytes()

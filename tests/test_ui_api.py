@@ -37,6 +37,9 @@ def test_info_reports_the_collection(server, sample):
     assert info["pages"] == len(PDF_PAGES) and info["documents"] == 1
     assert info["device"] == "cpu"
     assert str(data.root) in info["roots"]
+    table = info["table"]  # what maintenance left: versions kept, fragments (no write action here)
+    assert table["versions"] >= 1 and table["fragments"] >= 1 and table["bytes"] > 0
+    assert set(info) >= {"transforms", "transforms_fit"}
 
 
 def test_text_search_finds_the_described_image(server, sample):

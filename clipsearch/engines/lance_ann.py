@@ -123,11 +123,11 @@ class RemoteSearcher(Searcher):
                 return self._ann
         return super().rebuild_ann(save=save, full=full)
 
-    def _ann_problem(self) -> str | None:
+    def ann_problem(self) -> str | None:
         """A Lance vector index lives in the table itself: nothing local to check."""
         if self._lance_indexed(self.col.store):
             return None
-        return super()._ann_problem()
+        return super().ann_problem()
 
     def ann(self):
         with self._lock:
@@ -137,13 +137,6 @@ class RemoteSearcher(Searcher):
                     self._ann = LanceAnn(store)  # type: ignore[assignment]  # answers AnnIndex's queries
                 return self._ann
         return super().ann()
-
-    def fit_transforms(self, *args, **kwargs):
-        """Fit and save as a local collection does, then mirror the result to object storage
-        (a collection opened elsewhere pulls it from there)."""
-        ts = super().fit_transforms(*args, **kwargs)
-        self.col.push_transforms()  # type: ignore[attr-defined]  # a RemoteCollection
-        return ts
 
     def ann_description(self) -> dict:
         if not self._lance_indexed(self.col.store):
