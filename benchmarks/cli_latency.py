@@ -50,11 +50,14 @@ def drop_caches() -> bool:
         return False
 
 
-def measure(cmd: list[str], env: dict[str, str], runs: int, cwd: Path | None = None) -> dict:
-    """Median wall and max peak RSS over `runs` cold runs, each in a helper that reports its child."""
+def measure(cmd: list[str], env: dict[str, str], runs: int, cwd: Path | None = None,
+            cold: bool = True) -> dict:
+    """Median wall and max peak RSS over `runs` runs (cold: the page cache dropped before each),
+    each in a helper process that reports its one child."""
     walls, rss = [], []
     for _ in range(runs):
-        drop_caches()
+        if cold:
+            drop_caches()
         probe = subprocess.run([sys.executable, __file__, "--_one", json.dumps(cmd)], env=env, cwd=cwd,
                                capture_output=True, text=True)
         if probe.returncode:
@@ -211,31 +214,39 @@ def main() -> None:
         build_synthetic(dbs[VIT], files, VIT)
     cs = clipsearch_cmd()
     backends = args.backend if args.backend and has_backend_flag(env) else []
-    rows = []
+    cases: list[tuple[str, str, list[str], dict[str, str], Path | None]] = []
     for model, db in dbs.items():
-        rows.append(("info", model, measure([*cs, "info", "--db", str(db)], env, args.runs)))
-        rows.append((f"index (unchanged, {args.files:,} files)", model,
-                     measure([*cs, "index", "-q", "--db", str(db)], env, args.runs)))
-        search = [*cs, "search", QUERY, "--db", str(db)]
-        rows.append(("search (text)", model, measure(search, env, args.runs)))
+        cases.append(("info", model, [*cs, "info", "--db", str(db)], env, None))
+        index = [*cs, "index", "-q", "--db", str(db)]
+        cases.append((f"index (unchanged, {args.files:,} files)", model, index, env, None))
+        cases.append(("search (text)", model, [*cs, "search", QUERY, "--db", str(db)], env, None))
         for b in backends:
-            rows.append((f"search (text, --backend {b})", model,
-                         measure([*cs, "search", QUERY, "--db", str(db), "--backend", b], env, args.runs)))
+            cases.append((f"search (text, --backend {b})", model,
+                          [*cs, "search", QUERY, "--db", str(db), "--backend", b], env, None))
     if not args.no_rclip:
         rcmd, renv = rclip_setup(args.peers, work, files, env, args.vit_index)
-        rows.append(("rclip: index check + text query", "ViT-B-32-256 (ONNX)",
-                     measure([*rcmd, "-f", "-t", "10", QUERY], renv, args.runs, cwd=files)))
-        rows.append(("rclip: text query (--no-indexing)", "ViT-B-32-256 (ONNX)",
-                     measure([*rcmd, "-n", "-f", "-t", "10", QUERY], renv, args.runs, cwd=files)))
-    cold = drop_caches()
-    print(f"| command | model | wall s (median of {args.runs}) | runs | peak RSS MB |")
-    print("|---|---|---|---|---|")
-    for what, model, m in rows:
-        print(f"| {what} | {model} | {m['wall_s']:.2f} | {', '.join(f'{w:.2f}' for w in m['walls'])} | "
-              f"{m['rss_mb']} |")
-    print(f"\npage cache dropped before each run: {'yes' if cold else 'no (not permitted)'}")
+        rclip_model = "ViT-B-32-256 (rclip, ONNX)"
+        query = [*rcmd, "-f", "-t", "10", QUERY]
+        cases.append(("rclip: index check + text query", rclip_model, query, renv, files))
+        cases.append(("rclip: text query (--no-indexing)", rclip_model, [*query, "-n"], renv, files))
+    rows = []
+    for what, model, cmd, cenv, cwd in cases:
+        cold = measure(cmd, cenv, args.runs, cwd=cwd)
+        warm = measure(cmd, cenv, args.runs, cwd=cwd, cold=False)
+        rows.append({"command": what, "model": model, "argv": cmd, "cold": cold, "warm": warm})
+    dropped = drop_caches()
+    print(f"| command | model | cold wall s (median of {args.runs}) | cold runs | warm wall s | "
+          "peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        c, w = r["cold"], r["warm"]
+        runs = ", ".join(f"{x:.2f}" for x in c["walls"])
+        print(f"| {r['command']} | {r['model']} | {c['wall_s']:.2f} | {runs} | {w['wall_s']:.2f} | "
+              f"{max(c['rss_mb'], w['rss_mb'])} |")
+    print(f"\ncold = page cache dropped before each run: {'yes' if dropped else 'no (not permitted)'}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end")
     if args.json:
-        args.json.write_text(json.dumps([{"command": w, "model": m, **r} for w, m, r in rows], indent=2))
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

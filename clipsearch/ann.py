@@ -195,11 +195,15 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
         return index
 
 
+# What a Linux machine with an NVIDIA driver has (WSL2: /dev/dxg); without any, CUDA cannot be up.
+_CUDA_DEVICE_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+
+
 def gpu_search_wanted() -> bool:
     """Exact search on a CUDA GPU with torch, unless CLIPSEARCH_GPU_SEARCH=0 keeps GPU memory free."""
     if os.environ.get("CLIPSEARCH_GPU_SEARCH", "auto").lower() in ("0", "off", "false", "no"):
         return False
-    if sys.platform == "linux" and not os.path.exists("/proc/driver/nvidia/version"):
+    if sys.platform == "linux" and not any(os.path.exists(p) for p in _CUDA_DEVICE_FILES):
         return False  # no NVIDIA driver: no CUDA, and no torch import (seconds) to learn that
     try:
         import torch

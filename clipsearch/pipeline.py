@@ -391,10 +391,11 @@ def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[byte
 
 
 def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
-    """The encoder itself, loading it now if given as a function that loads it."""
-    from clipsearch.encoders import Encoder
-
-    return encoder if isinstance(encoder, Encoder) else encoder()
+    """The encoder itself, loading it now if given as a function that loads it. Told apart by
+    what an encoder does, not its class: importing `clipsearch.encoders` imports torch."""
+    if hasattr(encoder, "encode_pixels"):
+        return encoder  # type: ignore[return-value]
+    return encoder()
 
 
 def _jpeg_decoder(encoder: Encoder, decode: str) -> JpegDecoder | None:

@@ -409,12 +409,14 @@ def _connect(db_dir: str, storage_options: dict[str, str] | None) -> Any:
 
 
 def _open_dataset(uri: str, storage_options: dict[str, str] | None) -> Any:
-    """The Lance dataset at `uri`, or None when there is none (other failures raise)."""
+    """The Lance dataset at `uri`, or None when there is none. A local table folder that Lance
+    cannot open (its versions deleted, say) is damaged, not absent: that raises, so that no
+    new table is made over it."""
     import lance
 
     try:
         return lance.dataset(uri, storage_options=storage_options)
     except ValueError as e:  # lance's "Dataset at path ... was not found"
-        if "not found" in str(e).lower():
+        if "not found" in str(e).lower() and ("://" in uri or not os.path.isdir(uri)):
             return None
         raise
