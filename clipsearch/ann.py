@@ -386,6 +386,21 @@ def _reserve_refine_codes(index: faiss.Index, n: int) -> None:
         codes.resize(0)
 
 
+def gather_rows(snapshot, positions: np.ndarray, columns: list[str],
+                batch_rows: int = BUILD_BATCH_ROWS) -> pa.Table:
+    """The rows at these scan positions, in ascending order, read by one sequential scan of
+    `columns`: Lance's take by position costs seconds per thousand rows on a large table with
+    deleted rows, a scan of one column about a second per million rows."""
+    positions = np.unique(np.asarray(positions, np.int64))
+    parts, start = [], 0
+    for b in snapshot.to_batches(columns=columns, batch_size=batch_rows):
+        lo, hi = np.searchsorted(positions, [start, start + b.num_rows])
+        if hi > lo:
+            parts.append(b.take(pa.array(positions[lo:hi] - start)))
+        start += b.num_rows
+    return pa.Table.from_batches(parts, schema=pa.schema([snapshot.schema.field(c) for c in columns]))
+
+
 def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
                  exact_threshold: int, batch_rows: int, seed: int = 0) -> Shard:
     """Train on a sample of the kind's rows, then add them batch by batch from the table."""
@@ -394,7 +409,8 @@ def _build_shard(store: Store, snapshot, kind: str, positions: np.ndarray,
     m = training_size(index, n)
     if m:
         sample = np.sort(np.random.default_rng(seed).choice(positions, size=m, replace=False))
-        train_faiss(index, store.take_vectors(snapshot, sample), seed)
+        train_faiss(index, float32_vectors(gather_rows(snapshot, sample, ["vector"], batch_rows)
+                                           .column("vector")), seed)
     _reserve_refine_codes(index, n)
     ids, sources, hashes = [], [], []
     where = f"kind = {sql_str(kind)}"
@@ -971,7 +987,7 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
         keep = np.setdiff1d(np.arange(n), dead, assume_unique=True)
         ids, sources, hashes, dead = ids[keep], sources[keep], hashes[keep], np.zeros(0, np.int64)
     if len(add):  # into the trained lists: IVF add assigns to the existing centroids
-        t = snapshot.take(add, columns=["id", "source", "content_hash", "vector"])
+        t = gather_rows(snapshot, add, ["id", "source", "content_hash", "vector"])
         index.add(float32_vectors(t.column("vector")))
         ids = np.concatenate([ids, np.array(t.column("id").to_pylist(), dtype=object)])
         sources = np.concatenate([sources, np.array(t.column("source").to_pylist(), dtype=object)])
