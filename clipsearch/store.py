@@ -13,7 +13,6 @@ A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from clipsearch import thumbs
 from clipsearch.failures import guarded, storage_errors
 from clipsearch.records import Record, display_path, item_id
 
@@ -218,6 +218,26 @@ class Store:
         return out
 
     @guarded
+    def thumb_column(self) -> list[str]:
+        """Every thumbnail name the rows record (what an orphan sweep must keep)."""
+        return [x for x in self.scan(["thumb"], "thumb IS NOT NULL").column("thumb").to_pylist() if x]
+
+    @guarded
+    def source_records(self, snapshot: Any, raws: Sequence[bytes]) -> dict[bytes, list[Record]]:
+        """The rows of these sources in `snapshot` as records, vectors included: what a file
+        that moved takes to its new path instead of being embedded again."""
+        out: dict[bytes, list[Record]] = {r: [] for r in raws}
+        for i in range(0, len(raws), 500):
+            t = snapshot.to_table(columns=META_COLUMNS + ["vector"], filter=sources_filter(raws[i:i + 500]))
+            vecs = float32_vectors(t.column("vector"))
+            for row, v in zip(t.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
+                out[row["source_raw"]].append(Record(
+                    kind=row["kind"], vector=v, t_start=row["t_start"], t_end=row["t_end"],
+                    page=row["page"], text=row["text"], thumb=row["thumb"],
+                    extra=json.loads(row["extra"]) if row["extra"] else {}))
+        return out
+
+    @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
             return self.scan(META_COLUMNS, "false")
@@ -242,7 +262,7 @@ class Store:
                 cols["t_end"].append(r.t_end)
                 cols["page"].append(r.page)
                 cols["text"].append(r.text)
-                cols["thumb"].append(r.thumb)
+                cols["thumb"].append(thumbs.stored_form(r.thumb))
                 cols["extra"].append(json.dumps(r.extra) if r.extra else None)
                 cols["mtime"].append(item.mtime)
                 cols["size"].append(item.size)
@@ -255,12 +275,14 @@ class Store:
         return pa.Table.from_arrays(arrays, schema=sch)
 
     @guarded
-    def replace_sources(self, items: Sequence[SourceRows]) -> None:
-        """Atomically make the rows of these sources exactly `items` (one commit)."""
-        if not items:
+    def replace_sources(self, items: Sequence[SourceRows], delete: Sequence[bytes] = ()) -> None:
+        """Atomically make the rows of these sources exactly `items`, and remove every row of
+        the sources in `delete` (one commit): a moved file's rows leave its old path as they
+        arrive at the new one."""
+        if not items and not delete:
             return
         data = self._to_arrow(items)
-        cond = sources_filter(i.source_raw for i in items)
+        cond = sources_filter([*(i.source_raw for i in items), *delete])
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
 
@@ -287,14 +309,22 @@ class Store:
             return 0
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
-            thumbs = self.thumbs_of(chunk) if thumb_dir is not None else []
+            named = self.thumbs_of(chunk) if thumb_dir is not None else []
             self.table.delete(sources_filter(chunk))
-            for t in thumbs:
-                if thumb_dir is not None and (
-                        os.path.realpath(os.path.dirname(t)) == os.path.realpath(thumb_dir)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(t)
+            if thumb_dir is not None:
+                thumbs.remove(thumb_dir, named)
         return len(raws)
+
+    @guarded
+    def relativize_thumbs(self) -> int:
+        """Rewrite absolute thumbnail paths of older rows (`.../thumbs/NAME`) as `thumbs/NAME`,
+        in one commit, so the collection can move. Returns the rows rewritten."""
+        where = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"
+        n = self.count(where)
+        if n:
+            self.table.update(where=where, values_sql={
+                "thumb": f"regexp_replace(thumb, '^.*/{thumbs.FOLDER}/', '{thumbs.FOLDER}/')"})
+        return n
 
     @guarded
     def touch(self, raw: bytes, mtime: float) -> None:
