@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from clipsearch import thumbs
+from clipsearch.records import Record
 from clipsearch.store import FileState, SourceRows, Store
 
 if TYPE_CHECKING:
@@ -42,9 +43,12 @@ def find(jobs: list[Job], gone: list[bytes], states: dict[bytes, FileState],
     """Split planned `jobs` into those to embed and those to carry; `gone` less the donors
     whose rows the carries remove. A file that cannot be read now stays a job (its indexer
     reports why)."""
+    if not jobs:
+        return jobs, gone, []
+    sizes = {j.size for j in jobs}
     by_content: dict[tuple[int, str], list[bytes]] = {}
     for raw, st in states.items():
-        if st.complete and st.content_hash:
+        if st.size in sizes and st.content_hash:  # a partial file's size (-1) is no job's
             by_content.setdefault((st.size, st.content_hash), []).append(raw)
     sizes = {size for size, _ in by_content}
     gone_set = set(gone)
@@ -101,28 +105,30 @@ def apply(store: Store, carries: list[Carry], thumb_dir: str | os.PathLike[str],
     for c in carries:
         groups.setdefault(c.donor, []).append(c)
     leaving = [d for d, g in groups.items() if g[0].donor_gone] + [c.path for c in carries if c.replaces]
-    old_thumbs = set(store.thumbs_of(leaving))
+    positions = store.positions_of(snapshot, [*groups, *leaving])
+    old_thumbs = set(store.thumbs_at(snapshot, [p for s in set(leaving) for p in positions[s]]))
     new_thumbs: set[str] = set()
     batch: list[bytes] = []
-    for donor in groups:
+    files = 0
+    for i, donor in enumerate(groups):
         batch.append(donor)
-        if sum(len(groups[d]) for d in batch) >= max_files:
-            new_thumbs |= _commit(store, snapshot, base, [(d, groups[d]) for d in batch], report)
-            batch = []
-    if batch:
-        new_thumbs |= _commit(store, snapshot, base, [(d, groups[d]) for d in batch], report)
+        files += len(groups[donor])
+        if files >= max_files or i == len(groups) - 1:
+            records = store.records_at(snapshot, {d: positions[d] for d in batch})
+            new_thumbs |= _commit(store, base, [(d, groups[d], records[d]) for d in batch], report)
+            batch, files = [], 0
     thumbs.remove(thumb_dir, old_thumbs - new_thumbs)
 
 
-def _commit(store: Store, snapshot: object, base: str, groups: list[tuple[bytes, list[Carry]]],
+def _commit(store: Store, base: str, groups: list[tuple[bytes, list[Carry], list[Record]]],
             report: IndexReport) -> set[str]:
-    """One batch of carries in one commit; returns the thumbnail names its rows record."""
-    records = store.source_records(snapshot, [d for d, _ in groups])
+    """One batch of carries (donor, its carries, its rows) in one commit; returns the
+    thumbnail names its rows record."""
     items: list[SourceRows] = []
     named: set[str] = set()
-    for donor, group in groups:
+    for _, group, donor_rows in groups:
         for c in group:
-            recs = [replace(r, thumb=thumbs.carry(base, r.thumb, c.path)) for r in records[donor]]
+            recs = [replace(r, thumb=thumbs.carry(base, r.thumb, c.path)) for r in donor_rows]
             named |= {r.thumb for r in recs if r.thumb}
             items.append(SourceRows(c.path, c.mtime, c.size, c.content_hash, recs))
             if c.moved:
@@ -130,5 +136,5 @@ def _commit(store: Store, snapshot: object, base: str, groups: list[tuple[bytes,
             else:
                 report.indexed += 1
                 report.items += len(recs)
-    store.replace_sources(items, delete=[d for d, g in groups if g[0].donor_gone])
+    store.replace_sources(items, delete=[d for d, g, _ in groups if g[0].donor_gone])
     return named

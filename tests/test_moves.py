@@ -32,6 +32,26 @@ def no_encoding() -> Iterator[None]:
         yield
 
 
+class CommitCounter(contextlib.AbstractContextManager):
+    """Counts `Store.replace_sources` commits made inside the block."""
+
+    def __enter__(self):
+        from clipsearch.store import Store
+
+        self.n, self._mp = 0, pytest.MonkeyPatch()
+        real = Store.replace_sources
+
+        def counted(store, items, delete=()):
+            self.n += 1
+            return real(store, items, delete)
+
+        self._mp.setattr(Store, "replace_sources", counted)
+        return self
+
+    def __exit__(self, *exc):
+        self._mp.undo()
+
+
 def _col(tmp_path: Path, roots: list[Path]) -> Collection:
     col = Collection.create(tmp_path / "db", device="cpu", **tiny_model_args())
     col.add(roots, workers=2)
@@ -122,7 +142,8 @@ def test_a_file_moved_to_another_folder_and_a_renamed_folder(tmp_path) -> None:
     assert hits[0] == str(moved)
 
 
-def test_two_files_that_swap_names(tmp_path) -> None:
+@pytest.mark.parametrize("commit_files", [256, 1])  # 1: the two halves of the swap in two commits
+def test_two_files_that_swap_names(tmp_path, commit_files) -> None:
     lib = tmp_path / "lib"
     write_shapes(lib, per_class=1)
     col = _col(tmp_path, [lib])
@@ -132,8 +153,10 @@ def test_two_files_that_swap_names(tmp_path) -> None:
     a.rename(tmp)
     b.rename(a)
     tmp.rename(b)
-    with no_encoding():
-        report = col.add([lib])
+    commits = CommitCounter()
+    with no_encoding(), commits:
+        report = col.add([lib], commit_files=commit_files)
+    assert commits.n == (2 if commit_files == 1 else 1)
     assert (report.moved, report.indexed, report.removed) == (2, 0, 0)
     after = _rows(col)
     assert np.array_equal(after[str(a)][0]["vector"], before[str(b)][0]["vector"])
@@ -200,3 +223,39 @@ def test_a_move_between_two_roots_of_one_collection(tmp_path) -> None:
         report = col.add()  # every saved root
     assert (report.moved, report.indexed, report.removed) == (1, 0, 0)
     assert_followed(before, _rows(col), old, new, col.path)
+
+
+def test_a_move_cut_short_is_finished_by_the_next_run(tmp_path, monkeypatch) -> None:
+    """A crash after the first batch's commit (as a kill would leave it): the next run moves
+    the rest, and no row is lost, doubled or left at an old path."""
+    from clipsearch.store import Store
+
+    lib = tmp_path / "lib"
+    write_shapes(lib / "a", per_class=1)
+    col = _col(tmp_path, [lib])
+    before = _rows(col)
+    (lib / "a").rename(lib / "b")
+    real = Store.replace_sources
+    calls = []
+
+    def crash_after_one(self, items, delete=()):
+        if calls:
+            raise RuntimeError("killed")
+        calls.append(len(items))
+        return real(self, items, delete)
+
+    with no_encoding(), monkeypatch.context() as mp:
+        mp.setattr(Store, "replace_sources", crash_after_one)
+        with pytest.raises(RuntimeError):
+            col.add([lib], commit_files=2)
+    assert calls == [2]
+    half = _rows(col)
+    assert len(half) == len(before) and sum(s.startswith(str(lib / "b")) for s in half) == 2
+    with no_encoding():
+        report = col.add([lib])
+    assert (report.moved, report.indexed, report.removed) == (len(before) - 2, 0, 0)
+    after = _rows(col)
+    for old in before:
+        assert_followed(before, after, Path(old), lib / "b" / Path(old).name, col.path)
+    ids = col.store.scan(["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(before)
