@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from clipsearch import leftovers
+
 FOLDER = "thumbs"  # inside the collection directory
 SWEEP_MIN_AGE = 300.0  # seconds: a younger file may be a writer's, written before its commit
 
@@ -60,7 +62,7 @@ def carry(base: str | os.PathLike[str], stored: str | None, new_source: bytes) -
     digest = hashlib.blake2b(new_source + b"\0" + name.encode(), digest_size=12).hexdigest()
     new = Path(base) / FOLDER / f"m_{digest}{os.path.splitext(name)[1]}"
     if not (new.exists() and os.path.samefile(old, new)):
-        tmp = new.with_name(new.name + ".tmp")
+        tmp = leftovers.temp_name(new)  # a crash leaves a name the next run's cleanup knows
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         try:
