@@ -259,3 +259,44 @@ def test_a_move_cut_short_is_finished_by_the_next_run(tmp_path, monkeypatch) -> 
         assert_followed(before, after, Path(old), lib / "b" / Path(old).name, col.path)
     ids = col.store.scan(["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == len(before)
+
+
+# ---- the decision alone (no model, no table) ------------------------------------------------
+def _job(path: bytes, size: int, content: str | None = None, replaces: bool = False):
+    from clipsearch.pipeline import Job
+
+    return Job(path, 1.0, size, indexer=None, content_hash=content, replaces=replaces)  # type: ignore[arg-type]
+
+
+def test_only_files_of_a_stored_size_are_hashed() -> None:
+    from clipsearch.moves import find
+    from clipsearch.store import FileState
+
+    states = {b"/r/a.jpg": FileState(1.0, 100, "h100"), b"/r/b.jpg": FileState(1.0, 200, "h200")}
+    hashed: list[bytes] = []
+
+    def hash_file(path: bytes, size: int) -> str:
+        hashed.append(path)
+        return {b"/r/new.jpg": "h100", b"/r/other.jpg": "zzz"}[path]
+
+    jobs = [_job(b"/r/new.jpg", 100), _job(b"/r/odd.jpg", 123), _job(b"/r/other.jpg", 200)]
+    kept, gone, carries = find(jobs, [b"/r/a.jpg"], states, hash_file)
+    assert sorted(hashed) == [b"/r/new.jpg", b"/r/other.jpg"]  # odd.jpg: no stored file of its size
+    assert [j.path for j in kept] == [b"/r/odd.jpg", b"/r/other.jpg"] and gone == []
+    assert [(c.path, c.donor, c.moved, c.donor_gone) for c in carries] == \
+        [(b"/r/new.jpg", b"/r/a.jpg", True, True)]
+    assert find([], [b"/r/a.jpg"], states, hash_file) == ([], [b"/r/a.jpg"], [])
+
+
+def test_same_content_in_several_places_pairs_by_name_then_copies() -> None:
+    from clipsearch.moves import find
+    from clipsearch.store import FileState
+
+    same = FileState(1.0, 10, "h")
+    states = {b"/a/x.jpg": same, b"/a/y.jpg": same, b"/keep/z.jpg": same}
+    jobs = [_job(b"/b/y.jpg", 10, "h"), _job(b"/b/x.jpg", 10, "h"), _job(b"/b/w.jpg", 10, "h")]
+    kept, gone, carries = find(jobs, [b"/a/x.jpg", b"/a/y.jpg"], states, lambda p, s: "h")
+    assert kept == [] and gone == []
+    got = {c.path: (c.donor, c.moved) for c in carries}
+    assert got[b"/b/y.jpg"] == (b"/a/y.jpg", True) and got[b"/b/x.jpg"] == (b"/a/x.jpg", True)
+    assert got[b"/b/w.jpg"][1] is False  # a third file of that content is a copy
