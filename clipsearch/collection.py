@@ -482,18 +482,17 @@ class Collection:
                             options=dict(options or {}))
 
     def _finish_run(self, report: IndexReport, fit_transforms: bool) -> None:
-        """End of an indexing run: the skip log, then the derived state (ANN, full-text index,
-        transforms), unless the run was interrupted, or changed nothing and every derived part
-        is whole and current (a no-op re-run should cost a stat per file, not a rebuild). A
-        damaged part, or a refresh that an earlier run did not finish, is rebuilt here."""
+        """End of an indexing run: the skip log, then thumbnails no row names and the derived
+        state (ANN, full-text index, transforms), unless the run was interrupted, or changed
+        nothing and every derived part is whole and current (a no-op re-run should cost a stat
+        per file, not a rebuild). A damaged part, or a refresh that an earlier run did not
+        finish, is rebuilt here."""
         self._remember_roots(report.linked_roots)
         if report.pruned_roots:
             self._forget_roots(report.pruned_roots)
         self._write_skip_log(report)
         if report.interrupted:
             return
-        if report.indexed or report.removed or report.moved:
-            thumbs.sweep(self.path, self.store.thumb_column())
         if report.indexed == 0 and report.removed == 0 and report.moved == 0:
             problems = self.searcher.derived_problems(fit_transforms=fit_transforms)
             if (self.path / REFRESH_MARKER).exists():
@@ -502,6 +501,7 @@ class Collection:
                 log.warning("%s: %s; rebuilding it from the table", self.path, problem)
             if not problems:
                 return
+        thumbs.sweep(self.path, self.store.thumb_column())  # of rows this run removed or replaced
         self.refresh(fit_transforms=fit_transforms)
 
     def save_meta(self) -> None:
