@@ -203,6 +203,12 @@ def test_a_moved_video_and_pdf_keep_rows_and_thumbnails(tmp_path) -> None:
     named = {os.path.basename(r["thumb"]) for rows in after.values() for r in rows if r["thumb"]}
     assert {p.name for p in col.thumb_dir.iterdir()} == named  # the old names went
     assert len(named) == len(thumbs_before)
+    docs = col.search(text="a red star", k=3, kind="doc")  # full-text and page rows follow
+    videos = col.search(text="a red circle", k=3, kind="video")
+    assert {h.source for h in docs} == {str(new_pdf)} and {h.source for h in videos} == {str(new_video)}
+    assert all(h.thumb and Path(h.thumb).is_file() for h in docs + videos)
+    moments = col.moments("a blue square", k=3)
+    assert moments and {h.source for h in moments} == {str(new_video)}
     # A new video at the old path gets thumbnails of its own; the moved one keeps its.
     write_segments_video(video, fps=12)
     col.add([lib])
