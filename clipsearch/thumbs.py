@@ -6,9 +6,10 @@ against the collection's path when read. Rows written before that hold absolute 
 under some `.../thumbs/NAME` resolves to this collection's `thumbs/NAME` when that file exists,
 and the next index run rewrites them relative (`Store.relativize_thumbs`).
 
-A file that moves keeps its rows and their thumbnails, which are linked under names of the new
+A file that moves keeps its rows and their thumbnails, which are copied under names of the new
 path (`carry`): a later file at the old path then writes its own thumbnails without touching
-the moved file's. `sweep` deletes the files no row names any more.
+the moved file's. Copied, not hard-linked: an indexer may rewrite a thumbnail in place.
+`sweep` deletes the files no row names any more.
 """
 
 from __future__ import annotations
@@ -53,23 +54,17 @@ def resolve(base: str | os.PathLike[str], stored: str | None) -> str | None:
 
 
 def carry(base: str | os.PathLike[str], stored: str | None, new_source: bytes) -> str | None:
-    """The thumbnail `stored` linked (copied where links fail) under a name of `new_source`,
-    as a row records it; `stored` itself when it names no file here."""
+    """The thumbnail `stored` copied under a name of `new_source`, as a row records it;
+    `stored` itself when it names no file here."""
     old = resolve(base, stored)
     if not old or not os.path.isfile(old):
         return stored
     name = os.path.basename(old)
     digest = hashlib.blake2b(new_source + b"\0" + name.encode(), digest_size=12).hexdigest()
     new = Path(base) / FOLDER / f"m_{digest}{os.path.splitext(name)[1]}"
-    if not (new.exists() and os.path.samefile(old, new)):
-        tmp = leftovers.temp_name(new)  # a crash leaves a name the next run's cleanup knows
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        try:
-            os.link(old, tmp)
-        except OSError:
-            shutil.copyfile(old, tmp)
-        os.replace(tmp, new)
+    tmp = leftovers.temp_name(new)  # a crash leaves a name the next run's cleanup knows
+    shutil.copyfile(old, tmp)
+    os.replace(tmp, new)
     return f"{FOLDER}/{new.name}"
 
 

@@ -306,3 +306,23 @@ def test_same_content_in_several_places_pairs_by_name_then_copies() -> None:
     got = {c.path: (c.donor, c.moved) for c in carries}
     assert got[b"/b/y.jpg"] == (b"/a/y.jpg", True) and got[b"/b/x.jpg"] == (b"/a/x.jpg", True)
     assert got[b"/b/w.jpg"][1] is False  # a third file of that content is a copy
+
+
+def test_a_new_video_at_a_moved_videos_old_path_leaves_its_thumbnails_alone(tmp_path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    video = write_segments_video(lib / "clip.mp4")
+    col = _col(tmp_path, [lib])
+    shots = {(r["t_start"], r["t_end"]): (col.path / r["thumb"]).read_bytes()
+             for r in _rows(col)[str(video)] if r["kind"] == "video_frame" and r["thumb"]}
+    assert shots
+    moved = lib / "moved.mp4"
+    video.rename(moved)
+    write_segments_video(video, size=96)  # same name and frame times, other content, same run
+    report = col.add([lib])
+    assert (report.moved, report.indexed) == (1, 1)
+    rows = _rows(col)
+    for r in rows[str(moved)]:
+        if r["kind"] == "video_frame" and r["thumb"]:
+            assert (col.path / r["thumb"]).read_bytes() == shots[(r["t_start"], r["t_end"])]
+    assert all((col.path / r["thumb"]).is_file() for r in rows[str(video)] if r["thumb"])
