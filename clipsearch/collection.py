@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch import leftovers
+from clipsearch import leftovers, thumbs
 from clipsearch.errors import (
     ClipsearchError,
     CollectionNotFound,
@@ -409,7 +409,7 @@ class Collection:
 
     @property
     def thumb_dir(self) -> Path:
-        return self.path / "thumbs"
+        return self.path / thumbs.FOLDER
 
     # ---- writing -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -489,6 +489,7 @@ class Collection:
         leftovers.clean(self.path, self.searcher.ann_dir, self.thumb_dir)
         if self.store.recorded_meta() is None:  # a table from before tables recorded their model
             self.store.record_meta(model_fields(self.meta))
+        self.store.relativize_thumbs()  # rows from before thumbnails were named relative
         self._remember_roots([r for r in roots if os.path.exists(r)])
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
@@ -598,7 +599,14 @@ class Collection:
         say what the caller should know, e.g. that a long text query was cut."""
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort)
-        return Hits(hits, warnings=self.query_warnings(text))
+        return Hits(self._located(hits), warnings=self.query_warnings(text))
+
+    def _located(self, hits: list[Hit]) -> list[Hit]:
+        """Hits whose thumbnail is the file it names in this collection's directory, wherever
+        the collection lies now (rows store it relative, see `clipsearch.thumbs`)."""
+        for h in hits:
+            h.thumb = thumbs.resolve(self.path, h.thumb)
+        return hits
 
     def query_warnings(self, text: str | None) -> list[str]:
         """What to tell the caller about a text query before (or without) running it."""
@@ -614,11 +622,11 @@ class Collection:
         `kind`: image, video, frame, doc/page, or all (default). Needs fitted whitening (enough
         image-like items; `clipsearch fit-transforms`). `score` is the typicality, ||w||^2.
         """
-        return self.searcher.browse(order=order, kind=kind, k=k, offset=offset, under=under)
+        return self._located(self.searcher.browse(order=order, kind=kind, k=k, offset=offset, under=under))
 
     def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end."""
-        return self.searcher.moments(text, k=k, under=under)
+        return self._located(self.searcher.moments(text, k=k, under=under))
 
     def embed_text(self, text: str) -> np.ndarray:
         vec: np.ndarray = self.encoder.encode_texts([text])[0]

@@ -142,7 +142,7 @@ class Maintainer:
         changed nothing and every part is whole and current (a no-op re-run costs a stat per
         file, not a rebuild). A damaged part, or a refresh an earlier run did not finish, is
         rebuilt here."""
-        if report.indexed == 0 and report.removed == 0:
+        if report.indexed == 0 and report.removed == 0 and report.moved == 0:
             problems = self.derived_problems(fit_transforms=fit_transforms)
             if (self.col.path / REFRESH_MARKER).exists():
                 problems.insert(0, "an earlier refresh of the derived state did not finish")
@@ -166,6 +166,7 @@ class Maintainer:
         with storage_errors(str(self.col.store.db_dir)):
             self.update_text_index()
             self.compact()
+            self.sweep_thumbs()
             self.update_ann()
             self.update_transforms(fit_transforms)
             self.cleanup(keep)
@@ -199,6 +200,12 @@ class Maintainer:
         (`ann.update_saved`: rows added and removed, shards retrained only when grown past
         their training size); `full`: retrain every shard (`optimize`)."""
         self.col.searcher.rebuild_ann(save=True, full=full)
+
+    def sweep_thumbs(self) -> None:
+        """Thumbnails no row names any more (of rows removed, replaced or moved) are deleted."""
+        from clipsearch import thumbs
+
+        thumbs.sweep(self.col.path, self.col.store.thumb_column())
 
     def update_text_index(self, rebuild: bool = False) -> None:
         """Full-text indexes: new rows folded into the existing ones; rebuilt when damaged."""

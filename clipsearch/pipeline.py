@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from clipsearch import moves
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.fsutil import is_within
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
@@ -78,6 +79,7 @@ class IndexReport:
     indexed: int = 0
     unchanged: int = 0
     removed: int = 0
+    moved: int = 0  # files renamed or moved: their rows followed them, nothing re-embedded
     items: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (root, why): rows kept
@@ -106,7 +108,8 @@ class IndexReport:
         if self.seen >= 1000:  # a per-1,000 figure from a handful of files is just overhead
             rate = f", {1000 * self.scan_seconds / self.seen:.3f} s per 1,000 files"
         s = (f"indexed {self.indexed} files ({self.items} items), {self.unchanged} unchanged, "
-             f"{self.removed} removed, {len(self.skipped)} skipped in {self.seconds:.1f} s "
+             f"{self.moved} moved, {self.removed} removed, {len(self.skipped)} skipped "
+             f"in {self.seconds:.1f} s "
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
         if self.unexpected:
             s += f"; {self.unexpected} of the skipped hit an unexpected error (a bug)"
@@ -202,12 +205,15 @@ class _FileWriter:
 
 def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: IndexReport,
          rules: ScanRules | None = None, *, verify: bool = False,
-         prune_missing: bool = False) -> tuple[list[Job], list[bytes]]:
+         prune_missing: bool = False,
+         carries: list[moves.Carry] | None = None) -> tuple[list[Job], list[bytes]]:
     """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone.
 
     Each file is keyed by its real path, once however many roots or links reach it. `verify`
     re-hashes files whose size and mtime are unchanged. Rows under a root that vanished (see
-    `vanished_roots`) are kept unless `prune_missing`.
+    `vanished_roots`) are kept unless `prune_missing`. With `carries`, files whose content the
+    table already holds (renamed, moved, copied: `moves.find`) leave the jobs for that list,
+    and the sources they came from leave `gone` when the carry removes them (`moves.apply`).
     """
     states: dict[bytes, FileState] = store.file_states()
     jobs: list[Job] = []
@@ -233,7 +239,11 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
-    return jobs, gone + stale
+    if carries is None:
+        return jobs, gone + stale
+    jobs, gone, found = moves.find(jobs, gone + stale, states, content_hash)
+    carries.extend(found)
+    return jobs, gone
 
 
 def _plan_file(entry: Found, old: FileState | None, indexers: list[Indexer],
@@ -361,7 +371,10 @@ def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[byte
     called only when some file needs embedding, so a run that changes nothing loads no model."""
     report = IndexReport()
     t0 = time.perf_counter()
-    jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing)
+    carries: list[moves.Carry] = []
+    jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing,
+                      carries=carries)
+    moves.apply(store, carries, ctx.thumb_dir, report, commit_files)
     report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
     if not jobs:

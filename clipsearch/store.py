@@ -13,7 +13,6 @@ A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +23,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
 from clipsearch.records import Record, display_path, item_id
 
@@ -281,6 +282,52 @@ class Store:
         return [c for ix in self.dataset.list_indices() if ix["type"] == "Inverted" for c in ix["fields"]]
 
     @guarded
+    def thumb_column(self) -> list[str]:
+        """Every thumbnail name the rows record (what an orphan sweep must keep)."""
+        return [x for x in self.scan(["thumb"], "thumb IS NOT NULL").column("thumb").to_pylist() if x]
+
+    @guarded
+    def positions_of(self, snapshot: Any, raws: Iterable[bytes]) -> dict[bytes, list[int]]:
+        """Scan positions in `snapshot` of the rows of these sources, from one scan of one
+        column, so that batch after batch of them can be taken (`records_at`) without
+        scanning the table again."""
+        wanted = pa.array(list(dict.fromkeys(raws)), type=pa.binary())
+        out: dict[bytes, list[int]] = {r: [] for r in wanted.to_pylist()}
+        start = 0
+        for b in snapshot.to_batches(columns=["source_raw"]):
+            col = b.column(0)
+            hits = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
+            for i, raw in zip(hits.tolist(), col.take(pa.array(hits)).to_pylist(), strict=True):
+                out[raw].append(start + i)
+            start += b.num_rows
+        return out
+
+    @guarded
+    def records_at(self, snapshot: Any, positions: dict[bytes, list[int]]) -> dict[bytes, list[Record]]:
+        """The rows at these scan positions of `snapshot` as records, vectors included, per
+        source: what a file that moved takes to its new path instead of being embedded again."""
+        out: dict[bytes, list[Record]] = {r: [] for r in positions}
+        flat = [p for ps in positions.values() for p in ps]
+        if not flat:
+            return out
+        t = snapshot.take(np.asarray(flat, dtype=np.int64), columns=META_COLUMNS + ["vector"])
+        vecs = float32_vectors(t.column("vector"))
+        for row, v in zip(t.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
+            out[row["source_raw"]].append(Record(
+                kind=row["kind"], vector=v, t_start=row["t_start"], t_end=row["t_end"],
+                page=row["page"], text=row["text"], thumb=row["thumb"],
+                extra=json.loads(row["extra"]) if row["extra"] else {}))
+        return out
+
+    @guarded
+    def thumbs_at(self, snapshot: Any, positions: Sequence[int]) -> list[str]:
+        """Thumbnail names of the rows at these scan positions of `snapshot`."""
+        if not positions:
+            return []
+        t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["thumb"])
+        return [x for x in t.column("thumb").to_pylist() if x]
+
+    @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
         if not ids:
             return self.scan(META_COLUMNS, "false")
@@ -305,7 +352,7 @@ class Store:
                 cols["t_end"].append(r.t_end)
                 cols["page"].append(r.page)
                 cols["text"].append(r.text)
-                cols["thumb"].append(r.thumb)
+                cols["thumb"].append(thumbs.stored_form(r.thumb))
                 cols["extra"].append(json.dumps(r.extra) if r.extra else None)
                 cols["mtime"].append(item.mtime)
                 cols["size"].append(item.size)
@@ -318,12 +365,14 @@ class Store:
         return pa.Table.from_arrays(arrays, schema=sch)
 
     @guarded
-    def replace_sources(self, items: Sequence[SourceRows]) -> None:
-        """Atomically make the rows of these sources exactly `items` (one commit)."""
-        if not items:
+    def replace_sources(self, items: Sequence[SourceRows], delete: Sequence[bytes] = ()) -> None:
+        """Atomically make the rows of these sources exactly `items`, and remove every row of
+        the sources in `delete` (one commit): a moved file's rows leave its old path as they
+        arrive at the new one."""
+        if not items and not delete:
             return
         data = self._to_arrow(items)
-        cond = sources_filter(i.source_raw for i in items)
+        cond = sources_filter([*(i.source_raw for i in items), *delete])
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
 
@@ -350,14 +399,22 @@ class Store:
             return 0
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
-            thumbs = self.thumbs_of(chunk) if thumb_dir is not None else []
+            named = self.thumbs_of(chunk) if thumb_dir is not None else []
             self.table.delete(sources_filter(chunk))
-            for t in thumbs:
-                if thumb_dir is not None and (
-                        os.path.realpath(os.path.dirname(t)) == os.path.realpath(thumb_dir)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(t)
+            if thumb_dir is not None:
+                thumbs.remove(thumb_dir, named)
         return len(raws)
+
+    @guarded
+    def relativize_thumbs(self) -> int:
+        """Rewrite absolute thumbnail paths of older rows (`.../thumbs/NAME`) as `thumbs/NAME`,
+        in one commit, so the collection can move. Returns the rows rewritten."""
+        where = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"
+        n = self.count(where)
+        if n:
+            self.table.update(where=where, values_sql={
+                "thumb": f"regexp_replace(thumb, '^.*/{thumbs.FOLDER}/', '{thumbs.FOLDER}/')"})
+        return n
 
     @guarded
     def touch(self, raw: bytes, mtime: float) -> None:

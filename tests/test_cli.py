@@ -121,3 +121,13 @@ def test_decode_gpu_without_cuda_is_a_clear_usage_error(tmp_path):
             "--decode", "gpu")
     assert p.returncode == 2 and "--engine local" in p.stderr
     assert not (tmp_path / "db2").exists()
+
+
+def test_index_counts_a_renamed_file_as_moved(tmp_path):
+    photos, db = tmp_path / "photos", str(tmp_path / "db")
+    write_shapes(photos, per_class=1)
+    run("index", str(photos), "--db", db, "--model", "clipsearch-tiny", "-q", check=True)
+    first = sorted(photos.iterdir())[0]
+    first.rename(photos / "renamed.jpg")
+    p = run("index", "--db", db, "-q", check=True)
+    assert "indexed 0 files" in p.stdout and "1 moved, 0 removed" in p.stdout, p.stdout

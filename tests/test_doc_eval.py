@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from support import FakeEncoder, make_pdf
 
+from clipsearch import thumbs
 from clipsearch.docsearch import DocHit, ensure_fts_index, keyword_search, search_documents, snippet
 from clipsearch.fusion import hybrid_rerank
 from clipsearch.model_registry import tiny_files
@@ -45,7 +46,8 @@ def test_a_unique_word_finds_its_page_with_snippet_and_thumbnail(collection) -> 
     top = hits[0]
     assert top.page == 3 and "marker3x17" in (top.text or "")
     assert "keyword" in top.signals
-    assert top.thumb and Path(top.thumb).is_file()
+    assert top.thumb and not Path(top.thumb).is_absolute()  # named relative to the collection
+    assert Path(thumbs.resolve(root / "db", top.thumb) or "").is_file()
     page3 = [h for h in hits if h.page == 3]
     assert len(page3) == 4  # the four PDFs' page 3 all outrank every other page
     assert hits[: len(page3)] == page3

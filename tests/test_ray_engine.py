@@ -150,6 +150,35 @@ def test_ray_rerun_is_incremental(ray_runtime, files, tmp_path):
     _assert_no_duplicates(col)
 
 
+class RefuseToEmbed(Embedder):
+    """An embedder that must not be reached: the files' rows are already in the collection."""
+
+    def __call__(self, batch):
+        raise RuntimeError("embedded a file whose rows the collection holds")
+
+
+def test_ray_moves_rows_of_renamed_files_without_embedding(ray_runtime, files, tmp_path):
+    root = tmp_path / "mv"
+    shutil.copytree(files / "d2", root / "a")
+    col = Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu")
+    index_with_ray(col, [root], batch_size=16, workers=1, fit_transforms=False)
+    before = {s: v for s, v in zip(*_sources_and_vectors(col), strict=True)}
+    (root / "a").rename(root / "b")
+    report = index_with_ray(col, [root], batch_size=16, workers=1, fit_transforms=False,
+                            embedder_cls=RefuseToEmbed)
+    assert (report.moved, report.indexed, report.removed, report.skipped) == (len(before), 0, 0, [])
+    after = {s: v for s, v in zip(*_sources_and_vectors(col), strict=True)}
+    assert set(after) == {s.replace(f"{os.sep}a{os.sep}", f"{os.sep}b{os.sep}") for s in before}
+    for s, v in before.items():
+        np.testing.assert_array_equal(after[s.replace(f"{os.sep}a{os.sep}", f"{os.sep}b{os.sep}")], v)
+    _assert_no_duplicates(col)
+
+
+def _sources_and_vectors(col: Collection) -> tuple[list[str], np.ndarray]:
+    meta, vecs = col.store.vectors()
+    return meta.column("source").to_pylist(), vecs
+
+
 # ---- fault injection ------------------------------------------------------------------------
 class CrashOnce(Embedder):
     """Kills its own worker process the first time it sees the marked file (a flag file on

@@ -37,6 +37,7 @@ from support import (  # noqa: E402
 )
 
 from clipsearch.errors import UsageError  # noqa: E402
+from clipsearch.thumbs import resolve as resolve_thumb  # noqa: E402
 
 SECRET = "TOP-SECRET-CONTENT-7f3a"
 
@@ -94,6 +95,14 @@ def test_guard_refuses_sources_outside_the_roots(tmp_path, secret_file):
                    str(db / "thumbs"), None):
         with pytest.raises(FileRefused):
             guard.thumb(stored)
+    # Rows name thumbnails relative to the collection (or, older ones, absolute somewhere else):
+    # resolved against it, they still reach only files of its thumbnail cache.
+    for stored in ("thumbs/t.jpg", "/moved/away/thumbs/t.jpg"):
+        assert guard.thumb(resolve_thumb(db, stored)) == os.path.realpath(db / "thumbs" / "t.jpg")
+    for stored in ("thumbs/evil.jpg", "/moved/away/thumbs/evil.jpg", "thumbs/../clipsearch.json",
+                   "../sub/ok.jpg", "thumbs/../../escape.jpg", "thumbs", "thumbs/", "clipsearch.json"):
+        with pytest.raises(FileRefused):
+            guard.thumb(resolve_thumb(db, stored))
 
 
 def test_signatures_bind_to_the_url():

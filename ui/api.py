@@ -39,6 +39,7 @@ from fastapi.routing import APIRoute
 from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clipsearch import thumbs
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
 from clipsearch.objectstore import Location, is_remote, open_collection
@@ -139,7 +140,7 @@ class SearchService:
         self._roots: tuple[float, list[str]] = (-1.0, [])
         self._info: tuple[tuple, dict] | None = None
         self.watcher: Watcher | None = None  # set by `serve --watch` (see server.watch_lifespan)
-        self.guard = FileGuard(self.db, self.db / "thumbs", self.roots)
+        self.guard = FileGuard(self.db, self.db / thumbs.FOLDER, self.roots)
 
     # ---- the collection ----------------------------------------------------------------------
     @property
@@ -351,8 +352,8 @@ class SearchService:
             if not allowed[r["source_raw"]]:
                 continue
             page.sources.setdefault(r["source"], r["id"])
-            if r["thumb"]:
-                page.thumbs.setdefault(r["thumb"], r["id"])
+            if r["thumb"]:  # keyed as hits name it: resolved in this collection's directory
+                page.thumbs.setdefault(thumbs.resolve(self.db, r["thumb"]) or "", r["id"])
         return page
 
     def hit_json(self, hit, rank: int, rows: PageRows) -> dict[str, Any]:
@@ -397,7 +398,7 @@ class SearchService:
         row = self._row(item_id)
         if not self.guard.source_allowed(row["source_raw"]):
             raise FileRefused(403, "only files inside the collection's indexed folders are served")
-        return self.guard.thumb(row["thumb"])
+        return self.guard.thumb(thumbs.resolve(self.db, row["thumb"]))
 
 
 class PageRows:

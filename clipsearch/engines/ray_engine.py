@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch import moves
 from clipsearch.collection import Collection, IndexRun
 from clipsearch.errors import ClipsearchError, SkipFile, UsageError
 from clipsearch.indexers.base import is_batched
@@ -327,8 +328,10 @@ def index_with_ray(collection: Collection | str | os.PathLike, paths: Sequence[s
                        clear_excludes=clear_excludes) as index_run:
         report = IndexReport()
         t0 = time.perf_counter()
+        carries: list[moves.Carry] = []
         jobs, gone = plan(index_run.store, index_run.roots, default_indexers(), report, index_run.rules,
-                          verify=verify, prune_missing=prune_missing)
+                          verify=verify, prune_missing=prune_missing, carries=carries)
+        moves.apply(index_run.store, carries, index_run.ctx.thumb_dir, report, commit_files)
         report.removed = index_run.store.delete_sources(gone, thumb_dir=index_run.ctx.thumb_dir)
         report.scan_seconds = time.perf_counter() - t0
         if jobs:
