@@ -79,14 +79,15 @@ class TableStats:
                 "deleted_rows": self.deleted_rows, "bytes": self.bytes}
 
 
-def table_stats(dataset: Any, folder: str | None = None) -> TableStats:
-    """Stats of a lance dataset; bytes are counted in `folder` when it is local."""
+def table_stats(dataset: Any, folder: str | None = None, count_bytes: bool = True) -> TableStats:
+    """Stats of a lance dataset; bytes are counted in `folder` when it is local. Without
+    `count_bytes` (the compaction decision) no folder is walked and `bytes` is 0."""
     s = dataset.stats.dataset_stats()
     versions = dataset.versions()
     size = 0
-    if folder is not None and os.path.isdir(folder):
+    if count_bytes and folder is not None and os.path.isdir(folder):
         size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-    elif versions:
+    elif count_bytes and versions:
         size = int(versions[-1].get("metadata", {}).get("total_files_size", 0))
     return TableStats(versions=len(versions), fragments=int(s["num_fragments"]),
                       small_files=int(s["num_small_files"]), deleted_rows=int(s["num_deleted_rows"]),
@@ -214,15 +215,18 @@ class Maintainer:
         table = self.col.store.table
         ensure_fts_index(table, rebuild=rebuild or fts_problem(table) is not None)
 
-    def table_stats(self) -> TableStats:
+    def table_stats(self, count_bytes: bool = True) -> TableStats:
+        """The table's stats (`table_stats`); `count_bytes=False` walks no folder."""
+        from clipsearch.store import TABLE
+
         store = self.col.store
-        local = os.path.join(store.db_dir, "items.lance") if "://" not in store.db_dir else None
-        return table_stats(store.snapshot(), local)
+        local = os.path.join(store.db_dir, f"{TABLE}.lance") if "://" not in store.db_dir else None
+        return table_stats(store.snapshot(), local, count_bytes)
 
     def compact(self, force: bool = False) -> bool:
         """Merge small data files and drop deleted rows, when worth it (`compaction_worth_it`)
         or `force`d. Returns whether it compacted."""
-        if not force and not compaction_worth_it(self.table_stats()):
+        if not force and not compaction_worth_it(self.table_stats(count_bytes=False)):
             return False
         self.col.store.compact()
         return True

@@ -240,8 +240,6 @@ class Store:
 
         Reads the kind column and the sampled rows' vectors only: a fit on a sample of a big
         collection costs the sample, not the collection."""
-        import pyarrow.compute as pc
-
         snapshot = self.snapshot()
         kind = snapshot.to_table(columns=["kind"]).column("kind")
         positions = np.flatnonzero(pc.is_in(kind, pa.array(list(kinds))).to_numpy(zero_copy_only=False))
@@ -438,14 +436,14 @@ class Store:
     @guarded
     def compact(self) -> None:
         """Merge small data files and drop deleted rows (one commit; indexes are remapped)."""
-        self.table.to_lance().optimize.compact_files()
+        self.dataset.optimize.compact_files()
 
     @guarded
     def cleanup_versions(self, keep: timedelta) -> int:
         """Remove the versions superseded more than `keep` ago, and the files only they use;
         returns how many. A reader that opened a version while it was the latest has `keep`
         to finish with it (a version's own age says nothing: the latest may be a week old)."""
-        dataset = self.table.to_lance()
+        dataset = self.dataset
         listed = dataset.versions()
         old = [a["version"] for a, b in zip(listed, listed[1:], strict=False)
                if _age(b["timestamp"]) >= keep]
