@@ -118,3 +118,36 @@ def test_sweep_keeps_named_and_young_files(tmp_path) -> None:
     assert thumbs.sweep(tmp_path, ["thumbs/named.jpg", None]) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["named.jpg", "sub", "young.jpg"]
     assert thumbs.sweep(tmp_path / "nowhere", []) == 0
+
+
+@pytest.mark.parametrize("planted", ["thumbs/../clipsearch.json", "thumbs/../../secret.txt",
+                                     "/elsewhere/thumbs/../../secret.txt", "../secret.txt"])
+def test_a_tampered_thumbnail_name_serves_nothing_outside_the_thumbnails(tmp_path, library,
+                                                                         planted) -> None:
+    """An attacker who can write the table (a shared or restored collection) names a file
+    outside the thumbnail cache, relative or absolute: through real HTTP, no hit links to it
+    and no /files/thumb URL serves its bytes."""
+    from clipsearch.ui.server import build_app
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-THUMB-9c1e")
+    col = _build(tmp_path / "db", library)
+    col.store.table.update(where="thumb IS NOT NULL", values={"thumb": planted})
+    meta_bytes = (col.path / "clipsearch.json").read_bytes()
+    probed = 0
+    with ServerThread(build_app(col.path, device="cpu")) as srv:
+        for kind in ("video", "doc"):
+            res = httpx.get(srv.url + "/api/search", params={"q": "a red star", "k": 3, "kind": kind},
+                            timeout=120)
+            assert res.status_code == 200
+            hits = res.json()["hits"]
+            assert hits
+            for hit in hits:
+                url = hit.get("thumb_url")
+                if not url:
+                    continue
+                r = httpx.get(srv.url + url, timeout=60)
+                assert r.status_code in (403, 404), (planted, url, r.status_code)
+                assert b"TOP-SECRET" not in r.content and r.content != meta_bytes
+                probed += 1
+    assert probed  # the hits did link their (planted) thumbnails: the refusal was exercised
