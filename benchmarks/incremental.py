@@ -10,7 +10,8 @@
    calls (embedding), the ANN update, the full-text index, the transforms; "without
    embedding" is the total less the encoder's time.
 4. A new reader process's view (`Collection.open(...).searcher.ann()`): its first query (lazy
-   shard load), and recall@10 against exact search over every vector in the table.
+   shard load), and recall@10 against exact search over every vector in the table (the index is
+   asked for FETCH candidates, as `Searcher.search` asks at k = 10; the top 10 live ones count).
 
 `--ann-only` times the ANN part alone at scale: the same synthetic table, the same change made
 straight through `Store` (new rows, deletions, renames as delete + add with the same vectors,
@@ -46,6 +47,7 @@ from clipsearch.records import Record, display_path, item_id
 from clipsearch.store import SourceRows, Store, schema, sources_filter
 
 APPEND_ROWS = 100_000
+FETCH = 10 * 4 + 20  # candidates `Searcher.search` asks the ANN index for at k = 10
 CLUSTERS = 3000  # as benchmarks/ann.py
 
 
@@ -102,9 +104,9 @@ def recall_at_10(col: Collection, queries: np.ndarray) -> tuple[float, float]:
     exact = [set(ids[np.argsort(-row, kind="stable")[:10]]) for row in scores]
     t = time.perf_counter()
     ann = reader.searcher.ann()
-    first = ann.search(queries[0], 10, kinds=("image",))
+    first = ann.search(queries[0], FETCH, kinds=("image",))
     first_s = time.perf_counter() - t
-    got = [first[0]] + [ann.search(q, 10, kinds=("image",))[0] for q in queries[1:]]
+    got = [first[0]] + [ann.search(q, FETCH, kinds=("image",))[0] for q in queries[1:]]
     alive = set(reader.store.rows_by_id([i for row in got for i, _ in row]).column("id").to_pylist())
     live = [[i for i, _ in row if i in alive][:10] for row in got]
     return float(np.mean([len(e & set(g)) / 10 for e, g in zip(exact, live, strict=True)])), first_s
@@ -114,7 +116,7 @@ def ann_recall(store: Store, ann: LiveAnn, queries: np.ndarray) -> float:
     meta, vecs = store.vectors("kind = 'image'")
     ids = np.array(meta.column("id").to_pylist(), dtype=object)
     exact = [set(ids[np.argsort(-row, kind="stable")[:10]]) for row in queries @ vecs.T]
-    got = [ann.search(q, 10, kinds=("image",))[0] for q in queries]
+    got = [ann.search(q, FETCH, kinds=("image",))[0] for q in queries]
     alive = set(store.rows_by_id([i for row in got for i, _ in row]).column("id").to_pylist())
     live = [[i for i, _ in row if i in alive][:10] for row in got]
     return float(np.mean([len(e & set(g)) / 10 for e, g in zip(exact, live, strict=True)]))
