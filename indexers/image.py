@@ -132,24 +132,23 @@ def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int,
     """Decode an image (a path or an open binary file) upright and in RGB, at no more
     resolution than `min_side` needs; an animated image by its first frame. `formats`
     restricts the Pillow formats tried (a camera RAW only opens with "RAW" among them)."""
-    name = None if hasattr(src, "read") else os.fspath(src)  # type: ignore[arg-type]
+    name: str | bytes | None = None if hasattr(src, "read") else os.fspath(src)
     try:
-        with (contextlib.nullcontext(src) if name is None else open(name, "rb")) as f:
-            f = _seekable(f)  # type: ignore[arg-type]  # hasattr(read) decided it
+        with (contextlib.nullcontext(src) if name is None else open(name, "rb")) as opened:
+            f = _seekable(opened)  # type: ignore[arg-type]  # hasattr(read) decided it
             head = f.read(64)
             f.seek(0)
             fmt = image_format(head)
             raw_ok = formats is None or "RAW" in formats
+            raw_src: str | bytes | IO[bytes] = f if name is None else name
             if fmt in ("heif", "avif", "jxl"):
                 require(fmt)
-            if fmt == "raw" and raw_ok:
-                return load_raw(f if name is None else name, max_pixels, min_side)
-            if fmt == "tiff" and raw_ok and is_raw_tiff(os.fsdecode(name) if name else None):
-                return load_raw(f if name is None else name, max_pixels, min_side)
+            if raw_ok and (fmt == "raw" or (fmt == "tiff" and is_raw_tiff(os.fsdecode(name or b"")))):
+                return load_raw(raw_src, max_pixels, min_side)
             im = open_image(f, max_pixels, formats)
             if fmt == "tiff" and raw_ok and is_raw_tiff(None, im):  # a DNG under another name
                 f.seek(0)
-                return load_raw(f if name is None else name, max_pixels, min_side)
+                return load_raw(raw_src, max_pixels, min_side)
             if im.format in ("JPEG", "HEIF"):  # HEIF: an embedded thumbnail when one is large enough
                 im.draft("RGB", (min_side, min_side))
             im = ImageOps.exif_transpose(im)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 from PIL import Image, ImageOps
 
@@ -123,7 +123,7 @@ def require(fmt: str) -> None:
         raise SkipFile(f"{label} image, but no decoder is installed (pip install {INSTALL[fmt]})")
 
 
-def load_raw(src: str | os.PathLike[str] | IO[bytes], max_pixels: int, min_side: int) -> Image.Image:
+def load_raw(src: str | bytes | os.PathLike[str] | IO[bytes], max_pixels: int, min_side: int) -> Image.Image:
     """A camera RAW file (a path or an open binary file), upright, in RGB: the embedded preview
     when its short side is >= `min_side`, else a half-size demosaic. SkipFile on bad input."""
     require("raw")
@@ -132,10 +132,10 @@ def load_raw(src: str | os.PathLike[str] | IO[bytes], max_pixels: int, min_side:
 
     raw = rawpy.RawPy()
     try:
-        if hasattr(src, "read"):
-            raw.open_buffer(src)
+        if isinstance(src, str | bytes | os.PathLike):
+            raw.open_file(os.fsdecode(src))
         else:
-            raw.open_file(os.fspath(src))
+            raw.open_buffer(cast(BinaryIO, src))
         sizes = raw.sizes
         check_pixels(sizes.raw_width, sizes.raw_height, max_pixels)
         preview = _preview(raw, rawpy, sizes.flip, max_pixels, min_side)
