@@ -133,6 +133,7 @@ def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int,
     resolution than `min_side` needs; an animated image by its first frame. `formats`
     restricts the Pillow formats tried (a camera RAW only opens with "RAW" among them)."""
     name: str | bytes | None = None if hasattr(src, "read") else os.fspath(src)
+    fmt: str | None = None
     try:
         with (contextlib.nullcontext(src) if name is None else open(name, "rb")) as opened:
             f = _seekable(opened)  # type: ignore[arg-type]  # hasattr(read) decided it
@@ -157,6 +158,8 @@ def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int,
     except SkipFile:
         raise
     except UnidentifiedImageError:
+        if fmt is not None and formats is None:  # its first bytes say what it is: the rest is damaged
+            raise SkipFile(f"truncated or corrupt {fmt.upper()} image (its header cannot be read)") from None
         raise SkipFile("not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as e:  # a frame or tile larger than the header said
         raise TooManyPixels.from_pillow(e, max_pixels) from None

@@ -81,8 +81,8 @@ def write_pidng(path: Path, im: Image.Image, orientation: int = 1) -> Path:
         t.set(tag, value)
     writer = RAW2DNG()
     writer.options(t, path=str(path.parent), compress=False)
-    writer.convert(bayer(im), filename=path.stem)
-    return path
+    written = writer.convert(bayer(im), filename=path.stem + "_pidng")  # it names the file NAME.dng
+    return Path(written).rename(path)
 
 
 def write_preview_dng(path: Path, preview: Image.Image, orientation: int = 1) -> Path:
