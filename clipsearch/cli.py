@@ -372,6 +372,8 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f") -> No
         if h.page is not None:
             where += f"  p.{h.page}"
         click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
+        if h.companion:
+            click.echo(f"         Live Photo with {h.companion}")
         if h.text and h.kind == "doc":
             click.echo(f"         {h.text[:100]!r}")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch import leftovers, thumbs
+from clipsearch import companions, leftovers, thumbs
 from clipsearch.errors import (
     ClipsearchError,
     CollectionNotFound,
@@ -603,9 +603,11 @@ class Collection:
 
     def _located(self, hits: list[Hit]) -> list[Hit]:
         """Hits whose thumbnail is the file it names in this collection's directory, wherever
-        the collection lies now (rows store it relative, see `clipsearch.thumbs`)."""
+        the collection lies now (rows store it relative, see `clipsearch.thumbs`), and which
+        name their Live Photo companion (`clipsearch.companions`)."""
         for h in hits:
             h.thumb = thumbs.resolve(self.path, h.thumb)
+        companions.attach(self.store, hits)
         return hits
 
     def query_warnings(self, text: str | None) -> list[str]:

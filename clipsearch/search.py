@@ -62,7 +62,9 @@ BROWSE_KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class Hit:
-    """One search result. `score` is a cosine similarity (or a documented fused score)."""
+    """One search result. `score` is a cosine similarity (or a documented fused score).
+    `companion`: the other file of a Live Photo (its still or its video), `companion_id` one of
+    its rows (see `clipsearch.companions`)."""
 
     source: str
     kind: str
@@ -73,6 +75,8 @@ class Hit:
     text: str | None = None
     thumb: str | None = None
     id: str | None = None
+    companion: str | None = None
+    companion_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def _load_query_image(image: QueryImage) -> Image.Image:
         return load_image(p, max_pixels=400_000_000)
     except SkipFile as e:
         raise UsageError(f"query image {p}: {e.reason}",
-                         hint="use a jpg/png/webp/bmp/gif/tiff image") from None
+                         hint="use a jpg/png/webp/bmp/gif/tiff/heic/avif/jxl or camera RAW image") from None
 
 
 class Searcher:

@@ -1,5 +1,8 @@
 """Images: detected by magic bytes, decoded cheaply (JPEG draft), upright (EXIF), bomb-guarded.
 
+Phone and camera formats (HEIF/HEIC, AVIF, JPEG XL, RAW) are detected and decoded by
+`photo_formats`; an animated GIF, WebP or PNG is indexed by its first frame.
+
 `prepare` does all the CPU work of one file (decode + preprocess) so the pipeline can run it in
 worker threads while the encoder runs batches; `extract` is the one-file path of the protocol.
 
@@ -11,6 +14,7 @@ server shares this process-wide setting with Gradio and any other decoder in its
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import threading
@@ -20,6 +24,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from clipsearch.indexers.base import IndexContext
+from clipsearch.indexers.photo_formats import ensure_openers, is_raw_tiff, load_raw, photo_format, require
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipsearch.errors import SkipFile
@@ -37,7 +42,8 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def image_format(head: bytes) -> str | None:
-    """The image format named by a file's first bytes, or None."""
+    """The image format named by a file's first bytes, or None. A TIFF may be a camera RAW
+    (DNG, NEF, ARW): `load_image` tells them apart."""
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -48,6 +54,9 @@ def image_format(head: bytes) -> str | None:
         return "webp"
     if head[:2] == b"BM":
         return "bmp"
+    found = photo_format(head)
+    if found is not None:
+        return found
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
     return None
@@ -100,6 +109,7 @@ def open_image(fp: IO[bytes], max_pixels: int, formats: tuple[str, ...] | None =
     Pillow refuses on its own above twice its default limit. A larger `max_pixels` lifts that
     only while this header is read, under a lock, and puts Pillow's value back.
     """
+    ensure_openers()
     try:
         if max_pixels > _PILLOW_REFUSES_ABOVE > 0:
             with _PILLOW_LIMIT_LOCK:
@@ -120,11 +130,27 @@ def open_image(fp: IO[bytes], max_pixels: int, formats: tuple[str, ...] | None =
 def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int, min_side: int = 224,
                formats: tuple[str, ...] | None = None) -> Image.Image:
     """Decode an image (a path or an open binary file) upright and in RGB, at no more
-    resolution than `min_side` needs. `formats` restricts the Pillow formats tried."""
+    resolution than `min_side` needs; an animated image by its first frame. `formats`
+    restricts the Pillow formats tried (a camera RAW only opens with "RAW" among them)."""
+    name: str | bytes | None = None if hasattr(src, "read") else os.fspath(src)
+    fmt: str | None = None
     try:
-        with (contextlib.nullcontext(src) if hasattr(src, "read") else open(src, "rb")) as f:
-            im = open_image(f, max_pixels, formats)  # type: ignore[arg-type]  # hasattr(read) decided it
-            if im.format == "JPEG":
+        with (contextlib.nullcontext(src) if name is None else open(name, "rb")) as opened:
+            f = _seekable(opened)  # type: ignore[arg-type]  # hasattr(read) decided it
+            head = f.read(64)
+            f.seek(0)
+            fmt = image_format(head)
+            raw_ok = formats is None or "RAW" in formats
+            raw_src: str | bytes | IO[bytes] = f if name is None else name
+            if fmt in ("heif", "avif", "jxl"):
+                require(fmt)
+            if raw_ok and (fmt == "raw" or (fmt == "tiff" and is_raw_tiff(os.fsdecode(name or b"")))):
+                return load_raw(raw_src, max_pixels, min_side)
+            im = open_image(f, max_pixels, formats)
+            if fmt == "tiff" and raw_ok and is_raw_tiff(None, im):  # a DNG under another name
+                f.seek(0)
+                return load_raw(raw_src, max_pixels, min_side)
+            if im.format in ("JPEG", "HEIF"):  # HEIF: an embedded thumbnail when one is large enough
                 im.draft("RGB", (min_side, min_side))
             im = ImageOps.exif_transpose(im)
             im.load()
@@ -132,11 +158,23 @@ def load_image(src: str | os.PathLike[str] | bytes | IO[bytes], max_pixels: int,
     except SkipFile:
         raise
     except UnidentifiedImageError:
+        if fmt is not None and formats is None:  # its first bytes say what it is: the rest is damaged
+            raise SkipFile(f"truncated or corrupt {fmt.upper()} image (its header cannot be read)") from None
         raise SkipFile("not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as e:  # a frame or tile larger than the header said
         raise TooManyPixels.from_pillow(e, max_pixels) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
         raise SkipFile(f"truncated or corrupt image: {e}") from None
+
+
+def _seekable(f: IO[bytes]) -> IO[bytes]:
+    """`f` itself when it can seek back to its start, else its content in memory."""
+    try:
+        if f.seekable():
+            return f
+    except (AttributeError, OSError, ValueError):
+        pass
+    return io.BytesIO(f.read())
 
 
 class ImageIndexer:

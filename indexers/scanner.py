@@ -30,6 +30,8 @@ from clipsearch.fsutil import is_within
 
 MEDIA_EXTENSIONS = {
     b".jpg", b".jpeg", b".png", b".webp", b".bmp", b".gif", b".tif", b".tiff",
+    b".heic", b".heif", b".hif", b".avif", b".jxl", b".apng",
+    b".dng", b".cr2", b".cr3", b".nef", b".arw", b".orf", b".rw2", b".raf",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
     b".pdf", b".txt", b".md", b".markdown",
 }

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
+from clipsearch.indexers.photo_formats import STILL_BRANDS
 from PIL import Image
 
 from clipsearch.errors import SkipFile
@@ -381,7 +382,7 @@ class VideoIndexer:
         ext = Path(path).suffix.lower()
         if kind == "isobmff":
             brand = head[8:12]
-            if brand in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"M4A ", b"M4B "):
+            if brand in STILL_BRANDS or brand in (b"M4A ", b"M4B "):  # photos (HEIC, AVIF, CR3), audio
                 return False
             return ext in _MAGIC_EXT or ext == ""
         return kind in ("ebml", "avi")

@@ -41,6 +41,9 @@ API_FLOORS = [
                           "faiss:IDSelectorBatch"]),
     ("pypdfium2", "4.30", ["pypdfium2:PdfDocument", "pypdfium2:PdfiumError",
                            "pypdfium2.raw:FPDF_ERR_PASSWORD"]),
+    ("rawpy", "0.21", ["rawpy:RawPy.open_buffer", "rawpy:RawPy.extract_thumb", "rawpy:ThumbFormat",
+                       "rawpy:LibRawUnsupportedThumbnailError"]),
+    ("pillow-heif", "0.18", ["pillow_heif:register_heif_opener"]),
     ("huggingface_hub", "0.20", ["huggingface_hub:try_to_load_from_cache"]),
     ("watchfiles", "0.21", ["watchfiles:watch(stop_event, debounce, step, rust_timeout, yield_on_timeout, "
                             "force_polling, ignore_permission_denied)"]),
@@ -77,7 +80,7 @@ def test_the_extras_have_a_readable_shape():
     for name, reqs in {"dependencies": PROJECT["dependencies"], **extras}.items():
         names = [canonicalize_name(Requirement(r).name) for r in reqs]
         assert names == sorted(names), f"{name}: keep one per line, sorted by name"
-    assert "clipsearch[lab,ray,ui]" in extras["test"] and "clipsearch[test]" in extras["dev"]
+    assert "clipsearch[lab,photos-extra,ray,ui]" in extras["test"] and "clipsearch[test]" in extras["dev"]
     base = _declared()
     for unused in ("scipy", "tantivy", "reportlab", "moto", "gradio", "playwright"):
         assert unused not in base, unused  # not needed by index + search
@@ -112,7 +115,7 @@ def _third_party_imports(path: Path) -> set[str]:
 
 
 def test_the_product_imports_exactly_what_it_declares():
-    """Every third-party module the product imports is declared (base or the ui/ray extras), and
+    """Every third-party module the product imports is declared (base or the ui/ray/photos-extra extras), and
     every base dependency is used by the product."""
     owners = md.packages_distributions()
     imported = set()
@@ -122,7 +125,7 @@ def test_the_product_imports_exactly_what_it_declares():
                 continue
             imported |= _third_party_imports(path)
     dists = {canonicalize_name(d) for m in imported - OPTIONAL_IMPORTS for d in owners.get(m, [m])}
-    declared = _declared("ui", "ray")
+    declared = _declared("ui", "ray", "photos-extra")
     assert sorted(dists - set(declared)) == []
     unused = set(_declared()) - dists - {canonicalize_name(d) for d in INDIRECT}
     assert sorted(unused) == []

@@ -20,7 +20,8 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from clipsearch.indexers.base import DEFAULT_MAX_PIXELS
-from clipsearch.indexers.image import TooManyPixels, load_image, open_image
+from clipsearch.indexers.image import TooManyPixels, load_image
+from clipsearch.indexers.photo_formats import RAW_EXTENSIONS
 from clipsearch.ui.files import (
     ID_RE,
     FileGuard,
@@ -36,7 +37,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import thumbs
@@ -53,6 +54,8 @@ PAGE_SIZE = 24
 MAX_K = 200
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 PREVIEW_SIDE = 384
+# Image files browsers do not display: the detail view shows their JPEG preview instead.
+NOT_IN_BROWSERS = frozenset({".heic", ".heif", ".hif", ".jxl", ".tif", ".tiff"}) | RAW_EXTENSIONS
 REMOTE_META_SECONDS = 10.0  # how often a server over object storage re-reads the indexed roots
 # UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
 KIND_LABELS: dict[str, str | None] = {
@@ -62,15 +65,15 @@ KIND_LABELS: dict[str, str | None] = {
     "Videos": "video",
     "Document pages": "doc",
 }
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens MPO
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
 
 class UploadRejected(UsageError):
     """An uploaded query image that is too large or not an image. `status` is the HTTP code."""
 
     def __init__(self, message: str, status: int = 400, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint or "upload a jpg, png, webp, gif, bmp or tiff image "
-                                               f"under {mb(MAX_UPLOAD_BYTES)}")
+        super().__init__(message, hint=hint or "upload a jpg, png, webp, gif, bmp, tiff, heic, avif or "
+                                               f"jxl image under {mb(MAX_UPLOAD_BYTES)}")
         self.status = status
 
 
@@ -367,7 +370,11 @@ class SearchService:
             d["media_url"] = self.signed(item_url(media_id))
             if thumb is None and hit.kind == "image":
                 thumb = item_url(media_id, preview=True)
+            if hit.kind == "image" and os.path.splitext(hit.source)[1].lower() in NOT_IN_BROWSERS:
+                d["view_url"] = self.signed(item_url(media_id, preview=True))
         d["thumb_url"] = self.signed(thumb) if thumb else None
+        if hit.companion_id:  # served by id like any item: the guard decides when it is asked for
+            d["companion_url"] = self.signed(item_url(hit.companion_id))
         d.pop("thumb", None)  # a path inside the db directory: of no use to a client
         return d
 
@@ -469,12 +476,10 @@ def _file_response(real: str, name: str | None = None) -> Response:
 def _preview(real: str, max_pixels: int) -> Response:
     """A small JPEG of an image file, so a result grid does not pull full-size photos."""
     try:
-        with open(real, "rb") as f, open_image(f, max_pixels) as im:
-            im.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
+        im = load_image(real, max_pixels, min_side=PREVIEW_SIDE)  # HEIC and RAW too, upright
+        im.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
     except TooManyPixels as e:
         raise FileRefused(413, f"the image is {e.size}: more than the {max_pixels:,} pixels this "
                                "server decodes; open the original instead") from None

@@ -144,7 +144,8 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
                 f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f}'></video>"
                 f"<div class='cs-timeline'><div class='cs-seg'></div></div>")
     elif kind == "image" and media:
-        view = f"<a href='{_e(media)}' target='_blank' rel='noopener'><img src='{_e(media)}' alt=''></a>"
+        shown = hit.get("view_url") or media  # a HEIC or RAW original: its JPEG preview
+        view = f"<a href='{_e(media)}' target='_blank' rel='noopener'><img src='{_e(shown)}' alt=''></a>"
     elif hit.get("thumb_url"):
         view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
     else:
@@ -158,6 +159,13 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         rows.append(("Duration", f"{float(hit['duration']):.1f}s"))
     if hit.get("id"):
         rows.append(("Id", hit["id"]))
+    live = ""
+    if hit.get("companion"):
+        other = "video" if kind == "image" else "still"
+        name = _e(os.path.basename(hit["companion"]))
+        target = (f"<a href='{_e(hit['companion_url'])}' target='_blank' rel='noopener'>{name}</a>"
+                  if hit.get("companion_url") else name)
+        live = f"<p class='cs-live'>Live Photo: its {other} is {target}</p>"
     table = "".join(f"<tr><td><b>{_e(k)}</b></td><td class='cs-f-{_e(k.lower())}'>{_e(v)}</td></tr>"
                     for k, v in rows)
     snippet = f"<p class='cs-snippet-full'>{_e(hit['text'])}</p>" if hit.get("text") else ""
@@ -166,7 +174,7 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         href = media + (f"#page={hit['page']}" if hit.get("page") else "")
         link = f"<a href='{_e(href)}' target='_blank' rel='noopener'>Open original</a> · "
     return (f"<div class='cs-detail' data-kind='{_e(kind)}'>{view}<div class='cs-meta'>"
-            f"<table>{table}</table>{snippet}{link}"
+            f"<table>{table}</table>{live}{snippet}{link}"
             f"<button class='cs-more' data-action='more' data-index='{index}'>More like this</button>"
             f"</div></div>")
 
