@@ -490,6 +490,7 @@ class Collection:
         if self.store.recorded_meta() is None:  # a table from before tables recorded their model
             self.store.record_meta(model_fields(self.meta))
         self.store.relativize_thumbs()  # rows from before thumbnails were named relative
+        self.store.migrate()  # an older table gets the file columns (filled at the run's end)
         self._remember_roots([r for r in roots if os.path.exists(r)])
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
@@ -500,6 +501,10 @@ class Collection:
         self._remember_roots(report.linked_roots)
         if report.pruned_roots:
             self._forget_roots(report.pruned_roots)
+        if not report.interrupted:
+            from clipsearch.pipeline import fill_file_meta
+
+            report.described = fill_file_meta(self.store)
         self._write_skip_log(report)
         if not report.interrupted:
             self.maintainer.after_run(report, fit_transforms)
