@@ -207,7 +207,7 @@ def _register_heif() -> None:
             return
         _heif_registered = True
         try:
-            from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
+            from pillow_heif import register_heif_opener
         except ImportError:
             return
         register_heif_opener()

@@ -386,6 +386,26 @@ class Store:
         return [f.name for f in missing]
 
     @guarded
+    def file_summary(self, top: int = 5) -> dict[str, Any] | None:
+        """When the collection's files were taken (first, last, UTC ISO times) and its most
+        frequent places and cameras ([name, files]), from those columns alone; None for a
+        table without them."""
+        if "taken_at" not in self.file_columns():
+            return None
+        t = self.scan(["source_raw", "taken_at", "place", "camera"])
+        if t.num_rows:  # one row per file: its rows all carry the same values
+            t = t.take(_first_per_source(t))
+        span = pc.min_max(t.column("taken_at")) if t.num_rows else None
+        out: dict[str, Any] = {"first": None, "last": None}
+        if span is not None and span["min"].is_valid:
+            out["first"], out["last"] = span["min"].as_py().isoformat(), span["max"].as_py().isoformat()
+        for column, key in (("place", "places"), ("camera", "cameras")):
+            counts = pc.value_counts(t.column(column).drop_null()).to_pylist() if t.num_rows else []
+            counts.sort(key=lambda c: (-c["counts"], c["values"]))
+            out[key] = [[c["values"], c["counts"]] for c in counts[:top]]
+        return out
+
+    @guarded
     def sources_without_file_meta(self) -> list[bytes]:
         """Complete sources whose file columns were never read (migrated or carried rows)."""
         if "taken_at_source" not in self.file_columns():
@@ -532,6 +552,13 @@ class Store:
         if old:
             dataset.cleanup_old_versions(versions=old)
         return len(old)
+
+
+def _first_per_source(t: pa.Table) -> pa.Array:
+    """Positions of the first row of each source in `t`."""
+    raws = t.column("source_raw").combine_chunks()
+    _, first = np.unique(pc.dictionary_encode(raws).indices.to_numpy(zero_copy_only=False), return_index=True)
+    return pa.array(np.sort(first))
 
 
 def _age(stamp: datetime) -> timedelta:
