@@ -527,8 +527,8 @@ def rest_router(service: SearchService) -> APIRouter:
                    where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
         """Text search. kind: image, video, moment, doc, frame, page or all; the metadata
         filters are prefilters (README, "Filters")."""
-        filters = {"after": after, "before": before, "camera": camera, "place": place, "near": near,
-                   "format": format, "min_pixels": min_pixels, "where": where}
+        filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
+                                   "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,
                                           whiten=whiten, center=center, hybrid=hybrid, sort=sort,
                                           **filters))
