@@ -192,3 +192,18 @@ def test_http_search_takes_the_filters(server):
     assert stamps == sorted(stamps, reverse=True)
     bad = httpx.get(f"{server}/api/search", params={"q": "a shape", "where": "nosuch > 1"})
     assert bad.status_code == 400 and "--where" in bad.json()["error"]
+
+
+def test_ui_detail_and_status_show_date_place_camera_and_size(sample):
+    from clipsearch.ui.api import SearchService
+    from clipsearch.ui.app import render_detail
+
+    hit = {"kind": "image", "source": "/p/a.jpg", "score": 0.5, "taken_at": "2024-08-03T13:30:00+00:00",
+           "taken_at_source": "exif", "place": "Lisbon, PT", "camera": "Canon EOS R5", "width": 6000,
+           "height": 4000, "bytes": 2_500_000}
+    html = render_detail(hit)
+    for shown in ("2024-08-03 13:30 UTC", "Lisbon, PT", "Canon EOS R5", "6000×4000", "2.5 MB"):
+        assert shown in html
+    _, db = sample
+    line = SearchService(db, device="cpu").status_line()
+    assert "taken " in line  # the sample's files have dates (their mtimes)

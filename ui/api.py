@@ -259,6 +259,12 @@ class SearchService:
                   (info["documents"], "document"), (info["pages"], "page")]
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
+        taken = info.get("taken") or {}
+        if taken.get("first"):
+            span = f"{taken['first'][:10]} – {taken['last'][:10]}"
+            top = [name for name, _ in (taken.get("places") or [])[:2]]
+            top += [name for name, _ in (taken.get("cameras") or [])[:1]]
+            parts.append("taken " + span + (f" ({' · '.join(top)})" if top else ""))
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
                 + f" · model `{info['model']}` · device `{info['device']}`" + watch_note(info["watch"]))
 
