@@ -300,6 +300,7 @@ class Shard:
     hashes: np.ndarray | None = field(default=None, repr=False, compare=False)  # position -> content hash
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
     trained: int = 0  # rows the shard was built (and, for IVF, trained) at: its retraining yardstick
+    _ids_u: np.ndarray | None = field(default=None, repr=False, compare=False)  # ids, fixed-width
 
     def positions_under(self, under: str) -> np.ndarray:
         """Positions (ascending) of the rows whose path is inside folder `under`.
@@ -336,13 +337,25 @@ class Shard:
     def exact(self) -> bool:
         return faiss.try_extract_index_ivf(self.index) is None
 
-    def search(self, q: np.ndarray, k: int, under: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, positions) of the top k per query row, restricted to folder `under`;
+    def positions_of(self, only: np.ndarray) -> np.ndarray:
+        """Positions (ascending) of the rows whose id is in `only` (sorted fixed-width ids)."""
+        if self._ids_u is None:
+            self._ids_u = self.ids.astype("U")
+        return np.flatnonzero(np.isin(self._ids_u, only, assume_unique=False)).astype(np.int64)
+
+    def search(self, q: np.ndarray, k: int, under: str | None,
+               only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the top k per query row, restricted to folder `under` and,
+        with `only`, to the rows of those ids (a metadata prefilter, `clipsearch.filters`);
         tombstoned positions are never returned."""
         n = len(self)
         keep = None  # positions a search may return, when not all
-        if under:
-            keep = self.positions_under(under)
+        if under or only is not None:
+            keep = self.positions_under(under) if under else None
+            if only is not None:
+                mine = self.positions_of(only)
+                keep = mine if keep is None else np.intersect1d(keep, mine, assume_unique=True)
+            assert keep is not None
             if len(self.dead):
                 keep = np.setdiff1d(keep, self.dead, assume_unique=True)
         elif len(self.dead) and self.matrix is not None:
@@ -861,8 +874,9 @@ class AnnIndex:
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
-               under: str | None = None) -> list[list[tuple[str, float]]]:
-        """Top-k (id, cosine) per query row over the shards of `kinds`, within folder `under`."""
+               under: str | None = None, only: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k (id, cosine) per query row over the shards of `kinds`, within folder `under`
+        (and, with `only`, among those sorted ids)."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         shards = [self.shards[kind] for kind in self.shards
                   if (not kinds or kind in kinds) and self.shard_map.live(kind)]
@@ -870,7 +884,7 @@ class AnnIndex:
             return [[] for _ in range(len(q))]
         hits: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
         for shard in shards:
-            scores, idx = shard.search(q, k, under)
+            scores, idx = shard.search(q, k, under, only)
             for row, (srow, irow) in enumerate(zip(scores, idx, strict=True)):
                 hits[row].extend((shard.ids[i], float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0)
         if len(shards) > 1:

@@ -38,11 +38,13 @@ class DeltaRows:
     vectors: np.ndarray  # float32 (n, dim)
     id_set: frozenset[str]
 
-    def search(self, q: np.ndarray, k: int, under: str | None) -> Hits:
+    def search(self, q: np.ndarray, k: int, under: str | None, only: np.ndarray | None = None) -> Hits:
         keep = np.arange(len(self.ids))
         if under:
             prefix = folder_prefix(under)
             keep = np.flatnonzero([s.startswith(prefix) for s in self.sources])
+        if only is not None and len(keep):
+            keep = keep[np.isin(self.ids[keep].astype("U"), only)]
         if not len(keep) or k <= 0:
             return [[] for _ in range(len(q))]
         scores = q @ self.vectors[keep].T
@@ -152,18 +154,19 @@ class LiveAnn:
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
-               under: str | None = None) -> Hits:
-        """Top (id, cosine) per query row over `kinds` within folder `under`: k hits, plus as many
-        as saved rows may have gone since the save (the caller's hydration drops those)."""
+               under: str | None = None, only: np.ndarray | None = None) -> Hits:
+        """Top (id, cosine) per query row over `kinds` within folder `under` (and, with `only`,
+        among those ids): k hits, plus as many as saved rows may have gone since the save (the
+        caller's hydration drops those)."""
         try:
-            return self._search(queries, k, kinds, under)
+            return self._search(queries, k, kinds, under, only)
         except FileNotFoundError:  # a writer saved a new version and removed this one's files
             with self._lock:
                 self._use(AnnIndex.load(self.ann_dir))
-            return self._search(queries, k, kinds, under)
+            return self._search(queries, k, kinds, under, only)
 
     def _search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None,
-                under: str | None) -> Hits:
+                under: str | None, only: np.ndarray | None = None) -> Hits:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         hits: Hits = [[] for _ in range(len(q))]
         if k <= 0:
@@ -173,10 +176,10 @@ class LiveAnn:
             shard = self._shard(kind)
             delta = self._delta(kind)
             if shard is not None and shard.live:
-                scores, idx = shard.search(q, want, under)
+                scores, idx = shard.search(q, want, under, only)
                 for row, (srow, irow) in enumerate(zip(scores, idx, strict=True)):
                     hits[row].extend((shard.ids[i], float(s)) for s, i in zip(srow, irow, strict=True)
                                      if i >= 0 and shard.ids[i] not in delta.id_set)
-            for row, found in enumerate(delta.search(q, k, under)):
+            for row, found in enumerate(delta.search(q, k, under, only)):
                 hits[row].extend(found)
         return [sorted(h, key=lambda t: -t[1])[:want] for h in hits]

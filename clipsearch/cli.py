@@ -333,14 +333,30 @@ def remove(paths, db, verbose):
 @click.option("--center", is_flag=True, help="Modality-gap centering (fitted transform).")
 @click.option("--invert", is_flag=True, help="Textual inversion (OTI) of the query image.")
 @click.option("--hybrid", is_flag=True, help="Fuse keyword matches (paths, text) with vector ranks.")
-@click.option("--sort", type=click.Choice(["score", "typicality"]), default="score", show_default=True)
+@click.option("--sort", type=click.Choice(["score", "typicality", "date", "-date"]), default="score",
+              show_default=True, help="date: the best hits by score, oldest first; -date: newest first.")
+@click.option("--after", metavar="DATE", help="Taken on or after DATE: 2024, 2024-08, 2024-08-03.")
+@click.option("--before", metavar="DATE", help="Taken before DATE's end (--before 2024-08: by August's end).")
+@click.option("--camera", metavar="TEXT", help="Camera make/model contains TEXT (any case).")
+@click.option("--place", metavar="TEXT", help="City, region or country contains TEXT (any case).")
+@click.option("--near", metavar="LAT,LON[,KM]", help="Taken within KM (default 10) of a point.")
+@click.option("--format", "fmt", metavar="FMT", help="File format: jpg, png, heic, mp4, pdf...")
+@click.option("--min-pixels", type=click.IntRange(0), help="Width × height at least this.")
+@click.option("--where", metavar="SQL", help="Any SQL predicate over the documented columns (README).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @device_opt
 @verbose_opt
 @handle_errors
 def search(query, image, db, k, offset, under, kind, moments, whiten, center, invert, hybrid, sort,
-           as_json, device, verbose):
-    """Search the collection by text, by image, or both. The collection knows its own model."""
+           after, before, camera, place, near, fmt, min_pixels, where, as_json, device, verbose):
+    """Search the collection by text, by image, or both. The collection knows its own model.
+
+    \b
+    clipsearch search "beach" --after 2024-08 --before 2024-08   last August's beach photos
+    clipsearch search "sunset" --place lisbon --sort -date        newest sunsets in Lisbon
+    clipsearch search "dog" --near 38.72,-9.14,25 --camera iphone
+    clipsearch search "cat" --where "width >= 4000 AND lens IS NOT NULL"
+    """
     _setup_logging(verbose)
     from clipsearch.objectstore import open_collection
 
@@ -351,14 +367,17 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
         kind = "moment"
     hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
-                      sort=None if sort == "score" else sort)
+                      sort=None if sort == "score" else sort, after=after, before=before, camera=camera,
+                      place=place, near=near, format=fmt, min_pixels=min_pixels, where=where)
     for line in hits.warnings:
         click.echo(f"warning: {line}", err=True)
-    _echo_hits(col, hits, as_json)
+    dated = sort in ("date", "-date") or any(v is not None for v in (after, before, camera, place, near))
+    _echo_hits(col, hits, as_json, dated=dated)
 
 
-def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f") -> None:
-    """Hits as one JSON array, or one line each: score, kind, file and where in it."""
+def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated: bool = False) -> None:
+    """Hits as one JSON array, or one line each: score, kind, file and where in it; `dated`
+    adds when (UTC day), where and with what camera it was taken."""
     if as_json:
         click.echo(jsonsafe.dumps([h.to_dict() for h in hits], ensure_ascii=False))
         return
@@ -371,6 +390,9 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f") -> No
             where = f"  [{_ts(h.t_start)}–{_ts(h.t_end)}]" if h.t_end is not None else f"  [{_ts(h.t_start)}]"
         if h.page is not None:
             where += f"  p.{h.page}"
+        if dated:
+            where += "".join(f"  {v}" for v in ((h.extra.get("taken_at") or "")[:10], h.extra.get("place"),
+                                                 h.extra.get("camera")) if v)
         click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
         if h.companion:
             click.echo(f"         Live Photo with {h.companion}")

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from clipsearch.errors import (
     WriterBusy,
 )
 from clipsearch.failures import storage_errors
+from clipsearch.filters import Filters
 from clipsearch.fsutil import is_within, write_atomic
 from clipsearch.indexers.scanner import ScanRules
 from clipsearch.maintainer import REFRESH_MARKER, Maintainer, OptimizeSummary, keep_versions
@@ -490,6 +492,7 @@ class Collection:
         if self.store.recorded_meta() is None:  # a table from before tables recorded their model
             self.store.record_meta(model_fields(self.meta))
         self.store.relativize_thumbs()  # rows from before thumbnails were named relative
+        self.store.migrate()  # an older table gets the file columns (filled at the run's end)
         self._remember_roots([r for r in roots if os.path.exists(r)])
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
@@ -500,6 +503,10 @@ class Collection:
         self._remember_roots(report.linked_roots)
         if report.pruned_roots:
             self._forget_roots(report.pruned_roots)
+        if not report.interrupted:
+            from clipsearch.pipeline import fill_file_meta
+
+            report.described = fill_file_meta(self.store)
         self._write_skip_log(report)
         if not report.interrupted:
             self.maintainer.after_run(report, fit_transforms)
@@ -594,11 +601,23 @@ class Collection:
     def search(self, text: str | None = None, image: str | os.PathLike[str] | Image.Image | None = None,
                k: int = 10, *, kind: str | None = None, under: str | None = None, offset: int = 0,
                whiten: bool = False, center: bool = False, invert: bool = False, hybrid: bool = False,
-               sort: str | None = None) -> Hits:
+               sort: str | None = None, where: str | None = None, after: str | datetime | None = None,
+               before: str | datetime | None = None, camera: str | None = None, place: str | None = None,
+               near: str | tuple[float, ...] | None = None, format: str | None = None,
+               min_pixels: int | None = None) -> Hits:
         """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
-        say what the caller should know, e.g. that a long text query was cut."""
+        say what the caller should know, e.g. that a long text query was cut.
+
+        Metadata prefilters (README, "Filters"): `after`/`before` (ISO dates: 2024, 2024-08,
+        2024-08-03; `before` exclusive, a partial date meaning its end), `camera` and `place`
+        (case-insensitive substrings), `near` ("LAT,LON[,KM]" or a tuple), `format`,
+        `min_pixels`, `where` (SQL over the documented columns). `sort`: score, typicality,
+        date (oldest first) or -date; by date, the top hits by score are reordered."""
+        filters = Filters.parse(after=after, before=before, camera=camera, place=place, near=near,
+                                format=format, min_pixels=min_pixels, where=where)
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
-                                    whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort)
+                                    whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort,
+                                    filters=filters or None)
         return Hits(self._located(hits), warnings=self.query_warnings(text))
 
     def _located(self, hits: list[Hit]) -> list[Hit]:
@@ -658,4 +677,5 @@ class Collection:
             "transforms": self.searcher.transforms_description(),
             "transforms_fit": self.searcher.transforms_fit(),
             "last_run": self.meta.get("last_run", {}).get("summary"),
+            "taken": store.file_summary(),
         }

@@ -143,7 +143,7 @@ class Maintainer:
         changed nothing and every part is whole and current (a no-op re-run costs a stat per
         file, not a rebuild). A damaged part, or a refresh an earlier run did not finish, is
         rebuilt here."""
-        if report.indexed == 0 and report.removed == 0 and report.moved == 0:
+        if report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0:
             problems = self.derived_problems(fit_transforms=fit_transforms)
             if (self.col.path / REFRESH_MARKER).exists():
                 problems.insert(0, "an earlier refresh of the derived state did not finish")

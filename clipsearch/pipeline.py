@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from clipsearch import moves
+from clipsearch import metadata, moves
 from clipsearch.errors import SkipFile, StorageError
 from clipsearch.fsutil import is_within
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
@@ -80,6 +80,7 @@ class IndexReport:
     unchanged: int = 0
     removed: int = 0
     moved: int = 0  # files renamed or moved: their rows followed them, nothing re-embedded
+    described: int = 0  # indexed files whose file columns (date, place...) were read afterwards
     items: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (root, why): rows kept
@@ -111,6 +112,8 @@ class IndexReport:
              f"{self.moved} moved, {self.removed} removed, {len(self.skipped)} skipped "
              f"in {self.seconds:.1f} s "
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
+        if self.described:
+            s += f"; date, place and camera read for {self.described} indexed files"
         if self.unexpected:
             s += f"; {self.unexpected} of the skipped hit an unexpected error (a bug)"
         if self.vanished:
@@ -142,6 +145,8 @@ class Committer:
             self.dropped.append(job.path)
 
     def add(self, item: SourceRows) -> None:
+        if item.file_meta is None and item.size != PARTIAL_SIZE:
+            item.file_meta = metadata.read(item.source_raw)  # header only; never raises
         if not self.pending:
             self.since = time.monotonic()
         self.pending.append(item)
@@ -401,6 +406,17 @@ def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[byte
         report.removed += committer.removed
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def fill_file_meta(store: Store, batch: int = 2000) -> int:
+    """Read the file columns of every source whose rows lack them (a migrated table, rows
+    carried from a moved file, a file committed by parts): headers only, no encoder, no new
+    vectors. Returns the files read."""
+    missing = store.sources_without_file_meta()
+    for i in range(0, len(missing), batch):
+        chunk = missing[i:i + batch]
+        store.set_file_meta({raw: metadata.read(raw) for raw in chunk})
+    return len(missing)
 
 
 def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:

@@ -27,9 +27,10 @@ from PIL import Image
 from clipsearch.ann import POINTER, AnnIndex, update_saved
 from clipsearch.ann_live import LiveAnn
 from clipsearch.errors import TransformError, UsageError
+from clipsearch.filters import SORTS, Filters, matching_ids, matching_vectors
 from clipsearch.fsutil import is_within
 from clipsearch.jsonsafe import finite
-from clipsearch.store import float32_vectors, sql_in
+from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -53,6 +54,9 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
 USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
 BROWSE_ORDERS = ("atypical", "typical")
+# A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
+FILTER_EXACT_LIMIT = 20_000
+DATE_SORT_DEPTH = 50  # --sort date orders the top this many by score (or k + offset if more)
 # Typicality is measured in the whitening fitted on image-like rows, so only those can be browsed.
 BROWSE_KINDS: dict[str, tuple[str, ...]] = {
     "all": DEFAULT_KINDS, "image": ("image",), "video": ("video_frame",), "frame": ("video_frame",),
@@ -283,7 +287,11 @@ class Searcher:
     def search(self, text: str | None = None, image: QueryImage | None = None, k: int = 10,
                kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
-               invert: bool = False, hybrid: bool = False, sort: str | None = None) -> list[Hit]:
+               invert: bool = False, hybrid: bool = False, sort: str | None = None,
+               filters: Filters | None = None) -> list[Hit]:
+        """`filters` (date, place, camera, ... `clipsearch.filters`) are a prefilter: only
+        matching rows are ranked, so k hits come when k match. `sort`: score (default),
+        typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date)."""
         if k <= 0:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
@@ -294,6 +302,11 @@ class Searcher:
             raise UsageError(f"unknown kind '{kind}'", hint="one of: " + ", ".join(USER_KINDS))
         if invert and image is None:
             raise UsageError("--invert needs an image query", hint="add --image FILE")
+        if sort not in (None, "score", "typicality", *SORTS):
+            raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
+        if filters and kind in ("moment", "video", "doc"):
+            raise UsageError(f"date, place and camera filters do not apply to --kind {kind} yet",
+                             hint="filter frames (--kind frame) or pages (--kind page) instead")
         if kind == "moment":
             if text is None:
                 raise UsageError("moment search needs a text query")
@@ -313,6 +326,9 @@ class Searcher:
         if whiten and modality != "image":
             raise UsageError("--whiten applies to image queries", hint="use --center for text queries")
         need = (k + offset) * 4 + 20
+        if sort in ("date", "-date"):
+            need = max(need, DATE_SORT_DEPTH + 20)
+        only = matching_ids(self.col.store, filters, kinds, under) if filters else None
         if whiten or center:
             ts = self.transforms()
             if center and modality != "image" and ts.text_mean is None and ts.image_mean is not None:
@@ -324,7 +340,10 @@ class Searcher:
             qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
                                 whiten=whiten, center=center)[0]
             raw = self._transformed_index(tuple(sorted(set(kinds) & set(IMAGE_LIKE)) or kinds),
-                                          whiten, center).search(qv, need, kinds=kinds, under=under)[0]
+                                          whiten, center).search(qv, need, kinds=kinds, under=under,
+                                                                 only=only)[0]
+        elif only is not None and filters is not None:
+            raw = self._filtered(vec, need, kinds, under, only, filters)
         else:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
         hits = self._of_kinds(self._hydrate(raw), kinds)
@@ -333,9 +352,29 @@ class Searcher:
             hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)))
         if hybrid and text:
             hits = self._hybrid(hits, text, kinds, need, under)
+        if only is not None:  # what fusion brought in by words must match the filters too
+            hits = [h for h in hits if h.id is not None and _among(h.id, only)]
         if sort == "typicality":
             hits = self._sort_typicality(hits)
+        elif sort in ("date", "-date"):
+            hits = sort_by_date(hits[:max(DATE_SORT_DEPTH, offset + k)], newest=sort == "-date")
         return hits[offset:offset + k]
+
+    def _filtered(self, vec: np.ndarray, n: int, kinds: tuple[str, ...], under: str | None,
+                  only: np.ndarray, filters: Filters) -> list[tuple[str, float]]:
+        """Top n (id, cosine) among the rows a filter matched: exactly over their vectors when
+        they are few, else through the ANN restricted to them (an ID selector), and exactly
+        again if an IVF shard's probed lists held fewer than n of them."""
+        if not len(only):
+            return []
+        if len(only) > FILTER_EXACT_LIMIT:
+            raw = self.ann().search(vec, n, kinds=kinds, under=under, only=only)[0]
+            if len(raw) >= min(n, len(only)):
+                return raw
+        ids, vectors = matching_vectors(self.col.store, filters, kinds, under)
+        scores = vectors @ vec
+        top = np.argsort(-scores, kind="stable")[:n]
+        return [(str(ids[i]), float(scores[i])) for i in top]
 
     def _hydrate(self, raw: list[tuple[str, float]]) -> list[Hit]:
         if not raw:
@@ -566,10 +605,30 @@ class Searcher:
 
 
 def hit_from_row(r: dict[str, Any], score: float) -> Hit:
+    """A hit of a table row; its file columns (date, place, camera, size...) go in `extra`."""
     extra = json.loads(r["extra"]) if r.get("extra") else {}
+    kept = {k: v for k, v in extra.items() if k in ("duration", "scale")}
+    for c in FILE_COLUMNS:
+        value = r.get(c)
+        if value is not None:
+            kept[c] = value.isoformat() if c == "taken_at" else value
     return Hit(source=r["source"], kind=r["kind"], score=score, t_start=r.get("t_start"),
                t_end=r.get("t_end"), page=r.get("page"), text=r.get("text"), thumb=r.get("thumb"),
-               id=r["id"], extra={k: v for k, v in extra.items() if k in ("duration", "scale")})
+               id=r["id"], extra=kept)
+
+
+def sort_by_date(hits: list[Hit], newest: bool = False) -> list[Hit]:
+    """Hits by `taken_at` (oldest first, or newest), those without a date last, score order kept
+    among equals. taken_at is an ISO time in UTC, so its text sorts as its time."""
+    dated = sorted((h for h in hits if h.extra.get("taken_at")), key=lambda h: h.extra["taken_at"],
+                   reverse=newest)
+    return dated + [h for h in hits if not h.extra.get("taken_at")]
+
+
+def _among(rid: str, only: np.ndarray) -> bool:
+    """Whether `rid` is in the sorted id array `only`."""
+    i = int(np.searchsorted(only, rid))
+    return i < len(only) and only[i] == rid
 
 
 def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tuple[Any, ...]:

@@ -34,11 +34,33 @@ TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of c
 PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
+SCHEMA_VERSION_KEY = b"clipsearch_schema"  # schema metadata: the table layout's version
+SCHEMA_VERSION = 2  # 2: the file columns (FILE_FIELDS)
+# When, where and with what each row's file was made (`clipsearch.metadata`); None = unknown.
+# `taken_at_source` is None only for rows whose file was not read yet (e.g. a migrated table).
+FILE_FIELDS = [
+    pa.field("taken_at", pa.timestamp("us", tz="UTC")),
+    pa.field("taken_at_source", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("camera", pa.string()),
+    pa.field("lens", pa.string()),
+    pa.field("gps_lat", pa.float64()),
+    pa.field("gps_lon", pa.float64()),
+    pa.field("place", pa.string()),
+    pa.field("duration", pa.float64()),
+    pa.field("pages", pa.int32()),
+    pa.field("bytes", pa.int64()),
+    pa.field("format", pa.string()),
+]
+FILE_COLUMNS = [f.name for f in FILE_FIELDS]
 
 
 def schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
     """The table's schema; `meta` (the model fields of clipsearch.json) goes into its metadata."""
-    metadata = {TABLE_META_KEY: json.dumps(meta, sort_keys=True).encode()} if meta else None
+    metadata = {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+    if meta:
+        metadata[TABLE_META_KEY] = json.dumps(meta, sort_keys=True).encode()
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
@@ -53,6 +75,7 @@ def schema(dim: int, meta: dict[str, Any] | None = None) -> pa.Schema:
         pa.field("mtime", pa.float64()),
         pa.field("size", pa.int64()),
         pa.field("content_hash", pa.string()),
+        *FILE_FIELDS,
         pa.field("vector", pa.list_(pa.float16(), dim)),
     ], metadata=metadata)
 
@@ -108,6 +131,7 @@ class SourceRows:
     size: int
     content_hash: str
     records: list[Record]
+    file_meta: dict[str, Any] | None = None  # FILE_COLUMNS values (None: not read; filled later)
 
 
 class Store:
@@ -327,14 +351,89 @@ class Store:
 
     @guarded
     def rows_by_id(self, ids: Sequence[str]) -> pa.Table:
+        """The rows of these ids: their locators and, where the table has them, file columns."""
+        columns = META_COLUMNS + self.file_columns()
         if not ids:
-            return self.scan(META_COLUMNS, "false")
-        where = sql_in("id", ids)
-        return self.scan(META_COLUMNS, where)
+            return self.scan(columns, "false")
+        return self.scan(columns, sql_in("id", ids))
+
+    # ---- the file columns (schema version 2) ------------------------------------------------
+    @guarded
+    def file_columns(self) -> list[str]:
+        """The file columns this table has: all of them, or none for a table not yet migrated."""
+        names = set(self.dataset.schema.names)
+        return [c for c in FILE_COLUMNS if c in names]
+
+    @guarded
+    def schema_version(self) -> int:
+        """The table layout's version (1: a table from before versions were recorded)."""
+        raw = (self.dataset.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+        try:
+            return int(raw) if raw else 1
+        except ValueError:
+            return 1
+
+    @guarded
+    def migrate(self) -> list[str]:
+        """Bring an older table to SCHEMA_VERSION in place (the writer's call, under its lock):
+        the missing file columns are added, all null, without rewriting any data. Returns them."""
+        have = set(self.dataset.schema.names)
+        missing = [f for f in FILE_FIELDS if f.name not in have]
+        if missing:
+            self.dataset.add_columns(pa.schema(missing))
+        if missing or self.schema_version() < SCHEMA_VERSION:
+            self.dataset.update_schema_metadata({SCHEMA_VERSION_KEY.decode(): str(SCHEMA_VERSION)})
+        return [f.name for f in missing]
+
+    @guarded
+    def file_summary(self, top: int = 5) -> dict[str, Any] | None:
+        """When the collection's files were taken (first, last, UTC ISO times) and its most
+        frequent places and cameras ([name, files]), from those columns alone; None for a
+        table without them."""
+        if "taken_at" not in self.file_columns():
+            return None
+        t = self.scan(["source_raw", "taken_at", "place", "camera"])
+        if t.num_rows:  # one row per file: its rows all carry the same values
+            t = t.take(_first_per_source(t))
+        span = pc.min_max(t.column("taken_at")) if t.num_rows else None
+        out: dict[str, Any] = {"first": None, "last": None}
+        if span is not None and span["min"].is_valid:
+            out["first"], out["last"] = span["min"].as_py().isoformat(), span["max"].as_py().isoformat()
+        for column, key in (("place", "places"), ("camera", "cameras")):
+            counts = pc.value_counts(t.column(column).drop_null()).to_pylist() if t.num_rows else []
+            counts.sort(key=lambda c: (-c["counts"], c["values"]))
+            out[key] = [[c["values"], c["counts"]] for c in counts[:top]]
+        return out
+
+    @guarded
+    def sources_without_file_meta(self) -> list[bytes]:
+        """Complete sources whose file columns were never read (migrated or carried rows)."""
+        if "taken_at_source" not in self.file_columns():
+            return []
+        t = self.scan(["source_raw"], f"taken_at_source IS NULL AND size <> {PARTIAL_SIZE}")
+        return list(dict.fromkeys(t.column("source_raw").to_pylist()))
+
+    @guarded
+    def set_file_meta(self, values: dict[bytes, dict[str, Any]], batch: int = 2000) -> int:
+        """Write the file columns of these sources on all their rows, one commit per `batch`
+        sources; vectors and locators are not touched. Returns the rows written."""
+        raws = list(values)
+        written = 0
+        for i in range(0, len(raws), batch):
+            chunk = raws[i:i + batch]
+            rows = self.scan(["id", "source_raw"], sources_filter(chunk))
+            if not rows.num_rows:
+                continue
+            per_row = [values[r] for r in rows.column("source_raw").to_pylist()]
+            data = pa.table({"id": rows.column("id"), **{
+                f.name: pa.array([m.get(f.name) for m in per_row], type=f.type) for f in FILE_FIELDS}})
+            self.table.merge_insert("id").when_matched_update_all().execute(data)
+            written += rows.num_rows
+        return written
 
     # ---- writes ------------------------------------------------------------------------------
     def _to_arrow(self, items: Iterable[SourceRows]) -> pa.Table:
-        cols: dict[str, list[Any]] = {c: [] for c in META_COLUMNS}
+        cols: dict[str, list[Any]] = {c: [] for c in META_COLUMNS + FILE_COLUMNS}
         vecs = []
         for item in items:
             src = display_path(item.source_raw)
@@ -355,10 +454,13 @@ class Store:
                 cols["mtime"].append(item.mtime)
                 cols["size"].append(item.size)
                 cols["content_hash"].append(item.content_hash)
+                file_meta = item.file_meta or {}
+                for c in FILE_COLUMNS:
+                    cols[c].append(file_meta.get(c))
                 vecs.append(v)
         arr = np.stack(vecs).astype(np.float16) if vecs else np.zeros((0, self.dim), np.float16)
         sch = schema(self.dim)
-        arrays = [pa.array(cols[c], type=sch.field(c).type) for c in META_COLUMNS]
+        arrays = [pa.array(cols[c], type=sch.field(c).type) for c in META_COLUMNS + FILE_COLUMNS]
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), self.dim))
         return pa.Table.from_arrays(arrays, schema=sch)
 
@@ -450,6 +552,13 @@ class Store:
         if old:
             dataset.cleanup_old_versions(versions=old)
         return len(old)
+
+
+def _first_per_source(t: pa.Table) -> pa.Array:
+    """Positions of the first row of each source in `t`."""
+    raws = t.column("source_raw").combine_chunks()
+    _, first = np.unique(pc.dictionary_encode(raws).indices.to_numpy(zero_copy_only=False), return_index=True)
+    return pa.array(np.sort(first))
 
 
 def _age(stamp: datetime) -> timedelta:

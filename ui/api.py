@@ -68,6 +68,10 @@ KIND_LABELS: dict[str, str | None] = {
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
 
+# The metadata prefilters a search takes (`Collection.search`), as HTTP query parameters.
+FILTER_PARAMS = ("after", "before", "camera", "place", "near", "format", "min_pixels", "where")
+
+
 class UploadRejected(UsageError):
     """An uploaded query image that is too large or not an image. `status` is the HTTP code."""
 
@@ -258,6 +262,12 @@ class SearchService:
                   (info["documents"], "document"), (info["pages"], "page")]
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
+        taken = info.get("taken") or {}
+        if taken.get("first"):
+            span = f"{taken['first'][:10]} – {taken['last'][:10]}"
+            top = [name for name, _ in (taken.get("places") or [])[:2]]
+            top += [name for name, _ in (taken.get("cameras") or [])[:1]]
+            parts.append("taken " + span + (f" ({' · '.join(top)})" if top else ""))
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
                 + f" · model `{info['model']}` · device `{info['device']}`" + watch_note(info["watch"]))
 
@@ -265,9 +275,11 @@ class SearchService:
     def search(self, text: str | None = None, image: Image.Image | bytes | str | None = None, *,
                k: int = PAGE_SIZE, kind: str | None = None, under: str | None = None,
                offset: int = 0, whiten: bool = False, center: bool = False, invert: bool = False,
-               hybrid: bool = False) -> dict[str, Any]:
+               hybrid: bool = False, sort: str | None = None, **filters: Any) -> dict[str, Any]:
         """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings"} as plain
         JSON (`warnings`: lines the caller should see, e.g. that a long query was cut).
+        `filters`: the metadata prefilters of `Collection.search` (after, before, camera, place,
+        near, format, min_pixels, where); empty values are no filter. `sort`: score, date, -date.
 
         `image` may be a decoded picture, upload bytes or a file path; anything not yet decoded
         is decoded here, under the server's pixel limit. Hits whose source lies outside the
@@ -295,9 +307,14 @@ class SearchService:
                     "warnings": col.query_warnings(text)}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
+        unknown = set(filters) - set(FILTER_PARAMS)
+        if unknown:
+            raise UsageError(f"unknown filter {sorted(unknown)[0]!r}",
+                             hint="one of: " + ", ".join(FILTER_PARAMS))
+        filters = {key: value for key, value in filters.items() if value not in (None, "")}
         hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
                           offset=int(offset), whiten=whiten, center=center, invert=invert,
-                          hybrid=hybrid)
+                          hybrid=hybrid, sort=(sort or "").strip() or None, **filters)
         out = self.hits_json(hits, offset)
         message = None
         if not out:
@@ -509,10 +526,23 @@ def rest_router(service: SearchService) -> APIRouter:
     @router.get("/api/search")
     def api_search(q: str = Query(..., description="text query"), k: int = PAGE_SIZE,
                    kind: str | None = None, offset: int = Query(0, ge=0), under: str | None = None,
-                   whiten: bool = False, center: bool = False, hybrid: bool = False) -> Any:
-        """Text search. kind: image, video, moment, doc, frame, page or all."""
+                   whiten: bool = False, center: bool = False, hybrid: bool = False,
+                   sort: str | None = Query(None, description="score, date (oldest first) or -date"),
+                   after: str | None = Query(None, description="taken on or after: 2024, 2024-08, ..."),
+                   before: str | None = Query(None, description="taken before the end of this date"),
+                   camera: str | None = Query(None, description="camera make/model contains this"),
+                   place: str | None = Query(None, description="city, region or country contains this"),
+                   near: str | None = Query(None, description="LAT,LON[,KM] (default 10 km)"),
+                   format: str | None = Query(None, description="file format: jpg, png, heic, mp4, pdf..."),
+                   min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
+                   where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
+        """Text search. kind: image, video, moment, doc, frame, page or all; the metadata
+        filters are prefilters (README, "Filters")."""
+        filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
+                                   "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,
-                                          whiten=whiten, center=center, hybrid=hybrid))
+                                          whiten=whiten, center=center, hybrid=hybrid, sort=sort,
+                                          **filters))
 
     @router.get("/api/moments")
     def api_moments(q: str, k: int = 10, under: str | None = None) -> Any:

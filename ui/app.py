@@ -84,6 +84,10 @@ EMPTY_GRID = ("<div class='cs-empty'>Results appear here. Type a query and press
 EMPTY_DETAIL = "<div class='cs-empty'>Click a result to see it full size.</div>"
 
 
+# The UI's sort choices -> `search(sort=)`.
+SORT_LABELS = {"Best match": None, "Oldest first": "date", "Newest first": "-date"}
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -157,6 +161,18 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         rows.append(("Page", str(hit["page"])))
     if hit.get("duration") is not None:
         rows.append(("Duration", f"{float(hit['duration']):.1f}s"))
+    if hit.get("taken_at"):
+        source = {"mtime": " (file date)", "pdf": " (document)"}.get(hit.get("taken_at_source") or "", "")
+        rows.append(("Date", hit["taken_at"][:16].replace("T", " ") + " UTC" + source))
+    if hit.get("place"):
+        rows.append(("Place", hit["place"]))
+    if hit.get("camera"):
+        rows.append(("Camera", hit["camera"] + (f" · {hit['lens']}" if hit.get("lens") else "")))
+    size = [f"{hit['width']}×{hit['height']}"] if hit.get("width") and hit.get("height") else []
+    if hit.get("bytes") is not None:
+        size.append(f"{hit['bytes'] / 1e6:.1f} MB" if hit["bytes"] >= 100_000 else f"{hit['bytes']} bytes")
+    if size:
+        rows.append(("Size", " · ".join(size)))
     if hit.get("id"):
         rows.append(("Id", hit["id"]))
     live = ""
@@ -238,7 +254,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
                                  whiten=query.get("whiten", False), center=query.get("center", False),
-                                 invert=query.get("invert", False))
+                                 invert=query.get("invert", False),
+                                 sort=SORT_LABELS.get(query.get("sort") or ""), **query.get("filters", {}))
             hits = previous + res["hits"]
             msg = _message(res.get("message") if not res["hits"] else query.get("label"))
             msg = " · ".join([m for m in [msg] if m] + [_message(w, error=True) for w in res["warnings"]])
@@ -250,13 +267,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         state = {"query": query, "hits": hits}
         return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status()
 
-    def new_search(text, image, kind, under, whiten, center, invert):
+    def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort):
         text = (text or "").strip()
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
                     {"query": {}, "hits": []}, status())
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
-                 "whiten": whiten, "center": center, "invert": invert}
+                 "whiten": whiten, "center": center, "invert": invert, "sort": sort,
+                 "filters": {"after": after, "before": before, "place": place, "camera": camera}}
         return execute(query, 0, [])
 
     def load_more(state):
@@ -294,11 +312,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
                    under: str = "", whiten: bool = False, center: bool = False,
-                   hybrid: bool = False) -> dict:
-        """Text search. kind: all, image, video, moment, doc, frame or page."""
+                   hybrid: bool = False, after: str = "", before: str = "", place: str = "",
+                   camera: str = "", sort: str = "score") -> dict:
+        """Text search. kind: all, image, video, moment, doc, frame or page; after/before (ISO
+        dates), place, camera: metadata prefilters; sort: score, date or -date."""
         try:
             return service.search(q, k=k, kind=kind, offset=offset, under=under, whiten=whiten,
-                                  center=center, hybrid=hybrid)
+                                  center=center, hybrid=hybrid, sort=sort, after=after, before=before,
+                                  place=place, camera=camera)
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
@@ -341,6 +362,15 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             whiten = gr.Checkbox(label="Whiten", visible=False, elem_id="cs-whiten")
             center = gr.Checkbox(label="Center", visible=False, elem_id="cs-center")
             invert = gr.Checkbox(label="Invert", visible=False, elem_id="cs-invert")
+        with gr.Accordion("Filters: date, place, camera", open=False, elem_id="cs-filters"):
+            with gr.Row():
+                after = gr.Textbox(label="Taken from", placeholder="2024-08", elem_id="cs-after", scale=1)
+                before = gr.Textbox(label="Taken until", placeholder="2024-08", elem_id="cs-before", scale=1)
+                place = gr.Textbox(label="Place", placeholder="city, region or country",
+                                   elem_id="cs-place", scale=2)
+                camera = gr.Textbox(label="Camera", placeholder="e.g. iphone", elem_id="cs-camera", scale=2)
+                sort = gr.Dropdown(list(SORT_LABELS), value="Best match", label="Sort", elem_id="cs-sort",
+                                   scale=1)
         message = gr.Markdown(elem_id="cs-message")
         with gr.Row():
             with gr.Column(scale=3):
@@ -349,12 +379,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             with gr.Column(scale=2):
                 detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
 
-        inputs = [text, image, kind, under, whiten, center, invert]
+        inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort]
         outputs = [grid, detail, message, more, state, status_md]
         text.submit(new_search, inputs, outputs, api_visibility="private")
         image.change(new_search, inputs, outputs, api_visibility="private")
-        for f in (kind, under, whiten, center, invert):
+        for f in (kind, under, whiten, center, invert, sort):
             f.change(new_search, inputs, outputs, api_visibility="private")
+        for box in (after, before, place, camera):
+            box.submit(new_search, inputs, outputs, api_visibility="private")
         more.click(load_more, [state], outputs, api_visibility="private")
         grid.click(on_click, [state, kind, under], outputs, api_visibility="private")
         detail.click(on_click, [state, kind, under], outputs, api_visibility="private")
