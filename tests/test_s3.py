@@ -19,15 +19,16 @@ import pytest
 moto_server = pytest.importorskip("moto.server", reason="S3 tests need moto: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3", reason="S3 tests need boto3 (comes with moto)")
 
+from clipsearch.collection import Collection  # noqa: E402
 from clipsearch.errors import CollectionNotFound, UsageError  # noqa: E402
 from clipsearch.model_registry import tiny_files  # noqa: E402
 from clipsearch.objectstore import (  # noqa: E402
     Location,
-    RemoteCollection,
     is_remote,
     open_collection,
     storage_options_from_env,
 )
+from clipsearch.storage import ObjectStorage  # noqa: E402
 
 needs_tiny = pytest.mark.skipif(not tiny_files()[1].is_file(),
                                 reason="clipsearch-tiny weights are not installed")
@@ -105,7 +106,7 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     root = tmp_path / "pics"
     _images(root, 40, seed=3)
 
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     first = col.add([root])
     assert (first.indexed, first.skipped) == (40, [])
     keys = _keys(s3, "photos/")
@@ -123,8 +124,8 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
 
     # A second machine: nothing cached locally, same answers.
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache-b"))
-    other = open_collection(uri, device="cpu")
-    assert isinstance(other, RemoteCollection) and other.path != col.path
+    other = Collection.open(uri, device="cpu")
+    assert isinstance(other.storage, ObjectStorage) and other.path != col.path
     assert [h.id for h in other.search(image=query, k=10)] == [h.id for h in here]
     assert [h.id for h in other.search(text="a red circle", k=10)] == text_hits
     info = other.info()
@@ -156,7 +157,7 @@ def test_lance_ivf_pq_index_serves_remote_search(s3, cache, tmp_path, monkeypatc
     root = tmp_path / "pics"
     _images(root, 300, seed=5)
     monkeypatch.setattr(lance_ann, "LANCE_INDEX_MIN_ROWS", 256)
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     col.add([root], fit_transforms=False)
     assert lance_ann.has_vector_index(col.store)
     assert col.info()["ann"]["type"] == "lance IVF_PQ"
@@ -182,7 +183,7 @@ def test_fit_transforms_is_mirrored_next_to_the_table(s3, cache, tmp_path, monke
     """`fit-transforms` on a remote collection reaches other machines (they pull on open)."""
     uri = f"s3://{BUCKET}/fitted"
     _images(tmp_path / "pics", 12, seed=4)
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     col.add([tmp_path / "pics"], fit_transforms=False)
     assert "fitted/transforms.npz" not in _keys(s3, "fitted/")
     ts = col.fit_transforms(strict=False)
@@ -206,7 +207,7 @@ def test_serve_a_collection_on_s3(s3, cache, tmp_path):
     uri = f"s3://{BUCKET}/served"
     root = tmp_path / "pics"
     _images(root, 12, seed=6)
-    RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu").add([root])
+    Collection.create(uri, model="clipsearch-tiny", device="cpu").add([root])
     port = free_port()
     env = {**os.environ, "CLIPSEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--db", uri, "--port",
