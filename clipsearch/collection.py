@@ -489,10 +489,12 @@ class Collection:
         """One indexing run, for any engine: holds the writer lock, saves the walk options,
         prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
         writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
-        roots = self.run_roots(paths)
+        roots = self.run_roots(paths)  # a usage error stops the run before it waits for anything
         keep_versions()  # a bad retention setting stops the run before it writes anything
         with self._writer_lock():
-            self.reload_meta()  # another process may have changed roots or options since open
+            # another process may have saved other roots or options since this one read them
+            if self.reload_meta() and not paths:
+                roots = self.run_roots(paths)
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
             run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)
             yield run

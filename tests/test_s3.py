@@ -141,6 +141,10 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     assert (again.indexed, again.unchanged, again.removed) == (2, 38, 1)
     assert other.store.count() == 40
     assert col.store.count() == 40  # the first handle sees the other machine's commits
+    other.set_scan_options(exclude=["*.tmp"])  # and, on reload, its metadata
+    assert col.reload_meta() and col.scan_options()["excludes"] == ["*.tmp"]
+    assert col.meta["last_run"]["summary"] == other.meta["last_run"]["summary"]
+    assert not col.reload_meta()
 
     # Delete a folder.
     assert other.remove([root / "s1"]) == 20
