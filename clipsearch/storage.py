@@ -45,6 +45,19 @@ def default_db_dir() -> Path:
     return Path(base) / "clipsearch" / "default"
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`; files a writer replaces meanwhile (its temporary
+    files) are skipped, not an error."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name), follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
 class Storage(ABC):
     """What differs between a collection in a local directory and one on object storage."""
 
@@ -165,8 +178,7 @@ class LocalStorage(Storage):
         return Store(self.cache_dir, dim, meta=model_fields(meta))
 
     def info_fields(self) -> dict[str, Any]:
-        size = sum(f.stat().st_size for f in self.cache_dir.rglob("*") if f.is_file())
-        return {"path": str(self.cache_dir), "disk_bytes": size}
+        return {"path": str(self.cache_dir), "disk_bytes": folder_bytes(self.cache_dir)}
 
 
 class ObjectStorage(Storage):
