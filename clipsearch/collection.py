@@ -261,6 +261,7 @@ class Collection:
         """Open an existing collection (a directory or an object-storage URI). If `model` is
         given it must be the one it was built with."""
         storage = storage_for(path, storage_options)
+        stamp = storage.meta_stamp()  # before reading: a change made meanwhile is seen by reload_meta
         meta, unreadable = storage.read_meta()
         store = storage.existing_store()
         meta, rebuilt = settle_meta(meta, store, storage.uri)
@@ -274,6 +275,7 @@ class Collection:
             _save_rebuilt_meta(storage, meta)
         check_meta(meta, storage.uri, model, checkpoint)
         col = cls(storage, meta, device)
+        col._meta_stamp = storage.meta_stamp() if rebuilt else stamp
         if store is not None and store.dim == int(meta["dim"]):
             col._store = store
         storage.pull(TRANSFORMS_FILE)
@@ -592,6 +594,7 @@ class Collection:
         raws = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
         prefixes = [f for r in raws for f in (r, os.path.realpath(r))]
         with self._writer_lock():
+            self.reload_meta()  # the roots as saved now, not as this handle first read them
             gone = [r for r in self.store.file_states() if any(is_within(r, p) for p in prefixes)]
             n = self.store.delete_sources(gone, thumb_dir=self.thumb_dir)
             self._forget_roots(raws)

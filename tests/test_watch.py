@@ -481,8 +481,9 @@ def test_serve_watch_shows_new_files_without_a_restart(library, tmp_path):
 
 def test_serve_watch_loads_one_encoder(library, monkeypatch):
     """The watcher's runs and the server's queries share one encoder: one model in memory."""
-    from clipsearch.encoders import Encoder
     from clipsearch.ui.server import build_app
+
+    from clipsearch.encoders import Encoder
 
     loads = []
     real_load = Encoder.load.__func__
