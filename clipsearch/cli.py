@@ -443,6 +443,8 @@ def info(db, as_json, verbose):
     click.echo(f"hidden      {'included (--include-hidden)' if scan['include_hidden'] else 'skipped'}")
     click.echo(f"excludes    {', '.join(scan['excludes']) or '-'}  (plus .clipsearchignore files)")
     click.echo(f"disk        {data['disk_bytes'] / 1e6:.1f} MB")
+    if data.get("cache_dir"):  # a collection on object storage: its derived state is kept here
+        click.echo(f"cache       {data['cache_dir']}")
     click.echo(f"ann         {data['ann']['type']} over {data['ann']['rows']} rows")
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
     fit = data.get("transforms_fit")

@@ -95,6 +95,19 @@ def test_uri_helpers():
     assert a.cache_dir != b.cache_dir and a.cache_dir == Location("s3://b/one/", {}).cache_dir
 
 
+def test_storage_is_chosen_by_uri(tmp_path, monkeypatch):
+    from clipsearch.storage import LocalStorage, storage_for
+
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    remote = storage_for("s3://b/photos", {})
+    assert isinstance(remote, ObjectStorage) and remote.remote and remote.uri == "s3://b/photos"
+    assert remote.cache_dir.is_relative_to(tmp_path / "cache")
+    local = storage_for(tmp_path / "db")
+    assert isinstance(local, LocalStorage) and not local.remote
+    assert local.cache_dir == tmp_path / "db" and local.uri == str(tmp_path / "db")
+    assert storage_for(local) is local
+
+
 def test_missing_remote_collection_is_a_clear_error(s3, cache):
     with pytest.raises(CollectionNotFound, match="no collection at s3://"):
         open_collection(f"s3://{BUCKET}/nothing-here")
@@ -110,7 +123,7 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     first = col.add([root])
     assert (first.indexed, first.skipped) == (40, [])
     keys = _keys(s3, "photos/")
-    assert "photos/clipsearch.json" in keys
+    assert "photos/clipsearch.json" in keys and "photos/skipped.log" in keys  # mirrored
     assert any(k.startswith("photos/items.lance/") for k in keys)
     assert not any((cache / "remote").rglob("*.lance"))  # the table is not on local disk
     meta = json.loads(s3.get_object(Bucket=BUCKET, Key="photos/clipsearch.json")["Body"].read())
@@ -130,6 +143,7 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     assert [h.id for h in other.search(text="a red circle", k=10)] == text_hits
     info = other.info()
     assert info["path"] == uri and info["items"] == 40 and info["disk_bytes"] > 0
+    assert info["cache_dir"] == str(other.path) and not other.path.is_relative_to(col.path)
 
     # Incremental: one changed, one new, one deleted.
     files = sorted((root / "s0").iterdir())
