@@ -166,16 +166,15 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         from clipsearch.gpu_decode import check_mode
 
         check_mode(decode, pick_device(device))
-    from clipsearch.collection import resolve_roots
-    from clipsearch.objectstore import collection_exists, open_collection, open_or_create
+    from clipsearch.collection import Collection, resolve_roots
 
     db = db or _db_default()
     if paths:
-        if not collection_exists(db):  # a typo must not leave an empty collection behind
+        if not Collection.exists(db):  # a typo must not leave an empty collection behind
             resolve_roots(paths)
-        col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     else:  # re-index the saved roots of an existing collection
-        col = open_collection(db, device=device, model=model, checkpoint=checkpoint)
+        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint)
     options = {"fps": fps} if fps else {}
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
             "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
@@ -256,8 +255,7 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
     import signal
     import threading
 
-    from clipsearch.collection import resolve_roots
-    from clipsearch.objectstore import collection_exists, open_collection, open_or_create
+    from clipsearch.collection import Collection, resolve_roots
     from clipsearch.watch import Watcher
 
     if max_wait < quiet_seconds:
@@ -265,11 +263,11 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
                          hint="give --max-wait at least as long as --quiet-seconds")
     db = db or _db_default()
     if paths:
-        if not collection_exists(db):
+        if not Collection.exists(db):
             resolve_roots(paths)
-        col = open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
     else:
-        col = open_collection(db, device=device, model=model, checkpoint=checkpoint)
+        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint)
     interrupted: list[bool] = []
 
     def on_run(report) -> None:
@@ -308,9 +306,9 @@ def remove(paths, db, verbose):
     `index` of that folder: --exclude it or list it in a .clipsearchignore to keep it out.
     """
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
 
-    col = open_collection(db or _db_default(), device="cpu")
+    col = Collection.open(db or _db_default(), device="cpu")
     before = set(col.roots)
     n = col.remove(list(paths))
     dropped = sorted(before - set(col.roots))
@@ -358,11 +356,11 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
     clipsearch search "cat" --where "width >= 4000 AND lens IS NOT NULL"
     """
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
 
     if query is None and image is None:
         raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
-    col = open_collection(db or _db_default(), device=device)
+    col = Collection.open(db or _db_default(), device=device)
     if moments:
         kind = "moment"
     hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
@@ -424,9 +422,9 @@ def browse(db, order, kind, k, offset, under, as_json, verbose):
     to have fitted whitening); the score printed is ||w||^2, higher is more atypical.
     """
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
 
-    col = open_collection(db or _db_default(), device="cpu")
+    col = Collection.open(db or _db_default(), device="cpu")
     hits = col.browse(order=order, kind=kind, k=k, offset=offset, under=under)
     _echo_hits(col, hits, as_json, score_format="9.2f")
 
@@ -446,10 +444,10 @@ def _ts(t: float | None) -> str:
 def info(db, as_json, verbose):
     """What is indexed: model, items, sources, kinds, size on disk."""
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
     from clipsearch.watch import describe_state, watch_state
 
-    col = open_collection(db or _db_default(), device="cpu")
+    col = Collection.open(db or _db_default(), device="cpu")
     data = col.info()
     data["watch"] = watch_state(col.path)
     if as_json:
@@ -469,6 +467,8 @@ def info(db, as_json, verbose):
     click.echo(f"hidden      {'included (--include-hidden)' if scan['include_hidden'] else 'skipped'}")
     click.echo(f"excludes    {', '.join(scan['excludes']) or '-'}  (plus .clipsearchignore files)")
     click.echo(f"disk        {data['disk_bytes'] / 1e6:.1f} MB")
+    if data.get("cache_dir"):  # a collection on object storage: its derived state is kept here
+        click.echo(f"cache       {data['cache_dir']}")
     click.echo(f"ann         {data['ann']['type']} over {data['ann']['rows']} rows")
     click.echo(f"transforms  {data['transforms'] or 'none fitted'}")
     fit = data.get("transforms_fit")
@@ -526,9 +526,9 @@ def fit_transforms(db, text_source, verbose):
     Nothing is saved unless some transform could be fitted; a failed fit keeps the old one.
     """
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
 
-    col = open_collection(db or _db_default())
+    col = Collection.open(db or _db_default())
     ts = col.fit_transforms(strict=False, text_source=text_source)  # saves nothing on failure
     click.echo(f"fitted: {ts.describe()}")
 
@@ -544,9 +544,9 @@ def optimize(db, transforms, verbose):
     be reading). Index runs do this when it is worth it; this does it now.
     """
     _setup_logging(verbose)
-    from clipsearch.objectstore import open_collection
+    from clipsearch.collection import Collection
 
-    col = open_collection(db or _db_default(), device="cpu")
+    col = Collection.open(db or _db_default(), device="cpu")
     click.echo(col.optimize(transforms=transforms).line())
 
 
@@ -583,9 +583,9 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
 
     db = db or _db_default()
     if watch:
-        from clipsearch.objectstore import open_collection
+        from clipsearch.collection import Collection
 
-        if not open_collection(db, device="cpu").roots:
+        if not Collection.open(db, device="cpu").roots:
             raise UsageError(f"--watch: the collection at {db} has no indexed folders to watch",
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,

@@ -1,7 +1,9 @@
-"""`Collection`: the public entry point. A directory holding a LanceDB table, its metadata,
-the FAISS accelerator, fitted transforms and thumbnails.
+"""`Collection`: the public entry point. A LanceDB table and its metadata (in a local directory
+or on object storage, see `clipsearch.storage`), with its derived state: the FAISS accelerator,
+fitted transforms and thumbnails.
 
     col = Collection.open("db")            # or Collection.create("db", model="clipsearch-tiny")
+    col = Collection.open("s3://bucket/photos")
     col.add(["~/Pictures"])
     hits = col.search(text="a red car", k=10)
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -33,11 +34,20 @@ from clipsearch.errors import (
 )
 from clipsearch.failures import storage_errors
 from clipsearch.filters import Filters
-from clipsearch.fsutil import is_within, write_atomic
+from clipsearch.fsutil import is_within
 from clipsearch.indexers.scanner import ScanRules
 from clipsearch.maintainer import REFRESH_MARKER, Maintainer, OptimizeSummary, keep_versions
 from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
+from clipsearch.storage import (
+    META_FILE,
+    SKIP_LOG,
+    TRANSFORMS_FILE,
+    LocalStorage,
+    Storage,
+    default_db_dir,
+    storage_for,
+)
 
 if TYPE_CHECKING:
     from clipsearch.encoders import Encoder
@@ -52,20 +62,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-META_FILE = "clipsearch.json"
+Where = str | os.PathLike[str] | Storage | None  # a directory, an object-storage URI, or its storage
+
 SCHEMA_VERSION = 1
-SKIP_LOG = "skipped.log"
 MODEL_FIELDS = ("schema_version", "model", "model_name", "model_id", "dim")  # what the table records
-__all__ = ["REFRESH_MARKER", "Collection", "Hit", "IndexRun"]
-
-
-def default_db_dir() -> Path:
-    """$CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/default (~/.local/share/clipsearch/default)."""
-    env = os.environ.get("CLIPSEARCH_DB")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "clipsearch" / "default"
+__all__ = ["META_FILE", "REFRESH_MARKER", "SKIP_LOG", "Collection", "Hit", "IndexRun", "default_db_dir"]
 
 
 def resolve_roots(paths: Sequence[str | os.PathLike[str]], known: Sequence[str] = ()) -> list[bytes]:
@@ -117,11 +118,6 @@ def _check_pattern(pattern: str) -> None:
     except (ValueError, TypeError) as e:
         raise UsageError(f"--exclude {pattern!r}: not a valid pattern ({e})",
                          hint="use gitignore syntax, e.g. '*.tmp', 'node_modules/', '/raw'") from e
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with storage_errors(str(path)):
-        write_atomic(path, json.dumps(data, indent=2))
 
 
 def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
@@ -186,18 +182,12 @@ def new_meta(encoder: Encoder) -> dict[str, Any]:
             "created": time.time(), "roots": []}
 
 
-def _existing_store(p: Path) -> Store | None:
-    from clipsearch.store import Store
-
-    return Store.open_existing(os.path.abspath(p))
-
-
-def _save_rebuilt_meta(path: Path, meta: dict[str, Any]) -> None:
+def _save_rebuilt_meta(storage: Storage, meta: dict[str, Any]) -> None:
     """Write a rebuilt clipsearch.json; a reader on read-only storage goes on without it."""
     try:
-        _write_json_atomic(path, meta)
+        storage.write_meta(meta)
     except ClipsearchError as e:
-        log.warning("could not write the rebuilt %s: %s", path, e)
+        log.warning("could not write the rebuilt %s: %s", storage.meta_where, e)
 
 
 class IndexRun:
@@ -225,14 +215,21 @@ class IndexRun:
 
 
 class Collection:
-    """A searchable collection on disk. Cheap to open; the model loads on first use."""
+    """A searchable collection, in a local directory or on object storage (`storage`). Cheap to
+    open; the model loads on first use. `path` is the local directory of its derived state
+    (the collection directory itself, for a local one); `uri` is where its table lives."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], device: str | None = "auto") -> None:
-        self.path = Path(os.path.abspath(path))
+    def __init__(self, storage: Storage | str | os.PathLike[str], meta: dict[str, Any],
+                 device: str | None = "auto") -> None:
+        self.storage = storage if isinstance(storage, Storage) else LocalStorage(storage)
+        self.path = self.storage.cache_dir
+        self.uri = self.storage.uri
         self.meta = meta
+        self._meta_stamp = self.storage.meta_stamp()
         self.device = device
         self.spec = ModelSpec.from_dict(meta["model"])
         self._encoder: Encoder | None = None
+        self._encoder_of: Collection | None = None  # a collection whose encoder this one shares
         self._store: Store | None = None
         self._searcher: Searcher | None = None
         self._maintainer: Maintainer | None = None
@@ -240,69 +237,89 @@ class Collection:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
+    def create(cls, path: Where = None, model: str | None = None,
                checkpoint: str | None = None, device: str | None = "auto",
-               pooling: str = "mean") -> Collection:
-        """Create a collection for `model` (loads it first, so a bad model leaves nothing behind)."""
+               pooling: str = "mean", storage_options: dict[str, str] | None = None) -> Collection:
+        """Create a collection for `model` in a directory or at an object-storage URI (loads the
+        model first, so a bad model leaves nothing behind)."""
         from clipsearch.encoders import Encoder
 
-        p = Path(path).expanduser() if path else default_db_dir()
-        if cls.exists(p):
-            raise UsageError(f"a collection already exists at {p}", hint="use Collection.open")
+        storage = storage_for(path, storage_options)
+        if storage.holds_collection():
+            raise UsageError(f"a collection already exists at {storage.uri}", hint="use Collection.open")
         encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
-        with storage_errors(str(p)):
-            p.mkdir(parents=True, exist_ok=True)
+        storage.prepare()
         meta = new_meta(encoder)
-        settle_meta(None, _existing_store(p), str(p))  # an old table that records nothing: refused
-        _write_json_atomic(p / META_FILE, meta)
-        col = cls(p, meta, device)
+        settle_meta(None, storage.existing_store(), storage.uri)  # an old table that records nothing: refused
+        storage.write_meta(meta)
+        col = cls(storage, meta, device)
         col._encoder = encoder
         return col
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, device: str | None = "auto",
-             model: str | None = None, checkpoint: str | None = None) -> Collection:
-        """Open an existing collection. If `model` is given it must be the one it was built with."""
-        p = Path(path).expanduser() if path else default_db_dir()
-        meta_path = p / META_FILE
-        meta, unreadable = None, None
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError) as e:
-                unreadable = e
-        store = _existing_store(p)
-        meta, rebuilt = settle_meta(meta, store, os.path.abspath(p))
+    def open(cls, path: Where = None, device: str | None = "auto",
+             model: str | None = None, checkpoint: str | None = None,
+             storage_options: dict[str, str] | None = None) -> Collection:
+        """Open an existing collection (a directory or an object-storage URI). If `model` is
+        given it must be the one it was built with."""
+        storage = storage_for(path, storage_options)
+        stamp = storage.meta_stamp()  # before reading: a change made meanwhile is seen by reload_meta
+        meta, unreadable = storage.read_meta()
+        store = storage.existing_store()
+        meta, rebuilt = settle_meta(meta, store, storage.uri)
         if meta is None and unreadable is not None:
-            raise ClipsearchError(f"{meta_path} is unreadable: {unreadable}",
-                                  hint="restore it from a backup, or re-index into a new --db")
+            raise unreadable
         if meta is None:
-            raise CollectionNotFound(f"no collection at {p}",
-                                     hint="create one with `clipsearch index PATH --db DIR`")
+            raise CollectionNotFound(f"no collection at {storage.uri}",
+                                     hint="create one with `clipsearch index PATH --db "
+                                          f"{'URI' if storage.remote else 'DIR'}`")
         if rebuilt:
-            _save_rebuilt_meta(meta_path, meta)
-        check_meta(meta, str(p), model, checkpoint)
-        col = cls(p, meta, device)
+            _save_rebuilt_meta(storage, meta)
+        check_meta(meta, storage.uri, model, checkpoint)
+        col = cls(storage, meta, device)
+        col._meta_stamp = storage.meta_stamp() if rebuilt else stamp
         if store is not None and store.dim == int(meta["dim"]):
             col._store = store
+        storage.pull(TRANSFORMS_FILE)
         return col
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
-                       checkpoint: str | None = None, device: str | None = "auto") -> Collection:
-        p = Path(path).expanduser() if path else default_db_dir()
-        if cls.exists(p):
-            return cls.open(p, device=device, model=model, checkpoint=checkpoint)
-        return cls.create(p, model=model, checkpoint=checkpoint, device=device)
+    def open_or_create(cls, path: Where = None, model: str | None = None,
+                       checkpoint: str | None = None, device: str | None = "auto",
+                       storage_options: dict[str, str] | None = None) -> Collection:
+        storage = storage_for(path, storage_options)
+        if storage.holds_collection():
+            return cls.open(storage, device=device, model=model, checkpoint=checkpoint)
+        return cls.create(storage, model=model, checkpoint=checkpoint, device=device)
 
     @staticmethod
-    def exists(path: str | os.PathLike[str] | None = None) -> bool:
+    def exists(path: Where = None,
+               storage_options: dict[str, str] | None = None) -> bool:
         """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
-        p = Path(path).expanduser() if path else default_db_dir()
-        if (p / META_FILE).is_file():
-            return True
-        store = _existing_store(p)
-        return store is not None and store.recorded_meta() is not None
+        return storage_for(path, storage_options).holds_collection()
+
+    def reload_meta(self) -> bool:
+        """Pick up a clipsearch.json another process replaced (new roots, scan options, last
+        run), for a long-lived reader such as the HTTP server; returns whether it changed.
+
+        One stat (one HEAD request on object storage) when nothing changed. The new metadata
+        replaces the old in one assignment, so a concurrent reader sees one or the other whole.
+        Metadata that is unreadable, damaged or names another model is not taken (logged): that
+        collection must be reopened."""
+        stamp = self.storage.meta_stamp()
+        if stamp is None or stamp == self._meta_stamp:
+            return False
+        meta, unreadable = self.storage.read_meta()
+        problem = str(unreadable) if unreadable is not None else meta_problem(meta)
+        if problem is None and meta is not None and model_fields(meta) != model_fields(self.meta):
+            problem = f"it now names the model {meta.get('model_name')}, not {self.meta.get('model_name')}"
+        if problem is not None or meta is None:
+            log.warning("%s changed but is not taken: %s; reopen the collection",
+                        self.storage.meta_where, problem)
+            return False
+        self.storage.pull(TRANSFORMS_FILE)
+        self.meta, self._meta_stamp = meta, stamp
+        return True
 
     # ---- parts, loaded lazily ----------------------------------------------------------------
     @property
@@ -314,9 +331,21 @@ class Collection:
         assert self._encoder is not None
         return self._encoder
 
+    def share_encoder(self, other: Collection) -> None:
+        """Use `other`'s encoder (loaded when either needs it) instead of loading a second one:
+        `serve --watch` indexes through one Collection and queries through another, same model."""
+        if model_fields(other.meta) != model_fields(self.meta):
+            raise ModelMismatch(f"{other.uri} was built with {other.meta['model_name']}, "
+                                f"{self.uri} with {self.meta['model_name']}",
+                                hint="only collections of one model can share an encoder")
+        self._encoder_of = other
+
     def _load_encoder(self) -> None:
         from clipsearch.encoders import Encoder
 
+        if self._encoder_of is not None:
+            self._encoder = self._encoder_of.encoder
+            return
         self._encoder = Encoder.load(self.spec, device=self.device)
         if self._encoder.model_id != self.meta["model_id"]:
             raise ModelMismatch(f"the weights of {self.meta['model_name']} changed since the "
@@ -333,21 +362,14 @@ class Collection:
         return self._store
 
     def _open_store(self) -> None:
-        from clipsearch.errors import StorageError
-        from clipsearch.store import TABLE, Store
-
-        if "last_run" in self.meta and not (self.path / f"{TABLE}.lance").is_dir():
-            raise StorageError(f"the collection's table {self.path / TABLE}.lance is missing",
-                               hint="restore the collection folder from a backup, or re-index "
-                                    "into a new --db")
-        self._store = Store(self.path, int(self.meta["dim"]), meta=model_fields(self.meta))
+        self._store = self.storage.store(int(self.meta["dim"]), self.meta)
 
     @property
     def searcher(self) -> Searcher:
         if self._searcher is None:
             with self._parts_lock:
                 if self._searcher is None:
-                    self._searcher = Searcher(self)
+                    self._searcher = self.storage.searcher(self)
         return self._searcher
 
     @property
@@ -471,9 +493,12 @@ class Collection:
         """One indexing run, for any engine: holds the writer lock, saves the walk options,
         prepares thumbnails and the indexers' context; on a clean exit with `run.report` set,
         writes the skip log and refreshes the derived state (see `IndexRun.finish`)."""
-        roots = self.run_roots(paths)
+        roots = self.run_roots(paths)  # a usage error stops the run before it waits for anything
         keep_versions()  # a bad retention setting stops the run before it writes anything
         with self._writer_lock():
+            # another process may have saved other roots or options since this one read them
+            if self.reload_meta() and not paths:
+                roots = self.run_roots(paths)
             self.set_scan_options(follow_symlinks, include_hidden, exclude, clear_excludes)
             run = IndexRun(self, roots, self._begin_run(roots, max_pixels, options), fit_transforms)
             yield run
@@ -512,8 +537,9 @@ class Collection:
             self.maintainer.after_run(report, fit_transforms)
 
     def save_meta(self) -> None:
-        """Persist `self.meta` (a remote collection writes it next to its table instead)."""
-        _write_json_atomic(self.path / META_FILE, self.meta)
+        """Persist `self.meta` where the table is (`storage.write_meta`)."""
+        self.storage.write_meta(self.meta)
+        self._meta_stamp = self.storage.meta_stamp()
 
     def _remember_roots(self, roots: list[bytes]) -> None:
         """Save roots by real path; a file root stays a file (it admits no siblings)."""
@@ -539,7 +565,9 @@ class Collection:
                   for root, reason in report.vanished]
         lines += [f"{path}\tnote: {note}" for path, note in report.notes]
         with storage_errors(str(self.path / SKIP_LOG)):
+            self.path.mkdir(parents=True, exist_ok=True)
             (self.path / SKIP_LOG).write_text("\n".join(lines) + "\n")
+        self.storage.mirror(SKIP_LOG)  # other machines read it next to the table
         self.meta["last_run"] = {"summary": report.summary(), "skipped": len(report.skipped),
                                  "time": time.time()}
         self.save_meta()
@@ -557,15 +585,12 @@ class Collection:
         with self._writer_lock():
             return self.maintainer.optimize(transforms=transforms)
 
-    def fit_transforms(self, strict: bool = False, text_source: str = "builtin") -> TransformSet:
+    def fit_transforms(self, strict: bool = False, text_source: str = "builtin",
+                       reason: str = "on demand") -> TransformSet:
         """Refit whitening + centering now, on a bounded sample (`Maintainer.fit_transforms`),
         under the writer lock. Nothing is saved when nothing could be fitted."""
         with self._writer_lock():
-            return self.maintainer.fit_transforms(strict=strict, text_source=text_source)
-
-    def push_transforms(self) -> None:
-        """Freshly fitted transforms are already where readers look: nothing to mirror here
-        (a remote collection copies them next to its table)."""
+            return self.maintainer.fit_transforms(strict=strict, text_source=text_source, reason=reason)
 
     def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
         """Forget these files (and everything under these folders), and drop them from the saved
@@ -576,6 +601,7 @@ class Collection:
         raws = [os.fsencode(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
         prefixes = [f for r in raws for f in (r, os.path.realpath(r))]
         with self._writer_lock():
+            self.reload_meta()  # the roots as saved now, not as this handle first read them
             gone = [r for r in self.store.file_states() if any(is_within(r, p) for p in prefixes)]
             n = self.store.delete_sources(gone, thumb_dir=self.thumb_dir)
             self._forget_roots(raws)
@@ -659,7 +685,6 @@ class Collection:
         kinds: dict[str, int] = {}
         for kd in t.column("kind").to_pylist():
             kinds[kd] = kinds.get(kd, 0) + 1
-        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return {
             "path": str(self.path),
             "items": t.num_rows,
@@ -670,7 +695,7 @@ class Collection:
             "dim": int(self.meta["dim"]),
             "roots": self.roots,
             "scan": self.scan_options(),
-            "disk_bytes": size,
+            "disk_bytes": 0,
             "table_version": store.version,
             "table": self.maintainer.table_stats().to_dict(),
             "ann": self.searcher.ann_description(),
@@ -678,4 +703,5 @@ class Collection:
             "transforms_fit": self.searcher.transforms_fit(),
             "last_run": self.meta.get("last_run", {}).get("summary"),
             "taken": store.file_summary(),
+            **self.storage.info_fields(),  # path, disk bytes (and a remote one's cache dir)
         }

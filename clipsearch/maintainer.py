@@ -7,9 +7,14 @@ factor), and it removes table versions superseded longer ago than a retention. I
 the writer lock, which the `Collection` holds; the query engine (`search.Searcher`) only
 reads what it leaves.
 
-The video catalog has no saved state: each long-lived reader builds it in memory from a
-pinned table version (it holds row offsets, which any commit or compaction moves), so there
-is nothing here to maintain for it.
+Every derived file it writes goes through `col.storage.mirror` as well, so a collection on
+object storage has its transforms and skip log next to the table (a local one: already there).
+
+The video catalog stays a reader cache, on purpose: it is the row offsets of the frames of one
+pinned table version, which every commit, deletion and compaction moves, so a saved copy would
+be stale after the very run that wrote it; rebuilding it is one scan of three narrow columns,
+done by a long-lived reader on its second video query at a version (`Searcher.video_catalog`),
+and never by a one-shot query or by the writer.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from clipsearch.errors import TransformError, UsageError
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import write_atomic
 from clipsearch.search import IMAGE_LIKE
+from clipsearch.storage import TRANSFORMS_FILE
 from clipsearch.store import sql_in
 
 if TYPE_CHECKING:
@@ -261,16 +267,17 @@ class Maintainer:
                 log.info("transforms not fitted: %s", e)
         if problem:  # damaged and not refittable now: remove it rather than report it every run
             log.warning("%s; removing it", problem)
-            (self.col.path / "transforms.npz").unlink(missing_ok=True)
+            (self.col.path / TRANSFORMS_FILE).unlink(missing_ok=True)
 
     def fit_transforms(self, strict: bool = True, text_source: str = "builtin", embed_text: bool = True,
-                       reason: str = "on demand") -> TransformSet:
+                       reason: str = "on demand", save: bool = True) -> TransformSet:
         """Fit whitening + centering on a sample of the image-like vectors and save them.
 
         At most `TRANSFORM_SAMPLE_ROWS` rows, float32, vector column only. The fit records
         `reason`, the rows it stood for and the sample size (`params["fit"]`), for `info` and
         the next refit decision. All or nothing: written (atomically) only if at least one
-        transform came out of it; otherwise `TransformError` and the saved ones stay.
+        transform came out of it; otherwise `TransformError` and the saved ones stay. Without
+        `save` nothing is written (a reader that could not take the writer lock).
         `text_source="collection"` with too few document chunks falls back to the built-in
         captions (logged). With `embed_text=False` (the automatic fit) the text mean is fitted
         only if the caption embeddings are already cached; otherwise on first use of --center.
@@ -290,7 +297,7 @@ class Maintainer:
         if texts is None:
             text_source = "builtin"
             cached = (self.col.path / BUILTIN_TEXT_CACHE).exists()
-            texts = self.builtin_text_vectors() if (embed_text or cached) else None
+            texts = self.builtin_text_vectors(save=save) if (embed_text or cached) else None
         ts = TransformSet.fit(vecs, texts, model_id=self.col.meta["model_id"], dim=int(self.col.meta["dim"]),
                               text_source=text_source, strict=strict)
         if note and "center" in ts.params:
@@ -299,11 +306,12 @@ class Maintainer:
             raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
                                  hint="index more items, then run fit-transforms again")
         ts.params["fit"] = {"reason": reason, "rows": rows, "sample": int(len(vecs)), "time": time.time()}
-        ts.save(self.col.path)
-        self.col.push_transforms()
+        if save:
+            ts.save(self.col.path)
+            self.col.storage.mirror(TRANSFORMS_FILE)
         return ts
 
-    def builtin_text_vectors(self) -> np.ndarray:
+    def builtin_text_vectors(self, save: bool = True) -> np.ndarray:
         """Embeddings of the built-in captions, cached in the collection (same model forever)."""
         import io
 
@@ -318,6 +326,8 @@ class Maintainer:
             except Exception as e:  # truncated or garbage: embed the captions again
                 log.warning("%s is unreadable (%s); embedding the captions again", cache, e)
         vecs = embed_builtin_captions(self.col.encoder).astype(np.float32)
+        if not save:
+            return vecs
         buf = io.BytesIO()
         np.save(buf, vecs)
         write_atomic(cache, buf.getvalue())

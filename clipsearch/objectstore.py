@@ -1,13 +1,14 @@
-"""Collections on object storage (`s3://bucket/prefix`, `gs://…`, `az://…`).
+"""Object-storage locations (`s3://bucket/prefix`, `gs://…`, `az://…`) for collections.
 
 A remote collection keeps its system of record where LanceDB can write it: the `items` Lance
 table and `clipsearch.json` live under the URI, so any machine that can read the bucket can
 search it. What is *derived* (the FAISS cache, thumbnails, the skip log) stays on the local
 disk, in a cache directory keyed by the URI, and is rebuilt from the table when stale, exactly
 as a local collection's is. Fitted transforms are small and costly to refit, so they are
-mirrored next to the table.
+mirrored next to the table. `clipsearch.storage.ObjectStorage` is the storage strategy a
+`Collection` uses there; this module is its small-file I/O (`Location`) and configuration.
 
-    col = open_or_create("s3://bucket/photos", model="clipsearch-tiny")
+    col = Collection.open_or_create("s3://bucket/photos", model="clipsearch-tiny")
     col.add(["/mnt/shared/photos"])            # or clipsearch.engines.ray_engine.index_with_ray
     col.search(text="a red circle")
 
@@ -24,27 +25,19 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from clipsearch.collection import (
-    META_FILE,
-    SKIP_LOG,
-    Collection,
-    check_meta,
-    model_fields,
-    new_meta,
-    settle_meta,
-)
-from clipsearch.errors import ClipsearchError, CollectionNotFound, UsageError
+from clipsearch.errors import ClipsearchError, UsageError
 from clipsearch.failures import storage_errors
-from clipsearch.fsutil import write_atomic
-from clipsearch.model_registry import resolve
+
+if TYPE_CHECKING:
+    from clipsearch.collection import Collection
 
 log = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs")
-TRANSFORMS_FILE = "transforms.npz"
+META_FILE = "clipsearch.json"
 
 
 def is_remote(db: str | os.PathLike | None) -> bool:
@@ -151,6 +144,18 @@ class Location:
             fs, _ = self._fs_root()
             return fs.get_file_info(self._key(name)).type == pafs.FileType.File
 
+    def stamp(self, name: str) -> tuple[Any, int] | None:
+        """(modification time, size) of the object, or None if it does not exist: one HEAD
+        request, so a reader can tell a replaced object without downloading it."""
+        import pyarrow.fs as pafs
+
+        with storage_errors(self.uri):
+            fs, _ = self._fs_root()
+            info = fs.get_file_info(self._key(name))
+        if info.type != pafs.FileType.File:
+            return None
+        return (info.mtime_ns, int(info.size or 0))
+
     def read_bytes(self, name: str) -> bytes | None:
         """The object's bytes, or None if it does not exist."""
         fs, _ = self._fs_root()
@@ -187,19 +192,6 @@ class Location:
             raise ClipsearchError(f"{self.uri}/{name} is unreadable: {e}",
                                   hint="restore it from a backup, or re-index into a new --db") from e
 
-    def store(self):
-        """The collection's table here, if there is one (see `Store.open_existing`)."""
-        from clipsearch.store import Store
-
-        return Store.open_existing(self.uri, self.storage_options or None)
-
-    def holds_collection(self) -> bool:
-        """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
-        if self.exists(META_FILE):
-            return True
-        store = self.store()
-        return store is not None and store.recorded_meta() is not None
-
     def write_json(self, data: dict, name: str = META_FILE) -> None:
         self.write_bytes(name, json.dumps(data, indent=2).encode())
 
@@ -213,141 +205,24 @@ class Location:
         return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
 
 
-class RemoteCollection(Collection):
-    """A `Collection` whose table and metadata live on object storage.
-
-    `path` is the local cache directory (derived state only); `uri` is the collection. The
-    writer lock is per machine: Lance's commit protocol rejects or rebases conflicting
-    commits from two machines, but run one indexer per collection all the same.
-    """
-
-    def __init__(self, location: Location, meta: dict, device: str | None = "auto") -> None:
-        super().__init__(location.cache_dir, meta, device)
-        self.location = location
-        self.uri = location.uri
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-    @classmethod
-    def create(cls, uri: str, model: str | None = None, checkpoint: str | None = None,  # type: ignore[override]
-               device: str | None = "auto", pooling: str = "mean",
-               storage_options: dict[str, str] | None = None) -> RemoteCollection:
-        """Create a collection at `uri` (loads the model first, so a bad model writes nothing)."""
-        from clipsearch.encoders import Encoder
-
-        loc = Location(uri, storage_options)
-        if loc.holds_collection():
-            raise UsageError(f"a collection already exists at {loc.uri}", hint="open it instead")
-        encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
-        meta = new_meta(encoder)
-        settle_meta(None, loc.store(), loc.uri)  # an old table that records nothing: refused
-        loc.write_json(meta)
-        col = cls(loc, meta, device)
-        col._encoder = encoder
-        return col
-
-    @classmethod
-    def open(cls, uri: str, device: str | None = "auto", model: str | None = None,  # type: ignore[override]
-             checkpoint: str | None = None,
-             storage_options: dict[str, str] | None = None) -> RemoteCollection:
-        """Open the collection at `uri`; `model`, if given, must be the one it was built with."""
-        loc = Location(uri, storage_options)
-        store = loc.store()
-        meta = loc.read_json(missing_if_unreadable=store is not None and store.recorded_meta() is not None)
-        meta, rebuilt = settle_meta(meta, store, loc.uri)
-        if meta is None:
-            raise CollectionNotFound(f"no collection at {loc.uri}",
-                                     hint="create one with `clipsearch index PATH --db URI`")
-        if rebuilt:
-            try:
-                loc.write_json(meta)
-            except ClipsearchError as e:
-                log.warning("could not write the rebuilt %s/%s: %s", loc.uri, META_FILE, e)
-        check_meta(meta, loc.uri, model, checkpoint)
-        col = cls(loc, meta, device)
-        if store is not None and store.dim == int(meta["dim"]):
-            col._store = store
-        col._pull_transforms()
-        return col
-
-    @classmethod
-    def open_or_create(cls, uri: str, model: str | None = None,  # type: ignore[override]
-                       checkpoint: str | None = None, device: str | None = "auto",
-                       storage_options: dict[str, str] | None = None) -> RemoteCollection:
-        if Location(uri, storage_options).holds_collection():
-            return cls.open(uri, device=device, model=model, checkpoint=checkpoint,
-                            storage_options=storage_options)
-        return cls.create(uri, model=model, checkpoint=checkpoint, device=device,
-                          storage_options=storage_options)
-
-    # ---- parts -------------------------------------------------------------------------------
-    @property
-    def store(self):
-        if self._store is None:
-            from clipsearch.store import Store
-
-            self._store = Store(self.uri, int(self.meta["dim"]),
-                                storage_options=self.location.storage_options or None,
-                                meta=model_fields(self.meta))
-        return self._store
-
-    @property
-    def searcher(self):
-        if self._searcher is None:
-            from clipsearch.engines.lance_ann import RemoteSearcher
-
-            self._searcher = RemoteSearcher(self)
-        return self._searcher
-
-    # ---- metadata and derived state ----------------------------------------------------------
-    def save_meta(self) -> None:
-        self.location.write_json(self.meta)
-
-    def _write_skip_log(self, report) -> None:
-        """The local skip log, mirrored next to the table so other machines can read it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        super()._write_skip_log(report)
-        self.location.write_bytes(SKIP_LOG, (self.path / SKIP_LOG).read_bytes())
-
-    def push_transforms(self) -> None:
-        """Mirror freshly fitted transforms next to the table (the maintainer calls this after
-        every successful fit: after an index run and after `fit-transforms`)."""
-        local = self.path / TRANSFORMS_FILE
-        if local.is_file():
-            self.location.write_bytes(TRANSFORMS_FILE, local.read_bytes())
-
-    def _pull_transforms(self) -> None:
-        data = self.location.read_bytes(TRANSFORMS_FILE)
-        local = self.path / TRANSFORMS_FILE
-        if data is None or (local.is_file() and local.read_bytes() == data):
-            return
-        with storage_errors(str(self.path)):
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_atomic(local, data)
-
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(path=self.uri, cache_dir=str(self.path), disk_bytes=self.location.total_bytes())
-        return out
-
-
 def open_collection(db: str | os.PathLike | None = None, device: str | None = "auto",
                     model: str | None = None, checkpoint: str | None = None) -> Collection:
-    """`Collection.open` for a local directory or an object-storage URI (what the CLI calls)."""
-    if is_remote(db):
-        return RemoteCollection.open(str(db), device=device, model=model, checkpoint=checkpoint)
+    """`Collection.open` (kept for callers of this module: it takes a directory or a URI)."""
+    from clipsearch.collection import Collection
+
     return Collection.open(db, device=device, model=model, checkpoint=checkpoint)
 
 
 def collection_exists(db: str | os.PathLike | None = None) -> bool:
-    """`Collection.exists` for a local directory or an object-storage URI."""
-    if is_remote(db):
-        return Location(str(db)).holds_collection()
+    """`Collection.exists` (kept for callers of this module)."""
+    from clipsearch.collection import Collection
+
     return Collection.exists(db)
 
 
 def open_or_create(db: str | os.PathLike | None = None, model: str | None = None,
                    checkpoint: str | None = None, device: str | None = "auto") -> Collection:
-    """`Collection.open_or_create` for a local directory or an object-storage URI."""
-    if is_remote(db):
-        return RemoteCollection.open_or_create(str(db), model=model, checkpoint=checkpoint, device=device)
+    """`Collection.open_or_create` (kept for callers of this module)."""
+    from clipsearch.collection import Collection
+
     return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)

@@ -227,6 +227,19 @@ class Searcher:
                 self._transformed.clear()
             return self._transforms
 
+    def _fit_text_mean(self) -> None:
+        """The text mean --center needs, fitted once per collection by the maintainer under the
+        writer lock; while another process writes, fitted for this process only (nothing saved)."""
+        from clipsearch.errors import WriterBusy
+
+        log.warning("fitting the text mean for --center (once per collection)...")
+        try:
+            self.col.fit_transforms(strict=False, reason="text mean for --center")
+        except WriterBusy:
+            ts = self.col.maintainer.fit_transforms(strict=False, reason="text mean for --center",
+                                                    save=False)
+            self._transforms, self._transformed = ts, {}
+
     def transforms_description(self) -> str | None:
         try:
             return self.transforms().describe()
@@ -334,8 +347,7 @@ class Searcher:
             if center and modality != "image" and ts.text_mean is None and ts.image_mean is not None:
                 with self._lock:  # concurrent --center queries: one fits, the others then reuse it
                     if self.transforms().text_mean is None:
-                        log.warning("fitting the text mean for --center (once per collection)...")
-                        self.col.maintainer.fit_transforms(strict=False, reason="text mean for --center")
+                        self._fit_text_mean()
                     ts = self.transforms()
             qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
                                 whiten=whiten, center=center)[0]

@@ -257,7 +257,7 @@ def test_ray_engine_into_s3(ray_runtime, files, tmp_path, monkeypatch):
     """The headline path: `index --engine ray --db s3://…` then search from a fresh cache."""
     moto_server = pytest.importorskip("moto.server", reason="needs moto: pip install 'moto[server]'")
     boto3 = pytest.importorskip("boto3", reason="needs boto3 (comes with moto)")
-    from clipsearch.objectstore import RemoteCollection, open_collection
+    from clipsearch.storage import ObjectStorage
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -275,8 +275,8 @@ def test_ray_engine_into_s3(ray_runtime, files, tmp_path, monkeypatch):
         assert n == len(os.listdir(root)) and report.skipped == []
 
         monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache-b"))
-        col = open_collection("s3://bkt/col", device="cpu")
-        assert isinstance(col, RemoteCollection) and col.store.count() == n
+        col = Collection.open("s3://bkt/col", device="cpu")
+        assert isinstance(col.storage, ObjectStorage) and col.store.count() == n
         query = sorted(root.iterdir())[0]
         assert col.search(image=query, k=3)[0].source == str(query)
         again = index_with_ray(col, [root], batch_size=16, workers=1, fit_transforms=False)

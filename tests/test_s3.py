@@ -19,15 +19,16 @@ import pytest
 moto_server = pytest.importorskip("moto.server", reason="S3 tests need moto: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3", reason="S3 tests need boto3 (comes with moto)")
 
+from clipsearch.collection import Collection  # noqa: E402
 from clipsearch.errors import CollectionNotFound, UsageError  # noqa: E402
 from clipsearch.model_registry import tiny_files  # noqa: E402
 from clipsearch.objectstore import (  # noqa: E402
     Location,
-    RemoteCollection,
     is_remote,
     open_collection,
     storage_options_from_env,
 )
+from clipsearch.storage import ObjectStorage  # noqa: E402
 
 needs_tiny = pytest.mark.skipif(not tiny_files()[1].is_file(),
                                 reason="clipsearch-tiny weights are not installed")
@@ -94,6 +95,19 @@ def test_uri_helpers():
     assert a.cache_dir != b.cache_dir and a.cache_dir == Location("s3://b/one/", {}).cache_dir
 
 
+def test_storage_is_chosen_by_uri(tmp_path, monkeypatch):
+    from clipsearch.storage import LocalStorage, storage_for
+
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    remote = storage_for("s3://b/photos", {})
+    assert isinstance(remote, ObjectStorage) and remote.remote and remote.uri == "s3://b/photos"
+    assert remote.cache_dir.is_relative_to(tmp_path / "cache")
+    local = storage_for(tmp_path / "db")
+    assert isinstance(local, LocalStorage) and not local.remote
+    assert local.cache_dir == tmp_path / "db" and local.uri == str(tmp_path / "db")
+    assert storage_for(local) is local
+
+
 def test_missing_remote_collection_is_a_clear_error(s3, cache):
     with pytest.raises(CollectionNotFound, match="no collection at s3://"):
         open_collection(f"s3://{BUCKET}/nothing-here")
@@ -105,11 +119,11 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     root = tmp_path / "pics"
     _images(root, 40, seed=3)
 
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     first = col.add([root])
     assert (first.indexed, first.skipped) == (40, [])
     keys = _keys(s3, "photos/")
-    assert "photos/clipsearch.json" in keys
+    assert "photos/clipsearch.json" in keys and "photos/skipped.log" in keys  # mirrored
     assert any(k.startswith("photos/items.lance/") for k in keys)
     assert not any((cache / "remote").rglob("*.lance"))  # the table is not on local disk
     meta = json.loads(s3.get_object(Bucket=BUCKET, Key="photos/clipsearch.json")["Body"].read())
@@ -123,12 +137,13 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
 
     # A second machine: nothing cached locally, same answers.
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache-b"))
-    other = open_collection(uri, device="cpu")
-    assert isinstance(other, RemoteCollection) and other.path != col.path
+    other = Collection.open(uri, device="cpu")
+    assert isinstance(other.storage, ObjectStorage) and other.path != col.path
     assert [h.id for h in other.search(image=query, k=10)] == [h.id for h in here]
     assert [h.id for h in other.search(text="a red circle", k=10)] == text_hits
     info = other.info()
     assert info["path"] == uri and info["items"] == 40 and info["disk_bytes"] > 0
+    assert info["cache_dir"] == str(other.path) and not other.path.is_relative_to(col.path)
 
     # Incremental: one changed, one new, one deleted.
     files = sorted((root / "s0").iterdir())
@@ -140,6 +155,10 @@ def test_index_search_reindex_delete_on_s3(s3, cache, tmp_path, monkeypatch):
     assert (again.indexed, again.unchanged, again.removed) == (2, 38, 1)
     assert other.store.count() == 40
     assert col.store.count() == 40  # the first handle sees the other machine's commits
+    other.set_scan_options(exclude=["*.tmp"])  # and, on reload, its metadata
+    assert col.reload_meta() and col.scan_options()["excludes"] == ["*.tmp"]
+    assert col.meta["last_run"]["summary"] == other.meta["last_run"]["summary"]
+    assert not col.reload_meta()
 
     # Delete a folder.
     assert other.remove([root / "s1"]) == 20
@@ -156,7 +175,7 @@ def test_lance_ivf_pq_index_serves_remote_search(s3, cache, tmp_path, monkeypatc
     root = tmp_path / "pics"
     _images(root, 300, seed=5)
     monkeypatch.setattr(lance_ann, "LANCE_INDEX_MIN_ROWS", 256)
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     col.add([root], fit_transforms=False)
     assert lance_ann.has_vector_index(col.store)
     assert col.info()["ann"]["type"] == "lance IVF_PQ"
@@ -182,7 +201,7 @@ def test_fit_transforms_is_mirrored_next_to_the_table(s3, cache, tmp_path, monke
     """`fit-transforms` on a remote collection reaches other machines (they pull on open)."""
     uri = f"s3://{BUCKET}/fitted"
     _images(tmp_path / "pics", 12, seed=4)
-    col = RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu")
+    col = Collection.create(uri, model="clipsearch-tiny", device="cpu")
     col.add([tmp_path / "pics"], fit_transforms=False)
     assert "fitted/transforms.npz" not in _keys(s3, "fitted/")
     ts = col.fit_transforms(strict=False)
@@ -206,7 +225,7 @@ def test_serve_a_collection_on_s3(s3, cache, tmp_path):
     uri = f"s3://{BUCKET}/served"
     root = tmp_path / "pics"
     _images(root, 12, seed=6)
-    RemoteCollection.create(uri, model="clipsearch-tiny", device="cpu").add([root])
+    Collection.create(uri, model="clipsearch-tiny", device="cpu").add([root])
     port = free_port()
     env = {**os.environ, "CLIPSEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--db", uri, "--port",

@@ -24,6 +24,22 @@ def test_auto_fit_does_not_embed_captions(col):
     assert ts.image_mean is not None and ts.text_mean is None
 
 
+def test_center_while_another_process_writes_fits_in_memory_only(col):
+    """The text mean is saved by the maintainer under the writer lock; a query that cannot take
+    it (an index run elsewhere) fits it for itself and writes nothing."""
+    import fcntl
+
+    reader = Collection.open(col.path, device="cpu")
+    saved = (col.path / "transforms.npz").read_bytes()
+    with open(col.path / ".writer.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process's index run holds it
+        hits = reader.search(text="a red star", k=3, center=True)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert hits and reader.searcher.transforms().text_mean is not None
+    assert (col.path / "transforms.npz").read_bytes() == saved
+    assert not (col.path / "builtin_text_vectors.npy").exists()
+
+
 def test_center_fits_text_mean_on_first_use(col):
     hits = col.search(text="a red star", k=3, center=True)
     assert hits and (col.path / "builtin_text_vectors.npy").exists()

@@ -477,3 +477,29 @@ def test_serve_watch_shows_new_files_without_a_restart(library, tmp_path):
         assert "watching, updated" in srv.server.config.app.state.service.status_line()
     # A server that does not watch shows what the collection's watcher last published: stopped.
     assert build_app(col.path, device="cpu").state.service.watch_status()["watching"] is False
+
+
+def test_serve_watch_loads_one_encoder(library, monkeypatch):
+    """The watcher's runs and the server's queries share one encoder: one model in memory."""
+    from clipsearch.ui.server import build_app
+
+    from clipsearch.encoders import Encoder
+
+    loads = []
+    real_load = Encoder.load.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(args)
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "load", classmethod(counting_load))
+    root, col = library
+    with ServerThread(build_app(col.path, device="cpu", watch=dict(FAST))) as srv:
+        wait_until(lambda: (_get(f"{srv.url}/api/info")["watch"] or {}).get("runs"), what="the catch-up run")
+        items = _get(f"{srv.url}/api/info")["items"]
+        new = save_solid(root / "one-encoder.png", (250, 20, 120))
+        wait_until(lambda: _get(f"{srv.url}/api/info")["items"] > items, what="the new file indexed")
+        assert _search_image(srv.url, new)[0] == os.path.realpath(new)  # the server embeds the query
+        service = srv.server.config.app.state.service
+        assert service.watcher.col is not service.col and service.watcher.col.encoder is service.col.encoder
+    assert len(loads) == 1, loads

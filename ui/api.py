@@ -9,7 +9,6 @@ the browser may fetch. `rest_router` exposes it as plain REST under /api and /fi
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import threading
@@ -43,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipsearch import thumbs
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
-from clipsearch.objectstore import Location, is_remote, open_collection
+from clipsearch.storage import storage_for
 
 if TYPE_CHECKING:
     from clipsearch.watch import Watcher
@@ -56,7 +55,7 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 PREVIEW_SIDE = 384
 # Image files browsers do not display: the detail view shows their JPEG preview instead.
 NOT_IN_BROWSERS = frozenset({".heic", ".heif", ".hif", ".jxl", ".tif", ".tiff"}) | RAW_EXTENSIONS
-REMOTE_META_SECONDS = 10.0  # how often a server over object storage re-reads the indexed roots
+REMOTE_META_SECONDS = 10.0  # how often a server over object storage checks for new metadata
 # UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
 KIND_LABELS: dict[str, str | None] = {
     "All": None,
@@ -127,24 +126,26 @@ def watch_note(status: dict[str, Any] | None) -> str:
 class SearchService:
     """Queries over one collection (a directory or an s3://... URI), safe to call from many threads.
 
-    For a collection on object storage `db` is its local cache directory (thumbnails) and
-    `location` reads its metadata where the table lives.
+    `storage` says where the collection lives (`clipsearch.storage`); `db` is its local
+    directory of derived state (thumbnails), the collection directory itself when it is local.
+    Metadata another process saves (new roots, scan options) is picked up without reopening
+    (`Collection.reload_meta`).
     """
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
                  signer: Signer | None = None, max_pixels: int | None = None,
                  collection: Collection | None = None) -> None:
         """`collection`: one already open (its `path` should be `db`), used instead of opening it."""
-        self.location = Location(str(db)) if is_remote(db) else None
-        self.db = self.location.cache_dir if self.location else \
-            Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
-        self.where = self.location.uri if self.location else str(self.db)  # for messages
+        self.storage = collection.storage if collection is not None else storage_for(db)
+        self.db: Path = self.storage.cache_dir
+        self.where = self.storage.uri  # for messages
         self.device = device
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
         self._col: Collection | None = collection
         self._lock = threading.Lock()  # opening the collection only: queries run concurrently
-        self._roots: tuple[float, list[str]] = (-1.0, [])
+        self._meta_checked = -1.0  # when the metadata was last checked for changes (monotonic)
+        self._meta_generation = 0  # how many changes were picked up (part of the info cache key)
         self._info: tuple[tuple, dict] | None = None
         self.watcher: Watcher | None = None  # set by `serve --watch` (see server.watch_lifespan)
         self.guard = FileGuard(self.db, self.db / thumbs.FOLDER, self.roots)
@@ -155,14 +156,13 @@ class SearchService:
         if self._col is None:
             with self._lock:
                 if self._col is None:
-                    self._col = open_collection(self.location.uri if self.location else self.db,
-                                                device=self.device)
+                    self._col = Collection.open(self.storage, device=self.device)
         return self._col
 
     def exists(self) -> bool:
-        if self.location is not None:
-            return self._col is not None or self.location.exists("clipsearch.json")
-        return Collection.exists(self.db)
+        if self._col is not None and self.storage.remote:
+            return True  # a round trip per call otherwise; a removed bucket fails its queries
+        return self.storage.holds_collection()
 
     @property
     def max_pixels(self) -> int:
@@ -182,29 +182,21 @@ class SearchService:
         return decode_query_image(src, self.max_pixels)
 
     def roots(self) -> list[str]:
-        """Indexed roots, re-read when another process (`clipsearch index`) added some."""
-        if self.location is not None:
-            return self._remote_roots()
-        meta = self.db / "clipsearch.json"
-        try:
-            mtime = meta.stat().st_mtime
-        except OSError:
+        """Indexed roots, as saved last (by this server's watcher or another process)."""
+        if not self.exists():
             return []
-        if mtime != self._roots[0]:
-            try:
-                roots = list(json.loads(meta.read_text()).get("roots", []))
-            except (OSError, ValueError):
-                return self._roots[1]
-            self._roots = (mtime, roots)
-        return list(self._roots[1])
+        self.reload_meta()
+        return self.col.roots
 
-    def _remote_roots(self) -> list[str]:
-        """Roots from the metadata on object storage, read at most every REMOTE_META_SECONDS."""
+    def reload_meta(self) -> None:
+        """Take metadata another process saved: a stat per call here, on object storage one
+        request at most every REMOTE_META_SECONDS."""
         now = time.monotonic()
-        if self._roots[0] < 0 or now - self._roots[0] >= REMOTE_META_SECONDS:
-            meta = (self.location.read_json() if self.location is not None else None) or {}
-            self._roots = (now, list(meta.get("roots", [])))
-        return list(self._roots[1])
+        if self.storage.remote and 0 <= self._meta_checked and now - self._meta_checked < REMOTE_META_SECONDS:
+            return
+        self._meta_checked = now
+        if self.col.reload_meta():
+            self._meta_generation += 1
 
     def warm_up(self) -> None:
         """Load the model now, so the first query does not wait for it."""
@@ -218,7 +210,8 @@ class SearchService:
             raise CollectionNotFound(f"no collection at {self.where}",
                                      hint=f"create one with `clipsearch index FOLDER --db {self.where}`")
         col = self.col
-        key = (col.store.version, self._roots[0])
+        self.reload_meta()
+        key = (col.store.version, self._meta_generation)
         if self._info is None or self._info[0] != key:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
@@ -240,7 +233,7 @@ class SearchService:
         collection was never watched."""
         if self.watcher is not None:
             return self.watcher.status.to_dict()
-        if self.location is not None:
+        if self.storage.remote:
             return None  # a watcher of a remote collection publishes on its own machine
         from clipsearch.watch import watch_state
 

@@ -75,18 +75,18 @@ def _gradio_app(app: FastAPI):
 def watch_lifespan(service: SearchService, options: dict[str, Any]):
     """The app's lifespan when serving with --watch: a `Watcher` in a background thread from
     start-up to shutdown, writing through its own Collection (the server's readers see its
-    commits as they see any other writer's). At shutdown a run in progress may finish its
-    commits; one cut short is resumed by the next start."""
+    commits as they see any other writer's) that shares the server's encoder: one model in
+    memory. At shutdown a run in progress may finish its commits; one cut short is resumed by
+    the next start."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        from clipsearch.objectstore import open_collection
         from clipsearch.watch import Watcher
 
         watcher = None
         if service.exists():
-            writer = open_collection(service.location.uri if service.location else service.db,
-                                     device=service.device)
+            writer = Collection.open(service.storage, device=service.device)
+            writer.share_encoder(service.col)
             watcher = Watcher(writer, **options)
             service.watcher = watcher
             watcher.start()
@@ -120,8 +120,7 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     from clipsearch.ui.app import CSS, build_blocks
 
     creds = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
-    db = (getattr(collection, "uri", None) or collection.path) if isinstance(collection, Collection) \
-        else collection  # a directory or an s3://... URI
+    db = collection.uri if isinstance(collection, Collection) else collection  # a directory or a URI
     signer = Signer() if creds else None
     service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels,
                             collection=collection if isinstance(collection, Collection) else None)

@@ -173,9 +173,7 @@ def _resolve_collection(collection: Collection | str | os.PathLike, model: str |
                         checkpoint: str | None) -> Collection:
     if isinstance(collection, Collection):
         return collection
-    from clipsearch.objectstore import open_or_create
-
-    return open_or_create(collection, model=model, checkpoint=checkpoint)
+    return Collection.open_or_create(collection, model=model, checkpoint=checkpoint)
 
 
 @contextlib.contextmanager
