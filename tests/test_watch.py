@@ -72,7 +72,9 @@ def test_created_edited_renamed_and_deleted_files_are_followed(library, tmp_path
     with running(Watcher(col, on_run=reports.append, **FAST)) as w:
         wait_until(lambda: w.status.runs >= 1, what="the catch-up run")
         assert reports[0].indexed == 0 and reports[0].removed == 0  # nothing changed since the build
-        assert w.status.mode == "events" and w.status.watching
+        # the status turns to "events" just after the catch-up run is counted: wait for it, not race it
+        wait_until(lambda: w.status.mode == "events", what="watching events after the catch-up")
+        assert w.status.watching
 
         new = save_solid(root / "new.png", (240, 20, 20))
         wait_until(lambda: real(new) in states(reader), what="the new file to be indexed")
