@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--backend", action="append", default=[],
                     help="also time `search --backend NAME` (repeatable), when the flag exists")
     ap.add_argument("--no-rclip", action="store_true")
+    ap.add_argument("--build-only", action="store_true", help="build the files and collections, time nothing")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,6 +213,8 @@ def main() -> None:
         build_real(dbs[VIT], files, VIT, env)
     else:
         build_synthetic(dbs[VIT], files, VIT)
+    if args.build_only:
+        return
     cs = clipsearch_cmd()
     backends = args.backend if args.backend and has_backend_flag(env) else []
     cases: list[tuple[str, str, list[str], dict[str, str], Path | None]] = []
