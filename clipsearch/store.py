@@ -32,6 +32,7 @@ from clipsearch.records import Record, display_path, item_id
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
 PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
+ABSOLUTE_THUMBS = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"  # rows from before thumbnails were relative
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 
@@ -407,7 +408,7 @@ class Store:
     def relativize_thumbs(self) -> int:
         """Rewrite absolute thumbnail paths of older rows (`.../thumbs/NAME`) as `thumbs/NAME`,
         in one commit, so the collection can move. Returns the rows rewritten."""
-        where = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"
+        where = ABSOLUTE_THUMBS
         n = self.count(where)
         if n:
             self.table.update(where=where, values_sql={
