@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import folder_prefix, write_atomic
@@ -62,8 +61,10 @@ from clipsearch.store import Store, float32_vectors, sql_str
 
 if TYPE_CHECKING:
     import faiss
+    import pyarrow.compute as pc
 else:
-    faiss = lazy_import("faiss")  # imported by the first shard read or build, not by `info`
+    faiss = lazy_import("faiss")
+    pc = lazy_import("pyarrow.compute")  # imported by the first shard read or build, not by `info`
 
 log = logging.getLogger(__name__)
 

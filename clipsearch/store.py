@@ -19,15 +19,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
+from clipsearch.lazy import lazy_import
 from clipsearch.records import Record, display_path, item_id
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+else:
+    pc = lazy_import("pyarrow.compute")  # its import builds every function from docstrings; few paths need it
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
