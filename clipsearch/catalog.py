@@ -77,6 +77,7 @@ def _checksum(data: dict[str, Any]) -> int:
 
 
 def _folder_stat(path: str) -> list[int] | None:
+    """[inode, mtime_ns] of a file or folder, or None."""
     try:
         s = os.stat(path)
     except OSError:
@@ -146,6 +147,11 @@ class Catalog:
         if thumbs is None:
             thumbs = folder_bytes(os.path.join(self.folder, THUMBS))
         return self.stats["bytes"] + thumbs + folder_bytes(self.folder, skip=(TABLE_DIR, THUMBS))
+
+    def states_intact(self) -> bool:
+        """The file-state file is, by its inode and mtime, the one written with this catalog
+        (`file_states` checks its CRC as it reads it)."""
+        return _folder_stat(os.fspath(self.folder / FILE_STATES)) == self.states_check.get("stat")
 
     def file_states(self) -> dict[bytes, FileState] | None:
         """Every source's file state, as the table held them at `version`; None when the file is
@@ -230,7 +236,8 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
         "sources": len(states), "kinds": kinds, "recorded_meta": store.recorded_meta(), "fts_ok": fts_ok,
         "absolute_thumbs": int(absolute_thumbs), "stats": stats,
         "thumbs": {"stat": _folder_stat(thumbs), "bytes": folder_bytes(thumbs)},
-        "states_check": {"size": len(payload), "crc32": zlib.crc32(payload)},
+        "states_check": {"size": len(payload), "crc32": zlib.crc32(payload),
+                         "stat": _folder_stat(os.fspath(folder / FILE_STATES))},
     }
     if table_key(folder / TABLE_DIR) != key:  # cannot happen under the writer lock; cheap to be sure
         return False

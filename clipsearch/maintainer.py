@@ -152,7 +152,7 @@ class Maintainer:
             for problem in problems:
                 log.warning("%s: %s; rebuilding it from the table", self.col.path, problem)
             if not problems:
-                if facts is None:
+                if facts is None or not facts.states_intact():
                     self.write_catalog()
                 return
         self.refresh(fit_transforms=fit_transforms)

@@ -415,7 +415,7 @@ def resolve_store(store: Store | Callable[[], Store]) -> Store:
     what a store does, as `resolve_encoder` does)."""
     if hasattr(store, "file_states"):
         return store  # type: ignore[return-value]
-    return store()  # type: ignore[operator]
+    return store()
 
 
 def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
