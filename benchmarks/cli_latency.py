@@ -174,6 +174,72 @@ def rclip_setup(peers: Path, work: Path, files: Path, env: dict[str, str],
     return cmd, renv
 
 
+def checkout_as_installed(commit: str, work: Path) -> Path:
+    """The code of `commit` laid out as installed (indexers/ and ui/ inside clipsearch/, as
+    pyproject's package-dir maps them), to run with PYTHONPATH=<returned folder>; made once."""
+    dest = work / f"code-{commit}"
+    pkg = dest / "pkg"
+    if not (pkg / "clipsearch" / "cli.py").is_file():
+        shutil.rmtree(dest, ignore_errors=True)
+        src = dest / "src"
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+        shutil.copytree(src / "clipsearch", pkg / "clipsearch")
+        for sub in ("indexers", "ui"):
+            shutil.copytree(src / sub, pkg / "clipsearch" / sub)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(pkg)], check=False)
+    return pkg
+
+
+def compare(cases: list[tuple[str, str, list[str]]], env: dict[str, str], before: Path,
+            runs: int) -> list[dict]:
+    """Each command cold with the code of `before` and with this checkout, alternating run by
+    run (so a change in the machine's load falls on both), both as `python -m clipsearch.cli`."""
+    old_env = {**env, "PYTHONPATH": str(before)}
+    rows = []
+    for what, model, args in cases:
+        cmd = [sys.executable, "-m", "clipsearch.cli", *args]
+        got: dict[str, list[dict]] = {"before": [], "after": []}
+        for _ in range(runs):
+            got["before"].append(measure(cmd, old_env, 1))
+            got["after"].append(measure(cmd, env, 1))
+        row = {"command": what, "model": model, "argv": args}
+        for side, ms in got.items():
+            walls = [m["walls"][0] for m in ms]
+            row[side] = {"wall_s": round(statistics.median(walls), 2), "walls": walls,
+                         "rss_mb": max(m["rss_mb"] for m in ms)}
+        rows.append(row)
+    return rows
+
+
+def report_before_after(args: argparse.Namespace, dbs: dict[str, Path], env: dict[str, str]) -> None:
+    """`--before COMMIT`: one table of cold `info` and unchanged `index` runs, both codes."""
+    before = checkout_as_installed(args.before, args.work)
+    pairs = []
+    for model, db in dbs.items():
+        pairs.append(("info", model, ["info", "--db", str(db)]))
+        pairs.append((f"index (unchanged, {args.files:,} files)", model, ["index", "-q", "--db", str(db)]))
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    load = os.getloadavg()[0]
+    rows = compare(pairs, env, before, args.runs)
+    print(f"| command | model | before ({args.before}): cold wall s, median of {args.runs} | runs | "
+          f"after ({head}): cold wall s | runs | peak RSS MB before / after |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, a = r["before"], r["after"]
+        runs_b = ", ".join(f"{x:.2f}" for x in b["walls"])
+        runs_a = ", ".join(f"{x:.2f}" for x in a["walls"])
+        print(f"| {r['command']} | {r['model']} | {b['wall_s']:.2f} | {runs_b} | {a['wall_s']:.2f} | "
+              f"{runs_a} | {b['rss_mb']} / {a['rss_mb']} |")
+    dropped = "yes" if drop_caches() else "no (not permitted)"
+    print(f"\ncold = page cache dropped before each run: {dropped}; load average {load:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
 def has_backend_flag(env: dict[str, str]) -> bool:
     p = subprocess.run([*clipsearch_cmd(), "search", "--help"], env=env, capture_output=True, text=True)
     return "--backend" in p.stdout
@@ -190,6 +256,10 @@ def main() -> None:
     ap.add_argument("--backend", action="append", default=[],
                     help="also time `search --backend NAME` (repeatable), when the flag exists")
     ap.add_argument("--no-rclip", action="store_true")
+    ap.add_argument("--build-only", action="store_true", help="build the files and collections, time nothing")
+    ap.add_argument("--before", metavar="COMMIT", default=None,
+                    help="only compare info and the unchanged index, cold, between the code of COMMIT "
+                         "and this checkout")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,6 +282,11 @@ def main() -> None:
         build_real(dbs[VIT], files, VIT, env)
     else:
         build_synthetic(dbs[VIT], files, VIT)
+    if args.build_only:
+        return
+    if args.before:
+        report_before_after(args, dbs, env)
+        return
     cs = clipsearch_cmd()
     backends = args.backend if args.backend and has_backend_flag(env) else []
     cases: list[tuple[str, str, list[str], dict[str, str], Path | None]] = []

@@ -48,17 +48,23 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import folder_prefix, write_atomic
+from clipsearch.lazy import lazy_import
 from clipsearch.leftovers import temp_name
 from clipsearch.store import Store, float32_vectors, sql_str
+
+if TYPE_CHECKING:
+    import faiss
+    import pyarrow.compute as pc
+else:
+    faiss = lazy_import("faiss")
+    pc = lazy_import("pyarrow.compute")  # imported by the first shard read or build, not by `info`
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch import companions, leftovers, thumbs
+from clipsearch import catalog, companions, leftovers, thumbs
 from clipsearch.errors import (
     ClipsearchError,
     CollectionNotFound,
@@ -197,9 +197,13 @@ class IndexRun:
 
     def __init__(self, col: Collection, roots: list[bytes], ctx: IndexContext, fit_transforms: bool) -> None:
         self.col, self.roots, self.ctx, self.fit_transforms = col, roots, ctx, fit_transforms
-        self.store = col.store
         self.rules = col.scan_rules()
         self.report: IndexReport | None = None
+
+    @property
+    def store(self) -> Store:
+        """The collection's store, opened on first use (an unchanged run may never need it)."""
+        return self.col.store
 
     def committer(self, max_files: int, max_rows: int = 5000, max_age: float = 10.0) -> Committer:
         """Groups this run's finished files into commits."""
@@ -261,12 +265,19 @@ class Collection:
              model: str | None = None, checkpoint: str | None = None,
              storage_options: dict[str, str] | None = None) -> Collection:
         """Open an existing collection (a directory or an object-storage URI). If `model` is
-        given it must be the one it was built with."""
+        given it must be the one it was built with. A local collection whose catalog is fresh
+        is opened without its table (`clipsearch.catalog`)."""
         storage = storage_for(path, storage_options)
         stamp = storage.meta_stamp()  # before reading: a change made meanwhile is seen by reload_meta
         meta, unreadable = storage.read_meta()
-        store = storage.existing_store()
-        meta, rebuilt = settle_meta(meta, store, storage.uri)
+        store = None
+        facts = (catalog.fresh(storage.cache_dir)
+                 if not storage.remote and meta is not None and meta_problem(meta) is None else None)
+        if facts is not None and facts.vouches_for(meta):  # type: ignore[arg-type]
+            rebuilt = False  # the table records this model (as of its current state): not opened
+        else:
+            store = storage.existing_store()
+            meta, rebuilt = settle_meta(meta, store, storage.uri)
         if meta is None and unreadable is not None:
             raise unreadable
         if meta is None:
@@ -478,10 +489,12 @@ class Collection:
         with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
-            run.report = pipeline.run(run.store, lambda: self.encoder, run.roots, run.ctx, default_indexers(),
-                                      batch_size=batch_size, workers=workers, progress=progress,
-                                      commit_files=commit_files, decode=decode, rules=run.rules,
-                                      verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
+            facts = catalog.fresh(self.path)  # the table's file states without opening it
+            run.report = pipeline.run(lambda: run.store, lambda: self.encoder, run.roots, run.ctx,
+                                      default_indexers(), batch_size=batch_size, workers=workers,
+                                      progress=progress, commit_files=commit_files, decode=decode,
+                                      rules=run.rules, verify=verify, prune_missing=prune_missing,
+                                      commit_rows=commit_rows, states=facts.file_states() if facts else None)
         return run.report
 
     @contextlib.contextmanager
@@ -514,10 +527,13 @@ class Collection:
         with storage_errors(str(self.path)):
             self.thumb_dir.mkdir(parents=True, exist_ok=True)
         leftovers.clean(self.path, self.searcher.ann_dir, self.thumb_dir)
-        if self.store.recorded_meta() is None:  # a table from before tables recorded their model
-            self.store.record_meta(model_fields(self.meta))
-        self.store.relativize_thumbs()  # rows from before thumbnails were named relative
-        self.store.migrate()  # an older table gets the file columns (filled at the run's end)
+        facts = catalog.fresh(self.path)  # what it says needs no table opened
+        if (facts is None or facts.recorded_meta is None) and self.store.recorded_meta() is None:
+            self.store.record_meta(model_fields(self.meta))  # a table from before tables recorded it
+        if facts is None or facts.absolute_thumbs:
+            self.store.relativize_thumbs()  # rows from before thumbnails were named relative
+        if facts is None or facts.schema_version < catalog.current_schema_version():
+            self.store.migrate()  # an older table gets the file columns (filled at the run's end)
         self._remember_roots([r for r in roots if os.path.exists(r)])
         return IndexContext(thumb_dir=self.thumb_dir, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                             options=dict(options or {}))
@@ -528,7 +544,8 @@ class Collection:
         self._remember_roots(report.linked_roots)
         if report.pruned_roots:
             self._forget_roots(report.pruned_roots)
-        if not report.interrupted:
+        facts = None if report.interrupted else catalog.fresh(self.path)
+        if not report.interrupted and (facts is None or facts.unread_files):
             from clipsearch.pipeline import fill_file_meta
 
             report.described = fill_file_meta(self.store)
@@ -680,28 +697,48 @@ class Collection:
         return vec
 
     def info(self) -> dict[str, Any]:
-        store = self.store
-        t = store.scan(["kind", "source_raw"])
-        kinds: dict[str, int] = {}
-        for kd in t.column("kind").to_pylist():
-            kinds[kd] = kinds.get(kd, 0) + 1
+        """What `clipsearch info` shows. The table's part comes from the catalog while it is
+        fresh (`clipsearch.catalog`: no table opened), else from the table."""
+        from clipsearch.ann import AnnIndex
+
+        facts = catalog.fresh(self.path)
+        if facts is not None:
+            table = {"items": facts.rows, "sources": facts.sources, "kinds": dict(facts.kinds),
+                     "disk_bytes": facts.disk_bytes(), "table_version": facts.version,
+                     "table": {k: facts.stats[k] for k in ("versions", "fragments", "small_files",
+                                                           "deleted_rows", "bytes")},
+                     "taken": facts.taken}
+            ann = AnnIndex.describe_saved(self.searcher.ann_dir)
+            if ann is None or ann["version"] != facts.version:
+                ann = self.searcher.ann_description()
+        else:
+            store = self.store
+            t = store.scan(["kind", "source_raw"])
+            kinds: dict[str, int] = {}
+            for kd in t.column("kind").to_pylist():
+                kinds[kd] = kinds.get(kd, 0) + 1
+            table = {"items": t.num_rows, "sources": len(set(t.column("source_raw").to_pylist())),
+                     "kinds": kinds, "disk_bytes": catalog.folder_bytes(self.path),
+                     "table_version": store.version, "table": self.maintainer.table_stats().to_dict(),
+                     "taken": store.file_summary()}
+            ann = self.searcher.ann_description()
         return {
             "path": str(self.path),
-            "items": t.num_rows,
-            "sources": len(set(t.column("source_raw").to_pylist())),
-            "kinds": kinds,
+            "items": table["items"],
+            "sources": table["sources"],
+            "kinds": table["kinds"],
             "model": self.meta["model_name"],
             "model_id": self.meta["model_id"],
             "dim": int(self.meta["dim"]),
             "roots": self.roots,
             "scan": self.scan_options(),
-            "disk_bytes": 0,
-            "table_version": store.version,
-            "table": self.maintainer.table_stats().to_dict(),
-            "ann": self.searcher.ann_description(),
+            "disk_bytes": table["disk_bytes"],
+            "table_version": table["table_version"],
+            "table": table["table"],
+            "ann": ann,
             "transforms": self.searcher.transforms_description(),
             "transforms_fit": self.searcher.transforms_fit(),
             "last_run": self.meta.get("last_run", {}).get("summary"),
-            "taken": store.file_summary(),
-            **self.storage.info_fields(),  # path, disk bytes (and a remote one's cache dir)
+            "taken": table["taken"],
+            **self.storage.info_fields(),  # path (and a remote one's disk bytes and cache dir)
         }

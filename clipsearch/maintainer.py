@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipsearch.errors import TransformError, UsageError
+from clipsearch import catalog
+from clipsearch.errors import ClipsearchError, TransformError, UsageError
 from clipsearch.failures import storage_errors
 from clipsearch.fsutil import write_atomic
 from clipsearch.search import IMAGE_LIKE
@@ -150,12 +151,15 @@ class Maintainer:
         file, not a rebuild). A damaged part, or a refresh an earlier run did not finish, is
         rebuilt here."""
         if report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0:
-            problems = self.derived_problems(fit_transforms=fit_transforms)
+            facts = catalog.fresh(self.col.path)
+            problems = self.derived_problems(fit_transforms=fit_transforms, facts=facts)
             if (self.col.path / REFRESH_MARKER).exists():
                 problems.insert(0, "an earlier refresh of the derived state did not finish")
             for problem in problems:
                 log.warning("%s: %s; rebuilding it from the table", self.col.path, problem)
             if not problems:
+                if facts is None or not facts.states_intact():
+                    self.write_catalog()
                 return
         self.refresh(fit_transforms=fit_transforms)
 
@@ -177,6 +181,7 @@ class Maintainer:
             self.update_ann()
             self.update_transforms(fit_transforms)
             self.cleanup(keep)
+        self.write_catalog()
         marker.unlink(missing_ok=True)
 
     def optimize(self, transforms: bool = False) -> OptimizeSummary:
@@ -198,6 +203,7 @@ class Maintainer:
             else:
                 self.update_transforms(True)
             self.cleanup(keep)
+        self.write_catalog()
         marker.unlink(missing_ok=True)
         return OptimizeSummary(before, self.table_stats(), compacted)
 
@@ -333,12 +339,38 @@ class Maintainer:
         write_atomic(cache, buf.getvalue())
         return vecs
 
+    def write_catalog(self) -> None:
+        """Record the table's facts for readers that need not open it (`clipsearch.catalog`).
+        Derived, like the rest: a failure to write it is logged, and readers read the table."""
+        from clipsearch.store import ABSOLUTE_THUMBS
+
+        store = self.col.store
+        if "://" in store.db_dir:
+            return
+        try:
+            catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
+                          stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS))
+        except (OSError, ClipsearchError) as e:
+            log.warning("%s: could not record the table's catalog (%s); readers read the table",
+                        self.col.path, e)
+
     # ---- health ------------------------------------------------------------------------------
-    def derived_problems(self, fit_transforms: bool = True) -> list[str]:
+    def derived_problems(self, fit_transforms: bool = True,
+                         facts: catalog.Catalog | None = None) -> list[str]:
         """One line per part of the derived state that is missing, stale or damaged and must be
-        rebuilt from the table: the saved ANN index, the full-text index, the transforms."""
-        problems = [self.col.searcher.ann_problem(), self.fts_problem(),
-                    self.transforms_problem(fit_transforms)]
+        rebuilt from the table: the saved ANN index, the full-text index, the transforms.
+        With `facts` (a fresh catalog) the table is not opened: its version, rows and counts
+        come from there, and a full-text index it saw healthy, whose files are unchanged since,
+        is taken as healthy."""
+        from clipsearch.ann import AnnIndex
+
+        searcher = self.col.searcher
+        if facts is None:
+            ann, fts = searcher.ann_problem(), self.fts_problem()
+        else:
+            ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows)
+            fts = None if facts.fts_ok else self.fts_problem()
+        problems = [ann, fts, self.transforms_problem(fit_transforms, facts)]
         return [p for p in problems if p]
 
     def fts_problem(self) -> str | None:
@@ -357,12 +389,14 @@ class Maintainer:
             return None
         return fts_problem(store.table)
 
-    def transforms_problem(self, fit_transforms: bool) -> str | None:
+    def transforms_problem(self, fit_transforms: bool, facts: catalog.Catalog | None = None) -> str | None:
         """Why the saved transforms are unusable, or missing though they could be fitted."""
         from clipsearch.transforms import MIN_CENTER_SAMPLES, TransformSet
 
         if not TransformSet.exists(self.col.path):
-            enough = self.col.store.count(sql_in("kind", IMAGE_LIKE)) >= MIN_CENTER_SAMPLES
+            rows = (facts.count_kinds(IMAGE_LIKE) if facts is not None
+                    else self.col.store.count(sql_in("kind", IMAGE_LIKE)))
+            enough = rows >= MIN_CENTER_SAMPLES
             return "no transforms are fitted though there are enough items" if fit_transforms and enough \
                 else None
         try:

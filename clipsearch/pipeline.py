@@ -208,10 +208,11 @@ class _FileWriter:
             self.store.delete_sources([self.job.path])
 
 
-def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: IndexReport,
+def plan(store: Store | Callable[[], Store], roots: list[bytes], indexers: list[Indexer], report: IndexReport,
          rules: ScanRules | None = None, *, verify: bool = False,
          prune_missing: bool = False,
-         carries: list[moves.Carry] | None = None) -> tuple[list[Job], list[bytes]]:
+         carries: list[moves.Carry] | None = None,
+         states: dict[bytes, FileState] | None = None) -> tuple[list[Job], list[bytes]]:
     """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone.
 
     Each file is keyed by its real path, once however many roots or links reach it. `verify`
@@ -219,8 +220,11 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     `vanished_roots`) are kept unless `prune_missing`. With `carries`, files whose content the
     table already holds (renamed, moved, copied: `moves.find`) leave the jobs for that list,
     and the sources they came from leave `gone` when the carry removes them (`moves.apply`).
+    `states`: the table's file states when the caller has them (`catalog.Catalog.file_states`);
+    then `store` may be a function that opens it, called only if something must be written.
     """
-    states: dict[bytes, FileState] = store.file_states()
+    if states is None:
+        states = resolve_store(store).file_states()
     jobs: list[Job] = []
     seen: set[bytes] = set()
     stale: list[bytes] = []
@@ -240,7 +244,8 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
             jobs.append(job)
         elif report.unchanged == unchanged and entry.path in states:
             stale.append(entry.path)  # changed, and now unreadable, empty or not media: rows go
-    store.touch_many(touched)
+    if touched:
+        resolve_store(store).touch_many(touched)
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
     gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
@@ -363,31 +368,33 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     return job, tensor, None
 
 
-def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[bytes], ctx: IndexContext,
-        indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
+def run(store: Store | Callable[[], Store], encoder: Encoder | Callable[[], Encoder], roots: list[bytes],
+        ctx: IndexContext, indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
         progress: bool = True, commit_files: int = 256, decode: str = "auto",
         rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
-        commit_rows: int = 5000) -> IndexReport:
+        commit_rows: int = 5000, states: dict[bytes, FileState] | None = None) -> IndexReport:
     """Bring the store up to date with the files under `roots`. Never raises for one bad file.
 
     `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA.
     `rules`, `verify`, `prune_missing`: see `plan`. `commit_rows`: rows per commit, also the
     batch a big file's rows are committed in. `encoder` may be a function that loads it: it is
-    called only when some file needs embedding, so a run that changes nothing loads no model."""
+    called only when some file needs embedding, so a run that changes nothing loads no model.
+    Likewise `store`, with `states` (see `plan`): a run that changes nothing opens no table."""
     report = IndexReport()
     t0 = time.perf_counter()
     carries: list[moves.Carry] = []
     jobs, gone = plan(store, roots, indexers, report, rules, verify=verify, prune_missing=prune_missing,
-                      carries=carries)
-    moves.apply(store, carries, ctx.thumb_dir, report, commit_files)
-    report.removed = store.delete_sources(gone, thumb_dir=ctx.thumb_dir)
+                      carries=carries, states=states)
+    if carries or gone:
+        moves.apply(resolve_store(store), carries, ctx.thumb_dir, report, commit_files)
+        report.removed = resolve_store(store).delete_sources(gone, thumb_dir=ctx.thumb_dir)
     report.scan_seconds = time.perf_counter() - t0
     if not jobs:
         report.seconds = time.perf_counter() - t0
         return report
     encoder = resolve_encoder(encoder)
     gpu = _jpeg_decoder(encoder, decode)
-    committer = Committer(store, commit_files, max_rows=commit_rows, thumb_dir=ctx.thumb_dir)
+    committer = Committer(resolve_store(store), commit_files, max_rows=commit_rows, thumb_dir=ctx.thumb_dir)
     bar = tqdm(total=len(jobs), unit="file", disable=not progress or not jobs, dynamic_ncols=True,
                desc="indexing", smoothing=0.1)
     try:
@@ -417,6 +424,14 @@ def fill_file_meta(store: Store, batch: int = 2000) -> int:
         chunk = missing[i:i + batch]
         store.set_file_meta({raw: metadata.read(raw) for raw in chunk})
     return len(missing)
+
+
+def resolve_store(store: Store | Callable[[], Store]) -> Store:
+    """The store itself, opening it now if given as a function that opens it (told apart by
+    what a store does, as `resolve_encoder` does)."""
+    if hasattr(store, "file_states"):
+        return store  # type: ignore[return-value]
+    return store()
 
 
 def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:

@@ -45,19 +45,6 @@ def default_db_dir() -> Path:
     return Path(base) / "clipsearch" / "default"
 
 
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under `folder`; files a writer replaces meanwhile (its temporary
-    files) are skipped, not an error."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(dirpath, name), follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return total
-
-
 class Storage(ABC):
     """What differs between a collection in a local directory and one on object storage."""
 
@@ -116,7 +103,8 @@ class Storage(ABC):
 
     @abstractmethod
     def info_fields(self) -> dict[str, Any]:
-        """`info` fields that depend on where the collection is: path, disk bytes (, cache dir)."""
+        """`info` fields that depend on where the collection is: its path (a remote one's disk
+        bytes and cache dir)."""
 
     def holds_collection(self) -> bool:
         """A clipsearch.json, or a table that records its model (clipsearch.json is rebuilt)."""
@@ -178,7 +166,7 @@ class LocalStorage(Storage):
         return Store(self.cache_dir, dim, meta=model_fields(meta))
 
     def info_fields(self) -> dict[str, Any]:
-        return {"path": str(self.cache_dir), "disk_bytes": folder_bytes(self.cache_dir)}
+        return {"path": str(self.cache_dir)}  # disk bytes: the catalog's, or one walk (`info`)
 
 
 class ObjectStorage(Storage):

@@ -19,19 +19,25 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
+from clipsearch.lazy import lazy_import
 from clipsearch.records import Record, display_path, item_id
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+else:
+    pc = lazy_import("pyarrow.compute")  # its import builds every function from docstrings; few paths need it
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
 PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
+ABSOLUTE_THUMBS = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"  # rows from before thumbnails were relative
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 SCHEMA_VERSION_KEY = b"clipsearch_schema"  # schema metadata: the table layout's version
@@ -509,7 +515,7 @@ class Store:
     def relativize_thumbs(self) -> int:
         """Rewrite absolute thumbnail paths of older rows (`.../thumbs/NAME`) as `thumbs/NAME`,
         in one commit, so the collection can move. Returns the rows rewritten."""
-        where = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"
+        where = ABSOLUTE_THUMBS
         n = self.count(where)
         if n:
             self.table.update(where=where, values_sql={

@@ -24,13 +24,18 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import av
 import numpy as np
 from clipsearch.indexers.photo_formats import STILL_BRANDS
 from PIL import Image
 
 from clipsearch.errors import SkipFile
+from clipsearch.lazy import lazy_import
 from clipsearch.records import Record, path_bytes
+
+if TYPE_CHECKING:
+    import av
+else:
+    av = lazy_import("av")  # PyAV: imported by the first video, not by every index run
 
 if TYPE_CHECKING:
     from clipsearch.indexers.base import IndexContext
