@@ -59,6 +59,7 @@ from clipsearch.failures import storage_errors
 from clipsearch.fsutil import folder_prefix, write_atomic
 from clipsearch.leftovers import temp_name
 from clipsearch.store import Store, float32_vectors, sql_str
+from clipsearch.testpoints import pause_at
 
 log = logging.getLogger(__name__)
 
@@ -744,6 +745,7 @@ class AnnIndex:
                 saved = self.shard_map.saved_entry(kind)
                 assert saved is not None
                 entries[kind] = _link_shard(saved, dest)
+        pause_at("ann")  # shard files written, no manifest yet
         manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
                     "watermark": self.watermark, "shards": list(entries.values()),
                     "fingerprints": self.fingerprints}

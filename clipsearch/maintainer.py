@@ -29,6 +29,7 @@ from clipsearch.failures import storage_errors
 from clipsearch.fsutil import write_atomic
 from clipsearch.search import IMAGE_LIKE
 from clipsearch.store import sql_in
+from clipsearch.testpoints import pause_at
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -206,6 +207,7 @@ class Maintainer:
         """Thumbnails no row names any more (of rows removed, replaced or moved) are deleted."""
         from clipsearch import thumbs
 
+        pause_at("thumbs")
         thumbs.sweep(self.col.path, self.col.store.thumb_column())
 
     def update_text_index(self, rebuild: bool = False) -> None:
@@ -213,6 +215,7 @@ class Maintainer:
         from clipsearch.docsearch import ensure_fts_index, fts_problem
 
         table = self.col.store.table
+        pause_at("fts")
         ensure_fts_index(table, rebuild=rebuild or fts_problem(table) is not None)
 
     def table_stats(self, count_bytes: bool = True) -> TableStats:
@@ -299,6 +302,7 @@ class Maintainer:
             raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
                                  hint="index more items, then run fit-transforms again")
         ts.params["fit"] = {"reason": reason, "rows": rows, "sample": int(len(vecs)), "time": time.time()}
+        pause_at("transforms")
         ts.save(self.col.path)
         self.col.push_transforms()
         return ts

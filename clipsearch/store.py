@@ -28,10 +28,12 @@ import pyarrow.compute as pc
 from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
 from clipsearch.records import Record, display_path, item_id
+from clipsearch.testpoints import pause_at
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
 PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
+TOUCH_BATCH = 500  # touched files recorded per commit
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 
@@ -420,10 +422,14 @@ class Store:
         self.touch_many([(raw, mtime)])
 
     @guarded
-    def touch_many(self, files: Sequence[tuple[bytes, float]], batch: int = 500) -> None:
+    def touch_many(self, files: Sequence[tuple[bytes, float]], batch: int | None = None) -> None:
         """Record new mtimes of files whose content hash proved unchanged: one commit per
-        `batch` files (a merge of the rows' ids and new mtimes), not one per file."""
+        `batch` files (default `TOUCH_BATCH`; a merge of the rows' ids and new mtimes), not one
+        per file. Each commit stands alone: a run stopped between them is finished by the next."""
+        batch = batch or TOUCH_BATCH
         for i in range(0, len(files), batch):
+            if i:
+                pause_at("touch")
             new = dict(files[i:i + batch])
             rows = self.scan(["id", "source_raw"], sources_filter(new))
             if not rows.num_rows:
@@ -435,8 +441,20 @@ class Store:
     # ---- upkeep ------------------------------------------------------------------------------
     @guarded
     def compact(self) -> None:
-        """Merge small data files and drop deleted rows (one commit; indexes are remapped)."""
-        self.dataset.optimize.compact_files()
+        """Merge small data files and drop deleted rows (one commit; indexes are remapped).
+
+        Lance's plan / rewrite / commit: the rewritten files are not part of the table until
+        the commit, so a writer stopped before it leaves the old files in use (and some unused
+        files, which version cleanup removes)."""
+        from lance.optimize import Compaction, CompactionOptions
+
+        dataset = self.dataset
+        plan = Compaction.plan(dataset, CompactionOptions())
+        if not plan.tasks:
+            return
+        rewrites = [task.execute(dataset) for task in plan.tasks]
+        pause_at("compact")
+        Compaction.commit(dataset, rewrites)
 
     @guarded
     def cleanup_versions(self, keep: timedelta) -> int:
@@ -448,6 +466,7 @@ class Store:
         old = [a["version"] for a, b in zip(listed, listed[1:], strict=False)
                if _age(b["timestamp"]) >= keep]
         if old:
+            pause_at("cleanup")
             dataset.cleanup_old_versions(versions=old)
         return len(old)
 
