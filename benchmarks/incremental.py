@@ -181,7 +181,8 @@ def main() -> None:
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="incremental_"))
     rng = np.random.default_rng(0)
-    info: dict[str, Any] = {"rows": a.rows, "files": a.files, "cpus": os.cpu_count()}
+    info: dict[str, Any] = {"rows": a.rows, "files": a.files, "cpus": os.cpu_count(),
+                            "load_avg_start": [round(x, 1) for x in os.getloadavg()]}
     if a.ann_only:
         info.pop("files")
         info["dim"] = a.dim
@@ -246,6 +247,7 @@ def main() -> None:
     queries = make_queries(dist, data, 50, seed=3)
     info["recall_at_10"], first_s = recall_at_10(col, queries)
     info["reader_first_query_s"] = round(first_s, 2)
+    info["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(info, indent=2))
     if not a.keep and a.workdir is None:
         shutil.rmtree(base, ignore_errors=True)

@@ -27,7 +27,7 @@ from clipsearch.fsutil import is_within
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
-from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
+from clipsearch.store import PARTIAL_SIZE, FileState, FileStates, SourceRows, Store
 
 if TYPE_CHECKING:
     import torch
@@ -215,7 +215,7 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     table already holds (renamed, moved, copied: `moves.find`) leave the jobs for that list,
     and the sources they came from leave `gone` when the carry removes them (`moves.apply`).
     """
-    states: dict[bytes, FileState] = store.file_states()
+    states = store.file_states()
     jobs: list[Job] = []
     seen: set[bytes] = set()
     stale: list[bytes] = []
@@ -238,7 +238,7 @@ def plan(store: Store, roots: list[bytes], indexers: list[Indexer], report: Inde
     store.touch_many(touched)
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
-    gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
+    gone = [raw for raw in states.under(covered) if raw not in seen and not _under(raw, kept)]
     if carries is None:
         return jobs, gone + stale
     jobs, gone, found = moves.find(jobs, gone + stale, states, content_hash)
@@ -276,7 +276,7 @@ def _under(raw: bytes, prefixes: list[bytes]) -> bool:
     return any(is_within(raw, p) for p in prefixes)
 
 
-def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexReport,
+def vanished_roots(walk: Scan, states: FileStates, report: IndexReport,
                    prune_missing: bool) -> tuple[list[bytes], list[bytes]]:
     """(prefixes whose unseen rows are gone, prefixes whose rows are kept) after a walk.
 
@@ -290,7 +290,7 @@ def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexRepo
     lost = list(walk.vanished)
     for root in walk.empty:
         real = os.path.realpath(root)
-        if any(_under(raw, [root, real]) for raw in states):
+        if states.under([root, real]):
             lost.append((root, "it is empty now (an unplugged drive?)"))
     for root, reason in lost:
         forms = [root, os.path.realpath(root)]
