@@ -229,7 +229,7 @@ def run_one(n: int, dim: int, nq: int, k: int, dist: Distribution, seed: int, np
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         nlist, default_nprobe = ivf.nlist, ivf.nprobe
-        out["product"].update(nlist=nlist, nprobe=default_nprobe, ivf_params=ivf_params(n),
+        out["product"].update(nlist=nlist, nprobe=default_nprobe, ivf_params=ivf_params(n, dim),
                               k_factor=getattr(index, "k_factor", None))
         for p in sorted(set(nprobes) | {default_nprobe}):
             if p > nlist:

@@ -181,7 +181,8 @@ def main() -> None:
     a = ap.parse_args()
     base = Path(a.workdir or tempfile.mkdtemp(prefix="incremental_"))
     rng = np.random.default_rng(0)
-    info: dict[str, Any] = {"rows": a.rows, "files": a.files, "cpus": os.cpu_count()}
+    info: dict[str, Any] = {"rows": a.rows, "files": a.files, "cpus": os.cpu_count(),
+                            "load_avg_start": [round(x, 1) for x in os.getloadavg()]}
     if a.ann_only:
         info.pop("files")
         info["dim"] = a.dim
@@ -223,9 +224,13 @@ def main() -> None:
     enc = col.encoder  # loaded before the timed run, as the model load is not the update's cost
     for name in ("encode_pixels", "encode_images", "encode_texts"):
         timer.wrap(enc, name, "embedding")
-    timer.wrap(col.searcher, "rebuild_ann", "ann_update")
-    timer.wrap(col.searcher, "ensure_text_index", "fts")
-    timer.wrap(col.searcher, "after_write", "transforms")
+    steps = {"touch": (col.store, "touch_many"), "fts": (col.maintainer, "update_text_index"),
+             "compact": (col.maintainer, "compact"), "thumbs": (col.maintainer, "sweep_thumbs"),
+             "ann_update": (col.maintainer, "update_ann"),
+             "transforms": (col.maintainer, "update_transforms"),
+             "cleanup": (col.maintainer, "cleanup")}
+    for label, (obj, name) in steps.items():
+        timer.wrap(obj, name, label)
     t = time.perf_counter()
     report = col.add([files], workers=2)
     total = time.perf_counter() - t
@@ -233,7 +238,8 @@ def main() -> None:
     info["index_run_s"] = round(total, 2)
     info["embedding_s"] = round(timer.spent.get("embedding", 0.0), 2)
     info["without_embedding_s"] = round(total - timer.spent.get("embedding", 0.0), 2)
-    for part in ("ann_update", "fts", "transforms"):
+    info["scan_and_change_check_s"] = round(report.scan_seconds, 2)
+    for part in steps:
         info[f"{part}_s"] = round(timer.spent.get(part, 0.0), 2)
     info["table_rows_after"] = col.store.count()
     info["table_versions"] = len(col.store.table.list_versions())
@@ -241,6 +247,7 @@ def main() -> None:
     queries = make_queries(dist, data, 50, seed=3)
     info["recall_at_10"], first_s = recall_at_10(col, queries)
     info["reader_first_query_s"] = round(first_s, 2)
+    info["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(info, indent=2))
     if not a.keep and a.workdir is None:
         shutil.rmtree(base, ignore_errors=True)

@@ -4,8 +4,9 @@ One FAISS index per row kind (image, video_window, doc_page, ...): every query n
 wants, so a kind filter picks shards instead of testing millions of ids against a selector per
 query (a `video_window` selector costs time per query that grows with n; benchmarks/RESULTS.md).
 Per shard: exact (flat inner product) below `exact_threshold` rows, IVF above it: 4-bit PQ
-fast-scan codes to shortlist (cheap enough to probe many lists), then exact re-ranking of the
-shortlist on float16 copies of the vectors (lossless: the table stores float16). Large shards
+fast-scan codes to shortlist (cheap enough to probe many lists; finer codes and more probes at
+small dims), then exact re-ranking of the shortlist on float16 copies of the vectors
+(lossless: the table stores float16). Large shards
 are built streaming from the table (k-means on a sample, then batches), so the build never
 holds all vectors in memory. The folder filter is pushed into FAISS as an ID selector so a
 filtered query still returns k hits when k exist. Defaults are measured by benchmarks/ann.py
@@ -58,6 +59,7 @@ from clipsearch.fsutil import folder_prefix, write_atomic
 from clipsearch.lazy import lazy_import
 from clipsearch.leftovers import temp_name
 from clipsearch.store import Store, float32_vectors, sql_str
+from clipsearch.testpoints import pause_at
 
 if TYPE_CHECKING:
     import faiss
@@ -109,8 +111,28 @@ MAX_NLIST = 4096
 BUILD_BATCH_ROWS = 65_536
 
 
-def ivf_params(n: int) -> tuple[int, int]:
-    """(nlist, nprobe) for n vectors: ~4·sqrt(n) lists up to MAX_NLIST, ~4·sqrt(nlist) probed.
+SMALL_DIM = 256  # at or below: finer PQ codes and twice the probes (see ivf_params)
+
+
+def probes(nlist: int, dim: int | None = None) -> int:
+    """Lists a query probes: ~4·sqrt(nlist), ~8·sqrt(nlist) at `SMALL_DIM` or fewer dims.
+
+    At dim 128 a query's neighbours spread over more lists than at dim 512: 4·sqrt(nlist) missed
+    the recall@10 target at 1M rows whatever the codes (benchmarks/RESULTS.md, "Incremental
+    updates"), twice that reaches the target; at dim 512 4·sqrt(nlist) already does."""
+    factor = 8 if dim is not None and dim <= SMALL_DIM else 4
+    return min(nlist, max(8, int(factor * np.sqrt(nlist))))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-quantizers of the fast-scan shortlist: one per 4 dims, one per 2 at `SMALL_DIM`
+    or fewer (4-dim sub-vectors of a 128-dim vector shortlist too coarsely for the exact
+    re-rank to recover the true top 10; measured in benchmarks/RESULTS.md)."""
+    return dim // 2 if dim <= SMALL_DIM else dim // 4
+
+
+def ivf_params(n: int, dim: int | None = None) -> tuple[int, int]:
+    """(nlist, nprobe) for n vectors of `dim`: ~4·sqrt(n) lists up to MAX_NLIST, `probes` of them.
 
     Chosen from the benchmarks/ann.py sweep on CLIP-like clustered data (figures in
     benchmarks/RESULTS.md): the fraction of lists a query must probe falls as n grows, so a fixed
@@ -119,7 +141,7 @@ def ivf_params(n: int) -> tuple[int, int]:
     4-bit fast-scan makes scanning the longer lists cheap (benchmarks/moments_scale.py).
     """
     nlist = int(min(max(4 * np.sqrt(n), 64), MAX_NLIST))
-    return nlist, max(8, int(4 * np.sqrt(nlist)))
+    return nlist, probes(nlist, dim)
 
 
 _GPU_PROBE = ("import faiss, numpy as np; x = np.ones((4, 8), 'float32'); "
@@ -152,15 +174,15 @@ def empty_faiss(n: int, dim: int, exact_threshold: int = EXACT_THRESHOLD) -> fai
     """An untrained index for n vectors of `dim`: flat below the threshold, IVF-PQ-fs above."""
     if n < exact_threshold:
         return faiss.IndexFlatIP(dim)
-    nlist, nprobe = ivf_params(n)
+    nlist, _ = ivf_params(n, dim)
     nlist = max(1, min(nlist, n // 39))  # k-means needs ~39 points per list
     if dim % 4 == 0:
-        index = faiss.index_factory(dim, f"IVF{nlist},PQ{dim // 4}x4fs,Refine(SQfp16)",
+        index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_subquantizers(dim)}x4fs,Refine(SQfp16)",
                                     faiss.METRIC_INNER_PRODUCT)
         index.k_factor = REFINE_K_FACTOR  # type: ignore[attr-defined]  # an IndexRefine; faiss types it Index
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
+    faiss.extract_index_ivf(index).nprobe = probes(nlist, dim)
     return index
 
 
@@ -556,6 +578,9 @@ def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
     if index.ntotal != len(ids):
         raise DamagedIndex(f"{faiss_path} does not hold the {saved.entry['rows']} {saved.entry['kind']} "
                            "rows its manifest names")
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:  # the probes of this version's defaults, whichever version saved it
+        ivf.nprobe = probes(ivf.nlist, index.d)
     trained = int(saved.entry.get("trained", len(ids)))
     shard = (Shard.place(index, ids, sources, hashes=hashes, dead=dead, trained=trained) if place
              else Shard(index, ids, sources, hashes=hashes, dead=dead, trained=trained))
@@ -763,6 +788,7 @@ class AnnIndex:
                 saved = self.shard_map.saved_entry(kind)
                 assert saved is not None
                 entries[kind] = _link_shard(saved, dest)
+        pause_at("ann")  # shard files written, no manifest yet
         manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
                     "watermark": self.watermark, "shards": list(entries.values()),
                     "fingerprints": self.fingerprints}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from clipsearch.fsutil import write_atomic
 
 if TYPE_CHECKING:
-    from clipsearch.store import FileState, Store
+    from clipsearch.store import FileStates, Store
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +156,24 @@ class Catalog:
         (`file_states` checks its CRC as it reads it)."""
         return _folder_stat(os.fspath(self.folder / FILE_STATES)) == self.states_check.get("stat")
 
-    def file_states(self) -> dict[bytes, FileState] | None:
+    def file_states(self) -> FileStates | None:
         """Every source's file state, as the table held them at `version`; None when the file is
         missing or fails its check (the caller reads the table)."""
         import pyarrow as pa
         import pyarrow.ipc
 
-        from clipsearch.store import FileState
+        from clipsearch.store import FileStates
 
         path = self.folder / FILE_STATES
         try:
             data = path.read_bytes()
             if len(data) != self.states_check["size"] or zlib.crc32(data) != self.states_check["crc32"]:
                 raise ValueError("it fails its check")
-            t = pyarrow.ipc.open_file(pa.BufferReader(data)).read_all()
-            cols = [t.column(c).to_pylist() for c in ("source_raw", "mtime", "size", "content_hash")]
+            states = FileStates(pyarrow.ipc.open_file(pa.BufferReader(data)).read_all())
         except (OSError, ValueError, KeyError, pa.ArrowException) as e:
             log.info("%s is unusable (%s); reading the file states from the table", path, e)
             return None
-        return {r: FileState(m, s, h) for r, m, s, h in zip(*cols, strict=True)}
+        return states
 
 
 def current_schema_version() -> int:

@@ -36,6 +36,7 @@ from clipsearch.fsutil import write_atomic
 from clipsearch.search import IMAGE_LIKE
 from clipsearch.storage import TRANSFORMS_FILE
 from clipsearch.store import sql_in
+from clipsearch.testpoints import pause_at
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -218,6 +219,7 @@ class Maintainer:
         """Thumbnails no row names any more (of rows removed, replaced or moved) are deleted."""
         from clipsearch import thumbs
 
+        pause_at("thumbs")
         thumbs.sweep(self.col.path, self.col.store.thumb_column())
 
     def update_text_index(self, rebuild: bool = False) -> None:
@@ -225,6 +227,7 @@ class Maintainer:
         from clipsearch.docsearch import ensure_fts_index, fts_problem
 
         table = self.col.store.table
+        pause_at("fts")
         ensure_fts_index(table, rebuild=rebuild or fts_problem(table) is not None)
 
     def table_stats(self, count_bytes: bool = True) -> TableStats:
@@ -312,6 +315,7 @@ class Maintainer:
             raise TransformError("no transform could be fitted: " + "; ".join(ts.skipped.values()),
                                  hint="index more items, then run fit-transforms again")
         ts.params["fit"] = {"reason": reason, "rows": rows, "sample": int(len(vecs)), "time": time.time()}
+        pause_at("transforms")
         if save:
             ts.save(self.col.path)
             self.col.storage.mirror(TRANSFORMS_FILE)

@@ -12,13 +12,13 @@ that of some stored file are hashed, so a run without such candidates pays nothi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from clipsearch import thumbs
 from clipsearch.records import Record
-from clipsearch.store import FileState, SourceRows, Store
+from clipsearch.store import FileState, FileStates, SourceRows, Store
 
 if TYPE_CHECKING:
     from clipsearch.pipeline import IndexReport, Job
@@ -38,7 +38,7 @@ class Carry:
     replaces: bool  # the file had rows of its own (of other content)
 
 
-def find(jobs: list[Job], gone: list[bytes], states: dict[bytes, FileState],
+def find(jobs: list[Job], gone: list[bytes], states: Mapping[bytes, FileState],
          hash_file: Callable[[bytes, int], str]) -> tuple[list[Job], list[bytes], list[Carry]]:
     """Split planned `jobs` into those to embed and those to carry; `gone` less the donors
     whose rows the carries remove. A file that cannot be read now stays a job (its indexer
@@ -47,8 +47,10 @@ def find(jobs: list[Job], gone: list[bytes], states: dict[bytes, FileState],
         return jobs, gone, []
     sizes = {j.size for j in jobs}
     by_content: dict[tuple[int, str], list[bytes]] = {}
-    for raw, st in states.items():
-        if st.size in sizes and st.content_hash:  # a partial file's size (-1) is no job's
+    same_size = (states.with_sizes(sizes) if isinstance(states, FileStates)  # Arrow: no loop over all
+                 else ((raw, st) for raw, st in states.items() if st.size in sizes))
+    for raw, st in same_size:
+        if st.content_hash:  # a partial file's size (-1) is no job's
             by_content.setdefault((st.size, st.content_hash), []).append(raw)
     sizes = {size for size, _ in by_content}
     gone_set = set(gone)

@@ -27,7 +27,7 @@ from clipsearch.fsutil import is_within
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
-from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
+from clipsearch.store import PARTIAL_SIZE, FileState, FileStates, SourceRows, Store
 
 if TYPE_CHECKING:
     import torch
@@ -212,7 +212,7 @@ def plan(store: Store | Callable[[], Store], roots: list[bytes], indexers: list[
          rules: ScanRules | None = None, *, verify: bool = False,
          prune_missing: bool = False,
          carries: list[moves.Carry] | None = None,
-         states: dict[bytes, FileState] | None = None) -> tuple[list[Job], list[bytes]]:
+         states: FileStates | None = None) -> tuple[list[Job], list[bytes]]:
     """Decide per file: unchanged, skipped, or to (re)index; and which sources are gone.
 
     Each file is keyed by its real path, once however many roots or links reach it. `verify`
@@ -248,7 +248,7 @@ def plan(store: Store | Callable[[], Store], roots: list[bytes], indexers: list[
         resolve_store(store).touch_many(touched)
     covered, kept = vanished_roots(walk, states, report, prune_missing)
     report.linked_roots.extend(walk.linked)
-    gone = [raw for raw in states if raw not in seen and _under(raw, covered) and not _under(raw, kept)]
+    gone = [raw for raw in states.under(covered) if raw not in seen and not _under(raw, kept)]
     if carries is None:
         return jobs, gone + stale
     jobs, gone, found = moves.find(jobs, gone + stale, states, content_hash)
@@ -286,7 +286,7 @@ def _under(raw: bytes, prefixes: list[bytes]) -> bool:
     return any(is_within(raw, p) for p in prefixes)
 
 
-def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexReport,
+def vanished_roots(walk: Scan, states: FileStates, report: IndexReport,
                    prune_missing: bool) -> tuple[list[bytes], list[bytes]]:
     """(prefixes whose unseen rows are gone, prefixes whose rows are kept) after a walk.
 
@@ -300,7 +300,7 @@ def vanished_roots(walk: Scan, states: dict[bytes, FileState], report: IndexRepo
     lost = list(walk.vanished)
     for root in walk.empty:
         real = os.path.realpath(root)
-        if any(_under(raw, [root, real]) for raw in states):
+        if states.under([root, real]):
             lost.append((root, "it is empty now (an unplugged drive?)"))
     for root, reason in lost:
         forms = [root, os.path.realpath(root)]
@@ -372,7 +372,7 @@ def run(store: Store | Callable[[], Store], encoder: Encoder | Callable[[], Enco
         ctx: IndexContext, indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
         progress: bool = True, commit_files: int = 256, decode: str = "auto",
         rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
-        commit_rows: int = 5000, states: dict[bytes, FileState] | None = None) -> IndexReport:
+        commit_rows: int = 5000, states: FileStates | None = None) -> IndexReport:
     """Bring the store up to date with the files under `roots`. Never raises for one bad file.
 
     `decode`: where JPEGs are decoded; auto = on the GPU when the encoder runs on CUDA.

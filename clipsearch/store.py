@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
 from clipsearch.lazy import lazy_import
 from clipsearch.records import Record, display_path, item_id
+from clipsearch.testpoints import pause_at
 
 if TYPE_CHECKING:
     import pyarrow.compute as pc
@@ -38,6 +39,7 @@ TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
 PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
 ABSOLUTE_THUMBS = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"  # rows from before thumbnails were relative
+TOUCH_BATCH = 500  # touched files recorded per commit
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
                 "extra", "mtime", "size", "content_hash"]
 SCHEMA_VERSION_KEY = b"clipsearch_schema"  # schema metadata: the table layout's version
@@ -126,6 +128,57 @@ class FileState:
     def complete(self) -> bool:
         """False while a file's rows are still going in by parts (or a run stopped midway)."""
         return self.size != PARTIAL_SIZE
+
+
+class FileStates(Mapping[bytes, FileState]):
+    """Source file -> `FileState`, kept in Arrow form: a lookup makes one FileState, and the
+    questions a run asks of every row (which sources lie under the walked folders, which have a
+    new file's size) are answered by Arrow kernels, not a Python loop over a million rows."""
+
+    def __init__(self, t: pa.Table) -> None:
+        self._raw = t.column("source_raw").combine_chunks()
+        self._mtime = t.column("mtime").to_numpy()
+        self._size = t.column("size").to_numpy()
+        self._hash = t.column("content_hash").combine_chunks()
+        self._at = dict(zip(self._raw.to_pylist(), range(len(self._raw)), strict=True))  # last row wins
+
+    def __getitem__(self, raw: bytes) -> FileState:
+        i = self._at[raw]
+        return FileState(float(self._mtime[i]), int(self._size[i]), self._hash[i].as_py())
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def __contains__(self, raw: object) -> bool:
+        return raw in self._at
+
+    def under(self, prefixes: Sequence[bytes]) -> list[bytes]:
+        """The sources that are one of `prefixes` or lie under one (`fsutil.is_within`)."""
+        if not prefixes or not len(self._raw):
+            return []
+        mask = None
+        for base in prefixes:
+            base = base.rstrip(b"/") or b"/"
+            try:
+                pattern = (base if base == b"/" else base + b"/").decode()
+            except UnicodeDecodeError:  # Arrow matches prefixes given as text only
+                from clipsearch.fsutil import is_within
+
+                return [r for r in self._at if any(is_within(r, p) for p in prefixes)]
+            hit = pc.or_(pc.starts_with(self._raw, pattern=pattern),
+                         pc.equal(self._raw, pa.scalar(base, pa.binary())))
+            mask = hit if mask is None else pc.or_(mask, hit)
+        return list(dict.fromkeys(self._raw.filter(mask).to_pylist()))
+
+    def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
+        """(source, state) of the sources whose recorded size is one of `sizes`."""
+        wanted = np.asarray(sorted(set(sizes)), dtype=np.int64)
+        hits = np.flatnonzero(np.isin(self._size, wanted))
+        for raw in dict.fromkeys(self._raw.take(pa.array(hits, pa.int64())).to_pylist()):
+            yield raw, self[raw]
 
 
 @dataclass
@@ -224,14 +277,9 @@ class Store:
         return int(self.dataset.count_rows(filter=where)) if where else int(self.dataset.count_rows())
 
     @guarded
-    def file_states(self) -> dict[bytes, FileState]:
+    def file_states(self) -> FileStates:
         """Per source file, the state its rows were computed from (for change detection)."""
-        t = self.dataset.to_table(columns=["source_raw", "mtime", "size", "content_hash"])
-        raws = t.column("source_raw").to_pylist()
-        mt = t.column("mtime").to_pylist()
-        sz = t.column("size").to_pylist()
-        hs = t.column("content_hash").to_pylist()
-        return {r: FileState(m, s, h) for r, m, s, h in zip(raws, mt, sz, hs, strict=True)}
+        return FileStates(self.dataset.to_table(columns=["source_raw", "mtime", "size", "content_hash"]))
 
     @guarded
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
@@ -528,10 +576,14 @@ class Store:
         self.touch_many([(raw, mtime)])
 
     @guarded
-    def touch_many(self, files: Sequence[tuple[bytes, float]], batch: int = 500) -> None:
+    def touch_many(self, files: Sequence[tuple[bytes, float]], batch: int | None = None) -> None:
         """Record new mtimes of files whose content hash proved unchanged: one commit per
-        `batch` files (a merge of the rows' ids and new mtimes), not one per file."""
+        `batch` files (default `TOUCH_BATCH`; a merge of the rows' ids and new mtimes), not one
+        per file. Each commit stands alone: a run stopped between them is finished by the next."""
+        batch = batch or TOUCH_BATCH
         for i in range(0, len(files), batch):
+            if i:
+                pause_at("touch")
             new = dict(files[i:i + batch])
             rows = self.scan(["id", "source_raw"], sources_filter(new))
             if not rows.num_rows:
@@ -543,8 +595,20 @@ class Store:
     # ---- upkeep ------------------------------------------------------------------------------
     @guarded
     def compact(self) -> None:
-        """Merge small data files and drop deleted rows (one commit; indexes are remapped)."""
-        self.dataset.optimize.compact_files()
+        """Merge small data files and drop deleted rows (one commit; indexes are remapped).
+
+        Lance's plan / rewrite / commit: the rewritten files are not part of the table until
+        the commit, so a writer stopped before it leaves the old files in use (and some unused
+        files, which version cleanup removes)."""
+        from lance.optimize import Compaction, CompactionOptions
+
+        dataset = self.dataset
+        plan = Compaction.plan(dataset, CompactionOptions())
+        if not plan.tasks:
+            return
+        rewrites = [task.execute(dataset) for task in plan.tasks]
+        pause_at("compact")
+        Compaction.commit(dataset, rewrites)
 
     @guarded
     def cleanup_versions(self, keep: timedelta) -> int:
@@ -556,6 +620,7 @@ class Store:
         old = [a["version"] for a, b in zip(listed, listed[1:], strict=False)
                if _age(b["timestamp"]) >= keep]
         if old:
+            pause_at("cleanup")
             dataset.cleanup_old_versions(versions=old)
         return len(old)
 

@@ -1,10 +1,11 @@
 """The maintainer (write side): touched files in one commit, the full-text index updated in
 place, transforms refitted only when the collection changed by a large factor, compaction and
-version cleanup with a retention that readers can rely on, and kill -9 during compaction."""
+version cleanup with a retention that readers can rely on, and kill -9 in every maintenance step."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from clipsearch.collection import REFRESH_MARKER
 from clipsearch.docsearch import FTS_MAX_SEGMENTS, keyword_search
 from clipsearch.errors import UsageError
 from clipsearch.maintainer import KEEP_VERSIONS_ENV, keep_versions, refit_reason
+from clipsearch.testpoints import PAUSE_ENV, READY_ENV, STEPS
 
 WORD = "quasimodo"
 
@@ -228,43 +230,82 @@ def test_optimize_compacts_and_reports(tmp_path, monkeypatch):
     assert hits[0].source.endswith("solid_0007.png")
 
 
-KILL_DURING_COMPACTION = textwrap.dedent("""
-    import os, signal, sys
-    from lance.optimize import Compaction, CompactionOptions
+KILLED_RUN = textwrap.dedent("""
+    import sys
     import clipsearch.store as store
-
-    def compact_then_die(self):
-        ds = self.table.to_lance()
-        plan = Compaction.plan(ds, CompactionOptions())
-        for task in plan.tasks:
-            task.execute(ds)  # new data files written, not yet committed
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    store.Store.compact = compact_then_die
+    store.TOUCH_BATCH = 1  # one commit per touched file, so the touch pause stands between two
     from clipsearch import Collection
-    Collection.open(sys.argv[1], device="cpu").optimize()
+    Collection.open(sys.argv[1], device="cpu").add([sys.argv[2]])
 """)
 
 
-def test_kill_9_during_compaction_leaves_a_table_that_searches_and_heals(tmp_path):
+def kill_9_at(step: str, col_path: Path, pics: Path, tmp_path: Path) -> None:
+    """Run `index` over `pics` in a child process, stop it at `step`'s pause point, kill -9."""
+    ready = tmp_path / f"paused-{step}"
+    env = {**os.environ, PAUSE_ENV: step, READY_ENV: str(ready), KEEP_VERSIONS_ENV: "0",
+           "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(col_path), str(pics)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ready.exists():
+        child.kill()
+        _, err = child.communicate()
+        pytest.fail(f"the run never reached the {step!r} pause point (exit {child.returncode}): "
+                    f"{err[-2000:]}")
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+
+def assert_searches_its_table(col: Collection, queries: list[Path]) -> set[str]:
+    """Every hit names a row of the table (no stale hit), and each file with rows is its own
+    nearest neighbour. Returns the table's sources."""
+    sources = set(col.store.scan(["source"]).column("source").to_pylist())
+    for q in queries:
+        hits = col.search(image=q, k=5)
+        assert {h.source for h in hits} <= sources, f"stale hit for {q.name}"
+        if str(q) in sources:
+            assert hits[0].source == str(q), f"{q.name} is not found by its own image"
+    return sources
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_kill_9_in_a_maintenance_step_leaves_a_collection_that_searches_and_is_repaired(tmp_path, step):
+    """A writer killed in the middle of each step (the touch commits of the scan, then the
+    maintainer's full-text index, compaction, thumbnail sweep, ANN save, transforms fit and
+    version cleanup): a new reader searches what the table holds, and the next index run
+    repairs the rest, whatever the step."""
     pics = tmp_path / "pics"
     col = new_collection(tmp_path)
-    write_solids(pics, 4)
-    col.add([pics], fit_transforms=False)
-    for i in range(4, 8):
-        write_solids(pics, 1, start=i)
-        col.add([pics], fit_transforms=False)
-    files_before = data_files(col.path)
-    p = subprocess.run([sys.executable, "-c", KILL_DURING_COMPACTION, str(col.path)],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == -9, p.stderr
-    assert (col.path / REFRESH_MARKER).exists() and data_files(col.path) > files_before
+    old = write_solids(pics, 12)
+    col.add([pics])  # transforms fitted at 12 rows: the killed run's 24 make them refit
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for p in old[:4]:  # deleted (a copy kept to query with)
+        os.replace(p, gone / p.name)
+    later = time.time() + 5
+    for p in old[4:7]:  # touched: new mtime, same bytes
+        os.utime(p, (later, later))
+    new = write_solids(pics, 16, start=100)
+    on_disk = {str(p) for p in [*old[4:], *new]}
+    queries = [*old[4:], *new, *(gone / p.name for p in old[:4])]
+
+    kill_9_at(step, col.path, pics, tmp_path)
 
     reader = Collection.open(col.path, device="cpu")
-    assert reader.store.count() == 8
-    assert reader.search(image=pics / "solid_0005.png", k=1)[0].source.endswith("solid_0005.png")
-    report = Collection.open(col.path, device="cpu").add([pics], fit_transforms=False)
-    assert report.indexed == 0 and not (col.path / REFRESH_MARKER).exists()
+    sources = assert_searches_its_table(reader, queries)
+    if step == "touch":  # killed in the scan: nothing was indexed or removed yet
+        assert sources == {str(p) for p in old}
+    else:  # killed after the writes, in the maintainer: the table holds what is on disk
+        assert sources == on_disk and (col.path / REFRESH_MARKER).exists()
+
+    report = Collection.open(col.path, device="cpu").add([pics])
+    assert report.indexed == (len(new) if step == "touch" else 0)
+    assert not (col.path / REFRESH_MARKER).exists()
     healed = Collection.open(col.path, device="cpu")
-    assert healed.maintainer.derived_problems(fit_transforms=False) == []
-    assert healed.search(image=pics / "solid_0002.png", k=1)[0].source.endswith("solid_0002.png")
+    assert healed.maintainer.derived_problems() == []
+    assert assert_searches_its_table(healed, queries) == on_disk
+    assert healed.info()["items"] == len(on_disk)
+    assert healed.searcher.transforms().params["fit"]["rows"] == len(on_disk)
