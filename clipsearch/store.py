@@ -136,9 +136,11 @@ class FileStates(Mapping[bytes, FileState]):
     new file's size) are answered by Arrow kernels, not a Python loop over a million rows."""
 
     def __init__(self, t: pa.Table) -> None:
+        # Lists, not numpy: Arrow's numpy conversion imports pandas, which an unchanged run
+        # (answered from `catalog.Catalog.file_states`) must not pay for.
         self._raw = t.column("source_raw").combine_chunks()
-        self._mtime = t.column("mtime").to_numpy()
-        self._size = t.column("size").to_numpy()
+        self._mtime = t.column("mtime").to_pylist()
+        self._size = t.column("size").to_pylist()
         self._hash = t.column("content_hash").combine_chunks()
         self._at = dict(zip(self._raw.to_pylist(), range(len(self._raw)), strict=True))  # last row wins
 
@@ -168,15 +170,16 @@ class FileStates(Mapping[bytes, FileState]):
                 from clipsearch.fsutil import is_within
 
                 return [r for r in self._at if any(is_within(r, p) for p in prefixes)]
-            hit = pc.or_(pc.starts_with(self._raw, pattern=pattern),
-                         pc.equal(self._raw, pa.scalar(base, pa.binary())))
+            # no Python value is made an Arrow one here (that imports pandas): equality is a dict lookup
+            hit = pc.starts_with(self._raw, pattern=pattern)
             mask = hit if mask is None else pc.or_(mask, hit)
-        return list(dict.fromkeys(self._raw.filter(mask).to_pylist()))
+        exact = [base for base in (p.rstrip(b"/") or b"/" for p in prefixes) if base in self._at]
+        return list(dict.fromkeys([*exact, *self._raw.filter(mask).to_pylist()]))
 
     def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
         """(source, state) of the sources whose recorded size is one of `sizes`."""
         wanted = np.asarray(sorted(set(sizes)), dtype=np.int64)
-        hits = np.flatnonzero(np.isin(self._size, wanted))
+        hits = np.flatnonzero(np.isin(np.asarray(self._size, dtype=np.int64), wanted))
         for raw in dict.fromkeys(self._raw.take(pa.array(hits, pa.int64())).to_pylist()):
             yield raw, self[raw]
 
