@@ -332,18 +332,16 @@ class Searcher:
             raise UsageError("--invert needs an image query", hint="add --image FILE")
         if sort not in (None, "score", "typicality", *SORTS):
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
-        if kind == "moment":
+        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
+        if kind in rankers:
             if text is None:
-                raise UsageError("moment search needs a text query")
-            return self.moments(text, k=k + offset, under=under, filters=filters)[offset:]
-        if kind == "video":
-            if text is None:
-                raise UsageError("video search needs a text query")
-            return self.videos(text, k=k + offset, under=under, filters=filters)[offset:]
-        if kind == "doc":
-            if text is None:
-                raise UsageError("document search needs a text query")
-            return self.documents(text, k=k + offset, under=under, filters=filters)[offset:]
+                raise UsageError(f"{'document' if kind == 'doc' else kind} search needs a text query")
+            by_date = sort in ("date", "-date")
+            found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
+                                  under=under, filters=filters)
+            if by_date:
+                found = sort_by_date(found, newest=sort == "-date")
+            return found[offset:offset + k]
         vec, modality = self.query_vector(text, image, invert=invert)
         if invert:
             modality = "text"

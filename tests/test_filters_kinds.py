@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 from support import tiny_model_args
@@ -92,7 +91,8 @@ def dated(tmp_path_factory):
 def _in_august(col, lib: Path) -> set[str]:
     """The sources the table dates to August 2024 (checked against the fixture's dates)."""
     rows = col.store.scan(["source", "taken_at"]).to_pylist()
-    got = {r["source"] for r in rows if r["taken_at"] and (r["taken_at"].year, r["taken_at"].month) == (2024, 8)}
+    got = {r["source"] for r in rows
+           if r["taken_at"] and (r["taken_at"].year, r["taken_at"].month) == (2024, 8)}
     assert got == {str(lib / n) for n in [*VIDEOS, *PDFS, *IMAGES] if n.startswith("aug")}
     return got
 
@@ -127,6 +127,17 @@ def test_filtered_videos_are_k_of_the_matching_ones(dated):
     assert len(one) == 1 and Path(one[0].source).name.startswith("aug")
     early = col.search(QUERY, k=5, kind="video", before="2023-04")
     assert [Path(h.source).name for h in early] == ["old_red.mp4"]
+
+
+@pytest.mark.parametrize("order", ["date", "-date"])
+def test_videos_and_pages_sort_by_date(dated, order):
+    col, _ = dated
+    videos = [Path(h.source).name for h in col.search(QUERY, k=4, kind="video", sort=order)]
+    by_date = sorted(VIDEOS, key=lambda n: VIDEOS[n][0], reverse=order == "-date")
+    assert videos == by_date
+    pages = col.search(QUERY, k=7, kind="doc", sort=order)
+    stamps = [h.extra["taken_at"] for h in pages]
+    assert len(pages) == 7 and stamps == sorted(stamps, reverse=order == "-date")
 
 
 def test_filtered_document_search_returns_exactly_the_matching_pages(dated):
@@ -180,10 +191,9 @@ def test_cli_filters_moments_and_documents(dated):
 
 
 def test_http_filters_moments_videos_and_pages(dated):
+    from clipsearch.ui.api import SearchService, rest_router
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-
-    from clipsearch.ui.api import SearchService, rest_router
 
     col, _ = dated
     app = FastAPI()
