@@ -688,9 +688,10 @@ class Collection:
         """
         return self._located(self.searcher.browse(order=order, kind=kind, k=k, offset=offset, under=under))
 
-    def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
-        """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end."""
-        return self._located(self.searcher.moments(text, k=k, under=under))
+    def moments(self, text: str, k: int = 10, under: str | None = None, **filters: Any) -> Hits:
+        """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end.
+        `filters`: the metadata prefilters of `search` (after, before, camera, place, ...)."""
+        return self.search(text, k=k, kind="moment", under=under, **filters)
 
     def embed_text(self, text: str) -> np.ndarray:
         vec: np.ndarray = self.encoder.encode_texts([text])[0]

@@ -155,6 +155,7 @@ def search_documents(
     k: int,
     *,
     under: str | None = None,
+    where: str | None = None,
     ann_search: AnnSearch | None = None,
     depth: int | None = None,
     weights: Sequence[float] = DEFAULT_WEIGHTS,
@@ -162,20 +163,22 @@ def search_documents(
 ) -> list[DocHit]:
     """The `k` best document pages for a text query.
 
-    `under` keeps only sources at or below that path. `ann_search(vector, n, kind)` is the
-    core's ANN index returning best-first (row id, cosine); without it LanceDB searches
-    exactly with a `kind` filter. `depth` is how many rows each ranking considers
+    `under` keeps only sources at or below that path; `where` only rows matching that SQL
+    predicate (the metadata filters, `Filters.sql`), a prefilter of every ranking.
+    `ann_search(vector, n, kind)` is the core's ANN index returning best-first (row id,
+    cosine), restricted to the same rows; without it LanceDB searches exactly with a `kind`
+    filter. `depth` is how many rows each ranking considers
     (default max(200, 20 k)); `weights` weigh the page, chunk and keyword rankings in RRF.
     """
     if k <= 0 or not query.strip():
         return []
     depth = depth or max(200, 20 * k)
-    where_under = under_clause(under)
+    where_rows = _and(under_clause(under), where) or None
     qvec = encoder.encode_texts([query])[0].astype(np.float32)
 
-    page_rows = _vector_leg(table, qvec, "doc_page", depth, where_under, ann_search)
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_under, ann_search)
-    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_under))
+    page_rows = _vector_leg(table, qvec, "doc_page", depth, where_rows, ann_search)
+    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
+    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows))
     legs = [page_rows, chunk_rows, keyword_rows]
     if not keyword_rows and len(weights) == 3:
         # No word of the query occurs in any text: a visual query ("a green triangle") or
@@ -283,6 +286,7 @@ def page_text_evidence(
     depth: int,
     *,
     under: str | None = None,
+    where: str | None = None,
     ann_search: AnnSearch | None = None,
     weights: Sequence[float] = DEFAULT_WEIGHTS[1:],
 ) -> TextEvidence:
@@ -292,13 +296,14 @@ def page_text_evidence(
     keyword match must hold every word of the query: across all kinds a page naming one word
     of a visual query ("a dog on a beach") must not outrank the photos. When no page holds
     all the words nothing is decisive, and the chunk ranking (noise then) is not even run.
+    `under`, `where` and `ann_search` restrict the rows as in `search_documents`.
     """
-    where_under = under_clause(under)
-    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_under),
+    where_rows = _and(under_clause(under), where) or None
+    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows),
                                   all_terms=True)
     if not keyword_rows:
         return TextEvidence([], [], [], {})
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_under, ann_search)
+    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
     legs = [chunk_rows, keyword_rows]
     rankings = [group_ranking(rows, _page_key) for rows in legs]
     heads = [_confident_pages(rows, depth, keyword=i == 1) if w > 0 else 0
@@ -335,16 +340,16 @@ def _page_key(row: dict[str, Any]) -> PageKey:
 
 
 def _vector_leg(
-    table: Table, qvec: np.ndarray, kind: str, n: int, where_under: str | None, ann_search: AnnSearch | None
+    table: Table, qvec: np.ndarray, kind: str, n: int, where_rows: str | None, ann_search: AnnSearch | None
 ) -> list[dict[str, Any]]:
     """Best-first rows of one kind by cosine to the query, each with a `score`."""
     if ann_search is not None:
-        hits = list(ann_search(qvec, n * (4 if where_under else 1), kind))
+        hits = list(ann_search(qvec, n * (4 if where_rows else 1), kind))
         if not hits:
             return []
         # the kind again: the table is the truth, whatever the index says
         ids = sql_in("id", (str(i) for i, _ in hits))
-        rows = {r["id"]: r for r in _scan(table, _and(f"kind = {sql_str(kind)}", ids, where_under))}
+        rows = {r["id"]: r for r in _scan(table, _and(f"kind = {sql_str(kind)}", ids, where_rows))}
         out = []
         for i, s in hits:
             if str(i) in rows:
@@ -353,7 +358,7 @@ def _vector_leg(
     builder = (
         table.search(qvec, vector_column_name="vector")
         .distance_type("dot")  # type: ignore[attr-defined]  # a vector query; lancedb annotates the base class
-        .where(_and(f"kind = {sql_str(kind)}", where_under), prefilter=True)
+        .where(_and(f"kind = {sql_str(kind)}", where_rows), prefilter=True)
         .select(_COLUMNS)
         .limit(n)
     )

@@ -80,6 +80,17 @@ def _like(text: str) -> str:
     return sql_str(f"%{escaped}%")
 
 
+def _within_km(lat: float, lon: float, km: float) -> str:
+    """Haversine in SQL: the point (gps_lat, gps_lon) lies within `km` of (lat, lon). Compares
+    the haversine term with its value at `km`, so no asin/sqrt can see a rounding past 1."""
+    half = km / (2 * EARTH_KM)
+    if half >= math.pi / 2:  # farther than the antipode: every located point
+        return "gps_lat IS NOT NULL"
+    la0 = math.radians(lat)
+    return (f"(power(sin((radians(gps_lat) - {la0!r}) / 2), 2) + {math.cos(la0)!r} * cos(radians(gps_lat))"
+            f" * power(sin((radians(gps_lon) - {math.radians(lon)!r}) / 2), 2) <= {math.sin(half) ** 2!r})")
+
+
 @dataclass
 class Filters:
     """What a search keeps: each set field narrows it (all must hold). Dates are UTC; `before`
@@ -130,7 +141,8 @@ class Filters:
 
     def sql(self) -> str | None:
         """The predicate Lance evaluates (None when nothing is filtered). `near` contributes
-        its bounding box; `keep_near` makes it exact."""
+        its bounding box (which lets Lance skip most rows) and the great-circle test itself, so
+        the predicate alone is exact wherever it is used (a full-text prefilter too)."""
         parts: list[str] = []
         if self.after is not None:
             parts.append(f"taken_at >= {_timestamp(self.after)}")
@@ -162,6 +174,7 @@ class Filters:
                     parts.append(f"gps_lon BETWEEN {lo!r} AND {hi!r}")
             else:
                 parts.append("gps_lon IS NOT NULL")
+            parts.append(_within_km(lat, lon, km))
         if self.where:
             parts.append(f"({self.where})")
         return " AND ".join(parts) if parts else None

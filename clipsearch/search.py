@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,6 +201,21 @@ class Searcher:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         return self.ann().search(vec, n, kinds=kinds, under=under)[0]
 
+    def ranker_search(self, under: str | None,
+                      filters: Filters | None) -> Callable[[np.ndarray, int, str], list[tuple[str, float]]]:
+        """The `ann_search` hook for one query of the moment, video and document rankers: the
+        top n rows of a kind among those the filters keep (a prefilter, as in `search`: n
+        rows whenever n match), each kind's matches looked up once."""
+        if not filters:
+            return lambda v, n, kind: self.ann_search(v, n, kind, under)
+        matches: dict[str, np.ndarray] = {}
+
+        def search(v: np.ndarray, n: int, kind: str) -> list[tuple[str, float]]:
+            if kind not in matches:
+                matches[kind] = matching_ids(self.col.store, filters, (kind,), under)
+            return self._filtered(v, n, (kind,), under, matches[kind], filters)
+        return search
+
     def ann_description(self) -> dict[str, Any]:
         """The ANN index that serves the table now: the saved one's manifest when it is current
         (no shard is loaded), else the index `ann` loads or builds."""
@@ -317,21 +332,16 @@ class Searcher:
             raise UsageError("--invert needs an image query", hint="add --image FILE")
         if sort not in (None, "score", "typicality", *SORTS):
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
-        if filters and kind in ("moment", "video", "doc"):
-            raise UsageError(f"date, place and camera filters do not apply to --kind {kind} yet",
-                             hint="filter frames (--kind frame) or pages (--kind page) instead")
-        if kind == "moment":
+        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
+        if kind in rankers:
             if text is None:
-                raise UsageError("moment search needs a text query")
-            return self.moments(text, k=k + offset, under=under)[offset:]
-        if kind == "video":
-            if text is None:
-                raise UsageError("video search needs a text query")
-            return self.videos(text, k=k + offset, under=under)[offset:]
-        if kind == "doc":
-            if text is None:
-                raise UsageError("document search needs a text query")
-            return self.documents(text, k=k + offset, under=under)[offset:]
+                raise UsageError(f"{'document' if kind == 'doc' else kind} search needs a text query")
+            by_date = sort in ("date", "-date")
+            found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
+                                  under=under, filters=filters)
+            if by_date:
+                found = sort_by_date(found, newest=sort == "-date")
+            return found[offset:offset + k]
         vec, modality = self.query_vector(text, image, invert=invert)
         if invert:
             modality = "text"
@@ -361,9 +371,10 @@ class Searcher:
         hits = self._of_kinds(self._hydrate(raw), kinds)
         hits = _group(hits)
         if text and image is None and kind in (None, "all"):
-            hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)))
+            hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)),
+                                            filters)
         if hybrid and text:
-            hits = self._hybrid(hits, text, kinds, need, under)
+            hits = self._hybrid(hits, text, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
             hits = [h for h in hits if h.id is not None and _among(h.id, only)]
         if sort == "typicality":
@@ -407,7 +418,7 @@ class Searcher:
         return [h for h in hits if h.kind in kinds]
 
     def _hybrid(self, hits: list[Hit], text: str, kinds: tuple[str, ...], n: int,
-                under: str | None = None) -> list[Hit]:
+                under: str | None = None, filters: Filters | None = None) -> list[Hit]:
         """Fuse vector ranks with BM25 over paths (and text) by RRF; score = fused RRF score.
 
         `cosine` is the vector similarity, None for a match by path alone."""
@@ -417,6 +428,9 @@ class Searcher:
         where = sql_in("kind", kinds)
         if under:
             where = f"({where}) AND {under_clause(under)}"
+        predicate = filters.sql() if filters else None
+        if predicate:
+            where = f"({where}) AND ({predicate})"
         kw = keyword_search(self.col.store.table, text, n, where=where, column="source")
         fused = hybrid_rerank([(h.id, h.score) for h in hits], [(r["id"], r["score"]) for r in kw], n)
         cosines: dict[str | None, float | None] = {h.id: h.extra.get("cosine", h.score) for h in hits}
@@ -434,7 +448,7 @@ class Searcher:
         return _group(out)
 
     def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
-                            n: int, depth: int) -> list[Hit]:
+                            n: int, depth: int, filters: Filters | None = None) -> list[Hit]:
         """Give the words of documents their say in a text query over all kinds.
 
         The vector ranking (images, video frames, page pictures) is fused with the document
@@ -444,6 +458,7 @@ class Searcher:
         nothing out (a visual query) the ranking and its cosine scores stay as they were.
         Otherwise `score` is the fused score and `extra["cosine"]` the vector similarity
         (None for a page found by its words alone). Returns at least `n` hits when there are.
+        `filters` restrict the text rankings as they do the vector one.
         """
         from clipsearch.docsearch import HEAD, page_details, page_text_evidence, snippet
         from clipsearch.fusion import confident_head, gated_rrf
@@ -452,7 +467,8 @@ class Searcher:
             return hits
         table = self.col.store.table
         evidence = page_text_evidence(table, vec, text, depth, under=under,
-                                      ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
+                                      where=filters.sql() if filters else None,
+                                      ann_search=self.ranker_search(under, filters))
         if not evidence.decisive:
             return hits
         by_key = {_fusion_key(h): h for h in hits}
@@ -588,45 +604,70 @@ class Searcher:
             self._video_catalog = VideoCatalog.build(self.col.store.table)
             return self._video_catalog
 
-    def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
+    def moments(self, text: str, k: int = 10, under: str | None = None,
+                filters: Filters | None = None) -> list[Hit]:
+        """Moments in the videos the filters keep (their windows are what is ranked)."""
         from clipsearch.moments import find_moments
 
         vec = self.col.encoder.encode_texts([text])[0]
         found = find_moments(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
-                             ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
-        return [Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
-                    t_end=float(m.t_end), thumb=m.thumb) for m in found]
+                             ann_search=self.ranker_search(under, filters))
+        return self._with_file_columns([
+            Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
+                t_end=float(m.t_end), thumb=m.thumb) for m in found])
 
-    def videos(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
-        """Whole videos ranked by their best-matching window."""
+    def videos(self, text: str, k: int = 10, under: str | None = None,
+               filters: Filters | None = None) -> list[Hit]:
+        """Whole videos ranked by their best-matching window, among those the filters keep."""
         from clipsearch.moments import rank_videos
 
         vec = self.col.encoder.encode_texts([text])[0]
         found = rank_videos(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
-                            ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
-        return [Hit(source=v.source, kind="video", score=float(v.score), t_start=float(v.t_start),
-                    t_end=float(v.t_end), thumb=v.thumb) for v in found]
+                            ann_search=self.ranker_search(under, filters))
+        return self._with_file_columns([
+            Hit(source=v.source, kind="video", score=float(v.score), t_start=float(v.t_start),
+                t_end=float(v.t_end), thumb=v.thumb) for v in found])
 
-    def documents(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
+    def documents(self, text: str, k: int = 10, under: str | None = None,
+                  filters: Filters | None = None) -> list[Hit]:
+        """Document pages, every ranking of `docsearch` restricted to the rows the filters keep."""
         from clipsearch.docsearch import search_documents
 
         found = search_documents(self.col.store.table, self.col.encoder, text, k, under=under,
-                                 ann_search=lambda v, n, kind: self.ann_search(v, n, kind, under))
-        return [Hit(source=d.source, kind="doc", score=float(d.score), page=d.page, text=d.text,
-                    thumb=d.thumb) for d in found]
+                                 where=filters.sql() if filters else None,
+                                 ann_search=self.ranker_search(under, filters))
+        return self._with_file_columns([
+            Hit(source=d.source, kind="doc", score=float(d.score), page=d.page, text=d.text,
+                thumb=d.thumb) for d in found])
+
+    def _with_file_columns(self, hits: list[Hit]) -> list[Hit]:
+        """Give ranked moments, videos and pages their file's date, place, camera... in
+        `extra`, as row hits have (every row of a file carries them): one scan for all."""
+        columns = self.col.store.file_columns()
+        if not hits or not columns:
+            return hits
+        sources = sql_in("source", {h.source for h in hits})
+        rows = self.col.store.scan(["source", *columns],
+                                   f"{sql_in('kind', ('video', 'doc_page', 'doc_text'))} AND {sources}")
+        by_source = {r["source"]: r for r in rows.to_pylist()}
+        for h in hits:
+            h.extra = {**file_values(by_source.get(h.source, {})), **h.extra}
+        return hits
 
 
 def hit_from_row(r: dict[str, Any], score: float) -> Hit:
     """A hit of a table row; its file columns (date, place, camera, size...) go in `extra`."""
     extra = json.loads(r["extra"]) if r.get("extra") else {}
     kept = {k: v for k, v in extra.items() if k in ("duration", "scale")}
-    for c in FILE_COLUMNS:
-        value = r.get(c)
-        if value is not None:
-            kept[c] = value.isoformat() if c == "taken_at" else value
+    kept.update(file_values(r))
     return Hit(source=r["source"], kind=r["kind"], score=score, t_start=r.get("t_start"),
                t_end=r.get("t_end"), page=r.get("page"), text=r.get("text"), thumb=r.get("thumb"),
                id=r["id"], extra=kept)
+
+
+def file_values(r: dict[str, Any]) -> dict[str, Any]:
+    """A row's known file columns as JSON-able values (taken_at as an ISO time)."""
+    return {c: r[c].isoformat() if c == "taken_at" else r[c] for c in FILE_COLUMNS if r.get(c) is not None}
 
 
 def sort_by_date(hits: list[Hit], newest: bool = False) -> list[Hit]:

@@ -207,3 +207,15 @@ def test_ui_detail_and_status_show_date_place_camera_and_size(sample):
     _, db = sample
     line = SearchService(db, device="cpu").status_line()
     assert "taken " in line  # the sample's files have dates (their mtimes)
+
+
+def test_the_sql_alone_is_exact_for_near(filtered):
+    """The full-text legs of document and hybrid search prefilter with `Filters.sql()` alone."""
+    from clipsearch.filters import Filters
+
+    col, truth, _ = filtered
+    predicate = Filters.parse(near="38.72,-9.14,8").sql()
+    got = set(col.store.dataset.to_table(columns=["id"], filter=predicate).column("id").to_pylist())
+    expected = {i for i, m in truth.items()
+                if m["gps_lat"] is not None and _km(m["gps_lat"], m["gps_lon"], 38.72, -9.14) <= 8}
+    assert got == expected and 0 < len(expected) < len(truth)

@@ -331,8 +331,9 @@ class SearchService:
         rows = self.page_rows(hits)
         return [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
 
-    def moments(self, text: str, k: int = 10, under: str | None = None) -> dict[str, Any]:
-        return self.search(text, kind="moment", k=k, under=under)
+    def moments(self, text: str, k: int = 10, under: str | None = None, **filters: Any) -> dict[str, Any]:
+        """Video moments; `filters` as in `search`."""
+        return self.search(text, kind="moment", k=k, under=under, **filters)
 
     def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
                offset: int = 0, under: str | None = None) -> dict[str, Any]:
@@ -538,9 +539,20 @@ def rest_router(service: SearchService) -> APIRouter:
                                           **filters))
 
     @router.get("/api/moments")
-    def api_moments(q: str, k: int = 10, under: str | None = None) -> Any:
-        """Where in which video `q` happens: hits with t_start/t_end in seconds."""
-        return run(lambda: service.moments(q, k=k, under=under))
+    def api_moments(q: str, k: int = 10, under: str | None = None,
+                    after: str | None = Query(None, description="taken on or after: 2024, 2024-08, ..."),
+                    before: str | None = Query(None, description="taken before the end of this date"),
+                    camera: str | None = Query(None, description="camera make/model contains this"),
+                    place: str | None = Query(None, description="city, region or country contains this"),
+                    near: str | None = Query(None, description="LAT,LON[,KM] (default 10 km)"),
+                    format: str | None = Query(None, description="file format: mp4, mov, mkv..."),
+                    min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
+                    where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
+        """Where in which video `q` happens: hits with t_start/t_end in seconds; the metadata
+        filters of /api/search keep only the videos they match."""
+        filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
+                                   "near": near, "format": format, "min_pixels": min_pixels, "where": where}
+        return run(lambda: service.moments(q, k=k, under=under, **filters))
 
     @router.get("/api/browse")
     def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,

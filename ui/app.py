@@ -323,10 +323,13 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
-    def api_moments(q: str, k: int = 10, under: str = "") -> dict:
-        """Video moments for a text query: hits with t_start/t_end in seconds."""
+    def api_moments(q: str, k: int = 10, under: str = "", after: str = "", before: str = "",
+                    place: str = "", camera: str = "") -> dict:
+        """Video moments for a text query: hits with t_start/t_end in seconds; after/before,
+        place, camera: metadata prefilters, as in search."""
         try:
-            return service.moments(q, k=k, under=under)
+            return service.moments(q, k=k, under=under, after=after, before=before, place=place,
+                                   camera=camera)
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
