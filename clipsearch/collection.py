@@ -225,10 +225,15 @@ class IndexRun:
 class Collection:
     """A searchable collection on disk. Cheap to open; the model loads on first use."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], device: str | None = "auto") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], device: str | None = "auto",
+                 backend: str | None = None, precision: str | None = None) -> None:
+        from clipsearch.backends import requested
+
         self.path = Path(os.path.abspath(path))
         self.meta = meta
         self.device = device
+        requested(backend, precision)  # a bad name fails at open, before any work
+        self.backend, self.precision = backend, precision
         self.spec = ModelSpec.from_dict(meta["model"])
         self._encoder: Encoder | None = None
         self._store: Store | None = None
@@ -240,27 +245,34 @@ class Collection:
     @classmethod
     def create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
                checkpoint: str | None = None, device: str | None = "auto",
-               pooling: str = "mean") -> Collection:
-        """Create a collection for `model` (loads it first, so a bad model leaves nothing behind)."""
-        from clipsearch.encoders import Encoder
+               pooling: str = "mean", backend: str | None = None,
+               precision: str | None = None) -> Collection:
+        """Create a collection for `model` (loads it first, so a bad model leaves nothing behind).
+        `backend` / `precision`: see `open`."""
+        from clipsearch.backends import load_encoder
 
         p = Path(path).expanduser() if path else default_db_dir()
         if cls.exists(p):
             raise UsageError(f"a collection already exists at {p}", hint="use Collection.open")
-        encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
+        encoder = load_encoder(resolve(model, checkpoint, pooling), device=device, backend=backend,
+                               precision=precision)
         with storage_errors(str(p)):
             p.mkdir(parents=True, exist_ok=True)
         meta = new_meta(encoder)
         settle_meta(None, _existing_store(p), str(p))  # an old table that records nothing: refused
         _write_json_atomic(p / META_FILE, meta)
-        col = cls(p, meta, device)
+        col = cls(p, meta, device, backend=backend, precision=precision)
         col._encoder = encoder
         return col
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, device: str | None = "auto",
-             model: str | None = None, checkpoint: str | None = None) -> Collection:
-        """Open an existing collection. If `model` is given it must be the one it was built with."""
+             model: str | None = None, checkpoint: str | None = None, backend: str | None = None,
+             precision: str | None = None) -> Collection:
+        """Open an existing collection. If `model` is given it must be the one it was built with.
+
+        `backend`: auto (default; $CLIPSEARCH_BACKEND), torch, onnx or openvino; `precision`:
+        auto, fp32, bf16, fp16 or int8 ($CLIPSEARCH_PRECISION). See `clipsearch.backends`."""
         p = Path(path).expanduser() if path else default_db_dir()
         meta_path = p / META_FILE
         meta, unreadable = None, None
@@ -280,18 +292,21 @@ class Collection:
         if rebuilt:
             _save_rebuilt_meta(meta_path, meta)
         check_meta(meta, str(p), model, checkpoint)
-        col = cls(p, meta, device)
+        col = cls(p, meta, device, backend=backend, precision=precision)
         if store is not None and store.dim == int(meta["dim"]):
             col._store = store
         return col
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str] | None = None, model: str | None = None,
-                       checkpoint: str | None = None, device: str | None = "auto") -> Collection:
+                       checkpoint: str | None = None, device: str | None = "auto",
+                       backend: str | None = None, precision: str | None = None) -> Collection:
         p = Path(path).expanduser() if path else default_db_dir()
         if cls.exists(p):
-            return cls.open(p, device=device, model=model, checkpoint=checkpoint)
-        return cls.create(p, model=model, checkpoint=checkpoint, device=device)
+            return cls.open(p, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                            precision=precision)
+        return cls.create(p, model=model, checkpoint=checkpoint, device=device, backend=backend,
+                          precision=precision)
 
     @staticmethod
     def exists(path: str | os.PathLike[str] | None = None) -> bool:
@@ -313,13 +328,33 @@ class Collection:
         return self._encoder
 
     def _load_encoder(self) -> None:
-        from clipsearch.encoders import Encoder
+        from clipsearch.backends import agreement, load_encoder
 
-        self._encoder = Encoder.load(self.spec, device=self.device)
-        if self._encoder.model_id != self.meta["model_id"]:
+        encoder = load_encoder(self.spec, device=self.device, backend=self.backend, precision=self.precision)
+        if encoder.model_id != self.meta["model_id"]:
             raise ModelMismatch(f"the weights of {self.meta['model_name']} changed since the "
                                 f"collection at {self.path} was built",
                                 hint="re-index into a new --db with the current weights")
+        agreement.check(self.meta.get("backends", []), encoder, str(self.path))
+        self._encoder = encoder
+
+    def writing_encoder(self) -> Encoder:
+        """The encoder, for a run that writes vectors: its backend is recorded in the metadata."""
+        from clipsearch.backends import agreement
+
+        encoder = self.encoder
+        self.record_writer(agreement.writer_record(encoder))
+        return encoder
+
+    def record_writer(self, record: dict[str, Any]) -> None:
+        """Remember that vectors of this backend and precision (`agreement.writer_record`) are in
+        the collection, so a query on another backend can be checked against them."""
+        from clipsearch.backends import agreement
+
+        writers = list(self.meta.get("backends", []))
+        if not any(agreement.same(w, record) for w in writers):
+            self.meta["backends"] = [*writers, record]
+            self.save_meta()
 
     @property
     def store(self) -> Store:
@@ -454,7 +489,7 @@ class Collection:
         with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
-            run.report = pipeline.run(run.store, lambda: self.encoder, run.roots, run.ctx, default_indexers(),
+            run.report = pipeline.run(run.store, self.writing_encoder, run.roots, run.ctx, default_indexers(),
                                       batch_size=batch_size, workers=workers, progress=progress,
                                       commit_files=commit_files, decode=decode, rules=run.rules,
                                       verify=verify, prune_missing=prune_missing, commit_rows=commit_rows)
@@ -610,7 +645,7 @@ class Collection:
 
     def query_warnings(self, text: str | None) -> list[str]:
         """What to tell the caller about a text query before (or without) running it."""
-        from clipsearch.encoders import truncation_note
+        from clipsearch.tokens import truncation_note
 
         note = truncation_note(self.encoder, text) if text and text.strip() else None
         return [note] if note else []
@@ -627,6 +662,18 @@ class Collection:
     def moments(self, text: str, k: int = 10, under: str | None = None) -> list[Hit]:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end."""
         return self._located(self.searcher.moments(text, k=k, under=under))
+
+    def backend_info(self) -> dict[str, Any]:
+        """The backend queries run on (the loaded encoder's, else what the export's manifest says
+        one would get: no model is loaded for this) and the backends that wrote the vectors."""
+        from clipsearch.backends import describe
+
+        enc = self._encoder
+        if enc is not None:
+            query = {"backend": enc.backend, "precision": enc.precision, "note": "in use"}
+        else:
+            query = describe(self.spec, self.device, self.backend, self.precision)
+        return {**query, "vectors_by": list(self.meta.get("backends", []))}
 
     def embed_text(self, text: str) -> np.ndarray:
         vec: np.ndarray = self.encoder.encode_texts([text])[0]
@@ -647,6 +694,7 @@ class Collection:
             "model": self.meta["model_name"],
             "model_id": self.meta["model_id"],
             "dim": int(self.meta["dim"]),
+            "backend": self.backend_info(),
             "roots": self.roots,
             "scan": self.scan_options(),
             "disk_bytes": size,

@@ -221,8 +221,9 @@ class RemoteCollection(Collection):
     commits from two machines, but run one indexer per collection all the same.
     """
 
-    def __init__(self, location: Location, meta: dict, device: str | None = "auto") -> None:
-        super().__init__(location.cache_dir, meta, device)
+    def __init__(self, location: Location, meta: dict, device: str | None = "auto",
+                 backend: str | None = None, precision: str | None = None) -> None:
+        super().__init__(location.cache_dir, meta, device, backend=backend, precision=precision)
         self.location = location
         self.uri = location.uri
 
@@ -230,25 +231,28 @@ class RemoteCollection(Collection):
     @classmethod
     def create(cls, uri: str, model: str | None = None, checkpoint: str | None = None,  # type: ignore[override]
                device: str | None = "auto", pooling: str = "mean",
-               storage_options: dict[str, str] | None = None) -> RemoteCollection:
+               storage_options: dict[str, str] | None = None, backend: str | None = None,
+               precision: str | None = None) -> RemoteCollection:
         """Create a collection at `uri` (loads the model first, so a bad model writes nothing)."""
-        from clipsearch.encoders import Encoder
+        from clipsearch.backends import load_encoder
 
         loc = Location(uri, storage_options)
         if loc.holds_collection():
             raise UsageError(f"a collection already exists at {loc.uri}", hint="open it instead")
-        encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
+        encoder = load_encoder(resolve(model, checkpoint, pooling), device=device, backend=backend,
+                               precision=precision)
         meta = new_meta(encoder)
         settle_meta(None, loc.store(), loc.uri)  # an old table that records nothing: refused
         loc.write_json(meta)
-        col = cls(loc, meta, device)
+        col = cls(loc, meta, device, backend=backend, precision=precision)
         col._encoder = encoder
         return col
 
     @classmethod
     def open(cls, uri: str, device: str | None = "auto", model: str | None = None,  # type: ignore[override]
              checkpoint: str | None = None,
-             storage_options: dict[str, str] | None = None) -> RemoteCollection:
+             storage_options: dict[str, str] | None = None, backend: str | None = None,
+             precision: str | None = None) -> RemoteCollection:
         """Open the collection at `uri`; `model`, if given, must be the one it was built with."""
         loc = Location(uri, storage_options)
         store = loc.store()
@@ -263,7 +267,7 @@ class RemoteCollection(Collection):
             except ClipsearchError as e:
                 log.warning("could not write the rebuilt %s/%s: %s", loc.uri, META_FILE, e)
         check_meta(meta, loc.uri, model, checkpoint)
-        col = cls(loc, meta, device)
+        col = cls(loc, meta, device, backend=backend, precision=precision)
         if store is not None and store.dim == int(meta["dim"]):
             col._store = store
         col._pull_transforms()
@@ -272,12 +276,13 @@ class RemoteCollection(Collection):
     @classmethod
     def open_or_create(cls, uri: str, model: str | None = None,  # type: ignore[override]
                        checkpoint: str | None = None, device: str | None = "auto",
-                       storage_options: dict[str, str] | None = None) -> RemoteCollection:
+                       storage_options: dict[str, str] | None = None, backend: str | None = None,
+                       precision: str | None = None) -> RemoteCollection:
         if Location(uri, storage_options).holds_collection():
             return cls.open(uri, device=device, model=model, checkpoint=checkpoint,
-                            storage_options=storage_options)
+                            storage_options=storage_options, backend=backend, precision=precision)
         return cls.create(uri, model=model, checkpoint=checkpoint, device=device,
-                          storage_options=storage_options)
+                          storage_options=storage_options, backend=backend, precision=precision)
 
     # ---- parts -------------------------------------------------------------------------------
     @property
@@ -331,11 +336,14 @@ class RemoteCollection(Collection):
 
 
 def open_collection(db: str | os.PathLike | None = None, device: str | None = "auto",
-                    model: str | None = None, checkpoint: str | None = None) -> Collection:
+                    model: str | None = None, checkpoint: str | None = None, backend: str | None = None,
+                    precision: str | None = None) -> Collection:
     """`Collection.open` for a local directory or an object-storage URI (what the CLI calls)."""
     if is_remote(db):
-        return RemoteCollection.open(str(db), device=device, model=model, checkpoint=checkpoint)
-    return Collection.open(db, device=device, model=model, checkpoint=checkpoint)
+        return RemoteCollection.open(str(db), device=device, model=model, checkpoint=checkpoint,
+                                     backend=backend, precision=precision)
+    return Collection.open(db, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                           precision=precision)
 
 
 def collection_exists(db: str | os.PathLike | None = None) -> bool:
@@ -346,8 +354,11 @@ def collection_exists(db: str | os.PathLike | None = None) -> bool:
 
 
 def open_or_create(db: str | os.PathLike | None = None, model: str | None = None,
-                   checkpoint: str | None = None, device: str | None = "auto") -> Collection:
+                   checkpoint: str | None = None, device: str | None = "auto", backend: str | None = None,
+                   precision: str | None = None) -> Collection:
     """`Collection.open_or_create` for a local directory or an object-storage URI."""
     if is_remote(db):
-        return RemoteCollection.open_or_create(str(db), model=model, checkpoint=checkpoint, device=device)
-    return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+        return RemoteCollection.open_or_create(str(db), model=model, checkpoint=checkpoint, device=device,
+                                               backend=backend, precision=precision)
+    return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, backend=backend,
+                                     precision=precision)

@@ -339,11 +339,13 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     With a GPU decoder, a JPEG is only read here (a RawJpeg) and decoded later, in a batch."""
     from pathlib import Path
 
-    from clipsearch.gpu_decode import read_jpeg
-
     try:
         path = Path(os.fsdecode(job.path))
-        tensor = read_jpeg(path, ctx.max_pixels) if gpu is not None else None
+        tensor = None
+        if gpu is not None:
+            from clipsearch.gpu_decode import read_jpeg
+
+            tensor = read_jpeg(path, ctx.max_pixels)
         if tensor is None:
             tensor = job.indexer.prepare(path, preprocess, ctx, min_side)  # type: ignore[attr-defined]
         if job.content_hash is None:
@@ -412,6 +414,8 @@ def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
 
 
 def _jpeg_decoder(encoder: Encoder, decode: str) -> JpegDecoder | None:
+    if decode != "gpu" and not str(encoder.device).startswith("cuda"):
+        return None  # the PIL path; and an encoder without torch (ONNX, OpenVINO) imports none here
     from clipsearch.gpu_decode import JpegDecoder
 
     return JpegDecoder.for_encoder(encoder, decode)
@@ -448,19 +452,13 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, committer, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
-                vecs = encoder.encode_pixels(_stack(batch))
+                vecs = encoder.encode_batch([t for _, t in batch])
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
                                              [Record(kind="image", vector=v)]))
                     report.indexed += 1
                     report.items += 1
                     bar.update(1)
-
-
-def _stack(batch: list[tuple[Job, torch.Tensor]]) -> torch.Tensor:
-    import torch
-
-    return torch.stack([t for _, t in batch])
 
 
 def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,

@@ -126,13 +126,16 @@ class SearchService:
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
                  signer: Signer | None = None, max_pixels: int | None = None,
-                 collection: Collection | None = None) -> None:
-        """`collection`: one already open (its `path` should be `db`), used instead of opening it."""
+                 collection: Collection | None = None, backend: str | None = None,
+                 precision: str | None = None) -> None:
+        """`collection`: one already open (its `path` should be `db`), used instead of opening it.
+        `backend`, `precision`: the encoder's (see `clipsearch.backends`)."""
         self.location = Location(str(db)) if is_remote(db) else None
         self.db = self.location.cache_dir if self.location else \
             Path(os.path.abspath(os.path.expanduser(os.fspath(db))))
         self.where = self.location.uri if self.location else str(self.db)  # for messages
         self.device = device
+        self.backend, self.precision = backend, precision
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
         self._col: Collection | None = collection
@@ -149,7 +152,8 @@ class SearchService:
             with self._lock:
                 if self._col is None:
                     self._col = open_collection(self.location.uri if self.location else self.db,
-                                                device=self.device)
+                                                device=self.device, backend=self.backend,
+                                                precision=self.precision)
         return self._col
 
     def exists(self) -> bool:
@@ -225,7 +229,7 @@ class SearchService:
             info["pages"] = len({(r["source"], r["page"]) for r in pages})
             info["documents"] = len({r["source"] for r in pages})
             self._info = (key, info)
-        return {**self._info[1], "watch": self.watch_status()}
+        return {**self._info[1], "backend": col.backend_info(), "watch": self.watch_status()}
 
     def watch_status(self) -> dict[str, Any] | None:
         """What the collection's watcher is doing (`WatchStatus` fields): this server's own
@@ -256,7 +260,9 @@ class SearchService:
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
-                + f" · model `{info['model']}` · device `{info['device']}`" + watch_note(info["watch"]))
+                + f" · model `{info['model']}` · device `{info['device']}`"
+                + f" · backend `{info['backend']['backend']} {info['backend']['precision']}`"
+                + watch_note(info["watch"]))
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: Image.Image | bytes | str | None = None, *,
