@@ -186,8 +186,10 @@ def make_int8(folder: Path, dest: Path, prefix: str = "") -> None:
 
 
 def choose(variants: dict[str, dict[str, Any]]) -> dict[str, str] | None:
-    """The fastest variant that passed its probe: {"backend", "precision"}, or None."""
-    ok = [(v.get("images_per_s") or 0.0, k) for k, v in variants.items() if v.get("passed")]
+    """What `auto` runs: the fastest of the variants probed up front (`PROBED_AT_EXPORT`) that
+    passed: {"backend", "precision"}, or None."""
+    auto = {f"{b}/{p}" for b, ps in PROBED_AT_EXPORT.items() for p in ps}
+    ok = [(v.get("images_per_s") or 0.0, k) for k, v in variants.items() if v.get("passed") and k in auto]
     if not ok:
         return None
     backend, precision = max(ok)[1].split("/")
@@ -250,5 +252,6 @@ def add_variant(export: Export, encoder: Encoder, backend: str, precision: str) 
     def update(manifest: dict[str, Any]) -> None:
         manifest.setdefault("variants", {})[f"{backend}/{precision}"] = result
         manifest["versions"] = runtime.versions()
+        manifest["choice"] = choose(manifest["variants"])
 
     return cache.add_files(export, new, update)
