@@ -38,7 +38,7 @@ from clipsearch.model_registry import ModelSpec, resolve
 from clipsearch.search import Hit, Hits, Searcher
 
 if TYPE_CHECKING:
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
     from clipsearch.indexers.base import IndexContext
     from clipsearch.pipeline import IndexReport
     from clipsearch.store import Store
@@ -177,7 +177,7 @@ def settle_meta(meta: dict[str, Any] | None, store: Store | None,
     return meta, False
 
 
-def new_meta(encoder: Encoder) -> dict[str, Any]:
+def new_meta(encoder: AnyEncoder) -> dict[str, Any]:
     """`clipsearch.json` of a new collection: what model built it, for checks on every open."""
     return {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
             "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
@@ -235,7 +235,7 @@ class Collection:
         requested(backend, precision)  # a bad name fails at open, before any work
         self.backend, self.precision = backend, precision
         self.spec = ModelSpec.from_dict(meta["model"])
-        self._encoder: Encoder | None = None
+        self._encoder: AnyEncoder | None = None
         self._store: Store | None = None
         self._searcher: Searcher | None = None
         self._maintainer: Maintainer | None = None
@@ -319,7 +319,7 @@ class Collection:
 
     # ---- parts, loaded lazily ----------------------------------------------------------------
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> AnyEncoder:
         if self._encoder is None:
             with self._parts_lock:
                 if self._encoder is None:
@@ -338,7 +338,7 @@ class Collection:
         agreement.check(self.meta.get("backends", []), encoder, str(self.path))
         self._encoder = encoder
 
-    def writing_encoder(self) -> Encoder:
+    def writing_encoder(self) -> AnyEncoder:
         """The encoder, for a run that writes vectors: its backend is recorded in the metadata."""
         from clipsearch.backends import agreement
 

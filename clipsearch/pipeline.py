@@ -32,7 +32,7 @@ from clipsearch.store import PARTIAL_SIZE, FileState, SourceRows, Store
 if TYPE_CHECKING:
     import torch
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
     from clipsearch.gpu_decode import JpegDecoder, RawJpeg
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     return job, tensor, None
 
 
-def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[bytes], ctx: IndexContext,
+def run(store: Store, encoder: AnyEncoder | Callable[[], AnyEncoder], roots: list[bytes], ctx: IndexContext,
         indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
         progress: bool = True, commit_files: int = 256, decode: str = "auto",
         rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
@@ -405,7 +405,8 @@ def run(store: Store, encoder: Encoder | Callable[[], Encoder], roots: list[byte
     return report
 
 
-def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
+def resolve_encoder(encoder: AnyEncoder | Callable[[], AnyEncoder]
+                    ) -> AnyEncoder:
     """The encoder itself, loading it now if given as a function that loads it. Told apart by
     what an encoder does, not its class: importing `clipsearch.encoders` imports torch."""
     if hasattr(encoder, "encode_pixels"):
@@ -413,7 +414,7 @@ def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
     return encoder()
 
 
-def _jpeg_decoder(encoder: Encoder, decode: str) -> JpegDecoder | None:
+def _jpeg_decoder(encoder: AnyEncoder, decode: str) -> JpegDecoder | None:
     if decode != "gpu" and not str(encoder.device).startswith("cuda"):
         return None  # the PIL path; and an encoder without torch (ONNX, OpenVINO) imports none here
     from clipsearch.gpu_decode import JpegDecoder
@@ -427,7 +428,7 @@ def _skip(report: IndexReport, committer: Committer, job: Job, reason: str) -> N
     committer.drop(job)
 
 
-def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
+def _run_images(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm, batch_size: int, workers: int | None,
                 gpu: JpegDecoder | None = None) -> None:
     if not jobs:
@@ -461,7 +462,7 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     bar.update(1)
 
 
-def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,
+def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: AnyEncoder,
                    ctx: IndexContext, report: IndexReport, committer: Committer,
                    bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
     """Decode a batch's RawJpegs on the GPU; a JPEG nvJPEG refuses goes through PIL instead."""
@@ -492,7 +493,7 @@ def _collect(fut: Future, ready: list, report: IndexReport, committer: Committer
         ready.append((job, tensor))
 
 
-def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
+def _run_others(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm) -> None:
     from pathlib import Path
 

@@ -12,6 +12,17 @@ vectors a collection may mix).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clipsearch.backends.choose import BACKENDS, PRECISIONS, describe, load_encoder, requested
 
-__all__ = ["BACKENDS", "PRECISIONS", "describe", "load_encoder", "requested"]
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from clipsearch.backends.exported import ExportedEncoder
+    from clipsearch.encoders import Encoder
+
+    # What indexers, the pipeline and searches take: either encoder (the same surface).
+    AnyEncoder: TypeAlias = Encoder | ExportedEncoder
+
+__all__ = ["BACKENDS", "PRECISIONS", "AnyEncoder", "describe", "load_encoder", "requested"]

@@ -75,8 +75,9 @@ def probe_images(seed: int = 0) -> list[Image.Image]:
 def _onnx_export(module: Any, example: Any, path: Path, input_name: str) -> None:
     import torch
 
-    kwargs = dict(input_names=[input_name], output_names=["features"], opset_version=17,
-                  dynamic_axes={input_name: {0: "batch"}, "features": {0: "batch"}}, do_constant_folding=True)
+    kwargs: dict[str, Any] = dict(input_names=[input_name], output_names=["features"], opset_version=17,
+                                  dynamic_axes={input_name: {0: "batch"}, "features": {0: "batch"}},
+                                  do_constant_folding=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -126,7 +126,7 @@ class ExportedEncoder:
         """Encode an already-preprocessed NCHW float32 batch."""
         return self._normalise(self._runner("image")(np.ascontiguousarray(batch, dtype=np.float32)))
 
-    def encode_batch(self, items: Sequence[np.ndarray]) -> np.ndarray:
+    def encode_batch(self, items: Sequence[Any]) -> np.ndarray:
         """Stack what `preprocess` made (in the decode threads) and encode it."""
         return self.encode_pixels(np.stack(list(items)))
 

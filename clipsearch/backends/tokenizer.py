@@ -102,7 +102,7 @@ def build(tokenizer: Any, folder: Path) -> dict[str, Any]:
         hf.save(str(folder / FILE))
         return {"kind": "clip-bpe", "context_length": context, "clean": _clean_mode(tokenizer.clean_fn),
                 "sot": int(tokenizer.sot_token_id), "eot": int(tokenizer.eot_token_id)}
-    inner = getattr(tokenizer, "tokenizer", None)
+    inner: Any = getattr(tokenizer, "tokenizer", None)
     backend = getattr(inner, "backend_tokenizer", None)
     if backend is None or getattr(inner, "pad_token_id", None) is None:
         raise UnsupportedTokenizer(f"{type(tokenizer).__name__} has no Hugging Face fast tokenizer")
