@@ -108,15 +108,18 @@ def export_towers(encoder: Encoder, folder: Path, pixels: np.ndarray, ids: np.nd
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.model.encode_text(tokens)
 
+    # With gradients off, nn.MultiheadAttention takes its fused inference kernel, which the
+    # TorchScript exporter cannot translate; traced with gradients on, it exports as plain ops.
+    model.requires_grad_(True)
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             _onnx_export(ImageTower().eval(), torch.from_numpy(pixels[:2]), folder / IMAGE_FILE, "pixels")
             _onnx_export(TextTower().eval(), torch.from_numpy(ids[:2]), folder / TEXT_FILE, "tokens")
     except Exception as e:
         raise ExportRefused(f"the ONNX exporter could not trace it ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:160] if str(e) else ''})") from e
     finally:
-        model.eval()
+        model.eval().requires_grad_(False)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
