@@ -328,3 +328,29 @@ def test_the_torch_control_does_import_torch(sample_collection):
                         "-k", "1", "--backend", "torch"], capture_output=True, text=True, timeout=300)
     last = json.loads(p.stdout.strip().splitlines()[-1])
     assert last["code"] == 0 and "torch" in last["loaded"], p.stdout + p.stderr
+
+
+def test_info_shows_the_backend_from_the_manifest_without_torch(sample_collection):
+    exported_encoder("onnx", "fp32")
+    _, _, db = sample_collection
+    env = {**os.environ, "CLIPSEARCH_BACKEND": "onnx", "CLIPSEARCH_PRECISION": "fp32"}
+    p = subprocess.run([sys.executable, "-c", SEARCH_PROBE, "info", "--db", str(db)], capture_output=True,
+                       text=True, timeout=300, env=env)
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert last["code"] == 0 and last["loaded"] == [], p.stdout + p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("backend"))
+    assert "onnx fp32" in line and "min cosine" in line, line
+    assert "vectors by torch fp32" in p.stdout
+
+
+def test_the_http_status_names_the_backend_in_use(sample_collection):
+    pytest.importorskip("fastapi")
+    from clipsearch.ui.api import SearchService
+
+    exported_encoder("onnx", "fp32")
+    _, _, db = sample_collection
+    service = SearchService(db, device="cpu", backend="onnx", precision="fp32")
+    service.search(text="a red star", k=3)
+    info = service.info()
+    assert (info["backend"]["backend"], info["backend"]["precision"]) == ("onnx", "fp32")
+    assert "backend `onnx fp32`" in service.status_line()
