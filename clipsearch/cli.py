@@ -76,6 +76,19 @@ db_opt = click.option("--db", "db", envvar="CLIPSEARCH_DB", default=None, help=D
                       type=click.Path(file_okay=False))
 device_opt = click.option("--device", envvar="CLIPSEARCH_DEVICE", default="auto", show_default=True,
                           help="auto picks cuda, then mps, then cpu.")
+backend_opt = click.option("--backend", envvar="CLIPSEARCH_BACKEND", default="auto", show_default=True,
+                           type=click.Choice(["auto", "torch", "onnx", "openvino"]),
+                           help="Where the model runs. auto: PyTorch on a GPU; on a CPU the fastest of "
+                                "ONNX Runtime / OpenVINO that matched PyTorch when the model was exported.")
+precision_opt = click.option("--precision", envvar="CLIPSEARCH_PRECISION", default="auto", show_default=True,
+                             type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+                             help="Inference precision: onnx runs fp32/int8, openvino fp32/bf16/fp16, "
+                                  "torch fp32 (fp16 on CUDA). Refused if it drifts from PyTorch.")
+
+
+def with_backend(fn):
+    """--backend and --precision on a command that embeds."""
+    return backend_opt(precision_opt(fn))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -145,11 +158,12 @@ def main() -> None:
 @click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
               help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@with_backend
 @verbose_opt
 @handle_errors
 def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
           strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, verbose):
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, backend, precision, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
@@ -169,12 +183,13 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     from clipsearch.collection import Collection, resolve_roots
 
     db = db or _db_default()
+    chosen = {"backend": backend, "precision": precision}
     if paths:
         if not Collection.exists(db):  # a typo must not leave an empty collection behind
             resolve_roots(paths)
-        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
     else:  # re-index the saved roots of an existing collection
-        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint)
+        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
     options = {"fps": fps} if fps else {}
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
             "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
@@ -240,9 +255,11 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
               help="A batch of changes is indexed after this long without new ones...")
 @click.option("--max-wait", default=10.0, show_default=True, type=click.FloatRange(0.05),
               help="...or this long after its first change, under a steady stream of them.")
+@with_backend
 @verbose_opt
 @handle_errors
-def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, verbose):
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, backend,
+          precision, verbose):
     """Keep the collection current as files appear, change, move and vanish.
 
     Without PATH, watches every root indexed before. Starts with one catch-up run (what changed
@@ -262,12 +279,13 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
         raise UsageError(f"--max-wait {max_wait:g} is shorter than --quiet-seconds {quiet_seconds:g}",
                          hint="give --max-wait at least as long as --quiet-seconds")
     db = db or _db_default()
+    chosen = {"backend": backend, "precision": precision}
     if paths:
         if not Collection.exists(db):
             resolve_roots(paths)
-        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
     else:
-        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint)
+        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
     interrupted: list[bool] = []
 
     def on_run(report) -> None:
@@ -343,10 +361,12 @@ def remove(paths, db, verbose):
 @click.option("--where", metavar="SQL", help="Any SQL predicate over the documented columns (README).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @device_opt
+@with_backend
 @verbose_opt
 @handle_errors
 def search(query, image, db, k, offset, under, kind, moments, whiten, center, invert, hybrid, sort,
-           after, before, camera, place, near, fmt, min_pixels, where, as_json, device, verbose):
+           after, before, camera, place, near, fmt, min_pixels, where, as_json, device, backend, precision,
+           verbose):
     """Search the collection by text, by image, or both. The collection knows its own model.
 
     \b
@@ -360,7 +380,7 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
 
     if query is None and image is None:
         raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
-    col = Collection.open(db or _db_default(), device=device)
+    col = Collection.open(db or _db_default(), device=device, backend=backend, precision=precision)
     if moments:
         kind = "moment"
     hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
@@ -455,6 +475,10 @@ def info(db, as_json, verbose):
         return
     click.echo(f"collection  {data['path']}")
     click.echo(f"model       {data['model']}  (dim {data['dim']})")
+    be = data["backend"]
+    click.echo(f"backend     {be['backend']} {be['precision']}  ({be['note']})")
+    if be["vectors_by"]:
+        click.echo("  vectors by " + ", ".join(f"{w['backend']} {w['precision']}" for w in be["vectors_by"]))
     click.echo(f"items       {data['items']}  from {data['sources']} files")
     for kd, n in sorted(data["kinds"].items()):
         click.echo(f"  {kd:<13}{n}")
@@ -486,18 +510,24 @@ def info(db, as_json, verbose):
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="List every open_clip ARCH/TAG, not only presets.")
 @click.option("--json", "as_json", is_flag=True)
+@with_backend
 @verbose_opt
 @handle_errors
-def models(show_all, as_json, verbose):
-    """Known model names and whether their weights are on this machine."""
+def models(show_all, as_json, backend, precision, verbose):
+    """Known model names, whether their weights are on this machine, and the backend each runs on
+    here (read from its export's manifest: `exported and probed on first use` until then)."""
     _setup_logging(verbose)
+    from clipsearch.backends import describe
     from clipsearch.hub import weights_status
     from clipsearch.model_registry import PRESETS, resolve
 
     rows = []
     for p in PRESETS.values():
         status = "needs --checkpoint" if p.needs_checkpoint else weights_status(resolve(p.model))
-        rows.append({"name": p.name, "model": p.model, "weights": status, "note": p.note})
+        run = {"backend": "torch", "precision": "fp32", "note": "needs --checkpoint"} if p.needs_checkpoint \
+            else describe(resolve(p.model), backend=backend, precision=precision)
+        rows.append({"name": p.name, "model": p.model, "weights": status, "note": p.note,
+                     "backend": f"{run['backend']} {run['precision']}", "backend_note": run["note"]})
     if show_all:
         import open_clip  # its list of weights: only --all needs it
 
@@ -508,7 +538,7 @@ def models(show_all, as_json, verbose):
         click.echo(jsonsafe.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['name']:<34} {r['weights']:<19} {r['note'] or r['model']}")
+        click.echo(f"{r['name']:<34} {r['weights']:<19} {r.get('backend', ''):<14} {r['note'] or r['model']}")
     if not show_all:
         click.echo("\nAlso: any open_clip ARCH/TAG (--all lists them), hf-hub:ORG/REPO, "
                    "or --model ARCH --checkpoint FILE.")
@@ -568,9 +598,11 @@ def optimize(db, transforms, verbose):
               help="Keep the collection current while serving (as `clipsearch watch` over its roots).")
 @rescan_opt
 @device_opt
+@with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, backend,
+          precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -590,7 +622,7 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
-               watch={"rescan_every": rescan_every} if watch else None)
+               watch={"rescan_every": rescan_every} if watch else None, backend=backend, precision=precision)
 
 if __name__ == "__main__":
     main()

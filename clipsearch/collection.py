@@ -50,7 +50,7 @@ from clipsearch.storage import (
 )
 
 if TYPE_CHECKING:
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
     from clipsearch.indexers.base import IndexContext
     from clipsearch.pipeline import IndexReport
     from clipsearch.store import Store
@@ -175,7 +175,7 @@ def settle_meta(meta: dict[str, Any] | None, store: Store | None,
     return meta, False
 
 
-def new_meta(encoder: Encoder) -> dict[str, Any]:
+def new_meta(encoder: AnyEncoder) -> dict[str, Any]:
     """`clipsearch.json` of a new collection: what model built it, for checks on every open."""
     return {"schema_version": SCHEMA_VERSION, "model": encoder.spec.to_dict(),
             "model_name": encoder.spec.name, "model_id": encoder.model_id, "dim": encoder.dim,
@@ -224,15 +224,20 @@ class Collection:
     (the collection directory itself, for a local one); `uri` is where its table lives."""
 
     def __init__(self, storage: Storage | str | os.PathLike[str], meta: dict[str, Any],
-                 device: str | None = "auto") -> None:
+                 device: str | None = "auto", backend: str | None = None,
+                 precision: str | None = None) -> None:
+        from clipsearch.backends import requested
+
         self.storage = storage if isinstance(storage, Storage) else LocalStorage(storage)
         self.path = self.storage.cache_dir
         self.uri = self.storage.uri
         self.meta = meta
         self._meta_stamp = self.storage.meta_stamp()
         self.device = device
+        requested(backend, precision)  # a bad name fails at open, before any work
+        self.backend, self.precision = backend, precision
         self.spec = ModelSpec.from_dict(meta["model"])
-        self._encoder: Encoder | None = None
+        self._encoder: AnyEncoder | None = None
         self._encoder_of: Collection | None = None  # a collection whose encoder this one shares
         self._store: Store | None = None
         self._searcher: Searcher | None = None
@@ -243,30 +248,36 @@ class Collection:
     @classmethod
     def create(cls, path: Where = None, model: str | None = None,
                checkpoint: str | None = None, device: str | None = "auto",
-               pooling: str = "mean", storage_options: dict[str, str] | None = None) -> Collection:
+               pooling: str = "mean", storage_options: dict[str, str] | None = None,
+               backend: str | None = None, precision: str | None = None) -> Collection:
         """Create a collection for `model` in a directory or at an object-storage URI (loads the
-        model first, so a bad model leaves nothing behind)."""
-        from clipsearch.encoders import Encoder
+        model first, so a bad model leaves nothing behind). `backend` / `precision`: see `open`."""
+        from clipsearch.backends import load_encoder
 
         storage = storage_for(path, storage_options)
         if storage.holds_collection():
             raise UsageError(f"a collection already exists at {storage.uri}", hint="use Collection.open")
-        encoder = Encoder.load(resolve(model, checkpoint, pooling), device=device)
+        encoder = load_encoder(resolve(model, checkpoint, pooling), device=device, backend=backend,
+                               precision=precision)
         storage.prepare()
         meta = new_meta(encoder)
         settle_meta(None, storage.existing_store(), storage.uri)  # an old table that records nothing: refused
         storage.write_meta(meta)
-        col = cls(storage, meta, device)
+        col = cls(storage, meta, device, backend=backend, precision=precision)
         col._encoder = encoder
         return col
 
     @classmethod
     def open(cls, path: Where = None, device: str | None = "auto",
              model: str | None = None, checkpoint: str | None = None,
-             storage_options: dict[str, str] | None = None) -> Collection:
+             storage_options: dict[str, str] | None = None, backend: str | None = None,
+             precision: str | None = None) -> Collection:
         """Open an existing collection (a directory or an object-storage URI). If `model` is
         given it must be the one it was built with. A local collection whose catalog is fresh
-        is opened without its table (`clipsearch.catalog`)."""
+        is opened without its table (`clipsearch.catalog`).
+
+        `backend`: auto (default; $CLIPSEARCH_BACKEND), torch, onnx or openvino; `precision`:
+        auto, fp32, bf16, fp16 or int8 ($CLIPSEARCH_PRECISION). See `clipsearch.backends`."""
         storage = storage_for(path, storage_options)
         stamp = storage.meta_stamp()  # before reading: a change made meanwhile is seen by reload_meta
         meta, unreadable = storage.read_meta()
@@ -287,7 +298,7 @@ class Collection:
         if rebuilt:
             _save_rebuilt_meta(storage, meta)
         check_meta(meta, storage.uri, model, checkpoint)
-        col = cls(storage, meta, device)
+        col = cls(storage, meta, device, backend=backend, precision=precision)
         col._meta_stamp = storage.meta_stamp() if rebuilt else stamp
         if store is not None and store.dim == int(meta["dim"]):
             col._store = store
@@ -297,11 +308,14 @@ class Collection:
     @classmethod
     def open_or_create(cls, path: Where = None, model: str | None = None,
                        checkpoint: str | None = None, device: str | None = "auto",
-                       storage_options: dict[str, str] | None = None) -> Collection:
+                       storage_options: dict[str, str] | None = None, backend: str | None = None,
+                       precision: str | None = None) -> Collection:
         storage = storage_for(path, storage_options)
         if storage.holds_collection():
-            return cls.open(storage, device=device, model=model, checkpoint=checkpoint)
-        return cls.create(storage, model=model, checkpoint=checkpoint, device=device)
+            return cls.open(storage, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                            precision=precision)
+        return cls.create(storage, model=model, checkpoint=checkpoint, device=device, backend=backend,
+                          precision=precision)
 
     @staticmethod
     def exists(path: Where = None,
@@ -334,7 +348,7 @@ class Collection:
 
     # ---- parts, loaded lazily ----------------------------------------------------------------
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> AnyEncoder:
         if self._encoder is None:
             with self._parts_lock:
                 if self._encoder is None:
@@ -352,16 +366,36 @@ class Collection:
         self._encoder_of = other
 
     def _load_encoder(self) -> None:
-        from clipsearch.encoders import Encoder
+        from clipsearch.backends import agreement, load_encoder
 
         if self._encoder_of is not None:
             self._encoder = self._encoder_of.encoder
             return
-        self._encoder = Encoder.load(self.spec, device=self.device)
-        if self._encoder.model_id != self.meta["model_id"]:
+        encoder = load_encoder(self.spec, device=self.device, backend=self.backend, precision=self.precision)
+        if encoder.model_id != self.meta["model_id"]:
             raise ModelMismatch(f"the weights of {self.meta['model_name']} changed since the "
                                 f"collection at {self.path} was built",
                                 hint="re-index into a new --db with the current weights")
+        agreement.check(self.meta.get("backends", []), encoder, str(self.path))
+        self._encoder = encoder
+
+    def writing_encoder(self) -> AnyEncoder:
+        """The encoder, for a run that writes vectors: its backend is recorded in the metadata."""
+        from clipsearch.backends import agreement
+
+        encoder = self.encoder
+        self.record_writer(agreement.writer_record(encoder))
+        return encoder
+
+    def record_writer(self, record: dict[str, Any]) -> None:
+        """Remember that vectors of this backend and precision (`agreement.writer_record`) are in
+        the collection, so a query on another backend can be checked against them."""
+        from clipsearch.backends import agreement
+
+        writers = list(self.meta.get("backends", []))
+        if not any(agreement.same(w, record) for w in writers):
+            self.meta["backends"] = [*writers, record]
+            self.save_meta()
 
     @property
     def store(self) -> Store:
@@ -490,7 +524,7 @@ class Collection:
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
             facts = catalog.fresh(self.path)  # the table's file states without opening it
-            run.report = pipeline.run(lambda: run.store, lambda: self.encoder, run.roots, run.ctx,
+            run.report = pipeline.run(lambda: run.store, self.writing_encoder, run.roots, run.ctx,
                                       default_indexers(), batch_size=batch_size, workers=workers,
                                       progress=progress, commit_files=commit_files, decode=decode,
                                       rules=run.rules, verify=verify, prune_missing=prune_missing,
@@ -674,7 +708,7 @@ class Collection:
 
     def query_warnings(self, text: str | None) -> list[str]:
         """What to tell the caller about a text query before (or without) running it."""
-        from clipsearch.encoders import truncation_note
+        from clipsearch.tokens import truncation_note
 
         note = truncation_note(self.encoder, text) if text and text.strip() else None
         return [note] if note else []
@@ -692,6 +726,18 @@ class Collection:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end.
         `filters`: the metadata prefilters of `search` (after, before, camera, place, ...)."""
         return self.search(text, k=k, kind="moment", under=under, **filters)
+
+    def backend_info(self) -> dict[str, Any]:
+        """The backend queries run on (the loaded encoder's, else what the export's manifest says
+        one would get: no model is loaded for this) and the backends that wrote the vectors."""
+        from clipsearch.backends import describe
+
+        enc = self._encoder
+        if enc is not None:
+            query = {"backend": enc.backend, "precision": enc.precision, "note": "in use"}
+        else:
+            query = describe(self.spec, self.device, self.backend, self.precision)
+        return {**query, "vectors_by": list(self.meta.get("backends", []))}
 
     def embed_text(self, text: str) -> np.ndarray:
         vec: np.ndarray = self.encoder.encode_texts([text])[0]
@@ -731,6 +777,7 @@ class Collection:
             "model": self.meta["model_name"],
             "model_id": self.meta["model_id"],
             "dim": int(self.meta["dim"]),
+            "backend": self.backend_info(),
             "roots": self.roots,
             "scan": self.scan_options(),
             "disk_bytes": table["disk_bytes"],

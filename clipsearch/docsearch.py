@@ -34,7 +34,7 @@ from clipsearch.store import sql_in, sql_str
 if TYPE_CHECKING:
     from lancedb.table import Table
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _warn_keyword(table: Table, column: str, error: Exception) -> None:
 
 def search_documents(
     table: Table,
-    encoder: Encoder,
+    encoder: AnyEncoder,
     query: str,
     k: int,
     *,

@@ -20,7 +20,9 @@ from PIL import Image
 from clipsearch import hub
 from clipsearch.errors import ModelUnavailable, UsageError
 from clipsearch.model_registry import TINY_NAME, ModelSpec, resolve, tiny_files
-from clipsearch.tokens import count_tokens
+from clipsearch.tokens import count_tokens, truncation_note
+
+__all__ = ["Encoder", "FastPreprocess", "pick_device", "truncation_note"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,8 @@ class FastPreprocess:
 class Encoder:
     """Wraps one open_clip model. Vectors come out float32 and L2-normalised (inner product = cosine)."""
 
+    backend = "torch"
+
     def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str, batch_size: int = 64):
         self.spec = spec
         self.model = model.eval().requires_grad_(False)
@@ -223,6 +227,17 @@ class Encoder:
         with torch.inference_mode(), self._autocast():
             return self._normalise(self.model.encode_image(batch.to(self.device, non_blocking=True)))
 
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.device.startswith("cuda") else "fp32"
+
+    def describe(self) -> str:
+        return f"torch {self.precision} on {self.device}"
+
+    def encode_batch(self, items: Sequence[torch.Tensor]) -> np.ndarray:
+        """Stack what `preprocess` made (in the decode threads) and encode it."""
+        return self.encode_pixels(torch.stack(list(items)))
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         out = [np.zeros((0, getattr(self, "dim", 0)), np.float32)]
         for i in range(0, len(images), self.batch_size):
@@ -251,13 +266,3 @@ class Encoder:
         """Tokens including the start and end markers, as the text tower will see them."""
         with self._tokenize_lock:
             return count_tokens(self.tokenizer, text)
-
-
-def truncation_note(encoder, text: str) -> str | None:
-    """A line for the caller when `text` is longer than `encoder` reads (any object with
-    `count_tokens` and `context_length`), else None."""
-    n = encoder.count_tokens(text)
-    if n <= encoder.context_length:
-        return None
-    return (f"the query is {n} tokens; the model reads only the first {encoder.context_length}, "
-            "so the rest was ignored: shorten it to what matters most")

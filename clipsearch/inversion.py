@@ -252,9 +252,17 @@ def oti(
                      steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed)
 
 
+def torch_side(encoder: Any) -> Any:
+    """The PyTorch encoder behind `encoder`: inversion needs autograd, which an exported
+    (ONNX, OpenVINO) encoder does not have; it loads the same model in torch for it."""
+    loader = getattr(encoder, "torch_encoder", None)
+    return loader() if callable(loader) else encoder
+
+
 def invert_features(encoder: Any, image_features: np.ndarray, **kwargs: Any) -> np.ndarray:
     """OTI text features (n, dim), L2-normalised, for already-computed image features."""
-    return oti(encoder.model, encoder.tokenizer, image_features, **kwargs).features
+    enc = torch_side(encoder)
+    return oti(enc.model, enc.tokenizer, image_features, **kwargs).features
 
 
 def invert_images(encoder: Any, images: Sequence[Any], **kwargs: Any) -> np.ndarray:
@@ -341,4 +349,4 @@ def invert_texts(encoder: Any, texts: Sequence[str], **kwargs: Any) -> np.ndarra
     """Text queries -> OVI image-side features (n, dim), L2-normalised; ``kwargs`` go to :func:`ovi`."""
     if len(texts) == 0:
         raise TransformError("invert_texts needs at least one text")
-    return ovi(encoder.model, encoder.encode_texts(list(texts)), **kwargs).features
+    return ovi(torch_side(encoder).model, encoder.encode_texts(list(texts)), **kwargs).features

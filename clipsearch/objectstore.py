@@ -206,11 +206,13 @@ class Location:
 
 
 def open_collection(db: str | os.PathLike | None = None, device: str | None = "auto",
-                    model: str | None = None, checkpoint: str | None = None) -> Collection:
+                    model: str | None = None, checkpoint: str | None = None, backend: str | None = None,
+                    precision: str | None = None) -> Collection:
     """`Collection.open` (kept for callers of this module: it takes a directory or a URI)."""
     from clipsearch.collection import Collection
 
-    return Collection.open(db, device=device, model=model, checkpoint=checkpoint)
+    return Collection.open(db, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                           precision=precision)
 
 
 def collection_exists(db: str | os.PathLike | None = None) -> bool:
@@ -221,8 +223,10 @@ def collection_exists(db: str | os.PathLike | None = None) -> bool:
 
 
 def open_or_create(db: str | os.PathLike | None = None, model: str | None = None,
-                   checkpoint: str | None = None, device: str | None = "auto") -> Collection:
+                   checkpoint: str | None = None, device: str | None = "auto", backend: str | None = None,
+                   precision: str | None = None) -> Collection:
     """`Collection.open_or_create` (kept for callers of this module)."""
     from clipsearch.collection import Collection
 
-    return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device)
+    return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, backend=backend,
+                                     precision=precision)

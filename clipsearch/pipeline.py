@@ -32,7 +32,7 @@ from clipsearch.store import PARTIAL_SIZE, FileState, FileStates, SourceRows, St
 if TYPE_CHECKING:
     import torch
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
     from clipsearch.gpu_decode import JpegDecoder, RawJpeg
 
 log = logging.getLogger(__name__)
@@ -349,11 +349,13 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     With a GPU decoder, a JPEG is only read here (a RawJpeg) and decoded later, in a batch."""
     from pathlib import Path
 
-    from clipsearch.gpu_decode import read_jpeg
-
     try:
         path = Path(os.fsdecode(job.path))
-        tensor = read_jpeg(path, ctx.max_pixels) if gpu is not None else None
+        tensor = None
+        if gpu is not None:
+            from clipsearch.gpu_decode import read_jpeg
+
+            tensor = read_jpeg(path, ctx.max_pixels)
         if tensor is None:
             tensor = job.indexer.prepare(path, preprocess, ctx, min_side)  # type: ignore[attr-defined]
         if job.content_hash is None:
@@ -368,9 +370,9 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
     return job, tensor, None
 
 
-def run(store: Store | Callable[[], Store], encoder: Encoder | Callable[[], Encoder], roots: list[bytes],
-        ctx: IndexContext, indexers: list[Indexer], *, batch_size: int = 32, workers: int | None = None,
-        progress: bool = True, commit_files: int = 256, decode: str = "auto",
+def run(store: Store | Callable[[], Store], encoder: AnyEncoder | Callable[[], AnyEncoder],
+        roots: list[bytes], ctx: IndexContext, indexers: list[Indexer], *, batch_size: int = 32,
+        workers: int | None = None, progress: bool = True, commit_files: int = 256, decode: str = "auto",
         rules: ScanRules | None = None, verify: bool = False, prune_missing: bool = False,
         commit_rows: int = 5000, states: FileStates | None = None) -> IndexReport:
     """Bring the store up to date with the files under `roots`. Never raises for one bad file.
@@ -434,7 +436,8 @@ def resolve_store(store: Store | Callable[[], Store]) -> Store:
     return store()
 
 
-def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
+def resolve_encoder(encoder: AnyEncoder | Callable[[], AnyEncoder]
+                    ) -> AnyEncoder:
     """The encoder itself, loading it now if given as a function that loads it. Told apart by
     what an encoder does, not its class: importing `clipsearch.encoders` imports torch."""
     if hasattr(encoder, "encode_pixels"):
@@ -442,7 +445,9 @@ def resolve_encoder(encoder: Encoder | Callable[[], Encoder]) -> Encoder:
     return encoder()
 
 
-def _jpeg_decoder(encoder: Encoder, decode: str) -> JpegDecoder | None:
+def _jpeg_decoder(encoder: AnyEncoder, decode: str) -> JpegDecoder | None:
+    if decode != "gpu" and not str(encoder.device).startswith("cuda"):
+        return None  # the PIL path; and an encoder without torch (ONNX, OpenVINO) imports none here
     from clipsearch.gpu_decode import JpegDecoder
 
     return JpegDecoder.for_encoder(encoder, decode)
@@ -454,7 +459,7 @@ def _skip(report: IndexReport, committer: Committer, job: Job, reason: str) -> N
     committer.drop(job)
 
 
-def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
+def _run_images(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm, batch_size: int, workers: int | None,
                 gpu: JpegDecoder | None = None) -> None:
     if not jobs:
@@ -479,7 +484,7 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, committer, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
-                vecs = encoder.encode_pixels(_stack(batch))
+                vecs = encoder.encode_batch([t for _, t in batch])
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
                                              [Record(kind="image", vector=v)]))
@@ -488,13 +493,7 @@ def _run_images(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer:
                     bar.update(1)
 
 
-def _stack(batch: list[tuple[Job, torch.Tensor]]) -> torch.Tensor:
-    import torch
-
-    return torch.stack([t for _, t in batch])
-
-
-def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: Encoder,
+def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: AnyEncoder,
                    ctx: IndexContext, report: IndexReport, committer: Committer,
                    bar: tqdm) -> list[tuple[Job, torch.Tensor]]:
     """Decode a batch's RawJpegs on the GPU; a JPEG nvJPEG refuses goes through PIL instead."""
@@ -525,7 +524,7 @@ def _collect(fut: Future, ready: list, report: IndexReport, committer: Committer
         ready.append((job, tensor))
 
 
-def _run_others(jobs: list[Job], encoder: Encoder, ctx: IndexContext, committer: Committer,
+def _run_others(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committer: Committer,
                 report: IndexReport, bar: tqdm) -> None:
     from pathlib import Path
 

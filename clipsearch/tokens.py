@@ -38,3 +38,13 @@ def _count_padded(tokenizer: Any, text: str) -> int:
     pad = getattr(tokenizer, "pad_token_id", 0)
     ids = tokenizer([text])[0]
     return int((ids != pad).sum())
+
+
+def truncation_note(encoder: Any, text: str) -> str | None:
+    """A line for the caller when `text` is longer than `encoder` reads (any object with
+    `count_tokens` and `context_length`), else None."""
+    n = encoder.count_tokens(text)
+    if n <= encoder.context_length:
+        return None
+    return (f"the query is {n} tokens; the model reads only the first {encoder.context_length}, "
+            "so the rest was ignored: shorten it to what matters most")

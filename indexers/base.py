@@ -12,7 +12,7 @@ from clipsearch.records import Record
 if TYPE_CHECKING:
     import torch
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 
@@ -46,7 +46,7 @@ class Indexer(Protocol):
         """Whether this file is this indexer's medium; decided by content (`head`), not by name."""
         ...
 
-    def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
+    def extract(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> list[Record]:
         """All records of one file. Raises SkipFile(reason) on bad input."""
         ...
 
@@ -56,7 +56,7 @@ class StreamingIndexer(Indexer, Protocol):
     """An indexer whose files can be too big to hold as records: the pipeline commits its parts
     as they come, so memory follows the work in flight, not the file size."""
 
-    def extract_parts(self, path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+    def extract_parts(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Part]:
         """The records of one file, a part at a time. Raises SkipFile(reason) on bad input,
         possibly after some parts."""
         ...

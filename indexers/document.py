@@ -54,7 +54,7 @@ from clipsearch.records import Record, item_id, path_bytes
 if TYPE_CHECKING:
     from clipsearch.indexers.base import IndexContext
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
 
 PDF_SUFFIXES = (".pdf",)
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -83,11 +83,11 @@ class DocumentIndexer:
             return True
         return Path(path).suffix.lower() in PDF_SUFFIXES + TEXT_SUFFIXES
 
-    def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
+    def extract(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> list[Record]:
         """All rows of one document; raises SkipFile with a reason for files it cannot read."""
         return [r for part in self.extract_parts(path, encoder, ctx) for r in part.records]
 
-    def extract_parts(self, path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+    def extract_parts(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Part]:
         """The rows of one document a few pages or chunks at a time (see the module docstring)."""
         path = Path(path)
         with open(path, "rb") as fh:
@@ -111,7 +111,7 @@ def _cap_note(cap: int, where: str) -> str:
 # --- PDF ---------------------------------------------------------------------------------
 
 
-def pdf_parts(path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+def pdf_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Part]:
     """Page-image rows and text-chunk rows of a PDF, one page at a time, a part per few pages."""
     opts = ctx.options
     page_size = int(opts.get("page_size", DEFAULT_PAGE_SIZE))
@@ -308,7 +308,7 @@ def _save_jpeg(image: Image.Image, dest: Path) -> None:
 # --- plain text --------------------------------------------------------------------------
 
 
-def text_file_parts(path: Path, encoder: Encoder, ctx: IndexContext) -> Iterator[Part]:
+def text_file_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Part]:
     """Text-chunk rows of a .txt/.md file (page None; line range in extra), a part per few
     hundred chunks, reading the file a block at a time; stops at the `max_text_chunks` cap."""
     pieces = TextPieces(path, text_encoding(path))
@@ -393,7 +393,7 @@ def text_encoding(path: Path) -> str:
 # --- shared ------------------------------------------------------------------------------
 
 
-def _chunk_budget(encoder: Encoder, opts: dict[str, Any]) -> tuple[int, int]:
+def _chunk_budget(encoder: AnyEncoder, opts: dict[str, Any]) -> tuple[int, int]:
     """(max tokens incl. markers, overlap tokens): the whole context, a quarter overlap."""
     max_tokens = min(int(opts.get("chunk_tokens", encoder.context_length)), encoder.context_length)
     overlap = int(opts.get("chunk_overlap", max(0, (max_tokens - 2) // 4)))

@@ -33,7 +33,7 @@ from clipsearch.records import Record
 if TYPE_CHECKING:
     import torch
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
 
 # Pillow warns between its limit and twice it; our own limit (checked next) decides instead.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -187,6 +187,6 @@ class ImageIndexer:
         """Decode and preprocess one file (runs in a worker thread)."""
         return preprocess(load_image(path, ctx.max_pixels, min_side))
 
-    def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
+    def extract(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> list[Record]:
         im = load_image(path, ctx.max_pixels, encoder.image_size)
         return [Record(kind="image", vector=encoder.encode_images([im])[0])]

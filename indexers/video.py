@@ -40,7 +40,7 @@ else:
 if TYPE_CHECKING:
     from clipsearch.indexers.base import IndexContext
 
-    from clipsearch.encoders import Encoder
+    from clipsearch.backends import AnyEncoder
 
 WINDOW_SCALES: tuple[int, ...] = (2, 4, 8, 16, 32)
 SHORT_VIDEO_S = 120.0
@@ -392,7 +392,7 @@ class VideoIndexer:
             return ext in _MAGIC_EXT or ext == ""
         return kind in ("ebml", "avi")
 
-    def extract(self, path: Path, encoder: Encoder, ctx: IndexContext) -> list[Record]:
+    def extract(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> list[Record]:
         """Decode once, encode sampled frames in batches, and build all rows of the video."""
         path = Path(path)
         try:

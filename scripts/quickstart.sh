@@ -27,7 +27,8 @@ echo "==> installing PyTorch (CPU/CUDA wheel pinned for torchvision compatibilit
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu skips the ~4 GB of CUDA libraries.
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
   ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-echo "==> installing clipsearch (editable, with the test extra: everything the tests need)"
+echo "==> installing clipsearch (editable, with the test extra: everything the tests need, and the"
+echo "    fast CPU backends ONNX Runtime + OpenVINO: about 100 MB of wheels, 310 MB installed)"
 .venv/bin/python -m pip install -q -e ".[test]"
 
 export CLIPSEARCH_DB=${CLIPSEARCH_DB:-$PWD/sample/db}

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The suite's figures are PyTorch's: it runs on the torch backend unless a test asks for another
+# (tests/test_backends.py), and exports go to a folder of this run, never the user's cache.
+os.environ["CLIPSEARCH_BACKEND"] = "torch"
+os.environ.pop("CLIPSEARCH_PRECISION", None)
+os.environ.setdefault("CLIPSEARCH_CACHE_DIR", tempfile.mkdtemp(prefix="clipsearch-test-cache-"))
 
 pytest.register_assert_rewrite("support")
 

@@ -1,4 +1,5 @@
-"""The quick start's sample collection, indexed through the CLI path, answers its ground truth."""
+"""The quick start's sample collection, indexed through the CLI path, answers its ground truth,
+on each encoder backend."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from clipsearch.tiny.sample import make_sample
 from clipsearch.video_metrics import temporal_iou
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
+@pytest.fixture(scope="module", params=["torch", "onnx", "openvino"])
+def sample(request, tmp_path_factory):
+    """The sample indexed with each backend: every quality floor below holds on each."""
+    if request.param != "torch":
+        from clipsearch.backends import runtime
+
+        if not runtime.installed(request.param):
+            pytest.skip(f"{runtime.MODULES[request.param]} is not installed")
     root = tmp_path_factory.mktemp("sample")
     manifest = make_sample(root / "files", seed=0)
-    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
+    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu", backend=request.param)
     report = col.add([root / "files"])
+    assert col.encoder.backend == request.param
     return col, manifest, report
 
 

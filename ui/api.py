@@ -134,12 +134,15 @@ class SearchService:
 
     def __init__(self, db: str | os.PathLike, device: str | None = "auto",
                  signer: Signer | None = None, max_pixels: int | None = None,
-                 collection: Collection | None = None) -> None:
-        """`collection`: one already open (its `path` should be `db`), used instead of opening it."""
+                 collection: Collection | None = None, backend: str | None = None,
+                 precision: str | None = None) -> None:
+        """`collection`: one already open (its `path` should be `db`), used instead of opening it.
+        `backend`, `precision`: the encoder's (see `clipsearch.backends`)."""
         self.storage = collection.storage if collection is not None else storage_for(db)
         self.db: Path = self.storage.cache_dir
         self.where = self.storage.uri  # for messages
         self.device = device
+        self.backend, self.precision = backend, precision
         self.signer = signer  # set when a login is required: media URLs then carry a signature
         self._max_pixels = max_pixels
         self._col: Collection | None = collection
@@ -156,7 +159,8 @@ class SearchService:
         if self._col is None:
             with self._lock:
                 if self._col is None:
-                    self._col = Collection.open(self.storage, device=self.device)
+                    self._col = Collection.open(self.storage, device=self.device, backend=self.backend,
+                                                precision=self.precision)
         return self._col
 
     def exists(self) -> bool:
@@ -225,7 +229,7 @@ class SearchService:
             info["pages"] = len({(r["source"], r["page"]) for r in pages})
             info["documents"] = len({r["source"] for r in pages})
             self._info = (key, info)
-        return {**self._info[1], "watch": self.watch_status()}
+        return {**self._info[1], "backend": col.backend_info(), "watch": self.watch_status()}
 
     def watch_status(self) -> dict[str, Any] | None:
         """What the collection's watcher is doing (`WatchStatus` fields): this server's own
@@ -262,7 +266,9 @@ class SearchService:
             top += [name for name, _ in (taken.get("cameras") or [])[:1]]
             parts.append("taken " + span + (f" ({' · '.join(top)})" if top else ""))
         return (f"clipsearch · collection **{info['name']}** · " + " · ".join(parts)
-                + f" · model `{info['model']}` · device `{info['device']}`" + watch_note(info["watch"]))
+                + f" · model `{info['model']}` · device `{info['device']}`"
+                + f" · backend `{info['backend']['backend']} {info['backend']['precision']}`"
+                + watch_note(info["watch"]))
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, text: str | None = None, image: Image.Image | bytes | str | None = None, *,

@@ -85,7 +85,8 @@ def watch_lifespan(service: SearchService, options: dict[str, Any]):
 
         watcher = None
         if service.exists():
-            writer = Collection.open(service.storage, device=service.device)
+            writer = Collection.open(service.storage, device=service.device, backend=service.backend,
+                                     precision=service.precision)
             writer.share_encoder(service.col)
             watcher = Watcher(writer, **options)
             service.watcher = watcher
@@ -105,14 +106,16 @@ def watch_lifespan(service: SearchService, options: dict[str, Any]):
 def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[str, str] | None = None,
               device: str | None = "auto", host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
               max_pixels: int | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-              throttle: LoginThrottle | None = None, watch: dict[str, Any] | None = None) -> FastAPI:
+              throttle: LoginThrottle | None = None, watch: dict[str, Any] | None = None,
+              backend: str | None = None, precision: str | None = None) -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
     `collection` may be a Collection, a directory or an object-storage URI; one that holds no
     collection yet still serves, with a message saying how to create one. `host` is the address it
     will be bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
     `watch`: keep the collection current while serving (`Watcher` keyword arguments, {} for the
-    defaults; see `watch_lifespan`); None: no watching.
+    defaults; see `watch_lifespan`); None: no watching. `backend`, `precision`: the encoder's
+    (see `clipsearch.backends`; default auto).
     """
     import gradio as gr
 
@@ -123,7 +126,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     db = collection.uri if isinstance(collection, Collection) else collection  # a directory or a URI
     signer = Signer() if creds else None
     service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels,
-                            collection=collection if isinstance(collection, Collection) else None)
+                            collection=collection if isinstance(collection, Collection) else None,
+                            backend=backend, precision=precision)
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
     lifespan = watch_lifespan(service, watch) if watch is not None else None
     app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
@@ -154,7 +158,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth: str | None = None,
           device: str | None = "auto", *, auth_file: str | os.PathLike | None = None,
           allowed_hosts: Iterable[str] = (), max_pixels: int | None = None,
-          watch: dict[str, Any] | None = None) -> None:
+          watch: dict[str, Any] | None = None, backend: str | None = None,
+          precision: str | None = None) -> None:
     """Run the UI + HTTP API until Ctrl-C. The login comes from `auth`, `auth_file` or
     $CLIPSEARCH_AUTH (see `login.load_credentials`); `watch` as in `build_app`."""
     import uvicorn
@@ -165,7 +170,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
         log.warning("serving on %s without a login (--auth-file): anyone who can reach this port "
                     "can search and view the indexed files", host)
     app = build_app(db, auth=creds, device=device, host=host, allowed_hosts=allowed_hosts,
-                    max_pixels=max_pixels, watch=watch)
+                    max_pixels=max_pixels, watch=watch, backend=backend, precision=precision)
     service: SearchService = app.state.service
     if not service.exists():
         print(f"No collection at {service.where} yet; the UI says how to create one.")

@@ -81,7 +81,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess, ctx_args: dict,
             hashes.append(h)
             continue
         try:
-            px = ix.prepare(Path(os.fsdecode(raw)), preprocess, ctx, min_side).numpy()
+            px = np.asarray(ix.prepare(Path(os.fsdecode(raw)), preprocess, ctx, min_side))
             h = h or content_hash(raw, int(size))
         except SkipFile as e:
             err = e.reason
@@ -355,6 +355,8 @@ def _execute(ray, col: Collection, ctx, jobs: list[Job], run: _Run, workers: int
              embedder_cls: type) -> None:
     """Pass 1 in batches; files of dropped batches once more one by one; the rest are failures."""
     encoder = col.encoder  # checks the weights match the collection; its preprocess ships to tasks
+    col.record_writer({"backend": "torch",  # what the actors run
+                       "precision": "fp16" if gpus_per_worker > 0 else "fp32"})
     ctx_args = {"thumb_dir": str(ctx.thumb_dir), "max_pixels": ctx.max_pixels, "options": ctx.options}
     actor_args = {"spec": col.spec.to_dict(), "model_id": col.meta["model_id"],
                   "device": "auto" if gpus_per_worker > 0 else "cpu",
