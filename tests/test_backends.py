@@ -141,6 +141,26 @@ def test_auto_picks_a_probed_variant_and_remembers_why(tiny):
         assert cache.sha256_file(enc.export.folder / name) == rec["sha256"]
 
 
+def test_an_openvino_encoder_can_run_its_text_tower_on_onnx_runtime(tiny):
+    """What `auto` does when it picks OpenVINO: queries encode one text, and ONNX Runtime's text
+    tower starts faster; the vectors still agree with PyTorch's."""
+    needs("onnx")
+    needs("openvino")
+    exported_encoder("onnx", "fp32")  # its variant probed first, as auto's export does
+    ov = exported_encoder("openvino", "fp32")
+    mixed = ExportedEncoder(ov.spec, ov.export, "openvino", "fp32", text_on=("onnx", "fp32"))
+    assert mixed.text_on == ("onnx", "fp32")
+    texts = [*EXTRA_TEXTS, "a blue circle"]
+    got = mixed.encode_texts(texts)
+    assert type(mixed._runner("text")).__name__ == "OnnxRuntimeRunner"
+    assert type(mixed._runner("image")).__name__ == "OpenVinoRunner"
+    assert "text: onnx fp32" in mixed.describe()
+    want = tiny.encode_texts(texts)
+    assert float(np.min(np.sum(got * want, axis=1))) >= 0.9995
+    # a text variant that never passed its probe is not used
+    assert ExportedEncoder(ov.spec, ov.export, "openvino", "fp32", text_on=("onnx", "int4")).text_on is None
+
+
 # ---- the cache ---------------------------------------------------------------------------------
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch) -> Path:

@@ -196,8 +196,12 @@ class Chooser:
             log.warning("%s: the %s backend cannot run it (%s); using torch instead",
                         self.spec.name, what, _why_not(found, self.pairs))
             return self.torch_encoder()
+        # auto on OpenVINO: its text tower compiles slowly, and a query encodes one text, so
+        # the text tower runs on ONNX Runtime when that passed its probe too
+        text_on = (("onnx", "fp32") if self.backend == "auto" and pair[0] == "openvino"
+                   and runtime.installed("onnx") else None)
         enc = ExportedEncoder(self.spec, found, *pair, batch_size=self.batch_size,
-                              rebuild=lambda: self.export(fresh=True))
+                              rebuild=lambda: self.export(fresh=True), text_on=text_on)
         return enc
 
 

@@ -30,13 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _passed(export: Export, backend: str, precision: str) -> bool:
+    variant = export.variant(backend, precision)
+    return variant is not None and bool(variant.get("passed"))
+
+
 class ExportedEncoder:
     """One model on ONNX Runtime or OpenVINO. Vectors come out float32 and L2-normalised."""
 
     device = "cpu"
 
     def __init__(self, spec: ModelSpec, export: Export, backend: str, precision: str,
-                 batch_size: int = 64, rebuild: Callable[[], Export] | None = None) -> None:
+                 batch_size: int = 64, rebuild: Callable[[], Export] | None = None,
+                 text_on: tuple[str, str] | None = None) -> None:
+        """`text_on`: another (backend, precision) that passed its probe, for the text tower
+        alone (a query encodes one text: what matters there is how fast the tower starts)."""
         variant = export.variant(backend, precision)
         if variant is None or not variant.get("passed"):
             raise ValueError(f"{backend}/{precision} has not passed its probe for {spec.name}")
@@ -44,6 +52,7 @@ class ExportedEncoder:
         self.export = export
         self.backend, self.precision = backend, precision
         self.variant = variant
+        self.text_on = text_on if text_on is not None and _passed(export, *text_on) else None
         self.batch_size = batch_size
         m = export.manifest
         self.model_id = export.model_id
@@ -64,7 +73,8 @@ class ExportedEncoder:
         return {"image": float(self.variant["image_min_cos"]), "text": float(self.variant["text_min_cos"])}
 
     def describe(self) -> str:
-        return f"{self.backend} {self.precision}"
+        text = f" (text: {' '.join(self.text_on)})" if self.text_on else ""
+        return f"{self.backend} {self.precision}{text}"
 
     # ---- lazily loaded parts -------------------------------------------------------------------
     def _file(self, name: str) -> Any:
@@ -91,8 +101,11 @@ class ExportedEncoder:
             with self._lock:
                 found = getattr(self, attr)
                 if found is None:
-                    path = self._file(self.variant["files"][tower])
-                    found = runtime.runner(self.backend, path, self.precision)
+                    backend, precision = (self.text_on if tower == "text" and self.text_on
+                                          else (self.backend, self.precision))
+                    variant = self.export.variant(backend, precision) or self.variant
+                    path = self._file(variant["files"][tower])
+                    found = runtime.runner(backend, path, precision)
                     setattr(self, attr, found)
         assert found is not None
         return found
