@@ -63,7 +63,8 @@ def synthetic_rows(dim: int, start: int, vecs: np.ndarray) -> pa.Table:
         "kind": ["image"] * n, "t_start": [None] * n, "t_end": [None] * n, "page": [None] * n,
         "text": [None] * n, "thumb": [None] * n, "extra": [None] * n, "mtime": [1.0] * n,
         "size": [1000] * n, "content_hash": [f"{start + i:032x}" for i in range(n)]}
-    arrays = [pa.array(cols[f.name], type=f.type) for f in sch if f.name != "vector"]
+    arrays = [pa.array(cols[f.name], type=f.type) if f.name in cols else pa.nulls(n, f.type)
+              for f in sch if f.name != "vector"]  # the file columns (FILE_FIELDS): unknown, null
     flat = pa.array(vecs.astype(np.float16).reshape(-1))
     arrays.append(pa.FixedSizeListArray.from_arrays(flat, dim))
     return pa.Table.from_arrays(arrays, schema=sch)
