@@ -170,9 +170,9 @@ def test_a_table_that_records_no_model_is_not_adopted(tmp_path):
 
 
 # ---- the ANN index ------------------------------------------------------------------------------
-def test_a_truncated_npz_is_skipped_by_readers_and_rebuilt_by_the_next_run(db, caplog):
-    npz = shard_file(db, "image", ".npz")
-    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+def test_a_truncated_ids_file_is_skipped_by_readers_and_rebuilt_by_the_next_run(db, caplog):
+    ids_file = shard_file(db, "image", ".arrow")
+    ids_file.write_bytes(ids_file.read_bytes()[: ids_file.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
         reader = Collection.open(db, device="cpu")
         hits = reader.search(text="a red star", k=3)
