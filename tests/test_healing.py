@@ -291,6 +291,7 @@ def test_a_failed_ann_save_leaves_nothing_behind_and_is_redone(db, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ann_mod.faiss, "write_index", full)
+    monkeypatch.setattr(ann_mod, "_write_arrow", full)  # a new file's rows go to an Arrow segment
     extra = media(db) / "new.jpg"
     shutil.copy(media(db) / "red_star_0.jpg", extra)
     try:
