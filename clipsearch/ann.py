@@ -1139,30 +1139,40 @@ def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray]:
     return saved, keys, dead
 
 
-def _new_rows(snapshot, kind: str, add: np.ndarray, known: pa.Array, watermark: int) -> pa.Table:
-    """The rows at scan positions `add`, with their vectors. Rows written since the save lie in
-    fragments above its watermark, so those fragments alone are read when they hold all of them;
-    else (a compaction rewrote the table, a damaged segment's rows) one scan of the table."""
+MAX_ID_FILTER = 20_000  # added rows read by an `id IN (...)` filter up to this many
+
+
+def _new_rows(snapshot, kind: str, add: np.ndarray, known: pa.Array, watermark: int,
+              add_ids: pa.Array | None = None) -> pa.Table:
+    """The rows at scan positions `add` (ids `add_ids`), with their vectors, read at a cost that
+    follows their number where it can. Rows written since the save lie in fragments above its
+    watermark, so those fragments alone are read when they are few; after a compaction (which
+    rewrites them all) the rows are found by id, so only their vectors are read; else (a very
+    large change) one scan of the table."""
+    where = f"kind = {sql_str(kind)}"
     fragments = [f for f in snapshot.get_fragments() if f.fragment_id > watermark]
     if fragments and sum(f.count_rows() for f in fragments) <= max(4 * len(add), BUILD_BATCH_ROWS):
-        t = snapshot.scanner(columns=SEGMENT_COLUMNS, filter=f"kind = {sql_str(kind)}",
-                             fragments=fragments).to_table()
-        keys = _row_keys(t.column("id"), t.column("content_hash"))
-        t = t.filter(pc.invert(pc.is_in(keys, value_set=known)))
-        if t.num_rows == len(add):
-            return t
-    return gather_rows(snapshot, add, SEGMENT_COLUMNS)
+        t = snapshot.scanner(columns=SEGMENT_COLUMNS, filter=where, fragments=fragments).to_table()
+    elif add_ids is not None and len(add) <= MAX_ID_FILTER:
+        listed = ",".join(sql_str(i) for i in add_ids.to_pylist())
+        t = snapshot.scanner(columns=SEGMENT_COLUMNS, filter=f"{where} AND id IN ({listed})").to_table()
+    else:
+        return gather_rows(snapshot, add, SEGMENT_COLUMNS)
+    keys = _row_keys(t.column("id"), t.column("content_hash"))
+    t = t.filter(pc.invert(pc.is_in(keys, value_set=known)))
+    return t if t.num_rows == len(add) else gather_rows(snapshot, add, SEGMENT_COLUMNS)
 
 
 def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions: np.ndarray,
-                   exact_threshold: int, watermark: int = -1) -> Shard | SavedShard | None:
+                   exact_threshold: int, watermark: int = -1,
+                   table_ids: pa.Array | None = None) -> Shard | SavedShard | None:
     """The saved shard brought to the table's rows of its kind (`positions` in the scan,
     `table_keys` theirs), at a cost that follows the change: the same SavedShard if nothing
     changed; a SavedShard with new tombstones and/or a new segment of the added rows (the base's
     files untouched); a Shard written whole when its segments have grown past
     SEGMENT_MERGE_SHARE of the base (merged) or a flat shard lost rows (removed for real); None
     where it must be rebuilt: grown past GROWTH_LIMIT times its training size, across the
-    exact/IVF threshold, or mostly tombstones."""
+    exact/IVF threshold, or mostly tombstones. `table_ids`: the ids at `positions`."""
     saved, saved_keys, dead = _saved_keys(saved)
     e = saved.entry
     n, n_after = len(saved_keys), len(positions)
@@ -1176,13 +1186,14 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
     live_keys = saved_keys.filter(pa.array(live))
     known = pc.is_in(table_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
     add = positions[~known]
+    add_ids = table_ids.filter(pa.array(~known)) if table_ids is not None else None
     _verify(saved.path("faiss"), e["faiss"])
     if not len(add) and not len(kill):
         return saved
     dead = np.union1d(dead, kill).astype(np.int64)
     if not exact and len(dead) > MAX_DEAD_SHARE * (n + len(add)):
         return None
-    new = _new_rows(snapshot, e["kind"], add, live_keys, watermark) if len(add) else None
+    new = _new_rows(snapshot, e["kind"], add, live_keys, watermark, add_ids) if len(add) else None
     segment_rows = n - int(e["base_rows"]) + len(add)
     merge = (exact and len(dead)) or (len(add) and (segment_rows > SEGMENT_MERGE_SHARE * int(e["base_rows"])
                                                     or len(saved.segments) + 1 > MAX_SEGMENTS))
@@ -1233,8 +1244,10 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
         part: Shard | SavedShard | None = None
         if entry is not None:
             try:
-                part = _updated_shard(snapshot, entry, keys.take(pa.array(positions)), positions,
-                                      exact_threshold, saved.watermark if saved is not None else -1)
+                taken = pa.array(positions)
+                part = _updated_shard(snapshot, entry, keys.take(taken), positions, exact_threshold,
+                                      saved.watermark if saved is not None else -1,
+                                      rows.column("id").combine_chunks().take(taken))
             except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
                 log.warning("rebuilding the %s shard: %s", kind, AnnIndex.damage_line(ann_dir, e))
         if part is None:

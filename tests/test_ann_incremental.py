@@ -408,3 +408,26 @@ def test_an_index_saved_in_the_previous_format_is_rebuilt_not_misread(ivf, caplo
     assert AnnIndex.load(ann_dir) is None  # readers search the table exactly
     update_saved(store, ann_dir, exact_threshold=THRESHOLD)
     assert AnnIndex.problem(ann_dir, version=store.version, rows=store.count()) is None
+
+
+def test_rows_added_before_a_compaction_are_read_by_id_not_by_a_whole_table_scan(ivf, monkeypatch):
+    """A compaction rewrites every fragment, so the watermark no longer tells the new rows
+    apart; they are found by id, and no scan of every row's vector (`gather_rows`) is made."""
+    import clipsearch.ann as ann
+
+    store, ann_dir, rng, centres, _ = ivf
+    new = _clustered(rng, 15, centres)
+    for start in (9500, 9600, 9700):  # small commits for compaction to merge
+        _fill(store, new[(start - 9500) // 20:(start - 9500) // 20 + 5], start=start)
+    store.table.optimize()
+
+    def whole_table_scan(*_a, **_k):
+        raise AssertionError("the new rows were read by a scan of the whole table")
+
+    monkeypatch.setattr(ann, "gather_rows", whole_table_scan)
+    monkeypatch.setattr(ann, "BUILD_BATCH_ROWS", 0)  # as at scale: the rewritten fragments are many rows
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    assert [g["rows"] for g in entry.segments] == [15]
+    reader = _reader(store, ann_dir)
+    assert reader._newer == 0 and _live_top(store, reader, new[12], 1) == [_id(store, 9702)]
