@@ -13,22 +13,30 @@ filtered query still returns k hits when k exist. Defaults are measured by bench
 (benchmarks/RESULTS.md).
 
 The writer keeps the saved index current incrementally (`update_saved`): per kind, rows new or
-replaced since the save (found by id and content hash) are added to the trained shard, and rows
-gone from the table are removed (flat index) or tombstoned (IVF + refine, which has no
-`remove_ids`; searches skip tombstones through an ID selector). A shard is rebuilt only past
-its limits (grown to twice its training size, across the exact/IVF threshold, mostly
-tombstones), when damaged, or on `full=True`. Readers never build: `ann_live.LiveAnn` searches
-the saved shards plus the rows newer than the save, exactly. On a CUDA machine every shard that
-fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
+replaced since the save (found by id and content hash) are appended to the trained shard as a
+segment, and rows gone from the table are tombstoned (IVF + refine has no `remove_ids`;
+searches skip tombstones through an ID selector; a flat shard that lost rows is rewritten
+without them). A shard is rebuilt only past its limits (grown to twice its training size,
+across the exact/IVF threshold, mostly tombstones), when damaged, or on `full=True`. Readers
+never build: `ann_live.LiveAnn` searches the saved shards plus the rows newer than the save,
+exactly. On a CUDA machine every shard that fits is also searched exactly on the GPU
+(`Shard.place`, `matrix_search`).
 
 Saved form: a folder per version, its `shards.json` manifest written last, naming the table
 version and fragment watermark it covers and, per shard, its kind, row count, training size,
-and the size, CRC-32, inode and mtime of its files (index, ids/paths/hashes, tombstones), with
-a checksum of itself; `current.json` points at the folder. Unchanged files are hard-linked
-from version to version. Shards are read on first use (`ShardMap`), each checked by CRC in the
+and the size, CRC-32, inode and mtime of its files, with a checksum of itself; `current.json`
+points at the folder. A shard's files: a base (the FAISS index and its rows' ids, paths and
+content hashes in Arrow IPC), appended segments (the rows added since, with their float16
+vectors, one small Arrow IPC file per update) and tombstones (positions in base + segments,
+.npy). An update that adds rows writes one segment and links every other file unchanged from
+the previous version, so its cost follows the change; segments are merged into a new base
+once they hold `SEGMENT_MERGE_SHARE` of its rows. Readers add the segments' vectors to the
+loaded base index. Shards are read on first use (`ShardMap`), each file checked by CRC in the
 same pass that reads it; a truncated, garbage, reordered or foreign file fails that check
 (`AnnIndex.problem`, `DamagedIndex`): readers log one warning and search that kind exactly,
-and the next index run saves a fresh shard.
+and the next index run saves a fresh shard (a damaged segment alone is dropped and its rows
+appended again, the base kept). An index saved in an older format fails the manifest check
+and is rebuilt once.
 """
 
 from __future__ import annotations
@@ -1222,11 +1230,12 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
     save it, and return it. The writer's call (under the writer lock).
 
     Per kind, rows new or replaced since the save (by id and content hash, from one scan of
-    those two columns) are added to the trained shard and rows gone from the table are removed
-    (flat) or tombstoned (IVF); a shard is rebuilt only past its limits (`_updated_shard`), when
-    damaged, or with `full` (`clipsearch optimize`). Unchanged shard files are hard-linked, so a
-    re-tag after a compaction (which rewrites every fragment) costs a manifest. `previous`: this
-    process's index, whose already loaded unchanged shards are kept rather than read again.
+    those two columns) are appended to the trained shard as a segment and rows gone from the
+    table are tombstoned (a flat shard is rewritten without them); a shard is rebuilt only past
+    its limits (`_updated_shard`), when damaged, or with `full` (`clipsearch optimize`).
+    Unchanged shard files are hard-linked, so a re-tag after a compaction (which rewrites
+    every fragment) costs a manifest. `previous`: this process's index, whose already loaded
+    unchanged shards are kept rather than read again.
     """
     ann_dir = Path(ann_dir)
     snapshot = store.snapshot()
