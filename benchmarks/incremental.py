@@ -62,8 +62,12 @@ def synthetic_rows(dim: int, start: int, vecs: np.ndarray) -> pa.Table:
         "source_raw": raws,
         "kind": ["image"] * n, "t_start": [None] * n, "t_end": [None] * n, "page": [None] * n,
         "text": [None] * n, "thumb": [None] * n, "extra": [None] * n, "mtime": [1.0] * n,
-        "size": [1000] * n, "content_hash": [f"{start + i:032x}" for i in range(n)]}
-    arrays = [pa.array(cols[f.name], type=f.type) for f in sch if f.name != "vector"]
+        "size": [1000] * n, "content_hash": [f"{start + i:032x}" for i in range(n)],
+        # already described, as an indexed file is (date from the mtime); null would make every
+        # run read the file columns of every synthetic row again
+        "taken_at": pa.array([1_000_000] * n, pa.timestamp("us", tz="UTC")), "taken_at_source": ["mtime"] * n}
+    arrays = [pa.array(cols[f.name], type=f.type) if f.name in cols else pa.nulls(n, f.type)
+              for f in sch if f.name != "vector"]  # the other file columns (FILE_FIELDS): unknown
     flat = pa.array(vecs.astype(np.float16).reshape(-1))
     arrays.append(pa.FixedSizeListArray.from_arrays(flat, dim))
     return pa.Table.from_arrays(arrays, schema=sch)

@@ -13,22 +13,30 @@ filtered query still returns k hits when k exist. Defaults are measured by bench
 (benchmarks/RESULTS.md).
 
 The writer keeps the saved index current incrementally (`update_saved`): per kind, rows new or
-replaced since the save (found by id and content hash) are added to the trained shard, and rows
-gone from the table are removed (flat index) or tombstoned (IVF + refine, which has no
-`remove_ids`; searches skip tombstones through an ID selector). A shard is rebuilt only past
-its limits (grown to twice its training size, across the exact/IVF threshold, mostly
-tombstones), when damaged, or on `full=True`. Readers never build: `ann_live.LiveAnn` searches
-the saved shards plus the rows newer than the save, exactly. On a CUDA machine every shard that
-fits is also searched exactly on the GPU (`Shard.place`, `matrix_search`).
+replaced since the save (found by id and content hash) are appended to the trained shard as a
+segment, and rows gone from the table are tombstoned (IVF + refine has no `remove_ids`;
+searches skip tombstones through an ID selector; a flat shard that lost rows is rewritten
+without them). A shard is rebuilt only past its limits (grown to twice its training size,
+across the exact/IVF threshold, mostly tombstones), when damaged, or on `full=True`. Readers
+never build: `ann_live.LiveAnn` searches the saved shards plus the rows newer than the save,
+exactly. On a CUDA machine every shard that fits is also searched exactly on the GPU
+(`Shard.place`, `matrix_search`).
 
 Saved form: a folder per version, its `shards.json` manifest written last, naming the table
 version and fragment watermark it covers and, per shard, its kind, row count, training size,
-and the size, CRC-32, inode and mtime of its files (index, ids/paths/hashes, tombstones), with
-a checksum of itself; `current.json` points at the folder. Unchanged files are hard-linked
-from version to version. Shards are read on first use (`ShardMap`), each checked by CRC in the
+and the size, CRC-32, inode and mtime of its files, with a checksum of itself; `current.json`
+points at the folder. A shard's files: a base (the FAISS index and its rows' ids, paths and
+content hashes in Arrow IPC), appended segments (the rows added since, with their float16
+vectors, one small Arrow IPC file per update) and tombstones (positions in base + segments,
+.npy). An update that adds rows writes one segment and links every other file unchanged from
+the previous version, so its cost follows the change; segments are merged into a new base
+once they hold `SEGMENT_MERGE_SHARE` of its rows. Readers add the segments' vectors to the
+loaded base index. Shards are read on first use (`ShardMap`), each file checked by CRC in the
 same pass that reads it; a truncated, garbage, reordered or foreign file fails that check
 (`AnnIndex.problem`, `DamagedIndex`): readers log one warning and search that kind exactly,
-and the next index run saves a fresh shard.
+and the next index run saves a fresh shard (a damaged segment alone is dropped and its rows
+appended again, the base kept). An index saved in an older format fails the manifest check
+and is rebuilt once.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -72,7 +80,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "shards.json"
 POINTER = "current.json"
-MANIFEST_FORMAT = 3
+MANIFEST_FORMAT = 4  # 4: base + appended segments, ids in Arrow IPC (3: one .npz rewritten whole)
 
 
 class DamagedIndex(ValueError):
@@ -323,8 +331,8 @@ class Shard:
     sources: np.ndarray  # index position -> display path (str)
     matrix: object | None = None  # torch.Tensor (n, dim) on the GPU, or None
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
-    saved: Path | None = field(default=None, repr=False, compare=False)  # its .faiss file, if any
-    checks: dict | None = field(default=None, repr=False, compare=False)  # file_check of its saved files
+    saved: Path | None = field(default=None, repr=False, compare=False)  # its base .faiss file, if any
+    origin: SavedShard | None = field(default=None, repr=False, compare=False)  # the files it was read from
     hashes: np.ndarray | None = field(default=None, repr=False, compare=False)  # position -> content hash
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
     trained: int = 0  # rows the shard was built (and, for IVF, trained) at: its retraining yardstick
@@ -477,38 +485,105 @@ def _link(src: Path, dest: Path, size: int) -> bool:
         return False
 
 
-def _link_saved(shard: Shard, dest: Path) -> bool:
-    """Hard-link a shard's saved .faiss and .npz into `dest` (same stem); False if it has none."""
-    src = shard.saved
-    if src is None or shard.checks is None:
-        return False
-    if _link(src, dest, shard.checks["faiss"]["size"]):
-        if _link(src.with_suffix(".npz"), dest.with_suffix(".npz"), shard.checks["npz"]["size"]):
-            return True
-        dest.unlink(missing_ok=True)
-    return False
+def _link_saved(shard: Shard, dest: Path) -> dict | None:
+    """A loaded shard's saved files (base, segments, tombstones) linked into `dest`'s folder,
+    its manifest entry returned; None if it has no saved files or they are gone."""
+    if shard.origin is None:
+        return None
+    try:
+        return _write_saved(shard.origin, dest)
+    except DamagedIndex:
+        for leftover in dest.parent.glob(f"{dest.stem}.*"):
+            leftover.unlink(missing_ok=True)
+        for leftover in dest.parent.glob(f"{dest.stem}-*"):
+            leftover.unlink(missing_ok=True)
+        return None
 
 
 DEAD_SUFFIX = "-dead.npy"
+META_SUFFIX = ".arrow"  # the base's ids, paths and content hashes: Arrow IPC, one row per position
+SEGMENT_MERGE_SHARE = 0.1  # segments are merged into the base once they hold this share of its rows
+MAX_SEGMENTS = 8  # ... or once there are this many
+SEGMENT_COLUMNS = ["id", "source", "content_hash", "vector"]
 
 
 @dataclass(frozen=True)
 class SavedShard:
-    """One shard of a saved index, not read yet: its folder and manifest entry. `dead`: new
-    tombstones not saved yet (an update that only deleted rows from an IVF shard)."""
+    """One shard of a saved index, not read yet: its folder and manifest entry. The saved form
+    is a base (FAISS file + its rows' ids/paths/hashes) plus appended segments (the rows added
+    since, with their vectors, one Arrow IPC file each) and tombstones (positions in base +
+    segments). Not saved yet: `dead`, new tombstones; `new_rows`, rows to append as a segment."""
 
     folder: Path
     entry: dict
     dead: np.ndarray | None = None
+    new_rows: pa.Table | None = None
 
     def path(self, part: str) -> Path:
-        suffix = {"faiss": ".faiss", "npz": ".npz", "dead": DEAD_SUFFIX}[part]
+        suffix = {"faiss": ".faiss", "meta": META_SUFFIX, "dead": DEAD_SUFFIX}[part]
         return self.folder / f"{self.entry['file']}{suffix}"
+
+    @property
+    def segments(self) -> list[dict]:
+        return list(self.entry.get("segments", []))
+
+    @property
+    def rows(self) -> int:
+        """Positions: base rows, saved segments' and the pending segment's."""
+        return int(self.entry["rows"]) + (self.new_rows.num_rows if self.new_rows is not None else 0)
 
     @property
     def live(self) -> int:
         dead = len(self.dead) if self.dead is not None else int(self.entry.get("dead", {}).get("count", 0))
-        return int(self.entry["rows"]) - dead
+        return self.rows - dead
+
+
+def _segment_name(stem: str, j: int) -> str:
+    return f"{stem}-seg{j}{META_SUFFIX}"
+
+
+def _write_arrow(table: pa.Table, path: Path) -> dict:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return _file_entry(path)
+
+
+def _meta_table(kind: str, ids, sources, hashes) -> pa.Table:
+    cols = {"id": ids, "source": sources, "content_hash": hashes}
+    arrays = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else
+              c if isinstance(c, pa.Array) else pa.array(np.asarray(c, dtype=object).tolist(), pa.string())
+              for c in cols.values()]
+    return pa.table(dict(zip(cols, arrays, strict=True))).replace_schema_metadata({"kind": kind})
+
+
+def _write_saved(saved: SavedShard, dest: Path) -> dict:
+    """A saved shard's files linked into `dest`'s folder (base, segments, tombstones when not
+    new), its pending segment and new tombstones written. Returns its manifest entry."""
+    entry = {k: v for k, v in saved.entry.items() if k != "dead"}
+    entry["file"] = dest.stem
+    for part, suffix in (("faiss", ".faiss"), ("meta", META_SUFFIX)):
+        if not _link(saved.path(part), dest.with_name(dest.stem + suffix), saved.entry[part]["size"]):
+            raise DamagedIndex(f"{saved.path(part)} is gone or changed size")
+    segments = []
+    for j, seg in enumerate(saved.segments):
+        name = _segment_name(dest.stem, j)
+        if not _link(saved.folder / seg["file"], dest.with_name(name), seg["size"]):
+            raise DamagedIndex(f"{saved.folder / seg['file']} is gone or changed size")
+        segments.append({**seg, "file": name})
+    if saved.new_rows is not None and saved.new_rows.num_rows:
+        name = _segment_name(dest.stem, len(segments))
+        table = saved.new_rows.select(SEGMENT_COLUMNS).replace_schema_metadata({"kind": entry["kind"]})
+        segments.append({"file": name, "rows": table.num_rows, **_write_arrow(table, dest.with_name(name))})
+    entry["segments"] = segments
+    entry["rows"] = int(entry["base_rows"]) + sum(int(g["rows"]) for g in segments)
+    if saved.dead is None and "dead" in saved.entry:
+        dead_file = dest.with_name(dest.stem + DEAD_SUFFIX)
+        if not _link(saved.path("dead"), dead_file, saved.entry["dead"]["size"]):
+            raise DamagedIndex(f"{saved.path('dead')} is gone or changed size")
+        entry["dead"] = saved.entry["dead"]
+    elif saved.dead is not None and len(saved.dead):
+        entry["dead"] = _write_dead(saved.dead, dest)
+    return entry
 
 
 def _damaged(path: Path, got: int, expected: dict) -> DamagedIndex:
@@ -548,43 +623,106 @@ def _read_index_checked(path: Path, expected: dict) -> faiss.Index:
     return index
 
 
-def read_saved_meta(saved: SavedShard) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """(ids, sources, content hashes or None, tombstones) of a saved shard, checked; its FAISS
-    file is not read (the writer compares rows before deciding whether it needs the index)."""
+def _stat_matches(path: Path, expected: dict) -> bool:
+    st = path.stat()
+    return st.st_size == expected["size"] and expected.get("stat") == [st.st_ino, st.st_mtime_ns]
+
+
+def _read_arrow_checked(path: Path, expected: dict, trust_stat: bool = False) -> pa.Table:
+    """A saved Arrow IPC file, checked by CRC as it is read (or, with `trust_stat`, memory-mapped
+    unread when its inode, mtime and size are as recorded: the writer's own files)."""
+    try:
+        if trust_stat and _stat_matches(path, expected):
+            return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        return pa.ipc.open_file(pa.py_buffer(_read_checked(path, expected))).read_all()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DamagedIndex(f"{path} is not the file its manifest names (unreadable: {e})") from None
+
+
+def _check_meta(path: Path, t: pa.Table, kind: str, rows: int) -> None:
+    meta = t.schema.metadata or {}
+    if meta.get(b"kind", b"").decode() != kind or t.num_rows != rows or not {
+            "id", "source", "content_hash"} <= set(t.column_names):
+        raise DamagedIndex(f"{path} does not hold the {rows} {kind} rows its manifest names")
+
+
+def read_saved_dead(saved: SavedShard, trust_stat: bool = False) -> np.ndarray:
+    """A saved shard's tombstones (positions in base + segments), checked."""
     e = saved.entry
-    with np.load(io.BytesIO(_read_checked(saved.path("npz"), e["npz"]))) as meta:
-        ids, sources = meta["ids"].astype(object), meta["sources"].astype(object)
-        hashes = meta["hashes"].astype(object) if "hashes" in meta.files else None
-        kind = str(meta["kind"]) if "kind" in meta.files else None
     if saved.dead is not None:
         dead = saved.dead
     elif "dead" in e:
-        dead = np.load(io.BytesIO(_read_checked(saved.path("dead"), e["dead"]))).astype(np.int64)
+        path = saved.path("dead")
+        trusted = trust_stat and _stat_matches(path, e["dead"])
+        data = path.read_bytes() if trusted else _read_checked(path, e["dead"])
+        dead = np.load(io.BytesIO(data)).astype(np.int64)
     else:
         dead = np.zeros(0, np.int64)
-    if kind != e["kind"] or not (len(ids) == len(sources) == e["rows"]) or (
-            len(dead) and (dead.min() < 0 or dead.max() >= len(ids))):
-        raise DamagedIndex(f"{saved.path('npz')} does not hold the {e['rows']} {e['kind']} rows "
-                           "its manifest names")
-    return ids, sources, hashes, dead
+    if len(dead) and (dead.min() < 0 or dead.max() >= int(e["rows"])):
+        raise DamagedIndex(f"{saved.path('dead')} names positions outside the shard's {e['rows']} rows")
+    return dead
+
+
+def read_saved_meta(saved: SavedShard, trust_stat: bool = False) -> tuple[pa.Table, list[pa.Table]]:
+    """(the base's id/source/content_hash table, each segment's table with vectors) of a saved
+    shard, checked; its FAISS file is not read. A damaged segment raises DamagedSegment."""
+    e = saved.entry
+    base = _read_arrow_checked(saved.path("meta"), e["meta"], trust_stat)
+    _check_meta(saved.path("meta"), base, e["kind"], int(e["base_rows"]))
+    segments = []
+    for j, seg in enumerate(saved.segments):
+        path = saved.folder / seg["file"]
+        try:
+            t = _read_arrow_checked(path, seg, trust_stat)
+            _check_meta(path, t, e["kind"], int(seg["rows"]))
+            if "vector" not in t.column_names:
+                raise DamagedIndex(f"{path} holds no vectors")
+        except (DamagedIndex, OSError) as err:
+            raise DamagedSegment(j, str(err)) from None
+        segments.append(t)
+    return base, segments
+
+
+class DamagedSegment(DamagedIndex):
+    """One appended segment of a shard is damaged (the base is fine): the writer drops it and
+    adds its rows again from the table."""
+
+    def __init__(self, segment: int, why: str) -> None:
+        super().__init__(why)
+        self.segment = segment
+
+
+def _strings(col) -> np.ndarray:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
-    """Read one saved shard (checked as it is read); `place=False` keeps it a plain CPU index
-    that the writer may change."""
-    ids, sources, hashes, dead = read_saved_meta(saved)
+    """Read one saved shard, base and segments (each checked as it is read): the segments'
+    vectors are added to the base index in memory, so positions run base, then segments.
+    `place=False` keeps it a plain CPU index that the writer may change."""
+    base, segments = read_saved_meta(saved)
+    dead = read_saved_dead(saved)
     faiss_path = saved.path("faiss")
     index = _read_index_checked(faiss_path, saved.entry["faiss"])
-    if index.ntotal != len(ids):
-        raise DamagedIndex(f"{faiss_path} does not hold the {saved.entry['rows']} {saved.entry['kind']} "
+    if index.ntotal != base.num_rows:
+        raise DamagedIndex(f"{faiss_path} does not hold the {saved.entry['base_rows']} {saved.entry['kind']} "
                            "rows its manifest names")
+    for seg in segments:
+        vecs = seg.column("vector")
+        if vecs.type.list_size != index.d:
+            raise DamagedIndex(f"a segment of {faiss_path} holds vectors of another dim")
+        index.add(float32_vectors(vecs))
+    metas = [base] + [t.select(["id", "source", "content_hash"]) for t in segments]
+    ids, sources, hashes = (_strings(pa.chunked_array([m.column(c).cast(pa.string()) for m in metas]))
+                            for c in ("id", "source", "content_hash"))
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:  # the probes of this version's defaults, whichever version saved it
         ivf.nprobe = probes(ivf.nlist, index.d)
     trained = int(saved.entry.get("trained", len(ids)))
     shard = (Shard.place(index, ids, sources, hashes=hashes, dead=dead, trained=trained) if place
              else Shard(index, ids, sources, hashes=hashes, dead=dead, trained=trained))
-    shard.saved, shard.checks = faiss_path, {p: saved.entry[p] for p in ("faiss", "npz")}
+    if saved.new_rows is None and saved.dead is None:
+        shard.saved, shard.origin = faiss_path, saved
     return shard
 
 
@@ -642,7 +780,7 @@ class ShardMap(Mapping[str, Shard]):
         shard = self._shards.get(kind)
         if shard is not None:
             shard.saved = folder / f"{entry['file']}.faiss"
-            shard.checks = {p: entry[p] for p in ("faiss", "npz")}
+            shard.origin = SavedShard(folder, entry)
         else:
             self._saved[kind] = SavedShard(folder, entry)
 
@@ -781,13 +919,11 @@ class AnnIndex:
         entries: dict[str, dict] = {}
         for i, kind in enumerate(self.shards):
             dest = tmp / f"shard{i}.faiss"
-            shard = self.shard_map.loaded(kind)
-            if shard is not None:
-                entries[kind] = _write_shard(kind, shard, dest)
-            else:
-                saved = self.shard_map.saved_entry(kind)
-                assert saved is not None
-                entries[kind] = _link_shard(saved, dest)
+            shard: Shard | SavedShard | None = self.shard_map.loaded(kind)
+            if shard is None:
+                shard = self.shard_map.saved_entry(kind)
+            assert shard is not None
+            entries[kind] = _write_shard(kind, shard, dest)
         pause_at("ann")  # shard files written, no manifest yet
         manifest = {"format": MANIFEST_FORMAT, "version": self.version, "rows": len(self),
                     "watermark": self.watermark, "shards": list(entries.values()),
@@ -897,11 +1033,14 @@ class AnnIndex:
     @staticmethod
     def _check_files(d: Path, entry: dict) -> dict:
         checks = {}
-        parts = [("faiss", ".faiss"), ("npz", ".npz")] + ([("dead", DEAD_SUFFIX)] if "dead" in entry else [])
+        parts = [("faiss", ".faiss"), ("meta", META_SUFFIX)]
+        parts += [("dead", DEAD_SUFFIX)] if "dead" in entry else []
         for part, suffix in parts:
             path = d / f"{entry['file']}{suffix}"
             _verify(path, entry[part])
             checks[part] = entry[part]
+        for seg in entry.get("segments", []):
+            _verify(d / seg["file"], seg)
         return checks
 
     # ---- search -------------------------------------------------------------------------------
@@ -948,40 +1087,25 @@ def _write_dead(dead: np.ndarray, dest: Path) -> dict:
     return {"count": len(dead), **_file_entry(path)}
 
 
-def _write_shard(kind: str, shard: Shard, dest: Path) -> dict:
-    """A shard's files at `dest` (.faiss, .npz, tombstones): linked when they are already saved
-    and unchanged, else written. Returns its manifest entry."""
-    if _link_saved(shard, dest):
-        files = dict(shard.checks or {})
-    else:
-        cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ else shard.index
-        faiss.write_index(cpu, str(dest))
-        extra: dict[str, Any] = {"hashes": shard.hashes.astype(str)} if shard.hashes is not None else {}
-        with open(dest.with_suffix(".npz"), "wb") as f:
-            np.savez(f, ids=shard.ids.astype(str), sources=shard.sources.astype(str), kind=np.array(kind),
-                     **extra)
-        files = {"faiss": _file_entry(dest), "npz": _file_entry(dest.with_suffix(".npz"))}
-    entry = {"kind": kind, "file": dest.stem, "rows": len(shard), "trained": shard.trained or len(shard),
-             "exact": shard.exact, "type": type(shard.index).__name__, **files}
+def _write_shard(kind: str, shard: Shard | SavedShard, dest: Path) -> dict:
+    """A shard's files at `dest`'s stem. A saved shard's (or a loaded one's, unchanged) are
+    linked, with its new segment and tombstones written; a shard built or merged in memory is
+    written as a new base (FAISS file + Arrow ids) without segments. Returns its manifest entry."""
+    if isinstance(shard, SavedShard):
+        return _write_saved(shard, dest)
+    linked = _link_saved(shard, dest)
+    if linked is not None:
+        return linked
+    cpu = faiss.index_gpu_to_cpu(shard.index) if "Gpu" in type(shard.index).__name__ else shard.index
+    faiss.write_index(cpu, str(dest))
+    hashes = shard.hashes if shard.hashes is not None else np.full(len(shard.ids), "", dtype=object)
+    meta = _meta_table(kind, shard.ids, shard.sources, hashes)
+    files = {"faiss": _file_entry(dest), "meta": _write_arrow(meta, dest.with_suffix(META_SUFFIX))}
+    entry = {"kind": kind, "file": dest.stem, "rows": len(shard), "base_rows": len(shard), "segments": [],
+             "trained": shard.trained or len(shard), "exact": shard.exact, "type": type(shard.index).__name__,
+             **files}
     if len(shard.dead):
         entry["dead"] = _write_dead(shard.dead, dest)
-    return entry
-
-
-def _link_shard(saved: SavedShard, dest: Path) -> dict:
-    """A saved shard's files linked into `dest`'s folder; its tombstones written when new."""
-    entry = {k: v for k, v in saved.entry.items() if k != "dead"}
-    entry["file"] = dest.stem
-    parts = [("faiss", ".faiss"), ("npz", ".npz")]
-    if saved.dead is None and "dead" in saved.entry:
-        parts.append(("dead", DEAD_SUFFIX))
-        entry["dead"] = saved.entry["dead"]
-    for part, suffix in parts:
-        expected = saved.entry[part]
-        if not _link(saved.path(part), dest.with_name(dest.stem + suffix), expected["size"]):
-            raise DamagedIndex(f"{saved.path(part)} is gone or changed size")
-    if saved.dead is not None and len(saved.dead):
-        entry["dead"] = _write_dead(saved.dead, dest)
     return entry
 
 
@@ -998,47 +1122,103 @@ def _row_keys(ids, hashes) -> pa.Array:
     return pc.binary_join_element_wise(cols[0], pc.fill_null(cols[1], ""), "\x00")
 
 
+def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray]:
+    """(the shard, its rows' keys per position, its tombstones), read by the writer without
+    converting a string to Python. A damaged segment is dropped from the returned shard (its
+    positions taken out, later tombstones shifted): its rows look new and are added again."""
+    dead = read_saved_dead(saved, trust_stat=True)
+    while True:
+        try:
+            base, segments = read_saved_meta(saved, trust_stat=True)
+            break
+        except DamagedSegment as err:
+            log.warning("the ANN index's %s segment %d is damaged; its rows are added again: %s",
+                        saved.entry["kind"], err.segment, err)
+            segs = saved.segments
+            start = int(saved.entry["base_rows"]) + sum(int(g["rows"]) for g in segs[:err.segment])
+            m = int(segs[err.segment]["rows"])
+            dead = np.concatenate([dead[dead < start], dead[dead >= start + m] - m])
+            entry = {**saved.entry, "segments": segs[:err.segment] + segs[err.segment + 1:],
+                     "rows": int(saved.entry["rows"]) - m}
+            entry.pop("dead", None)
+            saved = SavedShard(saved.folder, entry, dead, saved.new_rows)
+    metas = [base] + segments
+    keys = pa.concat_arrays([_row_keys(m.column("id"), m.column("content_hash")) for m in metas])
+    return saved, keys, dead
+
+
+MAX_ID_FILTER = 20_000  # added rows read by an `id IN (...)` filter up to this many
+
+
+def _new_rows(snapshot, kind: str, add: np.ndarray, known: pa.Array, watermark: int,
+              add_ids: pa.Array | None = None) -> pa.Table:
+    """The rows at scan positions `add` (ids `add_ids`), with their vectors, read at a cost that
+    follows their number where it can. Rows written since the save lie in fragments above its
+    watermark, so those fragments alone are read when they are few; after a compaction (which
+    rewrites them all) the rows are found by id, so only their vectors are read; else (a very
+    large change) one scan of the table."""
+    where = f"kind = {sql_str(kind)}"
+    fragments = [f for f in snapshot.get_fragments() if f.fragment_id > watermark]
+    if fragments and sum(f.count_rows() for f in fragments) <= max(4 * len(add), BUILD_BATCH_ROWS):
+        t = snapshot.scanner(columns=SEGMENT_COLUMNS, filter=where, fragments=fragments).to_table()
+    elif add_ids is not None and len(add) <= MAX_ID_FILTER:
+        listed = ",".join(sql_str(i) for i in add_ids.to_pylist())
+        t = snapshot.scanner(columns=SEGMENT_COLUMNS, filter=f"{where} AND id IN ({listed})").to_table()
+    else:
+        return gather_rows(snapshot, add, SEGMENT_COLUMNS)
+    keys = _row_keys(t.column("id"), t.column("content_hash"))
+    t = t.filter(pc.invert(pc.is_in(keys, value_set=known)))
+    return t if t.num_rows == len(add) else gather_rows(snapshot, add, SEGMENT_COLUMNS)
+
+
 def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions: np.ndarray,
-                   exact_threshold: int) -> Shard | SavedShard | None:
+                   exact_threshold: int, watermark: int = -1,
+                   table_ids: pa.Array | None = None) -> Shard | SavedShard | None:
     """The saved shard brought to the table's rows of its kind (`positions` in the scan,
-    `table_keys` theirs): the same SavedShard if nothing changed, a SavedShard with new
-    tombstones if rows were only deleted from an IVF shard, a Shard with rows added (and, for a
-    flat index, removed), or None where it must be rebuilt: grown past GROWTH_LIMIT times its
-    training size, across the exact/IVF threshold, mostly tombstones, or saved without hashes."""
-    ids, sources, hashes, dead = read_saved_meta(saved)
+    `table_keys` theirs), at a cost that follows the change: the same SavedShard if nothing
+    changed; a SavedShard with new tombstones and/or a new segment of the added rows (the base's
+    files untouched); a Shard written whole when its segments have grown past
+    SEGMENT_MERGE_SHARE of the base (merged) or a flat shard lost rows (removed for real); None
+    where it must be rebuilt: grown past GROWTH_LIMIT times its training size, across the
+    exact/IVF threshold, or mostly tombstones. `table_ids`: the ids at `positions`."""
+    saved, saved_keys, dead = _saved_keys(saved)
     e = saved.entry
-    n, n_after = len(ids), len(positions)
+    n, n_after = len(saved_keys), len(positions)
     exact, trained = bool(e.get("exact", True)), int(e.get("trained", n))
-    if hashes is None or (exact and n_after >= exact_threshold) or (
+    if (exact and n_after >= exact_threshold) or (
             not exact and (n_after > GROWTH_LIMIT * trained or n_after < exact_threshold // 2)):
         return None
     live = np.ones(n, bool)
     live[dead] = False
-    saved_keys = _row_keys(ids, hashes)
     kill = np.flatnonzero(live & ~pc.is_in(saved_keys, value_set=table_keys).to_numpy(zero_copy_only=False))
-    known = pc.is_in(table_keys, value_set=saved_keys.filter(pa.array(live))).to_numpy(zero_copy_only=False)
+    live_keys = saved_keys.filter(pa.array(live))
+    known = pc.is_in(table_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
     add = positions[~known]
+    add_ids = table_ids.filter(pa.array(~known)) if table_ids is not None else None
+    _verify(saved.path("faiss"), e["faiss"])
     if not len(add) and not len(kill):
-        _verify(saved.path("faiss"), e["faiss"])
         return saved
     dead = np.union1d(dead, kill).astype(np.int64)
     if not exact and len(dead) > MAX_DEAD_SHARE * (n + len(add)):
         return None
-    if not exact and not len(add):  # deletions only: the index files stay as they are
-        _verify(saved.path("faiss"), e["faiss"])
-        return SavedShard(saved.folder, e, dead)
-    index = _read_index_checked(saved.path("faiss"), e["faiss"])
+    new = _new_rows(snapshot, e["kind"], add, live_keys, watermark, add_ids) if len(add) else None
+    segment_rows = n - int(e["base_rows"]) + len(add)
+    merge = (exact and len(dead)) or (len(add) and (segment_rows > SEGMENT_MERGE_SHARE * int(e["base_rows"])
+                                                    or len(saved.segments) + 1 > MAX_SEGMENTS))
+    if not merge:  # append: the base's files stay as they are
+        return SavedShard(saved.folder, e, dead, new)
+    shard = load_saved_shard(SavedShard(saved.folder, e, dead), place=False)
+    index, ids, sources, hashes = shard.index, shard.ids, shard.sources, shard.hashes
+    assert hashes is not None
     if exact and len(dead):  # a flat index removes rows for real (IndexRefine cannot)
         index.remove_ids(faiss.IDSelectorBatch(dead))
         keep = np.setdiff1d(np.arange(n), dead, assume_unique=True)
         ids, sources, hashes, dead = ids[keep], sources[keep], hashes[keep], np.zeros(0, np.int64)
-    if len(add):  # into the trained lists: IVF add assigns to the existing centroids
-        t = gather_rows(snapshot, add, ["id", "source", "content_hash", "vector"])
-        index.add(float32_vectors(t.column("vector")))
-        ids = np.concatenate([ids, np.array(t.column("id").to_pylist(), dtype=object)])
-        sources = np.concatenate([sources, np.array(t.column("source").to_pylist(), dtype=object)])
-        hashes = np.concatenate([hashes, np.array(t.column("content_hash").fill_null("").to_pylist(),
-                                                  dtype=object)])
+    if new is not None:  # into the trained lists: IVF add assigns to the existing centroids
+        index.add(float32_vectors(new.column("vector")))
+        ids = np.concatenate([ids, _strings(new.column("id"))])
+        sources = np.concatenate([sources, _strings(new.column("source"))])
+        hashes = np.concatenate([hashes, _strings(pc.fill_null(new.column("content_hash"), ""))])
     return Shard.place(index, ids, sources, hashes=hashes, dead=dead,
                        trained=n_after if exact else trained)
 
@@ -1050,11 +1230,12 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
     save it, and return it. The writer's call (under the writer lock).
 
     Per kind, rows new or replaced since the save (by id and content hash, from one scan of
-    those two columns) are added to the trained shard and rows gone from the table are removed
-    (flat) or tombstoned (IVF); a shard is rebuilt only past its limits (`_updated_shard`), when
-    damaged, or with `full` (`clipsearch optimize`). Unchanged shard files are hard-linked, so a
-    re-tag after a compaction (which rewrites every fragment) costs a manifest. `previous`: this
-    process's index, whose already loaded unchanged shards are kept rather than read again.
+    those two columns) are appended to the trained shard as a segment and rows gone from the
+    table are tombstoned (a flat shard is rewritten without them); a shard is rebuilt only past
+    its limits (`_updated_shard`), when damaged, or with `full` (`clipsearch optimize`).
+    Unchanged shard files are hard-linked, so a re-tag after a compaction (which rewrites
+    every fragment) costs a manifest. `previous`: this process's index, whose already loaded
+    unchanged shards are kept rather than read again.
     """
     ann_dir = Path(ann_dir)
     snapshot = store.snapshot()
@@ -1072,8 +1253,10 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
         part: Shard | SavedShard | None = None
         if entry is not None:
             try:
-                part = _updated_shard(snapshot, entry, keys.take(pa.array(positions)), positions,
-                                      exact_threshold)
+                taken = pa.array(positions)
+                part = _updated_shard(snapshot, entry, keys.take(taken), positions, exact_threshold,
+                                      saved.watermark if saved is not None else -1,
+                                      rows.column("id").combine_chunks().take(taken))
             except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
                 log.warning("rebuilding the %s shard: %s", kind, AnnIndex.damage_line(ann_dir, e))
         if part is None:
@@ -1081,8 +1264,8 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
             part = _build_shard(store, snapshot, kind, positions, exact_threshold, batch_rows)
         if part is entry and previous is not None:
             old = previous.shard_map.loaded(kind)
-            if old is not None and old.saved == entry.path("faiss") and old.checks == {
-                    p: entry.entry[p] for p in ("faiss", "npz")} and old.live == entry.live:
+            if old is not None and old.origin is not None and old.origin.folder == entry.folder and \
+                    old.origin.entry == entry.entry and old.live == entry.live:
                 part = old  # the same files, already in memory
         changed = changed or part is not entry
         if isinstance(part, Shard):

@@ -584,15 +584,21 @@ class Store:
         `batch` files (default `TOUCH_BATCH`; a merge of the rows' ids and new mtimes), not one
         per file. Each commit stands alone: a run stopped between them is finished by the next."""
         batch = batch or TOUCH_BATCH
-        for i in range(0, len(files), batch):
-            if i:
+        if not files:
+            return
+        new = dict(files)
+        rows = self.scan(["id", "source_raw"], sources_filter(new))  # one scan for every batch
+        raws = rows.column("source_raw").to_pylist()
+        order = {raw: i for i, raw in enumerate(new)}  # batches follow the callers' file order
+        by_batch: dict[int, list[int]] = {}
+        for r, raw in enumerate(raws):
+            by_batch.setdefault(order[raw] // batch, []).append(r)
+        for n, (_, picked) in enumerate(sorted(by_batch.items())):
+            if n:
                 pause_at("touch")
-            new = dict(files[i:i + batch])
-            rows = self.scan(["id", "source_raw"], sources_filter(new))
-            if not rows.num_rows:
-                continue
-            mtimes = [new[r] for r in rows.column("source_raw").to_pylist()]
-            data = pa.table({"id": rows.column("id"), "mtime": pa.array(mtimes, pa.float64())})
+            part = rows.take(pa.array(picked))
+            mtimes = [new[raws[r]] for r in picked]
+            data = pa.table({"id": part.column("id"), "mtime": pa.array(mtimes, pa.float64())})
             self.table.merge_insert("id").when_matched_update_all().execute(data)
 
     # ---- upkeep ------------------------------------------------------------------------------

@@ -316,3 +316,118 @@ def test_a_collection_reader_finds_rows_written_after_the_save(tmp_path):
     assert hits[0].source == str(extra)
     assert victim.source not in {h.source for h in reader.search(text="a blue circle", k=30)}
     assert (tmp_path / "db" / "ann" / POINTER).read_bytes() == pointer
+
+
+# ---- the saved layout: a base plus appended segments ------------------------------------------
+def _files(ann_dir) -> dict[str, tuple[int, int]]:
+    """Current version's files: name -> (inode, mtime_ns)."""
+    d = AnnIndex.load(ann_dir).shards.saved_entry("image").folder
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d.iterdir()}
+
+
+def _base_files(entry) -> list[str]:
+    return [entry.path("faiss").name, entry.path("meta").name]
+
+
+def test_new_rows_are_appended_as_a_small_segment_and_the_base_is_untouched(ivf):
+    store, ann_dir, rng, centres, before = ivf
+    base = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    old = _files(ann_dir)
+    new = _clustered(rng, 20, centres)  # 20 rows: under SEGMENT_MERGE_SHARE of the 600 in the base
+    _fill(store, new, start=7000)
+    store.delete_sources([b"/p/3.jpg"])
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    now = _files(ann_dir)
+    for name in _base_files(base):  # the base's files: linked, same inode and mtime
+        assert now[name] == old[name]
+    assert [g["rows"] for g in entry.segments] == [20] and entry.entry["dead"]["count"] == 1
+    seg = entry.folder / entry.segments[0]["file"]
+    assert seg.stat().st_size < entry.path("faiss").stat().st_size / 5  # 20 rows against 600
+    # readers see base + segment: the new rows by their own vectors, the deleted one never
+    reader = _reader(store, ann_dir)
+    assert reader._newer == 0 and len(reader.shards["image"]) == 620
+    assert _live_top(store, reader, new[5], 1) == [_id(store, 7005)]
+    assert _recall(store, reader, _clustered(rng, 30, centres)) >= 0.95
+    assert np.array_equal(_centroids(reader.shards["image"]), before)
+    assert AnnIndex.problem(ann_dir, version=store.version, rows=store.count()) is None
+
+
+def test_segments_merge_into_the_base_once_they_grow(ivf):
+    store, ann_dir, rng, centres, before = ivf
+    base = _base_files(AnnIndex.load(ann_dir).shards.saved_entry("image"))
+    for start in (8000, 8100):  # 2 x 40 rows: the second takes the segments past 10% of 600
+        _fill(store, _clustered(rng, 40, centres), start=start)
+        update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+        entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+        if start == 8000:
+            assert [g["rows"] for g in entry.segments] == [40]
+            first = _files(ann_dir)
+    assert entry.segments == [] and entry.entry["base_rows"] == 680 == store.count()
+    assert _files(ann_dir)[base[0]] != first[base[0]]  # a new base was written
+    shard = AnnIndex.load(ann_dir).shards["image"]
+    assert shard.trained == 600 and np.array_equal(_centroids(shard), before)
+    assert _recall(store, _reader(store, ann_dir), _clustered(rng, 30, centres)) >= 0.95
+
+
+def test_a_damaged_segment_is_searched_exactly_and_the_next_run_adds_its_rows_again(ivf, caplog):
+    store, ann_dir, rng, centres, _ = ivf
+    new = _clustered(rng, 20, centres)
+    _fill(store, new, start=9000)
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    base = _base_files(entry)
+    seg = entry.folder / entry.segments[0]["file"]
+    seg.write_bytes(os.urandom(seg.stat().st_size))  # same size: only the CRC can tell
+    assert "not the file" in AnnIndex.problem(ann_dir)
+    reader = _reader(store, ann_dir)
+    assert _live_top(store, reader, new[7], 1) == [_id(store, 9007)]  # exactly, from the table
+    old = _files(ann_dir)
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    assert any("segment 0 is damaged" in r.getMessage() for r in caplog.records)
+    assert AnnIndex.problem(ann_dir, version=store.version, rows=store.count()) is None
+    entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    assert [g["rows"] for g in entry.segments] == [20]
+    assert all(_files(ann_dir)[name] == old[name] for name in base)  # the base was not rebuilt
+    after = _reader(store, ann_dir)
+    assert after._newer == 0 and _live_top(store, after, new[7], 1) == [_id(store, 9007)]
+
+
+def test_an_index_saved_in_the_previous_format_is_rebuilt_not_misread(ivf, caplog):
+    import json
+
+    from clipsearch.ann import MANIFEST, _self_checksum
+
+    store, ann_dir, *_ = ivf
+    d = AnnIndex.load(ann_dir).shards.saved_entry("image").folder
+    manifest = json.loads((d / MANIFEST).read_text())
+    manifest["format"] = 3
+    manifest["checksum"] = _self_checksum(manifest)
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    assert "older one" in AnnIndex.problem(ann_dir)
+    assert AnnIndex.load(ann_dir) is None  # readers search the table exactly
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    assert AnnIndex.problem(ann_dir, version=store.version, rows=store.count()) is None
+
+
+def test_rows_added_before_a_compaction_are_read_by_id_not_by_a_whole_table_scan(ivf, monkeypatch):
+    """A compaction rewrites every fragment, so the watermark no longer tells the new rows
+    apart; they are found by id, and no scan of every row's vector (`gather_rows`) is made."""
+    import clipsearch.ann as ann
+
+    store, ann_dir, rng, centres, _ = ivf
+    new = _clustered(rng, 15, centres)
+    for start in (9500, 9600, 9700):  # small commits for compaction to merge
+        _fill(store, new[(start - 9500) // 20:(start - 9500) // 20 + 5], start=start)
+    store.table.optimize()
+
+    def whole_table_scan(*_a, **_k):
+        raise AssertionError("the new rows were read by a scan of the whole table")
+
+    monkeypatch.setattr(ann, "gather_rows", whole_table_scan)
+    monkeypatch.setattr(ann, "BUILD_BATCH_ROWS", 0)  # as at scale: the rewritten fragments are many rows
+    update_saved(store, ann_dir, exact_threshold=THRESHOLD)
+    entry = AnnIndex.load(ann_dir).shards.saved_entry("image")
+    assert [g["rows"] for g in entry.segments] == [15]
+    reader = _reader(store, ann_dir)
+    assert reader._newer == 0 and _live_top(store, reader, new[12], 1) == [_id(store, 9702)]

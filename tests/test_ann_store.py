@@ -268,7 +268,7 @@ def test_shards_are_reused_from_disk_and_linked_not_rewritten(tmp_path):
     q = _unit(rng, 1)[0]
     assert loaded.search(q, 4) == second.search(q, 4)
     assert loaded.fingerprints == second.fingerprints and set(loaded.fingerprints) == {"image", "video_frame"}
-    assert os.path.exists(relinked.with_suffix(".npz"))
+    assert os.path.exists(relinked.with_suffix(".arrow"))
 
 
 def test_an_index_saved_without_fingerprints_is_not_reused(tmp_path):

@@ -170,9 +170,9 @@ def test_a_table_that_records_no_model_is_not_adopted(tmp_path):
 
 
 # ---- the ANN index ------------------------------------------------------------------------------
-def test_a_truncated_npz_is_skipped_by_readers_and_rebuilt_by_the_next_run(db, caplog):
-    npz = shard_file(db, "image", ".npz")
-    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+def test_a_truncated_ids_file_is_skipped_by_readers_and_rebuilt_by_the_next_run(db, caplog):
+    ids_file = shard_file(db, "image", ".arrow")
+    ids_file.write_bytes(ids_file.read_bytes()[: ids_file.stat().st_size // 2])
     with caplog.at_level(logging.WARNING):
         reader = Collection.open(db, device="cpu")
         hits = reader.search(text="a red star", k=3)
@@ -291,6 +291,7 @@ def test_a_failed_ann_save_leaves_nothing_behind_and_is_redone(db, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ann_mod.faiss, "write_index", full)
+    monkeypatch.setattr(ann_mod, "_write_arrow", full)  # a new file's rows go to an Arrow segment
     extra = media(db) / "new.jpg"
     shutil.copy(media(db) / "red_star_0.jpg", extra)
     try:

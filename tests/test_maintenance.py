@@ -71,6 +71,28 @@ def test_touched_files_are_written_in_one_commit_per_batch(tmp_path):
     assert again.unchanged == 300 and col.store.version == Collection.open(col.path).store.version
 
 
+def test_touches_find_their_rows_in_one_scan_and_commit_per_batch(tmp_path, monkeypatch):
+    """The rows of every touched file are found by one filtered scan of the table (not one per
+    batch: each scan reads the whole `source_raw` column), then written batch by batch."""
+    from clipsearch.records import Record
+    from clipsearch.store import SourceRows, Store
+
+    store = Store(tmp_path / "db", 4)
+    vec = np.ones(4, np.float32) / 2
+    store.replace_sources([SourceRows(f"/p/{i}.jpg".encode(), 1.0, 10, f"h{i}",
+                                      [Record(kind="image", vector=vec)]) for i in range(5)])
+    scans = []
+    real = Store.scan
+    monkeypatch.setattr(Store, "scan", lambda self, *a, **k: scans.append(a) or real(self, *a, **k))
+    before = store.version
+    store.touch_many([(f"/p/{i}.jpg".encode(), 100.0 + i) for i in (4, 0, 2)] + [(b"/p/gone.jpg", 9.0)],
+                     batch=2)
+    assert len(scans) == 1 and store.version - before == 2  # batches (4, 0) and (2, gone)
+    t = real(store, ["source", "mtime"])
+    assert dict(zip(t.column("source").to_pylist(), t.column("mtime").to_pylist(), strict=True)) == {
+        "/p/0.jpg": 100.0, "/p/1.jpg": 1.0, "/p/2.jpg": 102.0, "/p/3.jpg": 1.0, "/p/4.jpg": 104.0}
+
+
 def test_the_full_text_index_takes_new_rows_in_and_never_returns_deleted_ones(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
