@@ -90,6 +90,13 @@ class IndexReport:
     unexpected: int = 0  # skips that are bugs (`unexpected_reason`), not bad input
     scan_seconds: float = 0.0
     seconds: float = 0.0
+    image_seconds: float = 0.0  # wall time of the image phase (decode threads + encoder)
+    encode_seconds: float = 0.0  # of it, time in the encoder's calls
+
+    @property
+    def encoder_busy(self) -> float | None:
+        """The share of the image phase the encoder was working: near 1, decoding kept up."""
+        return self.encode_seconds / self.image_seconds if self.image_seconds > 1.0 else None
     interrupted: bool = False
 
     def skip(self, path: bytes, reason: str) -> None:
@@ -112,6 +119,8 @@ class IndexReport:
              f"{self.moved} moved, {self.removed} removed, {len(self.skipped)} skipped "
              f"in {self.seconds:.1f} s "
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
+        if self.encoder_busy is not None:
+            s += f"; encoder busy {100 * self.encoder_busy:.0f}% of {self.image_seconds:.1f} s of images"
         if self.described:
             s += f"; date, place and camera read for {self.described} indexed files"
         if self.unexpected:
@@ -469,6 +478,7 @@ def _run_images(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committ
     inflight: set[Future] = set()
     ready: list[tuple[Job, torch.Tensor]] = []
     window = max(2 * batch_size, 4 * workers)
+    started = time.perf_counter()
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         while queue or inflight or ready:
             while queue and len(inflight) < window:
@@ -484,13 +494,16 @@ def _run_images(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committ
                     batch = _decode_on_gpu(batch, gpu, encoder, ctx, report, committer, bar)  # type: ignore[arg-type]
                     if not batch:
                         continue
+                t0 = time.perf_counter()
                 vecs = encoder.encode_batch([t for _, t in batch])
+                report.encode_seconds += time.perf_counter() - t0
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
                                              [Record(kind="image", vector=v)]))
                     report.indexed += 1
                     report.items += 1
                     bar.update(1)
+    report.image_seconds += time.perf_counter() - started
 
 
 def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: AnyEncoder,

@@ -131,3 +131,14 @@ def test_index_counts_a_renamed_file_as_moved(tmp_path):
     first.rename(photos / "renamed.jpg")
     p = run("index", "--db", db, "-q", check=True)
     assert "indexed 0 files" in p.stdout and "1 moved, 0 removed" in p.stdout, p.stdout
+
+
+def test_the_summary_says_how_busy_the_encoder_was():
+    """The encoder's share of the image phase: the figure that says whether decoding keeps up."""
+    from clipsearch.pipeline import IndexReport
+
+    r = IndexReport(indexed=300, items=300, image_seconds=40.0, encode_seconds=36.0)
+    assert r.encoder_busy == pytest.approx(0.9)
+    assert "encoder busy 90% of 40.0 s of images" in r.summary()
+    quick = IndexReport(indexed=1, items=1, image_seconds=0.2, encode_seconds=0.1)
+    assert quick.encoder_busy is None and "encoder busy" not in quick.summary()  # too short to mean much
