@@ -59,6 +59,8 @@ def read(path: str | bytes | os.PathLike[Any], media: str | None = None) -> dict
             out.update(_pdf(path))
     except Exception as e:  # a header no reader expected: what was read so far is kept
         log.info("metadata of %s: %s", path, e)
+    if out["width"] is None and media == "image":
+        out.update(_raw_size(path))
     if out["gps_lat"] is not None and out["gps_lon"] is not None:
         out["place"] = place_of(out["gps_lat"], out["gps_lon"])
     if out["taken_at"] is None:
@@ -172,21 +174,28 @@ def _text(value: Any) -> str | None:
 def _format(path: str) -> str | None:
     import filetype
 
+    from clipsearch.indexers.photo_formats import RAW_EXTENSIONS
+
     try:
         kind = filetype.guess(path)
     except OSError:
         kind = None
-    if kind is not None:
-        return str(kind.extension)
+    fmt = str(kind.extension) if kind is not None else None
     ext = os.path.splitext(path)[1].lstrip(".").lower()
-    return ext or None
+    if fmt in (None, "tif", "cr2") and f".{ext}" in RAW_EXTENSIONS:
+        return ext  # camera RAW on a TIFF layout (DNG, NEF, ARW...): its name says which
+    return fmt or ext or None
 
 
 def _media_of(fmt: str | None) -> str | None:
     import filetype
 
+    from clipsearch.indexers.photo_formats import RAW_EXTENSIONS
+
     if fmt == "pdf":
         return "document"
+    if fmt in ("heic", "heif", "avif", "jxl") or (fmt and f".{fmt}" in RAW_EXTENSIONS):
+        return "image"  # photo formats filetype may not know
     if fmt and filetype.is_extension_supported(fmt):
         if fmt in {t.extension for t in filetype.image_matchers}:
             return "image"
@@ -195,28 +204,32 @@ def _media_of(fmt: str | None) -> str | None:
     return None
 
 
-_HEIF_LOCK = threading.Lock()
-_heif_registered = False
+def _raw_size(path: str) -> dict[str, Any]:
+    """A camera RAW's picture size from rawpy (no demosaic), when Pillow could not read one;
+    {} for anything else."""
+    from clipsearch.indexers.photo_formats import RAW_EXTENSIONS
 
+    if os.path.splitext(path)[1].lower() not in RAW_EXTENSIONS:
+        return {}
+    try:
+        import rawpy
 
-def _register_heif() -> None:
-    """HEIC/HEIF headers through pillow-heif's opener, when it is installed."""
-    global _heif_registered
-    with _HEIF_LOCK:
-        if _heif_registered:
-            return
-        _heif_registered = True
-        try:
-            from pillow_heif import register_heif_opener
-        except ImportError:
-            return
-        register_heif_opener()
+        with rawpy.imread(path) as raw:
+            w, h = int(raw.sizes.width), int(raw.sizes.height)
+            if raw.sizes.flip in (5, 6):  # shown turned a quarter: as the indexer shows it
+                w, h = h, w
+    except Exception as e:  # not a RAW rawpy opens: the size stays unknown
+        log.info("metadata of %s: %s", path, e)
+        return {}
+    return {"width": w, "height": h} if w > 0 and h > 0 else {}
 
 
 def _image(path: str) -> dict[str, Any]:
     from PIL import Image
 
-    _register_heif()
+    from clipsearch.indexers.photo_formats import ensure_openers
+
+    ensure_openers()  # HEIF, AVIF, JPEG XL headers, as the indexer opens them
     out: dict[str, Any] = {}
     with Image.open(path) as im:  # lazy: the header only
         width, height = im.size

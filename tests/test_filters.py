@@ -219,3 +219,26 @@ def test_the_sql_alone_is_exact_for_near(filtered):
     expected = {i for i, m in truth.items()
                 if m["gps_lat"] is not None and _km(m["gps_lat"], m["gps_lon"], 38.72, -9.14) <= 8}
     assert got == expected and 0 < len(expected) < len(truth)
+
+
+def test_http_image_upload_takes_the_filters(server, sample):
+    """The multipart image search takes the same filters, as form fields."""
+    import httpx
+
+    data, _ = sample
+    photo = next(p for p in sorted(data.root.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    fmt = "png" if photo.suffix.lower() == ".png" else "jpg"
+
+    def upload(**fields):
+        with photo.open("rb") as f:
+            r = httpx.post(f"{server}/api/search/image", files={"file": (photo.name, f)},
+                           data={"k": "20", **fields})
+        assert r.status_code == 200, r.text
+        return r.json()["hits"]
+
+    assert upload()[0]["source"] == str(photo)  # control: the photo finds itself
+    same = upload(format=fmt)
+    assert same and all(h["format"] == fmt for h in same)
+    assert upload(after="2100") == []
+    pdfs = upload(format="pdf")
+    assert pdfs and {h["kind"] for h in pdfs} == {"doc_page"}

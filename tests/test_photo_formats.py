@@ -336,3 +336,20 @@ def test_live_photo_through_cli_and_http(photos):
     assert client.get(hit["companion_url"]).content == Path(video).read_bytes()
     assert client.get(hit["view_url"]).headers["content-type"] == "image/jpeg"  # HEIC shown as JPEG
     assert "Live Photo" in render_detail(hit) and "IMG_0001.MOV" in render_detail(hit)
+
+
+def test_each_format_gets_its_file_columns(photos):
+    """#18's metadata for the formats themselves: what the header says, read without decoding."""
+    col, made, _ = photos
+    t = col.store.scan(["source", "format", "width", "height", "bytes", "taken_at", "taken_at_source"])
+    rows = {r["source"]: r for r in t.to_pylist()}
+    expected_format = {"heic": "heic", "avif": "avif", "jxl": "jxl", "dng_preview": "dng", "dng_sensor": "dng",
+                       "gif": "gif", "webp": "webp", "live": "heic"}
+    for name, (path, original) in made.items():
+        row = rows[str(path)]
+        assert row["format"] == expected_format[name], (name, row)
+        assert row["bytes"] == path.stat().st_size, (name, row)
+        assert row["taken_at"] is not None and row["taken_at_source"] in ("exif", "mtime"), (name, row)
+        assert row["width"] and row["height"], (name, row)
+        if original is not None and name != "dng_preview":
+            assert (row["width"], row["height"]) == original.size, (name, row)

@@ -571,14 +571,23 @@ def rest_router(service: SearchService) -> APIRouter:
     def api_search_image(file: UploadFile = File(...), q: str = Form(""),
                          k: int = Form(PAGE_SIZE), kind: str = Form(""), offset: int = Form(0),
                          under: str = Form(""), whiten: bool = Form(False),
-                         center: bool = Form(False), invert: bool = Form(False)) -> Any:
-        """Image (optionally + text) search from a multipart upload named `file`."""
+                         center: bool = Form(False), invert: bool = Form(False), sort: str = Form(""),
+                         after: str = Form(""), before: str = Form(""), camera: str = Form(""),
+                         place: str = Form(""), near: str = Form(""), format: str = Form(""),
+                         min_pixels: int | None = Form(None), where: str = Form("")) -> Any:
+        """Image (optionally + text) search from a multipart upload named `file`; the metadata
+        filters of /api/search as form fields (empty: not given)."""
+        filters: dict[str, Any] = {"after": after or None, "before": before or None, "camera": camera or None,
+                                   "place": place or None, "near": near or None, "format": format or None,
+                                   "min_pixels": min_pixels, "where": where or None}
+
         def query() -> Any:
             if file.size is not None and file.size > MAX_UPLOAD_BYTES:
                 raise too_big(file.size)
             image = service.decode(file.file.read(MAX_UPLOAD_BYTES + 1))
             return service.search(q or None, image, k=k, kind=kind, offset=offset, under=under,
-                                  whiten=whiten, center=center, invert=invert)
+                                  whiten=whiten, center=center, invert=invert, sort=sort or None,
+                                  **filters)
 
         return run(query)
 
