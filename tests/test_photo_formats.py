@@ -343,8 +343,8 @@ def test_each_format_gets_its_file_columns(photos):
     col, made, _ = photos
     t = col.store.scan(["source", "format", "width", "height", "bytes", "taken_at", "taken_at_source"])
     rows = {r["source"]: r for r in t.to_pylist()}
-    expected_format = {"heic": "heic", "avif": "avif", "jxl": "jxl", "dng_preview": "dng", "dng_sensor": "dng",
-                       "gif": "gif", "webp": "webp", "live": "heic"}
+    expected_format = {"heic": "heic", "avif": "avif", "jxl": "jxl", "dng_preview": "dng",
+                       "dng_sensor": "dng", "gif": "gif", "webp": "webp", "live": "heic"}
     for name, (path, original) in made.items():
         row = rows[str(path)]
         assert row["format"] == expected_format[name], (name, row)
