@@ -661,7 +661,10 @@ def ui_image_search(base: str, headers: dict, upload: Path) -> str:
                  "mime_type": "image/png", "meta": {"_type": "gradio.FileData"}}
         session = "securitytest"
         r = c.post("/gradio_api/queue/join", json={
-            "data": ["", image, "All", "", False, False, False], "fn_index": dep["id"],
+            # the search box's inputs: text, image, kind, folder, whiten, center, invert, then the
+            # filters (taken from, until, place, camera) and the sort
+            "data": ["", image, "All", "", False, False, False, "", "", "", "", "Best match"],
+            "fn_index": dep["id"],
             "trigger_id": box, "session_hash": session, "event_data": None})
         assert r.status_code == 200, r.text
         with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
