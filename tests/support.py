@@ -450,3 +450,38 @@ def save_solid(path: Path, colour, seed: int = 0, size=(64, 64)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(solid(colour, size=size, seed=seed)).save(path)
     return path
+
+
+# ---- one CLI command in a fresh interpreter, and which modules it imported ---------------------
+_CLI_PROBE = """
+import json, sys
+watch = sys.argv[1].split(",")
+from clipsearch.cli import main
+try:
+    main(sys.argv[2:], prog_name="clipsearch")
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+print("\\n" + json.dumps({"code": code, "loaded": [m for m in watch if m in sys.modules]}))
+"""
+
+
+@dataclass
+class CliProbe:
+    code: int
+    loaded: list[str]  # the watched modules the command imported
+    stdout: str
+    stderr: str
+
+
+def run_cli_fresh(args: list[str], watch: tuple[str, ...], env: dict[str, str] | None = None) -> CliProbe:
+    """Run `clipsearch ARGS` in a fresh interpreter; which of `watch` it imported (start-up tests)."""
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _CLI_PROBE, ",".join(watch), *args], capture_output=True,
+                       text=True, timeout=300, env=env)
+    last = json.loads(p.stdout.strip().splitlines()[-1])  # the probe's line comes last
+    return CliProbe(last["code"], last["loaded"], p.stdout, p.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 import open_clip
 import pytest
 from PIL import Image
-from support import write_shapes
+from support import run_cli_fresh, write_shapes
 
 from clipsearch.backends import agreement, cache, choose, export, load_encoder, runtime
 from clipsearch.backends.exported import ExportedEncoder
@@ -313,18 +313,7 @@ def test_environment_chooses_when_no_argument_does(monkeypatch):
 
 
 # ---- a text search without torch ---------------------------------------------------------------
-SEARCH_PROBE = textwrap.dedent("""
-    import json, sys
-    from clipsearch.cli import main
-    try:
-        main(sys.argv[1:], prog_name="clipsearch")
-    except SystemExit as e:
-        code = e.code
-    else:
-        code = 0
-    heavy = [m for m in ("torch", "open_clip") if m in sys.modules]
-    print("\\n" + json.dumps({"code": code, "loaded": heavy}))
-""")
+NO_MODEL = ("torch", "open_clip")
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
@@ -332,32 +321,27 @@ def test_a_text_search_on_an_exported_backend_imports_neither_torch_nor_open_cli
                                                                                  sample_collection):
     exported_encoder(backend, "fp32")  # exported already: a search only loads it
     _, _, db = sample_collection
-    env = {**os.environ, "CLIPSEARCH_BACKEND": backend}
-    p = subprocess.run([sys.executable, "-c", SEARCH_PROBE, "search", "a red star", "--db", str(db),
-                        "-k", "3", "--kind", "image"], capture_output=True, text=True, timeout=300, env=env)
-    last = json.loads(p.stdout.strip().splitlines()[-1])
-    assert last["code"] == 0, p.stdout + p.stderr
-    assert last["loaded"] == [], p.stderr
+    # the precision probed above: with "auto" a variant not probed yet would be probed now, in torch
+    env = {**os.environ, "CLIPSEARCH_BACKEND": backend, "CLIPSEARCH_PRECISION": "fp32"}
+    p = run_cli_fresh(["search", "a red star", "--db", str(db), "-k", "3", "--kind", "image"], NO_MODEL, env)
+    assert p.code == 0, p.stdout + p.stderr
+    assert p.loaded == [], p.stderr
     assert "red_star" in p.stdout.splitlines()[0], p.stdout
 
 
 def test_the_torch_control_does_import_torch(sample_collection):
     """The control: the same probe sees torch when the search runs on it."""
     _, _, db = sample_collection
-    p = subprocess.run([sys.executable, "-c", SEARCH_PROBE, "search", "a red star", "--db", str(db),
-                        "-k", "1", "--backend", "torch"], capture_output=True, text=True, timeout=300)
-    last = json.loads(p.stdout.strip().splitlines()[-1])
-    assert last["code"] == 0 and "torch" in last["loaded"], p.stdout + p.stderr
+    p = run_cli_fresh(["search", "a red star", "--db", str(db), "-k", "1", "--backend", "torch"], NO_MODEL)
+    assert p.code == 0 and "torch" in p.loaded, p.stdout + p.stderr
 
 
 def test_info_shows_the_backend_from_the_manifest_without_torch(sample_collection):
     exported_encoder("onnx", "fp32")
     _, _, db = sample_collection
     env = {**os.environ, "CLIPSEARCH_BACKEND": "onnx", "CLIPSEARCH_PRECISION": "fp32"}
-    p = subprocess.run([sys.executable, "-c", SEARCH_PROBE, "info", "--db", str(db)], capture_output=True,
-                       text=True, timeout=300, env=env)
-    last = json.loads(p.stdout.strip().splitlines()[-1])
-    assert last["code"] == 0 and last["loaded"] == [], p.stdout + p.stderr
+    p = run_cli_fresh(["info", "--db", str(db)], NO_MODEL, env)
+    assert p.code == 0 and p.loaded == [], p.stdout + p.stderr
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("backend"))
     assert "onnx fp32" in line and "min cosine" in line, line
     assert "vectors by torch fp32" in p.stdout

@@ -7,36 +7,21 @@ the probe can see them.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import tiny_model_args, write_shapes
+from support import run_cli_fresh, tiny_model_args, write_shapes
 
-PROBE = """
-import json, sys
-from clipsearch.cli import main
-try:
-    main(sys.argv[1:], prog_name="clipsearch")
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-heavy = ("torch", "open_clip", "lancedb", "lance", "pandas", "faiss")
-print("\\n" + json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
-"""
+HEAVY = ("torch", "open_clip", "lancedb", "lance", "pandas", "faiss")
 NO_MODEL = {"torch", "open_clip"}
 NO_TABLE = {"lancedb", "lance", "pandas"}  # a fresh catalog answers instead (clipsearch.catalog)
 
 
 def run_cli(*args: str) -> tuple[int, list[str], str]:
     """(exit code, heavy modules loaded, output) of one command in a fresh interpreter."""
-    p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300)
-    last = json.loads(p.stdout.strip().splitlines()[-1])
-    return last["code"], last["loaded"], p.stdout + p.stderr
+    p = run_cli_fresh(list(args), HEAVY)
+    return p.code, p.loaded, p.stdout + p.stderr
 
 
 @pytest.fixture(scope="module")
