@@ -256,6 +256,8 @@ def main() -> None:
     ap.add_argument("--backend", action="append", default=[],
                     help="also time `search --backend NAME` (repeatable), when the flag exists")
     ap.add_argument("--no-rclip", action="store_true")
+    ap.add_argument("--only", choices=["info", "index", "search"], action="append", default=[],
+                    help="time only these commands (repeatable; rclip's rows go with search)")
     ap.add_argument("--build-only", action="store_true", help="build the files and collections, time nothing")
     ap.add_argument("--before", metavar="COMMIT", default=None,
                     help="only compare info and the unchanged index, cold, between the code of COMMIT "
@@ -298,17 +300,26 @@ def main() -> None:
         for b in backends:
             cases.append((f"search (text, --backend {b})", model,
                           [*cs, "search", QUERY, "--db", str(db), "--backend", b], env, None))
-    if not args.no_rclip:
+    if args.only:
+        cases = [c for c in cases if c[0].split(" ")[0] in args.only]
+    if not args.no_rclip and (not args.only or "search" in args.only):
         rcmd, renv = rclip_setup(args.peers, work, files, env, args.vit_index)
         rclip_model = "ViT-B-32-256 (rclip, ONNX)"
         query = [*rcmd, "-f", "-t", "10", QUERY]
         cases.append(("rclip: index check + text query", rclip_model, query, renv, files))
         cases.append(("rclip: text query (--no-indexing)", rclip_model, [*query, "-n"], renv, files))
-    rows = []
-    for what, model, cmd, cenv, cwd in cases:
-        cold = measure(cmd, cenv, args.runs, cwd=cwd)
-        warm = measure(cmd, cenv, args.runs, cwd=cwd, cold=False)
-        rows.append({"command": what, "model": model, "argv": cmd, "cold": cold, "warm": warm})
+    rows = [{"command": what, "model": model, "argv": cmd, "cold": [], "warm": []}
+            for what, model, cmd, _, _ in cases]
+    # Round by round, every command once cold and once warm, so load drift hits all alike.
+    for _ in range(args.runs):
+        for row, (_, _, cmd, cenv, cwd) in zip(rows, cases, strict=True):
+            row["cold"].append(measure(cmd, cenv, 1, cwd=cwd))
+            row["warm"].append(measure(cmd, cenv, 1, cwd=cwd, cold=False))
+    for row in rows:
+        for how in ("cold", "warm"):
+            walls = [w for m in row[how] for w in m["walls"]]
+            row[how] = {"wall_s": round(statistics.median(walls), 2), "walls": walls,
+                        "rss_mb": max(m["rss_mb"] for m in row[how])}
     dropped = drop_caches()
     print(f"| command | model | cold wall s (median of {args.runs}) | cold runs | warm wall s | "
           "peak RSS MB |")
