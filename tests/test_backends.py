@@ -323,7 +323,8 @@ def test_a_text_search_on_an_exported_backend_imports_neither_torch_nor_open_cli
     _, _, db = sample_collection
     # the precision probed above: with "auto" a variant not probed yet would be probed now, in torch
     env = {**os.environ, "CLIPSEARCH_BACKEND": backend, "CLIPSEARCH_PRECISION": "fp32"}
-    p = run_cli_fresh(["search", "a red star", "--db", str(db), "-k", "3", "--kind", "image"], NO_MODEL, env)
+    p = run_cli_fresh(["search", "a red star", "--db", str(db), "-k", "3", "--kind", "image"],
+                      (*NO_MODEL, "ftfy"), env)  # a plain ASCII query needs no ftfy either
     assert p.code == 0, p.stdout + p.stderr
     assert p.loaded == [], p.stderr
     assert "red_star" in p.stdout.splitlines()[0], p.stdout
@@ -358,3 +359,37 @@ def test_the_http_status_names_the_backend_in_use(sample_collection):
     info = service.info()
     assert (info["backend"]["backend"], info["backend"]["precision"]) == ("onnx", "fp32")
     assert "backend `onnx fp32`" in service.status_line()
+
+
+def test_plain_ascii_cleans_as_ftfy_cleans_it_without_importing_it():
+    """The fast path of the torch-free tokenizer's cleaning: for printable ASCII without '&'
+    ftfy + html.unescape are the identity, so skipping them changes no query."""
+    import html
+    import random
+    import string
+
+    import ftfy
+
+    from clipsearch.backends import tokenizer
+
+    PUNCT = str.maketrans("", "", string.punctuation)
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + " \t\n\r" + string.punctuation.replace("&", "")
+    texts = ["a red star", "  Café? no: cafe  ", "x<y>z 'q' \"w\" \\ ~ ^ `", "line\r\nbreak\ttab"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    fast = 0
+    for t in texts:
+        want = html.unescape(html.unescape(ftfy.fix_text(t))).strip()
+        for mode in ("lower", "whitespace", "canonicalize"):
+            got = tokenizer.clean(t, mode)
+            words = " ".join(want.split())
+            ref = {"lower": words.lower(), "whitespace": words,
+                   "canonicalize": " ".join(want.replace("_", " ").translate(PUNCT).lower().split())}
+            assert got == ref[mode], (t, mode)
+        fast += bool(tokenizer._PLAIN.fullmatch(t))
+    assert fast > 2900  # the fast path was the one exercised
+    # and what it must not take: entities, control characters, non-ASCII
+    for t in ["fish &amp; chips", "bell\x07", "v\x0btab", "Café"]:
+        assert not tokenizer._PLAIN.fullmatch(t)
+        assert tokenizer.clean(t, "lower") == " ".join(
+            html.unescape(html.unescape(ftfy.fix_text(t))).strip().split()).lower()

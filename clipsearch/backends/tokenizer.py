@@ -12,6 +12,7 @@ tokenizer gives exactly open_clip's ids, and open_clip's token counts, on a prob
 from __future__ import annotations
 
 import html
+import re
 import string
 import threading
 from pathlib import Path
@@ -41,7 +42,14 @@ class UnsupportedTokenizer(ValueError):
 
 
 # ---- open_clip's text cleaning, without importing open_clip ------------------------------------
+# Printable ASCII without entities is text ftfy and html.unescape leave as it is: a query made
+# of it skips ftfy's import (a good part of a cold query's start-up).
+_PLAIN = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r]*")
+
+
 def _basic_clean(text: str) -> str:
+    if _PLAIN.fullmatch(text):
+        return text.strip()
     import ftfy
 
     text = ftfy.fix_text(text)
