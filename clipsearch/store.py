@@ -248,7 +248,8 @@ class Store:
 
     @property
     def table(self) -> Any:
-        """The LanceDB table: for writes and the full-text index (imports LanceDB on first use)."""
+        """The LanceDB table: for its creation and the full-text index (imports LanceDB on first
+        use). Rows are written through the Lance dataset: an index run need not import LanceDB."""
         if self._table is None:
             with storage_errors(self.db_dir):
                 self._table = _connect(self.db_dir, self.storage_options).open_table(TABLE)
@@ -297,8 +298,10 @@ class Store:
     @guarded
     def snapshot(self) -> Any:
         """The table pinned at its current version (a lance dataset): several reads of one build
-        see the same rows even while a writer commits."""
-        return self.dataset
+        see the same rows even while a writer commits. A dataset object of its own: the
+        store's commits move `self.dataset` on, not the snapshots taken before them."""
+        ds = self.dataset
+        return ds.checkout_version(ds.version)
 
     @guarded
     def vector_batches(self, snapshot: Any, columns: Sequence[str], where: str | None = None,
@@ -484,7 +487,7 @@ class Store:
             per_row = [values[r] for r in rows.column("source_raw").to_pylist()]
             data = pa.table({"id": rows.column("id"), **{
                 f.name: pa.array([m.get(f.name) for m in per_row], type=f.type) for f in FILE_FIELDS}})
-            self.table.merge_insert("id").when_matched_update_all().execute(data)
+            self.dataset.merge_insert("id").when_matched_update_all().execute(data)
             written += rows.num_rows
         return written
 
@@ -530,21 +533,21 @@ class Store:
             return
         data = self._to_arrow(items)
         cond = sources_filter([*(i.source_raw for i in items), *delete])
-        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        (self.dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(cond).execute(data))
 
     @guarded
     def append_rows(self, item: SourceRows) -> None:
         """Add rows of one source, keeping its other rows (one commit): the parts of a big file."""
         if item.records:
-            self.table.add(self._to_arrow([item]))
+            self.dataset.insert(self._to_arrow([item]))
 
     @guarded
     def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
         """Record the file state on every row of a source put in by parts (one commit): only
         now does change detection take the file as indexed."""
-        self.table.update(where=sources_filter([raw]),
-                          values={"mtime": mtime, "size": size, "content_hash": content_hash})
+        self.dataset.update({"mtime": repr(float(mtime)), "size": str(int(size)),
+                             "content_hash": sql_str(content_hash)}, where=sources_filter([raw]))
 
     @guarded
     def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike[str] | None = None) -> int:
@@ -557,7 +560,7 @@ class Store:
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
             named = self.thumbs_of(chunk) if thumb_dir is not None else []
-            self.table.delete(sources_filter(chunk))
+            self.dataset.delete(sources_filter(chunk))
             if thumb_dir is not None:
                 thumbs.remove(thumb_dir, named)
         return len(raws)
@@ -569,8 +572,8 @@ class Store:
         where = ABSOLUTE_THUMBS
         n = self.count(where)
         if n:
-            self.table.update(where=where, values_sql={
-                "thumb": f"regexp_replace(thumb, '^.*/{thumbs.FOLDER}/', '{thumbs.FOLDER}/')"})
+            self.dataset.update({
+                "thumb": f"regexp_replace(thumb, '^.*/{thumbs.FOLDER}/', '{thumbs.FOLDER}/')"}, where=where)
         return n
 
     @guarded
@@ -599,7 +602,7 @@ class Store:
             part = rows.take(pa.array(picked))
             mtimes = [new[raws[r]] for r in picked]
             data = pa.table({"id": part.column("id"), "mtime": pa.array(mtimes, pa.float64())})
-            self.table.merge_insert("id").when_matched_update_all().execute(data)
+            self.dataset.merge_insert("id").when_matched_update_all().execute(data)
 
     # ---- upkeep ------------------------------------------------------------------------------
     @guarded
