@@ -270,3 +270,17 @@ def _looks_like_path(body: str) -> bool:
     if body.startswith(_PATH_START):
         return True
     return not any(c.isspace() for c in body) and os.path.splitext(body)[1].lower() in IMAGE_SUFFIXES
+
+
+def of(text_query: str | None = None, picture: Any = None,
+       terms: Iterable[Any] | str | None = None) -> list[QueryTerm]:
+    """The terms of a search: the classic `text` (literal words) and `image` first, each of
+    weight 1, then `terms` (`as_terms`)."""
+    out = []
+    if text_query is not None:
+        out.append(QueryTerm("text", text_query, 1.0))
+    if picture is not None:
+        out.append(picture if isinstance(picture, QueryTerm) else image(picture))
+    if terms is not None:
+        out += as_terms(terms)
+    return out
