@@ -154,14 +154,15 @@ def as_terms(terms: Iterable[Any] | str) -> list[QueryTerm]:
     return out
 
 
-def parse_query(query: str, *, paths: bool = True) -> list[QueryTerm]:
+def parse_query(query: str, *, paths: bool = True, name: str = "the query") -> list[QueryTerm]:
     """The inline form → terms (rules in the module docstring). `paths=False` (a server):
-    path-looking terms are refused and no file is looked up."""
+    path-looking terms are refused and no file is looked up. `name` is what messages call the
+    string (`--not`, the "not" box)."""
     terms = []
-    for sign, raw, quoted in _split(query):
-        terms.append(_term(raw, sign, quoted, query, paths))
+    for sign, raw, quoted in _split(query, name):
+        terms.append(_term(raw, sign, quoted, query, paths, name))
     if not terms:
-        raise UsageError("the query is empty", hint="type some words to search for")
+        raise UsageError(f"{name} is empty", hint="type some words to search for")
     return terms
 
 
@@ -204,7 +205,7 @@ def check_positive(terms: Sequence[QueryTerm]) -> None:
 
 
 # ---- parsing --------------------------------------------------------------------------------
-def _split(query: str) -> list[tuple[int, str, bool]]:
+def _split(query: str, name: str) -> list[tuple[int, str, bool]]:
     """(sign, raw term, whether it was quoted) for each term; separators as described above."""
     out: list[tuple[int, str, bool]] = []
     sign, buf, quoted, in_quote, sep = 1, "", False, False, ""
@@ -217,21 +218,21 @@ def _split(query: str) -> list[tuple[int, str, bool]]:
             if buf.strip() or quoted:
                 out.append((sign, buf, quoted))
             elif out or sep:  # "a + + b", "- - a": nothing between two separators
-                raise UsageError(f"the query {query!r} has an empty term after '{sep or c}'",
+                raise UsageError(f"{name} {query!r} has an empty term after '{sep or c}'",
                                  hint=SYNTAX_HINT)
             sign, buf, quoted, sep = (-1 if c == "-" else 1), "", False, c
         else:
             buf += c
     if in_quote:
-        raise UsageError(f"the query {query!r} has an unclosed quote", hint=SYNTAX_HINT)
+        raise UsageError(f"{name} {query!r} has an unclosed quote", hint=SYNTAX_HINT)
     if buf.strip() or quoted:
         out.append((sign, buf, quoted))
     elif sep:  # "a -": a separator with nothing after it
-        raise UsageError(f"the query {query!r} has an empty term after '{sep}'", hint=SYNTAX_HINT)
+        raise UsageError(f"{name} {query!r} has an empty term after '{sep}'", hint=SYNTAX_HINT)
     return out
 
 
-def _term(raw: str, sign: int, quoted: bool, query: str, paths: bool) -> QueryTerm:
+def _term(raw: str, sign: int, quoted: bool, query: str, paths: bool, name: str) -> QueryTerm:
     body = raw.strip()
     weight = 1.0
     m = _WEIGHT.match(body)
@@ -244,7 +245,7 @@ def _term(raw: str, sign: int, quoted: bool, query: str, paths: bool) -> QueryTe
     if quoted:
         body = body.replace('"', "").strip()
     if not body:
-        raise UsageError(f"the query {query!r} has an empty term{' after its weight' if m else ''}",
+        raise UsageError(f"{name} {query!r} has an empty term{' after its weight' if m else ''}",
                          hint=SYNTAX_HINT)
     w = sign * weight
     if quoted:  # quotes make words: never a file or an item
