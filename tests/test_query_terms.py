@@ -303,3 +303,57 @@ def test_ui_chips_show_every_part_of_a_query_with_an_image():
     assert "image: image" in html and "not 2× &lt;b&gt;in&lt;/b&gt;" in html and "<b>" not in html
     assert without_term("2:a dog + a cat - indoors", 1) == "2:a dog - indoors"
     assert without_term("a dog", 0) == ""
+
+
+def queue_call(c, config: dict, elem_id: str, event: str, data: list, event_data: dict | None = None,
+               session: str = "chips") -> list:
+    """Run the UI's handler of `event` on the component `elem_id` through Gradio's queue, as the
+    browser does (one `session`: its gr.State lives on the server); returns its outputs."""
+    import json
+
+    comp = next(x["id"] for x in config["components"] if x.get("props", {}).get("elem_id") == elem_id)
+    dep = next(d for d in config["dependencies"] if [comp, event] in d["targets"])
+    r = c.post("/gradio_api/queue/join", json={"data": data, "fn_index": dep["id"], "trigger_id": comp,
+                                               "session_hash": session, "event_data": event_data})
+    assert r.status_code == 200, r.text
+    with c.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    assert msg.get("success"), msg
+                    return msg["output"]["data"]
+    raise AssertionError("no answer from the queue")
+
+
+def ui_inputs(text: str, image: dict | None, negative: str) -> list:
+    """The search box's inputs: text, image, kind, folder, whiten, center, invert, taken from,
+    until, place, camera, sort, and the not box."""
+    return [text, image, "All", "", False, False, False, "", "", "", "", "Best match", negative]
+
+
+def test_ui_text_plus_image_shows_both_parts_as_chips_and_a_chip_removes_its_part(http, sample_collection):
+    httpx, url = http
+    _, manifest, _ = sample_collection
+    picture = Path(next(r["file"] for r in manifest["images"] if "red_star" in r["file"]))
+    with httpx.Client(base_url=url, timeout=120) as c:
+        config = c.get("/config").json()
+        upload = {"files": (picture.name, picture.read_bytes(), "image/jpeg")}
+        path = c.post("/gradio_api/upload", files=upload).json()[0]
+        image = {"path": path, "orig_name": picture.name, "size": picture.stat().st_size,
+                 "mime_type": "image/jpeg", "meta": {"_type": "gradio.FileData"}}
+        out = queue_call(c, config, "cs-query", "submit", ui_inputs("a blue circle", image, "indoors"))
+        chips = out[6]
+        assert chips.count("data-action='drop'") == 3, chips
+        assert "a blue circle" in chips and "image: image" in chips and "not indoors" in chips
+        # the image chip's ×: the image leaves its box (the query then runs again without it)
+        dropped = queue_call(c, config, "cs-chips", "click", [None, "a blue circle", "indoors"],
+                             {"action": "drop", "index": 1})
+        assert dropped[1] is None, dropped
+        out = queue_call(c, config, "cs-query", "submit", ui_inputs("a blue circle", None, "indoors"))
+        assert "image:" not in out[6] and out[6].count("data-action='drop'") == 2, out[6]
+        dropped = queue_call(c, config, "cs-chips", "click", [None, "a blue circle", "indoors"],
+                             {"action": "drop", "index": 1})
+        assert dropped[2] == "", dropped  # the not box's only term is gone
+        out = queue_call(c, config, "cs-query", "submit", ui_inputs("a blue circle", None, ""))
+        assert out[6] == ""  # plain text: no chips
