@@ -133,7 +133,8 @@ def check_weight(weight: Any, term: str) -> float:
 def as_terms(terms: Iterable[Any] | str) -> list[QueryTerm]:
     """The Python API's typed form → terms: a `QueryTerm`, a `(term, weight)` pair, or a bare
     term (weight 1). A term is text (str), an image (`Path`, `os.PathLike` or a PIL image) or
-    an item (`item(id)`). A str passed alone is the inline form (`parse_query`)."""
+    an item (`item(id)`); a str that looks like a path is refused rather than searched as
+    words. A str passed alone is the inline form (`parse_query`)."""
     if isinstance(terms, str):
         return parse_query(terms)
     out = []
@@ -144,6 +145,10 @@ def as_terms(terms: Iterable[Any] | str) -> list[QueryTerm]:
         elif isinstance(value, str):
             if not value.strip():
                 raise UsageError("a query term is empty", hint="give words, an image path or an item")
+            if _looks_like_path(value.strip()):  # a path passed as words would search for the words
+                raise UsageError(f"query term {value!r} looks like a path, but a str is words",
+                                 hint=f"pass Path({value!r}) for the image, or query_terms.text(...) "
+                                      "for these words")
             term = text(value, 1.0 if weight is None else weight)
         elif isinstance(value, os.PathLike | Image.Image):
             term = image(value, 1.0 if weight is None else weight)

@@ -111,6 +111,9 @@ def test_the_typed_python_form(tmp_path):
         as_terms([" "])
     with pytest.raises(UsageError, match="not text, an image or an item"):
         as_terms([(42, 1.0)])
+    with pytest.raises(UsageError, match="'./pool.jpg' looks like a path"):
+        as_terms([("./pool.jpg", 1.0)])
+    assert as_terms([query_terms.text("pool.jpg")])[0].kind == "text"
 
 
 def test_combine_is_the_renormalised_weighted_sum_of_unit_vectors():

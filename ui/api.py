@@ -311,7 +311,7 @@ class SearchService:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
                                f"--db {self.where}`; they show up here without a restart.",
-                    "warnings": col.query_warnings(text)}
+                    "warnings": col.query_warnings(text), "terms": terms_json(terms)}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
         if image is not None:
