@@ -337,7 +337,12 @@ def remove(paths, db, verbose):
 
 @main.command()
 @click.argument("query", required=False)
-@click.option("--image", "image", type=click.Path(dir_okay=False), help="Query image (image → image).")
+@click.option("--image", "image", type=click.Path(dir_okay=False), multiple=True,
+              help="Query image (image → image); repeatable, each a term of weight 1.")
+@click.option("--not", "negative", metavar="TEXT", multiple=True,
+              help="Push this away (words, or id:ITEM); repeatable.")
+@click.option("--not-image", "negative_image", type=click.Path(dir_okay=False), multiple=True,
+              help="Push this image away; repeatable.")
 @db_opt
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
 @click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
@@ -364,26 +369,36 @@ def remove(paths, db, verbose):
 @with_backend
 @verbose_opt
 @handle_errors
-def search(query, image, db, k, offset, under, kind, moments, whiten, center, invert, hybrid, sort,
-           after, before, camera, place, near, fmt, min_pixels, where, as_json, device, backend, precision,
-           verbose):
+def search(query, image, negative, negative_image, db, k, offset, under, kind, moments, whiten, center,
+           invert, hybrid, sort, after, before, camera, place, near, fmt, min_pixels, where, as_json, device,
+           backend, precision, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model.
+
+    QUERY may combine terms: "2:golden retriever + ./pool.jpg - indoors" (README, "Query
+    operators"); quote a term to keep a " - " in its words.
 
     \b
     clipsearch search "beach" --after 2024-08 --before 2024-08   last August's beach photos
     clipsearch search "sunset" --place lisbon --sort -date        newest sunsets in Lisbon
     clipsearch search "dog" --near 38.72,-9.14,25 --camera iphone
     clipsearch search "cat" --where "width >= 4000 AND lens IS NOT NULL"
+    clipsearch search "golden retriever" --image pool.jpg --not indoors
     """
     _setup_logging(verbose)
+    from clipsearch import query_terms
     from clipsearch.collection import Collection
 
-    if query is None and image is None:
+    if query is None and not image:
         raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
+    terms = query_terms.parse_query(query) if query is not None else []
+    terms += [query_terms.image(p) for p in image]
+    for words in negative:
+        terms += query_terms.negated(query_terms.parse_query(words, name="--not"))
+    terms += [query_terms.image(p, -1.0) for p in negative_image]
     col = Collection.open(db or _db_default(), device=device, backend=backend, precision=precision)
     if moments:
         kind = "moment"
-    hits = col.search(text=query, image=image, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
+    hits = col.search(terms=terms, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
                       sort=None if sort == "score" else sort, after=after, before=before, camera=camera,
                       place=place, near=near, format=fmt, min_pixels=min_pixels, where=where)

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch import catalog, companions, leftovers, thumbs
+from clipsearch import catalog, companions, leftovers, query_terms, thumbs
 from clipsearch.errors import (
     ClipsearchError,
     CollectionNotFound,
@@ -681,9 +681,16 @@ class Collection:
                sort: str | None = None, where: str | None = None, after: str | datetime | None = None,
                before: str | datetime | None = None, camera: str | None = None, place: str | None = None,
                near: str | tuple[float, ...] | None = None, format: str | None = None,
-               min_pixels: int | None = None) -> Hits:
+               min_pixels: int | None = None, terms: Iterable[Any] | str | None = None) -> Hits:
         """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
         say what the caller should know, e.g. that a long text query was cut.
+
+        `terms`: more parts of the query, each with a signed weight (README, "Query operators"):
+        `[("golden retriever", 1.0), (Path("pool.jpg"), 1.0), ("indoors", -1.0)]` (a str is
+        text, a Path or PIL image an image, `query_terms.item(ID)` an indexed item), or the
+        inline form as one str, `"2:golden retriever + ./pool.jpg - indoors"`. The query is
+        the weighted sum of the terms' unit vectors, renormalised; `text` and `image` are
+        terms of weight 1 before them.
 
         Metadata prefilters (README, "Filters"): `after`/`before` (ISO dates: 2024, 2024-08,
         2024-08-03; `before` exclusive, a partial date meaning its end), `camera` and `place`
@@ -692,10 +699,15 @@ class Collection:
         date (oldest first) or -date; by date, the top hits by score are reordered."""
         filters = Filters.parse(after=after, before=before, camera=camera, place=place, near=near,
                                 format=format, min_pixels=min_pixels, where=where)
+        extra = query_terms.as_terms(terms) if terms is not None else None
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort,
-                                    filters=filters or None)
-        return Hits(self._located(hits), warnings=self.query_warnings(text))
+                                    filters=filters or None, terms=extra)
+        warnings = self.query_warnings(text)
+        for t in extra or ():
+            if t.kind == "text":
+                warnings += [w for w in self.query_warnings(str(t.value)) if w not in warnings]
+        return Hits(self._located(hits), warnings=warnings)
 
     def _located(self, hits: list[Hit]) -> list[Hit]:
         """Hits whose thumbnail is the file it names in this collection's directory, wherever

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from clipsearch import query_terms
 from clipsearch.ann import POINTER, AnnIndex, update_saved
 from clipsearch.ann_live import LiveAnn
 from clipsearch.errors import TransformError, UsageError
@@ -35,6 +36,7 @@ from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
     from clipsearch.moments import VideoCatalog
+    from clipsearch.query_terms import QueryTerm
     from clipsearch.transforms import TransformSet
 
 log = logging.getLogger(__name__)
@@ -111,19 +113,21 @@ class Hits(list[Hit]):
 QueryImage = str | os.PathLike[str] | Image.Image
 
 
-def _load_query_image(image: QueryImage) -> Image.Image:
+def _load_query_image(image: Any, term: str | None = None) -> Image.Image:
+    """A query image decoded; `term` names it in errors when the query has several terms."""
     from clipsearch.errors import SkipFile
     from clipsearch.indexers.image import load_image
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     p = Path(image).expanduser()
+    what = f"query term {term!r}" if term else f"query image {p}"
     if not p.is_file():
-        raise UsageError(f"query image {p}: no such file", hint="pass the path of an image file")
+        raise UsageError(f"{what}: no such file", hint="pass the path of an image file")
     try:
         return load_image(p, max_pixels=400_000_000)
     except SkipFile as e:
-        raise UsageError(f"query image {p}: {e.reason}",
+        raise UsageError(f"{what}: {e.reason}",
                          hint="use a jpg/png/webp/bmp/gif/tiff/heic/avif/jxl or camera RAW image") from None
 
 
@@ -292,34 +296,67 @@ class Searcher:
     def query_vector(self, text: str | None, image: QueryImage | None,
                      invert: bool = False) -> tuple[np.ndarray, str]:
         """(vector, modality). Text+image → the normalised sum of both."""
-        enc = self.col.encoder
         if text is None and image is None:
             raise UsageError("give a text query, an image, or both", hint="clipsearch search \"a dog\"")
-        parts, modality = [], "text"
-        if text is not None:
-            if not text.strip():
+        vectors = self.term_vectors(query_terms.of(text, image), invert=invert)
+        return (query_terms.combine([v for v, _, _ in vectors], [w for _, _, w in vectors]),
+                query_terms.modality_of([m for _, m, _ in vectors]))
+
+    def term_vectors(self, terms: Sequence[QueryTerm],
+                     invert: bool = False) -> list[tuple[np.ndarray, str, float]]:
+        """(unit vector, modality, weight) of each term: texts and images encoded in one batch
+        each (with `invert`, images as OTI pseudo-word texts), items read from the table."""
+        enc = self.col.encoder
+        texts = [i for i, t in enumerate(terms) if t.kind == "text"]
+        images = [i for i, t in enumerate(terms) if t.kind == "image"]
+        items = [i for i, t in enumerate(terms) if t.kind == "item"]
+        out: dict[int, tuple[np.ndarray, str]] = {}
+        for i in texts:
+            if not str(terms[i].value).strip():
                 raise UsageError("the text query is empty", hint="type some words to search for")
-            parts.append(enc.encode_texts([text])[0])
-        if image is not None:
-            im = _load_query_image(image)
+        if texts:
+            for i, v in zip(texts, enc.encode_texts([str(terms[i].value) for i in texts]), strict=True):
+                out[i] = (v, "text")
+        if images:
+            pictures = [_load_query_image(terms[i].value, terms[i].label if len(terms) > 1 else None)
+                        for i in images]
             if invert:
                 from clipsearch.inversion import invert_images
 
-                parts.append(invert_images(enc, [im])[0])
+                vecs, modality = invert_images(enc, pictures), "text"
             else:
-                parts.append(enc.encode_images([im])[0])
-                modality = "image" if text is None else "mixed"
-        v = np.sum(parts, axis=0)
-        return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32), modality
+                vecs, modality = enc.encode_images(pictures), "image"
+            for i, v in zip(images, vecs, strict=True):
+                out[i] = (v, modality)
+        if items:
+            out.update(zip(items, self._item_vectors([str(terms[i].value) for i in items]), strict=True))
+        return [(out[i][0], out[i][1], t.weight) for i, t in enumerate(terms)]
+
+    def _item_vectors(self, ids: list[str]) -> list[tuple[np.ndarray, str]]:
+        """The stored vectors of item terms, each with its modality (doc_text rows are text)."""
+        rows = self.col.store.scan(["id", "kind", "vector"], sql_in("id", set(ids)))
+        found = dict(zip(rows.column("id").to_pylist(),
+                         zip(float32_vectors(rows.column("vector")), rows.column("kind").to_pylist(),
+                             strict=True), strict=True))
+        out = []
+        for rid in ids:
+            if rid not in found:
+                raise UsageError(f"query term 'id:{rid}': no such item in this collection",
+                                 hint="copy the id of a current search hit (ids change when a file does)")
+            v, kind = found[rid]
+            out.append((v / max(float(np.linalg.norm(v)), 1e-12), "text" if kind == "doc_text" else "image"))
+        return out
 
     def search(self, text: str | None = None, image: QueryImage | None = None, k: int = 10,
                kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None,
-               filters: Filters | None = None) -> list[Hit]:
+               filters: Filters | None = None, terms: Sequence[QueryTerm] | None = None) -> list[Hit]:
         """`filters` (date, place, camera, ... `clipsearch.filters`) are a prefilter: only
         matching rows are ranked, so k hits come when k match. `sort`: score (default),
-        typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date)."""
+        typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date). `terms`
+        (`clipsearch.query_terms`) come after `text` and `image`: the query is their weighted
+        sum (README, "Query operators")."""
         if k <= 0:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
@@ -328,23 +365,33 @@ class Searcher:
         kind = (kind or "").lower() or None
         if kind is not None and kind not in USER_KINDS and kind not in KIND_ALIASES:
             raise UsageError(f"unknown kind '{kind}'", hint="one of: " + ", ".join(USER_KINDS))
-        if invert and image is None:
-            raise UsageError("--invert needs an image query", hint="add --image FILE")
         if sort not in (None, "score", "typicality", *SORTS):
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
+        all_terms = query_terms.of(text, image, terms)
+        if not all_terms:
+            raise UsageError("give a text query, an image, or both", hint="clipsearch search \"a dog\"")
+        query_terms.check_positive(all_terms)
+        if invert and not any(t.kind == "image" for t in all_terms):
+            raise UsageError("--invert needs an image query", hint="add --image FILE")
+        words = _query_words(all_terms)
         rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
         if kind in rankers:
-            if text is None:
-                raise UsageError(f"{'document' if kind == 'doc' else kind} search needs a text query")
+            what = "document" if kind == "doc" else kind
+            if len(all_terms) > 1:
+                raise UsageError(f"{what} search takes one text query, not several terms",
+                                 hint="query operators (+, -, --not, --image) work with --kind image, "
+                                      "frame, page or all")
+            if all_terms[0].kind != "text" or words is None:
+                raise UsageError(f"{what} search needs a text query")
             by_date = sort in ("date", "-date")
-            found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
+            found = rankers[kind](words, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
                                   under=under, filters=filters)
             if by_date:
                 found = sort_by_date(found, newest=sort == "-date")
             return found[offset:offset + k]
-        vec, modality = self.query_vector(text, image, invert=invert)
-        if invert:
-            modality = "text"
+        vectors = self.term_vectors(all_terms, invert=invert)
+        vec = query_terms.combine([v for v, _, _ in vectors], [w for _, _, w in vectors])
+        modality = query_terms.modality_of([m for _, m, _ in vectors])
         kinds = DEFAULT_KINDS if kind in (None, "all") else KIND_ALIASES[kind]
         if whiten and modality != "image":
             raise UsageError("--whiten applies to image queries", hint="use --center for text queries")
@@ -359,8 +406,13 @@ class Searcher:
                     if self.transforms().text_mean is None:
                         self._fit_text_mean()
                     ts = self.transforms()
-            qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
-                                whiten=whiten, center=center)[0]
+            if len(vectors) == 1:
+                qv = ts.apply_query(vec[None], "image" if modality == "image" else "text",
+                                    whiten=whiten, center=center)[0]
+            else:  # each term in its own modality's transformed space, then their weighted sum
+                qv = query_terms.combine(
+                    [ts.apply_query(v[None], m, whiten=whiten, center=center)[0] for v, m, _ in vectors],
+                    [w for _, _, w in vectors])
             raw = self._transformed_index(tuple(sorted(set(kinds) & set(IMAGE_LIKE)) or kinds),
                                           whiten, center).search(qv, need, kinds=kinds, under=under,
                                                                  only=only)[0]
@@ -370,11 +422,11 @@ class Searcher:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
         hits = self._of_kinds(self._hydrate(raw), kinds)
         hits = _group(hits)
-        if text and image is None and kind in (None, "all"):
-            hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)),
+        if words and kind in (None, "all") and all(t.kind == "text" for t in all_terms):
+            hits = self._with_document_text(hits, words, vec, under, need, max(200, 20 * (k + offset)),
                                             filters)
-        if hybrid and text:
-            hits = self._hybrid(hits, text, kinds, need, under, filters)
+        if hybrid and words:
+            hits = self._hybrid(hits, words, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
             hits = [h for h in hits if h.id is not None and _among(h.id, only)]
         if sort == "typicality":
@@ -676,6 +728,13 @@ def sort_by_date(hits: list[Hit], newest: bool = False) -> list[Hit]:
     dated = sorted((h for h in hits if h.extra.get("taken_at")), key=lambda h: h.extra["taken_at"],
                    reverse=newest)
     return dated + [h for h in hits if not h.extra.get("taken_at")]
+
+
+def _query_words(terms: Sequence[QueryTerm]) -> str | None:
+    """The words keyword matches rank by: those of the positive text terms (a negative term's
+    words would match, not push away); None when there are none."""
+    words = " ".join(str(t.value) for t in terms if t.kind == "text" and t.weight > 0)
+    return words or None
 
 
 def _among(rid: str, only: np.ndarray) -> bool:

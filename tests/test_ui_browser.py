@@ -180,3 +180,21 @@ def test_login_form_then_search_with_thumbnails(browser, sample):
         assert_thumbnail_loads(pg, first)
         assert refused == []
         context.close()
+
+
+def test_text_plus_image_shows_both_parts_as_chips_and_a_chip_removes_its_part(page, sample, tmp_path):
+    data, _ = sample
+    query, expected = data.unique_query(1)
+    picture = tmp_path / "query.jpg"
+    picture.write_bytes(data.dup_query)
+    page.set_input_files("#cs-image input[type=file]", str(picture))
+    wait_cards(page)
+    search(page, query)
+    page.wait_for_function("document.querySelectorAll('#cs-chips .cs-chip').length === 2")
+    chips = page.locator("#cs-chips .cs-chip")
+    assert query in chips.nth(0).inner_text() and "image" in chips.nth(1).inner_text()
+    chips.nth(1).locator("button[data-action='drop']").click()  # the image's ×
+    # the image leaves its box, the chips go (plain text has none), and the text query runs alone
+    page.wait_for_function("document.querySelectorAll('#cs-chips .cs-chip').length === 0")
+    page.wait_for_function(
+        "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=str(expected))

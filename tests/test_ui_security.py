@@ -662,8 +662,8 @@ def ui_image_search(base: str, headers: dict, upload: Path) -> str:
         session = "securitytest"
         r = c.post("/gradio_api/queue/join", json={
             # the search box's inputs: text, image, kind, folder, whiten, center, invert, then the
-            # filters (taken from, until, place, camera) and the sort
-            "data": ["", image, "All", "", False, False, False, "", "", "", "", "Best match"],
+            # filters (taken from, until, place, camera), the sort and the "not" box
+            "data": ["", image, "All", "", False, False, False, "", "", "", "", "Best match", ""],
             "fn_index": dep["id"],
             "trigger_id": box, "session_hash": session, "event_data": None})
         assert r.status_code == 200, r.text

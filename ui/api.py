@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -39,9 +39,10 @@ from fastapi.routing import APIRoute
 from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch import thumbs
+from clipsearch import query_terms, thumbs
 from clipsearch.collection import Collection
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
+from clipsearch.query_terms import QueryTerm
 from clipsearch.storage import storage_for
 
 if TYPE_CHECKING:
@@ -274,19 +275,26 @@ class SearchService:
     def search(self, text: str | None = None, image: Image.Image | bytes | str | None = None, *,
                k: int = PAGE_SIZE, kind: str | None = None, under: str | None = None,
                offset: int = 0, whiten: bool = False, center: bool = False, invert: bool = False,
-               hybrid: bool = False, sort: str | None = None, **filters: Any) -> dict[str, Any]:
-        """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings"} as plain
-        JSON (`warnings`: lines the caller should see, e.g. that a long query was cut).
+               hybrid: bool = False, sort: str | None = None, negative: Sequence[str] = (),
+               **filters: Any) -> dict[str, Any]:
+        """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings", "terms"}
+        as plain JSON (`warnings`: lines the caller should see, e.g. that a long query was cut;
+        `terms`: the parts of the query as understood, each with `from`: q, image or not).
         `filters`: the metadata prefilters of `Collection.search` (after, before, camera, place,
         near, format, min_pixels, where); empty values are no filter. `sort`: score, date, -date.
 
-        `image` may be a decoded picture, upload bytes or a file path; anything not yet decoded
-        is decoded here, under the server's pixel limit. Hits whose source lies outside the
-        collection's roots are left out (see `servable`)."""
+        `text` is the inline form of query terms (`clipsearch.query_terms`), `negative` more of
+        them to push away (the "not" box, `not=`), read as a server must: no term opens a path,
+        and an `id:` term must name a servable item. `image` may be a decoded picture, upload
+        bytes or a file path (from the server itself: an upload Gradio stored, "More like
+        this"); anything not yet decoded is decoded here, under the server's pixel limit. Hits
+        whose source lies outside the collection's roots are left out (see `servable`)."""
         text = (text or "").strip() or None
+        negative = [n for n in (negative or ()) if (n or "").strip()]
         if text is None and image is None:
             raise UsageError("type something to search for, or give an image",
                              hint="e.g. 'a red star', or drop a picture on the image box")
+        terms = self.query_terms(text, negative)
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = (kind or "").strip().lower() or None
@@ -303,15 +311,19 @@ class SearchService:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
                                f"--db {self.where}`; they show up here without a restart.",
-                    "warnings": col.query_warnings(text)}
+                    "warnings": col.query_warnings(text), "terms": terms_json(terms)}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
+        if image is not None:
+            at = next((i for i, (_, origin) in enumerate(terms) if origin == "not"), len(terms))
+            terms.insert(at, (query_terms.image(image), "image"))
         unknown = set(filters) - set(FILTER_PARAMS)
         if unknown:
             raise UsageError(f"unknown filter {sorted(unknown)[0]!r}",
                              hint="one of: " + ", ".join(FILTER_PARAMS))
         filters = {key: value for key, value in filters.items() if value not in (None, "")}
-        hits = col.search(text=text, image=image, k=int(k), kind=kind, under=under,
+        self._check_items([t for t, _ in terms if t.kind == "item"])
+        hits = col.search(terms=[t for t, _ in terms], k=int(k), kind=kind, under=under,
                           offset=int(offset), whiten=whiten, center=center, invert=invert,
                           hybrid=hybrid, sort=(sort or "").strip() or None, **filters)
         out = self.hits_json(hits, offset)
@@ -320,7 +332,32 @@ class SearchService:
             message = ("No more results." if offset else
                        "Nothing matched. Try other words, another kind, or clear the folder filter.")
         return {"hits": out, "offset": offset, "k": k, "more": len(hits) == k, "message": message,
-                "warnings": list(getattr(hits, "warnings", []))}
+                "warnings": list(getattr(hits, "warnings", [])), "terms": terms_json(terms)}
+
+    @staticmethod
+    def query_terms(text: str | None, negative: Sequence[str] = ()) -> list[tuple[QueryTerm, str]]:
+        """(term, where it came from: "q" or "not") of a query typed into a server: the inline
+        form, read with no path opened (`query_terms.parse_query(paths=False)`)."""
+        terms = [(t, "q") for t in query_terms.parse_query(text, paths=False)] if text else []
+        for words in negative:
+            terms += [(t, "not") for t in query_terms.negated(
+                query_terms.parse_query(words, paths=False, name="the not box"))]
+        return terms
+
+    def _check_items(self, items: list[QueryTerm]) -> None:
+        """`id:` terms must name rows this server would show: inside the roots (as hits are)."""
+        if not items:
+            return
+        from clipsearch.store import sql_in
+
+        ids = sorted({str(t.value) for t in items})
+        rows = {r["id"]: r for r in self.col.store.scan(["id", "source_raw"], sql_in("id", ids)).to_pylist()}
+        roots = self.guard.real_roots()
+        for rid in ids:
+            row = rows.get(rid)
+            if row is None or not self.guard.source_allowed(row["source_raw"], roots):
+                raise UsageError(f"query term 'id:{rid}': no such item",
+                                 hint="use the id of a search hit")
 
     def _checked_under(self, under: str | None) -> str | None:
         """The folder filter, refused with '..' in it; and the collection must exist."""
@@ -423,6 +460,11 @@ class SearchService:
         if not self.guard.source_allowed(row["source_raw"]):
             raise FileRefused(403, "only files inside the collection's indexed folders are served")
         return self.guard.thumb(thumbs.resolve(self.db, row["thumb"]))
+
+
+def terms_json(terms: Sequence[tuple[QueryTerm, str]]) -> list[dict[str, Any]]:
+    """The parts of a query for a client (the UI's chips): kind, label, weight, and `from`."""
+    return [{**t.to_dict(), "from": origin} for t, origin in terms]
 
 
 class PageRows:
@@ -535,14 +577,17 @@ def rest_router(service: SearchService) -> APIRouter:
                    near: str | None = Query(None, description="LAT,LON[,KM] (default 10 km)"),
                    format: str | None = Query(None, description="file format: jpg, png, heic, mp4, pdf..."),
                    min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
-                   where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
-        """Text search. kind: image, video, moment, doc, frame, page or all; the metadata
-        filters are prefilters (README, "Filters")."""
+                   where: str | None = Query(None, description="SQL over the documented columns"),
+                   not_: list[str] = Query([], alias="not", description="terms to push away (repeatable)")
+                   ) -> Any:
+        """Text search. `q` may combine terms: "2:golden retriever + id:ITEM - indoors" (README,
+        "Query operators"); `not` (repeatable) pushes terms away. kind: image, video, moment,
+        doc, frame, page or all; the metadata filters are prefilters (README, "Filters")."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,
                                           whiten=whiten, center=center, hybrid=hybrid, sort=sort,
-                                          **filters))
+                                          negative=not_, **filters))
 
     @router.get("/api/moments")
     def api_moments(q: str, k: int = 10, under: str | None = None,
@@ -574,9 +619,11 @@ def rest_router(service: SearchService) -> APIRouter:
                          center: bool = Form(False), invert: bool = Form(False), sort: str = Form(""),
                          after: str = Form(""), before: str = Form(""), camera: str = Form(""),
                          place: str = Form(""), near: str = Form(""), format: str = Form(""),
-                         min_pixels: int | None = Form(None), where: str = Form("")) -> Any:
-        """Image (optionally + text) search from a multipart upload named `file`; the metadata
-        filters of /api/search as form fields (empty: not given)."""
+                         min_pixels: int | None = Form(None), where: str = Form(""),
+                         not_: list[str] = Form([], alias="not")) -> Any:
+        """Image (optionally + text) search from a multipart upload named `file`; `q` and `not`
+        (repeatable) take query terms as in /api/search; the metadata filters of /api/search as
+        form fields (empty: not given)."""
         filters: dict[str, Any] = {"after": after or None, "before": before or None, "camera": camera or None,
                                    "place": place or None, "near": near or None, "format": format or None,
                                    "min_pixels": min_pixels, "where": where or None}
@@ -587,7 +634,7 @@ def rest_router(service: SearchService) -> APIRouter:
             image = service.decode(file.file.read(MAX_UPLOAD_BYTES + 1))
             return service.search(q or None, image, k=k, kind=kind, offset=offset, under=under,
                                   whiten=whiten, center=center, invert=invert, sort=sort or None,
-                                  **filters)
+                                  negative=not_, **filters)
 
         return run(query)
 

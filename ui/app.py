@@ -18,6 +18,7 @@ import gradio as gr  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
 
+from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
 
 CSS = """
@@ -46,6 +47,11 @@ CSS = """
 .cs-meta { font-size: 13px; margin-top: 8px; word-break: break-all; }
 .cs-meta td { padding: 1px 8px 1px 0; vertical-align: top; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
+.cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
+.cs-chip { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 1px 4px 1px 10px;
+           background: var(--background-fill-secondary); }
+.cs-chip[data-sign='-'] { text-decoration: line-through; }
+.cs-chip button { border: none; background: none; cursor: pointer; padding: 0 4px; font-size: 14px; }
 """
 
 # Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
@@ -129,6 +135,29 @@ def render_grid(hits: list[dict]) -> str:
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
             f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
     return "<div class='cs-grid'>" + "".join(cards) + "</div>"
+
+
+def render_chips(terms: list[dict]) -> str:
+    """The parts of a query with an image or several terms, each a chip with a remove button,
+    so an image left in its box never changes a text search unseen. Nothing for plain text."""
+    if not terms or (len(terms) == 1 and terms[0]["kind"] == "text"):
+        return ""
+    chips = []
+    for i, t in enumerate(terms):
+        sign = "-" if t["weight"] < 0 else "+"
+        weight = abs(float(t["weight"]))
+        what = {"image": "image: ", "item": "item: "}.get(t["kind"], "")
+        text = ("not " if sign == "-" else "") + (f"{weight:g}× " if weight != 1 else "") + what + t["label"]
+        chips.append(f"<span class='cs-chip' data-from='{_e(t['from'])}' data-kind='{_e(t['kind'])}' "
+                     f"data-sign='{sign}'>{_e(text)}<button data-action='drop' data-index='{i}' "
+                     f"title='remove this part of the query' aria-label='remove'>×</button></span>")
+    return "<div class='cs-chips'>" + "".join(chips) + "</div>"
+
+
+def without_term(box: str, index: int) -> str:
+    """A search (or not) box's text with its `index`-th term removed, the rest as typed terms."""
+    terms = query_terms.parse_query(box, paths=False)
+    return query_terms.format_query([t for i, t in enumerate(terms) if i != index])
 
 
 def render_detail(hit: dict | None, index: int = -1) -> str:
@@ -250,13 +279,15 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def execute(query: dict, offset: int, previous: list[dict]) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
+        terms: list[dict] = []
         try:
             res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
                                  whiten=query.get("whiten", False), center=query.get("center", False),
-                                 invert=query.get("invert", False),
+                                 invert=query.get("invert", False), negative=query.get("negative") or (),
                                  sort=SORT_LABELS.get(query.get("sort") or ""), **query.get("filters", {}))
             hits = previous + res["hits"]
+            terms = res.get("terms") or []
             msg = _message(res.get("message") if not res["hits"] else query.get("label"))
             msg = " · ".join([m for m in [msg] if m] + [_message(w, error=True) for w in res["warnings"]])
             more = gr.update(visible=bool(res["more"]))
@@ -264,23 +295,44 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
         grid = render_grid(hits) if hits or offset else (
             f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
-        state = {"query": query, "hits": hits}
-        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status()
+        state = {"query": query, "hits": hits, "terms": terms}
+        chips = render_chips(terms) if terms or not offset else gr.update()
+        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips
 
-    def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort):
+    def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
+                   negative=""):
         text = (text or "").strip()
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
-                    {"query": {}, "hits": []}, status())
+                    {"query": {}, "hits": []}, status(), "")
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
                  "whiten": whiten, "center": center, "invert": invert, "sort": sort,
+                 "negative": [negative] if (negative or "").strip() else [],
                  "filters": {"after": after, "before": before, "place": place, "camera": camera}}
         return execute(query, 0, [])
 
     def load_more(state):
         if not state or not state.get("query"):
-            return gr.update(), gr.update(), "", gr.update(visible=False), state, status()
+            return gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update()
         return execute(state["query"], len(state["hits"]), state["hits"])
+
+    def drop_chip(state, text_box, not_box, evt: gr.EventData):
+        """A chip's remove button: that part leaves its box (the query runs again after)."""
+        index = int(getattr(evt, "index", -1))
+        terms = (state or {}).get("terms") or []
+        if getattr(evt, "action", None) != "drop" or not 0 <= index < len(terms):
+            return gr.update(), gr.update(), gr.update()
+        origin = terms[index]["from"]
+        nth = sum(1 for t in terms[:index] if t["from"] == origin)
+        try:
+            if origin == "image":
+                return gr.update(), None, gr.update()
+            if origin == "q":
+                return without_term(text_box or "", nth), gr.update(), gr.update()
+            return gr.update(), gr.update(), without_term(not_box or "", nth)
+        except ClipsearchError:  # the box was edited since: clear that box
+            keep = gr.update()
+            return ("" if origin == "q" else keep), keep, ("" if origin == "not" else keep)
 
     def more_like(state, index: int, kind_label: str, under: str):
         hit = state["hits"][index]
@@ -289,7 +341,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except (FileRefused, ClipsearchError) as e:
             msg = getattr(e, "message", None) or str(e)
             return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
-                    gr.update(), state, status())
+                    gr.update(), state, status(), gr.update())
         kind = KIND_LABELS.get(kind_label)
         query = {"text": None, "image": path, "under": under, "label": f"Items like {hit['name']}",
                  "kind": None if kind == "moment" else kind}
@@ -302,24 +354,26 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             if index < 0:
                 index = int((state or {}).get("selected", -1))
             if not 0 <= index < len(hits):
-                return (gr.update(),) * 6
+                return (gr.update(),) * 7
             return more_like(state, index, kind_label, under)
         if not 0 <= index < len(hits):
-            return (gr.update(),) * 6
+            return (gr.update(),) * 7
         state = dict(state, selected=index)
-        return gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update()
+        return (gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update(),
+                gr.update())
 
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
                    under: str = "", whiten: bool = False, center: bool = False,
                    hybrid: bool = False, after: str = "", before: str = "", place: str = "",
-                   camera: str = "", sort: str = "score") -> dict:
-        """Text search. kind: all, image, video, moment, doc, frame or page; after/before (ISO
-        dates), place, camera: metadata prefilters; sort: score, date or -date."""
+                   camera: str = "", sort: str = "score", negative: str = "") -> dict:
+        """Text search; q may combine terms ("2:a dog + id:ITEM - indoors"), negative holds
+        terms to push away. kind: all, image, video, moment, doc, frame or page; after/before
+        (ISO dates), place, camera: metadata prefilters; sort: score, date or -date."""
         try:
             return service.search(q, k=k, kind=kind, offset=offset, under=under, whiten=whiten,
                                   center=center, hybrid=hybrid, sort=sort, after=after, before=before,
-                                  place=place, camera=camera)
+                                  place=place, camera=camera, negative=[negative] if negative else [])
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
@@ -359,6 +413,10 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             image = query_image_box(label="…or search by image (upload, paste or drop)",
                                     sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
         with gr.Row():
+            not_box = gr.Textbox(label="Not", scale=4, elem_id="cs-not",
+                                 placeholder="what to push away, e.g. indoors (terms: a + b), then Enter")
+            chips = gr.HTML("", elem_id="cs-chips", js_on_load=CLICK_JS, padding=False, scale=2)
+        with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
             under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,
                                 elem_id="cs-under", scale=2)
@@ -382,9 +440,13 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             with gr.Column(scale=2):
                 detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
 
-        inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort]
-        outputs = [grid, detail, message, more, state, status_md]
+        inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
+                  not_box]
+        outputs = [grid, detail, message, more, state, status_md, chips]
         text.submit(new_search, inputs, outputs, api_visibility="private")
+        not_box.submit(new_search, inputs, outputs, api_visibility="private")
+        chips.click(drop_chip, [state, text, not_box], [text, image, not_box], api_visibility="private").then(
+            new_search, inputs, outputs, api_visibility="private")
         image.change(new_search, inputs, outputs, api_visibility="private")
         for f in (kind, under, whiten, center, invert, sort):
             f.change(new_search, inputs, outputs, api_visibility="private")
