@@ -59,7 +59,7 @@ RUN_S = re.compile(r"indexed \d+ files .*? in (\d+(?:\.\d+)?) s \(scan")
 # ---- machine -----------------------------------------------------------------------------------
 def cpu_info() -> dict[str, Any]:
     """The CPU's model name and its vector/matrix flags (what decides bf16/int8 speed)."""
-    name, flags = "unknown", set()
+    name, flags = "unknown", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -172,11 +172,11 @@ def encode_only(model: str, backend: str, precision: str, batch: int, batches: i
             from clipsearch.encoders import Encoder
 
             assert isinstance(enc, Encoder)
-            model = enc.model
+            net = enc.model
 
             def run(xs: list[Any]) -> Any:
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    return model.encode_image(torch.stack(list(xs))).float().numpy()
+                    return net.encode_image(torch.stack(list(xs))).float().numpy()
 
             record = {"backend": "torch", "precision": "bf16",
                       "image_min_cos": round(min_cosine(run(items), enc.encode_batch(items)), 6)}
@@ -264,9 +264,9 @@ def table(result: dict[str, Any]) -> str:
             b, p = key.split("/")
             if "refused" in s:
                 r = s["refused"]
-                cos = " | ".join(f"{r[k]:.5f}" if k in r else "" for k in ("image_min_cos", "text_min_cos"))
+                worst = " | ".join(f"{r[k]:.5f}" if k in r else "" for k in ("image_min_cos", "text_min_cos"))
                 rows.append(f"| {model} | {b} | {p} | refused by its probe: {r['refused']} "
-                            f"| | | | | | {cos} |")
+                            f"| | | | | | {worst} |")
                 continue
             a = s["agreement"]
             got = "/".join(s["got"])
@@ -355,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"; index {ix['images_per_s']:.1f} images/s, {ix['wall_s']:.1f} s, "
                          f"{ix['rss_mb']} MB" if ix else ""), flush=True)
             rounds.append(got)
-        for m in a.models:
-            result["models"][m] = {f"{b}/{p}": summarise(rounds, f"{m}|{b}/{p}")
-                                   if (m, b, p) in jobs else {"refused": prepared[m][f"{b}/{p}"]}
-                                   for b, p in pairs}
-        result["raw_rounds"] = rounds
+            for m in a.models:  # after every round, so a run stopped early keeps what it measured
+                result["models"][m] = {f"{b}/{p}": summarise(rounds, f"{m}|{b}/{p}")
+                                       if (m, b, p) in jobs else {"refused": prepared[m][f"{b}/{p}"]}
+                                       for b, p in pairs}
+            result["raw_rounds"] = rounds
+            result["rounds_done"] = len(rounds)
+            if a.json:
+                a.json.write_text(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["load_after"] = load()
