@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="development: clipsearch-tiny, 1 round, 16 "
                     "generated JPEGs, batch 8")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--table", type=Path, metavar="JSON", help="print the table of an earlier run's --json")
     ap.add_argument("--_prepare", nargs=2, metavar=("MODEL", "PAIRS"), help=argparse.SUPPRESS)
     ap.add_argument("--_encode", nargs=5, metavar=("MODEL", "B", "P", "BATCH", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if a._encode:
         m, b, p, batch, n = a._encode
         print(json.dumps(encode_only(m, b, p, int(batch), int(n))))
+        return 0
+    if a.table:
+        done = json.loads(a.table.read_text())
+        print(f"{done['date_utc']} UTC; CPU: {done['cpu']['model']}; rounds: {done.get('rounds_done')}\n")
+        print(table(done))
         return 0
     if a.quick:
         a.models, a.rounds, a.images, a.batch = ["clipsearch-tiny"], 1, 16, 8
