@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1300, help="real tiny JPEGs (>= deleted+renamed+touched)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the timed run to this file")
     ap.add_argument("--dim", type=int, default=128, help="--ann-only: vector dim (clipsearch-tiny's)")
     ap.add_argument("--ann-only", action="store_true", help="time the ANN update alone (no files, no model)")
     a = ap.parse_args()
@@ -235,9 +236,17 @@ def main() -> None:
              "cleanup": (col.maintainer, "cleanup")}
     for label, (obj, name) in steps.items():
         timer.wrap(obj, name, label)
+    import cProfile
+
+    prof = cProfile.Profile() if a.profile else None
     t = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     report = col.add([files], workers=2)
     total = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(a.profile)
     info["summary"] = report.summary()
     info["index_run_s"] = round(total, 2)
     info["embedding_s"] = round(timer.spent.get("embedding", 0.0), 2)

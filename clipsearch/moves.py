@@ -107,8 +107,7 @@ def apply(store: Store, carries: list[Carry], thumb_dir: str | os.PathLike[str],
     for c in carries:
         groups.setdefault(c.donor, []).append(c)
     leaving = [d for d, g in groups.items() if g[0].donor_gone] + [c.path for c in carries if c.replaces]
-    positions = store.positions_of(snapshot, [*groups, *leaving])
-    old_thumbs = set(store.thumbs_at(snapshot, [p for s in set(leaving) for p in positions[s]]))
+    old_thumbs = set(store.thumbs_at(snapshot, leaving))
     new_thumbs: set[str] = set()
     batch: list[bytes] = []
     files = 0
@@ -116,7 +115,7 @@ def apply(store: Store, carries: list[Carry], thumb_dir: str | os.PathLike[str],
         batch.append(donor)
         files += len(groups[donor])
         if files >= max_files or i == len(groups) - 1:
-            records = store.records_at(snapshot, {d: positions[d] for d in batch})
+            records = store.records_at(snapshot, batch)
             new_thumbs |= _commit(store, base, [(d, groups[d], records[d]) for d in batch], report)
             batch, files = [], 0
     thumbs.remove(thumb_dir, old_thumbs - new_thumbs)

@@ -369,30 +369,14 @@ class Store:
         return [x for x in self.scan(["thumb"], "thumb IS NOT NULL").column("thumb").to_pylist() if x]
 
     @guarded
-    def positions_of(self, snapshot: Any, raws: Iterable[bytes]) -> dict[bytes, list[int]]:
-        """Scan positions in `snapshot` of the rows of these sources, from one scan of one
-        column, so that batch after batch of them can be taken (`records_at`) without
-        scanning the table again."""
-        wanted = pa.array(list(dict.fromkeys(raws)), type=pa.binary())
-        out: dict[bytes, list[int]] = {r: [] for r in wanted.to_pylist()}
-        start = 0
-        for b in snapshot.to_batches(columns=["source_raw"]):
-            col = b.column(0)
-            hits = np.flatnonzero(pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False))
-            for i, raw in zip(hits.tolist(), col.take(pa.array(hits)).to_pylist(), strict=True):
-                out[raw].append(start + i)
-            start += b.num_rows
-        return out
-
-    @guarded
-    def records_at(self, snapshot: Any, positions: dict[bytes, list[int]]) -> dict[bytes, list[Record]]:
-        """The rows at these scan positions of `snapshot` as records, vectors included, per
-        source: what a file that moved takes to its new path instead of being embedded again."""
-        out: dict[bytes, list[Record]] = {r: [] for r in positions}
-        flat = [p for ps in positions.values() for p in ps]
-        if not flat:
+    def records_at(self, snapshot: Any, raws: Sequence[bytes]) -> dict[bytes, list[Record]]:
+        """The rows of these sources in `snapshot` as records, vectors included, per source (in
+        table order): what a file that moved takes to its new path instead of being embedded
+        again. A filtered scan: Lance's take by scan position costs seconds at a million rows."""
+        out: dict[bytes, list[Record]] = {r: [] for r in raws}
+        if not out:
             return out
-        t = snapshot.take(np.asarray(flat, dtype=np.int64), columns=META_COLUMNS + ["vector"])
+        t = snapshot.to_table(columns=META_COLUMNS + ["vector"], filter=sources_filter(out))
         vecs = float32_vectors(t.column("vector"))
         for row, v in zip(t.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
             out[row["source_raw"]].append(Record(
@@ -402,11 +386,11 @@ class Store:
         return out
 
     @guarded
-    def thumbs_at(self, snapshot: Any, positions: Sequence[int]) -> list[str]:
-        """Thumbnail names of the rows at these scan positions of `snapshot`."""
-        if not positions:
+    def thumbs_at(self, snapshot: Any, raws: Sequence[bytes]) -> list[str]:
+        """Thumbnail names of the rows of these sources in `snapshot`."""
+        if not raws:
             return []
-        t = snapshot.take(np.asarray(positions, dtype=np.int64), columns=["thumb"])
+        t = snapshot.to_table(columns=["thumb"], filter=sources_filter(dict.fromkeys(raws)))
         return [x for x in t.column("thumb").to_pylist() if x]
 
     @guarded
