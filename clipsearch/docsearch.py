@@ -298,19 +298,38 @@ def page_text_evidence(
     all the words nothing is decisive, and the chunk ranking (noise then) is not even run.
     `under`, `where` and `ann_search` restrict the rows as in `search_documents`.
     """
+    return text_evidence(table, qvec, query, depth, kind="doc_text", key=_page_key, under=under,
+                         where=where, ann_search=ann_search, weights=weights)
+
+
+def text_evidence(
+    table: Table,
+    qvec: np.ndarray,
+    query: str,
+    depth: int,
+    *,
+    kind: str,
+    key: Callable[[dict[str, Any]], Any],
+    under: str | None = None,
+    where: str | None = None,
+    ann_search: AnnSearch | None = None,
+    weights: Sequence[float] = DEFAULT_WEIGHTS[1:],
+) -> TextEvidence:
+    """`page_text_evidence` for the text rows of any `kind` (`doc_text`, `ocr`, ...), grouped
+    into the items they belong to by `key(row)` (a page, the image an OCR row was read in)."""
     where_rows = _and(under_clause(under), where) or None
-    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows),
+    keyword_rows = keyword_search(table, query, depth, where=_and(f"kind = {sql_str(kind)}", where_rows),
                                   all_terms=True)
     if not keyword_rows:
         return TextEvidence([], [], [], {})
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
+    chunk_rows = _vector_leg(table, qvec, kind, depth, where_rows, ann_search)
     legs = [chunk_rows, keyword_rows]
-    rankings = [group_ranking(rows, _page_key) for rows in legs]
-    heads = [_confident_pages(rows, depth, keyword=i == 1) if w > 0 else 0
+    rankings = [group_ranking(rows, key) for rows in legs]
+    heads = [_confident_pages(rows, depth, keyword=i == 1, key=key) if w > 0 else 0
              for i, (rows, w) in enumerate(zip(legs, weights, strict=True))]
     by_id = {r["id"]: r for r in chunk_rows + keyword_rows}
     order = rrf([[r["id"] for r in chunk_rows], [r["id"] for r in keyword_rows]])
-    chunks = best_member((by_id[i] for i, _ in order), _page_key)
+    chunks = best_member((by_id[i] for i, _ in order), key)
     return TextEvidence(rankings, heads, list(weights), chunks)
 
 
@@ -368,11 +387,12 @@ def _vector_leg(
     return rows
 
 
-def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool) -> int:
+def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool,
+                     key: Callable[[dict[str, Any]], Any] = _page_key) -> int:
     """How many leading pages of a row ranking stand out (`fusion.confident_head` on each
     page's best score). BM25 returns only matching rows; when it returned them all, a handful
     of matching pages is itself the evidence, and the rest of the table scores 0."""
-    scores = [r["score"] for r in best_member(rows, _page_key).values()]
+    scores = [r["score"] for r in best_member(rows, key).values()]
     if keyword and len(rows) < depth:
         if 0 < len(scores) <= HEAD:
             return len(scores)
