@@ -107,6 +107,8 @@ def _kind_label(hit: dict) -> str:
         return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
     if kind in ("doc", "doc_page", "doc_text"):
         return f"page {hit['page']}" if hit.get("page") else "document"
+    if kind == "ocr":
+        return f"words, page {hit['page']}" if hit.get("page") else "words"
     return kind
 
 
@@ -121,6 +123,8 @@ def render_grid(hits: list[dict]) -> str:
         snippet = ""
         if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
             snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
+        elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
+            snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
             f"<div class='cs-card' data-action='open' data-index='{i}' data-kind='{_e(h['kind'])}'"
             f" title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
