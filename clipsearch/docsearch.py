@@ -176,8 +176,8 @@ def search_documents(
     where_rows = _and(under_clause(under), where) or None
     qvec = encoder.encode_texts([query])[0].astype(np.float32)
 
-    page_rows = _vector_leg(table, qvec, "doc_page", depth, where_rows, ann_search)
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
+    page_rows = vector_leg(table, qvec, "doc_page", depth, where_rows, ann_search)
+    chunk_rows = vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
     keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows))
     legs = [page_rows, chunk_rows, keyword_rows]
     if not keyword_rows and len(weights) == 3:
@@ -322,7 +322,7 @@ def text_evidence(
                                   all_terms=True)
     if not keyword_rows:
         return TextEvidence([], [], [], {})
-    chunk_rows = _vector_leg(table, qvec, kind, depth, where_rows, ann_search)
+    chunk_rows = vector_leg(table, qvec, kind, depth, where_rows, ann_search)
     legs = [chunk_rows, keyword_rows]
     rankings = [group_ranking(rows, key) for rows in legs]
     heads = [_confident_pages(rows, depth, keyword=i == 1, key=key) if w > 0 else 0
@@ -358,7 +358,7 @@ def _page_key(row: dict[str, Any]) -> PageKey:
     return row["source"], None if page is None else int(page)
 
 
-def _vector_leg(
+def vector_leg(
     table: Table, qvec: np.ndarray, kind: str, n: int, where_rows: str | None, ann_search: AnnSearch | None
 ) -> list[dict[str, Any]]:
     """Best-first rows of one kind by cosine to the query, each with a `score`."""

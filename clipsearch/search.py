@@ -480,9 +480,9 @@ class Searcher:
         where = filters.sql() if filters else None
         search = self.ranker_search(under, filters)
         evidences = []
-        for kind, key in (("doc_text", _row_page_key), ("ocr", ocr_item_key)):
+        for kind, key_of in (("doc_text", _row_page_key), ("ocr", ocr_item_key)):
             if self._has_document_text() if kind == "doc_text" else self._has_rows(kind):
-                evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key,
+                evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
                                                       under=under, where=where, ann_search=search)))
         if not any(ev.decisive for _, ev in evidences):
             return [] if words_only else hits
@@ -497,21 +497,22 @@ class Searcher:
         fused = gated_rrf(rankings, heads, weights=weights)
         fused = fused[:max(n, len(hits))]
         visual = set() if words_only else set(rankings[0][:heads[0]])
-        worded = {key for r, h in zip(rankings[0 if words_only else 1:], heads[0 if words_only else 1:],
-                                       strict=True) for key in r[:h]}
+        first = 0 if words_only else 1
+        worded = {key for r, head in zip(rankings[first:], heads[first:], strict=True) for key in r[:head]}
         missing = [key for key, _ in fused if key not in by_key]
         pages = [key for key in missing if key[0] != ""]
         for key, found in page_details(table, pages).items():
             row = found.get("page") or found.get("chunk")
             if row is not None:
                 by_key[key] = hit_from_row(row, float("nan"))
-        for h in self._hydrate([(key[1], float("nan")) for key in missing if key[0] == ""]):
-            by_key[_fusion_key(h)] = h
+        for found_hit in self._hydrate([(key[1], float("nan")) for key in missing if key[0] == ""]):
+            by_key[_fusion_key(found_hit)] = found_hit
         out = []
         for key, score in fused:
-            h = by_key.get(key)
-            if h is None:
+            hit = by_key.get(key)
+            if hit is None:
                 continue
+            h = hit
             h.extra["cosine"] = h.score if np.isfinite(h.score) else None
             h.score = float(score)
             h.extra["matched"] = ("both" if key in visual and key in worded else
@@ -541,7 +542,7 @@ class Searcher:
               filters: Filters | None = None) -> list[Hit]:
         """`--kind ocr`: the items whose words (read by OCR) match, one hit per picture, each
         an `ocr` row: `text` (the matched words), `extra["box"]`, `page` or `t_start`."""
-        from clipsearch.docsearch import _vector_leg, keyword_search, snippet, under_clause
+        from clipsearch.docsearch import keyword_search, snippet, under_clause, vector_leg
         from clipsearch.fusion import best_member, rrf
 
         if not self._has_rows("ocr"):
@@ -550,12 +551,15 @@ class Searcher:
         depth = max(200, 20 * k)
         where = " AND ".join(f"({c})" for c in (under_clause(under), filters.sql() if filters else None) if c)
         vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
-        vector_rows = _vector_leg(table, vec, "ocr", depth, where or None, self.ranker_search(under, filters))
-        keyword_rows = keyword_search(table, text, depth,
-                                      where=" AND ".join(c for c in ("kind = 'ocr'", where) if c))
-        by_id = {r["id"]: r for r in vector_rows + keyword_rows}
-        order = rrf([[r["id"] for r in keyword_rows], [r["id"] for r in vector_rows]],
-                    weights=[1.0, 0.5])
+        vector_rows = vector_leg(table, vec, "ocr", depth, where or None, self.ranker_search(under, filters))
+        kind_where = " AND ".join(c for c in ("kind = 'ocr'", where) if c)
+        keyword_rows = keyword_search(table, text, depth, where=kind_where)
+        every_word = keyword_search(table, text, depth, where=kind_where, all_terms=True)
+        by_id = {r["id"]: r for r in vector_rows + keyword_rows + every_word}
+        # rows holding every word of the query first, then the fused rest (RRF scores < 1)
+        order = [(r["id"], 1.0 + r["score"] / (1.0 + r["score"])) for r in every_word]
+        order += [(i, s) for i, s in rrf([[r["id"] for r in keyword_rows], [r["id"] for r in vector_rows]],
+                                         weights=[1.0, 0.5]) if i not in {j for j, _ in order}]
         best = best_member(((by_id[i], s) for i, s in order), lambda rs: ocr_item_key(rs[0]))
         out = []
         for row, score in list(best.values())[:k]:
