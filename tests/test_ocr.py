@@ -122,11 +122,12 @@ def test_bad_input_and_a_missing_engine(tmp_path, monkeypatch):
     page = Image.new("RGB", (900, 1200), "white")  # an image that is all text
     d = ImageDraw.Draw(page)
     for i in range(40):
-        d.text((20, 10 + 29 * i), f"line {i} of the notice: amber lantern harbour falcon meadow", fill="black",
-               font=font("DejaVuSans.ttf", 22))
+        d.text((20, 10 + 29 * i), f"line {i} of the notice: amber lantern harbour falcon meadow",
+               fill="black", font=font("DejaVuSans.ttf", 22))
     page.save(files / "notice.png")
     (files / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    render_shape(random_spec(np.random.default_rng(1)), np.random.default_rng(1), size=200).save(files / "s.png")
+    rng = np.random.default_rng(1)
+    render_shape(random_spec(rng), rng, size=200).save(files / "s.png")
     col = Collection.create(tmp_path / "db", device="cpu", **tiny_model_args())
 
     monkeypatch.setattr(ocr, "installed", lambda: False)
