@@ -158,9 +158,9 @@ def main() -> None:
 @click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
               help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Read the words in images, scanned pages and video frames (auto: when the "
-                   "engine, clipsearch[ocr], is installed).")
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @with_backend
 @verbose_opt
 @handle_errors
@@ -260,9 +260,9 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
               help="A batch of changes is indexed after this long without new ones...")
 @click.option("--max-wait", default=10.0, show_default=True, type=click.FloatRange(0.05),
               help="...or this long after its first change, under a steady stream of them.")
-@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Read the words in images, scanned pages and video frames (auto: when the "
-                   "engine, clipsearch[ocr], is installed).")
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @with_backend
 @verbose_opt
 @handle_errors
@@ -609,9 +609,9 @@ def optimize(db, transforms, verbose):
 @click.option("--watch", "watch", is_flag=True,
               help="Keep the collection current while serving (as `clipsearch watch` over its roots).")
 @rescan_opt
-@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Read the words in images, scanned pages and video frames (auto: when the "
-                   "engine, clipsearch[ocr], is installed).")
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @device_opt
 @with_backend
 @verbose_opt

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,9 +67,10 @@ def installed() -> bool:
 
 
 def resolve_mode(mode: str | None) -> bool:
-    """Whether OCR runs for `--ocr on|off|auto` (auto and None: when the engine is installed).
-    `on` without the engine raises OcrUnavailable with the install hint."""
-    mode = (mode or "auto").lower()
+    """Whether OCR runs for `--ocr on|off|auto` (auto: when the engine is installed; None: the
+    `CLIPSEARCH_OCR` environment variable, else auto). `on` without the engine raises
+    OcrUnavailable with the install hint."""
+    mode = (mode or os.environ.get("CLIPSEARCH_OCR") or "auto").strip().lower()
     if mode not in OCR_MODES:
         from clipsearch.errors import UsageError
 

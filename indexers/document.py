@@ -159,6 +159,8 @@ def pdf_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Pa
                 for tile, (region, view) in enumerate(page_views(image, encoder.image_size, tile_frac)):
                     # tiles are zoomed-in squares of the page: own rows (chunk = tile number), same page
                     extra: dict[str, Any] = {"pages": n_pages}
+                    if opts.get("ocr") and text.strip():
+                        extra["ocr"] = "text"  # its text layer is read: no OCR needed (ocr_index)
                     if region is not None:
                         extra.update(chunk=tile, region=region)
                     pending_pages.append((num, view, str(thumb), extra))
