@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 AnnSearch = Callable[[np.ndarray, int, str], Sequence[tuple[str, float]]]
 PageKey = tuple[str, int | None]
 
-_COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra"]
+_COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra", "t_start", "t_end"]
 SNIPPET_CHARS = 240
 LEGS = ("page", "chunk", "keyword")
 HEAD = 5  # at most this many pages per ranking can be singled out

@@ -167,15 +167,18 @@ def _read_scans(path: Path, rows: list[dict[str, Any]], engine: ocr.Engine, repo
     return out if out else "gate"
 
 
-def video_times(duration: float, cuts: list[float]) -> list[float]:
-    """When to read a video: each shot's middle, and every VIDEO_STEP s of a long shot."""
+def video_times(duration: float, cuts: list[float]) -> list[tuple[float, float, float]]:
+    """When to read a video, as (time, span start, span end): each shot's middle, standing for
+    the shot, and in a long shot a frame every VIDEO_STEP s, standing for its step."""
     bounds = [0.0, *[c for c in cuts if 0 < c < duration], duration]
     times = []
     for a, b in zip(bounds, bounds[1:], strict=False):
         if b - a <= VIDEO_STEP:
-            times.append((a + b) / 2)
+            times.append(((a + b) / 2, a, b))
         else:
-            times.extend(float(t) for t in np.arange(a + min(1.0, (b - a) / 2), b, VIDEO_STEP))
+            for s in np.arange(a, b, VIDEO_STEP):
+                e = min(float(s) + VIDEO_STEP, b)
+                times.append(((float(s) + e) / 2, float(s), e))
     if len(times) > VIDEO_FRAMES:  # evenly thinned: the cap holds for a two-hour film
         keep = np.linspace(0, len(times) - 1, VIDEO_FRAMES).round().astype(int)
         times = [times[i] for i in keep]
@@ -189,11 +192,13 @@ def _read_video(path: Path, rows: list[dict[str, Any]], engine: ocr.Engine, repo
     video = next(r for r in rows if r["kind"] == "video")
     extra = json.loads(video["extra"] or "{}")
     duration = float(video["t_end"] or 0.0)
-    times = video_times(duration, [float(c) for c in extra.get("cuts", [])])
+    spans = video_times(duration, [float(c) for c in extra.get("cuts", [])])
     frames = sorted((r for r in rows if r["kind"] == "video_frame"), key=lambda r: r["t_start"])
     out: list[Read] = []
     last = ""
-    for i, (t, im) in enumerate(_frames_at(path, times)):
+    span_of = {t: (a, b) for t, a, b in spans}
+    for t, im in _frames_at(path, list(span_of)):
+        a, b = span_of[t]
         report.ocr_pictures += 1
         if not ocr.maybe_text(im):
             last = ""
@@ -203,9 +208,8 @@ def _read_video(path: Path, rows: list[dict[str, Any]], engine: ocr.Engine, repo
         if not words or words == last:  # the same caption still on screen
             continue
         last = words
-        end = times[i + 1] if i + 1 < len(times) else duration
         shown = [r for r in frames if r["t_start"] <= t + 1e-6]
-        out.append(Read(lines, t_start=round(t, 3), t_end=round(max(end, t), 3),
+        out.append(Read(lines, t_start=round(a, 3), t_end=round(b, 3),
                         of=(shown[-1] if shown else frames[0])["id"] if frames else None))
     return out if out else "gate"
 

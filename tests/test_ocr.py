@@ -107,6 +107,33 @@ def test_visual_queries_lose_nothing(world):
         assert fused == alone, q
 
 
+def test_video_captions_are_found_where_they_are_shown(tmp_path):
+    import av
+
+    files = tmp_path / "files"
+    files.mkdir()
+    out = av.open(str(files / "talk.mp4"), "w")
+    stream = out.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+    captions = (((30, 60, 120), "orchid summit"), ((120, 40, 40), "cobalt prairie"), ((40, 120, 40), ""))
+    for colour, caption in captions:
+        im = Image.new("RGB", (320, 240), colour)
+        ImageDraw.Draw(im).text((10, 100), caption, fill="white", font=font("DejaVuSans-Bold.ttf", 24))
+        for _ in range(40):  # 4 s a caption
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
+                out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    col = Collection.create(tmp_path / "db", device="cpu", **tiny_model_args())
+    assert col.add([files], ocr="on", workers=2).ocr_rows == 2
+    hit = col.search("cobalt prairie", kind="ocr", k=1)[0]
+    assert hit.text == "cobalt prairie" and 3.5 <= hit.t_start <= 4.5 and 7.5 <= hit.t_end <= 8.5
+    top = col.search("cobalt prairie", k=1)[0]
+    assert top.kind == "video_frame" and top.extra["matched"] in ("words", "both")
+    assert 3.5 <= top.t_start < 8.0
+
+
 def test_gate_passes_print_and_not_plain_shapes():
     rng = np.random.default_rng(11)
     plain = [render_shape(random_spec(rng), rng, size=256, background=bg)
