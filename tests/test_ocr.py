@@ -206,3 +206,12 @@ def test_cli_ocr_flag(tmp_path):
                                        "clipsearch-tiny", "--device", "cpu", "-q", "--ocr", "on"])
     assert result.exit_code == 0, result.output
     assert "OCR read 1 pictures of 1 files" in result.output
+
+
+def test_ui_cards_show_the_words_escaped():
+    from clipsearch.ui.app import render_grid
+
+    hit = {"kind": "image", "name": "a.png", "source": "/x/a.png", "score": 1.2, "thumb_url": None,
+           "text": "<script>alert(1)</script> cafe nero", "words": "ocr", "matched": "words"}
+    html = render_grid([hit, {**hit, "kind": "ocr"}])
+    assert html.count("cafe nero") == 2 and "<script>" not in html and "&lt;script&gt;" in html
