@@ -215,3 +215,8 @@ def test_ui_cards_show_the_words_escaped():
            "text": "<script>alert(1)</script> cafe nero", "words": "ocr", "matched": "words"}
     html = render_grid([hit, {**hit, "kind": "ocr"}])
     assert html.count("cafe nero") == 2 and "<script>" not in html and "&lt;script&gt;" in html
+    from clipsearch.ui.app import render_detail
+
+    detail = render_detail({**hit, "media_url": "/item/x", "box": [0.1, 0.2, 0.5, 0.4]})
+    assert "cs-wordbox" in detail and "left:10.00%" in detail and "height:20.00%" in detail
+    assert "cs-wordbox" not in render_detail({**hit, "media_url": "/item/x", "box": ["1;x", 0, 1, 1]})
