@@ -69,12 +69,13 @@ def unread_where() -> str:
 
 
 def read_collection(store: Store, encoder: Callable[[], AnyEncoder], report: IndexReport,
-                    max_pixels: int, batch_files: int = BATCH_FILES, progress: bool = False) -> None:
+                    max_pixels: int, batch_files: int | None = None, progress: bool = False) -> None:
     """Read every file that lacks OCR and commit its rows (see the module docstring).
 
     The engine missing or failing to load is one line in `report.ocr_problem`; one file that
     cannot be read is marked failed with its reason in `report.notes`. Never raises for either."""
     t0 = time.perf_counter()
+    batch_files = batch_files or BATCH_FILES
     todo = store.scan(["source_raw", "kind"], unread_where())
     sources = list(dict.fromkeys(todo.column("source_raw").to_pylist()))
     if not sources:

@@ -220,3 +220,32 @@ def test_ui_cards_show_the_words_escaped():
     detail = render_detail({**hit, "media_url": "/item/x", "box": [0.1, 0.2, 0.5, 0.4]})
     assert "cs-wordbox" in detail and "left:10.00%" in detail and "height:20.00%" in detail
     assert "cs-wordbox" not in render_detail({**hit, "media_url": "/item/x", "box": ["1;x", 0, 1, 1]})
+
+
+def test_a_pass_cut_short_resumes_with_what_it_lacks(tmp_path, monkeypatch):
+    from clipsearch import ocr_index
+
+    files = tmp_path / "files"
+    files.mkdir()
+    rng = np.random.default_rng(5)
+    for i, text in enumerate(("amber falcon", "copper meadow", "velvet glacier")):
+        phrase_image(text, rng).save(files / f"p{i}.png")
+    col = Collection.create(tmp_path / "db", device="cpu", **tiny_model_args())
+    col.add([files], ocr="off", workers=2)
+    monkeypatch.setattr(ocr_index, "BATCH_FILES", 1)
+    real = ocr.Engine.read
+    calls = []
+
+    def read(self, image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second file is read
+        return real(self, image)
+
+    monkeypatch.setattr(ocr.Engine, "read", read)
+    report = col.add(ocr="on")
+    assert report.interrupted and report.ocr_files == 1
+    monkeypatch.setattr(ocr.Engine, "read", real)
+    again = col.add(ocr="on")
+    assert again.ocr_files == 2 and not again.interrupted  # the committed file is not read again
+    assert col.store.count("kind = 'ocr'") == 3
