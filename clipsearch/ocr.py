@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 ENGINE_MODULE = "rapidocr_onnxruntime"
 ENGINE_NAME = "rapidocr"  # what the rows' marker records (extra["ocr"])
 MIN_CONFIDENCE = 0.5  # lines the recogniser is less sure of are noise more often than words
-READ_SIDE = 1024  # longest side the engine sees: small print stays legible, cost stays bounded
+READ_SIDE = 1024  # longest side the detector sees: cost stays bounded whatever the picture's size
+CROP_SIDE = 2048  # longest side of the picture lines are cut from for the recogniser (small print)
 MIN_SIDE = 640  # smaller pictures are enlarged to this for the detector
 GATE_SIDE = 320  # longest side the gate looks at
 GATE_TILE = 8  # gate tile side, in gate pixels
@@ -132,12 +133,14 @@ class Engine:
         self._lock = threading.Lock()
         self.version = getattr(module, "__version__", "") or _dist_version()
 
-    def read(self, image: Image.Image) -> list[Line]:
-        """The lines of words in `image`, top to bottom; [] when there are none."""
+    def read(self, image: Image.Image, side: int = CROP_SIDE) -> list[Line]:
+        """The lines of words in `image`, top to bottom; [] when there are none. Pictures
+        larger than `side` are shrunk to it first (the recogniser reads the lines' crops of
+        that picture: a page of small print needs more than a photo's caption)."""
         im = image.convert("RGB")
-        if max(im.size) > READ_SIDE:
+        if max(im.size) > side:
             im = im.copy()
-            im.thumbnail((READ_SIDE, READ_SIDE), Image.Resampling.LANCZOS)
+            im.thumbnail((side, side), Image.Resampling.LANCZOS)
         if max(im.size) < MIN_SIDE:  # a small picture's print is too small for the detector
             f = MIN_SIDE / max(im.size)
             im = im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.BICUBIC)

@@ -48,7 +48,7 @@ BATCH_FILES = 32  # files per commit
 MAX_CHUNKS = 200  # OCR rows per file: a poster of small print must not swamp the collection
 VIDEO_STEP = 10.0  # seconds between read frames inside a long shot
 VIDEO_FRAMES = 24  # frames read per video at most
-PAGE_SIDE = 1600  # a scanned page is rendered at this longest side for reading
+PAGE_SIDE = 2000  # a scanned page is rendered at this longest side for reading
 
 
 @dataclass

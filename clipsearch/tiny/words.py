@@ -86,8 +86,8 @@ def phrase_image(text: str, rng: np.random.Generator, size: int = 480) -> Image.
     if line.height > size - 8:
         line = line.resize((max(1, line.width * (size - 8) // line.height), size - 8))
     x = int(rng.integers(4, max(5, size - line.width - 4)))
-    y = int(rng.integers(size * 3 // 4, max(size * 3 // 4 + 1, size - line.height - 4))) if kind == 2 \
-        else int(rng.integers(4, max(5, size - line.height - 4)))
+    low = min(size * 3 // 4, size - line.height - 4) if kind == 2 else 4  # a caption: low in the picture
+    y = int(rng.integers(max(4, low), max(max(4, low) + 1, size - line.height - 4)))
     im.paste(line, (x, y), line)
     return im
 
