@@ -314,12 +314,18 @@ def text_evidence(
     where: str | None = None,
     ann_search: AnnSearch | None = None,
     weights: Sequence[float] = DEFAULT_WEIGHTS[1:],
+    glued: bool = False,
 ) -> TextEvidence:
     """`page_text_evidence` for the text rows of any `kind` (`doc_text`, `ocr`, ...), grouped
-    into the items they belong to by `key(row)` (a page, the image an OCR row was read in)."""
+    into the items they belong to by `key(row)` (a page, the image an OCR row was read in).
+    `glued`: when no row holds every word as a word, rows holding every word inside their text
+    count as keyword matches (OCR drops the spaces between words: "meadowglacier")."""
     where_rows = _and(under_clause(under), where) or None
     keyword_rows = keyword_search(table, query, depth, where=_and(f"kind = {sql_str(kind)}", where_rows),
                                   all_terms=True)
+    if not keyword_rows and glued:
+        keyword_rows = substring_search(table, query, depth,
+                                        where=_and(f"kind = {sql_str(kind)}", where_rows))
     if not keyword_rows:
         return TextEvidence([], [], [], {})
     chunk_rows = vector_leg(table, qvec, kind, depth, where_rows, ann_search)
@@ -331,6 +337,30 @@ def text_evidence(
     order = rrf([[r["id"] for r in chunk_rows], [r["id"] for r in keyword_rows]])
     chunks = best_member((by_id[i] for i, _ in order), key)
     return TextEvidence(rankings, heads, list(weights), chunks)
+
+
+# Words too common to say anything when found inside another word.
+_GLUE_STOP = frozenset("the and for with from that this into onto over under near of on in at to by"
+                       " an a or is".split())
+
+
+def substring_search(table: Table, query: str, n: int, *,
+                     where: str | None = None) -> list[dict[str, Any]]:
+    """Rows whose text holds every word of `query` (three letters or more, common words aside)
+    anywhere, glued to others or not, as `keyword_search` rows (score: the words' letters)."""
+    words = [w for w in dict.fromkeys(re.findall(r"\w+", query.lower()))
+             if len(w) >= 3 and w not in _GLUE_STOP]
+    if not words:
+        return []
+    like = " AND ".join(f"lower(text) LIKE {sql_str('%' + w + '%')}" for w in words)
+    try:
+        rows = _scan(table, _and(where, "text IS NOT NULL", like))[:n]
+    except Exception as e:  # a filter Lance cannot run: no glued matches, the rest of the query stands
+        log.info("substring search for %r failed: %s", query, e)
+        return []
+    for r in rows:
+        r["score"] = float(sum(len(w) for w in words))
+    return rows
 
 
 def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:

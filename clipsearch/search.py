@@ -483,7 +483,8 @@ class Searcher:
         for kind, key_of in (("doc_text", _row_page_key), ("ocr", ocr_item_key)):
             if self._has_document_text() if kind == "doc_text" else self._has_rows(kind):
                 evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
-                                                      under=under, where=where, ann_search=search)))
+                                                      under=under, where=where, ann_search=search,
+                                                      glued=kind == "ocr")))
         if not any(ev.decisive for _, ev in evidences):
             return [] if words_only else hits
         by_key = {} if words_only else {_fusion_key(h): h for h in hits}
@@ -542,7 +543,7 @@ class Searcher:
               filters: Filters | None = None) -> list[Hit]:
         """`--kind ocr`: the items whose words (read by OCR) match, one hit per picture, each
         an `ocr` row: `text` (the matched words), `extra["box"]`, `page` or `t_start`."""
-        from clipsearch.docsearch import keyword_search, snippet, under_clause, vector_leg
+        from clipsearch.docsearch import keyword_search, snippet, substring_search, under_clause, vector_leg
         from clipsearch.fusion import best_member, rrf
 
         if not self._has_rows("ocr"):
@@ -554,7 +555,8 @@ class Searcher:
         vector_rows = vector_leg(table, vec, "ocr", depth, where or None, self.ranker_search(under, filters))
         kind_where = " AND ".join(c for c in ("kind = 'ocr'", where) if c)
         keyword_rows = keyword_search(table, text, depth, where=kind_where)
-        every_word = keyword_search(table, text, depth, where=kind_where, all_terms=True)
+        every_word = (keyword_search(table, text, depth, where=kind_where, all_terms=True)
+                      or substring_search(table, text, depth, where=kind_where))
         by_id = {r["id"]: r for r in vector_rows + keyword_rows + every_word}
         # rows holding every word of the query first, then the fused rest (RRF scores < 1)
         order = [(r["id"], 1.0 + r["score"] / (1.0 + r["score"])) for r in every_word]
