@@ -338,6 +338,9 @@ class Searcher:
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
         if words_only and visual_only:
             raise UsageError("--words-only and --visual-only exclude each other", hint="pass one of them")
+        if words_only and kind not in (None, "all"):
+            raise UsageError(f"--words-only ranks all kinds by their words, not --kind {kind}",
+                             hint="drop --kind, or use --kind ocr for the words read in pictures")
         if words_only and (text is None or image is not None):
             raise UsageError("--words-only needs a text query (and no image)",
                              hint='clipsearch search "wifi password" --words-only')

@@ -92,6 +92,10 @@ def test_kind_ocr_and_words_only(world):
     assert {h.kind for h in hits} == {"ocr"}
     only = col.search(text, words_only=True, k=3)
     assert only[0].source == path
+    from clipsearch.errors import UsageError
+
+    with pytest.raises(UsageError, match="words-only"):
+        col.search(text, words_only=True, kind="image")
     visual = col.search(text, visual_only=True, k=3)
     assert all("matched" not in h.extra for h in visual)
 
