@@ -158,12 +158,15 @@ def main() -> None:
 @click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
               help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @with_backend
 @verbose_opt
 @handle_errors
 def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
           strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, backend, precision, verbose):
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, ocr, backend, precision, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
@@ -206,8 +209,10 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
     else:
         report = col.add(list(paths), batch_size=batch_size, workers=workers, progress=not quiet,
                          max_pixels=max_pixels, options=options, commit_files=commit_every,
-                         decode=decode, commit_rows=commit_rows, **walk)
+                         decode=decode, commit_rows=commit_rows, ocr=ocr, **walk)
     click.echo(report.summary())
+    if report.ocr_problem:
+        click.secho(f"warning: OCR: {report.ocr_problem}", fg="yellow", err=True)
     for root, reason in report.vanished:
         click.secho(f"warning: {root}: {reason}; not updated, its rows are kept", fg="yellow", err=True)
     if report.vanished:
@@ -255,10 +260,13 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
               help="A batch of changes is indexed after this long without new ones...")
 @click.option("--max-wait", default=10.0, show_default=True, type=click.FloatRange(0.05),
               help="...or this long after its first change, under a steady stream of them.")
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @with_backend
 @verbose_opt
 @handle_errors
-def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, backend,
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, ocr, backend,
           precision, verbose):
     """Keep the collection current as files appear, change, move and vanish.
 
@@ -293,7 +301,7 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
         interrupted[:] = [report.interrupted]
 
     watcher = Watcher(col, list(paths), quiet=quiet_seconds, max_wait=max_wait, rescan_every=rescan_every,
-                      on_run=on_run, add_options={"workers": workers} if workers else None)
+                      on_run=on_run, add_options={"ocr": ocr, **({"workers": workers} if workers else {})})
     stop = threading.Event()
 
     def stop_soon(signum, _frame) -> None:
@@ -347,8 +355,11 @@ def remove(paths, db, verbose):
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
 @click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
 @click.option("--under", type=click.Path(file_okay=False), help="Only results inside this folder.")
-@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "all"]),
-              help="Restrict to one kind. Default: images, videos (best frame) and document pages.")
+@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "ocr", "all"]),
+              help="Restrict to one kind. Default: images, videos (best frame) and document pages. "
+                   "ocr: the words read in pictures.")
+@click.option("--words-only", is_flag=True, help="Rank by the words in items alone (document text, OCR).")
+@click.option("--visual-only", is_flag=True, help="Rank by what items show alone (no words).")
 @click.option("--moments", is_flag=True, help="Video moments: where in which video (same as --kind moment).")
 @click.option("--whiten", is_flag=True, help="Whitened space for image → image (fitted transform).")
 @click.option("--center", is_flag=True, help="Modality-gap centering (fitted transform).")
@@ -369,9 +380,9 @@ def remove(paths, db, verbose):
 @with_backend
 @verbose_opt
 @handle_errors
-def search(query, image, negative, negative_image, db, k, offset, under, kind, moments, whiten, center,
-           invert, hybrid, sort, after, before, camera, place, near, fmt, min_pixels, where, as_json, device,
-           backend, precision, verbose):
+def search(query, image, negative, negative_image, db, k, offset, under, kind, words_only, visual_only,
+           moments, whiten, center, invert, hybrid, sort, after, before, camera, place, near, fmt, min_pixels,
+           where, as_json, device, backend, precision, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model.
 
     QUERY may combine terms: "2:golden retriever + ./pool.jpg - indoors" (README, "Query
@@ -401,7 +412,8 @@ def search(query, image, negative, negative_image, db, k, offset, under, kind, m
     hits = col.search(terms=terms, k=k, kind=kind, under=under, offset=offset, whiten=whiten,
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
                       sort=None if sort == "score" else sort, after=after, before=before, camera=camera,
-                      place=place, near=near, format=fmt, min_pixels=min_pixels, where=where)
+                      place=place, near=near, format=fmt, min_pixels=min_pixels, where=where,
+                      words_only=words_only, visual_only=visual_only)
     for line in hits.warnings:
         click.echo(f"warning: {line}", err=True)
     dated = sort in ("date", "-date") or any(v is not None for v in (after, before, camera, place, near))
@@ -429,7 +441,7 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
         click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
         if h.companion:
             click.echo(f"         Live Photo with {h.companion}")
-        if h.text and h.kind == "doc":
+        if h.text and (h.kind in ("doc", "ocr") or h.extra.get("words")):
             click.echo(f"         {h.text[:100]!r}")
 
 
@@ -612,12 +624,15 @@ def optimize(db, transforms, verbose):
 @click.option("--watch", "watch", is_flag=True,
               help="Keep the collection current while serving (as `clipsearch watch` over its roots).")
 @rescan_opt
+@click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Read the words in images, scanned pages and video frames. Default: "
+                   "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @device_opt
 @with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, backend,
-          precision, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, device,
+          backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -637,7 +652,8 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
-               watch={"rescan_every": rescan_every} if watch else None, backend=backend, precision=precision)
+               watch={"rescan_every": rescan_every, "add_options": {"ocr": ocr}} if watch else None,
+               backend=backend, precision=precision)
 
 if __name__ == "__main__":
     main()

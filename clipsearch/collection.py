@@ -502,7 +502,7 @@ class Collection:
             decode: str = "auto", follow_symlinks: bool | None = None,
             include_hidden: bool | None = None, exclude: Sequence[str] | None = None,
             clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False,
-            commit_rows: int = 5000) -> IndexReport:
+            commit_rows: int = 5000, ocr: str | None = None) -> IndexReport:
         """Index files and folders (default: every saved root): new and changed files are
         embedded, vanished ones removed.
 
@@ -516,10 +516,19 @@ class Collection:
         `options` go to the indexers, e.g. {"max_text_chunks": 5000} (text rows per document;
         0 = no cap); files indexed only in part are listed in report.notes. `commit_rows`: rows
         per commit, also the batch in which one big document's rows are committed.
+        `ocr`: read the words in images, scanned pages and video frames (`clipsearch.ocr_index`):
+        "auto" (default: when the engine is installed), "on" or "off". "on" without the engine
+        indexes the rest and says why in `report.ocr_problem`.
         """
+        from clipsearch import ocr as ocr_engine
         from clipsearch import pipeline
         from clipsearch.indexers.base import default_indexers
 
+        try:
+            read_words, ocr_problem = ocr_engine.resolve_mode(ocr), None
+        except ocr_engine.OcrUnavailable as e:
+            read_words, ocr_problem = False, f"{e} ({e.hint})"
+        options = {**(options or {}), "ocr": read_words}
         with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
@@ -529,7 +538,29 @@ class Collection:
                                       progress=progress, commit_files=commit_files, decode=decode,
                                       rules=run.rules, verify=verify, prune_missing=prune_missing,
                                       commit_rows=commit_rows, states=facts.file_states() if facts else None)
+            run.report.ocr_problem = ocr_problem
+            self._read_words(run, read_words, progress)
         return run.report
+
+    def _read_words(self, run: IndexRun, read_words: bool, progress: bool) -> None:
+        """The OCR pass of a run (`ocr_index.read_collection`). `meta["ocr_read"]` records that
+        every file has been read, so an unchanged run with OCR on opens no table for it."""
+        report = run.report
+        if report is None or report.interrupted:
+            return
+        if not read_words:
+            if report.indexed and self.meta.get("ocr_read"):
+                self.meta["ocr_read"] = False  # these new files wait for a run with OCR on
+                self.save_meta()
+            return
+        if not report.indexed and self.meta.get("ocr_read"):
+            return
+        from clipsearch.ocr_index import read_collection
+
+        read_collection(run.store, self.writing_encoder, report, run.ctx.max_pixels, progress=progress)
+        if not report.interrupted and report.ocr_problem is None and not self.meta.get("ocr_read"):
+            self.meta["ocr_read"] = True
+            self.save_meta()
 
     @contextlib.contextmanager
     def index_run(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,
@@ -681,7 +712,8 @@ class Collection:
                sort: str | None = None, where: str | None = None, after: str | datetime | None = None,
                before: str | datetime | None = None, camera: str | None = None, place: str | None = None,
                near: str | tuple[float, ...] | None = None, format: str | None = None,
-               min_pixels: int | None = None, terms: Iterable[Any] | str | None = None) -> Hits:
+               min_pixels: int | None = None, terms: Iterable[Any] | str | None = None,
+               words_only: bool = False, visual_only: bool = False) -> Hits:
         """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
         say what the caller should know, e.g. that a long text query was cut.
 
@@ -696,13 +728,16 @@ class Collection:
         2024-08-03; `before` exclusive, a partial date meaning its end), `camera` and `place`
         (case-insensitive substrings), `near` ("LAT,LON[,KM]" or a tuple), `format`,
         `min_pixels`, `where` (SQL over the documented columns). `sort`: score, typicality,
-        date (oldest first) or -date; by date, the top hits by score are reordered."""
+        date (oldest first) or -date; by date, the top hits by score are reordered.
+        A text query ranks items by what they show and the words in them (document text, OCR);
+        `words_only` / `visual_only` use one source alone; `kind="ocr"` the words read by OCR."""
         filters = Filters.parse(after=after, before=before, camera=camera, place=place, near=near,
                                 format=format, min_pixels=min_pixels, where=where)
         extra = query_terms.as_terms(terms) if terms is not None else None
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort,
-                                    filters=filters or None, terms=extra)
+                                    filters=filters or None, terms=extra,
+                                    words_only=words_only, visual_only=visual_only)
         warnings = self.query_warnings(text)
         for t in extra or ():
             if t.kind == "text":

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 AnnSearch = Callable[[np.ndarray, int, str], Sequence[tuple[str, float]]]
 PageKey = tuple[str, int | None]
 
-_COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra"]
+_COLUMNS = ["id", "source", "page", "kind", "text", "thumb", "extra", "t_start", "t_end"]
 SNIPPET_CHARS = 240
 LEGS = ("page", "chunk", "keyword")
 HEAD = 5  # at most this many pages per ranking can be singled out
@@ -176,8 +176,8 @@ def search_documents(
     where_rows = _and(under_clause(under), where) or None
     qvec = encoder.encode_texts([query])[0].astype(np.float32)
 
-    page_rows = _vector_leg(table, qvec, "doc_page", depth, where_rows, ann_search)
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
+    page_rows = vector_leg(table, qvec, "doc_page", depth, where_rows, ann_search)
+    chunk_rows = vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
     keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows))
     legs = [page_rows, chunk_rows, keyword_rows]
     if not keyword_rows and len(weights) == 3:
@@ -298,20 +298,69 @@ def page_text_evidence(
     all the words nothing is decisive, and the chunk ranking (noise then) is not even run.
     `under`, `where` and `ann_search` restrict the rows as in `search_documents`.
     """
+    return text_evidence(table, qvec, query, depth, kind="doc_text", key=_page_key, under=under,
+                         where=where, ann_search=ann_search, weights=weights)
+
+
+def text_evidence(
+    table: Table,
+    qvec: np.ndarray,
+    query: str,
+    depth: int,
+    *,
+    kind: str,
+    key: Callable[[dict[str, Any]], Any],
+    under: str | None = None,
+    where: str | None = None,
+    ann_search: AnnSearch | None = None,
+    weights: Sequence[float] = DEFAULT_WEIGHTS[1:],
+    glued: bool = False,
+) -> TextEvidence:
+    """`page_text_evidence` for the text rows of any `kind` (`doc_text`, `ocr`, ...), grouped
+    into the items they belong to by `key(row)` (a page, the image an OCR row was read in).
+    `glued`: when no row holds every word as a word, rows holding every word inside their text
+    count as keyword matches (OCR drops the spaces between words: "meadowglacier")."""
     where_rows = _and(under_clause(under), where) or None
-    keyword_rows = keyword_search(table, query, depth, where=_and("kind = 'doc_text'", where_rows),
+    keyword_rows = keyword_search(table, query, depth, where=_and(f"kind = {sql_str(kind)}", where_rows),
                                   all_terms=True)
+    if not keyword_rows and glued:
+        keyword_rows = substring_search(table, query, depth,
+                                        where=_and(f"kind = {sql_str(kind)}", where_rows))
     if not keyword_rows:
         return TextEvidence([], [], [], {})
-    chunk_rows = _vector_leg(table, qvec, "doc_text", depth, where_rows, ann_search)
+    chunk_rows = vector_leg(table, qvec, kind, depth, where_rows, ann_search)
     legs = [chunk_rows, keyword_rows]
-    rankings = [group_ranking(rows, _page_key) for rows in legs]
-    heads = [_confident_pages(rows, depth, keyword=i == 1) if w > 0 else 0
+    rankings = [group_ranking(rows, key) for rows in legs]
+    heads = [_confident_pages(rows, depth, keyword=i == 1, key=key) if w > 0 else 0
              for i, (rows, w) in enumerate(zip(legs, weights, strict=True))]
     by_id = {r["id"]: r for r in chunk_rows + keyword_rows}
     order = rrf([[r["id"] for r in chunk_rows], [r["id"] for r in keyword_rows]])
-    chunks = best_member((by_id[i] for i, _ in order), _page_key)
+    chunks = best_member((by_id[i] for i, _ in order), key)
     return TextEvidence(rankings, heads, list(weights), chunks)
+
+
+# Words too common to say anything when found inside another word.
+_GLUE_STOP = frozenset("the and for with from that this into onto over under near of on in at to by"
+                       " an a or is".split())
+
+
+def substring_search(table: Table, query: str, n: int, *,
+                     where: str | None = None) -> list[dict[str, Any]]:
+    """Rows whose text holds every word of `query` (three letters or more, common words aside)
+    anywhere, glued to others or not, as `keyword_search` rows (score: the words' letters)."""
+    words = [w for w in dict.fromkeys(re.findall(r"\w+", query.lower()))
+             if len(w) >= 3 and w not in _GLUE_STOP]
+    if not words:
+        return []
+    like = " AND ".join(f"lower(text) LIKE {sql_str('%' + w + '%')}" for w in words)
+    try:
+        rows = _scan(table, _and(where, "text IS NOT NULL", like))[:n]
+    except Exception as e:  # a filter Lance cannot run: no glued matches, the rest of the query stands
+        log.info("substring search for %r failed: %s", query, e)
+        return []
+    for r in rows:
+        r["score"] = float(sum(len(w) for w in words))
+    return rows
 
 
 def snippet(text: str, query: str, width: int = SNIPPET_CHARS) -> str:
@@ -339,7 +388,7 @@ def _page_key(row: dict[str, Any]) -> PageKey:
     return row["source"], None if page is None else int(page)
 
 
-def _vector_leg(
+def vector_leg(
     table: Table, qvec: np.ndarray, kind: str, n: int, where_rows: str | None, ann_search: AnnSearch | None
 ) -> list[dict[str, Any]]:
     """Best-first rows of one kind by cosine to the query, each with a `score`."""
@@ -368,11 +417,12 @@ def _vector_leg(
     return rows
 
 
-def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool) -> int:
+def _confident_pages(rows: list[dict[str, Any]], depth: int, *, keyword: bool,
+                     key: Callable[[dict[str, Any]], Any] = _page_key) -> int:
     """How many leading pages of a row ranking stand out (`fusion.confident_head` on each
     page's best score). BM25 returns only matching rows; when it returned them all, a handful
     of matching pages is itself the evidence, and the rest of the table scores 0."""
-    scores = [r["score"] for r in best_member(rows, _page_key).values()]
+    scores = [r["score"] for r in best_member(rows, key).values()]
     if keyword and len(rows) < depth:
         if 0 < len(scores) <= HEAD:
             return len(scores)

@@ -64,6 +64,7 @@ class Job:
     indexer: Indexer
     content_hash: str | None = None
     replaces: bool = False  # the store holds rows of an older version of this file
+    maybe_text: bool | None = None  # the OCR gate's verdict on an image (None: not asked)
 
 
 UNEXPECTED = "unexpected error"  # the start of a skip reason that is a bug, not bad input
@@ -92,6 +93,11 @@ class IndexReport:
     seconds: float = 0.0
     image_seconds: float = 0.0  # wall time of the image phase (decode threads + encoder)
     encode_seconds: float = 0.0  # of it, time in the encoder's calls
+    ocr_files: int = 0  # files whose words were read (or found to have none) this run
+    ocr_rows: int = 0  # `ocr` rows written
+    ocr_pictures: int = 0  # pictures (images, scanned pages, video frames) the OCR pass looked at
+    ocr_seconds: float = 0.0  # wall time of the OCR pass (the gate in the decode threads aside)
+    ocr_problem: str | None = None  # why OCR could not run (the engine missing), one line
 
     @property
     def encoder_busy(self) -> float | None:
@@ -121,6 +127,11 @@ class IndexReport:
              f"(scan + change check {self.scan_seconds:.2f} s{rate})")
         if self.encoder_busy is not None:
             s += f"; encoder busy {100 * self.encoder_busy:.0f}% of {self.image_seconds:.1f} s of images"
+        if self.ocr_files or self.ocr_seconds >= 0.05:
+            s += (f"; OCR read {self.ocr_pictures} pictures of {self.ocr_files} files, "
+                  f"{self.ocr_rows} rows, in {self.ocr_seconds:.1f} s")
+        if self.ocr_problem:
+            s += f"; OCR skipped: {self.ocr_problem}"
         if self.described:
             s += f"; date, place and camera read for {self.described} indexed files"
         if self.unexpected:
@@ -365,6 +376,8 @@ def _prepare_image(job: Job, preprocess, ctx: IndexContext, min_side: int, gpu: 
             from clipsearch.gpu_decode import read_jpeg
 
             tensor = read_jpeg(path, ctx.max_pixels)
+        if tensor is None and ctx.options.get("ocr") and hasattr(job.indexer, "prepare_gated"):
+            tensor, job.maybe_text = job.indexer.prepare_gated(path, preprocess, ctx, min_side)
         if tensor is None:
             tensor = job.indexer.prepare(path, preprocess, ctx, min_side)  # type: ignore[attr-defined]
         if job.content_hash is None:
@@ -499,11 +512,16 @@ def _run_images(jobs: list[Job], encoder: AnyEncoder, ctx: IndexContext, committ
                 report.encode_seconds += time.perf_counter() - t0
                 for (job, _), v in zip(batch, vecs, strict=True):
                     committer.add(SourceRows(job.path, job.mtime, job.size, job.content_hash or "",
-                                             [Record(kind="image", vector=v)]))
+                                             [Record(kind="image", vector=v, extra=_gate_mark(job))]))
                     report.indexed += 1
                     report.items += 1
                     bar.update(1)
     report.image_seconds += time.perf_counter() - started
+
+
+def _gate_mark(job: Job) -> dict[str, str]:
+    """An image the OCR gate found no print in is marked read (`clipsearch.ocr_index`)."""
+    return {"ocr": "gate"} if job.maybe_text is False else {}
 
 
 def _decode_on_gpu(batch: list[tuple[Job, torch.Tensor | RawJpeg]], gpu: JpegDecoder, encoder: AnyEncoder,

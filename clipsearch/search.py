@@ -53,7 +53,7 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "doc_page": ("doc_page",),
     "doc_text": ("doc_text",),
 }
-USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "all")
+USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "ocr", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
 BROWSE_ORDERS = ("atypical", "typical")
 # A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
@@ -146,7 +146,7 @@ class Searcher:
         self._video_catalog: VideoCatalog | None = None
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
-        self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
+        self._kind_rows: dict[str, tuple[int, bool]] = {}  # kind -> (table version, has rows)
 
     @property
     def ann_dir(self) -> Path:
@@ -351,12 +351,16 @@ class Searcher:
                kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None,
-               filters: Filters | None = None, terms: Sequence[QueryTerm] | None = None) -> list[Hit]:
+               filters: Filters | None = None, terms: Sequence[QueryTerm] | None = None,
+               words_only: bool = False, visual_only: bool = False) -> list[Hit]:
         """`filters` (date, place, camera, ... `clipsearch.filters`) are a prefilter: only
         matching rows are ranked, so k hits come when k match. `sort`: score (default),
         typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date). `terms`
         (`clipsearch.query_terms`) come after `text` and `image`: the query is their weighted
-        sum (README, "Query operators")."""
+        sum (README, "Query operators").
+        A text query over all kinds ranks items by what they show and by the words in them
+        (document text, words read by OCR: `_with_words`); `words_only` ranks by the words
+        alone, `visual_only` by the picture alone."""
         if k <= 0:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
@@ -374,7 +378,16 @@ class Searcher:
         if invert and not any(t.kind == "image" for t in all_terms):
             raise UsageError("--invert needs an image query", hint="add --image FILE")
         words = _query_words(all_terms)
-        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
+        only_text = all(t.kind == "text" for t in all_terms)
+        if words_only and visual_only:
+            raise UsageError("--words-only and --visual-only exclude each other", hint="pass one of them")
+        if words_only and kind not in (None, "all"):
+            raise UsageError(f"--words-only ranks all kinds by their words, not --kind {kind}",
+                             hint="drop --kind, or use --kind ocr for the words read in pictures")
+        if words_only and (words is None or not only_text):
+            raise UsageError("--words-only needs a text query (and no image)",
+                             hint='clipsearch search "wifi password" --words-only')
+        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents, "ocr": self.words}
         if kind in rankers:
             what = "document" if kind == "doc" else kind
             if len(all_terms) > 1:
@@ -422,9 +435,9 @@ class Searcher:
             raw = self.ann().search(vec, need, kinds=kinds, under=under)[0]
         hits = self._of_kinds(self._hydrate(raw), kinds)
         hits = _group(hits)
-        if words and kind in (None, "all") and all(t.kind == "text" for t in all_terms):
-            hits = self._with_document_text(hits, words, vec, under, need, max(200, 20 * (k + offset)),
-                                            filters)
+        if words and kind in (None, "all") and only_text and not visual_only:
+            hits = self._with_words(hits, words, vec, under, need, max(200, 20 * (k + offset)),
+                                    filters, words_only=words_only)
         if hybrid and words:
             hits = self._hybrid(hits, words, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
@@ -499,59 +512,120 @@ class Searcher:
                 out.append(hit)
         return _group(out)
 
-    def _with_document_text(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
-                            n: int, depth: int, filters: Filters | None = None) -> list[Hit]:
-        """Give the words of documents their say in a text query over all kinds.
+    def _with_words(self, hits: list[Hit], text: str, vec: np.ndarray, under: str | None,
+                    n: int, depth: int, filters: Filters | None = None, *,
+                    words_only: bool = False) -> list[Hit]:
+        """Give the words of documents and pictures their say in a text query over all kinds.
 
-        The vector ranking (images, video frames, page pictures) is fused with the document
-        text rankings of `docsearch.page_text_evidence` by two-tier RRF, as document search
-        fuses its own: a page whose text singles it out (a rare word of the query) ranks with
-        the items the picture ranking singles out, ahead of the rest. When the text singles
-        nothing out (a visual query) the ranking and its cosine scores stay as they were.
-        Otherwise `score` is the fused score and `extra["cosine"]` the vector similarity
-        (None for a page found by its words alone). Returns at least `n` hits when there are.
-        `filters` restrict the text rankings as they do the vector one.
+        The vector ranking (images, video frames, page pictures) is fused with the text
+        rankings of `docsearch.text_evidence` (document chunks, and words read by OCR, each by
+        chunk vectors and keywords) by two-tier RRF, as document search fuses its own: an item
+        whose words single it out (a rare word of the query) ranks with the items the picture
+        ranking singles out, ahead of the rest. When the words single nothing out (a visual
+        query) the ranking and its cosine scores stay as they were. Otherwise `score` is the
+        fused score, `extra["cosine"]` the vector similarity (None for an item found by its
+        words alone) and `extra["matched"]` says by what: "visual", "words" or "both"; a hit
+        found by words carries them as `text` (OCR hits also `extra["box"]`, where in the
+        picture). `words_only` drops the vector ranking. Returns at least `n` hits when there
+        are. `filters` restrict the text rankings as they do the vector one.
         """
-        from clipsearch.docsearch import HEAD, page_details, page_text_evidence, snippet
+        from clipsearch.docsearch import HEAD, page_details, snippet, text_evidence
         from clipsearch.fusion import confident_head, gated_rrf
 
-        if not self._has_document_text():
-            return hits
         table = self.col.store.table
-        evidence = page_text_evidence(table, vec, text, depth, under=under,
-                                      where=filters.sql() if filters else None,
-                                      ann_search=self.ranker_search(under, filters))
-        if not evidence.decisive:
-            return hits
-        by_key = {_fusion_key(h): h for h in hits}
-        fused = gated_rrf([list(by_key), *evidence.rankings],
-                          [confident_head([h.score for h in hits], max_head=HEAD), *evidence.heads],
-                          weights=[1.0, *evidence.weights])
+        where = filters.sql() if filters else None
+        search = self.ranker_search(under, filters)
+        evidences = []
+        for kind, key_of in (("doc_text", _row_page_key), ("ocr", ocr_item_key)):
+            if self._has_document_text() if kind == "doc_text" else self._has_rows(kind):
+                evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
+                                                      under=under, where=where, ann_search=search,
+                                                      glued=kind == "ocr")))
+        if not any(ev.decisive for _, ev in evidences):
+            return [] if words_only else hits
+        by_key = {} if words_only else {_fusion_key(h): h for h in hits}
+        rankings: list[list[Any]] = [] if words_only else [list(by_key)]
+        heads = [] if words_only else [confident_head([h.score for h in hits], max_head=HEAD)]
+        weights = [] if words_only else [1.0]
+        for _, ev in evidences:
+            rankings += ev.rankings
+            heads += ev.heads
+            weights += ev.weights
+        fused = gated_rrf(rankings, heads, weights=weights)
         fused = fused[:max(n, len(hits))]
+        visual = set() if words_only else set(rankings[0][:heads[0]])
+        first = 0 if words_only else 1
+        worded = {key for r, head in zip(rankings[first:], heads[first:], strict=True) for key in r[:head]}
         missing = [key for key, _ in fused if key not in by_key]
-        for key, found in page_details(table, missing).items():
+        pages = [key for key in missing if key[0] != ""]
+        for key, found in page_details(table, pages).items():
             row = found.get("page") or found.get("chunk")
             if row is not None:
                 by_key[key] = hit_from_row(row, float("nan"))
+        for found_hit in self._hydrate([(key[1], float("nan")) for key in missing if key[0] == ""]):
+            by_key[_fusion_key(found_hit)] = found_hit
         out = []
         for key, score in fused:
-            h = by_key.get(key)
-            if h is None:
+            hit = by_key.get(key)
+            if hit is None:
                 continue
+            h = hit
             h.extra["cosine"] = h.score if np.isfinite(h.score) else None
             h.score = float(score)
-            chunk = evidence.chunks.get(key)
-            if chunk is not None and chunk.get("text"):
-                h.text = snippet(chunk["text"], text)
+            h.extra["matched"] = ("both" if key in visual and key in worded else
+                                  "words" if key in worded or words_only else "visual")
+            for source, ev in evidences:
+                chunk = ev.chunks.get(key)
+                if chunk is not None and chunk.get("text") and key in worded:
+                    h.text = snippet(chunk["text"], text)
+                    h.extra["words"] = "ocr" if source == "ocr" else "document"
+                    _locate_words(h, chunk)
+                    break
             out.append(h)
-        return out
+        return _group(out)
+
+    def _has_rows(self, kind: str) -> bool:
+        """Whether the table holds rows of `kind` (asked once per table version and kind)."""
+        version = self.col.store.version
+        if self._kind_rows.get(kind, (-1, False))[0] != version:
+            self._kind_rows[kind] = (version, self.col.store.count(f"kind = '{kind}'") > 0)
+        return self._kind_rows[kind][1]
 
     def _has_document_text(self) -> bool:
-        """Whether the table holds document text (asked once per table version)."""
-        version = self.col.store.version
-        if self._doc_text[0] != version:
-            self._doc_text = (version, self.col.store.count("kind = 'doc_text'") > 0)
-        return self._doc_text[1]
+        """Whether the table holds document text."""
+        return self._has_rows("doc_text")
+
+    def words(self, text: str, k: int = 10, under: str | None = None,
+              filters: Filters | None = None) -> list[Hit]:
+        """`--kind ocr`: the items whose words (read by OCR) match, one hit per picture, each
+        an `ocr` row: `text` (the matched words), `extra["box"]`, `page` or `t_start`."""
+        from clipsearch.docsearch import keyword_search, snippet, substring_search, under_clause, vector_leg
+        from clipsearch.fusion import best_member, rrf
+
+        if not self._has_rows("ocr"):
+            return []
+        table = self.col.store.table
+        depth = max(200, 20 * k)
+        where = " AND ".join(f"({c})" for c in (under_clause(under), filters.sql() if filters else None) if c)
+        vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
+        vector_rows = vector_leg(table, vec, "ocr", depth, where or None, self.ranker_search(under, filters))
+        kind_where = " AND ".join(c for c in ("kind = 'ocr'", where) if c)
+        keyword_rows = keyword_search(table, text, depth, where=kind_where)
+        every_word = (keyword_search(table, text, depth, where=kind_where, all_terms=True)
+                      or substring_search(table, text, depth, where=kind_where))
+        by_id = {r["id"]: r for r in vector_rows + keyword_rows + every_word}
+        # rows holding every word of the query first, then the fused rest (RRF scores < 1)
+        order = [(r["id"], 1.0 + r["score"] / (1.0 + r["score"])) for r in every_word]
+        order += [(i, s) for i, s in rrf([[r["id"] for r in keyword_rows], [r["id"] for r in vector_rows]],
+                                         weights=[1.0, 0.5]) if i not in {j for j, _ in order}]
+        best = best_member(((by_id[i], s) for i, s in order), lambda rs: ocr_item_key(rs[0]))
+        out = []
+        for row, score in list(best.values())[:k]:
+            h = hit_from_row({**row, "extra": None}, float(score))
+            h.text = snippet(row["text"] or "", text)
+            _locate_words(h, row)
+            out.append(h)
+        return self._with_file_columns(out)
 
     # ---- browsing without a query -----------------------------------------------------------
     def browse(self, order: str = "atypical", kind: str | None = None, k: int = 10, offset: int = 0,
@@ -750,6 +824,32 @@ def _group_key(rid: str | None, kind: str, source: str, page: int | None) -> tup
     if kind in ("doc_page", "doc_text"):
         return (source, page)
     return (rid,)
+
+
+def _row_page_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A document text row's item: its page."""
+    page = row.get("page")
+    return row["source"], None if page is None else int(page)
+
+
+def ocr_item_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The item an `ocr` row's words belong to, as `_fusion_key` names it: a scanned page, or
+    the row they were read in (an image, a video frame)."""
+    if row.get("page") is not None:
+        return row["source"], int(row["page"])
+    extra = row.get("extra")
+    of = (json.loads(extra) if isinstance(extra, str) else extra or {}).get("of")
+    return ("", of) if of else ("", row["id"])
+
+
+def _locate_words(h: Hit, row: dict[str, Any]) -> None:
+    """Where the words of a text row are: an OCR row's box, and its time in a video."""
+    extra = row.get("extra")
+    found = json.loads(extra) if isinstance(extra, str) else extra or {}
+    if row.get("kind") == "ocr" and found.get("box"):
+        h.extra["box"] = found["box"]
+        if row.get("t_start") is not None:
+            h.t_start, h.t_end = row["t_start"], row.get("t_end")
 
 
 def _fusion_key(h: Hit) -> tuple[Any, ...]:

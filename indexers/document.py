@@ -117,7 +117,7 @@ def pdf_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Pa
     page_size = int(opts.get("page_size", DEFAULT_PAGE_SIZE))
     batch = max(1, int(opts.get("page_batch", DEFAULT_PAGE_BATCH)))
     tile_frac = float(opts.get("page_tiles", DEFAULT_PAGE_TILES))
-    max_tokens, overlap = _chunk_budget(encoder, opts)
+    max_tokens, overlap = chunk_budget(encoder, opts)
     cap = max_text_chunks(opts)
     pixel_cap = min(int(ctx.max_pixels), page_size * page_size)
     thumb_dir = Path(ctx.thumb_dir)
@@ -159,6 +159,8 @@ def pdf_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Iterator[Pa
                 for tile, (region, view) in enumerate(page_views(image, encoder.image_size, tile_frac)):
                     # tiles are zoomed-in squares of the page: own rows (chunk = tile number), same page
                     extra: dict[str, Any] = {"pages": n_pages}
+                    if opts.get("ocr") and text.strip():
+                        extra["ocr"] = "text"  # its text layer is read: no OCR needed (ocr_index)
                     if region is not None:
                         extra.update(chunk=tile, region=region)
                     pending_pages.append((num, view, str(thumb), extra))
@@ -242,6 +244,19 @@ def _load_page(
     return image, text
 
 
+def render_page(path: Path, page: int, side: int) -> Image.Image | None:
+    """Page `page` (1-based) of a PDF rendered at longest side `side` (white background, RGB),
+    for reading its words (`clipsearch.ocr_index`); None if the page cannot be rendered."""
+    with open(path, "rb") as fh:
+        pdf = _open_pdf(fh, path)
+        try:
+            loaded = _load_page(pdf, page - 1, side * side, side)
+        finally:
+            with _PDFIUM_LOCK:
+                pdf.close()
+    return loaded[0] if loaded else None
+
+
 def render_scale(width: float, height: float, page_size: int, pixel_cap: int) -> float | None:
     """Pixels per PDF unit: longest side `page_size`, and never more than `pixel_cap` pixels.
 
@@ -312,7 +327,7 @@ def text_file_parts(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> Itera
     """Text-chunk rows of a .txt/.md file (page None; line range in extra), a part per few
     hundred chunks, reading the file a block at a time; stops at the `max_text_chunks` cap."""
     pieces = TextPieces(path, text_encoding(path))
-    max_tokens, overlap = _chunk_budget(encoder, ctx.options)
+    max_tokens, overlap = chunk_budget(encoder, ctx.options)
     cap = max_text_chunks(ctx.options)
     total = round(os.path.getsize(path) / 2**20, 1)
     chunks = stream_chunks(pieces, encoder.count_tokens, max_tokens, overlap)
@@ -393,7 +408,7 @@ def text_encoding(path: Path) -> str:
 # --- shared ------------------------------------------------------------------------------
 
 
-def _chunk_budget(encoder: AnyEncoder, opts: dict[str, Any]) -> tuple[int, int]:
+def chunk_budget(encoder: AnyEncoder, opts: dict[str, Any]) -> tuple[int, int]:
     """(max tokens incl. markers, overlap tokens): the whole context, a quarter overlap."""
     max_tokens = min(int(opts.get("chunk_tokens", encoder.context_length)), encoder.context_length)
     overlap = int(opts.get("chunk_overlap", max(0, (max_tokens - 2) // 4)))

@@ -187,6 +187,15 @@ class ImageIndexer:
         """Decode and preprocess one file (runs in a worker thread)."""
         return preprocess(load_image(path, ctx.max_pixels, min_side))
 
+    def prepare_gated(self, path: Path, preprocess, ctx: IndexContext, min_side: int
+                      ) -> tuple[torch.Tensor, bool]:
+        """`prepare`, and whether the picture may hold print (`clipsearch.ocr.maybe_text`, the
+        OCR pass's cheap first look, done here on the pixels already decoded)."""
+        from clipsearch import ocr
+
+        im = load_image(path, ctx.max_pixels, min_side)
+        return preprocess(im), ocr.maybe_text(im)
+
     def extract(self, path: Path, encoder: AnyEncoder, ctx: IndexContext) -> list[Record]:
         im = load_image(path, ctx.max_pixels, encoder.image_size)
         return [Record(kind="image", vector=encoder.encode_images([im])[0])]

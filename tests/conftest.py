@@ -11,6 +11,8 @@ import pytest
 # The suite's figures are PyTorch's: it runs on the torch backend unless a test asks for another
 # (tests/test_backends.py), and exports go to a folder of this run, never the user's cache.
 os.environ["CLIPSEARCH_BACKEND"] = "torch"
+# OCR (the `ocr` extra is part of `test`) only where a test asks for it: tests/test_ocr.py
+os.environ.setdefault("CLIPSEARCH_OCR", "off")
 os.environ.pop("CLIPSEARCH_PRECISION", None)
 os.environ.setdefault("CLIPSEARCH_CACHE_DIR", tempfile.mkdtemp(prefix="clipsearch-test-cache-"))
 

@@ -64,6 +64,7 @@ KIND_LABELS: dict[str, str | None] = {
     "Video moments": "moment",
     "Videos": "video",
     "Document pages": "doc",
+    "Words in pictures": "ocr",
 }
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
@@ -276,7 +277,7 @@ class SearchService:
                k: int = PAGE_SIZE, kind: str | None = None, under: str | None = None,
                offset: int = 0, whiten: bool = False, center: bool = False, invert: bool = False,
                hybrid: bool = False, sort: str | None = None, negative: Sequence[str] = (),
-               **filters: Any) -> dict[str, Any]:
+               words_only: bool = False, visual_only: bool = False, **filters: Any) -> dict[str, Any]:
         """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings", "terms"}
         as plain JSON (`warnings`: lines the caller should see, e.g. that a long query was cut;
         `terms`: the parts of the query as understood, each with `from`: q, image or not).
@@ -325,7 +326,8 @@ class SearchService:
         self._check_items([t for t, _ in terms if t.kind == "item"])
         hits = col.search(terms=[t for t, _ in terms], k=int(k), kind=kind, under=under,
                           offset=int(offset), whiten=whiten, center=center, invert=invert,
-                          hybrid=hybrid, sort=(sort or "").strip() or None, **filters)
+                          hybrid=hybrid, sort=(sort or "").strip() or None, words_only=words_only,
+                          visual_only=visual_only, **filters)
         out = self.hits_json(hits, offset)
         message = None
         if not out:
@@ -422,7 +424,8 @@ class SearchService:
         thumb = thumb_url(thumb_id) if thumb_id else None
         if media_id:
             d["media_url"] = self.signed(item_url(media_id))
-            if thumb is None and hit.kind == "image":
+            if thumb is None and (hit.kind == "image" or (hit.kind == "ocr" and hit.page is None
+                                                          and hit.t_start is None)):
                 thumb = item_url(media_id, preview=True)
             if hit.kind == "image" and os.path.splitext(hit.source)[1].lower() in NOT_IN_BROWSERS:
                 d["view_url"] = self.signed(item_url(media_id, preview=True))
@@ -569,6 +572,8 @@ def rest_router(service: SearchService) -> APIRouter:
     def api_search(q: str = Query(..., description="text query"), k: int = PAGE_SIZE,
                    kind: str | None = None, offset: int = Query(0, ge=0), under: str | None = None,
                    whiten: bool = False, center: bool = False, hybrid: bool = False,
+                   words_only: bool = Query(False, description="rank by the words in items alone"),
+                   visual_only: bool = Query(False, description="rank by what items show alone"),
                    sort: str | None = Query(None, description="score, date (oldest first) or -date"),
                    after: str | None = Query(None, description="taken on or after: 2024, 2024-08, ..."),
                    before: str | None = Query(None, description="taken before the end of this date"),
@@ -582,12 +587,15 @@ def rest_router(service: SearchService) -> APIRouter:
                    ) -> Any:
         """Text search. `q` may combine terms: "2:golden retriever + id:ITEM - indoors" (README,
         "Query operators"); `not` (repeatable) pushes terms away. kind: image, video, moment,
-        doc, frame, page or all; the metadata filters are prefilters (README, "Filters")."""
+        doc, frame, page, ocr or all; the metadata filters are prefilters (README, "Filters").
+        Hits found by their words carry them as `text`, `matched` (visual, words or both) and,
+        for words read by OCR, `box`."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,
                                           whiten=whiten, center=center, hybrid=hybrid, sort=sort,
-                                          negative=not_, **filters))
+                                          negative=not_, words_only=words_only, visual_only=visual_only,
+                                          **filters))
 
     @router.get("/api/moments")
     def api_moments(q: str, k: int = 10, under: str | None = None,

@@ -46,6 +46,8 @@ CSS = """
           left: 0; width: 0; }
 .cs-meta { font-size: 13px; margin-top: 8px; word-break: break-all; }
 .cs-meta td { padding: 1px 8px 1px 0; vertical-align: top; }
+.cs-boxed { position: relative; display: table; margin: 0 auto; }
+.cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
 .cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
 .cs-chip { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 1px 4px 1px 10px;
@@ -113,7 +115,21 @@ def _kind_label(hit: dict) -> str:
         return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
     if kind in ("doc", "doc_page", "doc_text"):
         return f"page {hit['page']}" if hit.get("page") else "document"
+    if kind == "ocr":
+        return f"words, page {hit['page']}" if hit.get("page") else "words"
     return kind
+
+
+def _word_box(box: Any) -> str:
+    """The box where the words a hit was found by are, drawn over its picture (fractions)."""
+    try:
+        x0, y0, x1, y1 = (min(1.0, max(0.0, float(v))) for v in box)
+    except (TypeError, ValueError):
+        return ""
+    if not (x1 > x0 and y1 > y0):
+        return ""
+    return (f"<div class='cs-wordbox' title='the words it was found by' style='left:{100 * x0:.2f}%;"
+            f"top:{100 * y0:.2f}%;width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%'></div>")
 
 
 def render_grid(hits: list[dict]) -> str:
@@ -127,6 +143,8 @@ def render_grid(hits: list[dict]) -> str:
         snippet = ""
         if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
             snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
+        elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
+            snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
             f"<div class='cs-card' data-action='open' data-index='{i}' data-kind='{_e(h['kind'])}'"
             f" title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
@@ -176,9 +194,11 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         view = (f"<video class='cs-player' controls preload='auto' data-start='{s:.3f}' "
                 f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f}'></video>"
                 f"<div class='cs-timeline'><div class='cs-seg'></div></div>")
-    elif kind == "image" and media:
+    elif (kind == "image" or (kind == "ocr" and hit.get("page") is None and hit.get("t_start") is None)) \
+            and media:
         shown = hit.get("view_url") or media  # a HEIC or RAW original: its JPEG preview
-        view = f"<a href='{_e(media)}' target='_blank' rel='noopener'><img src='{_e(shown)}' alt=''></a>"
+        view = (f"<a href='{_e(media)}' target='_blank' rel='noopener'><span class='cs-boxed'>"
+                f"<img src='{_e(shown)}' alt=''>{_word_box(hit.get('box'))}</span></a>")
     elif hit.get("thumb_url"):
         view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
     else:
