@@ -128,7 +128,8 @@ def check_kind(kind: str | None) -> str:
     k = (kind or "all").lower()
     if k not in KINDS:
         raise UsageError(f"--kind {kind!r} is not one of {', '.join(KINDS)}",
-                         hint="image: photos; video: whole videos; all: both, and photos that are video frames")
+                         hint="image: photos; video: whole videos; all: both, and photos that are "
+                              "video frames")
     return k
 
 
@@ -176,10 +177,10 @@ def choose_keeper(files: Sequence[DuplicateFile]) -> tuple[DuplicateFile, str]:
         k = pool_px[0]
         why = why or f"largest resolution ({k.width}×{k.height})"
     pool = pool_px
-    dated = [f for f in pool if f.taken_at is not None]
+    dated = [(f, f.taken_at) for f in pool if f.taken_at is not None]
     if dated and len(pool) > 1:
-        first = min(f.taken_at for f in dated)  # type: ignore[type-var]
-        early = [f for f in dated if f.taken_at == first]
+        first = min(t for _, t in dated)
+        early = [f for f, t in dated if t == first]
         if len(early) < len(pool):
             why = why or f"same resolution; earliest date ({first.isoformat()})"
         pool = early
@@ -313,7 +314,8 @@ def _frame_pairs(store: Store, search: Search, nodes: _Nodes) -> tuple[np.ndarra
     frames = store.scan(["id", "source_raw"], where="kind = 'video_frame'")
     if not len(photos) or not frames.num_rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    video_of = dict(zip(frames.column("id").to_pylist(), frames.column("source_raw").to_pylist(), strict=True))
+    video_of = dict(zip(frames.column("id").to_pylist(), frames.column("source_raw").to_pylist(),
+                        strict=True))
     out_i: list[int] = []
     out_j: list[int] = []
     out_s: list[float] = []
