@@ -730,16 +730,20 @@ class Collection:
         `filters`: the metadata prefilters of `search` (after, before, camera, place, ...)."""
         return self.search(text, k=k, kind="moment", under=under, **filters)
 
-    def duplicates(self, *, threshold: str | float | None = "auto", kind: str = "all") -> DuplicateReport:
+    def duplicates(self, *, threshold: str | float | None = "auto", kind: str = "all",
+                   pixel_check: bool = True) -> DuplicateReport:
         """Groups of exact and near-duplicate files, each with a suggested keeper and why
         (`clipsearch.duplicates`). `threshold`: "auto" (from the collection's nearest-neighbour
         similarities) or a cosine similarity; `kind`: image, video or all (all also pairs a photo
-        with the video it is a frame of). Reads only: nothing is moved or deleted."""
+        with the video it is a frame of). `pixel_check`: confirm candidate pairs on miniatures
+        of the files (`clipsearch.pixel_check`). Reads only: nothing is moved or deleted."""
         from clipsearch import duplicates
 
         t = duplicates.parse_threshold(threshold)
         k = duplicates.check_kind(kind)
-        report = duplicates.find(self.store, self.searcher.ann().search, kind=k, threshold=t)
+        report = duplicates.find(self.store, self.searcher.ann().search, kind=k, threshold=t,
+                                 pixel_check=pixel_check,
+                                 picture_of=lambda src, thumb: src or thumbs.resolve(self.path, thumb))
         for g in report.groups:
             for i, f in enumerate(g.files):
                 g.files[i] = replace(f, thumb=thumbs.resolve(self.path, f.thumb))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from clipsearch.errors import UsageError
 from clipsearch.fsutil import is_within, write_atomic
-from clipsearch.testpoints import pause_at
+from clipsearch.testpoints import MOVE_STEP, pause_at
 
 if TYPE_CHECKING:
     from clipsearch.collection import Collection
@@ -131,7 +131,7 @@ def _run(col: Collection, journal: dict) -> tuple[list[tuple[str, str]], IndexRe
             os.unlink(part)  # a cross-device copy cut short: the original is still there
         if _move_one(src, dst):
             moved.append((src, dst))
-            pause_at("move")
+            pause_at(MOVE_STEP)
     report = col.add([journal["dest"], *journal["roots"]], fit_transforms=False)
     _journal(col).unlink(missing_ok=True)
     return moved, report

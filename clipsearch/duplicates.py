@@ -101,9 +101,11 @@ class DuplicateReport:
     kind: str
     items: int  # files compared
     nn_quantiles: dict[str, float] = field(default_factory=dict)  # of the nearest-neighbour similarity
+    pixel_cut: float | None = None  # the miniature distance that confirmed pairs (None: vectors only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": round(self.threshold, 6), "auto": self.auto, "how": self.how,
+                "pixel_cut": None if self.pixel_cut is None else round(self.pixel_cut, 6),
                 "kind": self.kind, "items": self.items, "nn_quantiles": self.nn_quantiles,
                 "groups": [g.to_dict() for g in self.groups],
                 "duplicates": sum(len(g.others) for g in self.groups)}
@@ -141,24 +143,15 @@ def auto_threshold(nn: np.ndarray) -> tuple[float, str]:
     percentiles (duplicates sit in the low tail, so they barely move those), taken as a normal
     distribution, and the cut is where the expected count of distinct items below it is one
     in n: mu - z·sigma with z = Phi^-1(1 - 1/n). Clamped to [AUTO_MIN, AUTO_MAX]."""
-    from statistics import NormalDist
-
-    nn = np.asarray(nn, np.float64)
-    n = len(nn)
-    if n < AUTO_MIN_ITEMS:
-        return AUTO_FALLBACK, f"{n} items are too few to fit: the fixed {AUTO_FALLBACK}"
-    ld = np.log(np.clip(1.0 - nn, 1e-7, 2.0))
-    x60, x90 = np.quantile(ld, [0.6, 0.9])
-    gauss = NormalDist()
-    z60, z90 = gauss.inv_cdf(0.6), gauss.inv_cdf(0.9)
-    sigma = max((x90 - x60) / (z90 - z60), 1e-3)
-    mu = x60 - z60 * sigma
-    z = gauss.inv_cdf(1.0 - 1.0 / n)
-    cut = 1.0 - math.exp(mu - z * sigma)
+    fit = _cut(1.0 - np.asarray(nn, np.float64))
+    if fit is None:
+        return AUTO_FALLBACK, f"{len(nn)} items are too few to fit: the fixed {AUTO_FALLBACK}"
+    d, mu, sigma, z = fit
+    cut = 1.0 - d
     t = min(max(cut, AUTO_MIN), AUTO_MAX)
     clamp = "" if t == cut else f" (clamped from {cut:.4f})"
-    return t, (f"auto: nearest-neighbour distances of {n} items, bulk ln(1-s) ~ N({mu:.2f}, {sigma:.2f}); "
-               f"cut {z:.2f} sigma below it = similarity {t:.4f}{clamp}")
+    return t, (f"auto: nearest-neighbour distances of {len(nn)} items, bulk ln(1-s) ~ "
+               f"N({mu:.2f}, {sigma:.2f}); cut {z:.2f} sigma below it = similarity {t:.4f}{clamp}")
 
 
 def choose_keeper(files: Sequence[DuplicateFile]) -> tuple[DuplicateFile, str]:
@@ -248,46 +241,110 @@ def group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
     return [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
 
 
+def _cut(distances: np.ndarray) -> tuple[float, float, float, float] | None:
+    """(cut, mu, sigma, z) of the auto rule over nearest-neighbour `distances` (see
+    `auto_threshold`), or None when they are too few to fit."""
+    from statistics import NormalDist
+
+    d = np.asarray(distances, np.float64)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n < AUTO_MIN_ITEMS:
+        return None
+    ld = np.log(np.clip(d, 1e-7, 2.0))
+    x60, x90 = np.quantile(ld, [0.6, 0.9])
+    gauss = NormalDist()
+    z60, z90 = gauss.inv_cdf(0.6), gauss.inv_cdf(0.9)
+    sigma = max((x90 - x60) / (z90 - z60), 1e-3)
+    mu = x60 - z60 * sigma
+    z = gauss.inv_cdf(1.0 - 1.0 / n)
+    return math.exp(mu - z * sigma), mu, sigma, z
+
+
 def find(store: Store, search: Search, *, kind: str = "all", threshold: float | None = None,
-         k: int = NEIGHBOURS) -> DuplicateReport:
-    """Groups of duplicate files in the collection (see the module docstring)."""
+         k: int = NEIGHBOURS, pixel_check: bool = True,
+         picture_of: Callable[[str | None, str | None], str | None] | None = None) -> DuplicateReport:
+    """Groups of duplicate files in the collection (see the module docstring).
+
+    `pixel_check`: candidate pairs (the ANN neighbours at or above the vector bar: `threshold`,
+    or with auto the floor AUTO_MIN) are confirmed on miniatures of both pictures
+    (`clipsearch.pixel_check`), at a distance cut fitted like the auto threshold on each file's
+    nearest neighbour; a pair without pictures on both sides falls back to the vector threshold.
+    `picture_of(source, thumb)`: the file to read a node's picture from (default: the source)."""
+    from clipsearch.pixel_check import Miniatures, distance
+
     kind = check_kind(kind)
     row_kinds = {"image": ["image"], "video": ["video"], "all": ["image", "video"]}[kind]
     nodes = _Nodes.read(store, row_kinds)
     n = nodes.table.num_rows
     ids = nodes.table.column("id").to_pylist()
     hashes = nodes.table.column("content_hash").to_pylist()
+    sources = nodes.table.column("source").to_pylist()
+    thumbs = nodes.table.column("thumb").to_pylist()
     pi, pj, ps, nn_parts = [], [], [], []
+    first: list[tuple[int, int]] = []  # each node's nearest neighbour of other bytes
     for rk in row_kinds:
         sel = np.flatnonzero(np.asarray(nodes.kinds, dtype=object) == rk)
         if len(sel) < 2:
             continue
-        i, j, s, nn = _neighbour_pairs(search, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
-        pi.append(sel[i])
-        pj.append(sel[j])
+        i, j, s, _ = _neighbour_pairs(search, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
+        i, j = sel[i], sel[j]
+        pi.append(i)
+        pj.append(j)
         ps.append(s)
         # an item whose nearest neighbour has its bytes says nothing about distinct pictures
-        same = np.array([hashes[sel[a]] is not None and hashes[sel[a]] == hashes[sel[b]]
-                         for a, b in zip(i, j, strict=True)], bool)
-        nn_distinct = np.full(len(sel), np.nan)
-        for a, s_ab, dup in zip(i, s, same, strict=True):
-            if not dup and np.isnan(nn_distinct[a]):
-                nn_distinct[a] = s_ab
-        nn_parts.append(nn_distinct[~np.isnan(nn_distinct)])
+        seen: set[int] = set()
+        nn_distinct = []
+        for a, b, s_ab in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
+            if a not in seen and not (hashes[a] and hashes[a] == hashes[b]):
+                seen.add(a)
+                nn_distinct.append(s_ab)
+                first.append((a, b))
+        nn_parts.append(np.asarray(nn_distinct))
     nn_all = np.concatenate(nn_parts) if nn_parts else np.zeros(0)
     if threshold is None:
         t, how = auto_threshold(nn_all)
     else:
         t, how = float(threshold), f"given: similarity ≥ {threshold}"
+    fthumb: list[str | None] = []
     if kind == "all":
-        fi, fj, fs = _frame_pairs(store, search, nodes)
+        fi, fj, fs, fthumb = _frame_pairs(store, search, nodes)
         pi.append(fi)
         pj.append(fj)
         ps.append(fs)
     i = np.concatenate(pi) if pi else np.zeros(0, np.int64)
     j = np.concatenate(pj) if pj else np.zeros(0, np.int64)
     s = np.concatenate(ps) if ps else np.zeros(0)
-    keep = s >= t - 1e-9
+    pixel_cut = None
+    if pixel_check and len(i):
+        look = picture_of or (lambda src, thumb: src)
+        minis = Miniatures()
+
+        def mini(x: int) -> np.ndarray | None:
+            return minis.get(x, look(sources[x], None) if nodes.kinds[x] == "image"
+                             else look(None, thumbs[x]))
+
+        fit = _cut(np.array([distance(ma, mb) for a, b in first
+                             if (ma := mini(a)) is not None and (mb := mini(b)) is not None]))
+        if fit is not None:
+            pixel_cut = fit[0]
+            bar = t if threshold is not None else AUTO_MIN
+            n_frames = len(fthumb)
+            frame_start = len(i) - n_frames
+            keep = np.zeros(len(i), bool)
+            for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
+                if s_ab < bar - 1e-9:
+                    continue
+                ma = mini(a)
+                mb = (minis.get(("frame", x), look(None, fthumb[x - frame_start]))
+                      if x >= frame_start else mini(b))
+                keep[x] = (distance(ma, mb) <= pixel_cut if ma is not None and mb is not None
+                           else s_ab >= t - 1e-9)
+            how += (f"; candidates ≥ {bar:.4f} confirmed on 16×16 miniatures: distance ≤ "
+                    f"{pixel_cut:.4f} (fitted on nearest neighbours: ln d ~ N({fit[1]:.2f}, {fit[2]:.2f}), "
+                    f"{fit[3]:.2f} sigma)")
+    if pixel_cut is None:
+        keep = s >= t - 1e-9
     i, j, s = i[keep], j[keep], s[keep]
     # exact duplicates: the same content hash, whatever the vectors say
     by_hash: dict[str, list[int]] = {}
@@ -305,20 +362,24 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
     groups.sort(key=lambda g: (-len(g.files), g.keeper.source))
     quant = ({f"p{q}": round(float(v), 6) for q, v in zip((50, 90, 99), np.quantile(nn_all, [.5, .9, .99]),
                                                        strict=True)} if len(nn_all) else {})
-    return DuplicateReport(groups, t, threshold is None, how, kind, n, quant)
+    return DuplicateReport(groups, t, threshold is None, how, kind, n, quant, pixel_cut)
 
 
-def _frame_pairs(store: Store, search: Search, nodes: _Nodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(photo, video, s): each photo's nearest video frames, as pairs with the frame's video."""
+def _frame_pairs(store: Store, search: Search,
+                 nodes: _Nodes) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """(photo, video, s, frame thumbnail): each photo's nearest video frame, as a pair with
+    the frame's video."""
     photos = np.flatnonzero(np.asarray(nodes.kinds, dtype=object) == "image")
-    frames = store.scan(["id", "source_raw"], where="kind = 'video_frame'")
+    frames = store.scan(["id", "source_raw", "thumb"], where="kind = 'video_frame'")
     if not len(photos) or not frames.num_rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    video_of = dict(zip(frames.column("id").to_pylist(), frames.column("source_raw").to_pylist(),
-                        strict=True))
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), []
+    fids = frames.column("id").to_pylist()
+    video_of = dict(zip(fids, frames.column("source_raw").to_pylist(), strict=True))
+    thumb_of = dict(zip(fids, frames.column("thumb").to_pylist(), strict=True))
     out_i: list[int] = []
     out_j: list[int] = []
     out_s: list[float] = []
+    out_t: list[str | None] = []
     for lo in range(0, len(photos), QUERY_BATCH):
         batch = photos[lo:lo + QUERY_BATCH]
         for p, found in zip(batch, search(nodes.vectors[batch], FRAME_NEIGHBOURS, kinds=("video_frame",)),
@@ -329,7 +390,9 @@ def _frame_pairs(store: Store, search: Search, nodes: _Nodes) -> tuple[np.ndarra
                     out_i.append(int(p))
                     out_j.append(v)
                     out_s.append(s)
-    return np.asarray(out_i, np.int64), np.asarray(out_j, np.int64), np.asarray(out_s, np.float64)
+                    out_t.append(thumb_of.get(rid))
+    return (np.asarray(out_i, np.int64), np.asarray(out_j, np.int64), np.asarray(out_s, np.float64),
+            out_t)
 
 
 def _group(nodes: _Nodes, members: list[int], best: np.ndarray, hashes: list[str | None]) -> DuplicateGroup:
