@@ -34,6 +34,9 @@ from clipsearch.store import Store, float32_vectors
 KINDS = ("image", "video", "all")
 NEIGHBOURS = 16  # k of each item's nearest-neighbour query: a group larger than this still joins
 FRAME_NEIGHBOURS = 4  # frames a photo is compared with (frames of one video are alike)
+# IVF lists each duplicate query probes: a copy lies in its original's list or the next few, so
+# far fewer than an ordinary query's `ann.probes` (which looks for neighbours at cos ~0.8)
+DUPLICATE_PROBES = 16
 AUTO_MIN, AUTO_MAX = 0.80, 0.9995  # the auto threshold stays within these
 AUTO_FALLBACK = 0.95  # too few items to fit a distribution
 AUTO_MIN_ITEMS = 20
@@ -202,7 +205,7 @@ class _Nodes:
         return cls(t, vectors, t.column("kind").to_pylist(), {r: i for i, r in enumerate(raws)})
 
 
-def _neighbour_pairs(search: Search, vectors: np.ndarray, ids: Sequence[str], row_kind: str,
+def neighbour_pairs(search: Search, vectors: np.ndarray, ids: Sequence[str], row_kind: str,
                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, s) of each item's k nearest neighbours of its own kind, and each item's nearest
     similarity (NaN when it has none), by ANN queries in batches."""
@@ -212,7 +215,7 @@ def _neighbour_pairs(search: Search, vectors: np.ndarray, ids: Sequence[str], ro
     ss: list[float] = []
     nn = np.full(len(ids), np.nan)
     for lo in range(0, len(ids), QUERY_BATCH):
-        hits = search(vectors[lo:lo + QUERY_BATCH], k + 1, kinds=(row_kind,))
+        hits = search(vectors[lo:lo + QUERY_BATCH], k + 1, kinds=(row_kind,), nprobe=DUPLICATE_PROBES)
         for off, found in enumerate(hits):
             i = lo + off
             for rid, s in found:
@@ -287,7 +290,7 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
         sel = np.flatnonzero(np.asarray(nodes.kinds, dtype=object) == rk)
         if len(sel) < 2:
             continue
-        i, j, s, _ = _neighbour_pairs(search, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
+        i, j, s, _ = neighbour_pairs(search, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
         i, j = sel[i], sel[j]
         pi.append(i)
         pj.append(j)
@@ -382,8 +385,9 @@ def _frame_pairs(store: Store, search: Search,
     out_t: list[str | None] = []
     for lo in range(0, len(photos), QUERY_BATCH):
         batch = photos[lo:lo + QUERY_BATCH]
-        for p, found in zip(batch, search(nodes.vectors[batch], FRAME_NEIGHBOURS, kinds=("video_frame",)),
-                            strict=True):
+        found_all = search(nodes.vectors[batch], FRAME_NEIGHBOURS, kinds=("video_frame",),
+                           nprobe=DUPLICATE_PROBES)
+        for p, found in zip(batch, found_all, strict=True):
             for rid, s in found[:1]:  # the best frame names the video
                 v = nodes.by_raw.get(video_of.get(rid, b""))
                 if v is not None:
