@@ -244,9 +244,11 @@ def group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
     return [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
 
 
-def _cut(distances: np.ndarray) -> tuple[float, float, float, float] | None:
+def _cut(distances: np.ndarray, tests: int | None = None) -> tuple[float, float, float, float] | None:
     """(cut, mu, sigma, z) of the auto rule over nearest-neighbour `distances` (see
-    `auto_threshold`), or None when they are too few to fit."""
+    `auto_threshold`), or None when they are too few to fit. `tests`: how many comparisons the
+    cut will judge (default one per distance): z = Phi^-1(1 - 1/tests), so that fewer than one
+    distinct pair is expected to pass over all of them."""
     from statistics import NormalDist
 
     d = np.asarray(distances, np.float64)
@@ -260,7 +262,7 @@ def _cut(distances: np.ndarray) -> tuple[float, float, float, float] | None:
     z60, z90 = gauss.inv_cdf(0.6), gauss.inv_cdf(0.9)
     sigma = max((x90 - x60) / (z90 - z60), 1e-3)
     mu = x60 - z60 * sigma
-    z = gauss.inv_cdf(1.0 - 1.0 / n)
+    z = gauss.inv_cdf(1.0 - 1.0 / max(n, tests or 0))
     return math.exp(mu - z * sigma), mu, sigma, z
 
 
@@ -327,11 +329,12 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
             return minis.get(x, look(sources[x], None) if nodes.kinds[x] == "image"
                              else look(None, thumbs[x]))
 
+        bar = t if threshold is not None else AUTO_MIN
+        tests = int((s >= bar - 1e-9).sum())  # every candidate pair is one comparison the cut judges
         fit = _cut(np.array([distance(ma, mb) for a, b in first
-                             if (ma := mini(a)) is not None and (mb := mini(b)) is not None]))
+                             if (ma := mini(a)) is not None and (mb := mini(b)) is not None]), tests)
         if fit is not None:
             pixel_cut = fit[0]
-            bar = t if threshold is not None else AUTO_MIN
             n_frames = len(fthumb)
             frame_start = len(i) - n_frames
             keep = np.zeros(len(i), bool)
@@ -345,7 +348,7 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
                            else s_ab >= t - 1e-9)
             how += (f"; candidates ≥ {bar:.4f} confirmed on 16×16 miniatures: distance ≤ "
                     f"{pixel_cut:.4f} (fitted on nearest neighbours: ln d ~ N({fit[1]:.2f}, {fit[2]:.2f}), "
-                    f"{fit[3]:.2f} sigma)")
+                    f"{fit[3]:.2f} sigma for {tests} pairs compared)")
     if pixel_cut is None:
         keep = s >= t - 1e-9
     i, j, s = i[keep], j[keep], s[keep]
