@@ -2,10 +2,9 @@
 included), the CLI, and /api/duplicates through a real server.
 
 The planted world (`clipsearch.tiny.planted`) and its pair precision/recall come from the
-same code as benchmarks/duplicates.py; this file holds the floors on a small world. The floors
-per type are what clipsearch-tiny's vectors can do (benchmarks/RESULTS.md, "Near-duplicates"):
-resized and re-encoded copies and video frames are found, crops, rotations and bursts mostly
-not, so those have no recall floor here, only the precision that covers every type.
+same code as benchmarks/duplicates.py; this file holds the floors on a small world (~200
+distinct images). clipsearch-tiny's vectors alone find resized and re-encoded copies; crops,
+rotations, bursts and frames need the pixel check (benchmarks/RESULTS.md, "Near-duplicates").
 """
 
 from __future__ import annotations
