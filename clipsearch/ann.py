@@ -380,10 +380,18 @@ class Shard:
         return np.flatnonzero(np.isin(self._ids_u, only, assume_unique=False)).astype(np.int64)
 
     def search(self, q: np.ndarray, k: int, under: str | None,
-               only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               only: np.ndarray | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the top k per query row, restricted to folder `under` and,
         with `only`, to the rows of those ids (a metadata prefilter, `clipsearch.filters`);
-        tombstoned positions are never returned."""
+        tombstoned positions are never returned. `nprobe`: lists an IVF shard probes for this
+        call (fewer than its own for neighbours known to be very near, e.g. duplicates)."""
+        if nprobe is not None and not self.exact and self.matrix is None and not under and only is None:
+            ivf = faiss.extract_index_ivf(self.index)
+            probes_now = min(int(nprobe), ivf.nlist)
+            if len(self.dead):
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.dead))
+                return self._search_selected(q, min(k, self.live), sel, probes_now)
+            return self._search_selected(q, min(k, len(self)), None, probes_now)
         n = len(self)
         keep = None  # positions a search may return, when not all
         if under or only is not None:
@@ -407,10 +415,11 @@ class Shard:
             return self._search_selected(q, min(k, self.live), faiss.IDSelectorNot(dead))
         return self.index.search(q, min(k, n))
 
-    def _search_selected(self, q: np.ndarray, k: int, sel: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
+    def _search_selected(self, q: np.ndarray, k: int, sel: faiss.IDSelector | None,
+                         nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         ivf = faiss.try_extract_index_ivf(self.index)
         # faiss's SWIG classes take their fields as keywords, which its generated stubs do not say
-        base = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+        base = (faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or ivf.nprobe)  # type: ignore[call-arg]
                 if ivf is not None else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
         if isinstance(self.index, faiss.IndexRefine):
             params = faiss.IndexRefineSearchParameters(k_factor=self.index.k_factor,  # type: ignore[call-arg]
@@ -1045,9 +1054,10 @@ class AnnIndex:
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
-               under: str | None = None, only: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+               under: str | None = None, only: np.ndarray | None = None,
+               nprobe: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (id, cosine) per query row over the shards of `kinds`, within folder `under`
-        (and, with `only`, among those sorted ids)."""
+        (and, with `only`, among those sorted ids); `nprobe` as in `Shard.search`."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         shards = [self.shards[kind] for kind in self.shards
                   if (not kinds or kind in kinds) and self.shard_map.live(kind)]
@@ -1055,7 +1065,7 @@ class AnnIndex:
             return [[] for _ in range(len(q))]
         hits: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
         for shard in shards:
-            scores, idx = shard.search(q, k, under, only)
+            scores, idx = shard.search(q, k, under, only, nprobe)
             for row, (srow, irow) in enumerate(zip(scores, idx, strict=True)):
                 hits[row].extend((shard.ids[i], float(s)) for s, i in zip(srow, irow, strict=True) if i >= 0)
         if len(shards) > 1:

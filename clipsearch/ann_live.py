@@ -154,19 +154,20 @@ class LiveAnn:
 
     # ---- search ------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None = None,
-               under: str | None = None, only: np.ndarray | None = None) -> Hits:
+               under: str | None = None, only: np.ndarray | None = None,
+               nprobe: int | None = None) -> Hits:
         """Top (id, cosine) per query row over `kinds` within folder `under` (and, with `only`,
         among those ids): k hits, plus as many as saved rows may have gone since the save (the
-        caller's hydration drops those)."""
+        caller's hydration drops those). `nprobe` as in `Shard.search`."""
         try:
-            return self._search(queries, k, kinds, under, only)
+            return self._search(queries, k, kinds, under, only, nprobe)
         except FileNotFoundError:  # a writer saved a new version and removed this one's files
             with self._lock:
                 self._use(AnnIndex.load(self.ann_dir))
-            return self._search(queries, k, kinds, under, only)
+            return self._search(queries, k, kinds, under, only, nprobe)
 
     def _search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None,
-                under: str | None, only: np.ndarray | None = None) -> Hits:
+                under: str | None, only: np.ndarray | None = None, nprobe: int | None = None) -> Hits:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         hits: Hits = [[] for _ in range(len(q))]
         if k <= 0:
@@ -176,7 +177,7 @@ class LiveAnn:
             shard = self._shard(kind)
             delta = self._delta(kind)
             if shard is not None and shard.live:
-                scores, idx = shard.search(q, want, under, only)
+                scores, idx = shard.search(q, want, under, only, nprobe)
                 for row, (srow, irow) in enumerate(zip(scores, idx, strict=True)):
                     hits[row].extend((shard.ids[i], float(s)) for s, i in zip(srow, irow, strict=True)
                                      if i >= 0 and shard.ids[i] not in delta.id_set)

@@ -655,5 +655,7 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                watch={"rescan_every": rescan_every, "add_options": {"ocr": ocr}} if watch else None,
                backend=backend, precision=precision)
 
+from clipsearch import cli_duplicates  # noqa: E402,F401  (registers `duplicates`)
+
 if __name__ == "__main__":
     main()

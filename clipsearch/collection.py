@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ from clipsearch.storage import (
 
 if TYPE_CHECKING:
     from clipsearch.backends import AnyEncoder
+    from clipsearch.duplicate_moves import MoveResult
+    from clipsearch.duplicates import DuplicateGroup, DuplicateReport
     from clipsearch.indexers.base import IndexContext
     from clipsearch.pipeline import IndexReport
     from clipsearch.store import Store
@@ -773,6 +776,45 @@ class Collection:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end.
         `filters`: the metadata prefilters of `search` (after, before, camera, place, ...)."""
         return self.search(text, k=k, kind="moment", under=under, **filters)
+
+    def duplicates(self, *, threshold: str | float | None = "auto", kind: str = "all",
+                   pixel_check: bool = True) -> DuplicateReport:
+        """Groups of exact and near-duplicate files, each with a suggested keeper and why
+        (`clipsearch.duplicates`). `threshold`: "auto" (from the collection's nearest-neighbour
+        similarities) or a cosine similarity; `kind`: image, video or all (all also pairs a photo
+        with the video it is a frame of). `pixel_check`: confirm candidate pairs on miniatures
+        of the files (`clipsearch.pixel_check`). Reads only: nothing is moved or deleted."""
+        from clipsearch import duplicates
+
+        t = duplicates.parse_threshold(threshold)
+        k = duplicates.check_kind(kind)
+        report = duplicates.find(self.store, self.searcher.ann().search, kind=k, threshold=t,
+                                 pixel_check=pixel_check,
+                                 picture_of=lambda src, thumb: src or thumbs.resolve(self.path, thumb))
+        for g in report.groups:
+            for i, f in enumerate(g.files):
+                g.files[i] = replace(f, thumb=thumbs.resolve(self.path, f.thumb))
+        return report
+
+    def move_duplicates(self, dest: str | os.PathLike[str], *, threshold: str | float | None = "auto",
+                        kind: str = "all", groups: Sequence[DuplicateGroup] | None = None) -> MoveResult:
+        """Move every duplicate group's non-keepers into folder `dest` (never a delete); the
+        collection follows (their rows move with them, no embedding). Crash-safe: a journal,
+        finished by the next call (`clipsearch.duplicate_moves`). `groups`: those to act on
+        (default: found now, after any interrupted move is finished)."""
+        from clipsearch import duplicate_moves
+
+        duplicate_moves.check_dest(self, Path(dest))
+        resumed = duplicate_moves.finish_pending(self)
+        if groups is None or resumed:
+            groups = self.duplicates(threshold=threshold, kind=kind).groups
+        result = duplicate_moves.move(self, groups, dest)
+        result.resumed = resumed
+        return result
+
+    def remember_root(self, path: str | os.PathLike[str]) -> None:
+        """Save `path` as a root of the collection (a plain `index` run then covers it)."""
+        self._remember_roots([os.fsencode(os.path.abspath(os.fspath(path)))])
 
     def backend_info(self) -> dict[str, Any]:
         """The backend queries run on (the loaded encoder's, else what the export's manifest says

@@ -16,6 +16,7 @@ PAUSE_ENV = "CLIPSEARCH_TEST_PAUSE_AT"
 READY_ENV = "CLIPSEARCH_TEST_PAUSE_FILE"
 # where each pause point stands (the maintenance steps, and the touch batches of the scan)
 STEPS = ("touch", "fts", "compact", "thumbs", "ann", "transforms", "cleanup")
+MOVE_STEP = "move"  # after each file that `duplicates --move-to` moved (clipsearch.duplicate_moves)
 
 
 def pause_at(step: str) -> None:

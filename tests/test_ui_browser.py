@@ -198,3 +198,26 @@ def test_text_plus_image_shows_both_parts_as_chips_and_a_chip_removes_its_part(p
     page.wait_for_function("document.querySelectorAll('#cs-chips .cs-chip').length === 0")
     page.wait_for_function(
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=str(expected))
+
+
+def test_duplicates_section_shows_the_groups_side_by_side(page, server, sample):
+    """The Duplicates section draws the groups /api/duplicates returns, keeper first and
+    marked, each card with a thumbnail that loads; the sample's family of altered copies of one
+    picture is one of them."""
+    data, _ = sample
+    expected = httpx.get(server + "/api/duplicates", timeout=300).json()
+    assert expected["groups"]
+    page.locator("#cs-dups-section").get_by_text("Duplicates: review groups side by side").click()
+    page.locator("#cs-dup-go").click()
+    page.wait_for_selector("#cs-dups .cs-dup-group")
+    groups = page.locator("#cs-dups .cs-dup-group").all()
+    assert len(groups) == len(expected["groups"])
+    for shown, want in zip(groups, expected["groups"], strict=True):
+        cards = shown.locator(".cs-dup-card").all()
+        assert [c.get_attribute("title") for c in cards] == [f["source"] for f in want["files"]]
+        assert "cs-dup-keeper" in (cards[0].get_attribute("class") or "")
+        assert cards[0].get_attribute("title") == want["keeper"]
+    family = {str(p) for p in data.dups}
+    assert any(len(family & {f["source"] for f in g["files"]}) >= 2 for g in expected["groups"])
+    assert_thumbnail_loads(page, page.locator("#cs-dups .cs-dup-card").first)
+    assert page.third_party == []

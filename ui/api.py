@@ -620,6 +620,15 @@ def rest_router(service: SearchService) -> APIRouter:
         kind: image, video, frame, doc, page or all."""
         return run(lambda: service.browse(order, kind=kind, k=k, offset=offset, under=under))
 
+    @router.get("/api/duplicates")
+    def api_duplicates(threshold: str = Query("auto", description="auto, or a cosine similarity in (0, 1]"),
+                       kind: str = Query("all", description="image, video or all")) -> Any:
+        """Groups of exact and near-duplicate files with a suggested keeper (read-only: moving
+        the others is `clipsearch duplicates --move-to DIR`)."""
+        from clipsearch.ui.duplicates_view import duplicates_json
+
+        return run(lambda: duplicates_json(service, threshold, kind))
+
     @router.post("/api/search/image")
     def api_search_image(file: UploadFile = File(...), q: str = Form(""),
                          k: int = Form(PAGE_SIZE), kind: str = Form(""), offset: int = Form(0),

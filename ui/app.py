@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
+from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
@@ -55,6 +56,7 @@ CSS = """
 .cs-chip[data-sign='-'] { text-decoration: line-through; }
 .cs-chip button { border: none; background: none; cursor: pointer; padding: 0 4px; font-size: 14px; }
 """
+CSS += DUPLICATES_CSS
 
 # Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
 CLICK_JS = """
@@ -423,6 +425,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
+    def find_duplicates(threshold: str, dup_kind: str) -> str:
+        from clipsearch.ui.duplicates_view import duplicates_json, render_groups
+
+        try:
+            return render_groups(duplicates_json(service, threshold, dup_kind))
+        except ClipsearchError as e:
+            return f"<div class='cs-dup-error'>⚠️ {_e(_error_text(e))}</div>"
+
     with gr.Blocks(title="clipsearch", analytics_enabled=False) as demo:
         state = gr.State({"query": {}, "hits": []})
         status_md = gr.Markdown(elem_id="cs-status")
@@ -459,6 +469,16 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
             with gr.Column(scale=2):
                 detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
+
+        with gr.Accordion("Duplicates: review groups side by side", open=False, elem_id="cs-dups-section"):
+            with gr.Row():
+                dup_threshold = gr.Textbox("auto", label="Threshold (auto or a similarity)",
+                                           elem_id="cs-dup-threshold", scale=1)
+                dup_kind = gr.Radio(["all", "image", "video"], value="all", label="Kind",
+                                    elem_id="cs-dup-kind", scale=2)
+                dup_go = gr.Button("Find duplicates", elem_id="cs-dup-go", scale=1)
+            dup_html = gr.HTML("", elem_id="cs-dups", padding=False)
+        dup_go.click(find_duplicates, [dup_threshold, dup_kind], dup_html, api_visibility="private")
 
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
