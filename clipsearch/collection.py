@@ -681,21 +681,30 @@ class Collection:
                sort: str | None = None, where: str | None = None, after: str | datetime | None = None,
                before: str | datetime | None = None, camera: str | None = None, place: str | None = None,
                near: str | tuple[float, ...] | None = None, format: str | None = None,
-               min_pixels: int | None = None) -> Hits:
+               min_pixels: int | None = None, min_relevance: str | float | None = None) -> Hits:
         """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
         say what the caller should know, e.g. that a long text query was cut.
+
+        Each hit has a calibrated `relevance` (0..1, per query: `clipsearch.relevance`).
+        `min_relevance`: "auto", a number in 0..1, or None/"off" (default: k hits, uncut);
+        with a cut, `hits.weaker` are the hits it dropped, else `hits.would_cut` counts the
+        hits the auto cut would drop.
 
         Metadata prefilters (README, "Filters"): `after`/`before` (ISO dates: 2024, 2024-08,
         2024-08-03; `before` exclusive, a partial date meaning its end), `camera` and `place`
         (case-insensitive substrings), `near` ("LAT,LON[,KM]" or a tuple), `format`,
         `min_pixels`, `where` (SQL over the documented columns). `sort`: score, typicality,
         date (oldest first) or -date; by date, the top hits by score are reordered."""
+        from clipsearch.relevance import parse_min_relevance
+
+        threshold = parse_min_relevance(min_relevance)
         filters = Filters.parse(after=after, before=before, camera=camera, place=place, near=near,
                                 format=format, min_pixels=min_pixels, where=where)
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort,
-                                    filters=filters or None)
-        return Hits(self._located(hits), warnings=self.query_warnings(text))
+                                    filters=filters or None, min_relevance=threshold)
+        return Hits(self._located(hits), warnings=self.query_warnings(text), min_relevance=threshold,
+                    weaker=self._located(hits.weaker), would_cut=hits.would_cut)
 
     def _located(self, hits: list[Hit]) -> list[Hit]:
         """Hits whose thumbnail is the file it names in this collection's directory, wherever

@@ -30,6 +30,7 @@ from clipsearch.errors import TransformError, UsageError
 from clipsearch.filters import SORTS, Filters, matching_ids, matching_vectors
 from clipsearch.fsutil import is_within
 from clipsearch.jsonsafe import finite
+from clipsearch.relevance import AUTO, SINGLED_OUT, Calibrator, assign, split
 from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ BROWSE_ORDERS = ("atypical", "typical")
 # A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
 FILTER_EXACT_LIMIT = 20_000
 DATE_SORT_DEPTH = 50  # --sort date orders the top this many by score (or k + offset if more)
+RELEVANT_SORT_DEPTH = 500  # with a relevance cut, --sort date orders the relevant hits among this many
 # Typicality is measured in the whitening fitted on image-like rows, so only those can be browsed.
 BROWSE_KINDS: dict[str, tuple[str, ...]] = {
     "all": DEFAULT_KINDS, "image": ("image",), "video": ("video_frame",), "frame": ("video_frame",),
@@ -66,7 +68,8 @@ BROWSE_KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class Hit:
-    """One search result. `score` is a cosine similarity (or a documented fused score).
+    """One search result. `score` is a cosine similarity (or a documented fused score);
+    `relevance` the calibrated relevance in 0..1, comparable across queries (`clipsearch.relevance`).
     `companion`: the other file of a Live Photo (its still or its video), `companion_id` one of
     its rows (see `clipsearch.companions`)."""
 
@@ -81,12 +84,15 @@ class Hit:
     id: str | None = None
     companion: str | None = None
     companion_id: str | None = None
+    relevance: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields; a non-finite number (no similarity to show) becomes None."""
         d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
         d["score"] = round(float(self.score), 6)
+        if self.relevance is not None:
+            d["relevance"] = round(float(self.relevance), 4)
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
         out: dict[str, Any] = finite(d)
@@ -100,11 +106,19 @@ def real_folder(under: str | None) -> str | None:
 
 class Hits(list[Hit]):
     """The hits of one query (a list of `Hit`), with `warnings`: lines the caller should see,
-    e.g. that a text query was longer than the model reads and was cut."""
+    e.g. that a text query was longer than the model reads and was cut.
 
-    def __init__(self, hits: Iterable[Hit] = (), warnings: Iterable[str] = ()) -> None:
+    The relevance cut (`min_relevance`, None when off): `weaker` are the hits it cut from what
+    the plain ranking would have shown, `would_cut` how many of these hits the auto cut would
+    drop when no cut was asked for."""
+
+    def __init__(self, hits: Iterable[Hit] = (), warnings: Iterable[str] = (), *,
+                 min_relevance: float | None = None, weaker: Iterable[Hit] = (), would_cut: int = 0) -> None:
         super().__init__(hits)
         self.warnings: list[str] = list(warnings)
+        self.min_relevance = min_relevance
+        self.weaker: list[Hit] = list(weaker)
+        self.would_cut = would_cut
 
 
 # A query image: a path, or one already decoded.
@@ -143,6 +157,7 @@ class Searcher:
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
+        self.calibrator = Calibrator(lambda: self.col.store, self._caption_vectors)
 
     @property
     def ann_dir(self) -> Path:
@@ -316,10 +331,14 @@ class Searcher:
                kind: str | None = None,
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None,
-               filters: Filters | None = None) -> list[Hit]:
+               filters: Filters | None = None, min_relevance: float | None = None) -> Hits:
         """`filters` (date, place, camera, ... `clipsearch.filters`) are a prefilter: only
         matching rows are ranked, so k hits come when k match. `sort`: score (default),
-        typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date)."""
+        typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date).
+
+        Every hit gets its calibrated `relevance` (`clipsearch.relevance`). `min_relevance`
+        (0..1, `relevance.AUTO` for auto; None: no cut) keeps only hits at least that relevant;
+        by date, the relevant hits among the top `RELEVANT_SORT_DEPTH` are sorted."""
         if k <= 0:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
@@ -333,15 +352,15 @@ class Searcher:
         if sort not in (None, "score", "typicality", *SORTS):
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
         rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
+        by_date = sort in ("date", "-date")
         if kind in rankers:
             if text is None:
                 raise UsageError(f"{'document' if kind == 'doc' else kind} search needs a text query")
-            by_date = sort in ("date", "-date")
-            found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
+            deep = by_date or min_relevance is not None
+            found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if deep else k + offset,
                                   under=under, filters=filters)
-            if by_date:
-                found = sort_by_date(found, newest=sort == "-date")
-            return found[offset:offset + k]
+            self._ranked_relevance(found, kind, text)
+            return self._cut(found, k, offset, sort, min_relevance)
         vec, modality = self.query_vector(text, image, invert=invert)
         if invert:
             modality = "text"
@@ -349,8 +368,8 @@ class Searcher:
         if whiten and modality != "image":
             raise UsageError("--whiten applies to image queries", hint="use --center for text queries")
         need = (k + offset) * 4 + 20
-        if sort in ("date", "-date"):
-            need = max(need, DATE_SORT_DEPTH + 20)
+        if by_date:
+            need = max(need, DATE_SORT_DEPTH + 20, RELEVANT_SORT_DEPTH if min_relevance is not None else 0)
         only = matching_ids(self.col.store, filters, kinds, under) if filters else None
         if whiten or center:
             ts = self.transforms()
@@ -377,11 +396,98 @@ class Searcher:
             hits = self._hybrid(hits, text, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
             hits = [h for h in hits if h.id is not None and _among(h.id, only)]
+        self._vector_relevance(hits, vec, "text" if invert else modality, kinds, raw_cosines=whiten or center)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
-        elif sort in ("date", "-date"):
-            hits = sort_by_date(hits[:max(DATE_SORT_DEPTH, offset + k)], newest=sort == "-date")
-        return hits[offset:offset + k]
+        return self._cut(hits, k, offset, sort, min_relevance)
+
+    # ---- relevance ---------------------------------------------------------------------------
+    def _caption_vectors(self) -> np.ndarray | None:
+        """Embeddings of a fixed draw of the model's own and generic captions: the text
+        queries the relevance reference is measured with (`relevance.reference_spreads`)."""
+        from clipsearch.model_registry import domain_captions
+        from clipsearch.relevance import REFERENCE_QUERIES
+        from clipsearch.transforms import builtin_captions
+
+        enc = self.col.encoder
+        spec = getattr(enc, "spec", None)
+        captions = builtin_captions(domain_captions(spec) if spec is not None else [], 3000)
+        if not captions:
+            return None
+        pick = np.random.default_rng(0).choice(len(captions), size=min(REFERENCE_QUERIES, len(captions)),
+                                               replace=False)
+        return np.asarray(enc.encode_texts([captions[i] for i in sorted(pick)]), dtype=np.float32)
+
+    def _vector_relevance(self, hits: list[Hit], vec: np.ndarray, modality: str, kinds: tuple[str, ...],
+                          raw_cosines: bool = False) -> None:
+        """Relevance of ranked rows: their cosine against the query's bulk over `kinds`. With a
+        transform the ranking's scores are not raw cosines, so the raw ones are looked up."""
+        if not hits:
+            return
+        calibration = self.calibrator.calibrate(vec, modality, kinds)
+        if raw_cosines:
+            ids = [h.id for h in hits if h.id is not None]
+            rows = self.col.store.scan(["id", "vector"], sql_in("id", ids))
+            raw = dict(zip(rows.column("id").to_pylist(),
+                           (float32_vectors(rows.column("vector")) @ vec).tolist(), strict=True))
+            for h in hits:
+                h.relevance = calibration.relevance(raw.get(h.id))
+            return
+        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")))
+
+    def _ranked_relevance(self, hits: list[Hit], kind: str, text: str) -> None:
+        """Relevance of moments and whole videos (their best frame inside the span) and of
+        document pages (their picture; a page the keyword ranking singled out is relevant),
+        against the bulk of the default search's kinds, so that a video or a page is as
+        relevant here as it is in a search over all kinds."""
+        if not hits:
+            return
+        vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
+        calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)
+        if kind == "doc":
+            peaks = self._peak_cosines(hits, vec, "doc_page")
+        else:
+            peaks = self._peak_cosines(hits, vec, "video_frame")
+        for h, c in zip(hits, peaks, strict=True):
+            h.relevance = calibration.relevance(c)
+            if kind == "doc" and "keyword" in h.extra.get("signals", ()):
+                h.relevance = max(h.relevance, SINGLED_OUT)
+
+    def _peak_cosines(self, hits: list[Hit], vec: np.ndarray, row_kind: str) -> list[float | None]:
+        """Per hit, the best cosine of its file's `row_kind` rows inside its span (video frames
+        from t_start to t_end) or on its page (page pictures)."""
+        rows = self.col.store.scan(["source", "t_start", "page", "vector"],
+                                   f"kind = '{row_kind}' AND {sql_in('source', {h.source for h in hits})}")
+        sources = np.array(rows.column("source").to_pylist(), dtype=object)
+        t = np.array([np.nan if x is None else x for x in rows.column("t_start").to_pylist()], float)
+        pages = np.array([x if x is not None else -1 for x in rows.column("page").to_pylist()], dtype=int)
+        cos = float32_vectors(rows.column("vector")) @ vec if rows.num_rows else np.zeros(0)
+        out: list[float | None] = []
+        for h in hits:
+            m = sources == h.source
+            if row_kind == "doc_page":
+                m &= pages == (h.page if h.page is not None else -1)
+            else:
+                lo, hi = h.t_start or 0.0, h.t_end if h.t_end is not None else np.inf
+                m &= (t >= lo - 1e-6) & (t <= hi + 1e-6)
+            out.append(float(cos[m].max()) if m.any() else None)
+        return out
+
+    @staticmethod
+    def _cut(hits: list[Hit], k: int, offset: int, sort: str | None, threshold: float | None) -> Hits:
+        """The page of hits the caller asked for, after the relevance cut (if any) and the sort."""
+        by_date, newest = sort in ("date", "-date"), sort == "-date"
+        if threshold is None:
+            if by_date:
+                hits = sort_by_date(hits[:max(DATE_SORT_DEPTH, offset + k)], newest=newest)
+            page = hits[offset:offset + k]
+            below = sum(1 for h in page if h.relevance is not None and h.relevance < AUTO)
+            return Hits(page, would_cut=below)
+        kept, _ = split(hits, threshold)
+        _, weaker = split(hits[:offset + k], threshold)
+        if by_date:
+            kept = sort_by_date(kept[:RELEVANT_SORT_DEPTH], newest=newest)
+        return Hits(kept[offset:offset + k], min_relevance=threshold, weaker=weaker)
 
     def _filtered(self, vec: np.ndarray, n: int, kinds: tuple[str, ...], under: str | None,
                   only: np.ndarray, filters: Filters) -> list[tuple[str, float]]:
@@ -472,6 +578,7 @@ class Searcher:
         if not evidence.decisive:
             return hits
         by_key = {_fusion_key(h): h for h in hits}
+        by_words = set(evidence.rankings[1][:evidence.heads[1]]) if len(evidence.heads) > 1 else set()
         fused = gated_rrf([list(by_key), *evidence.rankings],
                           [confident_head([h.score for h in hits], max_head=HEAD), *evidence.heads],
                           weights=[1.0, *evidence.weights])
@@ -488,6 +595,8 @@ class Searcher:
                 continue
             h.extra["cosine"] = h.score if np.isfinite(h.score) else None
             h.score = float(score)
+            if key in by_words:  # the keyword ranking singled this page out: relevant by its words
+                h.extra["text_match"] = True
             chunk = evidence.chunks.get(key)
             if chunk is not None and chunk.get("text"):
                 h.text = snippet(chunk["text"], text)
@@ -638,7 +747,7 @@ class Searcher:
                                  ann_search=self.ranker_search(under, filters))
         return self._with_file_columns([
             Hit(source=d.source, kind="doc", score=float(d.score), page=d.page, text=d.text,
-                thumb=d.thumb) for d in found])
+                thumb=d.thumb, extra={"cosine": d.cosine, "signals": list(d.signals)}) for d in found])
 
     def _with_file_columns(self, hits: list[Hit]) -> list[Hit]:
         """Give ranked moments, videos and pages their file's date, place, camera... in
