@@ -367,8 +367,8 @@ def remove(paths, db, verbose):
 @verbose_opt
 @handle_errors
 def search(query, image, db, k, offset, under, kind, moments, whiten, center, invert, hybrid, sort,
-           after, before, camera, place, near, fmt, min_pixels, where, min_relevance, as_json, device, backend,
-           precision, verbose):
+           after, before, camera, place, near, fmt, min_pixels, where, min_relevance, as_json, device,
+           backend, precision, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model.
 
     \b
