@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 BACKGROUND_ROWS = 4096  # rows sampled per set of kinds; the bulk's median/MAD need no more
 REFERENCE_QUERIES = 64  # reference queries per modality (sample rows, captions)
-Z_AUTO = 1.5  # z at which relevance is 0.5, the auto cut (tuned on the shapes world, seed 0)
+Z_AUTO = 2.2  # z at which relevance is 0.5, the auto cut (tuned on the shapes world, seed 0)
 Z_WIDTH = 0.25  # z units per e-fold of the logistic: relevance 0.12 at Z_AUTO - 0.5, 0.88 at +0.5
 AUTO = 0.5  # the auto cut on the relevance scale
 SINGLED_OUT = AUTO  # relevance of a hit some fused ranking singled out with no cosine to calibrate
