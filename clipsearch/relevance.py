@@ -3,13 +3,19 @@
 A cosine means different things for different queries (a text query's best cosine may be 0.3,
 an image query's 0.95; a gibberish query still has a best hit), so no global threshold can tell
 a match from the best of nothing. Per query, the query vector is scored against a fixed random
-sample of the collection's vectors of the kinds searched (the *background*): its median and MAD
-describe the bulk of what the query "sees". A hit's excess over that bulk, in units of spread,
-is its z. The spread used is the larger of the query's own MAD and the typical MAD of
-meaningful queries of the same modality against the same background (the *reference*:
-collection items as image queries, the model's own captions as text queries), so a query
-that discriminates nothing (a narrow, flat score distribution) is not stretched into false
-confidence. `relevance` maps z to (0, 1) by a logistic, and `auto` keeps relevance >= 0.5.
+sample of the collection's vectors of the kinds searched (the *background*): its median is
+where the bulk of what the query "sees" lies, which removes the query's own offset. A hit's
+excess over that median, in units of the *reference spread* (the typical MAD of meaningful
+queries of the same modality against the same background: collection items as image queries,
+the model's own captions as text queries, their sums for text + image), is its z. The spread
+is the collection's and the modality's, not the query's: a query that discriminates nothing
+(a narrow, flat score distribution, as gibberish has) is not stretched into false confidence.
+
+A text query must also *describe* its hit: a hit whose best description in a fixed bank of
+captions (the model's own, else generic ones) beats the query by more than DESCRIPTION_MARGIN
+reference spreads is a partial match ("a yellow circle" finding a yellow square, which "a
+yellow square" describes better), and its z is capped below the cut.
+`relevance` maps z to (0, 1) by a logistic, and `auto` keeps relevance >= 0.5.
 The method, its assumptions and where it fails: docs/relevance.md.
 """
 
@@ -31,7 +37,9 @@ if TYPE_CHECKING:
 
 BACKGROUND_ROWS = 4096  # rows sampled per set of kinds; the bulk's median/MAD need no more
 REFERENCE_QUERIES = 64  # reference queries per modality (sample rows, captions)
-Z_AUTO = 2.2  # z at which relevance is 0.5, the auto cut (tuned on the shapes world, seed 0)
+CAPTION_BANK = 512  # captions a text query's hits are checked against (their best description)
+Z_AUTO = 2.1  # z at which relevance is 0.5, the auto cut (tuned on the shapes world, seed 0)
+DESCRIPTION_MARGIN = 0.2  # reference spreads a hit's best caption may beat the query by (seed 0)
 Z_WIDTH = 0.25  # z units per e-fold of the logistic: relevance 0.12 at Z_AUTO - 0.5, 0.88 at +0.5
 AUTO = 0.5  # the auto cut on the relevance scale
 SINGLED_OUT = AUTO  # relevance of a hit some fused ranking singled out with no cosine to calibrate
@@ -79,18 +87,33 @@ def relevance_of_z(z: float) -> float:
 
 @dataclass(frozen=True)
 class Calibration:
-    """One query's bulk over the background: `loc` (median), `scale` (the spread z is in)."""
+    """One query's bulk over the background: `loc` (median), `scale` (the spread z is in);
+    `bank`: caption embeddings to check a text query's hits against (None: no check)."""
 
     loc: float
     scale: float
+    bank: np.ndarray | None = None
 
-    def z(self, cosine: float) -> float:
-        return (cosine - self.loc) / self.scale if self.scale > 0 else 0.0
+    def z(self, cosine: float, best_caption: float | None = None) -> float:
+        """The hit's excess over the bulk in spreads, capped below the cut when some caption
+        describes the hit better than the query by more than DESCRIPTION_MARGIN spreads."""
+        if self.scale <= 0:
+            return 0.0
+        z = (cosine - self.loc) / self.scale
+        if best_caption is not None:
+            z = min(z, Z_AUTO + (cosine - best_caption) / self.scale + DESCRIPTION_MARGIN)
+        return z
 
-    def relevance(self, cosine: float | None) -> float:
+    def relevance(self, cosine: float | None, best_caption: float | None = None) -> float:
         if cosine is None or not math.isfinite(cosine):
             return 0.0
-        return relevance_of_z(self.z(cosine))
+        return relevance_of_z(self.z(cosine, best_caption))
+
+    def best_captions(self, vectors: np.ndarray) -> list[float | None]:
+        """Per hit vector, its best caption's cosine (all None without a bank)."""
+        if self.bank is None or not len(self.bank) or not len(vectors):
+            return [None] * len(vectors)
+        return [float(x) for x in (np.asarray(vectors, np.float32) @ self.bank.T).max(axis=1)]
 
 
 @dataclass(frozen=True)
@@ -100,10 +123,15 @@ class Background:
     vectors: np.ndarray
     rows: int
     references: dict[str, float]
+    bank: np.ndarray | None = None
 
     def calibrate(self, query: np.ndarray, modality: str) -> Calibration:
+        """The query's bulk: its median over the sample, in the reference spread of its
+        modality (its own MAD only where no reference could be measured). Text queries get
+        the caption bank to check their hits against."""
         loc, mad = robust_bulk(self.vectors @ query)
-        return Calibration(loc, max(mad, self.references.get(modality, 0.0)))
+        return Calibration(loc, self.references.get(modality) or mad,
+                           self.bank if modality == "text" else None)
 
 
 def reference_spreads(vectors: np.ndarray, text_queries: np.ndarray | None,
@@ -135,8 +163,8 @@ class Calibrator:
     """Per-process cache of backgrounds, one per (table version, kinds); thread-safe.
 
     The sample is drawn once per table version (`Store.sample_vectors`: the kind column and
-    the sampled rows only, so it costs the sample, not the collection); the caption
-    embeddings for the text reference once per process."""
+    the sampled rows only, so it costs the sample, not the collection); `text_vectors` (the
+    caption bank: the text reference and the description check) is asked once per process."""
 
     def __init__(self, store: Callable[[], Store], text_vectors: Callable[[], np.ndarray | None]) -> None:
         self._store = store
@@ -157,7 +185,7 @@ class Calibrator:
             if not self._texts_done:
                 self._texts, self._texts_done = self._text_vectors(), True
             vecs, rows = store.sample_vectors(key, BACKGROUND_ROWS, seed=0)
-            bg = Background(vecs, rows, reference_spreads(vecs, self._texts))
+            bg = Background(vecs, rows, reference_spreads(vecs, self._texts), self._texts)
             self._cache[key] = (version, bg)
             return bg
 
@@ -174,11 +202,12 @@ def cosine_of(hit: Hit) -> float | None:
 
 
 def assign(hits: Sequence[Hit], calibration: Calibration,
-           singled_out: Callable[[Hit], bool] = lambda h: False) -> None:
-    """Set each hit's `relevance`: its cosine calibrated, at least SINGLED_OUT when a fused
-    ranking (keywords, document text) singled it out."""
-    for h in hits:
-        rel = calibration.relevance(cosine_of(h))
+           singled_out: Callable[[Hit], bool] = lambda h: False,
+           best_captions: Sequence[float | None] | None = None) -> None:
+    """Set each hit's `relevance`: its cosine calibrated (against its best caption, where
+    given), at least SINGLED_OUT when a fused ranking (keywords, document text) singled it out."""
+    for i, h in enumerate(hits):
+        rel = calibration.relevance(cosine_of(h), best_captions[i] if best_captions is not None else None)
         if singled_out(h):
             rel = max(rel, SINGLED_OUT)
         h.relevance = rel

@@ -403,37 +403,70 @@ class Searcher:
 
     # ---- relevance ---------------------------------------------------------------------------
     def _caption_vectors(self) -> np.ndarray | None:
-        """Embeddings of a fixed draw of the model's own and generic captions: the text
-        queries the relevance reference is measured with (`relevance.reference_spreads`)."""
+        """The caption bank (`relevance.CAPTION_BANK` of the model's own and generic captions,
+        a fixed draw): the text queries of the relevance reference and the descriptions a text
+        query's hits are checked against. Embedded once per model, kept in the cache folder."""
+        from clipsearch.backends.cache import exports_root, safe_name
         from clipsearch.model_registry import domain_captions
-        from clipsearch.relevance import REFERENCE_QUERIES
+        from clipsearch.relevance import CAPTION_BANK
         from clipsearch.transforms import builtin_captions
 
+        dim = int(self.col.meta["dim"])
+        name = f"{safe_name(str(self.col.meta['model_id']))}-{CAPTION_BANK}.npy"
+        path = exports_root().parent / "captions" / name
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.ndim == 2 and cached.shape[1] == dim and len(cached):
+                return cached.astype(np.float32)
+        except (OSError, ValueError):
+            pass
         enc = self.col.encoder
         spec = getattr(enc, "spec", None)
         captions = builtin_captions(domain_captions(spec) if spec is not None else [], 3000)
         if not captions:
             return None
-        pick = np.random.default_rng(0).choice(len(captions), size=min(REFERENCE_QUERIES, len(captions)),
+        pick = np.random.default_rng(0).choice(len(captions), size=min(CAPTION_BANK, len(captions)),
                                                replace=False)
-        return np.asarray(enc.encode_texts([captions[i] for i in sorted(pick)]), dtype=np.float32)
+        bank = np.asarray(enc.encode_texts([captions[i] for i in sorted(pick)]), dtype=np.float32)
+        try:  # a cache only: a read-only or full disk costs the next process the embedding again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, bank)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return bank
+
+    def _vectors_of(self, ids: Iterable[str | None]) -> dict[str, np.ndarray]:
+        """The stored vectors of these row ids."""
+        wanted = [i for i in ids if i is not None]
+        if not wanted:
+            return {}
+        rows = self.col.store.scan(["id", "vector"], sql_in("id", wanted))
+        return dict(zip(rows.column("id").to_pylist(), float32_vectors(rows.column("vector")), strict=True))
 
     def _vector_relevance(self, hits: list[Hit], vec: np.ndarray, modality: str, kinds: tuple[str, ...],
                           raw_cosines: bool = False) -> None:
-        """Relevance of ranked rows: their cosine against the query's bulk over `kinds`. With a
-        transform the ranking's scores are not raw cosines, so the raw ones are looked up."""
+        """Relevance of ranked rows: their cosine against the query's bulk over `kinds`, and for
+        a text query against each hit's best caption. With a transform the ranking's scores are
+        not raw cosines, so the raw ones are taken from the hits' vectors."""
         if not hits:
             return
         calibration = self.calibrator.calibrate(vec, modality, kinds)
-        if raw_cosines:
-            ids = [h.id for h in hits if h.id is not None]
-            rows = self.col.store.scan(["id", "vector"], sql_in("id", ids))
-            raw = dict(zip(rows.column("id").to_pylist(),
-                           (float32_vectors(rows.column("vector")) @ vec).tolist(), strict=True))
-            for h in hits:
-                h.relevance = calibration.relevance(raw.get(h.id))
+        if not raw_cosines and calibration.bank is None:
+            assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")))
             return
-        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")))
+        by_id = self._vectors_of(h.id for h in hits)
+        zero = np.zeros_like(vec)
+        best = calibration.best_captions(np.stack([by_id.get(h.id or "", zero) for h in hits]))
+        best = [b if (h.id or "") in by_id else None for h, b in zip(hits, best, strict=True)]
+        if raw_cosines:
+            for h, b in zip(hits, best, strict=True):
+                v = by_id.get(h.id or "")
+                h.relevance = calibration.relevance(float(v @ vec) if v is not None else None, b)
+            return
+        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")), best_captions=best)
 
     def _ranked_relevance(self, hits: list[Hit], kind: str, text: str) -> None:
         """Relevance of moments and whole videos (their best frame inside the span) and of
@@ -444,25 +477,27 @@ class Searcher:
             return
         vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
         calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)
-        if kind == "doc":
-            peaks = self._peak_cosines(hits, vec, "doc_page")
-        else:
-            peaks = self._peak_cosines(hits, vec, "video_frame")
-        for h, c in zip(hits, peaks, strict=True):
-            h.relevance = calibration.relevance(c)
+        peaks = self._peak_rows(hits, vec, "doc_page" if kind == "doc" else "video_frame")
+        zero = np.zeros_like(vec)
+        best = calibration.best_captions(np.stack([v if v is not None else zero for _, v in peaks]))
+        for h, (c, _), b in zip(hits, peaks, best, strict=True):
+            h.relevance = calibration.relevance(c, b if c is not None else None)
             if kind == "doc" and "keyword" in h.extra.get("signals", ()):
                 h.relevance = max(h.relevance, SINGLED_OUT)
 
-    def _peak_cosines(self, hits: list[Hit], vec: np.ndarray, row_kind: str) -> list[float | None]:
-        """Per hit, the best cosine of its file's `row_kind` rows inside its span (video frames
-        from t_start to t_end) or on its page (page pictures)."""
+    def _peak_rows(self, hits: list[Hit], vec: np.ndarray,
+                   row_kind: str) -> list[tuple[float | None, np.ndarray | None]]:
+        """Per hit, (the best cosine, that row's vector) among its file's `row_kind` rows inside
+        its span (video frames from t_start to t_end) or on its page (page pictures)."""
         rows = self.col.store.scan(["source", "t_start", "page", "vector"],
                                    f"kind = '{row_kind}' AND {sql_in('source', {h.source for h in hits})}")
         sources = np.array(rows.column("source").to_pylist(), dtype=object)
         t = np.array([np.nan if x is None else x for x in rows.column("t_start").to_pylist()], float)
         pages = np.array([x if x is not None else -1 for x in rows.column("page").to_pylist()], dtype=int)
-        cos = float32_vectors(rows.column("vector")) @ vec if rows.num_rows else np.zeros(0)
-        out: list[float | None] = []
+        vectors = (float32_vectors(rows.column("vector")) if rows.num_rows
+                   else np.zeros((0, len(vec)), np.float32))
+        cos = vectors @ vec
+        out: list[tuple[float | None, np.ndarray | None]] = []
         for h in hits:
             m = sources == h.source
             if row_kind == "doc_page":
@@ -470,7 +505,12 @@ class Searcher:
             else:
                 lo, hi = h.t_start or 0.0, h.t_end if h.t_end is not None else np.inf
                 m &= (t >= lo - 1e-6) & (t <= hi + 1e-6)
-            out.append(float(cos[m].max()) if m.any() else None)
+            idx = np.flatnonzero(m)
+            if not len(idx):
+                out.append((None, None))
+                continue
+            j = idx[int(np.argmax(cos[idx]))]
+            out.append((float(cos[j]), vectors[j]))
         return out
 
     @staticmethod

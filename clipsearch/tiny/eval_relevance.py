@@ -21,7 +21,6 @@ set scores F1 = 1 when nothing is kept, else 0.
 from __future__ import annotations
 
 import json
-import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,13 +175,7 @@ def evaluate(world: World, ranked: list[list[tuple[str, float, float]]], auto: f
         return [prf({s for s, cos, rel in r if keep(cos, rel)}, q.truth)
                 for q, r in zip(world.queries, ranked, strict=True)]
 
-    cosines = sorted({round(cos, 4) for r in ranked for _, cos, _ in r})
-    grid = [cosines[i] for i in range(0, len(cosines), max(1, len(cosines) // 400))] + [math.inf]
-    best_t, best_f1 = grid[0], -1.0
-    for t in grid:
-        f1 = float(np.mean([f for _, _, f in scores(lambda cos, rel, t=t: cos >= t)]))
-        if f1 > best_f1:
-            best_t, best_f1 = t, f1
+    best_t, best_f1 = _best_global(world, ranked)
     auto_scores = scores(lambda cos, rel: rel >= auto)
     global_scores = scores(lambda cos, rel: cos >= best_t)
     kept_auto = [sum(1 for _, _, rel in r if rel >= auto) for r in ranked]
@@ -203,6 +196,26 @@ def evaluate(world: World, ranked: list[list[tuple[str, float, float]]], auto: f
     out["mean_f1_by_type"] = {n: round(float(np.mean([out["types"][t][n]["f"] for t in out["types"]])), 3)
                               for n in ("auto", "global")}
     return out
+
+
+def _best_global(world: World, ranked: list[list[tuple[str, float, float]]]) -> tuple[float, float]:
+    """The cosine threshold with the best mean F1 over all queries (hindsight), and that F1."""
+    cos = [np.array([c for _, c, _ in r]) for r in ranked]
+    hit = [np.array([s in q.truth for s, _, _ in r]) for q, r in zip(world.queries, ranked, strict=True)]
+    grid = np.unique(np.round(np.concatenate(cos), 4))
+    grid = np.append(grid, np.inf)
+    total = np.zeros(len(grid))
+    for c, h in zip(cos, hit, strict=True):
+        kept = (c[None, :] >= grid[:, None])  # (thresholds, hits)
+        n_kept, tp, n_true = kept.sum(1), (kept & h[None, :]).sum(1), int(h.sum())
+        if n_true == 0:
+            total += n_kept == 0
+        else:
+            p = np.where(n_kept > 0, tp / np.maximum(n_kept, 1), 1.0)
+            r = tp / n_true
+            total += np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    i = int(np.argmax(total))
+    return float(grid[i]), float(total[i] / len(cos))
 
 
 def sweep(world: World, ranked: list[list[tuple[str, float, float]]],
