@@ -215,7 +215,8 @@ def assign(hits: Sequence[Hit], calibration: Calibration,
 
 def split(hits: Sequence[Hit], threshold: float) -> tuple[list[Hit], list[Hit]]:
     """(hits at or above `threshold`, the rest), order kept; a hit without relevance is kept."""
-    kept, weaker = [], []
+    kept: list[Hit] = []
+    weaker: list[Hit] = []
     for h in hits:
         (kept if h.relevance is None or h.relevance >= threshold else weaker).append(h)
     return kept, weaker

@@ -415,9 +415,9 @@ class Searcher:
         name = f"{safe_name(str(self.col.meta['model_id']))}-{CAPTION_BANK}.npy"
         path = exports_root().parent / "captions" / name
         try:
-            cached = np.load(path, allow_pickle=False)
+            cached: np.ndarray = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
             if cached.ndim == 2 and cached.shape[1] == dim and len(cached):
-                return cached.astype(np.float32)
+                return cached
         except (OSError, ValueError):
             pass
         enc = self.col.encoder
