@@ -398,7 +398,7 @@ def search(query, image, db, k, offset, under, kind, moments, whiten, center, in
     dated = sort in ("date", "-date") or any(v is not None for v in (after, before, camera, place, near))
     _echo_hits(col, hits, as_json, dated=dated)
     note = describe_cut(len(hits), len(hits.weaker), hits.would_cut, threshold)
-    if note:
+    if note and not as_json:  # --json: each hit has its relevance; the output stays one JSON value
         click.echo(f"note: {note}", err=True)
 
 

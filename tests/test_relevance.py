@@ -110,8 +110,10 @@ def test_cli_min_relevance(sample_col):
     assert "5 of these 5 hits are below the auto relevance cut" in plain.stderr
     cut = runner.invoke(main, ["search", GIBBERISH, "--db", str(db), "-k", "5", "--min-relevance", "auto",
                                "--json"])
-    assert cut.exit_code == 0 and json.loads(cut.stdout) == []
-    assert "0 relevant hits; 5 weaker matches cut" in cut.stderr
+    assert cut.exit_code == 0 and json.loads(cut.output) == []  # --json: one JSON value, no note
+    text = runner.invoke(main, ["search", GIBBERISH, "--db", str(db), "-k", "5", "--min-relevance", "auto"])
+    assert text.stdout.strip() == "no results"
+    assert "0 relevant hits; 5 weaker matches cut" in text.stderr
     kept = json.loads(runner.invoke(main, ["search", "a red star", "--db", str(db), "--json",
                                            "--min-relevance", "0.5"]).stdout)
     assert kept and all(h["relevance"] >= 0.5 and -1 <= h["score"] <= 1 for h in kept)
