@@ -64,6 +64,7 @@ def wait_cards(pg, kind: str | None = None):
 
 def show_weaker(pg) -> None:
     """Click "Show N weaker matches" when the relevance cut left some, and wait for them."""
+    pg.wait_for_selector("#cs-results .cs-card, #cs-weaker:visible")
     button = pg.locator("#cs-weaker")
     if button.is_visible():
         n = pg.locator("#cs-results .cs-card").count()
@@ -98,7 +99,6 @@ def test_uploaded_image_finds_its_near_duplicates_first(page, sample, tmp_path):
     query = tmp_path / "query.jpg"
     query.write_bytes(data.dup_query)
     page.set_input_files("#cs-image input[type=file]", str(query))
-    wait_cards(page)
     show_weaker(page)
     page.wait_for_function("document.querySelectorAll('#cs-results .cs-card').length >= 4")
     titles = [c.get_attribute("title") for c in page.locator("#cs-results .cs-card").all()]
@@ -145,6 +145,9 @@ def test_more_like_this_and_load_more(page, sample):
     second = page.locator("#cs-results .cs-card").nth(1)
     source = second.get_attribute("title")
     second.locator(".cs-more").click()
+    page.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('Items like')"
+                           " || document.querySelector('#cs-weaker')?.offsetParent !== null")
+    show_weaker(page)
     page.wait_for_function(
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=source)
     assert "Items like" in page.locator("#cs-message").inner_text()
