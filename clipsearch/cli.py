@@ -375,6 +375,8 @@ def remove(paths, db, verbose):
 @click.option("--format", "fmt", metavar="FMT", help="File format: jpg, png, heic, mp4, pdf...")
 @click.option("--min-pixels", type=click.IntRange(0), help="Width × height at least this.")
 @click.option("--where", metavar="SQL", help="Any SQL predicate over the documented columns (README).")
+@click.option("--min-relevance", "min_relevance", metavar="auto|FLOAT|off", default="off", show_default=True,
+              help="Drop hits below this calibrated relevance (0..1; auto = 0.5, see docs/relevance.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @device_opt
 @with_backend
@@ -382,7 +384,7 @@ def remove(paths, db, verbose):
 @handle_errors
 def search(query, image, negative, negative_image, db, k, offset, under, kind, words_only, visual_only,
            moments, whiten, center, invert, hybrid, sort, after, before, camera, place, near, fmt, min_pixels,
-           where, as_json, device, backend, precision, verbose):
+           where, min_relevance, as_json, device, backend, precision, verbose):
     """Search the collection by text, by image, or both. The collection knows its own model.
 
     QUERY may combine terms: "2:golden retriever + ./pool.jpg - indoors" (README, "Query
@@ -394,11 +396,14 @@ def search(query, image, negative, negative_image, db, k, offset, under, kind, w
     clipsearch search "dog" --near 38.72,-9.14,25 --camera iphone
     clipsearch search "cat" --where "width >= 4000 AND lens IS NOT NULL"
     clipsearch search "golden retriever" --image pool.jpg --not indoors
+    clipsearch search "a red star" --min-relevance auto            only the hits that stand out
     """
     _setup_logging(verbose)
     from clipsearch import query_terms
     from clipsearch.collection import Collection
+    from clipsearch.relevance import describe_cut, parse_min_relevance
 
+    threshold = parse_min_relevance(min_relevance, "--min-relevance")
     if query is None and not image:
         raise UsageError("give a QUERY, --image FILE, or both", hint='clipsearch search "a dog on a beach"')
     terms = query_terms.parse_query(query) if query is not None else []
@@ -413,11 +418,14 @@ def search(query, image, negative, negative_image, db, k, offset, under, kind, w
                       center=center, invert=invert, hybrid=hybrid or kind == "doc",
                       sort=None if sort == "score" else sort, after=after, before=before, camera=camera,
                       place=place, near=near, format=fmt, min_pixels=min_pixels, where=where,
-                      words_only=words_only, visual_only=visual_only)
+                      words_only=words_only, visual_only=visual_only, min_relevance=threshold)
     for line in hits.warnings:
         click.echo(f"warning: {line}", err=True)
     dated = sort in ("date", "-date") or any(v is not None for v in (after, before, camera, place, near))
     _echo_hits(col, hits, as_json, dated=dated)
+    note = describe_cut(len(hits), len(hits.weaker), hits.would_cut, threshold)
+    if note and not as_json:  # --json: each hit has its relevance; the output stays one JSON value
+        click.echo(f"note: {note}", err=True)
 
 
 def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated: bool = False) -> None:
@@ -438,7 +446,8 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
         if dated:
             where += "".join(f"  {v}" for v in ((h.extra.get("taken_at") or "")[:10], h.extra.get("place"),
                                                  h.extra.get("camera")) if v)
-        click.echo(f"{h.score:{score_format}}  {h.kind:<11} {h.source}{where}")
+        rel = f"  r={h.relevance:.2f}" if h.relevance is not None else ""
+        click.echo(f"{h.score:{score_format}}{rel}  {h.kind:<11} {h.source}{where}")
         if h.companion:
             click.echo(f"         Live Photo with {h.companion}")
         if h.text and (h.kind in ("doc", "ocr") or h.extra.get("words")):

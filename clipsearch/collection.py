@@ -716,7 +716,8 @@ class Collection:
                before: str | datetime | None = None, camera: str | None = None, place: str | None = None,
                near: str | tuple[float, ...] | None = None, format: str | None = None,
                min_pixels: int | None = None, terms: Iterable[Any] | str | None = None,
-               words_only: bool = False, visual_only: bool = False) -> Hits:
+               words_only: bool = False, visual_only: bool = False,
+               min_relevance: str | float | None = None) -> Hits:
         """Text and/or image query → ranked hits (cosine scores, best first). Their `warnings`
         say what the caller should know, e.g. that a long text query was cut.
 
@@ -727,6 +728,11 @@ class Collection:
         the weighted sum of the terms' unit vectors, renormalised; `text` and `image` are
         terms of weight 1 before them.
 
+        Each hit has a calibrated `relevance` (0..1, per query: `clipsearch.relevance`).
+        `min_relevance`: "auto", a number in 0..1, or None/"off" (default: k hits, uncut);
+        with a cut, `hits.weaker` are the hits it dropped, else `hits.would_cut` counts the
+        hits the auto cut would drop.
+
         Metadata prefilters (README, "Filters"): `after`/`before` (ISO dates: 2024, 2024-08,
         2024-08-03; `before` exclusive, a partial date meaning its end), `camera` and `place`
         (case-insensitive substrings), `near` ("LAT,LON[,KM]" or a tuple), `format`,
@@ -734,18 +740,22 @@ class Collection:
         date (oldest first) or -date; by date, the top hits by score are reordered.
         A text query ranks items by what they show and the words in them (document text, OCR);
         `words_only` / `visual_only` use one source alone; `kind="ocr"` the words read by OCR."""
+        from clipsearch.relevance import parse_min_relevance
+
+        threshold = parse_min_relevance(min_relevance)
         filters = Filters.parse(after=after, before=before, camera=camera, place=place, near=near,
                                 format=format, min_pixels=min_pixels, where=where)
         extra = query_terms.as_terms(terms) if terms is not None else None
         hits = self.searcher.search(text=text, image=image, k=k, kind=kind, under=under, offset=offset,
                                     whiten=whiten, center=center, invert=invert, hybrid=hybrid, sort=sort,
                                     filters=filters or None, terms=extra,
-                                    words_only=words_only, visual_only=visual_only)
+                                    words_only=words_only, visual_only=visual_only, min_relevance=threshold)
         warnings = self.query_warnings(text)
         for t in extra or ():
             if t.kind == "text":
                 warnings += [w for w in self.query_warnings(str(t.value)) if w not in warnings]
-        return Hits(self._located(hits), warnings=warnings)
+        return Hits(self._located(hits), warnings=warnings, min_relevance=threshold,
+                    weaker=self._located(hits.weaker), would_cut=hits.would_cut)
 
     def _located(self, hits: list[Hit]) -> list[Hit]:
         """Hits whose thumbnail is the file it names in this collection's directory, wherever

@@ -31,6 +31,7 @@ from clipsearch.errors import TransformError, UsageError
 from clipsearch.filters import SORTS, Filters, matching_ids, matching_vectors
 from clipsearch.fsutil import is_within
 from clipsearch.jsonsafe import finite
+from clipsearch.relevance import AUTO, SINGLED_OUT, Calibrator, assign, split
 from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ BROWSE_ORDERS = ("atypical", "typical")
 # A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
 FILTER_EXACT_LIMIT = 20_000
 DATE_SORT_DEPTH = 50  # --sort date orders the top this many by score (or k + offset if more)
+RELEVANT_SORT_DEPTH = 500  # with a relevance cut, --sort date orders the relevant hits among this many
 # Typicality is measured in the whitening fitted on image-like rows, so only those can be browsed.
 BROWSE_KINDS: dict[str, tuple[str, ...]] = {
     "all": DEFAULT_KINDS, "image": ("image",), "video": ("video_frame",), "frame": ("video_frame",),
@@ -68,7 +70,8 @@ BROWSE_KINDS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class Hit:
-    """One search result. `score` is a cosine similarity (or a documented fused score).
+    """One search result. `score` is a cosine similarity (or a documented fused score);
+    `relevance` the calibrated relevance in 0..1, comparable across queries (`clipsearch.relevance`).
     `companion`: the other file of a Live Photo (its still or its video), `companion_id` one of
     its rows (see `clipsearch.companions`)."""
 
@@ -83,12 +86,15 @@ class Hit:
     id: str | None = None
     companion: str | None = None
     companion_id: str | None = None
+    relevance: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields; a non-finite number (no similarity to show) becomes None."""
         d = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}
         d["score"] = round(float(self.score), 6)
+        if self.relevance is not None:
+            d["relevance"] = round(float(self.relevance), 4)
         if self.extra:
             d.update({k: v for k, v in self.extra.items() if k not in d})
         out: dict[str, Any] = finite(d)
@@ -102,11 +108,19 @@ def real_folder(under: str | None) -> str | None:
 
 class Hits(list[Hit]):
     """The hits of one query (a list of `Hit`), with `warnings`: lines the caller should see,
-    e.g. that a text query was longer than the model reads and was cut."""
+    e.g. that a text query was longer than the model reads and was cut.
 
-    def __init__(self, hits: Iterable[Hit] = (), warnings: Iterable[str] = ()) -> None:
+    The relevance cut (`min_relevance`, None when off): `weaker` are the hits it cut from what
+    the plain ranking would have shown, `would_cut` how many of these hits the auto cut would
+    drop when no cut was asked for."""
+
+    def __init__(self, hits: Iterable[Hit] = (), warnings: Iterable[str] = (), *,
+                 min_relevance: float | None = None, weaker: Iterable[Hit] = (), would_cut: int = 0) -> None:
         super().__init__(hits)
         self.warnings: list[str] = list(warnings)
+        self.min_relevance = min_relevance
+        self.weaker: list[Hit] = list(weaker)
+        self.would_cut = would_cut
 
 
 # A query image: a path, or one already decoded.
@@ -147,6 +161,8 @@ class Searcher:
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._kind_rows: dict[str, tuple[int, bool]] = {}  # kind -> (table version, has rows)
+        self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
+        self.calibrator = Calibrator(lambda: self.col.store, self._caption_vectors)
 
     @property
     def ann_dir(self) -> Path:
@@ -352,7 +368,8 @@ class Searcher:
                under: str | None = None, offset: int = 0, whiten: bool = False, center: bool = False,
                invert: bool = False, hybrid: bool = False, sort: str | None = None,
                filters: Filters | None = None, terms: Sequence[QueryTerm] | None = None,
-               words_only: bool = False, visual_only: bool = False) -> list[Hit]:
+               words_only: bool = False, visual_only: bool = False,
+               min_relevance: float | None = None) -> Hits:
         """`filters` (date, place, camera, ... `clipsearch.filters`) are a prefilter: only
         matching rows are ranked, so k hits come when k match. `sort`: score (default),
         typicality, date or -date (the top `DATE_SORT_DEPTH` by score, by date). `terms`
@@ -360,7 +377,11 @@ class Searcher:
         sum (README, "Query operators").
         A text query over all kinds ranks items by what they show and by the words in them
         (document text, words read by OCR: `_with_words`); `words_only` ranks by the words
-        alone, `visual_only` by the picture alone."""
+        alone, `visual_only` by the picture alone.
+
+        Every hit gets its calibrated `relevance` (`clipsearch.relevance`). `min_relevance`
+        (0..1, `relevance.AUTO` for auto; None: no cut) keeps only hits at least that relevant;
+        by date, the relevant hits among the top `RELEVANT_SORT_DEPTH` are sorted."""
         if k <= 0:
             raise UsageError(f"k must be positive, got {k}", hint="use -k 10")
         if offset < 0:
@@ -388,6 +409,7 @@ class Searcher:
             raise UsageError("--words-only needs a text query (and no image)",
                              hint='clipsearch search "wifi password" --words-only')
         rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents, "ocr": self.words}
+        by_date = sort in ("date", "-date")
         if kind in rankers:
             what = "document" if kind == "doc" else kind
             if len(all_terms) > 1:
@@ -396,12 +418,11 @@ class Searcher:
                                       "frame, page or all")
             if all_terms[0].kind != "text" or words is None:
                 raise UsageError(f"{what} search needs a text query")
-            by_date = sort in ("date", "-date")
-            found = rankers[kind](words, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
+            deep = by_date or min_relevance is not None
+            found = rankers[kind](words, k=max(DATE_SORT_DEPTH, k + offset) if deep else k + offset,
                                   under=under, filters=filters)
-            if by_date:
-                found = sort_by_date(found, newest=sort == "-date")
-            return found[offset:offset + k]
+            self._ranked_relevance(found, kind, words)
+            return self._cut(found, k, offset, sort, min_relevance)
         vectors = self.term_vectors(all_terms, invert=invert)
         vec = query_terms.combine([v for v, _, _ in vectors], [w for _, _, w in vectors])
         modality = query_terms.modality_of([m for _, m, _ in vectors])
@@ -409,8 +430,8 @@ class Searcher:
         if whiten and modality != "image":
             raise UsageError("--whiten applies to image queries", hint="use --center for text queries")
         need = (k + offset) * 4 + 20
-        if sort in ("date", "-date"):
-            need = max(need, DATE_SORT_DEPTH + 20)
+        if by_date:
+            need = max(need, DATE_SORT_DEPTH + 20, RELEVANT_SORT_DEPTH if min_relevance is not None else 0)
         only = matching_ids(self.col.store, filters, kinds, under) if filters else None
         if whiten or center:
             ts = self.transforms()
@@ -442,11 +463,142 @@ class Searcher:
             hits = self._hybrid(hits, words, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
             hits = [h for h in hits if h.id is not None and _among(h.id, only)]
+        self._vector_relevance(hits, vec, "text" if invert else modality, kinds, raw_cosines=whiten or center)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
-        elif sort in ("date", "-date"):
-            hits = sort_by_date(hits[:max(DATE_SORT_DEPTH, offset + k)], newest=sort == "-date")
-        return hits[offset:offset + k]
+        return self._cut(hits, k, offset, sort, min_relevance)
+
+    # ---- relevance ---------------------------------------------------------------------------
+    def _caption_vectors(self) -> np.ndarray | None:
+        """The caption bank (`relevance.CAPTION_BANK` of the model's own and generic captions,
+        a fixed draw): the text queries of the relevance reference and the descriptions a text
+        query's hits are checked against. Embedded once per model, kept in the cache folder."""
+        from clipsearch.backends.cache import exports_root, safe_name
+        from clipsearch.model_registry import domain_captions
+        from clipsearch.relevance import CAPTION_BANK
+        from clipsearch.transforms import builtin_captions
+
+        dim = int(self.col.meta["dim"])
+        name = f"{safe_name(str(self.col.meta['model_id']))}-{CAPTION_BANK}.npy"
+        path = exports_root().parent / "captions" / name
+        try:
+            cached: np.ndarray = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+            if cached.ndim == 2 and cached.shape[1] == dim and len(cached):
+                return cached
+        except (OSError, ValueError):
+            pass
+        enc = self.col.encoder
+        spec = getattr(enc, "spec", None)
+        captions = builtin_captions(domain_captions(spec) if spec is not None else [], 3000)
+        if not captions:
+            return None
+        pick = np.random.default_rng(0).choice(len(captions), size=min(CAPTION_BANK, len(captions)),
+                                               replace=False)
+        bank = np.asarray(enc.encode_texts([captions[i] for i in sorted(pick)]), dtype=np.float32)
+        try:  # a cache only: a read-only or full disk costs the next process the embedding again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, bank)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return bank
+
+    def _vectors_of(self, ids: Iterable[str | None]) -> dict[str, np.ndarray]:
+        """The stored vectors of these row ids."""
+        wanted = [i for i in ids if i is not None]
+        if not wanted:
+            return {}
+        rows = self.col.store.scan(["id", "vector"], sql_in("id", wanted))
+        return dict(zip(rows.column("id").to_pylist(), float32_vectors(rows.column("vector")), strict=True))
+
+    def _vector_relevance(self, hits: list[Hit], vec: np.ndarray, modality: str, kinds: tuple[str, ...],
+                          raw_cosines: bool = False) -> None:
+        """Relevance of ranked rows: their cosine against the query's bulk over `kinds`, and for
+        a text query against each hit's best caption. With a transform the ranking's scores are
+        not raw cosines, so the raw ones are taken from the hits' vectors."""
+        if not hits:
+            return
+        calibration = self.calibrator.calibrate(vec, modality, kinds)
+        if not raw_cosines and calibration.bank is None:
+            assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")))
+            return
+        by_id = self._vectors_of(h.id for h in hits)
+        zero = np.zeros_like(vec)
+        best = calibration.best_captions(np.stack([by_id.get(h.id or "", zero) for h in hits]))
+        best = [b if (h.id or "") in by_id else None for h, b in zip(hits, best, strict=True)]
+        if raw_cosines:
+            for h, b in zip(hits, best, strict=True):
+                v = by_id.get(h.id or "")
+                h.relevance = calibration.relevance(float(v @ vec) if v is not None else None, b)
+            return
+        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")), best_captions=best)
+
+    def _ranked_relevance(self, hits: list[Hit], kind: str, text: str) -> None:
+        """Relevance of moments and whole videos (their best frame inside the span) and of
+        document pages (their picture; a page the keyword ranking singled out is relevant),
+        against the bulk of the default search's kinds, so that a video or a page is as
+        relevant here as it is in a search over all kinds."""
+        if not hits:
+            return
+        if kind == "ocr":  # found by their words, through the gated fusion: the words single them out
+            for h in hits:
+                h.relevance = SINGLED_OUT if h.extra.get("matched") in ("words", "both") else 0.0
+            return
+        vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
+        calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)
+        peaks = self._peak_rows(hits, vec, "doc_page" if kind == "doc" else "video_frame")
+        zero = np.zeros_like(vec)
+        best = calibration.best_captions(np.stack([v if v is not None else zero for _, v in peaks]))
+        for h, (c, _), b in zip(hits, peaks, best, strict=True):
+            h.relevance = calibration.relevance(c, b if c is not None else None)
+            if kind == "doc" and "keyword" in h.extra.get("signals", ()):
+                h.relevance = max(h.relevance, SINGLED_OUT)
+
+    def _peak_rows(self, hits: list[Hit], vec: np.ndarray,
+                   row_kind: str) -> list[tuple[float | None, np.ndarray | None]]:
+        """Per hit, (the best cosine, that row's vector) among its file's `row_kind` rows inside
+        its span (video frames from t_start to t_end) or on its page (page pictures)."""
+        rows = self.col.store.scan(["source", "t_start", "page", "vector"],
+                                   f"kind = '{row_kind}' AND {sql_in('source', {h.source for h in hits})}")
+        sources = np.array(rows.column("source").to_pylist(), dtype=object)
+        t = np.array([np.nan if x is None else x for x in rows.column("t_start").to_pylist()], float)
+        pages = np.array([x if x is not None else -1 for x in rows.column("page").to_pylist()], dtype=int)
+        vectors = (float32_vectors(rows.column("vector")) if rows.num_rows
+                   else np.zeros((0, len(vec)), np.float32))
+        cos = vectors @ vec
+        out: list[tuple[float | None, np.ndarray | None]] = []
+        for h in hits:
+            m = sources == h.source
+            if row_kind == "doc_page":
+                m &= pages == (h.page if h.page is not None else -1)
+            else:
+                lo, hi = h.t_start or 0.0, h.t_end if h.t_end is not None else np.inf
+                m &= (t >= lo - 1e-6) & (t <= hi + 1e-6)
+            idx = np.flatnonzero(m)
+            if not len(idx):
+                out.append((None, None))
+                continue
+            j = idx[int(np.argmax(cos[idx]))]
+            out.append((float(cos[j]), vectors[j]))
+        return out
+
+    @staticmethod
+    def _cut(hits: list[Hit], k: int, offset: int, sort: str | None, threshold: float | None) -> Hits:
+        """The page of hits the caller asked for, after the relevance cut (if any) and the sort."""
+        by_date, newest = sort in ("date", "-date"), sort == "-date"
+        if threshold is None:
+            if by_date:
+                hits = sort_by_date(hits[:max(DATE_SORT_DEPTH, offset + k)], newest=newest)
+            page = hits[offset:offset + k]
+            below = sum(1 for h in page if h.relevance is not None and h.relevance < AUTO)
+            return Hits(page, would_cut=below)
+        kept, _ = split(hits, threshold)
+        _, weaker = split(hits[:offset + k], threshold)
+        if by_date:
+            kept = sort_by_date(kept[:RELEVANT_SORT_DEPTH], newest=newest)
+        return Hits(kept[offset:offset + k], min_relevance=threshold, weaker=weaker)
 
     def _filtered(self, vec: np.ndarray, n: int, kinds: tuple[str, ...], under: str | None,
                   only: np.ndarray, filters: Filters) -> list[tuple[str, float]]:
@@ -541,6 +693,10 @@ class Searcher:
                 evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
                                                       under=under, where=where, ann_search=search,
                                                       glued=kind == "ocr")))
+        by_words: set[Any] = set()  # what a keyword ranking singled out: relevant by its words
+        for _, ev in evidences:
+            if len(ev.heads) > 1:
+                by_words |= set(ev.rankings[1][:ev.heads[1]])
         if not any(ev.decisive for _, ev in evidences):
             return [] if words_only else hits
         by_key = {} if words_only else {_fusion_key(h): h for h in hits}
@@ -572,6 +728,8 @@ class Searcher:
             h = hit
             h.extra["cosine"] = h.score if np.isfinite(h.score) else None
             h.score = float(score)
+            if key in by_words:
+                h.extra["text_match"] = True
             h.extra["matched"] = ("both" if key in visual and key in worded else
                                   "words" if key in worded or words_only else "visual")
             for source, ev in evidences:
@@ -764,7 +922,7 @@ class Searcher:
                                  ann_search=self.ranker_search(under, filters))
         return self._with_file_columns([
             Hit(source=d.source, kind="doc", score=float(d.score), page=d.page, text=d.text,
-                thumb=d.thumb) for d in found])
+                thumb=d.thumb, extra={"cosine": d.cosine, "signals": list(d.signals)}) for d in found])
 
     def _with_file_columns(self, hits: list[Hit]) -> list[Hit]:
         """Give ranked moments, videos and pages their file's date, place, camera... in

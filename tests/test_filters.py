@@ -182,12 +182,15 @@ def test_cli_search_filters_as_json(filtered):
 def test_http_search_takes_the_filters(server):
     import httpx
 
-    every = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 50, "before": "2100"}).json()
+    every = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 50, "before": "2100",
+                                                     "min_relevance": "off"}).json()
     assert every["hits"] and all("taken_at" in h and "bytes" in h for h in every["hits"])
     assert httpx.get(f"{server}/api/search", params={"q": "a shape", "after": "2100"}).json()["hits"] == []
-    pdfs = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 50, "format": "pdf"}).json()
+    pdfs = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 50, "format": "pdf",
+                                                    "min_relevance": "off"}).json()
     assert pdfs["hits"] and {h["kind"] for h in pdfs["hits"]} == {"doc_page"}
-    newest = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 20, "sort": "-date"}).json()
+    newest = httpx.get(f"{server}/api/search", params={"q": "a shape", "k": 20, "sort": "-date",
+                                                      "min_relevance": "off"}).json()
     stamps = [h["taken_at"] for h in newest["hits"] if "taken_at" in h]
     assert stamps == sorted(stamps, reverse=True)
     bad = httpx.get(f"{server}/api/search", params={"q": "a shape", "where": "nosuch > 1"})
@@ -232,7 +235,7 @@ def test_http_image_upload_takes_the_filters(server, sample):
     def upload(**fields):
         with photo.open("rb") as f:
             r = httpx.post(f"{server}/api/search/image", files={"file": (photo.name, f)},
-                           data={"k": "20", **fields})
+                           data={"k": "20", "min_relevance": "off", **fields})
         assert r.status_code == 200, r.text
         return r.json()["hits"]
 

@@ -201,7 +201,7 @@ def test_http_filters_moments_videos_and_pages(dated):
     client = TestClient(app)
 
     def names(path: str, **params) -> set:
-        r = client.get(path, params={"q": QUERY, **params})
+        r = client.get(path, params={"q": QUERY, "min_relevance": "off", **params})
         assert r.status_code == 200, r.text
         return {(Path(h["source"]).name, h.get("page")) for h in r.json()["hits"]}
 

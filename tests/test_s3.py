@@ -244,7 +244,8 @@ def test_serve_a_collection_on_s3(s3, cache, tmp_path):
                 time.sleep(0.5)
         assert info.status_code == 200, info.text
         assert info.json()["items"] == 12 and info.json()["db"] == uri and info.json()["name"] == "served"
-        found = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3}, timeout=60)
+        found = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3, "min_relevance": "off"},
+                          timeout=60)
         hits = found.json()["hits"]
         assert len(hits) == 3 and all(h["source"].startswith(str(root)) for h in hits)
         media = httpx.get(base + hits[0]["media_url"], timeout=30)

@@ -58,7 +58,8 @@ def test_http_hybrid_search_is_strict_json(sample_collection):
     _, _, db = sample_collection
     app = FastAPI()
     app.include_router(rest_router(SearchService(db, device="cpu")))
-    r = TestClient(app).get("/api/search", params={"q": "annual report", "hybrid": "true", "k": 10})
+    r = TestClient(app).get("/api/search", params={"q": "annual report", "hybrid": "true", "k": 10,
+                                                   "min_relevance": "off"})
     assert r.status_code == 200, r.text
     hits = strict_loads(r.text)["hits"]
     assert any(h["source"].endswith("annual_report.pdf") for h in hits)

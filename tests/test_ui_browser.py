@@ -62,6 +62,16 @@ def wait_cards(pg, kind: str | None = None):
     return pg.locator(sel)
 
 
+def show_weaker(pg) -> None:
+    """Click "Show N weaker matches" when the relevance cut left some, and wait for them."""
+    pg.wait_for_selector("#cs-results .cs-card, #cs-weaker:visible")
+    button = pg.locator("#cs-weaker")
+    if button.is_visible():
+        n = pg.locator("#cs-results .cs-card").count()
+        button.click()
+        pg.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")
+
+
 def assert_thumbnail_loads(pg, card, timeout_ms: int = 15_000) -> None:
     """The card's thumbnail finishes loading with real pixels. Cards appear before their images
     have downloaded, so an immediate check races the server on a busy machine; this waits."""
@@ -77,8 +87,9 @@ def test_typed_query_shows_the_described_image_first(page, sample):
     cards = wait_cards(page, "image")
     first = page.locator("#cs-results .cs-card").first
     assert first.get_attribute("title") == str(expected)
-    assert first.locator(".cs-score").inner_text().replace(".", "", 1).isdigit()
+    assert first.locator(".cs-score").inner_text().replace(".", "", 1).isdigit()  # relevance, 0..1
     assert_thumbnail_loads(page, first)
+    show_weaker(page)
     assert cards.count() > 1
     assert page.third_party == []
 
@@ -88,7 +99,7 @@ def test_uploaded_image_finds_its_near_duplicates_first(page, sample, tmp_path):
     query = tmp_path / "query.jpg"
     query.write_bytes(data.dup_query)
     page.set_input_files("#cs-image input[type=file]", str(query))
-    wait_cards(page)
+    show_weaker(page)
     page.wait_for_function("document.querySelectorAll('#cs-results .cs-card').length >= 4")
     titles = [c.get_attribute("title") for c in page.locator("#cs-results .cs-card").all()]
     assert sorted(titles[: len(data.dups)]) == sorted(str(p) for p in data.dups)
@@ -127,12 +138,16 @@ def test_more_like_this_and_load_more(page, sample):
     query, expected = data.unique_query(0)
     search(page, query, kind="Images")
     cards = wait_cards(page, "image")
+    show_weaker(page)  # with weaker matches cut, they come first; paging goes on after them
     n = cards.count()
     page.locator("#cs-load-more").click()
     page.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")
     second = page.locator("#cs-results .cs-card").nth(1)
     source = second.get_attribute("title")
     second.locator(".cs-more").click()
+    page.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('Items like')"
+                           " || document.querySelector('#cs-weaker')?.offsetParent !== null")
+    show_weaker(page)
     page.wait_for_function(
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=source)
     assert "Items like" in page.locator("#cs-message").inner_text()
@@ -140,6 +155,26 @@ def test_more_like_this_and_load_more(page, sample):
     page.wait_for_selector("#cs-detail .cs-f-path")
     assert page.locator("#cs-detail .cs-f-path").inner_text() == source
     assert Path(source).exists()
+
+
+def test_weaker_matches_control(page, server):
+    """A gibberish query: no relevant card, a message saying so and "Show N weaker matches" with
+    N the API's count; clicking it shows them, dimmed, with relevance (never a negative score)
+    as their headline."""
+    query = "xqzzv plorbnik 12345"
+    api = httpx.get(server + "/api/search", params={"q": query, "k": 24}, timeout=120).json()
+    assert api["hits"] == [] and api["weaker"]
+    search(page, query)
+    button = page.locator("#cs-weaker")
+    button.wait_for(state="visible")
+    assert button.inner_text() == f"Show {len(api['weaker'])} weaker matches"
+    assert page.locator("#cs-results .cs-card").count() == 0
+    assert "weaker" in page.locator("#cs-results").inner_text()
+    button.click()
+    page.wait_for_selector("#cs-results .cs-card.cs-weak")
+    scores = [c.inner_text() for c in page.locator("#cs-results .cs-card .cs-score").all()]
+    assert scores and all(0.0 <= float(x) <= 1.0 for x in scores)
+    assert not button.is_visible()
 
 
 def test_missing_collection_gets_a_friendly_message(browser, tmp_path):

@@ -241,7 +241,7 @@ def test_no_route_takes_a_path(server, sample, secret_file):
 
 
 def test_every_response_carries_the_security_headers(server, sample):
-    hit = httpx_get(server, "/api/search", q="a shape", k=1, kind="image")["hits"][0]
+    hit = httpx_get(server, "/api/search", q="a shape", k=1, kind="image", min_relevance="off")["hits"][0]
     for target in ("/", "/api/info", "/config", "/gradio_api/info", "/api/openapi.json", hit["media_url"],
                    hit["thumb_url"], "/files/item/" + "0" * 32, "/no/such/page"):
         status, headers, _ = raw_request(server, "GET", target)
@@ -255,7 +255,7 @@ def test_every_response_carries_the_security_headers(server, sample):
 
 def test_foreign_host_is_refused_on_every_route(server, sample):
     """DNS rebinding: a page at attacker.example whose name now resolves to 127.0.0.1."""
-    hit = httpx_get(server, "/api/search", q="a shape", k=1)["hits"][0]
+    hit = httpx_get(server, "/api/search", q="a shape", k=1, min_relevance="off")["hits"][0]
     port = urlsplit(server).port
     routes = [("GET", "/"), ("GET", "/api/info"), ("GET", "/api/search?q=x"), ("GET", hit["media_url"]),
               ("GET", hit["thumb_url"]), ("GET", "/config"), ("GET", "/gradio_api/info"),
@@ -448,7 +448,7 @@ def test_hits_outside_the_roots_are_never_returned(hostile_server, hostile):
     linked = str(hostile["root"] / "linked")
     client = Client(hostile_server + "/", verbose=False)
     for kind in ("doc_text", "page", "doc", "all"):
-        res = httpx_get(hostile_server, "/api/search", q="vm hostname", k=20, kind=kind)
+        res = httpx_get(hostile_server, "/api/search", q="vm hostname", k=20, kind=kind, min_relevance="off")
         assert SECRET not in json.dumps(res), kind
         assert not any(h["source"].startswith(linked) for h in res["hits"]), kind
         ui = client.predict(q="vm hostname", k=20, kind=kind, api_name="/search")
@@ -474,7 +474,8 @@ def test_only_rows_are_served(hostile_server, hostile):
                    "/gradio_api/file=" + str(hostile["root"] / ".env")):
         status, body = raw_get(hostile_server, target)
         _assert_refused(status, body)
-    page_hits = httpx_get(hostile_server, "/api/search", q="meeting notes", k=5, kind="doc")["hits"]
+    page_hits = httpx_get(hostile_server, "/api/search", q="meeting notes", k=5, kind="doc",
+                          min_relevance="off")["hits"]
     assert any(h["source"].endswith("notes.txt") for h in page_hits)
 
 
@@ -492,7 +493,8 @@ def test_files_are_typed_by_their_bytes(hostile_server, hostile):
 
 def test_non_utf8_names_are_served_and_previewed(hostile_server, hostile):
     odd_id = hostile["odd_id"]
-    hits = httpx_get(hostile_server, "/api/search", q="a green star", k=10, kind="image")["hits"]
+    hits = httpx_get(hostile_server, "/api/search", q="a green star", k=10, kind="image",
+                     min_relevance="off")["hits"]
     hit = next(h for h in hits if h.get("id") == odd_id)
     assert "\\xe9" in hit["source"]
     status, headers, body = raw_request(hostile_server, "GET", hit["media_url"])
@@ -535,7 +537,8 @@ def test_one_login_works_on_every_route(auth_server):
     status, _, page = raw_request(base, "GET", "/")
     assert status == 200 and b"cs-query" not in page  # Gradio's login form, not the app
 
-    hit = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3, "kind": "image"},
+    hit = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3, "kind": "image",
+                                                  "min_relevance": "off"},
                     headers=BASIC, timeout=120).json()["hits"][0]
     unsigned = hit["media_url"].split("?")[0]
     basic_ok = [t for t in PROTECTED if "heartbeat" not in t and "queue/data" not in t and "0" * 32 not in t]

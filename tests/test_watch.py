@@ -457,7 +457,7 @@ def _search_image(url: str, path: Path) -> list[str]:
     import httpx
 
     r = httpx.post(f"{url}/api/search/image", files={"file": (path.name, path.read_bytes(), "image/png")},
-                   data={"k": "5"}, timeout=120)
+                   data={"k": "5", "min_relevance": "off"}, timeout=120)
     r.raise_for_status()
     return [h["source"] for h in r.json()["hits"]]
 

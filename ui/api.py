@@ -70,6 +70,7 @@ UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "
 
 
 # The metadata prefilters a search takes (`Collection.search`), as HTTP query parameters.
+MIN_RELEVANCE_HELP = "auto (default), off, or a calibrated relevance in 0..1 (docs/relevance.md)"
 FILTER_PARAMS = ("after", "before", "camera", "place", "near", "format", "min_pixels", "where")
 
 
@@ -277,10 +278,14 @@ class SearchService:
                k: int = PAGE_SIZE, kind: str | None = None, under: str | None = None,
                offset: int = 0, whiten: bool = False, center: bool = False, invert: bool = False,
                hybrid: bool = False, sort: str | None = None, negative: Sequence[str] = (),
-               words_only: bool = False, visual_only: bool = False, **filters: Any) -> dict[str, Any]:
-        """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings", "terms"}
-        as plain JSON (`warnings`: lines the caller should see, e.g. that a long query was cut;
-        `terms`: the parts of the query as understood, each with `from`: q, image or not).
+               words_only: bool = False, visual_only: bool = False,
+               min_relevance: str | float | None = "auto", **filters: Any) -> dict[str, Any]:
+        """Run a query; returns {"hits", "offset", "k", "more", "message", "warnings", "terms",
+        "weaker", "min_relevance"} as plain JSON (`warnings`: lines the caller should see, e.g.
+        that a long query was cut; `terms`: the parts of the query as understood, each with
+        `from`: q, image or not). `min_relevance` (auto, a number in 0..1, or off) cuts the hits
+        below that calibrated relevance; `weaker` are the hits it cut from this page (the UI's
+        "show N weaker matches").
         `filters`: the metadata prefilters of `Collection.search` (after, before, camera, place,
         near, format, min_pixels, where); empty values are no filter. `sort`: score, date, -date.
 
@@ -312,7 +317,8 @@ class SearchService:
             return {"hits": [], "offset": offset, "k": k, "more": False,
                     "message": f"This collection is empty. Add files with `clipsearch index FOLDER "
                                f"--db {self.where}`; they show up here without a restart.",
-                    "warnings": col.query_warnings(text), "terms": terms_json(terms)}
+                    "warnings": col.query_warnings(text), "terms": terms_json(terms), "weaker": [],
+                    "min_relevance": None}
         if image is not None and not isinstance(image, Image.Image):
             image = self.decode(image)
         if image is not None:
@@ -327,14 +333,19 @@ class SearchService:
         hits = col.search(terms=[t for t, _ in terms], k=int(k), kind=kind, under=under,
                           offset=int(offset), whiten=whiten, center=center, invert=invert,
                           hybrid=hybrid, sort=(sort or "").strip() or None, words_only=words_only,
-                          visual_only=visual_only, **filters)
+                          visual_only=visual_only,
+                          min_relevance="off" if min_relevance in (None, "") else min_relevance, **filters)
         out = self.hits_json(hits, offset)
+        weaker = self.hits_json(getattr(hits, "weaker", []), offset + len(out))
         message = None
         if not out:
             message = ("No more results." if offset else
+                       f"No relevant match: {len(weaker)} weaker match{'es' if len(weaker) != 1 else ''} "
+                       "below the relevance cut." if weaker else
                        "Nothing matched. Try other words, another kind, or clear the folder filter.")
         return {"hits": out, "offset": offset, "k": k, "more": len(hits) == k, "message": message,
-                "warnings": list(getattr(hits, "warnings", [])), "terms": terms_json(terms)}
+                "warnings": list(getattr(hits, "warnings", [])), "terms": terms_json(terms),
+                "weaker": weaker, "min_relevance": getattr(hits, "min_relevance", None)}
 
     @staticmethod
     def query_terms(text: str | None, negative: Sequence[str] = ()) -> list[tuple[QueryTerm, str]]:
@@ -376,9 +387,10 @@ class SearchService:
         rows = self.page_rows(hits)
         return [self.hit_json(h, offset + i, rows) for i, h in enumerate(hits) if h.source in rows.sources]
 
-    def moments(self, text: str, k: int = 10, under: str | None = None, **filters: Any) -> dict[str, Any]:
-        """Video moments; `filters` as in `search`."""
-        return self.search(text, kind="moment", k=k, under=under, **filters)
+    def moments(self, text: str, k: int = 10, under: str | None = None,
+                min_relevance: str | float | None = "auto", **filters: Any) -> dict[str, Any]:
+        """Video moments; `min_relevance` and `filters` as in `search`."""
+        return self.search(text, kind="moment", k=k, under=under, min_relevance=min_relevance, **filters)
 
     def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
                offset: int = 0, under: str | None = None) -> dict[str, Any]:
@@ -583,19 +595,19 @@ def rest_router(service: SearchService) -> APIRouter:
                    format: str | None = Query(None, description="file format: jpg, png, heic, mp4, pdf..."),
                    min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
                    where: str | None = Query(None, description="SQL over the documented columns"),
-                   not_: list[str] = Query([], alias="not", description="terms to push away (repeatable)")
-                   ) -> Any:
+                   not_: list[str] = Query([], alias="not", description="terms to push away (repeatable)"),
+                   min_relevance: str = Query("auto", description=MIN_RELEVANCE_HELP)) -> Any:
         """Text search. `q` may combine terms: "2:golden retriever + id:ITEM - indoors" (README,
         "Query operators"); `not` (repeatable) pushes terms away. kind: image, video, moment,
         doc, frame, page, ocr or all; the metadata filters are prefilters (README, "Filters").
         Hits found by their words carry them as `text`, `matched` (visual, words or both) and,
-        for words read by OCR, `box`."""
+        for words read by OCR, `box`; `min_relevance` (auto by default) cuts the weak hits."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,
                                           whiten=whiten, center=center, hybrid=hybrid, sort=sort,
                                           negative=not_, words_only=words_only, visual_only=visual_only,
-                                          **filters))
+                                          min_relevance=min_relevance, **filters))
 
     @router.get("/api/moments")
     def api_moments(q: str, k: int = 10, under: str | None = None,
@@ -606,12 +618,13 @@ def rest_router(service: SearchService) -> APIRouter:
                     near: str | None = Query(None, description="LAT,LON[,KM] (default 10 km)"),
                     format: str | None = Query(None, description="file format: mp4, mov, mkv..."),
                     min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
-                    where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
+                    where: str | None = Query(None, description="SQL over the documented columns"),
+                    min_relevance: str = Query("auto", description=MIN_RELEVANCE_HELP)) -> Any:
         """Where in which video `q` happens: hits with t_start/t_end in seconds; the metadata
         filters of /api/search keep only the videos they match."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
-        return run(lambda: service.moments(q, k=k, under=under, **filters))
+        return run(lambda: service.moments(q, k=k, under=under, min_relevance=min_relevance, **filters))
 
     @router.get("/api/browse")
     def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,
@@ -637,10 +650,11 @@ def rest_router(service: SearchService) -> APIRouter:
                          after: str = Form(""), before: str = Form(""), camera: str = Form(""),
                          place: str = Form(""), near: str = Form(""), format: str = Form(""),
                          min_pixels: int | None = Form(None), where: str = Form(""),
-                         not_: list[str] = Form([], alias="not")) -> Any:
+                         not_: list[str] = Form([], alias="not"),
+                         min_relevance: str = Form("auto")) -> Any:
         """Image (optionally + text) search from a multipart upload named `file`; `q` and `not`
         (repeatable) take query terms as in /api/search; the metadata filters of /api/search as
-        form fields (empty: not given)."""
+        form fields (empty: not given); `min_relevance` as in /api/search."""
         filters: dict[str, Any] = {"after": after or None, "before": before or None, "camera": camera or None,
                                    "place": place or None, "near": near or None, "format": format or None,
                                    "min_pixels": min_pixels, "where": where or None}
@@ -651,7 +665,7 @@ def rest_router(service: SearchService) -> APIRouter:
             image = service.decode(file.file.read(MAX_UPLOAD_BYTES + 1))
             return service.search(q or None, image, k=k, kind=kind, offset=offset, under=under,
                                   whiten=whiten, center=center, invert=invert, sort=sort or None,
-                                  negative=not_, **filters)
+                                  negative=not_, min_relevance=min_relevance, **filters)
 
         return run(query)
 

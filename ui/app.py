@@ -21,6 +21,7 @@ from clipsearch.ui.files import FileRefused  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
+from clipsearch.relevance import AUTO as AUTO_RELEVANCE  # noqa: E402
 
 CSS = """
 .cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
@@ -33,6 +34,8 @@ CSS = """
             font-size: 13px; color: var(--body-text-color-subdued); }
 .cs-cap { padding: 4px 6px; font-size: 12px; line-height: 1.3; flex: 1; }
 .cs-score { font-weight: 600; }
+.cs-cos { color: var(--body-text-color-subdued); margin-left: 4px; }
+.cs-card.cs-weak { opacity: 0.6; }
 .cs-kind { float: right; color: var(--body-text-color-subdued); }
 .cs-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cs-snippet { color: var(--body-text-color-subdued); max-height: 3.9em; overflow: hidden; }
@@ -134,12 +137,26 @@ def _word_box(box: Any) -> str:
             f"top:{100 * y0:.2f}%;width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%'></div>")
 
 
-def render_grid(hits: list[dict]) -> str:
-    """Result cards: thumbnail, score, kind, file name, and a page snippet for documents."""
+def headline(hit: dict) -> tuple[str, str]:
+    """(what a card shows first, its tooltip): the calibrated relevance (0..1, comparable across
+    queries) when the hit has one, else its score; never a raw fused or negative number."""
+    cosine = hit.get("cosine", hit.get("score"))
+    detail = f"cosine {cosine:.3f}" if isinstance(cosine, (int, float)) else "found by its words"
+    if hit.get("relevance") is not None:
+        return f"{float(hit['relevance']):.2f}", f"relevance {float(hit['relevance']):.2f} · {detail}"
+    return f"{max(float(hit['score']), 0.0):.3f}", f"score {float(hit['score']):.4f}"
+
+
+
+def render_grid(hits: list[dict], cut: float | None = None) -> str:
+    """Result cards: thumbnail, relevance, kind, file name, and a page snippet for documents.
+    With no cut in place (`cut` None), hits below the auto cut are shown dimmed."""
     if not hits:
         return EMPTY_GRID
     cards = []
     for i, h in enumerate(hits):
+        top, tip = headline(h)
+        weak = h.get("relevance") is not None and float(h["relevance"]) < AUTO_RELEVANCE and cut is None
         img = (f"<img src='{_e(h['thumb_url'])}' alt='{_e(h['name'])}' loading='lazy'>"
                if h.get("thumb_url") else f"<div class='cs-noimg'>{_e(_kind_label(h))}</div>")
         snippet = ""
@@ -148,9 +165,9 @@ def render_grid(hits: list[dict]) -> str:
         elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
             snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
-            f"<div class='cs-card' data-action='open' data-index='{i}' data-kind='{_e(h['kind'])}'"
-            f" title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
-            f"<span class='cs-score'>{h['score']:.3f}</span>"
+            f"<div class='cs-card{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
+            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
+            f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
             f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
             f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
@@ -205,7 +222,17 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
     else:
         view = "<div class='cs-noimg'>no preview</div>"
-    rows = [("Path", hit["source"]), ("Kind", kind), ("Score", f"{hit['score']:.4f}")]
+    rows = [("Path", hit["source"]), ("Kind", kind)]
+    if hit.get("relevance") is None:  # browsing: the score is the typicality
+        rows.append(("Score", f"{hit['score']:.4f}"))
+    else:
+        rows.append(("Relevance", f"{float(hit['relevance']):.2f}"))
+        if "cosine" in hit or "signals" in hit:  # fused: the vector similarity and the rank score
+            if hit.get("cosine") is not None:
+                rows.append(("Cosine", f"{float(hit['cosine']):.4f}"))
+            rows.append(("Fused rank score", f"{hit['score']:.4f}"))
+        else:
+            rows.append(("Cosine", f"{hit['score']:.4f}"))
     if hit.get("t_start") is not None:
         rows.append(("Time", f"{float(hit['t_start']):.2f}s – {float(hit.get('t_end') or 0):.2f}s"))
     if hit.get("page") is not None:
@@ -307,26 +334,41 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
                                  whiten=query.get("whiten", False), center=query.get("center", False),
                                  invert=query.get("invert", False), negative=query.get("negative") or (),
-                                 sort=SORT_LABELS.get(query.get("sort") or ""), **query.get("filters", {}))
+                                 sort=SORT_LABELS.get(query.get("sort") or ""),
+                                 min_relevance=query.get("min_relevance", "auto"), **query.get("filters", {}))
             hits = previous + res["hits"]
             terms = res.get("terms") or []
             msg = _message(res.get("message") if not res["hits"] else query.get("label"))
             msg = " · ".join([m for m in [msg] if m] + [_message(w, error=True) for w in res["warnings"]])
-            more = gr.update(visible=bool(res["more"]))
+            n_weaker = len(res.get("weaker") or [])
+            # with weaker matches cut, the next step is to show them (then paging goes on uncut)
+            more = gr.update(visible=bool(res["more"]) and not n_weaker)
+            weaker = gr.update(visible=bool(n_weaker), value=f"Show {n_weaker} weaker match"
+                               + ("es" if n_weaker != 1 else ""))
+            cut = res.get("min_relevance")
         except ClipsearchError as e:
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
-        grid = render_grid(hits) if hits or offset else (
+            weaker, cut = gr.update(visible=False), None
+        grid = render_grid(hits, cut) if hits or offset else (
             f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
         state = {"query": query, "hits": hits, "terms": terms}
         chips = render_chips(terms) if terms or not offset else gr.update()
-        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips
+        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips, weaker
+
+    def show_weaker(state):
+        """The same query without the cut, from the top: the weaker matches appear dimmed after
+        the relevant ones, and paging goes on from there."""
+        if not state or not state.get("query"):
+            hidden = gr.update(visible=False)
+            return gr.update(), gr.update(), "", hidden, state, status(), gr.update(), hidden
+        return execute(dict(state["query"], min_relevance="off"), 0, [])
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                    negative=""):
         text = (text or "").strip()
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
-                    {"query": {}, "hits": []}, status(), "")
+                    {"query": {}, "hits": []}, status(), "", gr.update(visible=False))
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
                  "whiten": whiten, "center": center, "invert": invert, "sort": sort,
                  "negative": [negative] if (negative or "").strip() else [],
@@ -335,7 +377,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def load_more(state):
         if not state or not state.get("query"):
-            return gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update()
+            return (gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update(),
+                    gr.update())
         return execute(state["query"], len(state["hits"]), state["hits"])
 
     def drop_chip(state, text_box, not_box, evt: gr.EventData):
@@ -363,7 +406,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except (FileRefused, ClipsearchError) as e:
             msg = getattr(e, "message", None) or str(e)
             return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
-                    gr.update(), state, status(), gr.update())
+                    gr.update(), state, status(), gr.update(), gr.update())
         kind = KIND_LABELS.get(kind_label)
         query = {"text": None, "image": path, "under": under, "label": f"Items like {hit['name']}",
                  "kind": None if kind == "moment" else kind}
@@ -376,26 +419,29 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             if index < 0:
                 index = int((state or {}).get("selected", -1))
             if not 0 <= index < len(hits):
-                return (gr.update(),) * 7
+                return (gr.update(),) * 8
             return more_like(state, index, kind_label, under)
         if not 0 <= index < len(hits):
-            return (gr.update(),) * 7
+            return (gr.update(),) * 8
         state = dict(state, selected=index)
         return (gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update(),
-                gr.update())
+                gr.update(), gr.update())
 
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
                    under: str = "", whiten: bool = False, center: bool = False,
                    hybrid: bool = False, after: str = "", before: str = "", place: str = "",
-                   camera: str = "", sort: str = "score", negative: str = "") -> dict:
+                   camera: str = "", sort: str = "score", negative: str = "",
+                   min_relevance: str = "auto") -> dict:
         """Text search; q may combine terms ("2:a dog + id:ITEM - indoors"), negative holds
         terms to push away. kind: all, image, video, moment, doc, frame or page; after/before
-        (ISO dates), place, camera: metadata prefilters; sort: score, date or -date."""
+        (ISO dates), place, camera: metadata prefilters; sort: score, date or -date;
+        min_relevance: auto, off or a calibrated relevance in 0..1."""
         try:
             return service.search(q, k=k, kind=kind, offset=offset, under=under, whiten=whiten,
                                   center=center, hybrid=hybrid, sort=sort, after=after, before=before,
-                                  place=place, camera=camera, negative=[negative] if negative else [])
+                                  place=place, camera=camera, negative=[negative] if negative else [],
+                                  min_relevance=min_relevance)
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
@@ -466,6 +512,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS, padding=False)
+                weaker = gr.Button("Show weaker matches", visible=False, elem_id="cs-weaker")
                 more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
             with gr.Column(scale=2):
                 detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
@@ -482,7 +529,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
-        outputs = [grid, detail, message, more, state, status_md, chips]
+        outputs = [grid, detail, message, more, state, status_md, chips, weaker]
         text.submit(new_search, inputs, outputs, api_visibility="private")
         not_box.submit(new_search, inputs, outputs, api_visibility="private")
         chips.click(drop_chip, [state, text, not_box], [text, image, not_box], api_visibility="private").then(
@@ -493,6 +540,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         for box in (after, before, place, camera):
             box.submit(new_search, inputs, outputs, api_visibility="private")
         more.click(load_more, [state], outputs, api_visibility="private")
+        weaker.click(show_weaker, [state], outputs, api_visibility="private")
         grid.click(on_click, [state, kind, under], outputs, api_visibility="private")
         detail.click(on_click, [state, kind, under], outputs, api_visibility="private")
         demo.load(filter_updates, None, [status_md, under, whiten, center, invert],
