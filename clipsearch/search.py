@@ -684,15 +684,18 @@ class Searcher:
         from clipsearch.docsearch import HEAD, page_details, snippet, text_evidence
         from clipsearch.fusion import confident_head, gated_rrf
 
+        sources = [(kind, key_of) for kind, key_of in (("doc_text", _row_page_key), ("ocr", ocr_item_key))
+                   if (self._has_document_text() if kind == "doc_text" else self._has_rows(kind))]
+        if not sources:  # no words in the collection: the picture ranking as it is (and no LanceDB)
+            return [] if words_only else hits
         table = self.col.store.table
         where = filters.sql() if filters else None
         search = self.ranker_search(under, filters)
         evidences = []
-        for kind, key_of in (("doc_text", _row_page_key), ("ocr", ocr_item_key)):
-            if self._has_document_text() if kind == "doc_text" else self._has_rows(kind):
-                evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
-                                                      under=under, where=where, ann_search=search,
-                                                      glued=kind == "ocr")))
+        for kind, key_of in sources:
+            evidences.append((kind, text_evidence(table, vec, text, depth, kind=kind, key=key_of,
+                                                  under=under, where=where, ann_search=search,
+                                                  glued=kind == "ocr")))
         by_words: set[Any] = set()  # what a keyword ranking singled out: relevant by its words
         for _, ev in evidences:
             if len(ev.heads) > 1:
