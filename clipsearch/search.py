@@ -542,9 +542,9 @@ class Searcher:
         relevant here as it is in a search over all kinds."""
         if not hits:
             return
-        if kind == "ocr":  # found by their words, through the gated fusion: the words single them out
-            for h in hits:
-                h.relevance = SINGLED_OUT if h.extra.get("matched") in ("words", "both") else 0.0
+        if kind == "ocr":  # relevant: the pictures holding every word of the query (`words` ranks
+            for h in hits:  # them first, with scores of 1 and above); the fused rest is not
+                h.relevance = SINGLED_OUT if h.score >= 1.0 else 0.0
             return
         vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
         calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)

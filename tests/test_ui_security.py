@@ -567,7 +567,8 @@ def test_one_login_works_on_every_route(auth_server):
     from gradio_client import Client
 
     client = Client(base + "/", auth=(USER, PASSWORD), verbose=False)
-    assert client.predict(q="a red circle", k=2, kind="image", api_name="/search")["hits"]
+    found = client.predict(q="a red circle", k=2, kind="image", min_relevance="off", api_name="/search")
+    assert found["hits"]
 
 
 def test_login_is_checked_before_the_body_is_read(auth_server):
