@@ -82,7 +82,7 @@ def test_the_extras_have_a_readable_shape():
         assert names == sorted(names), f"{name}: keep one per line, sorted by name"
     assert "clipsearch[lab,photos-extra,ray,ui]" in extras["test"] and "clipsearch[test]" in extras["dev"]
     base = _declared()
-    for unused in ("scipy", "tantivy", "reportlab", "moto", "gradio", "playwright"):
+    for unused in ("tantivy", "reportlab", "moto", "gradio", "playwright"):  # scipy: duplicates group with it
         assert unused not in base, unused  # not needed by index + search
 
 

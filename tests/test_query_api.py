@@ -79,10 +79,12 @@ def test_usage_errors_keep_their_shape(server):
 
 # ---- the long-query warning --------------------------------------------------------------------
 def test_a_long_query_is_searched_and_the_caller_told(server):
-    res = httpx.get(server + "/api/search", params={"q": LONG_QUERY, "k": 3}, timeout=WAIT).json()
+    res = httpx.get(server + "/api/search", params={"q": LONG_QUERY, "k": 3, "min_relevance": "off"},
+                    timeout=WAIT).json()
     assert res["hits"]
     assert len(res["warnings"]) == 1 and "tokens" in res["warnings"][0] and "32" in res["warnings"][0]
-    short = httpx.get(server + "/api/search", params={"q": "a red star", "k": 3}, timeout=WAIT).json()
+    short = httpx.get(server + "/api/search", params={"q": "a red star", "k": 3, "min_relevance": "off"},
+                      timeout=WAIT).json()
     assert short["warnings"] == []
 
 
@@ -135,7 +137,7 @@ def test_plain_queries_finish_while_an_invert_query_runs(server, shapes, monkeyp
 
     def invert_query():
         r = httpx.post(server + "/api/search/image", files={"file": photo.read_bytes()},
-                       data={"invert": "true", "k": "3"}, timeout=WAIT * 2)
+                       data={"invert": "true", "k": "3", "min_relevance": "off"}, timeout=WAIT * 2)
         inverted.update(status=r.status_code, body=r.json(), at=time.monotonic())
 
     slow = threading.Thread(target=invert_query)
@@ -145,7 +147,8 @@ def test_plain_queries_finish_while_an_invert_query_runs(server, shapes, monkeyp
         done: list[tuple[int, float]] = []
 
         def plain(text: str) -> None:
-            r = httpx.get(server + "/api/search", params={"q": text, "k": 3}, timeout=WAIT)
+            r = httpx.get(server + "/api/search", params={"q": text, "k": 3, "min_relevance": "off"},
+                          timeout=WAIT)
             done.append((r.status_code, time.monotonic()))
 
         with ThreadPoolExecutor(3) as pool:

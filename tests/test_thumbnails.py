@@ -62,7 +62,8 @@ def test_a_collection_moved_elsewhere_serves_its_thumbnails(tmp_path, library) -
         assert hit.thumb and Path(hit.thumb).is_file() and Path(hit.thumb).parent == new / "thumbs"
     with ServerThread(build_app(new, device="cpu")) as srv:
         for kind in ("video", "doc"):
-            res = httpx.get(srv.url + "/api/search", params={"q": "a red star", "k": 1, "kind": kind},
+            res = httpx.get(srv.url + "/api/search", params={"q": "a red star", "k": 1, "kind": kind,
+                                                                     "min_relevance": "off"},
                             timeout=120).json()
             url = res["hits"][0]["thumb_url"]
             assert url and url.startswith("/files/thumb/"), res
@@ -137,7 +138,8 @@ def test_a_tampered_thumbnail_name_serves_nothing_outside_the_thumbnails(tmp_pat
     probed = 0
     with ServerThread(build_app(col.path, device="cpu")) as srv:
         for kind in ("video", "doc"):
-            res = httpx.get(srv.url + "/api/search", params={"q": "a red star", "k": 3, "kind": kind},
+            res = httpx.get(srv.url + "/api/search", params={"q": "a red star", "k": 3, "kind": kind,
+                                                                     "min_relevance": "off"},
                             timeout=120)
             assert res.status_code == 200
             hits = res.json()["hits"]
