@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -86,6 +87,28 @@ precision_opt = click.option("--precision", envvar="CLIPSEARCH_PRECISION", defau
                                   "torch fp32 (fp16 on CUDA). Refused if it drifts from PyTorch.")
 
 
+def with_asr(fn):
+    """--asr, --asr-model and --language: speech in videos and audio files (`clipsearch.speech`)."""
+    fn = click.option("--language", default=None, metavar="CODE",
+                      help="Spoken language for Whisper (en, de, fr...). Default: detected.")(fn)
+    fn = click.option("--asr-model", default=None, metavar="NAME|PATH",
+                      help="Whisper model name (tiny, base, small, large-v3...), a CTranslate2 Whisper "
+                           "folder, or 'pocketsphinx'. Default: base if cached, else PocketSphinx.")(fn)
+    return click.option("--asr", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                        help="Transcribe speech in videos and audio files: auto = when an engine with "
+                             "weights is here.")(fn)
+
+
+def asr_options(asr: str, asr_model: str | None, language: str | None) -> dict[str, Any]:
+    """The indexers' options for speech (only what differs from the defaults)."""
+    out: dict[str, Any] = {} if asr == "auto" else {"asr": asr}
+    if asr_model:
+        out["asr_model"] = asr_model
+    if language:
+        out["language"] = language
+    return out
+
+
 def with_backend(fn):
     """--backend and --precision on a command that embeds."""
     return backend_opt(precision_opt(fn))
@@ -158,12 +181,14 @@ def main() -> None:
 @click.option("--commit-rows", default=5000, hidden=True, type=click.IntRange(1),
               help="Rows per commit; a big document is committed in batches of this many rows.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
 def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
           strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, backend, precision, verbose):
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, asr, asr_model, language, backend,
+          precision, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
@@ -190,7 +215,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
     else:  # re-index the saved roots of an existing collection
         col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
-    options = {"fps": fps} if fps else {}
+    options: dict[str, Any] = {"fps": fps} if fps else {}
+    options.update(asr_options(asr, asr_model, language))
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
             "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
             "prune_missing": prune_missing}
@@ -255,11 +281,12 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
               help="A batch of changes is indexed after this long without new ones...")
 @click.option("--max-wait", default=10.0, show_default=True, type=click.FloatRange(0.05),
               help="...or this long after its first change, under a steady stream of them.")
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, backend,
-          precision, verbose):
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, asr,
+          asr_model, language, backend, precision, verbose):
     """Keep the collection current as files appear, change, move and vanish.
 
     Without PATH, watches every root indexed before. Starts with one catch-up run (what changed
@@ -292,8 +319,11 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
         click.echo(report.summary())
         interrupted[:] = [report.interrupted]
 
+    add_options: dict[str, Any] = {"workers": workers} if workers else {}
+    if asr_options(asr, asr_model, language):
+        add_options["options"] = asr_options(asr, asr_model, language)
     watcher = Watcher(col, list(paths), quiet=quiet_seconds, max_wait=max_wait, rescan_every=rescan_every,
-                      on_run=on_run, add_options={"workers": workers} if workers else None)
+                      on_run=on_run, add_options=add_options or None)
     stop = threading.Event()
 
     def stop_soon(signum, _frame) -> None:
@@ -598,11 +628,12 @@ def optimize(db, transforms, verbose):
               help="Keep the collection current while serving (as `clipsearch watch` over its roots).")
 @rescan_opt
 @device_opt
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, backend,
-          precision, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, device, asr,
+          asr_model, language, backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -622,7 +653,16 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
-               watch={"rescan_every": rescan_every} if watch else None, backend=backend, precision=precision)
+               watch=_watch_options(rescan_every, asr_options(asr, asr_model, language)) if watch else None,
+               backend=backend, precision=precision)
+
+
+def _watch_options(rescan_every: float, speech: dict[str, Any]) -> dict[str, Any]:
+    """`Watcher` keyword arguments of `serve --watch`."""
+    out: dict[str, Any] = {"rescan_every": rescan_every}
+    if speech:
+        out["add_options"] = {"options": speech}
+    return out
 
 if __name__ == "__main__":
     main()

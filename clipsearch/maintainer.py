@@ -151,7 +151,8 @@ class Maintainer:
         changed nothing and every part is whole and current (a no-op re-run costs a stat per
         file, not a rebuild). A damaged part, or a refresh an earlier run did not finish, is
         rebuilt here."""
-        if report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0:
+        if (report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0
+                and report.transcribed == 0):
             facts = catalog.fresh(self.col.path)
             problems = self.derived_problems(fit_transforms=fit_transforms, facts=facts)
             if (self.col.path / REFRESH_MARKER).exists():

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("image", "video_frame", "video_window", "video", "doc_page", "doc_text")
+KINDS = ("image", "video_frame", "video_window", "video", "doc_page", "doc_text", "audio", "speech")
 
 
 @dataclass
@@ -17,8 +17,8 @@ class Record:
     """One row-to-be. `vector` is float32, L2-normalised; the store casts it to float16.
 
     Locators: `t_start`/`t_end` (seconds) for video rows, `page` (1-based) for documents,
-    `text` for document chunks, `thumb` for a thumbnail file in the collection's thumbs folder
-    (the store records it relative to the collection: `clipsearch.thumbs`).
+    `text` for document chunks and speech segments, `thumb` for a thumbnail file in the
+    collection's thumbs folder (the store records it relative to the collection: `clipsearch.thumbs`).
     `extra` is a small JSON-able dict (shot cuts, char span, ...), stored as a JSON string.
     """
 
