@@ -372,8 +372,10 @@ def remove(paths, db, verbose):
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
 @click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
 @click.option("--under", type=click.Path(file_okay=False), help="Only results inside this folder.")
-@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "all"]),
-              help="Restrict to one kind. Default: images, videos (best frame) and document pages.")
+@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "speech", "audio",
+                                          "all"]),
+              help="Restrict to one kind. Default: images, videos (best frame) and document pages. "
+                   "speech: what is said in videos and audio files, and when.")
 @click.option("--moments", is_flag=True, help="Video moments: where in which video (same as --kind moment).")
 @click.option("--whiten", is_flag=True, help="Whitened space for image → image (fitted transform).")
 @click.option("--center", is_flag=True, help="Modality-gap centering (fitted transform).")
@@ -446,6 +448,11 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
             click.echo(f"         Live Photo with {h.companion}")
         if h.text and h.kind == "doc":
             click.echo(f"         {h.text[:100]!r}")
+        elif h.text and h.kind in ("speech", "moment"):
+            heard = f"{h.extra['evidence']}: " if h.extra.get("evidence") else ""
+            click.echo(f"         {heard}said {h.text[:100]!r}")
+        elif h.kind == "moment" and h.extra.get("evidence"):
+            click.echo(f"         {h.extra['evidence']}")
 
 
 @main.command()

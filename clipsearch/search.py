@@ -50,8 +50,9 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "page": ("doc_page",),
     "doc_page": ("doc_page",),
     "doc_text": ("doc_text",),
+    "audio": ("audio",),
 }
-USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "all")
+USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "speech", "audio", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
 BROWSE_ORDERS = ("atypical", "typical")
 # A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
@@ -143,6 +144,7 @@ class Searcher:
         self._video_queries: tuple[int, int] = (-1, 0)  # (table version, video queries at it)
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
+        self._speech_rows: tuple[int, bool] = (-1, False)  # (table version, has speech rows)
 
     @property
     def ann_dir(self) -> Path:
@@ -332,10 +334,10 @@ class Searcher:
             raise UsageError("--invert needs an image query", hint="add --image FILE")
         if sort not in (None, "score", "typicality", *SORTS):
             raise UsageError(f"unknown sort {sort!r}", hint="one of: score, typicality, date, -date")
-        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents}
+        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents, "speech": self.speech}
         if kind in rankers:
             if text is None:
-                raise UsageError(f"{'document' if kind == 'doc' else kind} search needs a text query")
+                raise UsageError(f"{ {'doc': 'document'}.get(kind, kind)} search needs a text query")
             by_date = sort in ("date", "-date")
             found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
                                   under=under, filters=filters)
@@ -606,15 +608,56 @@ class Searcher:
 
     def moments(self, text: str, k: int = 10, under: str | None = None,
                 filters: Filters | None = None) -> list[Hit]:
-        """Moments in the videos the filters keep (their windows are what is ranked)."""
+        """Moments in the videos the filters keep (their windows are what is ranked), fused with
+        where the query's words are said (`speechsearch.fuse_moments`): each hit's
+        `extra["evidence"]` is "visual", "speech" or "both", and `text` the words said."""
         from clipsearch.moments import find_moments
+        from clipsearch.speechsearch import fuse_moments, spoken_evidence
 
         vec = self.col.encoder.encode_texts([text])[0]
         found = find_moments(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
                              ann_search=self.ranker_search(under, filters))
+        spoken, head = ([], 0)
+        if self._has_speech():
+            spoken, head = spoken_evidence(self.col.store.table, text, max(200, 20 * k),
+                                           self._rows_where(under, filters))
+        hits = []
+        for m in fuse_moments(found, spoken, head, k):
+            extra: dict[str, Any] = {"evidence": m.evidence}
+            if m.visual_score is not None and m.evidence != "visual":
+                extra["visual_score"] = m.visual_score
+            hits.append(Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
+                            t_end=float(m.t_end), text=m.text, thumb=m.thumb, extra=extra))
+        return self._with_file_columns(hits)
+
+    def speech(self, text: str, k: int = 10, under: str | None = None,
+               filters: Filters | None = None) -> list[Hit]:
+        """Transcript segments (`--kind speech`) of the files the filters keep, by their words
+        and their text vectors (`speechsearch.search_speech`)."""
+        from clipsearch.speechsearch import search_speech
+
+        vec = self.col.encoder.encode_texts([text])[0]
+        found = search_speech(self.col.store.table, vec, text, k, where=self._rows_where(under, filters),
+                              ann_search=self.ranker_search(under, filters))
         return self._with_file_columns([
-            Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
-                t_end=float(m.t_end), thumb=m.thumb) for m in found])
+            Hit(source=s.source, kind="speech", score=s.score, t_start=s.t_start, t_end=s.t_end,
+                text=s.text, id=s.id, extra={"cosine": s.cosine, "signals": list(s.signals),
+                                             "evidence": "speech"}) for s in found])
+
+    @staticmethod
+    def _rows_where(under: str | None, filters: Filters | None) -> str | None:
+        """The SQL prefilter of a folder and the metadata filters (for keyword rankings)."""
+        from clipsearch.docsearch import under_clause
+
+        parts = [p for p in (under_clause(under), filters.sql() if filters else None) if p]
+        return " AND ".join(f"({p})" for p in parts) or None
+
+    def _has_speech(self) -> bool:
+        """Whether the table holds transcript segments (asked once per table version)."""
+        version = self.col.store.version
+        if self._speech_rows[0] != version:
+            self._speech_rows = (version, self.col.store.count("kind = 'speech'") > 0)
+        return self._speech_rows[1]
 
     def videos(self, text: str, k: int = 10, under: str | None = None,
                filters: Filters | None = None) -> list[Hit]:
@@ -648,7 +691,7 @@ class Searcher:
             return hits
         sources = sql_in("source", {h.source for h in hits})
         rows = self.col.store.scan(["source", *columns],
-                                   f"{sql_in('kind', ('video', 'doc_page', 'doc_text'))} AND {sources}")
+                                   f"{sql_in('kind', ('video', 'audio', 'doc_page', 'doc_text'))} AND {sources}")
         by_source = {r["source"]: r for r in rows.to_pylist()}
         for h in hits:
             h.extra = {**file_values(by_source.get(h.source, {})), **h.extra}
