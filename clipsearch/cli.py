@@ -372,8 +372,8 @@ def remove(paths, db, verbose):
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
 @click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
 @click.option("--under", type=click.Path(file_okay=False), help="Only results inside this folder.")
-@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "speech", "audio",
-                                          "all"]),
+@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "speech",
+                                          "audio", "all"]),
               help="Restrict to one kind. Default: images, videos (best frame) and document pages. "
                    "speech: what is said in videos and audio files, and when.")
 @click.option("--moments", is_flag=True, help="Video moments: where in which video (same as --kind moment).")

@@ -690,8 +690,8 @@ class Searcher:
         if not hits or not columns:
             return hits
         sources = sql_in("source", {h.source for h in hits})
-        rows = self.col.store.scan(["source", *columns],
-                                   f"{sql_in('kind', ('video', 'audio', 'doc_page', 'doc_text'))} AND {sources}")
+        kinds = sql_in("kind", ("video", "audio", "doc_page", "doc_text"))
+        rows = self.col.store.scan(["source", *columns], f"{kinds} AND {sources}")
         by_source = {r["source"]: r for r in rows.to_pylist()}
         for h in hits:
             h.extra = {**file_values(by_source.get(h.source, {})), **h.extra}

@@ -128,13 +128,14 @@ def search_speech(table: Any, qvec: np.ndarray, query: str, k: int, *, where: st
     out = []
     for rid, score in fused:
         r = by_id[rid]
+        signals = tuple(n for n, s in zip(("vector", "keyword"), singled, strict=True) if rid in s)
         out.append(SpeechHit(rid, r["source"], float(r["t_start"]), float(r["t_end"]), r.get("text") or "",
-                             float(score), cos.get(rid),
-                             tuple(n for n, s in zip(("vector", "keyword"), singled, strict=True) if rid in s)))
+                             float(score), cos.get(rid), signals))
     return out
 
 
-def spoken_evidence(table: Any, query: str, depth: int, where: str | None = None) -> tuple[list[dict[str, Any]], int]:
+def spoken_evidence(table: Any, query: str, depth: int,
+                    where: str | None = None) -> tuple[list[dict[str, Any]], int]:
     """(segments whose words hold every word of the query, best first; how many are singled
     out). For fusion with visual rankings: one word of a visual query said somewhere must not
     outrank what is seen, so only whole matches count."""
@@ -148,7 +149,8 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
-def fuse_moments(visual: Sequence[Any], spoken: list[dict[str, Any]], spoken_head: int, k: int) -> list[SpokenMoment]:
+def fuse_moments(visual: Sequence[Any], spoken: list[dict[str, Any]], spoken_head: int,
+                 k: int) -> list[SpokenMoment]:
     """Visual moments (best first, with source/t_start/t_end/score/thumb) fused with spoken
     segments (best first). See the module docstring; a "both" moment spans the words said, or
     the union with the visual span when the visual ranking singled that moment out too."""
@@ -162,8 +164,8 @@ def fuse_moments(visual: Sequence[Any], spoken: list[dict[str, Any]], spoken_hea
     keys_spoken: list[int] = []
     for r in spoken:
         a, b = float(r["t_start"]), float(r["t_end"])
-        match = next((i for i, m in enumerate(vis) if m.source == r["source"] and _overlap(a, b, m.t_start, m.t_end) > 0
-                      and moments[i].evidence == "visual"), None)
+        match = next((i for i, m in enumerate(vis) if m.source == r["source"]
+                      and moments[i].evidence == "visual" and _overlap(a, b, m.t_start, m.t_end) > 0), None)
         if match is None:
             key = len(moments)
             moments[key] = SpokenMoment(r["source"], a, b, 0.0, "speech", text=r.get("text"))

@@ -63,6 +63,7 @@ KIND_LABELS: dict[str, str | None] = {
     "Video moments": "moment",
     "Videos": "video",
     "Document pages": "doc",
+    "Speech": "speech",
 }
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
