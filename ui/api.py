@@ -537,7 +537,7 @@ def rest_router(service: SearchService) -> APIRouter:
                    format: str | None = Query(None, description="file format: jpg, png, heic, mp4, pdf..."),
                    min_pixels: int | None = Query(None, ge=0, description="width × height at least"),
                    where: str | None = Query(None, description="SQL over the documented columns")) -> Any:
-        """Text search. kind: image, video, moment, doc, frame, page or all; the metadata
+        """Text search. kind: image, video, moment, doc, frame, page, speech, audio or all; the metadata
         filters are prefilters (README, "Filters")."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
