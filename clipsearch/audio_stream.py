@@ -64,8 +64,24 @@ def frame_levels(pcm: np.ndarray) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
-def pcm_blocks(path: Path, info: StreamInfo) -> Iterator[np.ndarray]:
-    """float32 16 kHz mono blocks of the first audio stream of `path`, decoded as a stream.
+_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0,
+               np.dtype(np.float32): 1.0, np.dtype(np.float64): 1.0}
+
+
+def quiet_frame(samples: np.ndarray, gate_dbfs: float = GATE_DBFS) -> bool:
+    """Whether a decoded frame (any channels, at its own rate) is below the gate throughout:
+    its peak is, so every 30 ms RMS is too. Such frames are never resampled."""
+    scale = _FULL_SCALE.get(samples.dtype)
+    if scale is None or not samples.size:
+        return False
+    peak = float(max(abs(float(samples.max())), abs(float(samples.min())))) / scale
+    return peak < 10 ** (gate_dbfs / 20)
+
+
+def pcm_blocks(path: Path, info: StreamInfo) -> Iterator[np.ndarray | int]:
+    """float32 16 kHz mono blocks of the first audio stream of `path`, decoded as a stream;
+    a frame below the gate comes as the number of 16 kHz samples it lasts (silence costs a
+    decode and a peak, not a resample).
 
     Raises SkipFile for a file PyAV cannot read as audio; a file without an audio stream
     yields nothing (`info.has_audio` stays False)."""
@@ -82,6 +98,12 @@ def pcm_blocks(path: Path, info: StreamInfo) -> Iterator[np.ndarray]:
         samples = 0
         try:
             for frame in container.decode(stream):
+                if frame.sample_rate and quiet_frame(frame.to_ndarray()):
+                    n = int(round(frame.samples * RATE / frame.sample_rate))
+                    samples += n
+                    info.duration = samples / RATE
+                    yield n
+                    continue
                 for out in resampler.resample(frame):
                     block = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
                     samples += len(block)
@@ -96,7 +118,7 @@ def pcm_blocks(path: Path, info: StreamInfo) -> Iterator[np.ndarray]:
         info.duration = samples / RATE
 
 
-def voiced_regions(blocks: Iterator[np.ndarray], info: StreamInfo | None = None, *,
+def voiced_regions(blocks: Iterator[np.ndarray | int], info: StreamInfo | None = None, *,
                    gate_dbfs: float = GATE_DBFS, max_region_s: float = MAX_REGION_S) -> Iterator[Region]:
     """The stretches of a PCM stream louder than the gate, padded and bridged over short
     pauses; each given out as soon as it ends. Holds at most one region of samples."""
@@ -123,6 +145,12 @@ def voiced_regions(blocks: Iterator[np.ndarray], info: StreamInfo | None = None,
         return Region(start / RATE, pcm)
 
     for block in blocks:
+        if isinstance(block, int):  # that many samples of silence
+            if not region and not len(tail):
+                pos += block
+                before = np.concatenate([before, np.zeros(min(block, pad), np.float32)])[-pad:]
+                continue
+            block = np.zeros(block, np.float32)
         buf = np.concatenate([tail, block]) if len(tail) else block
         levels = frame_levels(buf)
         used = len(levels) * FRAME

@@ -338,6 +338,8 @@ class Searcher:
         if kind in rankers:
             if text is None:
                 raise UsageError(f"{ {'doc': 'document'}.get(kind, kind)} search needs a text query")
+            if not text.strip():
+                raise UsageError("the text query is empty", hint="type some words to search for")
             by_date = sort in ("date", "-date")
             found = rankers[kind](text, k=max(DATE_SORT_DEPTH, k + offset) if by_date else k + offset,
                                   under=under, filters=filters)

@@ -173,17 +173,15 @@ def whisper_folder(model: str, *, download: bool = True) -> str | None:
 
 
 class WhisperEngine:
-    """faster-whisper on the CPU (int8) or CUDA (float16), with its own VAD (vad_filter)."""
+    """faster-whisper (on CUDA when CTranslate2 sees one), with its own VAD (vad_filter)."""
 
     def __init__(self, model: str = DEFAULT_WHISPER, language: str | None = None,
                  device: str = "auto") -> None:
         folder = whisper_folder(model)
         from faster_whisper import WhisperModel
 
-        dev = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
-        try:
-            compute = "float16" if dev == "cuda" else "int8"
-            self._model = WhisperModel(folder, device=dev, compute_type=compute)
+        try:  # CTranslate2 picks CUDA when it has one, and the fastest precision the device runs
+            self._model = WhisperModel(folder, device=device, compute_type="auto")
         except Exception as e:  # CTranslate2 raises RuntimeError/ValueError for a bad folder
             raise ModelUnavailable(f"Whisper model {model!r} could not be loaded from {folder}: {e}",
                                    hint="check the folder, or pick another --asr-model") from e
@@ -196,15 +194,6 @@ class WhisperEngine:
             segs, _ = self._model.transcribe(np.asarray(pcm, np.float32), language=self.language,
                                              vad_filter=True, beam_size=5)
             return [Segment(round(t0 + s.start, 3), round(t0 + s.end, 3), s.text.strip()) for s in segs]
-
-
-def _cuda() -> bool:
-    try:
-        import ctranslate2
-
-        return bool(ctranslate2.get_cuda_device_count())
-    except Exception:  # noqa: BLE001 - no CUDA runtime is not an error
-        return False
 
 
 # ---------------------------------------------------------------- choosing
