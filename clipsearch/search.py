@@ -619,7 +619,8 @@ class Searcher:
         vec = self.col.encoder.encode_texts([text])[0]
         found = find_moments(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
                              ann_search=self.ranker_search(under, filters))
-        spoken, head = ([], 0)
+        spoken: list[dict[str, Any]] = []
+        head = 0
         if self._has_speech():
             spoken, head = spoken_evidence(self.col.store.table, text, max(200, 20 * k),
                                            self._rows_where(under, filters))

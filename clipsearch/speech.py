@@ -161,7 +161,8 @@ def whisper_folder(model: str, *, download: bool = True) -> str | None:
     what = f"Whisper weights {model!r} ({repo})"
     if not download:
         found = [hub.cached_file(repo, [f]) for f in WHISPER_FILES]
-        return os.path.dirname(found[1]) if all(found) else None  # type: ignore[arg-type]
+        weights = found[1]
+        return os.path.dirname(weights) if weights is not None and all(found) else None
     paths = [hub.fetch_file(repo, [f], what) for f in WHISPER_FILES]
     for optional in ("vocabulary.txt", "vocabulary.json", "preprocessor_config.json"):
         if hub.cached_file(repo, [optional]) is None and not hub.clipsearch_offline():
