@@ -64,6 +64,15 @@ def frame_levels(pcm: np.ndarray) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
+def has_audio(path: Path) -> bool:
+    """Whether a file has an audio stream (header only); False for what PyAV cannot open."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as c:
+            return bool(c.streams.audio)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+        return False
+
+
 _FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0,
                np.dtype(np.float32): 1.0, np.dtype(np.float64): 1.0}
 

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipsearch.audio_stream import has_audio
 from clipsearch.errors import SkipFile
 from clipsearch.records import Record, display_path
-from clipsearch.speech import available, engine_slot, transcribe_file
+from clipsearch.speech import SpeechEngine, available, engine_slot, transcribe_file
 from clipsearch.store import FILE_COLUMNS, META_COLUMNS, SourceRows, Store, float32_vectors
 
 if TYPE_CHECKING:
@@ -58,18 +59,15 @@ def due(meta: dict[str, Any], options: dict[str, Any]) -> bool:
 def backfill(store: Store, encoder: Callable[[], AnyEncoder], options: dict[str, Any],
              report: IndexReport) -> bool:
     """Transcribe every unheard video and audio file; True when none is left unheard."""
-    from clipsearch.indexers.audio import pooled, speech_records
+    from clipsearch.indexers.audio import NO_AUDIO, pooled
 
     rows = lacking(store)
     if not rows:
         return True
     slot = engine_slot(options)
-    engine = slot.get() if slot is not None else None
-    if engine is None:
-        if slot is not None and slot.problem:
-            report.notes.append(("speech", slot.problem))
+    if slot is None:
         return False
-    enc = encoder()
+    enc: AnyEncoder | None = None
     left = 0
     for row in rows:
         raw: bytes = row["source_raw"]
@@ -83,17 +81,20 @@ def backfill(store: Store, encoder: Callable[[], AnyEncoder], options: dict[str,
             left += 1
             continue  # changed since: the next run indexes it again, speech included
         extra = dict(row["extra"])
-        try:
-            transcript = transcribe_file(Path(path), engine)
-        except SkipFile as e:
+        audio = has_audio(Path(path))
+        engine = slot.get() if audio else None
+        if audio and engine is None:  # the engine cannot run: the files stay as they are
+            if slot.problem:
+                report.notes.append(("speech", slot.problem))
+            return False
+        enc = enc or encoder()
+        if engine is None:  # no audio track: nothing to hear
             speech: list[Record] = []
-            extra.update(asr=engine.id, asr_error=e.reason)
-            report.notes.append((display_path(raw), f"speech not transcribed: {e.reason}"))
+            extra["asr"] = NO_AUDIO
         else:
-            speech = speech_records(transcript, engine, enc)
-            extra.update(asr=engine.id, voiced=round(transcript.voiced, 2))
-            if row["kind"] == "audio":
-                extra["segments"] = len(speech)
+            speech = _hear(Path(path), raw, engine, enc, extra, report)
+        if row["kind"] == "audio":
+            extra["segments"] = len(speech)
         vector = pooled(speech, int(enc.dim)) if row["kind"] == "audio" else row["vector"]
         summary = Record(row["kind"], vector, row["t_start"], row["t_end"], row["page"], row["text"],
                          row["thumb"], extra)
@@ -103,3 +104,19 @@ def backfill(store: Store, encoder: Callable[[], AnyEncoder], options: dict[str,
         report.transcribed += 1
         report.items += len(speech)
     return left == 0
+
+
+def _hear(path: Path, raw: bytes, engine: SpeechEngine, enc: AnyEncoder, extra: dict[str, Any],
+          report: IndexReport) -> list[Record]:
+    """The speech rows of one file (`extra` gets the engine and what passed the gate)."""
+    from clipsearch.indexers.audio import speech_records
+
+    try:
+        transcript = transcribe_file(path, engine)
+    except SkipFile as e:
+        extra.update(asr=engine.id, asr_error=e.reason)
+        report.notes.append((display_path(raw), f"speech not transcribed: {e.reason}"))
+        return []
+    extra.update(asr=engine.id, voiced=round(transcript.voiced, 2))
+    return speech_records(transcript, engine, enc)
+

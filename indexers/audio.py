@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch.audio_stream import has_audio
 from clipsearch.errors import SkipFile
 from clipsearch.records import Record
 from clipsearch.speech import AUDIO_SUFFIXES, SpeechEngine, Transcript, engine_slot, transcribe_file
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEXT_BATCH = 64
+NO_AUDIO = "no audio track"  # extra["asr"] of a video without one: heard, as far as it can be
 
 
 def sniff_audio(head: bytes) -> str | None:
@@ -72,9 +74,14 @@ def pooled(records: list[Record], dim: int) -> np.ndarray:
 def speech_rows(path: Path, encoder: AnyEncoder, ctx: IndexContext) -> tuple[list[Record], dict[str, Any]]:
     """(speech rows, facts for the file's summary row) of a file's audio track, as the run's
     `--asr` options ask. Facts: {"asr": engine id} once an engine heard it (with "asr_error"
-    when its audio could not be decoded), {} when no engine runs, so a later run tries again."""
+    when its audio could not be decoded), {"asr": NO_AUDIO} for a file without an audio track,
+    {} when no engine runs, so a later run tries again."""
     slot = engine_slot(ctx.options)
-    engine = slot.get() if slot is not None else None
+    if slot is None:
+        return [], {}
+    if not has_audio(path):  # a silent video needs no engine: nothing to hear, now or later
+        return [], {"asr": NO_AUDIO}
+    engine = slot.get()
     if engine is None:
         return [], {}
     try:
