@@ -39,6 +39,18 @@ PHRASES = (
     "turn off the lights please",
     "our team won the game",
     "the coffee is too hot",
+    "the airport is closed today",
+    "he plays the piano every evening",
+    "the garden needs more water",
+    "they sold the old house",
+    "the bus leaves at noon",
+    "my sister lives in london",
+    "the dog is sleeping outside",
+    "we need more paper for the printer",
+    "the movie starts at eight",
+    "the market opens early on sunday",
+    "this bread tastes very good",
+    "the mountain road is dangerous",
 )
 
 
