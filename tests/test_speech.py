@@ -121,6 +121,21 @@ def test_ten_hours_of_silence_cost_a_decode_and_no_recognition(tmp_path, monkeyp
 # ---------------------------------------------------------------- indexing
 
 
+def test_audio_files_are_told_by_content(tmp_path):
+    from clipsearch.indexers.audio import AudioIndexer
+    from clipsearch.indexers.base import default_indexers, is_batched, is_streaming
+
+    ix = next(i for i in default_indexers() if i.medium == "audio")
+    assert not is_batched(ix) and not is_streaming(ix)
+    pcm = np.zeros(RATE, np.float32)
+    for ext in (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a"):
+        path = speech_synth.write_audio(tmp_path / f"a{ext}", pcm)
+        assert AudioIndexer().accepts(path, path.read_bytes()[:64]), ext
+    fake = tmp_path / "photo.mp3"
+    fake.write_bytes(b"\xff\xd8\xff\xe0" + bytes(60))  # a JPEG under an audio name
+    assert not AudioIndexer().accepts(fake, fake.read_bytes())
+
+
 def test_audio_files_and_video_tracks_become_speech_rows(spoken):
     col, truth, folder, report = spoken
     rows = _speech_rows(col)
