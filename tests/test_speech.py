@@ -288,6 +288,31 @@ def test_engine_choice_and_its_one_line_reasons(tmp_path, monkeypatch):
         speech.open_engine("loud")
 
 
+def test_whisper_segments_are_placed_in_the_file(monkeypatch):
+    """The Whisper engine's plumbing with a stand-in for the CTranslate2 model (no weights can
+    be had here): VAD asked for, the language passed on, times offset by the region's start."""
+    import threading
+    from types import SimpleNamespace
+
+    from clipsearch import speech
+
+    asked = {}
+
+    class Model:
+        def transcribe(self, audio, **kw):
+            asked.update(kw, n=len(audio), dtype=audio.dtype)
+            return iter([SimpleNamespace(start=0.2, end=1.4, text=" Hello there. "),
+                         SimpleNamespace(start=2.0, end=2.5, text=" ")]), None
+
+    engine = object.__new__(speech.WhisperEngine)
+    engine._model, engine.language, engine.id, engine._lock = Model(), "en", "whisper:base", threading.Lock()
+    segs = engine.transcribe(np.zeros(RATE * 3, np.float64), t0=10.0)
+    assert segs[0] == speech.Segment(10.2, 11.4, "Hello there.")
+    assert asked["vad_filter"] is True and asked["language"] == "en" and asked["dtype"] == np.float32
+    assert speech.whisper_repo("small") == "Systran/faster-whisper-small"
+    assert speech.whisper_repo("me/my-whisper") == "me/my-whisper"
+
+
 def test_absent_weights_are_one_line_and_the_job_goes_on(spoken, tmp_path):
     """`index --asr on --asr-model base` with no Whisper weights: one warning line, every file
     indexed all the same (audio without speech), exit 0; a later run with an engine fills it in."""
