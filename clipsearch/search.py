@@ -377,10 +377,12 @@ class Searcher:
         if text and image is None and kind in (None, "all"):
             hits = self._with_document_text(hits, text, vec, under, need, max(200, 20 * (k + offset)),
                                             filters)
+            hits = self._with_speech(hits, text, under, filters, max(200, 20 * (k + offset)))
         if hybrid and text:
             hits = self._hybrid(hits, text, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
-            hits = [h for h in hits if h.id is not None and _among(h.id, only)]
+            # (speech rows come from a ranking prefiltered by the same filters)
+            hits = [h for h in hits if h.id is not None and (_among(h.id, only) or h.kind == "speech")]
         if sort == "typicality":
             hits = self._sort_typicality(hits)
         elif sort in ("date", "-date"):
@@ -495,6 +497,47 @@ class Searcher:
             chunk = evidence.chunks.get(key)
             if chunk is not None and chunk.get("text"):
                 h.text = snippet(chunk["text"], text)
+            out.append(h)
+        return out
+
+    def _with_speech(self, hits: list[Hit], text: str, under: str | None, filters: Filters | None,
+                     depth: int) -> list[Hit]:
+        """Give what is said its say in a text query over all kinds: segments whose words hold
+        every word of the query (`speechsearch.spoken_evidence`) are a second ranking, fused by
+        gated RRF. A segment of a video already found by its frames is that hit ("both", with
+        the words and their span); others become `speech` hits. When no segment holds the
+        words the hits stay exactly as they were."""
+        from clipsearch.fusion import confident_head, gated_rrf
+        from clipsearch.speechsearch import HEAD, spoken_evidence
+
+        if not self._has_speech():
+            return hits
+        rows, head = spoken_evidence(self.col.store.table, text, depth, self._rows_where(under, filters))
+        if not head:
+            return hits
+        by_key = {_fusion_key(h): h for h in hits}
+        video_key = {h.source: key for key, h in by_key.items() if h.kind in ("video_frame", "video")}
+        spoken: list[tuple[Any, ...]] = []
+        found = self._hydrate([(r["id"], float("nan")) for r in rows[:head]])
+        for h in found:
+            key = video_key.get(h.source)
+            if key is not None and by_key[key].extra.get("evidence") is None:
+                old = by_key[key]
+                old.text, old.t_start, old.t_end = h.text, h.t_start, h.t_end
+                old.extra["evidence"] = "both"
+            else:
+                key = _fusion_key(h)
+                h.extra["evidence"] = "speech"
+                by_key[key] = h
+            spoken.append(key)
+        fused = gated_rrf([[_fusion_key(h) for h in hits], spoken],
+                          [confident_head([h.score for h in hits], max_head=HEAD), len(spoken)])
+        out = []
+        for key, score in fused:
+            h = by_key[key]
+            h.extra.setdefault("cosine", h.score if np.isfinite(h.score) else None)
+            h.extra.setdefault("evidence", "visual")
+            h.score = float(score)
             out.append(h)
         return out
 

@@ -199,6 +199,21 @@ def test_moments_say_whether_they_were_seen_heard_or_both(spoken):
     assert os.path.basename(hits[0].source) == "v1.mp4" and hits[0].t_start < 6.0
 
 
+def test_the_default_search_hears_the_words_too(spoken):
+    """Over all kinds: a phrase said in an audio file ranks first as a speech hit, one said in a
+    video brings that video ("both" when its frames were found too); a visual query is as before."""
+    col, truth, _, _ = spoken
+    said = truth["talk.mp3"][1]
+    top = col.search(text=said["phrase"], k=5)[0]
+    assert top.kind == "speech" and top.source.endswith("talk.mp3") and top.extra["evidence"] == "speech"
+    said = truth["v2.mp4"][1]
+    top = col.search(text=said["phrase"], k=5)[0]
+    assert top.source.endswith("v2.mp4") and top.text == said["phrase"]
+    assert top.extra["evidence"] in ("speech", "both")
+    visual = col.search(text="a red star", k=5)
+    assert all("evidence" not in h.extra for h in visual)  # untouched: no segment says it
+
+
 # ---------------------------------------------------------------- incremental and crash-safe
 
 
