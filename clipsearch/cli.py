@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -84,6 +85,28 @@ precision_opt = click.option("--precision", envvar="CLIPSEARCH_PRECISION", defau
                              type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
                              help="Inference precision: onnx runs fp32/int8, openvino fp32/bf16/fp16, "
                                   "torch fp32 (fp16 on CUDA). Refused if it drifts from PyTorch.")
+
+
+def with_asr(fn):
+    """--asr, --asr-model and --language: speech in videos and audio files (`clipsearch.speech`)."""
+    fn = click.option("--language", default=None, metavar="CODE",
+                      help="Spoken language for Whisper (en, de, fr...). Default: detected.")(fn)
+    fn = click.option("--asr-model", default=None, metavar="NAME|PATH",
+                      help="Whisper model name (tiny, base, small, large-v3...), a CTranslate2 Whisper "
+                           "folder, or 'pocketsphinx'. Default: base if cached, else PocketSphinx.")(fn)
+    return click.option("--asr", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                        help="Transcribe speech in videos and audio files: auto = when an engine with "
+                             "weights is here.")(fn)
+
+
+def asr_options(asr: str, asr_model: str | None, language: str | None) -> dict[str, Any]:
+    """The indexers' options for speech (only what differs from the defaults)."""
+    out: dict[str, Any] = {} if asr == "auto" else {"asr": asr}
+    if asr_model:
+        out["asr_model"] = asr_model
+    if language:
+        out["language"] = language
+    return out
 
 
 def with_backend(fn):
@@ -161,12 +184,14 @@ def main() -> None:
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
 def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
           strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, ocr, backend, precision, verbose):
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, ocr, asr, asr_model, language,
+          backend, precision, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
     Without PATH, every root indexed before is updated. Safe to stop (Ctrl-C) and re-run:
@@ -193,7 +218,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
     else:  # re-index the saved roots of an existing collection
         col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
-    options = {"fps": fps} if fps else {}
+    options: dict[str, Any] = {"fps": fps} if fps else {}
+    options.update(asr_options(asr, asr_model, language))
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
             "exclude": list(exclude), "clear_excludes": clear_excludes, "verify": verify,
             "prune_missing": prune_missing}
@@ -263,11 +289,12 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, ocr, backend,
-          precision, verbose):
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, ocr, asr,
+          asr_model, language, backend, precision, verbose):
     """Keep the collection current as files appear, change, move and vanish.
 
     Without PATH, watches every root indexed before. Starts with one catch-up run (what changed
@@ -300,8 +327,11 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
         click.echo(report.summary())
         interrupted[:] = [report.interrupted]
 
+    add_options: dict[str, Any] = {"ocr": ocr, **({"workers": workers} if workers else {})}
+    if asr_options(asr, asr_model, language):
+        add_options["options"] = asr_options(asr, asr_model, language)
     watcher = Watcher(col, list(paths), quiet=quiet_seconds, max_wait=max_wait, rescan_every=rescan_every,
-                      on_run=on_run, add_options={"ocr": ocr, **({"workers": workers} if workers else {})})
+                      on_run=on_run, add_options=add_options)
     stop = threading.Event()
 
     def stop_soon(signum, _frame) -> None:
@@ -355,10 +385,13 @@ def remove(paths, db, verbose):
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 10000), help="Results.")
 @click.option("--offset", default=0, type=click.IntRange(0), help="Skip this many results (paging).")
 @click.option("--under", type=click.Path(file_okay=False), help="Only results inside this folder.")
-@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "ocr", "all"]),
+@click.option("--kind", type=click.Choice(["image", "video", "moment", "doc", "frame", "page", "ocr",
+                                          "speech", "audio", "all"]),
               help="Restrict to one kind. Default: images, videos (best frame) and document pages. "
-                   "ocr: the words read in pictures.")
-@click.option("--words-only", is_flag=True, help="Rank by the words in items alone (document text, OCR).")
+                   "ocr: the words read in pictures; speech: what is said in videos and audio files, "
+                   "and when.")
+@click.option("--words-only", is_flag=True,
+              help="Rank by the words in items alone (document text, OCR, speech).")
 @click.option("--visual-only", is_flag=True, help="Rank by what items show alone (no words).")
 @click.option("--moments", is_flag=True, help="Video moments: where in which video (same as --kind moment).")
 @click.option("--whiten", is_flag=True, help="Whitened space for image → image (fitted transform).")
@@ -450,8 +483,13 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
         click.echo(f"{h.score:{score_format}}{rel}  {h.kind:<11} {h.source}{where}")
         if h.companion:
             click.echo(f"         Live Photo with {h.companion}")
-        if h.text and (h.kind in ("doc", "ocr") or h.extra.get("words")):
+        if h.text and (h.kind in ("speech", "moment") or h.extra.get("words") == "speech"):
+            heard = f"{h.extra['evidence']}: " if h.extra.get("evidence") else ""
+            click.echo(f"         {heard}said {h.text[:100]!r}")
+        elif h.text and (h.kind in ("doc", "ocr") or h.extra.get("words")):
             click.echo(f"         {h.text[:100]!r}")
+        elif h.kind == "moment" and h.extra.get("evidence"):
+            click.echo(f"         {h.extra['evidence']}")
 
 
 @main.command()
@@ -637,11 +675,12 @@ def optimize(db, transforms, verbose):
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
 @device_opt
+@with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, device,
-          backend, precision, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, device, asr,
+          asr_model, language, backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -661,8 +700,18 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
-               watch={"rescan_every": rescan_every, "add_options": {"ocr": ocr}} if watch else None,
+               watch=(_watch_options(rescan_every, ocr, asr_options(asr, asr_model, language))
+                      if watch else None),
                backend=backend, precision=precision)
+
+
+def _watch_options(rescan_every: float, ocr: str | None, speech: dict[str, Any]) -> dict[str, Any]:
+    """`Watcher` keyword arguments of `serve --watch`."""
+    add_options: dict[str, Any] = {"ocr": ocr}
+    if speech:
+        add_options["options"] = speech
+    return {"rescan_every": rescan_every, "add_options": add_options}
+
 
 from clipsearch import cli_duplicates  # noqa: E402,F401  (registers `duplicates`)
 

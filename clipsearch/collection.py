@@ -543,6 +543,7 @@ class Collection:
                                       commit_rows=commit_rows, states=facts.file_states() if facts else None)
             run.report.ocr_problem = ocr_problem
             self._read_words(run, read_words, progress)
+            self._speech_after(run.report, run.ctx.options)
         return run.report
 
     def _read_words(self, run: IndexRun, read_words: bool, progress: bool) -> None:
@@ -564,6 +565,30 @@ class Collection:
         if not report.interrupted and report.ocr_problem is None and not self.meta.get("ocr_read"):
             self.meta["ocr_read"] = True
             self.save_meta()
+
+    def _speech_after(self, report: IndexReport, options: dict[str, Any]) -> None:
+        """After a run: transcribe what was indexed without speech when an engine runs now
+        (`speech_backfill`), and remember whether anything is left unheard."""
+        from clipsearch import speech_backfill
+        from clipsearch.speech import engine_slot
+
+        key = speech_backfill.META_KEY
+        if report.interrupted:
+            return
+        if speech_backfill.due(self.meta, options):
+            try:
+                complete = speech_backfill.backfill(self.store, self.writing_encoder, options, report)
+            except KeyboardInterrupt:
+                report.interrupted = True
+                return
+            if complete:
+                self.meta[key] = True
+                self.save_meta()
+        elif report.indexed and self.meta.get(key):
+            slot = engine_slot(options)
+            if slot is None or slot.problem:  # files went in unheard
+                self.meta[key] = False
+                self.save_meta()
 
     @contextlib.contextmanager
     def index_run(self, paths: Sequence[str | os.PathLike[str]] | None = None, *,

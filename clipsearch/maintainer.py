@@ -152,7 +152,7 @@ class Maintainer:
         file, not a rebuild). A damaged part, or a refresh an earlier run did not finish, is
         rebuilt here."""
         if (report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0
-                and report.ocr_files == 0):
+                and report.ocr_files == 0 and report.transcribed == 0):
             facts = catalog.fresh(self.col.path)
             problems = self.derived_problems(fit_transforms=fit_transforms, facts=facts)
             if (self.col.path / REFRESH_MARKER).exists():

@@ -82,6 +82,7 @@ class IndexReport:
     removed: int = 0
     moved: int = 0  # files renamed or moved: their rows followed them, nothing re-embedded
     described: int = 0  # indexed files whose file columns (date, place...) were read afterwards
+    transcribed: int = 0  # files indexed before whose speech was added (`speech_backfill`)
     items: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     vanished: list[tuple[str, str]] = field(default_factory=list)  # (root, why): rows kept
@@ -132,6 +133,8 @@ class IndexReport:
                   f"{self.ocr_rows} rows, in {self.ocr_seconds:.1f} s")
         if self.ocr_problem:
             s += f"; OCR skipped: {self.ocr_problem}"
+        if self.transcribed:
+            s += f"; speech added to {self.transcribed} files indexed before"
         if self.described:
             s += f"; date, place and camera read for {self.described} indexed files"
         if self.unexpected:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 KINDS = ("image", "video_frame", "video_window", "video", "doc_page", "doc_text",
-         "ocr")
+         "ocr", "audio", "speech")
 
 
 @dataclass
@@ -18,7 +18,8 @@ class Record:
     """One row-to-be. `vector` is float32, L2-normalised; the store casts it to float16.
 
     Locators: `t_start`/`t_end` (seconds) for video rows, `page` (1-based) for documents,
-    `text` for document chunks and words read in pictures (`ocr` rows), `thumb` for a
+    `text` for document chunks, words read in pictures (`ocr` rows) and speech segments
+    (`speech` rows, with `t_start`/`t_end`), `thumb` for a
     thumbnail file in the collection's thumbs folder
     (the store records it relative to the collection: `clipsearch.thumbs`).
     `extra` is a small JSON-able dict (shot cuts, char span, ...), stored as a JSON string.

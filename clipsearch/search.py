@@ -53,8 +53,9 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "page": ("doc_page",),
     "doc_page": ("doc_page",),
     "doc_text": ("doc_text",),
+    "audio": ("audio",),
 }
-USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "ocr", "all")
+USER_KINDS = ("image", "video", "moment", "doc", "frame", "page", "ocr", "speech", "audio", "all")
 IMAGE_LIKE = ("image", "video_frame", "doc_page")
 BROWSE_ORDERS = ("atypical", "typical")
 # A filter matching at most this many rows ranks them exactly; more go through the ANN's selector.
@@ -404,11 +405,12 @@ class Searcher:
             raise UsageError("--words-only and --visual-only exclude each other", hint="pass one of them")
         if words_only and kind not in (None, "all"):
             raise UsageError(f"--words-only ranks all kinds by their words, not --kind {kind}",
-                             hint="drop --kind, or use --kind ocr for the words read in pictures")
+                             hint="drop --kind, or use --kind ocr (words read in pictures) or speech")
         if words_only and (words is None or not only_text):
             raise UsageError("--words-only needs a text query (and no image)",
                              hint='clipsearch search "wifi password" --words-only')
-        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents, "ocr": self.words}
+        rankers = {"moment": self.moments, "video": self.videos, "doc": self.documents, "ocr": self.words,
+                   "speech": self.speech}
         by_date = sort in ("date", "-date")
         if kind in rankers:
             what = "document" if kind == "doc" else kind
@@ -459,10 +461,12 @@ class Searcher:
         if words and kind in (None, "all") and only_text and not visual_only:
             hits = self._with_words(hits, words, vec, under, need, max(200, 20 * (k + offset)),
                                     filters, words_only=words_only)
+            hits = self._with_speech(hits, words, under, filters, max(200, 20 * (k + offset)))
         if hybrid and words:
             hits = self._hybrid(hits, words, kinds, need, under, filters)
         if only is not None:  # what fusion brought in by words must match the filters too
-            hits = [h for h in hits if h.id is not None and _among(h.id, only)]
+            # (speech rows come from a ranking prefiltered by the same filters)
+            hits = [h for h in hits if h.id is not None and (_among(h.id, only) or h.kind == "speech")]
         self._vector_relevance(hits, vec, "text" if invert else modality, kinds, raw_cosines=whiten or center)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
@@ -546,6 +550,10 @@ class Searcher:
             for h in hits:  # them first, with scores of 1 and above); the fused rest is not
                 h.relevance = SINGLED_OUT if h.score >= 1.0 else 0.0
             return
+        if kind == "speech":  # likewise the segments whose words hold every word of the query
+            for h in hits:
+                h.relevance = SINGLED_OUT if h.extra.get("text_match") else 0.0
+            return
         vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
         calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)
         peaks = self._peak_rows(hits, vec, "doc_page" if kind == "doc" else "video_frame")
@@ -554,6 +562,8 @@ class Searcher:
         for h, (c, _), b in zip(hits, peaks, best, strict=True):
             h.relevance = calibration.relevance(c, b if c is not None else None)
             if kind == "doc" and "keyword" in h.extra.get("signals", ()):
+                h.relevance = max(h.relevance, SINGLED_OUT)
+            if h.extra.get("evidence") in ("speech", "both"):  # the query's words are said there
                 h.relevance = max(h.relevance, SINGLED_OUT)
 
     def _peak_rows(self, hits: list[Hit], vec: np.ndarray,
@@ -752,6 +762,53 @@ class Searcher:
             self._kind_rows[kind] = (version, self.col.store.count(f"kind = '{kind}'") > 0)
         return self._kind_rows[kind][1]
 
+    def _with_speech(self, hits: list[Hit], text: str, under: str | None, filters: Filters | None,
+                     depth: int) -> list[Hit]:
+        """Give what is said its say in a text query over all kinds: segments whose words hold
+        every word of the query (`speechsearch.spoken_evidence`) are one more ranking, fused by
+        gated RRF. A segment of a video already found by its frames (or its words read by OCR)
+        is that hit (`extra["evidence"]` "both", with the words said and their span, unless it
+        already carries the words read); others become `speech` hits ("speech"). Either way the
+        words singled the hit out (`extra["text_match"]`, as for OCR and document text). When
+        no segment holds the words the hits stay exactly as they were."""
+        from clipsearch.fusion import confident_head, gated_rrf
+        from clipsearch.speechsearch import HEAD, spoken_evidence
+
+        if not self._has_rows("speech"):
+            return hits
+        rows, head = spoken_evidence(self.col.store.table, text, depth, self._rows_where(under, filters))
+        if not head:
+            return hits
+        by_key = {_fusion_key(h): h for h in hits}
+        video_key = {h.source: key for key, h in by_key.items() if h.kind in ("video_frame", "video")}
+        spoken: list[tuple[Any, ...]] = []
+        found = self._hydrate([(r["id"], float("nan")) for r in rows[:head]])
+        for h in found:
+            key = video_key.get(h.source)
+            if key is not None and by_key[key].extra.get("evidence") is None:
+                old = by_key[key]
+                if old.text is None:
+                    old.text, old.t_start, old.t_end = h.text, h.t_start, h.t_end
+                    old.extra["words"] = "speech"
+                old.extra["evidence"] = "both"
+                old.extra["matched"] = "words" if old.extra.get("matched") == "words" else "both"
+            else:
+                key = _fusion_key(h)
+                h.extra.update(evidence="speech", matched="words", words="speech")
+                by_key[key] = h
+            by_key[key].extra["text_match"] = True
+            spoken.append(key)
+        fused = gated_rrf([[_fusion_key(h) for h in hits], spoken],
+                          [confident_head([h.score for h in hits], max_head=HEAD), len(spoken)])
+        out = []
+        for key, score in fused:
+            h = by_key[key]
+            h.extra.setdefault("cosine", h.score if np.isfinite(h.score) else None)
+            h.extra.setdefault("evidence", "visual")
+            h.score = float(score)
+            out.append(h)
+        return out
+
     def _has_document_text(self) -> bool:
         """Whether the table holds document text."""
         return self._has_rows("doc_text")
@@ -893,15 +950,55 @@ class Searcher:
 
     def moments(self, text: str, k: int = 10, under: str | None = None,
                 filters: Filters | None = None) -> list[Hit]:
-        """Moments in the videos the filters keep (their windows are what is ranked)."""
+        """Moments in the videos the filters keep (their windows are what is ranked), fused with
+        where the query's words are said (`speechsearch.fuse_moments`): each hit's
+        `extra["evidence"]` is "visual", "speech" or "both", and `text` the words said."""
         from clipsearch.moments import find_moments
+        from clipsearch.speechsearch import fuse_moments, spoken_evidence
 
         vec = self.col.encoder.encode_texts([text])[0]
         found = find_moments(vec, self.col.store.table, k=k, catalog=self.video_catalog(),
                              ann_search=self.ranker_search(under, filters))
+        spoken: list[dict[str, Any]] = []
+        head = 0
+        if self._has_rows("speech"):
+            spoken, head = spoken_evidence(self.col.store.table, text, max(200, 20 * k),
+                                           self._rows_where(under, filters))
+        hits = []
+        for m in fuse_moments(found, spoken, head, k):
+            extra: dict[str, Any] = {"evidence": m.evidence}
+            if m.visual_score is not None and m.evidence != "visual":
+                extra["visual_score"] = m.visual_score
+            hits.append(Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
+                            t_end=float(m.t_end), text=m.text, thumb=m.thumb, extra=extra))
+        return self._with_file_columns(hits)
+
+    def speech(self, text: str, k: int = 10, under: str | None = None,
+               filters: Filters | None = None) -> list[Hit]:
+        """Transcript segments (`--kind speech`) of the files the filters keep, by their words
+        and their text vectors (`speechsearch.search_speech`)."""
+        from clipsearch.speechsearch import search_speech, spoken_evidence
+
+        if not self._has_rows("speech"):
+            return []
+        vec = self.col.encoder.encode_texts([text])[0]
+        where = self._rows_where(under, filters)
+        found = search_speech(self.col.store.table, vec, text, k, where=where,
+                              ann_search=self.ranker_search(under, filters))
+        whole = {r["id"] for r in spoken_evidence(self.col.store.table, text, max(200, 20 * k), where)[0]}
         return self._with_file_columns([
-            Hit(source=m.source, kind="moment", score=float(m.score), t_start=float(m.t_start),
-                t_end=float(m.t_end), thumb=m.thumb) for m in found])
+            Hit(source=s.source, kind="speech", score=s.score, t_start=s.t_start, t_end=s.t_end,
+                text=s.text, id=s.id, extra={"cosine": s.cosine, "signals": list(s.signals),
+                                             "evidence": "speech", "text_match": s.id in whole})
+            for s in found])
+
+    @staticmethod
+    def _rows_where(under: str | None, filters: Filters | None) -> str | None:
+        """The SQL prefilter of a folder and the metadata filters (for keyword rankings)."""
+        from clipsearch.docsearch import under_clause
+
+        parts = [p for p in (under_clause(under), filters.sql() if filters else None) if p]
+        return " AND ".join(f"({p})" for p in parts) or None
 
     def videos(self, text: str, k: int = 10, under: str | None = None,
                filters: Filters | None = None) -> list[Hit]:
@@ -934,8 +1031,8 @@ class Searcher:
         if not hits or not columns:
             return hits
         sources = sql_in("source", {h.source for h in hits})
-        rows = self.col.store.scan(["source", *columns],
-                                   f"{sql_in('kind', ('video', 'doc_page', 'doc_text'))} AND {sources}")
+        kinds = sql_in("kind", ("video", "audio", "doc_page", "doc_text"))
+        rows = self.col.store.scan(["source", *columns], f"{kinds} AND {sources}")
         by_source = {r["source"]: r for r in rows.to_pylist()}
         for h in hits:
             h.extra = {**file_values(by_source.get(h.source, {})), **h.extra}

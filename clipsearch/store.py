@@ -527,6 +527,16 @@ class Store:
             self.dataset.insert(self._to_arrow([item]))
 
     @guarded
+    def replace_kind(self, item: SourceRows, kind: str) -> None:
+        """Atomically make the `kind` rows of one source exactly those of `item.records` of that
+        kind, and rewrite its other records given there (same ids), keeping every other row:
+        rows derived later (speech) added to a file without re-embedding the rest."""
+        data = self._to_arrow([item])
+        cond = f"{sources_filter([item.source_raw])} AND kind = {sql_str(kind)}"
+        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+         .when_not_matched_by_source_delete(cond).execute(data))
+
+    @guarded
     def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
         """Record the file state on every row of a source put in by parts (one commit): only
         now does change detection take the file as indexed."""

@@ -94,8 +94,9 @@ def indexer_for(medium: str) -> Indexer:
 
 def default_indexers() -> list[Indexer]:
     """Images first: their content check is cheapest and most specific."""
+    from clipsearch.indexers.audio import AudioIndexer
     from clipsearch.indexers.document import DocumentIndexer
     from clipsearch.indexers.image import ImageIndexer
     from clipsearch.indexers.video import VideoIndexer
 
-    return [ImageIndexer(), VideoIndexer(), DocumentIndexer()]
+    return [ImageIndexer(), VideoIndexer(), DocumentIndexer(), AudioIndexer()]

@@ -34,6 +34,7 @@ MEDIA_EXTENSIONS = {
     b".dng", b".cr2", b".cr3", b".nef", b".arw", b".orf", b".rw2", b".raf",
     b".mp4", b".m4v", b".mkv", b".webm", b".mov", b".avi",
     b".pdf", b".txt", b".md", b".markdown",
+    b".mp3", b".m4a", b".wav", b".flac", b".ogg", b".opus",
 }
 IGNORE_FILE = b".clipsearchignore"
 COLLECTION_MARKERS = (b"clipsearch.json", b"items.lance")

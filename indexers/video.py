@@ -8,7 +8,9 @@ and rotation side data is applied so phone videos are upright.
 
 Rows produced (see `build_records`): `video_frame` per sample, `video_window` per multi-scale
 window and per shot (mean-pooled frame vectors), and one pooled `video` row whose
-`extra["cuts"]` lists the shot cuts that `clipsearch.moments` snaps to.
+`extra["cuts"]` lists the shot cuts that `clipsearch.moments` snaps to. With a speech engine
+(`--asr`), the audio track adds `speech` rows (`clipsearch.indexers.audio.speech_rows`) and
+the `video` row's `extra["asr"]` names the engine.
 """
 
 from __future__ import annotations
@@ -433,8 +435,12 @@ class VideoIndexer:
                                     shot_spans(info.cuts, info.duration))
         extra = {"width": info.width, "height": info.height, "rotation": info.rotation,
                  "start_time": round(info.start_time, 6)}
+        from clipsearch.indexers.audio import speech_rows
+
+        speech, facts = speech_rows(path, encoder, ctx)  # the audio track, when --asr runs an engine
+        extra.update(facts)
         return build_records(t_arr, v_arr, info.cuts, info.duration, info.fps,
-                             shot_thumbs=thumbs, pooling=pooling, extra=extra)
+                             shot_thumbs=thumbs, pooling=pooling, extra=extra) + speech
 
     @staticmethod
     def _write_thumbs(path: Path, thumb_dir: Path, times: np.ndarray, jpegs: Sequence[bytes],

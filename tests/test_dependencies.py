@@ -116,7 +116,7 @@ def _third_party_imports(path: Path) -> set[str]:
 
 def test_the_product_imports_exactly_what_it_declares():
     """Every third-party module the product imports is declared (base or the ui/ray/cpu-fast/
-    photos-extra extras), and every base dependency is used by the product."""
+    photos-extra/speech extras), and every base dependency is used by the product."""
     owners = md.packages_distributions()
     imported = set()
     for root in PRODUCT_DIRS:
@@ -125,7 +125,7 @@ def test_the_product_imports_exactly_what_it_declares():
                 continue
             imported |= _third_party_imports(path)
     dists = {canonicalize_name(d) for m in imported - OPTIONAL_IMPORTS for d in owners.get(m, [m])}
-    declared = _declared("ui", "ray", "cpu-fast", "photos-extra")
+    declared = _declared("ui", "ray", "cpu-fast", "photos-extra", "speech")
     assert sorted(dists - set(declared)) == []
     unused = set(_declared()) - dists - {canonicalize_name(d) for d in INDIRECT}
     assert sorted(unused) == []

@@ -65,6 +65,7 @@ KIND_LABELS: dict[str, str | None] = {
     "Videos": "video",
     "Document pages": "doc",
     "Words in pictures": "ocr",
+    "Speech": "speech",
 }
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
@@ -599,9 +600,10 @@ def rest_router(service: SearchService) -> APIRouter:
                    min_relevance: str = Query("auto", description=MIN_RELEVANCE_HELP)) -> Any:
         """Text search. `q` may combine terms: "2:golden retriever + id:ITEM - indoors" (README,
         "Query operators"); `not` (repeatable) pushes terms away. kind: image, video, moment,
-        doc, frame, page, ocr or all; the metadata filters are prefilters (README, "Filters").
+        doc, frame, page, ocr, speech, audio or all; the metadata filters are prefilters (README, "Filters").
         Hits found by their words carry them as `text`, `matched` (visual, words or both) and,
-        for words read by OCR, `box`; `min_relevance` (auto by default) cuts the weak hits."""
+        for words read by OCR, `box`; speech and moments carry `evidence`
+        (visual, speech or both); `min_relevance` (auto by default) cuts the weak hits."""
         filters: dict[str, Any] = {"after": after, "before": before, "camera": camera, "place": place,
                                    "near": near, "format": format, "min_pixels": min_pixels, "where": where}
         return run(lambda: service.search(q, k=k, kind=kind, offset=offset, under=under,

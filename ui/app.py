@@ -22,6 +22,7 @@ from clipsearch.ui.files import FileRefused  # noqa: E402
 from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
 from clipsearch.relevance import AUTO as AUTO_RELEVANCE  # noqa: E402
+from clipsearch.speech import AUDIO_SUFFIXES  # noqa: E402
 
 CSS = """
 .cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
@@ -44,6 +45,10 @@ CSS = """
            background: var(--button-secondary-background-fill); }
 .cs-detail img { max-width: 100%; max-height: 60vh; display: block; margin: 0 auto; }
 .cs-detail video { width: 100%; max-height: 60vh; display: block; background: #000; }
+.cs-detail audio { width: 100%; display: block; }
+.cs-said { font-size: 14px; margin: 4px 0; }
+.cs-said-time { font-variant-numeric: tabular-nums; color: var(--body-text-color-subdued);
+                margin-right: 6px; }
 .cs-timeline { position: relative; height: 8px; background: var(--border-color-primary);
                border-radius: 4px; margin: 6px 0; }
 .cs-seg { position: absolute; top: 0; height: 8px; background: var(--color-accent); border-radius: 4px;
@@ -75,7 +80,7 @@ element.addEventListener('click', (ev) => {
 # The detail view's player starts at the moment's t_start and marks [t_start, t_end].
 PLAYER_JS = CLICK_JS + """
 const setup = () => {
-  const v = element.querySelector('video[data-start]');
+  const v = element.querySelector('video[data-start], audio[data-start]');
   if (!v) return;
   const s = parseFloat(v.dataset.start), e = parseFloat(v.dataset.end);
   const place = () => {
@@ -114,8 +119,8 @@ def _fmt_time(t: float | None) -> str:
 
 def _kind_label(hit: dict) -> str:
     kind = hit["kind"]
-    if kind == "moment":
-        return f"moment {_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
+    if kind in ("moment", "speech"):
+        return f"{kind} {_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
     if kind in ("video_frame", "video"):
         return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
     if kind in ("doc", "doc_page", "doc_text"):
@@ -162,6 +167,8 @@ def render_grid(hits: list[dict], cut: float | None = None) -> str:
         snippet = ""
         if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
             snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
+        elif h.get("text") and (h["kind"] in ("moment", "speech") or h.get("words") == "speech"):
+            snippet = f"<div class='cs-snippet cs-said'>“{_e(h['text'][:160])}”</div>"
         elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
             snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
@@ -197,22 +204,33 @@ def without_term(box: str, index: int) -> str:
     return query_terms.format_query([t for i, t in enumerate(terms) if i != index])
 
 
+def _said(hit: dict) -> str:
+    """The words said in a moment, with their time, for under the player."""
+    if not hit.get("text"):
+        return ""
+    when = f"{_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
+    return f"<p class='cs-said'><span class='cs-said-time'>{_e(when)}</span> “{_e(hit['text'])}”</p>"
+
+
 def render_detail(hit: dict | None, index: int = -1) -> str:
     """The full-size view of one result: the image, a player at the moment, or the page."""
     if hit is None:
         return EMPTY_DETAIL
     kind, media = hit["kind"], hit.get("media_url")
-    if kind == "moment" and media:
+    if kind in ("moment", "speech") and media:
         s, e = float(hit.get("t_start") or 0.0), float(hit.get("t_end") or 0.0)
-        view = (f"<video class='cs-player' controls preload='auto' data-start='{s:.3f}' "
-                f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f},{e:.3f}'></video>"
-                f"<div class='cs-timeline' title='the matching segment'><div class='cs-seg'></div></div>")
+        tag = "audio" if os.path.splitext(hit["source"])[1].lower() in AUDIO_SUFFIXES else "video"
+        view = (f"<{tag} class='cs-player' controls preload='auto' data-start='{s:.3f}' "
+                f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f},{e:.3f}'></{tag}>"
+                f"<div class='cs-timeline' title='the matching segment'><div class='cs-seg'></div></div>"
+                + _said(hit))
     elif kind in ("video_frame", "video") and media:
         s = float(hit.get("t_start") or 0.0)
         e = float(hit.get("t_end") or s)
         view = (f"<video class='cs-player' controls preload='auto' data-start='{s:.3f}' "
                 f"data-end='{e:.3f}' src='{_e(media)}#t={s:.3f}'></video>"
-                f"<div class='cs-timeline'><div class='cs-seg'></div></div>")
+                f"<div class='cs-timeline'><div class='cs-seg'></div></div>"
+                + (_said(hit) if hit.get("words") == "speech" else ""))
     elif (kind == "image" or (kind == "ocr" and hit.get("page") is None and hit.get("t_start") is None)) \
             and media:
         shown = hit.get("view_url") or media  # a HEIC or RAW original: its JPEG preview
@@ -262,7 +280,11 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         live = f"<p class='cs-live'>Live Photo: its {other} is {target}</p>"
     table = "".join(f"<tr><td><b>{_e(k)}</b></td><td class='cs-f-{_e(k.lower())}'>{_e(v)}</td></tr>"
                     for k, v in rows)
-    snippet = f"<p class='cs-snippet-full'>{_e(hit['text'])}</p>" if hit.get("text") else ""
+    if hit.get("evidence"):
+        rows.append(("Found by", {"both": "what is seen and what is said", "speech": "what is said",
+                                  "visual": "what is seen"}.get(hit["evidence"], hit["evidence"])))
+    spoken = kind in ("moment", "speech")
+    snippet = f"<p class='cs-snippet-full'>{_e(hit['text'])}</p>" if hit.get("text") and not spoken else ""
     link = ""
     if media:
         href = media + (f"#page={hit['page']}" if hit.get("page") else "")
@@ -434,7 +456,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                    camera: str = "", sort: str = "score", negative: str = "",
                    min_relevance: str = "auto") -> dict:
         """Text search; q may combine terms ("2:a dog + id:ITEM - indoors"), negative holds
-        terms to push away. kind: all, image, video, moment, doc, frame or page; after/before
+        terms to push away. kind: all, image, video, moment, doc, frame, page, ocr,
+        speech or audio; after/before
         (ISO dates), place, camera: metadata prefilters; sort: score, date or -date;
         min_relevance: auto, off or a calibrated relevance in 0..1."""
         try:

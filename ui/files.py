@@ -27,7 +27,9 @@ ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Media types we send inline; anything else goes out as an opaque download.
 INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff",
                           "video/mp4", "video/webm", "video/quicktime", "video/x-matroska",
-                          "video/x-msvideo", "video/x-m4v", "application/pdf"})
+                          "video/x-msvideo", "video/x-m4v", "application/pdf",
+                          "audio/mpeg", "audio/x-flac", "audio/flac", "audio/ogg", "audio/opus",
+                          "audio/x-wav", "audio/wav", "audio/mp4", "audio/m4a", "audio/x-m4a"})
 SNIFF_BYTES = 8192
 TEXT_TYPE = "text/plain; charset=utf-8"
 OPAQUE_TYPE = "application/octet-stream"
