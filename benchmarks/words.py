@@ -1,15 +1,25 @@
 """Searching by the words in files: retrieval and cost, per medium.
 
-One section per medium, each measured on a generated world with known words
-(`clipsearch.tiny.words`): OCR (images, screenshots, a scanned PDF) here; speech (videos and
-audio files whose words are spoken) joins as its own section. Reported per medium: R@1 / R@5
-of phrase queries (the query is the phrase; the answer its file, and page for a scan), the
-same for visual queries (plain shape photos by their description) with words fused in, by the
-picture alone (`visual_only`) and on a collection indexed without OCR (today's figures), the
-engine's throughput, and what OCR costs a collection of photos without words.
+One section per medium, each measured on a generated world with known words: OCR (images,
+screenshots, a scanned PDF: `clipsearch.tiny.words`) and speech (videos of shape segments whose
+audio says distinct phrases at known times, espeak-ng: `clipsearch.tiny.speech_synth`).
 
-    python -m benchmarks.words                       # 60 phrase images, 10 screens, 10 pages, 60 plain
-    python -m benchmarks.words --images 10 --plain 10 --no-text 40 --rounds 1   # quick
+OCR, per medium: R@1 / R@5 of phrase queries (the query is the phrase; the answer its file, and
+page for a scan), the same for visual queries (plain shape photos by their description) with
+words fused in, by the picture alone (`visual_only`) and on a collection indexed without OCR
+(today's figures), the engine's throughput, and what OCR costs a collection of photos without
+words.
+
+Speech (PocketSphinx, `asr_model="pocketsphinx"`): phrase R1@0.5 (the first hit is in the right
+video and overlaps the spoken span with temporal IoU >= 0.5) and R5@0.5, by `kind="speech"`,
+by moments (fused with what is seen) and by the default search; visual moment R1@0.5 of the
+shape queries with ASR off and on (speech must cost visual queries nothing); ASR throughput in
+audio seconds per wall second (decode, gate, recognition, text embedding), over all the audio
+and over its voiced part. The speech world is indexed with OCR off, so the figures are speech's.
+
+    python -m benchmarks.words            # 60 phrase images, 10 screens, 10 pages, 60 plain; 12 videos
+    python -m benchmarks.words --images 10 --plain 10 --no-text 40 --rounds 1 --videos 4   # quick
+    python -m benchmarks.words --no-ocr --videos 12  # speech only (--no-speech: OCR only)
 """
 
 from __future__ import annotations
@@ -24,8 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipsearch.collection import Collection
 from clipsearch.tiny.words import make_world, visual_queries
+from clipsearch.video_metrics import temporal_iou
 
 
 def _recall(ranks: list[int | None]) -> dict[str, float]:
@@ -95,6 +108,99 @@ def no_text_overhead(root: Path, model: str, n: int, rounds: int) -> dict[str, A
             "ocr_pass_s": [round(t, 2) for t in ocr_s]}
 
 
+# ---------------------------------------------------------------- speech
+
+SHAPES = [("red", "star"), ("blue", "circle"), ("green", "square"), ("yellow", "triangle"),
+          ("blue", "star"), ("red", "circle"), ("green", "triangle"), ("yellow", "square")]
+SEGMENT_S = 6  # each video: two shape segments of this long, one phrase said in each
+
+
+def make_speech_world(folder: Path, n: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`n` videos of two shape segments, each saying two distinct phrases at known times:
+    ({video name: the phrases said, with their spans}, {video name: the shapes seen})."""
+    from clipsearch.tiny import speech_synth as ss
+
+    phrases = list(ss.PHRASES)
+    if 2 * n > len(phrases):
+        raise SystemExit(f"at most {len(phrases) // 2} videos: there are {len(phrases)} distinct phrases")
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    spoken, seen = {}, {}
+    for i in range(n):
+        a, b = SHAPES[(2 * i) % len(SHAPES)], SHAPES[(2 * i + 1) % len(SHAPES)]
+        name = f"talk_{i:02d}.mp4"
+        t0, t1 = float(rng.uniform(0.5, 2.0)), float(rng.uniform(6.5, 8.0))
+        said = [(t0, phrases[2 * i]), (t1, phrases[2 * i + 1])]
+        seen[name], spoken[name] = ss.write_spoken_video(folder / name, [(*a, SEGMENT_S), (*b, SEGMENT_S)],
+                                                         said, rng)
+    return spoken, seen
+
+
+def _span_hit(h: Any, name: str, t0: float, t1: float) -> bool:
+    return (os.path.basename(h.source) == name and h.t_start is not None and h.t_end is not None
+            and temporal_iou((h.t_start, h.t_end), (t0, t1)) >= 0.5)
+
+
+def phrase_eval(col: Collection, spoken: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """Spoken phrase R1@0.5 / R5@0.5 by `kind` (None: the default search over all kinds)."""
+    r1 = r5 = n = 0
+    for name, said in spoken.items():
+        for t in said:
+            n += 1
+            hits = col.search(text=t["phrase"], kind=kind, k=5)
+            ok = [_span_hit(h, name, t["t_start"], t["t_end"]) for h in hits]
+            r1 += bool(ok[:1] and ok[0])
+            r5 += any(ok)
+    return {"queries": n, "R1@0.5": round(r1 / max(n, 1), 3), "R5@0.5": round(r5 / max(n, 1), 3)}
+
+
+def visual_eval(col: Collection, seen: dict[str, Any]) -> dict[str, Any]:
+    """Moment R1@0.5 of the shape queries: any video showing that shape in that span counts
+    (several videos share shapes)."""
+    r1 = n = 0
+    for segs in seen.values():
+        for s in segs:
+            n += 1
+            top = (col.moments(text=s["query"], k=5) or [None])[0]
+            good = [(v, g["t_start"], g["t_end"]) for v, gs in seen.items() for g in gs
+                    if g["query"] == s["query"]]
+            r1 += bool(top is not None and any(_span_hit(top, v, a, b) for v, a, b in good))
+    return {"queries": n, "R1@0.5": round(r1 / max(n, 1), 3)}
+
+
+def speech_section(root: Path, model: str, videos: int, seed: int) -> dict[str, Any]:
+    """Index the speech world with ASR off, then turn it on (the incremental path: only the
+    transcription runs), then search."""
+    import json as _json
+
+    from clipsearch.tiny import speech_synth as ss
+
+    if not ss.have_espeak():
+        return {"skipped": "espeak-ng is not installed (apt-get install espeak-ng)"}
+    spoken, seen = make_speech_world(root / "files", videos, seed)
+    col = Collection.create(root / "db", model=model, device="cpu")
+    t0 = time.perf_counter()
+    col.add([root / "files"], options={"asr": "off"}, workers=2, ocr="off")
+    off_s = time.perf_counter() - t0
+    visual_off = visual_eval(col, seen)
+    t0 = time.perf_counter()
+    report = col.add([root / "files"], options={"asr": "on", "asr_model": "pocketsphinx"}, ocr="off")
+    asr_s = time.perf_counter() - t0
+    rows = col.store.scan(["extra"], "kind = 'video'").to_pylist()
+    voiced = sum(_json.loads(r["extra"]).get("voiced", 0.0) for r in rows)
+    audio = 2.0 * SEGMENT_S * videos
+    return {
+        "videos": videos, "seed": seed, "engine": "pocketsphinx:en-us",
+        "speech": phrase_eval(col, spoken, "speech"),
+        "speech_via_moments": phrase_eval(col, spoken, "moment"),
+        "speech_via_search": phrase_eval(col, spoken, None),
+        "visual_moments_asr_off": visual_off,
+        "visual_moments_asr_on": visual_eval(col, seen),
+        "index_s_asr_off": round(off_s, 1), "asr_s": round(asr_s, 1), "transcribed": report.transcribed,
+        "audio_s": audio, "voiced_s": round(voiced, 1),
+        "asr_audio_s_per_s": round(audio / asr_s, 2), "asr_voiced_s_per_s": round(voiced / asr_s, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="clipsearch-tiny")
@@ -104,17 +210,25 @@ def main() -> None:
     ap.add_argument("--plain", type=int, default=60)
     ap.add_argument("--no-text", type=int, default=200, help="photos without words for the overhead")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--videos", type=int, default=12, help="spoken videos for the speech section")
+    ap.add_argument("--seed", type=int, default=0, help="the speech world's seed")
+    ap.add_argument("--no-ocr", action="store_true", help="skip the OCR sections")
+    ap.add_argument("--no-speech", action="store_true", help="skip the speech section")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"model": args.model, "load_before": os.getloadavg(),
-                  "ocr": ocr_section(Path(tmp) / "ocr", args.model, args.images, args.screens, args.pages,
-                                     args.plain),
-                  "no_text": no_text_overhead(Path(tmp) / "plain", args.model, args.no_text, args.rounds),
-                  "load_after": os.getloadavg()}
+        result: dict[str, Any] = {"model": args.model, "load_before": os.getloadavg()}
+        if not args.no_ocr:
+            result["ocr"] = ocr_section(Path(tmp) / "ocr", args.model, args.images, args.screens, args.pages,
+                                        args.plain)
+            result["no_text"] = no_text_overhead(Path(tmp) / "plain", args.model, args.no_text, args.rounds)
+        if not args.no_speech:
+            result["speech"] = speech_section(Path(tmp) / "speech", args.model, args.videos, args.seed)
+        result["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
 
 

@@ -505,7 +505,8 @@ class Collection:
             decode: str = "auto", follow_symlinks: bool | None = None,
             include_hidden: bool | None = None, exclude: Sequence[str] | None = None,
             clear_excludes: bool = False, verify: bool = False, prune_missing: bool = False,
-            commit_rows: int = 5000, ocr: str | None = None) -> IndexReport:
+            commit_rows: int = 5000, ocr: str | None = None, asr: str | None = None,
+            asr_model: str | None = None, language: str | None = None) -> IndexReport:
         """Index files and folders (default: every saved root): new and changed files are
         embedded, vanished ones removed.
 
@@ -522,6 +523,10 @@ class Collection:
         `ocr`: read the words in images, scanned pages and video frames (`clipsearch.ocr_index`):
         "auto" (default: when the engine is installed), "on" or "off". "on" without the engine
         indexes the rest and says why in `report.ocr_problem`.
+        `asr`, `asr_model`, `language`: speech in videos and audio files (`clipsearch.speech`):
+        "auto" (default: when an engine with weights is here), "on" or "off"; the Whisper model
+        (a name, a folder, or "pocketsphinx"); the spoken language. The same as the options
+        of those names.
         """
         from clipsearch import ocr as ocr_engine
         from clipsearch import pipeline
@@ -531,7 +536,9 @@ class Collection:
             read_words, ocr_problem = ocr_engine.resolve_mode(ocr), None
         except ocr_engine.OcrUnavailable as e:
             read_words, ocr_problem = False, f"{e} ({e.hint})"
-        options = {**(options or {}), "ocr": read_words}
+        speech = {key: value for key, value in (("asr", asr), ("asr_model", asr_model),
+                                                ("language", language)) if value is not None}
+        options = {**(options or {}), **speech, "ocr": read_words}
         with self.index_run(paths, max_pixels=max_pixels, options=options, fit_transforms=fit_transforms,
                             follow_symlinks=follow_symlinks, include_hidden=include_hidden,
                             exclude=exclude, clear_excludes=clear_excludes) as run:
