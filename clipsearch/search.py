@@ -550,9 +550,10 @@ class Searcher:
             for h in hits:  # them first, with scores of 1 and above); the fused rest is not
                 h.relevance = SINGLED_OUT if h.score >= 1.0 else 0.0
             return
-        if kind == "speech":  # likewise the segments whose words hold every word of the query
-            for h in hits:
-                h.relevance = SINGLED_OUT if h.extra.get("text_match") else 0.0
+        if kind == "speech":  # as document text: segments the keyword ranking singles out, or
+            for h in hits:  # whose words hold every word of the query; not those by vector alone
+                relevant = h.extra.get("text_match") or "keyword" in h.extra.get("signals", ())
+                h.relevance = SINGLED_OUT if relevant else 0.0
             return
         vec = self.col.encoder.encode_texts([text])[0].astype(np.float32)
         calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)

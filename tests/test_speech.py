@@ -33,7 +33,7 @@ VIDEOS = [
     ("v2.mp4", [("blue", "star", 6), ("red", "circle", 6)], [(1.5, PHRASES[4]), (7.5, PHRASES[5])]),
 ]
 AUDIO_SAID = [(1.0, PHRASES[6]), (6.0, PHRASES[7])]
-R1_FLOOR = 0.75  # speech phrase R1@0.5 on these 8 phrases (benchmarks/words_speech.py: the full set)
+R1_FLOOR = 0.75  # speech phrase R1@0.5 on these 8 phrases (benchmarks/words.py: the full set)
 
 
 def _write_media(folder: Path) -> dict[str, list[dict]]:
@@ -212,6 +212,28 @@ def test_the_default_search_hears_the_words_too(spoken):
     assert top.extra["evidence"] in ("speech", "both")
     visual = col.search(text="a red star", k=5)
     assert all("evidence" not in h.extra for h in visual)  # untouched: no segment says it
+
+
+def test_speech_hits_are_words_relevant_and_switchable(spoken):
+    """Speech is a source of words like OCR: its hits pass the auto relevance cut, say they were
+    found by words, rank alone with `words_only`, and vanish with `visual_only`."""
+    col, truth, _, _ = spoken
+    heard = {r["text"] for r in _speech_rows(col)}
+    said = next(t for t in truth["talk.mp3"] if t["phrase"] in heard)  # heard word for word
+    cut = col.search(text=said["phrase"], k=5, min_relevance="auto")
+    top = cut[0]
+    assert top.kind == "speech" and top.source.endswith("talk.mp3") and top.relevance >= 0.5
+    assert top.extra["matched"] == "words" and top.extra["words"] == "speech"
+    assert temporal_iou((top.t_start, top.t_end), (said["t_start"], said["t_end"])) >= 0.5
+    words = col.search(text=said["phrase"], k=5, words_only=True)
+    assert words and words[0].kind == "speech" and words[0].source.endswith("talk.mp3")
+    assert all(h.extra.get("matched") == "words" for h in words)
+    seen = col.search(text=said["phrase"], k=5, visual_only=True)
+    assert seen and all(h.kind != "speech" and "evidence" not in h.extra for h in seen)
+    spoken_hits = col.search(text=said["phrase"], kind="speech", k=5, min_relevance="auto")
+    assert spoken_hits[0].source.endswith("talk.mp3") and spoken_hits[0].relevance >= 0.5
+    moment = col.search(text=said["phrase"], kind="moment", k=5, min_relevance="auto")
+    assert moment and moment[0].source.endswith("talk.mp3") and moment[0].extra["evidence"] == "speech"
 
 
 # ---------------------------------------------------------------- incremental and crash-safe
