@@ -372,7 +372,7 @@ def test_absent_weights_are_one_line_and_the_job_goes_on(spoken, tmp_path):
 
     col = Collection.open(tmp_path / "db", device="cpu")
     assert not _speech_rows(col) and len(_speech_rows(col, "kind = 'audio'")) == 2
-    later = col.add([files], options={"asr": "on", "asr_model": "pocketsphinx"})
+    later = col.add([files], asr="on", asr_model="pocketsphinx")  # the keywords of the options
     assert later.transcribed == 2 and len(_speech_rows(col)) == 2
 
 
