@@ -81,7 +81,7 @@ def vectors(n: int, dim: int, seed: int, share: float = 0.01) -> dict:
     ann = AnnIndex.from_vectors(data, ids, np.full(n, "image", dtype=object), ids, version=0)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    i, j, s, _ = neighbour_pairs(ann.search, data, ids.tolist(), "image", NEIGHBOURS)
+    i, j, s, _ = neighbour_pairs(ann.search_arrays, data, ids.tolist(), "image", NEIGHBOURS)
     search_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     first = np.ones(len(i), bool)

@@ -636,12 +636,15 @@ def optimize(db, transforms, verbose):
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@click.option("--duplicates-to", "duplicates_to", type=click.Path(file_okay=False), default=None,
+              help="Let the UI's Duplicates page move the copies into this folder, after a "
+                   "confirmation (never a delete). Default: the page only shows them.")
 @device_opt
 @with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, device,
-          backend, precision, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, duplicates_to,
+          device, backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -662,7 +665,7 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
                watch={"rescan_every": rescan_every, "add_options": {"ocr": ocr}} if watch else None,
-               backend=backend, precision=precision)
+               backend=backend, precision=precision, duplicates_to=duplicates_to)
 
 from clipsearch import cli_duplicates  # noqa: E402,F401  (registers `duplicates`)
 
