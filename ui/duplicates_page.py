@@ -16,6 +16,7 @@ import gradio as gr
 from clipsearch.ui.duplicates_view import duplicates_json, move_shown, render_groups
 
 from clipsearch.errors import ClipsearchError
+from clipsearch.fsutil import is_within
 
 if TYPE_CHECKING:
     from clipsearch.ui.api import SearchService
@@ -40,7 +41,9 @@ def add_page(demo: gr.Blocks, service: SearchService) -> None:
         except ClipsearchError as e:
             return (f"<div class='cs-dup-error'>{_error(e)}</div>", {}, gr.update(visible=False),
                     gr.update(visible=False), "")
-        others = [f["source"] for g in data["groups"] for f in g["files"] if not f["keeper"]]
+        # copies already in the folder stay there (a move never moves them again)
+        others = [f["source"] for g in data["groups"] for f in g["files"]
+                  if not f["keeper"] and not (dest is not None and is_within(f["source"], str(dest)))]
         shown = {"threshold": threshold, "kind": kind, "others": others}
         can_move = dest is not None and bool(others)
         label = f"Move the {len(others)} copies to {dest}…" if can_move else "Move the copies…"
