@@ -42,7 +42,7 @@ def planted(distinct: int, per_type: int, seed: int, workdir: Path) -> dict:
     gen_s = time.perf_counter() - t0
     col = Collection.create(workdir / "db", model="clipsearch-tiny", device="cpu")
     t0 = time.perf_counter()
-    report = col.add([workdir / "files"], workers=2)
+    report = col.add([workdir / "files"], workers=2, ocr="off")  # duplicates, not OCR (benchmarks/words.py)
     index_s = time.perf_counter() - t0
     out: dict = {"distinct": distinct, "per_type": per_type, "files": report.indexed,
                  "generate_s": round(gen_s, 1), "index_s": round(index_s, 1)}
