@@ -354,22 +354,26 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
                              else look(None, thumbs[x]))
 
         bar = t if threshold is not None else AUTO_MIN
-        tests = int((s >= bar - 1e-9).sum())  # every candidate pair is one comparison the cut judges
+        n_frames = len(fthumb)
+        frame_start = len(i) - n_frames
+        dist = np.full(len(i), np.nan)  # miniature distance of each candidate pair (NaN: no pictures)
+        for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
+            if s_ab < bar - 1e-9:
+                continue
+            ma = mini(a)
+            mb = (minis.get(("frame", x), look(None, fthumb[x - frame_start]))
+                  if x >= frame_start else mini(b))
+            if ma is not None and mb is not None:
+                dist[x] = distance(ma, mb)
+        compared = s >= bar - 1e-9
+        tests = int(compared.sum())  # every candidate pair is one comparison the cut judges
+        # fitted on each file's nearest neighbour (mostly a distinct picture), not on every pair
+        # compared: fitted on every pair the cut is far looser (precision 0.08-0.19, RESULTS.md)
         fit = _cut(np.array([distance(ma, mb) for a, b in first
                              if (ma := mini(a)) is not None and (mb := mini(b)) is not None]), tests)
         if fit is not None:
             pixel_cut = fit[0]
-            n_frames = len(fthumb)
-            frame_start = len(i) - n_frames
-            keep = np.zeros(len(i), bool)
-            for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
-                if s_ab < bar - 1e-9:
-                    continue
-                ma = mini(a)
-                mb = (minis.get(("frame", x), look(None, fthumb[x - frame_start]))
-                      if x >= frame_start else mini(b))
-                keep[x] = (distance(ma, mb) <= pixel_cut if ma is not None and mb is not None
-                           else s_ab >= t - 1e-9)
+            keep = compared & np.where(np.isnan(dist), s >= t - 1e-9, dist <= pixel_cut)
             how += (f"; candidates ≥ {bar:.4f} confirmed on 16×16 miniatures: distance ≤ "
                     f"{pixel_cut:.4f} (fitted on nearest neighbours: ln d ~ N({fit[1]:.2f}, {fit[2]:.2f}), "
                     f"{fit[3]:.2f} sigma for {tests} pairs compared)")
