@@ -42,7 +42,7 @@ def planted(distinct: int, per_type: int, seed: int, workdir: Path) -> dict:
     gen_s = time.perf_counter() - t0
     col = Collection.create(workdir / "db", model="clipsearch-tiny", device="cpu")
     t0 = time.perf_counter()
-    report = col.add([workdir / "files"], workers=2)
+    report = col.add([workdir / "files"], workers=2, ocr="off")  # duplicates, not OCR (benchmarks/words.py)
     index_s = time.perf_counter() - t0
     out: dict = {"distinct": distinct, "per_type": per_type, "files": report.indexed,
                  "generate_s": round(gen_s, 1), "index_s": round(index_s, 1)}
@@ -81,7 +81,7 @@ def vectors(n: int, dim: int, seed: int, share: float = 0.01) -> dict:
     ann = AnnIndex.from_vectors(data, ids, np.full(n, "image", dtype=object), ids, version=0)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    i, j, s, _ = neighbour_pairs(ann.search, data, ids.tolist(), "image", NEIGHBOURS)
+    i, j, s, _ = neighbour_pairs(ann.search_arrays, data, ids.tolist(), "image", NEIGHBOURS)
     search_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     first = np.ones(len(i), bool)

@@ -1073,6 +1073,27 @@ class AnnIndex:
         return hits
 
 
+    def search_arrays(self, queries: np.ndarray, k: int, kind: str,
+                      nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over one kind as arrays: (scores (q, k) float32, ids (q, k) object, None
+        where a row has fewer hits), best first. For callers that run a query per row of the
+        collection (duplicates), where building an (id, score) tuple per hit costs more than
+        the search."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if kind not in self.shards or not self.shard_map.live(kind) or k <= 0:
+            return np.zeros((len(q), 0), np.float32), np.empty((len(q), 0), object)
+        shard = self.shards[kind]
+        scores, idx = shard.search(q, k, None, None, nprobe)
+        return scores, hit_ids(shard.ids, idx)
+
+
+def hit_ids(ids: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The ids at FAISS result positions `idx` (object array; None where idx is -1)."""
+    out = np.asarray(ids, dtype=object)[np.maximum(idx, 0)]
+    out[idx < 0] = None
+    return out
+
+
 def _file_entry(path: Path) -> dict:
     """Size and CRC-32 of a saved file, and its inode and mtime: a file whose inode, mtime and
     size are as recorded was not rewritten since, so a writer need not read it again to trust it."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.ann import AnnIndex, DamagedIndex, Shard, warn_once
+from clipsearch.ann import AnnIndex, DamagedIndex, Shard, hit_ids, warn_once
 from clipsearch.fsutil import folder_prefix
 from clipsearch.store import Store, float32_vectors, sql_str
 
@@ -165,6 +165,29 @@ class LiveAnn:
             with self._lock:
                 self._use(AnnIndex.load(self.ann_dir))
             return self._search(queries, k, kinds, under, only, nprobe)
+
+    def search_arrays(self, queries: np.ndarray, k: int, kind: str,
+                      nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`AnnIndex.search_arrays` over this version: (scores, ids) arrays of the top hits
+        of one kind, best first (None ids pad short rows; as with `search`, saved rows gone
+        since may be among them). Straight from the saved shard when no row of the kind was
+        written since it; otherwise the merged `search`, as arrays."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        try:
+            shard = self._shard(kind)
+            if shard is not None and shard.live and not self._delta(kind).id_set and k > 0:
+                scores, idx = shard.search(q, k + self._gone, None, None, nprobe)
+                return scores, hit_ids(shard.ids, idx)
+        except FileNotFoundError:  # a writer saved a new version: the merged path reloads
+            pass
+        hits = self.search(q, k, (kind,), nprobe=nprobe)
+        width = max((len(h) for h in hits), default=0)
+        scores = np.full((len(q), width), -np.inf, np.float32)
+        ids = np.full((len(q), width), None, object)
+        for row, found in enumerate(hits):
+            for col, (rid, s) in enumerate(found):
+                ids[row, col], scores[row, col] = rid, s
+        return scores, ids
 
     def _search(self, queries: np.ndarray, k: int, kinds: tuple[str, ...] | None,
                 under: str | None, only: np.ndarray | None = None, nprobe: int | None = None) -> Hits:

@@ -674,13 +674,16 @@ def optimize(db, transforms, verbose):
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@click.option("--duplicates-to", "duplicates_to", type=click.Path(file_okay=False), default=None,
+              help="Let the UI's Duplicates page move the copies into this folder, after a "
+                   "confirmation (never a delete). Default: the page only shows them.")
 @device_opt
 @with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, device, asr,
-          asr_model, language, backend, precision, verbose):
+def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, duplicates_to,
+          device, asr, asr_model, language, backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -702,7 +705,7 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
                watch=(_watch_options(rescan_every, ocr, asr_options(asr, asr_model, language))
                       if watch else None),
-               backend=backend, precision=precision)
+               backend=backend, precision=precision, duplicates_to=duplicates_to)
 
 
 def _watch_options(rescan_every: float, ocr: str | None, speech: dict[str, Any]) -> dict[str, Any]:

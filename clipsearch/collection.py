@@ -830,8 +830,9 @@ class Collection:
 
         t = duplicates.parse_threshold(threshold)
         k = duplicates.check_kind(kind)
-        report = duplicates.find(self.store, self.searcher.ann().search, kind=k, threshold=t,
-                                 pixel_check=pixel_check,
+        ann = self.searcher.ann()
+        report = duplicates.find(self.store, ann.search, kind=k, threshold=t,
+                                 pixel_check=pixel_check, search_arrays=ann.search_arrays,
                                  picture_of=lambda src, thumb: src or thumbs.resolve(self.path, thumb))
         for g in report.groups:
             for i, f in enumerate(g.files):

@@ -36,7 +36,7 @@ NEIGHBOURS = 16  # k of each item's nearest-neighbour query: a group larger than
 FRAME_NEIGHBOURS = 4  # frames a photo is compared with (frames of one video are alike)
 # IVF lists each duplicate query probes: a copy lies in its original's list or the next few, so
 # far fewer than an ordinary query's `ann.probes` (which looks for neighbours at cos ~0.8)
-DUPLICATE_PROBES = 16
+DUPLICATE_PROBES = 8
 AUTO_MIN, AUTO_MAX = 0.80, 0.9995  # the auto threshold stays within these
 AUTO_FALLBACK = 0.95  # too few items to fit a distribution
 AUTO_MIN_ITEMS = 20
@@ -45,6 +45,9 @@ _COLUMNS = ["id", "source", "source_raw", "kind", "content_hash", "width", "heig
 
 # (queries, k, kinds) -> per query, (row id, cosine) best first: LiveAnn.search / AnnIndex.search
 Search = Callable[..., list[list[tuple[str, float]]]]
+# (queries, k, kind, nprobe) -> (scores, ids) arrays, best first, None ids pad short rows:
+# LiveAnn.search_arrays / AnnIndex.search_arrays
+ArraySearch = Callable[[np.ndarray, int, str, "int | None"], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -205,29 +208,48 @@ class _Nodes:
         return cls(t, vectors, t.column("kind").to_pylist(), {r: i for i, r in enumerate(raws)})
 
 
-def neighbour_pairs(search: Search, vectors: np.ndarray, ids: Sequence[str], row_kind: str,
-                     k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, s) of each item's k nearest neighbours of its own kind, and each item's nearest
-    similarity (NaN when it has none), by ANN queries in batches."""
+def arrays_of(search: Search) -> ArraySearch:
+    """The array form (`ArraySearch`) of a search that returns (id, score) lists."""
+    def arrays(q: np.ndarray, k: int, kind: str, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        hits = search(q, k, kinds=(kind,), nprobe=nprobe)
+        width = max((len(h) for h in hits), default=0)
+        scores = np.full((len(q), width), -np.inf, np.float32)
+        ids = np.full((len(q), width), None, object)
+        for row, found in enumerate(hits):
+            for col, (rid, s) in enumerate(found):
+                ids[row, col], scores[row, col] = rid, s
+        return scores, ids
+    return arrays
+
+
+def neighbour_pairs(search: ArraySearch, vectors: np.ndarray, ids: Sequence[str], row_kind: str,
+                    k: int, nprobe: int = DUPLICATE_PROBES
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, s) of each item's k nearest neighbours of its own kind (per i best first), and
+    each item's nearest similarity (NaN when it has none), by ANN queries in batches, handled
+    as arrays (a million items make some 16 million hits)."""
     index = {rid: i for i, rid in enumerate(ids)}
-    ii: list[int] = []
-    jj: list[int] = []
-    ss: list[float] = []
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    ss: list[np.ndarray] = []
     nn = np.full(len(ids), np.nan)
     for lo in range(0, len(ids), QUERY_BATCH):
-        hits = search(vectors[lo:lo + QUERY_BATCH], k + 1, kinds=(row_kind,), nprobe=DUPLICATE_PROBES)
-        for off, found in enumerate(hits):
-            i = lo + off
-            for rid, s in found:
-                j = index.get(rid)
-                if j is None or j == i:
-                    continue
-                if np.isnan(nn[i]):
-                    nn[i] = s
-                ii.append(i)
-                jj.append(j)
-                ss.append(s)
-    return np.asarray(ii, np.int64), np.asarray(jj, np.int64), np.asarray(ss, np.float64), nn
+        scores, hit = search(vectors[lo:lo + QUERY_BATCH], k + 1, row_kind, nprobe)
+        if not hit.size:
+            continue
+        flat = hit.ravel()
+        j = np.fromiter((index.get(r, -1) for r in flat), np.int64, count=flat.size).reshape(hit.shape)
+        i = np.broadcast_to(np.arange(lo, lo + len(hit))[:, None], hit.shape)
+        ok = (j >= 0) & (j != i)
+        has = ok.any(axis=1)
+        rows = np.flatnonzero(has)
+        nn[lo + rows] = scores[rows, ok[rows].argmax(axis=1)]
+        ii.append(i[ok])
+        jj.append(j[ok])
+        ss.append(scores[ok].astype(np.float64))
+    if not ii:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), nn
+    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss), nn
 
 
 def group_pairs(n: int, i: np.ndarray, j: np.ndarray) -> list[list[int]]:
@@ -268,14 +290,17 @@ def _cut(distances: np.ndarray, tests: int | None = None) -> tuple[float, float,
 
 def find(store: Store, search: Search, *, kind: str = "all", threshold: float | None = None,
          k: int = NEIGHBOURS, pixel_check: bool = True,
-         picture_of: Callable[[str | None, str | None], str | None] | None = None) -> DuplicateReport:
+         picture_of: Callable[[str | None, str | None], str | None] | None = None,
+         search_arrays: ArraySearch | None = None) -> DuplicateReport:
     """Groups of duplicate files in the collection (see the module docstring).
 
     `pixel_check`: candidate pairs (the ANN neighbours at or above the vector bar: `threshold`,
     or with auto the floor AUTO_MIN) are confirmed on miniatures of both pictures
     (`clipsearch.pixel_check`), at a distance cut fitted like the auto threshold on each file's
     nearest neighbour; a pair without pictures on both sides falls back to the vector threshold.
-    `picture_of(source, thumb)`: the file to read a node's picture from (default: the source)."""
+    `picture_of(source, thumb)`: the file to read a node's picture from (default: the source).
+    `search_arrays`: the array form of `search` for the per-item queries (default: built
+    from `search`)."""
     from clipsearch.pixel_check import Miniatures, distance
 
     kind = check_kind(kind)
@@ -286,26 +311,25 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
     hashes = nodes.table.column("content_hash").to_pylist()
     sources = nodes.table.column("source").to_pylist()
     thumbs = nodes.table.column("thumb").to_pylist()
+    hash_arr = np.array([h or "" for h in hashes], dtype=object)
+    arrays = search_arrays or arrays_of(search)
     pi, pj, ps, nn_parts = [], [], [], []
     first: list[tuple[int, int]] = []  # each node's nearest neighbour of other bytes
     for rk in row_kinds:
         sel = np.flatnonzero(np.asarray(nodes.kinds, dtype=object) == rk)
         if len(sel) < 2:
             continue
-        i, j, s, _ = neighbour_pairs(search, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
+        i, j, s, _ = neighbour_pairs(arrays, nodes.vectors[sel], [ids[x] for x in sel], rk, k)
         i, j = sel[i], sel[j]
         pi.append(i)
         pj.append(j)
         ps.append(s)
         # an item whose nearest neighbour has its bytes says nothing about distinct pictures
-        seen: set[int] = set()
-        nn_distinct = []
-        for a, b, s_ab in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
-            if a not in seen and not (hashes[a] and hashes[a] == hashes[b]):
-                seen.add(a)
-                nn_distinct.append(s_ab)
-                first.append((a, b))
-        nn_parts.append(np.asarray(nn_distinct))
+        other = ~((hash_arr[i] == hash_arr[j]) & (hash_arr[i] != ""))
+        _, at = np.unique(i[other], return_index=True)  # per item, its best pair of other bytes
+        at = np.flatnonzero(other)[at]
+        first.extend(zip(i[at].tolist(), j[at].tolist(), strict=True))
+        nn_parts.append(s[at])
     nn_all = np.concatenate(nn_parts) if nn_parts else np.zeros(0)
     if threshold is None:
         t, how = auto_threshold(nn_all)
@@ -330,22 +354,26 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
                              else look(None, thumbs[x]))
 
         bar = t if threshold is not None else AUTO_MIN
-        tests = int((s >= bar - 1e-9).sum())  # every candidate pair is one comparison the cut judges
+        n_frames = len(fthumb)
+        frame_start = len(i) - n_frames
+        dist = np.full(len(i), np.nan)  # miniature distance of each candidate pair (NaN: no pictures)
+        for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
+            if s_ab < bar - 1e-9:
+                continue
+            ma = mini(a)
+            mb = (minis.get(("frame", x), look(None, fthumb[x - frame_start]))
+                  if x >= frame_start else mini(b))
+            if ma is not None and mb is not None:
+                dist[x] = distance(ma, mb)
+        compared = s >= bar - 1e-9
+        tests = int(compared.sum())  # every candidate pair is one comparison the cut judges
+        # fitted on each file's nearest neighbour (mostly a distinct picture), not on every pair
+        # compared: fitted on every pair the cut is far looser (precision 0.08-0.19, RESULTS.md)
         fit = _cut(np.array([distance(ma, mb) for a, b in first
                              if (ma := mini(a)) is not None and (mb := mini(b)) is not None]), tests)
         if fit is not None:
             pixel_cut = fit[0]
-            n_frames = len(fthumb)
-            frame_start = len(i) - n_frames
-            keep = np.zeros(len(i), bool)
-            for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
-                if s_ab < bar - 1e-9:
-                    continue
-                ma = mini(a)
-                mb = (minis.get(("frame", x), look(None, fthumb[x - frame_start]))
-                      if x >= frame_start else mini(b))
-                keep[x] = (distance(ma, mb) <= pixel_cut if ma is not None and mb is not None
-                           else s_ab >= t - 1e-9)
+            keep = compared & np.where(np.isnan(dist), s >= t - 1e-9, dist <= pixel_cut)
             how += (f"; candidates ≥ {bar:.4f} confirmed on 16×16 miniatures: distance ≤ "
                     f"{pixel_cut:.4f} (fitted on nearest neighbours: ln d ~ N({fit[1]:.2f}, {fit[2]:.2f}), "
                     f"{fit[3]:.2f} sigma for {tests} pairs compared)")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import PDF_PAGES, VIDEO_SEGMENTS, ServerThread
+from support import PDF_PAGES, VIDEO_SEGMENTS, ServerThread, build_collection, tiny_model_args
 
+from clipsearch.tiny.planted import make_planted
 from clipsearch.tiny.synth.shapes import canonical_query
 
 pytestmark = pytest.mark.browser
@@ -235,24 +236,72 @@ def test_text_plus_image_shows_both_parts_as_chips_and_a_chip_removes_its_part(p
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=str(expected))
 
 
-def test_duplicates_section_shows_the_groups_side_by_side(page, server, sample):
-    """The Duplicates section draws the groups /api/duplicates returns, keeper first and
-    marked, each card with a thumbnail that loads; the sample's family of altered copies of one
-    picture is one of them."""
-    data, _ = sample
-    expected = httpx.get(server + "/api/duplicates", timeout=300).json()
-    assert expected["groups"]
-    page.locator("#cs-dups-section").get_by_text("Duplicates: review groups side by side").click()
-    page.locator("#cs-dup-go").click()
-    page.wait_for_selector("#cs-dups .cs-dup-group")
-    groups = page.locator("#cs-dups .cs-dup-group").all()
-    assert len(groups) == len(expected["groups"])
-    for shown, want in zip(groups, expected["groups"], strict=True):
-        cards = shown.locator(".cs-dup-card").all()
-        assert [c.get_attribute("title") for c in cards] == [f["source"] for f in want["files"]]
-        assert "cs-dup-keeper" in (cards[0].get_attribute("class") or "")
-        assert cards[0].get_attribute("title") == want["keeper"]
-    family = {str(p) for p in data.dups}
-    assert any(len(family & {f["source"] for f in g["files"]}) >= 2 for g in expected["groups"])
-    assert_thumbnail_loads(page, page.locator("#cs-dups .cs-dup-card").first)
-    assert page.third_party == []
+@pytest.fixture(scope="module")
+def planted_server(tmp_path_factory):
+    """A server over a small world of planted near-duplicates (`clipsearch.tiny.planted`),
+    whose Duplicates page may move copies into `moved/`: (url, world, moved folder)."""
+    from clipsearch.ui.server import build_app
+
+    tiny_model_args()
+    root = tmp_path_factory.mktemp("planted-ui")
+    world = make_planted(root / "files", distinct=40, per_type=2, seed=5,
+                         types=("resize", "jpeg40", "crop90", "rotate10", "burst"))
+    build_collection(root / "db", [root / "files"])
+    with ServerThread(build_app(root / "db", device="cpu", duplicates_to=root / "moved")) as srv:
+        yield srv.url, world, root / "moved"
+
+
+def test_duplicates_page_shows_the_planted_groups_and_moves_the_copies_after_confirming(browser,
+                                                                                       planted_server):
+    """The Duplicates page (/duplicates) draws the groups /api/duplicates returns, one row
+    each, keeper first and marked with its reason, the copies beside it with size and
+    similarity; the planted copies are in them. Its move asks first, then moves every copy
+    (never the keeper) into the server's folder, and the page then shows them there, with
+    nothing left to move."""
+    url, world, moved = planted_server
+    expected = httpx.get(url + "/api/duplicates", timeout=300).json()
+    truth = world.all_pairs()
+    found = {frozenset((a["source"], b["source"])) for g in expected["groups"]
+             for a in g["files"] for b in g["files"] if a["source"] < b["source"]}
+    assert len(found & truth) >= 0.9 * len(truth), (len(found & truth), len(truth))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(url + "/duplicates")
+        pg.locator("#cs-dup-go").click()
+        pg.wait_for_selector("#cs-dups .cs-dup-group")
+        groups = pg.locator("#cs-dups .cs-dup-group").all()
+        assert len(groups) == len(expected["groups"])
+        for shown, want in zip(groups, expected["groups"], strict=True):
+            cards = shown.locator(".cs-dup-card").all()
+            assert [c.get_attribute("title") for c in cards] == [f["source"] for f in want["files"]]
+            assert "cs-dup-keeper" in (cards[0].get_attribute("class") or "")
+            assert want["reason"] in shown.locator(".cs-dup-why").inner_text()
+            for card, f in zip(cards[1:], want["files"][1:], strict=True):
+                text = card.inner_text()
+                assert f"{f['width']}×{f['height']}" in text
+                assert "same bytes" in text if f["exact"] else f"{f['similarity']:.4f}" in text
+        assert_thumbnail_loads(pg, pg.locator("#cs-dups .cs-dup-card").first)
+        copies = [f["source"] for g in expected["groups"] for f in g["files"] if not f["keeper"]]
+        keepers = [g["keeper"] for g in expected["groups"]]
+        pg.locator("#cs-dup-move").click()
+        pg.wait_for_selector("#cs-dup-confirm-row:visible")
+        assert f"{len(copies)}" in pg.locator("#cs-dup-question").inner_text()
+        pg.locator("#cs-dup-cancel").click()
+        pg.wait_for_selector("#cs-dup-confirm-row", state="hidden")
+        assert all(os.path.exists(c) for c in copies)  # cancelled: nothing moved
+        pg.locator("#cs-dup-move").click()
+        pg.locator("#cs-dup-confirm").click()
+        pg.wait_for_function("document.querySelector('#cs-dup-result').innerText.includes('moved')",
+                             timeout=300_000)
+        assert f"moved {len(copies)} files" in pg.locator("#cs-dup-result").inner_text()
+        assert not any(os.path.exists(c) for c in copies) and all(os.path.exists(k) for k in keepers)
+        assert len([p for p in moved.rglob("*") if p.is_file()]) == len(copies)
+        # found again: the copies are still copies, now in the folder, with nothing left to move
+        pg.wait_for_selector("#cs-dup-move", state="hidden")
+        copies_now = pg.locator("#cs-dups .cs-dup-card:not(.cs-dup-keeper)").all()
+        titles = [c.get_attribute("title") for c in copies_now]
+        assert titles and all(t.startswith(str(moved)) for t in titles), titles
+    finally:
+        context.close()

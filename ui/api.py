@@ -155,6 +155,7 @@ class SearchService:
         self._meta_generation = 0  # how many changes were picked up (part of the info cache key)
         self._info: tuple[tuple, dict] | None = None
         self.watcher: Watcher | None = None  # set by `serve --watch` (see server.watch_lifespan)
+        self.duplicates_to: Path | None = None  # set by `serve --duplicates-to`: the UI may move copies there
         self.guard = FileGuard(self.db, self.db / thumbs.FOLDER, self.roots)
 
     # ---- the collection ----------------------------------------------------------------------

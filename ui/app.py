@@ -15,6 +15,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from clipsearch.ui import duplicates_page  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
@@ -494,14 +495,6 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except ClipsearchError as e:
             raise gr.Error(_error_text(e)) from None
 
-    def find_duplicates(threshold: str, dup_kind: str) -> str:
-        from clipsearch.ui.duplicates_view import duplicates_json, render_groups
-
-        try:
-            return render_groups(duplicates_json(service, threshold, dup_kind))
-        except ClipsearchError as e:
-            return f"<div class='cs-dup-error'>⚠️ {_e(_error_text(e))}</div>"
-
     with gr.Blocks(title="clipsearch", analytics_enabled=False) as demo:
         state = gr.State({"query": {}, "hits": []})
         status_md = gr.Markdown(elem_id="cs-status")
@@ -540,16 +533,6 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             with gr.Column(scale=2):
                 detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
 
-        with gr.Accordion("Duplicates: review groups side by side", open=False, elem_id="cs-dups-section"):
-            with gr.Row():
-                dup_threshold = gr.Textbox("auto", label="Threshold (auto or a similarity)",
-                                           elem_id="cs-dup-threshold", scale=1)
-                dup_kind = gr.Radio(["all", "image", "video"], value="all", label="Kind",
-                                    elem_id="cs-dup-kind", scale=2)
-                dup_go = gr.Button("Find duplicates", elem_id="cs-dup-go", scale=1)
-            dup_html = gr.HTML("", elem_id="cs-dups", padding=False)
-        dup_go.click(find_duplicates, [dup_threshold, dup_kind], dup_html, api_visibility="private")
-
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
         outputs = [grid, detail, message, more, state, status_md, chips, weaker]
@@ -585,6 +568,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             a_out = gr.JSON(label="result")
         a_img.upload(api_search_image, [a_img, a_q, a_k, a_kind, a_off, a_under], a_out,
                      api_name="search_image")
+    duplicates_page.add_page(demo, service)
     return demo
 
 

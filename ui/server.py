@@ -24,6 +24,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from clipsearch.ui.api import MAX_UPLOAD_BYTES, SearchService, install_error_handlers, rest_router  # noqa: E402
+from clipsearch.ui.duplicates_view import check_move_folder  # noqa: E402
 from clipsearch.ui.files import Signer  # noqa: E402
 from clipsearch.ui.http_guard import BodyLimit, HostCheck, HostPolicy, SecurityHeaders  # noqa: E402
 from clipsearch.ui.login import LoginGate, LoginThrottle, load_credentials, parse_credentials  # noqa: E402
@@ -107,7 +108,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
               device: str | None = "auto", host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
               max_pixels: int | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
               throttle: LoginThrottle | None = None, watch: dict[str, Any] | None = None,
-              backend: str | None = None, precision: str | None = None) -> FastAPI:
+              backend: str | None = None, precision: str | None = None,
+              duplicates_to: str | os.PathLike | None = None) -> FastAPI:
     """The whole server as an ASGI app: run it with uvicorn, or in-process with a TestClient.
 
     `collection` may be a Collection, a directory or an object-storage URI; one that holds no
@@ -115,7 +117,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     will be bound to (the Host check accepts it); `max_pixels` is the one limit for every image decode.
     `watch`: keep the collection current while serving (`Watcher` keyword arguments, {} for the
     defaults; see `watch_lifespan`); None: no watching. `backend`, `precision`: the encoder's
-    (see `clipsearch.backends`; default auto).
+    (see `clipsearch.backends`; default auto). `duplicates_to`: the folder the Duplicates page
+    may move copies into (checked now; None: the page only shows them).
     """
     import gradio as gr
 
@@ -128,6 +131,8 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     service = SearchService(db, device=device, signer=signer, max_pixels=max_pixels,
                             collection=collection if isinstance(collection, Collection) else None,
                             backend=backend, precision=precision)
+    if duplicates_to is not None:
+        service.duplicates_to = check_move_folder(service, duplicates_to)
     # No Swagger page: it loads its scripts from a CDN. The schema is at /api/openapi.json.
     lifespan = watch_lifespan(service, watch) if watch is not None else None
     app = FastAPI(title="clipsearch", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
@@ -159,7 +164,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
           device: str | None = "auto", *, auth_file: str | os.PathLike | None = None,
           allowed_hosts: Iterable[str] = (), max_pixels: int | None = None,
           watch: dict[str, Any] | None = None, backend: str | None = None,
-          precision: str | None = None) -> None:
+          precision: str | None = None, duplicates_to: str | os.PathLike | None = None) -> None:
     """Run the UI + HTTP API until Ctrl-C. The login comes from `auth`, `auth_file` or
     $CLIPSEARCH_AUTH (see `login.load_credentials`); `watch` as in `build_app`."""
     import uvicorn
@@ -170,7 +175,8 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, auth
         log.warning("serving on %s without a login (--auth-file): anyone who can reach this port "
                     "can search and view the indexed files", host)
     app = build_app(db, auth=creds, device=device, host=host, allowed_hosts=allowed_hosts,
-                    max_pixels=max_pixels, watch=watch, backend=backend, precision=precision)
+                    max_pixels=max_pixels, watch=watch, backend=backend, precision=precision,
+                    duplicates_to=duplicates_to)
     service: SearchService = app.state.service
     if not service.exists():
         print(f"No collection at {service.where} yet; the UI says how to create one.")
