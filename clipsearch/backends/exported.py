@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.backends import runtime
+from clipsearch.backends import fastload, runtime
 from clipsearch.backends.cache import CorruptExport, Export
 from clipsearch.backends.preprocess import ImageTransform
 from clipsearch.backends.tokenizer import FILE as TOKENIZER_FILE
@@ -105,7 +105,8 @@ class ExportedEncoder:
                                           else (self.backend, self.precision))
                     variant = self.export.variant(backend, precision) or self.variant
                     path = self._file(variant["files"][tower])
-                    found = runtime.runner(backend, path, precision)
+                    found = (fastload.onnx_runner(self.export, path.name) if backend == "onnx"
+                             else runtime.runner(backend, path, precision))
                     setattr(self, attr, found)
         assert found is not None
         return found
