@@ -36,7 +36,7 @@ def onnx_runner(export: cache.Export, source: str) -> OnnxRuntimeRunner:
     if export.derived_current(names, source):
         try:
             return OnnxRuntimeRunner(graph)
-        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors; the source still serves
+        except Exception as e:  # ONNX Runtime's own errors; the source still serves
             log.warning("%s: %s; deriving it again from %s", graph, e, source)
     try:
         with cache.locked(export.model_id):
@@ -52,6 +52,6 @@ def onnx_runner(export: cache.Export, source: str) -> OnnxRuntimeRunner:
                 tmp.unlink(missing_ok=True)
             export.record_derived(names, source)
             return runner
-    except Exception as e:  # noqa: BLE001 - a full or read-only cache, ONNX Runtime refusing to save
+    except Exception as e:  # a full or read-only cache, ONNX Runtime refusing to save
         log.info("no fast copy of %s (%s): loading it as exported", source, e)
     return OnnxRuntimeRunner(export.folder / source)
