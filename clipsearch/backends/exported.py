@@ -166,6 +166,7 @@ class ExportedEncoder:
         return np.concatenate(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        run = self._runner("text")  # first: the tokenizer loads meanwhile
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(texts), self.batch_size):
             chunk = list(texts[i:i + self.batch_size])
@@ -174,7 +175,7 @@ class ExportedEncoder:
                 if n > self.context_length:  # callers are told through `truncation_note`
                     log.info("text of %d tokens truncated to the model's %d: %.60r...",
                              n, self.context_length, t)
-            out.append(self._normalise(self._runner("text")(self.tokenizer(chunk))))
+            out.append(self._normalise(run(self.tokenizer(chunk))))
         return np.concatenate(out)
 
     def count_tokens(self, text: str) -> int:
