@@ -58,6 +58,7 @@ class OnnxRuntimeRunner:
             opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights)
             opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                           "1024")
+        self.path = path  # the file the session was made from (a fast copy, or the export's own)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
