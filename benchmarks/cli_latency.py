@@ -201,9 +201,9 @@ def compare(cases: list[tuple[str, str, list[str]]], env: dict[str, str], before
     for what, model, args in cases:
         cmd = [sys.executable, "-m", "clipsearch.cli", *args]
         got: dict[str, list[dict]] = {"before": [], "after": []}
-        for _ in range(runs):
-            got["before"].append(measure(cmd, old_env, 1))
-            got["after"].append(measure(cmd, env, 1))
+        for _ in range(runs):  # not from the checkout: `python -m` puts the current folder first
+            got["before"].append(measure(cmd, old_env, 1, cwd=before.parent))  # on sys.path
+            got["after"].append(measure(cmd, env, 1, cwd=before.parent))
         row = {"command": what, "model": model, "argv": args}
         for side, ms in got.items():
             walls = [m["walls"][0] for m in ms]

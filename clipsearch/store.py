@@ -653,8 +653,9 @@ def _open_dataset(uri: str, storage_options: dict[str, str] | None) -> Any:
     """The Lance dataset at `uri`, or None when there is none. A local table folder that Lance
     cannot open (its versions deleted, say) is damaged, not absent: that raises, so that no
     new table is made over it."""
-    import lance
+    from clipsearch.lance_import import lance as import_lance
 
+    lance = import_lance()
     try:
         return lance.dataset(uri, storage_options=storage_options)
     except ValueError as e:  # lance's "Dataset at path ... was not found"

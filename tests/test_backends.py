@@ -324,7 +324,7 @@ def test_a_text_search_on_an_exported_backend_imports_neither_torch_nor_open_cli
     # the precision probed above: with "auto" a variant not probed yet would be probed now, in torch
     env = {**os.environ, "CLIPSEARCH_BACKEND": backend, "CLIPSEARCH_PRECISION": "fp32"}
     p = run_cli_fresh(["search", "a red star", "--db", str(db), "-k", "3", "--kind", "image"],
-                      (*NO_MODEL, "ftfy", "lancedb"), env)  # nor ftfy (plain ASCII), nor LanceDB
+                      (*NO_MODEL, "ftfy", "lancedb", "pandas"), env)  # nor ftfy (ASCII), LanceDB, pandas
     assert p.code == 0, p.stdout + p.stderr
     assert p.loaded == [], p.stderr
     assert "red_star" in p.stdout.splitlines()[0], p.stdout

@@ -30,6 +30,7 @@ from clipsearch.fsutil import write_atomic
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"  # files whose sha256 was checked, with the stat they had then
 FORMAT = 1  # manifest layout; a different one is redone
 
 
@@ -65,6 +66,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What changes whenever a file's bytes do: size, mtime, and inode and ctime (which no
+    copy or `utime` can carry over)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
@@ -83,7 +90,11 @@ class Export:
         return str(self.manifest["model_id"])
 
     def file(self, name: str) -> Path:
-        """The path of a listed file, its sha256 checked once per process (CorruptExport if not)."""
+        """The path of a listed file, its sha256 checked (CorruptExport if it differs).
+
+        Checked once per file and not again while its stat (size, mtime, inode, ctime) stays
+        as it was then, as recorded in `verified.json`: hashing a ViT's towers costs a cold
+        query more than the rest of its start."""
         rec = self.manifest.get("files", {}).get(name)
         if rec is None:
             raise CorruptExport(f"{self.folder}: {name} is not in the manifest")
@@ -91,14 +102,55 @@ class Export:
         with self._lock:
             if name not in self._verified:
                 try:
-                    ok = path.stat().st_size == rec["bytes"] and sha256_file(path) == rec["sha256"]
+                    st = path.stat()
+                    stamp = {"sha256": rec["sha256"], "stat": _stat_key(st)}
+                    seen = self._stamps().get(name) == stamp
+                    ok = seen or (st.st_size == rec["bytes"] and sha256_file(path) == rec["sha256"])
                 except OSError as e:
                     raise CorruptExport(f"{path}: unreadable ({e.strerror or e})") from e
                 if not ok:
                     raise CorruptExport(f"{path} does not match its sha256 in the manifest "
                                         "(truncated or altered)")
+                if not seen:
+                    self._record_stamp(name, stamp)
                 self._verified.add(name)
         return path
+
+    def _stamps(self) -> dict[str, Any]:
+        try:
+            found = json.loads((self.folder / VERIFIED).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def _record_stamp(self, name: str, stamp: dict[str, Any]) -> None:
+        """Remember a checked file's stat (best effort: a read-only cache hashes every time)."""
+        stamps = {**self._stamps(), name: stamp}
+        try:
+            write_atomic(self.folder / VERIFIED, json.dumps(stamps))
+        except OSError:
+            pass
+
+    def derived_current(self, names: list[str], source: str) -> bool:
+        """Whether files derived from the listed file `source` (`record_derived`) are all
+        there, unchanged since they were made from the source as the manifest lists it now."""
+        want = self.manifest.get("files", {}).get(source, {}).get("sha256")
+        stamps = self._stamps()
+        for name in names:
+            try:
+                key = _stat_key((self.folder / name).stat())
+            except OSError:
+                return False
+            if want is None or stamps.get(name) != {"from": want, "stat": key}:
+                return False
+        return True
+
+    def record_derived(self, names: list[str], source: str) -> None:
+        """Record files just derived from `source` (see `derived_current`)."""
+        want = self.manifest["files"][source]["sha256"]
+        stamps = {**self._stamps(), **{n: {"from": want, "stat": _stat_key((self.folder / n).stat())}
+                                       for n in names}}
+        write_atomic(self.folder / VERIFIED, json.dumps(stamps))
 
     def variant(self, backend: str, precision: str) -> dict[str, Any] | None:
         out = self.manifest.get("variants", {}).get(f"{backend}/{precision}")

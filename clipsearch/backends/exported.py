@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.backends import runtime
+from clipsearch.backends import fastload, runtime
 from clipsearch.backends.cache import CorruptExport, Export
 from clipsearch.backends.preprocess import ImageTransform
 from clipsearch.backends.tokenizer import FILE as TOKENIZER_FILE
@@ -66,6 +66,7 @@ class ExportedEncoder:
         self._torch: Encoder | None = None
         self._rebuild = rebuild
         self._lock = threading.RLock()
+        self._tokenizer_lock = threading.Lock()  # apart: the tokenizer loads while a tower does
 
     @property
     def agreement(self) -> dict[str, float]:
@@ -104,8 +105,11 @@ class ExportedEncoder:
                     backend, precision = (self.text_on if tower == "text" and self.text_on
                                           else (self.backend, self.precision))
                     variant = self.export.variant(backend, precision) or self.variant
+                    if tower == "text" and self._tokenizer is None:
+                        self._prefetch_tokenizer()
                     path = self._file(variant["files"][tower])
-                    found = runtime.runner(backend, path, precision)
+                    found = (fastload.onnx_runner(self.export, path.name) if backend == "onnx"
+                             else runtime.runner(backend, path, precision))
                     setattr(self, attr, found)
         assert found is not None
         return found
@@ -113,11 +117,22 @@ class ExportedEncoder:
     @property
     def tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
-            with self._lock:
+            with self._tokenizer_lock:
                 if self._tokenizer is None:
                     self._tokenizer = TextTokenizer(self._file(TOKENIZER_FILE),
                                                     self.export.manifest["tokenizer"])
         return self._tokenizer
+
+    def _prefetch_tokenizer(self) -> None:
+        """Load the tokenizer in a thread while the text tower loads: both release the GIL for
+        most of it, so a cold query waits for the slower one, not for both. A failure here is
+        left for the query's own call, which raises it."""
+        def load() -> None:
+            try:
+                _ = self.tokenizer
+            except Exception:  # raised again where the tokenizer is used
+                log.debug("tokenizer prefetch failed", exc_info=True)
+        threading.Thread(target=load, name="clipsearch-tokenizer", daemon=True).start()
 
     def torch_encoder(self) -> Encoder:
         """The same model in PyTorch (for textual inversion, which needs gradients)."""
@@ -151,6 +166,7 @@ class ExportedEncoder:
         return np.concatenate(out)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        run = self._runner("text")  # first: the tokenizer loads meanwhile
         out = [np.zeros((0, self.dim), np.float32)]
         for i in range(0, len(texts), self.batch_size):
             chunk = list(texts[i:i + self.batch_size])
@@ -159,7 +175,7 @@ class ExportedEncoder:
                 if n > self.context_length:  # callers are told through `truncation_note`
                     log.info("text of %d tokens truncated to the model's %d: %.60r...",
                              n, self.context_length, t)
-            out.append(self._normalise(self._runner("text")(self.tokenizer(chunk))))
+            out.append(self._normalise(run(self.tokenizer(chunk))))
         return np.concatenate(out)
 
     def count_tokens(self, text: str) -> int:

@@ -40,13 +40,25 @@ def threads() -> int:
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, save_optimized: tuple[Path, str] | None = None) -> None:
+        """`save_optimized` = (graph path, weights file name beside it): also write the graph
+        as ONNX Runtime's extended optimisations leave it (portable across CPUs, unlike the
+        layout ones it then adds in memory) with its weights in an external file, which later
+        sessions memory-map instead of parsing (`clipsearch.backends.fastload`)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if save_optimized is not None:
+            graph, weights = save_optimized
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            opts.optimized_model_filepath = str(graph)
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights)
+            opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                          "1024")
+        self.path = path  # the file the session was made from (a fast copy, or the export's own)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
