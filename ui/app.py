@@ -15,9 +15,11 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from clipsearch.ui import lightbox  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
+from clipsearch.ui.names import hit_label, item_title, kind_name  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
@@ -48,8 +50,9 @@ CSS = """
                border-radius: 4px; margin: 6px 0; }
 .cs-seg { position: absolute; top: 0; height: 8px; background: var(--color-accent); border-radius: 4px;
           left: 0; width: 0; }
-.cs-meta { font-size: 13px; margin-top: 8px; word-break: break-all; }
+.cs-meta { font-size: 13px; margin-top: 8px; overflow-wrap: anywhere; }
 .cs-meta td { padding: 1px 8px 1px 0; vertical-align: top; }
+.cs-meta td:first-child { white-space: nowrap; overflow-wrap: normal; }
 .cs-boxed { position: relative; display: table; margin: 0 auto; }
 .cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
@@ -59,7 +62,7 @@ CSS = """
 .cs-chip[data-sign='-'] { text-decoration: line-through; }
 .cs-chip button { border: none; background: none; cursor: pointer; padding: 0 4px; font-size: 14px; }
 """
-CSS += DUPLICATES_CSS
+CSS += DUPLICATES_CSS + lightbox.CSS
 
 # Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
 CLICK_JS = """
@@ -73,7 +76,7 @@ element.addEventListener('click', (ev) => {
 """
 
 # The detail view's player starts at the moment's t_start and marks [t_start, t_end].
-PLAYER_JS = CLICK_JS + """
+PLAYER_JS = CLICK_JS + lightbox.JS + """
 const setup = () => {
   const v = element.querySelector('video[data-start]');
   if (!v) return;
@@ -94,7 +97,7 @@ watch('value', setup);
 
 EMPTY_GRID = ("<div class='cs-empty'>Results appear here. Type a query and press Enter, "
               "or drop an image.</div>")
-EMPTY_DETAIL = "<div class='cs-empty'>Click a result to see it full size.</div>"
+EMPTY_DETAIL = ""  # the lightbox is closed
 
 
 # The UI's sort choices -> `search(sort=)`.
@@ -105,24 +108,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt_time(t: float | None) -> str:
-    if t is None:
-        return "?"
-    m, s = divmod(float(t), 60)
-    return f"{int(m)}:{s:04.1f}" if m else f"{s:.1f}s"
-
-
 def _kind_label(hit: dict) -> str:
-    kind = hit["kind"]
-    if kind == "moment":
-        return f"moment {_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
-    if kind in ("video_frame", "video"):
-        return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
-    if kind in ("doc", "doc_page", "doc_text"):
-        return f"page {hit['page']}" if hit.get("page") else "document"
-    if kind == "ocr":
-        return f"words, page {hit['page']}" if hit.get("page") else "words"
-    return kind
+    return hit_label(hit)
 
 
 def _word_box(box: Any) -> str:
@@ -166,7 +153,8 @@ def render_grid(hits: list[dict], cut: float | None = None) -> str:
             snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
             f"<div class='cs-card{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
-            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
+            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='button'"
+            f" aria-label='{_e(item_title(h))}, {_e(_kind_label(h))}, {_e(top)}'>{img}<div class='cs-cap'>"
             f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
             f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
@@ -222,7 +210,7 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
         view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
     else:
         view = "<div class='cs-noimg'>no preview</div>"
-    rows = [("Path", hit["source"]), ("Kind", kind)]
+    rows = [("Path", hit["source"]), ("Kind", kind_name(kind))]
     if hit.get("relevance") is None:  # browsing: the score is the typicality
         rows.append(("Score", f"{hit['score']:.4f}"))
     else:
@@ -365,7 +353,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                    negative=""):
-        text = (text or "").strip()
+        text = (text or "").strip().rstrip("+").strip()  # "id:ITEM + " left to be finished
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
                     {"query": {}, "hits": []}, status(), "", gr.update(visible=False))
@@ -374,6 +362,12 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                  "negative": [negative] if (negative or "").strip() else [],
                  "filters": {"after": after, "before": before, "place": place, "camera": camera}}
         return execute(query, 0, [])
+
+    def submit_search(text, image, *rest):
+        """Enter in a box: an empty query keeps the results on screen rather than wiping them."""
+        if not (text or "").strip().rstrip("+").strip() and image is None:
+            return (gr.update(),) * 8
+        return new_search(text, image, *rest)
 
     def load_more(state):
         if not state or not state.get("query"):
@@ -408,7 +402,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
                     gr.update(), state, status(), gr.update(), gr.update())
         kind = KIND_LABELS.get(kind_label)
-        query = {"text": None, "image": path, "under": under, "label": f"Items like {hit['name']}",
+        query = {"text": None, "image": path, "under": under, "label": f"Items like {item_title(hit)}",
                  "kind": None if kind == "moment" else kind}
         return execute(query, 0, [])
 
@@ -421,11 +415,13 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             if not 0 <= index < len(hits):
                 return (gr.update(),) * 8
             return more_like(state, index, kind_label, under)
+        if action == "close":
+            return (gr.update(), EMPTY_DETAIL) + (gr.update(),) * 6
         if not 0 <= index < len(hits):
             return (gr.update(),) * 8
         state = dict(state, selected=index)
-        return (gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update(),
-                gr.update(), gr.update())
+        view = lightbox.wrap(render_detail(hits[index], index), hits[index], index, len(hits))
+        return (gr.update(), view, gr.update(), gr.update(), state, gr.update(), gr.update(), gr.update())
 
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
@@ -509,13 +505,11 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 sort = gr.Dropdown(list(SORT_LABELS), value="Best match", label="Sort", elem_id="cs-sort",
                                    scale=1)
         message = gr.Markdown(elem_id="cs-message")
-        with gr.Row():
-            with gr.Column(scale=3):
-                grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS, padding=False)
-                weaker = gr.Button("Show weaker matches", visible=False, elem_id="cs-weaker")
-                more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
-            with gr.Column(scale=2):
-                detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
+        grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS + lightbox.CARD_KEYS_JS,
+                       padding=False)
+        weaker = gr.Button("Show weaker matches", visible=False, elem_id="cs-weaker")
+        more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
+        detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
 
         with gr.Accordion("Duplicates: review groups side by side", open=False, elem_id="cs-dups-section"):
             with gr.Row():
@@ -530,8 +524,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
         outputs = [grid, detail, message, more, state, status_md, chips, weaker]
-        text.submit(new_search, inputs, outputs, api_visibility="private")
-        not_box.submit(new_search, inputs, outputs, api_visibility="private")
+        text.submit(submit_search, inputs, outputs, api_visibility="private")
+        not_box.submit(submit_search, inputs, outputs, api_visibility="private")
         chips.click(drop_chip, [state, text, not_box], [text, image, not_box], api_visibility="private").then(
             new_search, inputs, outputs, api_visibility="private")
         image.change(new_search, inputs, outputs, api_visibility="private")
