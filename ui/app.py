@@ -37,8 +37,11 @@ CSS = """
 .cs-cap { padding: 4px 6px; font-size: 12px; line-height: 1.3; flex: 1; }
 .cs-score { font-weight: 600; }
 .cs-cos { color: var(--body-text-color-subdued); margin-left: 4px; }
-.cs-card.cs-weak { opacity: 0.6; }
-.cs-kind { float: right; color: var(--body-text-color-subdued); }
+.cs-card.cs-weak { border-style: dashed; }
+.cs-card.cs-weak img { opacity: 0.55; }
+.cs-kind { float: right; color: var(--body-text-color); }
+#cs-image .or { color: var(--body-text-color); }  /* Gradio's 'or' in the drop zone: readable */
+footer .show-api, footer a, footer button { color: var(--body-text-color) !important; }  /* contrast */
 .cs-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cs-snippet { color: var(--body-text-color-subdued); max-height: 3.9em; overflow: hidden; }
 .cs-more { margin: 0 6px 6px; font-size: 12px; padding: 2px 6px; border-radius: 6px; cursor: pointer;
@@ -153,13 +156,13 @@ def render_grid(hits: list[dict], cut: float | None = None) -> str:
             snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
             f"<div class='cs-card{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
-            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='button'"
+            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='listitem'"
             f" aria-label='{_e(item_title(h))}, {_e(_kind_label(h))}, {_e(top)}'>{img}<div class='cs-cap'>"
             f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
             f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
             f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
-    return "<div class='cs-grid'>" + "".join(cards) + "</div>"
+    return "<div class='cs-grid' role='list' aria-label='results'>" + "".join(cards) + "</div>"
 
 
 def render_chips(terms: list[dict]) -> str:
@@ -204,10 +207,11 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
     elif (kind == "image" or (kind == "ocr" and hit.get("page") is None and hit.get("t_start") is None)) \
             and media:
         shown = hit.get("view_url") or media  # a HEIC or RAW original: its JPEG preview
-        view = (f"<a href='{_e(media)}' target='_blank' rel='noopener'><span class='cs-boxed'>"
-                f"<img src='{_e(shown)}' alt=''>{_word_box(hit.get('box'))}</span></a>")
+        view = (f"<a href='{_e(media)}' target='_blank' rel='noopener' aria-label='open the original'>"
+                f"<span class='cs-boxed'><img src='{_e(shown)}' alt='{_e(hit['name'])}'>"
+                f"{_word_box(hit.get('box'))}</span></a>")
     elif hit.get("thumb_url"):
-        view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
+        view = f"<img src='{_e(hit['thumb_url'])}' alt='{_e(hit['name'])}'>"
     else:
         view = "<div class='cs-noimg'>no preview</div>"
     rows = [("Path", hit["source"]), ("Kind", kind_name(kind))]

@@ -22,7 +22,7 @@ CSS = """
                border-radius: 10px; padding: 10px 14px 14px; box-shadow: 0 8px 40px rgba(0, 0, 0, 0.5); }
 .cs-lb-bar { display: flex; align-items: center; gap: 8px; margin-bottom: 8px; }
 .cs-lb-title { flex: 1; font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.cs-lb-pos { color: var(--body-text-color-subdued); font-size: 13px; white-space: nowrap; }
+.cs-lb-pos { color: var(--body-text-color); font-size: 13px; white-space: nowrap; }
 .cs-lb-bar button, .cs-lb-actions button, .cs-lb-actions a {
   border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 4px 10px; cursor: pointer;
   background: var(--button-secondary-background-fill); color: var(--body-text-color); font-size: 14px;
