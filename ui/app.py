@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from clipsearch.ui import lightbox  # noqa: E402
+from clipsearch.ui import lightbox, url_state  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
@@ -58,6 +58,7 @@ footer .show-api, footer a, footer button { color: var(--body-text-color) !impor
 .cs-meta td:first-child { white-space: nowrap; overflow-wrap: normal; }
 .cs-boxed { position: relative; display: table; margin: 0 auto; }
 .cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
+.cs-hidden { display: none !important; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
 .cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
 .cs-chip { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 1px 4px 1px 10px;
@@ -318,7 +319,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         return (status(), gr.update(choices=[""] + roots),
                 gr.update(visible=fitted), gr.update(visible=fitted), gr.update(visible=fitted))
 
-    def execute(query: dict, offset: int, previous: list[dict]) -> tuple:
+    def execute(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
         terms: list[dict] = []
         try:
@@ -343,7 +344,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             weaker, cut = gr.update(visible=False), None
         grid = render_grid(hits, cut) if hits or offset else (
             f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
-        state = {"query": query, "hits": hits, "terms": terms}
+        state = {"query": query, "hits": hits, "terms": terms, "page": page}
         chips = render_chips(terms) if terms or not offset else gr.update()
         return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips, weaker
 
@@ -377,7 +378,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         if not state or not state.get("query"):
             return (gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update(),
                     gr.update())
-        return execute(state["query"], len(state["hits"]), state["hits"])
+        return execute(state["query"], len(state["hits"]), state["hits"], int(state.get("page") or 1) + 1)
 
     def drop_chip(state, text_box, not_box, evt: gr.EventData):
         """A chip's remove button: that part leaves its box (the query runs again after)."""
@@ -407,6 +408,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                     gr.update(), state, status(), gr.update(), gr.update())
         kind = KIND_LABELS.get(kind_label)
         query = {"text": None, "image": path, "under": under, "label": f"Items like {item_title(hit)}",
+                 "like": hit.get("id"),
                  "kind": None if kind == "moment" else kind}
         return execute(query, 0, [])
 
@@ -426,6 +428,37 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         state = dict(state, selected=index)
         view = lightbox.wrap(render_detail(hits[index], index), hits[index], index, len(hits))
         return (gr.update(), view, gr.update(), gr.update(), state, gr.update(), gr.update(), gr.update())
+
+    def from_url(qs: str):
+        """The page's query string as field values and its results (on load, and on Back)."""
+        decoded = url_state.decode(qs or "", SORT_LABELS)
+        if decoded is None:
+            return (gr.update(),) * (len(url_fields) + 8)
+        f, page = decoded
+        query = {"text": f["text"] or None, "image": None, "kind": KIND_LABELS.get(f["kind"]),
+                 "under": f["under"], "whiten": f["whiten"], "center": f["center"], "invert": f["invert"],
+                 "sort": f["sort"], "negative": [f["negative"]] if f["negative"] else [],
+                 "filters": {name: f[name] for name in url_state.FILTERS}}
+        if f["like"]:
+            query.update(text=f"id:{f['like']}", like=f["like"])
+            try:
+                query["label"] = f"Items like {service.item_file(f['like'])[1]}"
+            except (FileRefused, ClipsearchError):
+                pass
+        if f["weaker"]:
+            query["min_relevance"] = "off"
+        out = execute(query, 0, [])
+        for n in range(2, page + 1):
+            st = out[4]
+            if not st.get("hits") or len(st["hits"]) < (n - 1) * PAGE_SIZE:
+                break
+            out = execute(query, len(st["hits"]), st["hits"], n)
+        values = ("" if f["like"] else f["text"], f["negative"], f["kind"], f["under"], f["after"],
+                  f["before"], f["place"], f["camera"], f["sort"])
+        return values + tuple(out)
+
+    def url_of(state) -> str:
+        return url_state.encode((state or {}).get("query") or {}, int((state or {}).get("page") or 1))
 
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
@@ -525,24 +558,37 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             dup_html = gr.HTML("", elem_id="cs-dups", padding=False)
         dup_go.click(find_duplicates, [dup_threshold, dup_kind], dup_html, api_visibility="private")
 
+        url_box = gr.Textbox("", elem_id="cs-url", elem_classes=["cs-hidden"], show_label=False,
+                             container=False)
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
         outputs = [grid, detail, message, more, state, status_md, chips, weaker]
-        text.submit(submit_search, inputs, outputs, api_visibility="private")
-        not_box.submit(submit_search, inputs, outputs, api_visibility="private")
-        chips.click(drop_chip, [state, text, not_box], [text, image, not_box], api_visibility="private").then(
-            new_search, inputs, outputs, api_visibility="private")
-        image.change(new_search, inputs, outputs, api_visibility="private")
-        for f in (kind, under, whiten, center, invert, sort):
-            f.change(new_search, inputs, outputs, api_visibility="private")
+        url_fields = [text, not_box, kind, under, after, before, place, camera, sort]
+
+        def tracked(event) -> None:
+            """After a search: the URL says what it was (a new history entry when it changed)."""
+            event.then(url_of, [state], [url_box], api_visibility="private").then(
+                None, [url_box], None, js=url_state.PUSH_JS, api_visibility="private")
+
+        tracked(text.submit(submit_search, inputs, outputs, api_visibility="private"))
+        tracked(not_box.submit(submit_search, inputs, outputs, api_visibility="private"))
+        dropped = chips.click(drop_chip, [state, text, not_box], [text, image, not_box],
+                              api_visibility="private")
+        tracked(dropped.then(new_search, inputs, outputs, api_visibility="private"))
+        tracked(image.change(new_search, inputs, outputs, api_visibility="private"))
+        # .input, not .change: the URL sets these fields without starting a second search
+        for f in (kind, whiten, center, invert, sort):
+            tracked(f.input(new_search, inputs, outputs, api_visibility="private"))
+        tracked(under.change(new_search, inputs, outputs, api_visibility="private"))
         for box in (after, before, place, camera):
-            box.submit(new_search, inputs, outputs, api_visibility="private")
-        more.click(load_more, [state], outputs, api_visibility="private")
-        weaker.click(show_weaker, [state], outputs, api_visibility="private")
-        grid.click(on_click, [state, kind, under], outputs, api_visibility="private")
-        detail.click(on_click, [state, kind, under], outputs, api_visibility="private")
+            tracked(box.submit(new_search, inputs, outputs, api_visibility="private"))
+        tracked(more.click(load_more, [state], outputs, api_visibility="private"))
+        tracked(weaker.click(show_weaker, [state], outputs, api_visibility="private"))
+        tracked(grid.click(on_click, [state, kind, under], outputs, api_visibility="private"))
+        tracked(detail.click(on_click, [state, kind, under], outputs, api_visibility="private"))
         demo.load(filter_updates, None, [status_md, under, whiten, center, invert],
                   api_visibility="private")
+        demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, api_visibility="private")
         gr.Timer(15).tick(status, None, status_md, api_visibility="private")
 
         gr.api(api_search, api_name="search")
