@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import query_terms, thumbs
 from clipsearch.collection import Collection
-from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
+from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, TransformError, UsageError
 from clipsearch.query_terms import QueryTerm
 from clipsearch.storage import storage_for
 
@@ -495,7 +495,7 @@ def _error(e: Exception) -> JSONResponse:
     if isinstance(e, FileRefused):
         return JSONResponse({"error": e.message}, status_code=e.status)
     status = getattr(e, "status", None) or (404 if isinstance(e, CollectionNotFound) else
-                                             400 if isinstance(e, UsageError) else 500)
+                                             400 if isinstance(e, (UsageError, TransformError)) else 500)
     body = {"error": str(e)}
     if hint := getattr(e, "hint", None):
         body["hint"] = hint

@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from clipsearch.ui import lightbox, url_state  # noqa: E402
+from clipsearch.ui import lightbox, messages, transform_options, url_state  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
@@ -59,6 +59,7 @@ footer .show-api, footer a, footer button { color: var(--body-text-color) !impor
 .cs-boxed { position: relative; display: table; margin: 0 auto; }
 .cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
 .cs-hidden { display: none !important; }
+.cs-opt-note { font-size: 12px; cursor: help; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
 .cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
 .cs-chip { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 1px 4px 1px 10px;
@@ -273,8 +274,7 @@ def _message(text: str | None, error: bool = False) -> str:
 
 
 def _error_text(e: Exception) -> str:
-    hint = getattr(e, "hint", None)
-    return f"{e}" + (f" — {hint}" if hint else "")
+    return messages.plain(e)
 
 
 def undecoded_upload(payload) -> str | bytes | None:
@@ -310,18 +310,18 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def filter_updates():
         roots = service.roots() if service.exists() else []
-        fitted = False
-        if service.exists():
-            try:
-                fitted = bool(service.info().get("transforms_fitted"))
-            except ClipsearchError:
-                fitted = False
-        return (status(), gr.update(choices=[""] + roots),
-                gr.update(visible=fitted), gr.update(visible=fitted), gr.update(visible=fitted))
+        why = transform_options.available(service)
+        note = "; ".join(f"{name.capitalize()} is not offered: {reason}" for name, reason in why.items()
+                         if reason)
+        note_html = (f"<span class='cs-opt-note' tabindex='0' title='{_e(note)}' aria-label='{_e(note)}'>"
+                     "ⓘ some options are not offered</span>") if note else ""
+        return (status(), gr.update(choices=[""] + roots), gr.update(visible=why["whiten"] is None),
+                gr.update(visible=why["center"] is None), gr.update(visible=why["invert"] is None), note_html)
 
     def execute(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
         terms: list[dict] = []
+        failed = False
         try:
             res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
@@ -340,10 +340,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                                + ("es" if n_weaker != 1 else ""))
             cut = res.get("min_relevance")
         except ClipsearchError as e:
+            failed = True
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
             weaker, cut = gr.update(visible=False), None
-        grid = render_grid(hits, cut) if hits or offset else (
-            f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
+        if failed:  # the message says it once, by the box that caused it; the grid keeps what it had
+            grid = render_grid(hits, cut) if hits else EMPTY_GRID
+        else:
+            grid = render_grid(hits, cut) if hits or offset else (
+                f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
         state = {"query": query, "hits": hits, "terms": terms, "page": page}
         chips = render_chips(terms) if terms or not offset else gr.update()
         return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips, weaker
@@ -532,6 +536,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             whiten = gr.Checkbox(label="Whiten", visible=False, elem_id="cs-whiten")
             center = gr.Checkbox(label="Center", visible=False, elem_id="cs-center")
             invert = gr.Checkbox(label="Invert", visible=False, elem_id="cs-invert")
+            options_note = gr.HTML("", elem_id="cs-options-note", padding=False)
         with gr.Accordion("Filters: date, place, camera", open=False, elem_id="cs-filters"):
             with gr.Row():
                 after = gr.Textbox(label="Taken from", placeholder="2024-08", elem_id="cs-after", scale=1)
@@ -586,7 +591,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         tracked(weaker.click(show_weaker, [state], outputs, api_visibility="private"))
         tracked(grid.click(on_click, [state, kind, under], outputs, api_visibility="private"))
         tracked(detail.click(on_click, [state, kind, under], outputs, api_visibility="private"))
-        demo.load(filter_updates, None, [status_md, under, whiten, center, invert],
+        demo.load(filter_updates, None, [status_md, under, whiten, center, invert, options_note],
                   api_visibility="private")
         demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, api_visibility="private")
         gr.Timer(15).tick(status, None, status_md, api_visibility="private")
