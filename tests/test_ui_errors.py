@@ -72,3 +72,19 @@ def test_rest_whiten_form_field_is_never_a_500(server, sample):
         assert body.get("error") and "Traceback" not in r.text
     r = httpx.get(server + "/api/search", params={"q": "a red circle", "whiten": "true"}, timeout=120)
     assert r.status_code in (200, 400), r.text
+
+
+def test_plain_messages_drop_cli_words():
+    from clipsearch.ui import messages
+    from clipsearch.ui.api import UploadRejected, collection_name
+
+    from clipsearch.errors import TransformError, UsageError
+
+    assert messages.plain(UploadRejected("the upload is not an image", status=415)) == messages.NOT_AN_IMAGE
+    said = messages.plain(UsageError("--whiten applies to image queries",
+                                     hint="use --center for text queries"))
+    assert "--" not in said and "Whiten" in said
+    said = messages.plain(TransformError("whitening is unavailable", hint="run `clipsearch fit-transforms`"))
+    assert said == "whitening is unavailable"
+    assert collection_name("/home/me/photos/db") == "photos"
+    assert collection_name("/x/db", {"name": "Holiday 2024"}) == "Holiday 2024"
