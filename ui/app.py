@@ -592,9 +592,10 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         tracked(grid.click(on_click, [state, kind, under], outputs, api_visibility="private"))
         tracked(detail.click(on_click, [state, kind, under], outputs, api_visibility="private"))
         demo.load(filter_updates, None, [status_md, under, whiten, center, invert, options_note],
-                  api_visibility="private")
+                  api_visibility="private", show_progress="hidden")  # no "processing" flash on load
         demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, api_visibility="private")
-        gr.Timer(15).tick(status, None, status_md, api_visibility="private")
+        gr.Timer(15).tick(status, None, status_md, api_visibility="private",
+                          show_progress="hidden")  # no "0.0s" tick on the status line
 
         gr.api(api_search, api_name="search")
         gr.api(api_moments, api_name="moments")
