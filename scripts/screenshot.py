@@ -46,8 +46,9 @@ def _start_server(db: str, device: str):
 
 def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/chromium",
                     open_result: int = 0, kind: str | None = None, device: str = "auto",
-                    size: tuple[int, int] = (1400, 1000)) -> Path:
-    """Search `query` in the UI over `db`, open result `open_result`, write a PNG to `out`."""
+                    size: tuple[int, int] = (1400, 1000), theme: str = "light") -> Path:
+    """Search `query` in the UI over `db`, open result `open_result` in the lightbox, write a PNG
+    to `out`; `theme` light or dark (Gradio's `__theme` URL parameter)."""
     from playwright.sync_api import sync_playwright
 
     if not os.path.isfile(chromium):
@@ -58,7 +59,7 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.set_default_timeout(180_000)
-            page.goto(url)
+            page.goto(url + f"?__theme={theme}")
             page.wait_for_function("document.querySelector('#cs-status')?.innerText.trim().length > 0")
             if kind:
                 page.locator("#cs-kind label", has_text=kind).click()
@@ -67,7 +68,7 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
             box.press("Enter")
             page.wait_for_selector("#cs-results .cs-card")
             page.locator("#cs-results .cs-card").nth(open_result).click()
-            page.wait_for_selector("#cs-detail .cs-detail")
+            page.wait_for_selector("#cs-detail .cs-lightbox .cs-detail")
             page.wait_for_function(  # every visible thumbnail decoded: no holes in the picture
                 "[...document.querySelectorAll('#cs-results img, #cs-detail img')]"
                 ".filter(i => i.getBoundingClientRect().top < window.innerHeight)"
@@ -94,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/screenshot.png"))
     ap.add_argument("--chromium", default=os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--theme", choices=["light", "dark", "both"], default="both",
+                    help="both: OUT and OUT with -dark before its suffix")
     args = ap.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    path = take_screenshot(args.db, args.query, args.out, chromium=args.chromium, open_result=args.open,
-                           kind=args.kind, device=args.device)
-    print(f"wrote {path}")
+    themes = ["light", "dark"] if args.theme == "both" else [args.theme]
+    for theme in themes:
+        out = args.out if theme == "light" or args.theme == "dark" else \
+            args.out.with_name(f"{args.out.stem}-dark{args.out.suffix}")
+        path = take_screenshot(args.db, args.query, out, chromium=args.chromium, open_result=args.open,
+                               kind=args.kind, device=args.device, theme=theme)
+        print(f"wrote {path}")
     return 0
 
 

@@ -126,7 +126,7 @@ def test_document_hit_shows_its_page_number(page):
     j = 1
     search(page, canonical_query(PDF_PAGES[j]), kind="Document pages")
     first = wait_cards(page, "doc").first
-    assert first.locator(".cs-kind").inner_text() == f"page {j + 1}"
+    assert first.locator(".cs-kind").inner_text() == f"Page {j + 1}"
     assert canonical_query(PDF_PAGES[j]) in first.locator(".cs-snippet").inner_text()
     assert_thumbnail_loads(page, first)
     first.click()

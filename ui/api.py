@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import query_terms, thumbs
 from clipsearch.collection import Collection
-from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, UsageError
+from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, TransformError, UsageError
 from clipsearch.query_terms import QueryTerm
 from clipsearch.storage import storage_for
 
@@ -111,6 +111,22 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     if len(data) > MAX_UPLOAD_BYTES:
         raise too_big(len(data))
     return decode_query_image(data, max_pixels)
+
+
+GENERIC_DIR_NAMES = frozenset({"db", "index", "collection", ".clipsearch", "clipsearch", "data"})
+
+
+def collection_name(where: str, meta: dict[str, Any] | None = None) -> str:
+    """What the UI calls a collection: its stored name when it has one, else its folder's name,
+    or the folder above it when that folder is a generic "db" (photos/db reads "photos")."""
+    stored = str((meta or {}).get("name") or "").strip()
+    if stored:
+        return stored
+    parts = [p for p in where.replace("\\", "/").rstrip("/").split("/") if p and "://" not in p]
+    for part in reversed(parts):
+        if part.lower() not in GENERIC_DIR_NAMES:
+            return part
+    return parts[-1] if parts else "collection"
 
 
 def watch_note(status: dict[str, Any] | None) -> str:
@@ -225,7 +241,7 @@ class SearchService:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
             info["db"] = info.pop("path")
-            info["name"] = self.where.rstrip("/").rsplit("/", 1)[-1]
+            info["name"] = collection_name(self.where, col.meta)
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
@@ -497,7 +513,7 @@ def _error(e: Exception) -> JSONResponse:
     if isinstance(e, FileRefused):
         return JSONResponse({"error": e.message}, status_code=e.status)
     status = getattr(e, "status", None) or (404 if isinstance(e, CollectionNotFound) else
-                                             400 if isinstance(e, UsageError) else 500)
+                                             400 if isinstance(e, (UsageError, TransformError)) else 500)
     body = {"error": str(e)}
     if hint := getattr(e, "hint", None):
         body["hint"] = hint

@@ -15,10 +15,11 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from clipsearch.ui import duplicates_page  # noqa: E402
+from clipsearch.ui import duplicates_page, lightbox, messages, transform_options, url_state  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
+from clipsearch.ui.names import fmt_time, hit_label, item_title, kind_name  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
@@ -37,8 +38,11 @@ CSS = """
 .cs-cap { padding: 4px 6px; font-size: 12px; line-height: 1.3; flex: 1; }
 .cs-score { font-weight: 600; }
 .cs-cos { color: var(--body-text-color-subdued); margin-left: 4px; }
-.cs-card.cs-weak { opacity: 0.6; }
-.cs-kind { float: right; color: var(--body-text-color-subdued); }
+.cs-card.cs-weak { border-style: dashed; }
+.cs-card.cs-weak img { opacity: 0.55; }
+.cs-kind { float: right; color: var(--body-text-color); }
+#cs-image .or { color: var(--body-text-color); }  /* Gradio's 'or' in the drop zone: readable */
+footer .show-api, footer a, footer button { color: var(--body-text-color) !important; }  /* contrast */
 .cs-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cs-snippet { color: var(--body-text-color-subdued); max-height: 3.9em; overflow: hidden; }
 .cs-more { margin: 0 6px 6px; font-size: 12px; padding: 2px 6px; border-radius: 6px; cursor: pointer;
@@ -54,10 +58,13 @@ CSS = """
                border-radius: 4px; margin: 6px 0; }
 .cs-seg { position: absolute; top: 0; height: 8px; background: var(--color-accent); border-radius: 4px;
           left: 0; width: 0; }
-.cs-meta { font-size: 13px; margin-top: 8px; word-break: break-all; }
+.cs-meta { font-size: 13px; margin-top: 8px; overflow-wrap: anywhere; }
 .cs-meta td { padding: 1px 8px 1px 0; vertical-align: top; }
+.cs-meta td:first-child { white-space: nowrap; overflow-wrap: normal; }
 .cs-boxed { position: relative; display: table; margin: 0 auto; }
 .cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
+.cs-hidden { display: none !important; }
+.cs-opt-note { font-size: 12px; cursor: help; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
 .cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
 .cs-chip { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 1px 4px 1px 10px;
@@ -65,7 +72,7 @@ CSS = """
 .cs-chip[data-sign='-'] { text-decoration: line-through; }
 .cs-chip button { border: none; background: none; cursor: pointer; padding: 0 4px; font-size: 14px; }
 """
-CSS += DUPLICATES_CSS
+CSS += DUPLICATES_CSS + lightbox.CSS
 
 # Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
 CLICK_JS = """
@@ -79,7 +86,7 @@ element.addEventListener('click', (ev) => {
 """
 
 # The detail view's player starts at the moment's t_start and marks [t_start, t_end].
-PLAYER_JS = CLICK_JS + """
+PLAYER_JS = CLICK_JS + lightbox.JS + """
 const setup = () => {
   const v = element.querySelector('video[data-start], audio[data-start]');
   if (!v) return;
@@ -100,7 +107,7 @@ watch('value', setup);
 
 EMPTY_GRID = ("<div class='cs-empty'>Results appear here. Type a query and press Enter, "
               "or drop an image.</div>")
-EMPTY_DETAIL = "<div class='cs-empty'>Click a result to see it full size.</div>"
+EMPTY_DETAIL = ""  # the lightbox is closed
 
 
 # The UI's sort choices -> `search(sort=)`.
@@ -111,24 +118,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt_time(t: float | None) -> str:
-    if t is None:
-        return "?"
-    m, s = divmod(float(t), 60)
-    return f"{int(m)}:{s:04.1f}" if m else f"{s:.1f}s"
-
-
 def _kind_label(hit: dict) -> str:
-    kind = hit["kind"]
-    if kind in ("moment", "speech"):
-        return f"{kind} {_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
-    if kind in ("video_frame", "video"):
-        return f"video @ {_fmt_time(hit.get('t_start'))}" if hit.get("t_start") is not None else "video"
-    if kind in ("doc", "doc_page", "doc_text"):
-        return f"page {hit['page']}" if hit.get("page") else "document"
-    if kind == "ocr":
-        return f"words, page {hit['page']}" if hit.get("page") else "words"
-    return kind
+    return hit_label(hit)
 
 
 def _word_box(box: Any) -> str:
@@ -174,12 +165,13 @@ def render_grid(hits: list[dict], cut: float | None = None) -> str:
             snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
         cards.append(
             f"<div class='cs-card{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
-            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}'>{img}<div class='cs-cap'>"
+            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='listitem'"
+            f" aria-label='{_e(item_title(h))}, {_e(_kind_label(h))}, {_e(top)}'>{img}<div class='cs-cap'>"
             f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
             f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
             f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
-    return "<div class='cs-grid'>" + "".join(cards) + "</div>"
+    return "<div class='cs-grid' role='list' aria-label='results'>" + "".join(cards) + "</div>"
 
 
 def render_chips(terms: list[dict]) -> str:
@@ -209,7 +201,7 @@ def _said(hit: dict) -> str:
     """The words said in a moment, with their time, for under the player."""
     if not hit.get("text"):
         return ""
-    when = f"{_fmt_time(hit.get('t_start'))}–{_fmt_time(hit.get('t_end'))}"
+    when = f"{fmt_time(hit.get('t_start'))}–{fmt_time(hit.get('t_end'))}"
     return f"<p class='cs-said'><span class='cs-said-time'>{_e(when)}</span> “{_e(hit['text'])}”</p>"
 
 
@@ -235,13 +227,14 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
     elif (kind == "image" or (kind == "ocr" and hit.get("page") is None and hit.get("t_start") is None)) \
             and media:
         shown = hit.get("view_url") or media  # a HEIC or RAW original: its JPEG preview
-        view = (f"<a href='{_e(media)}' target='_blank' rel='noopener'><span class='cs-boxed'>"
-                f"<img src='{_e(shown)}' alt=''>{_word_box(hit.get('box'))}</span></a>")
+        view = (f"<a href='{_e(media)}' target='_blank' rel='noopener' aria-label='open the original'>"
+                f"<span class='cs-boxed'><img src='{_e(shown)}' alt='{_e(hit['name'])}'>"
+                f"{_word_box(hit.get('box'))}</span></a>")
     elif hit.get("thumb_url"):
-        view = f"<img src='{_e(hit['thumb_url'])}' alt=''>"
+        view = f"<img src='{_e(hit['thumb_url'])}' alt='{_e(hit['name'])}'>"
     else:
         view = "<div class='cs-noimg'>no preview</div>"
-    rows = [("Path", hit["source"]), ("Kind", kind)]
+    rows = [("Path", hit["source"]), ("Kind", kind_name(kind))]
     if hit.get("relevance") is None:  # browsing: the score is the typicality
         rows.append(("Score", f"{hit['score']:.4f}"))
     else:
@@ -303,8 +296,7 @@ def _message(text: str | None, error: bool = False) -> str:
 
 
 def _error_text(e: Exception) -> str:
-    hint = getattr(e, "hint", None)
-    return f"{e}" + (f" — {hint}" if hint else "")
+    return messages.plain(e)
 
 
 def undecoded_upload(payload) -> str | bytes | None:
@@ -340,18 +332,18 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def filter_updates():
         roots = service.roots() if service.exists() else []
-        fitted = False
-        if service.exists():
-            try:
-                fitted = bool(service.info().get("transforms_fitted"))
-            except ClipsearchError:
-                fitted = False
-        return (status(), gr.update(choices=[""] + roots),
-                gr.update(visible=fitted), gr.update(visible=fitted), gr.update(visible=fitted))
+        why = transform_options.available(service)
+        note = "; ".join(f"{name.capitalize()} is not offered: {reason}" for name, reason in why.items()
+                         if reason)
+        note_html = (f"<span class='cs-opt-note' tabindex='0' title='{_e(note)}' aria-label='{_e(note)}'>"
+                     "ⓘ some options are not offered</span>") if note else ""
+        return (status(), gr.update(choices=[""] + roots), gr.update(visible=why["whiten"] is None),
+                gr.update(visible=why["center"] is None), gr.update(visible=why["invert"] is None), note_html)
 
-    def execute(query: dict, offset: int, previous: list[dict]) -> tuple:
+    def execute(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
         terms: list[dict] = []
+        failed = False
         try:
             res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
@@ -370,11 +362,15 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                                + ("es" if n_weaker != 1 else ""))
             cut = res.get("min_relevance")
         except ClipsearchError as e:
+            failed = True
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
             weaker, cut = gr.update(visible=False), None
-        grid = render_grid(hits, cut) if hits or offset else (
-            f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
-        state = {"query": query, "hits": hits, "terms": terms}
+        if failed:  # the message says it once, by the box that caused it; the grid keeps what it had
+            grid = render_grid(hits, cut) if hits else EMPTY_GRID
+        else:
+            grid = render_grid(hits, cut) if hits or offset else (
+                f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
+        state = {"query": query, "hits": hits, "terms": terms, "page": page}
         chips = render_chips(terms) if terms or not offset else gr.update()
         return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips, weaker
 
@@ -388,7 +384,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                    negative=""):
-        text = (text or "").strip()
+        text = (text or "").strip().rstrip("+").strip()  # "id:ITEM + " left to be finished
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
                     {"query": {}, "hits": []}, status(), "", gr.update(visible=False))
@@ -398,11 +394,17 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                  "filters": {"after": after, "before": before, "place": place, "camera": camera}}
         return execute(query, 0, [])
 
+    def submit_search(text, image, *rest):
+        """Enter in a box: an empty query keeps the results on screen rather than wiping them."""
+        if not (text or "").strip().rstrip("+").strip() and image is None:
+            return (gr.update(),) * 8
+        return new_search(text, image, *rest)
+
     def load_more(state):
         if not state or not state.get("query"):
             return (gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update(),
                     gr.update())
-        return execute(state["query"], len(state["hits"]), state["hits"])
+        return execute(state["query"], len(state["hits"]), state["hits"], int(state.get("page") or 1) + 1)
 
     def drop_chip(state, text_box, not_box, evt: gr.EventData):
         """A chip's remove button: that part leaves its box (the query runs again after)."""
@@ -431,7 +433,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
                     gr.update(), state, status(), gr.update(), gr.update())
         kind = KIND_LABELS.get(kind_label)
-        query = {"text": None, "image": path, "under": under, "label": f"Items like {hit['name']}",
+        query = {"text": None, "image": path, "under": under, "label": f"Items like {item_title(hit)}",
+                 "like": hit.get("id"),
                  "kind": None if kind == "moment" else kind}
         return execute(query, 0, [])
 
@@ -444,11 +447,44 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             if not 0 <= index < len(hits):
                 return (gr.update(),) * 8
             return more_like(state, index, kind_label, under)
+        if action == "close":
+            return (gr.update(), EMPTY_DETAIL) + (gr.update(),) * 6
         if not 0 <= index < len(hits):
             return (gr.update(),) * 8
         state = dict(state, selected=index)
-        return (gr.update(), render_detail(hits[index], index), gr.update(), gr.update(), state, gr.update(),
-                gr.update(), gr.update())
+        view = lightbox.wrap(render_detail(hits[index], index), hits[index], index, len(hits))
+        return (gr.update(), view, gr.update(), gr.update(), state, gr.update(), gr.update(), gr.update())
+
+    def from_url(qs: str):
+        """The page's query string as field values and its results (on load, and on Back)."""
+        decoded = url_state.decode(qs or "", SORT_LABELS)
+        if decoded is None:
+            return (gr.update(),) * (len(url_fields) + 8)
+        f, page = decoded
+        query = {"text": f["text"] or None, "image": None, "kind": KIND_LABELS.get(f["kind"]),
+                 "under": f["under"], "whiten": f["whiten"], "center": f["center"], "invert": f["invert"],
+                 "sort": f["sort"], "negative": [f["negative"]] if f["negative"] else [],
+                 "filters": {name: f[name] for name in url_state.FILTERS}}
+        if f["like"]:
+            query.update(text=f"id:{f['like']}", like=f["like"])
+            try:
+                query["label"] = f"Items like {service.item_file(f['like'])[1]}"
+            except (FileRefused, ClipsearchError):
+                pass
+        if f["weaker"]:
+            query["min_relevance"] = "off"
+        out = execute(query, 0, [])
+        for n in range(2, page + 1):
+            st = out[4]
+            if not st.get("hits") or len(st["hits"]) < (n - 1) * PAGE_SIZE:
+                break
+            out = execute(query, len(st["hits"]), st["hits"], n)
+        values = ("" if f["like"] else f["text"], f["negative"], f["kind"], f["under"], f["after"],
+                  f["before"], f["place"], f["camera"], f["sort"])
+        return values + tuple(out)
+
+    def url_of(state) -> str:
+        return url_state.encode((state or {}).get("query") or {}, int((state or {}).get("page") or 1))
 
     # ---- named API endpoints (gradio_client: api_name="/search" etc.) -------------------------
     def api_search(q: str, k: int = PAGE_SIZE, kind: str = "all", offset: int = 0,
@@ -515,6 +551,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             whiten = gr.Checkbox(label="Whiten", visible=False, elem_id="cs-whiten")
             center = gr.Checkbox(label="Center", visible=False, elem_id="cs-center")
             invert = gr.Checkbox(label="Invert", visible=False, elem_id="cs-invert")
+            options_note = gr.HTML("", elem_id="cs-options-note", padding=False)
         with gr.Accordion("Filters: date, place, camera", open=False, elem_id="cs-filters"):
             with gr.Row():
                 after = gr.Textbox(label="Taken from", placeholder="2024-08", elem_id="cs-after", scale=1)
@@ -525,33 +562,45 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 sort = gr.Dropdown(list(SORT_LABELS), value="Best match", label="Sort", elem_id="cs-sort",
                                    scale=1)
         message = gr.Markdown(elem_id="cs-message")
-        with gr.Row():
-            with gr.Column(scale=3):
-                grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS, padding=False)
-                weaker = gr.Button("Show weaker matches", visible=False, elem_id="cs-weaker")
-                more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
-            with gr.Column(scale=2):
-                detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
+        grid = gr.HTML(EMPTY_GRID, elem_id="cs-results", js_on_load=CLICK_JS + lightbox.CARD_KEYS_JS,
+                       padding=False)
+        weaker = gr.Button("Show weaker matches", visible=False, elem_id="cs-weaker")
+        more = gr.Button("Load more", visible=False, elem_id="cs-load-more")
+        detail = gr.HTML(EMPTY_DETAIL, elem_id="cs-detail", js_on_load=PLAYER_JS, padding=False)
 
+        url_box = gr.Textbox("", elem_id="cs-url", elem_classes=["cs-hidden"], show_label=False,
+                             container=False)
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
         outputs = [grid, detail, message, more, state, status_md, chips, weaker]
-        text.submit(new_search, inputs, outputs, api_visibility="private")
-        not_box.submit(new_search, inputs, outputs, api_visibility="private")
-        chips.click(drop_chip, [state, text, not_box], [text, image, not_box], api_visibility="private").then(
-            new_search, inputs, outputs, api_visibility="private")
-        image.change(new_search, inputs, outputs, api_visibility="private")
-        for f in (kind, under, whiten, center, invert, sort):
-            f.change(new_search, inputs, outputs, api_visibility="private")
+        url_fields = [text, not_box, kind, under, after, before, place, camera, sort]
+
+        def tracked(event) -> None:
+            """After a search: the URL says what it was (a new history entry when it changed)."""
+            event.then(url_of, [state], [url_box], api_visibility="private").then(
+                None, [url_box], None, js=url_state.PUSH_JS, api_visibility="private")
+
+        tracked(text.submit(submit_search, inputs, outputs, api_visibility="private"))
+        tracked(not_box.submit(submit_search, inputs, outputs, api_visibility="private"))
+        dropped = chips.click(drop_chip, [state, text, not_box], [text, image, not_box],
+                              api_visibility="private")
+        tracked(dropped.then(new_search, inputs, outputs, api_visibility="private"))
+        tracked(image.change(new_search, inputs, outputs, api_visibility="private"))
+        # .input, not .change: the URL sets these fields without starting a second search
+        for f in (kind, whiten, center, invert, sort):
+            tracked(f.input(new_search, inputs, outputs, api_visibility="private"))
+        tracked(under.change(new_search, inputs, outputs, api_visibility="private"))
         for box in (after, before, place, camera):
-            box.submit(new_search, inputs, outputs, api_visibility="private")
-        more.click(load_more, [state], outputs, api_visibility="private")
-        weaker.click(show_weaker, [state], outputs, api_visibility="private")
-        grid.click(on_click, [state, kind, under], outputs, api_visibility="private")
-        detail.click(on_click, [state, kind, under], outputs, api_visibility="private")
-        demo.load(filter_updates, None, [status_md, under, whiten, center, invert],
-                  api_visibility="private")
-        gr.Timer(15).tick(status, None, status_md, api_visibility="private")
+            tracked(box.submit(new_search, inputs, outputs, api_visibility="private"))
+        tracked(more.click(load_more, [state], outputs, api_visibility="private"))
+        tracked(weaker.click(show_weaker, [state], outputs, api_visibility="private"))
+        tracked(grid.click(on_click, [state, kind, under], outputs, api_visibility="private"))
+        tracked(detail.click(on_click, [state, kind, under], outputs, api_visibility="private"))
+        demo.load(filter_updates, None, [status_md, under, whiten, center, invert, options_note],
+                  api_visibility="private", show_progress="hidden")  # no "processing" flash on load
+        demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, api_visibility="private")
+        gr.Timer(15).tick(status, None, status_md, api_visibility="private",
+                          show_progress="hidden")  # no "0.0s" tick on the status line
 
         gr.api(api_search, api_name="search")
         gr.api(api_moments, api_name="moments")

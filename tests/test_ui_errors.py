@@ -1,0 +1,90 @@
+"""Errors in plain words, once, next to what caused them; no traceback on the server for a user
+error; options only when they can work."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from test_ui_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
+
+VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def page(request, browser, server):  # noqa: F811
+    width, height = VIEWPORTS[request.param]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server + "/")
+    pg.wait_for_selector("#cs-query textarea, #cs-query input")
+    yield pg
+    context.close()
+
+
+@pytest.mark.browser
+def test_a_non_image_on_the_image_box_says_so_once(page, tmp_path, caplog):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("these are words, not pixels\n" * 20)
+    with caplog.at_level(logging.INFO):
+        page.set_input_files("#cs-image input[type=file]", str(bad))
+        page.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('not an image')")
+        page.wait_for_timeout(500)
+    body = page.locator("body").inner_text()
+    assert body.count("not an image") == 1, body
+    msg = page.locator("#cs-message").inner_text()
+    assert "JPG" in msg and "--" not in msg
+    assert page.locator(".toast-body, .error").filter(has_text="Error").count() == 0
+    assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+@pytest.mark.browser
+def test_messages_never_name_cli_flags(page, server, sample):
+    data, _ = sample
+    query, _ = data.unique_query(0)
+    whiten = page.locator("#cs-whiten")
+    r = httpx.post(server + "/api/search/image", files={"file": ("q.jpg", data.dup_query, "image/jpeg")},
+                   data={"whiten": "true"}, timeout=120)
+    if r.status_code == 400:  # whitening is not fitted here: the box is absent, the reason in a tooltip
+        page.wait_for_selector("#cs-options-note .cs-opt-note")
+        assert not whiten.is_visible()
+        assert "Whiten is not offered" in page.locator("#cs-options-note .cs-opt-note").get_attribute("title")
+        return
+    box = page.locator("#cs-query textarea, #cs-query input").first
+    box.fill(query)
+    box.press("Enter")
+    page.wait_for_selector("#cs-results .cs-card, #cs-weaker:visible")
+    whiten.locator("input").check()
+    page.wait_for_function("document.querySelector('#cs-message')?.innerText.length > 0")
+    msg = page.locator("#cs-message").inner_text()
+    assert "--" not in msg and "clipsearch fit-transforms" not in msg, msg
+
+
+def test_rest_whiten_form_field_is_never_a_500(server, sample):
+    data, _ = sample
+    r = httpx.post(server + "/api/search/image", files={"file": ("q.jpg", data.dup_query, "image/jpeg")},
+                   data={"whiten": "true"}, timeout=120)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        body = r.json()
+        assert body.get("error") and "Traceback" not in r.text
+    r = httpx.get(server + "/api/search", params={"q": "a red circle", "whiten": "true"}, timeout=120)
+    assert r.status_code in (200, 400), r.text
+
+
+def test_plain_messages_drop_cli_words():
+    from clipsearch.ui import messages
+    from clipsearch.ui.api import UploadRejected, collection_name
+
+    from clipsearch.errors import TransformError, UsageError
+
+    assert messages.plain(UploadRejected("the upload is not an image", status=415)) == messages.NOT_AN_IMAGE
+    said = messages.plain(UsageError("--whiten applies to image queries",
+                                     hint="use --center for text queries"))
+    assert "--" not in said and "Whiten" in said
+    said = messages.plain(TransformError("whitening is unavailable", hint="run `clipsearch fit-transforms`"))
+    assert said == "whitening is unavailable"
+    assert collection_name("/home/me/photos/db") == "photos"
+    assert collection_name("/x/db", {"name": "Holiday 2024"}) == "Holiday 2024"
