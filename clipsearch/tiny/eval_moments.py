@@ -95,7 +95,7 @@ def _segment(spec: ShapeSpec, a: float, b: float, rng: np.random.Generator, quer
                                  INDEPENDENT_FRAME, INDEPENDENT_FRAME)
         box1f, _ = place_box(spec.size, spec.position, style.aspect, spec.shape, rng,
                              INDEPENDENT_FRAME, INDEPENDENT_FRAME)
-        return Segment(spec, a, b, tuple(round(x) for x in box0f), tuple(round(x) for x in box1f),  # type: ignore[arg-type]
+        return Segment(spec, a, b, tuple(round(x) for x in box0f), tuple(round(x) for x in box1f),
                        angle, query, style)
     box0, angle = layout_box(spec, rng, FRAME, FRAME)
     box1, _ = layout_box(spec, rng, FRAME, FRAME)
@@ -182,7 +182,7 @@ def render_frame(video: SynthVideo, t: float, backgrounds: list[np.ndarray], see
             if seg.style is not None:
                 from clipsearch.tiny.world2 import draw_shape_in
 
-                draw_shape_in(img, seg.spec.shape, tuple(box), turn, seg.style)  # type: ignore[arg-type]
+                draw_shape_in(img, seg.spec.shape, tuple(box), turn, seg.style)
             else:
                 draw_shape_on(img, seg.spec, tuple(box), rng, turn)
     return img

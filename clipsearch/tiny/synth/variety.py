@@ -60,7 +60,7 @@ def drift_colour(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[i
         s = s * rng.uniform(0.72, 1.0)
         v = min(1.0, v * rng.uniform(0.78, 1.08))
     out = colorsys.hsv_to_rgb(h, s, v)
-    return tuple(int(round(c * 255)) for c in out)  # type: ignore[return-value]
+    return tuple(int(round(c * 255)) for c in out)
 
 
 def fill_layer(rgb: tuple[int, int, int], size: tuple[int, int], style: str, rng: np.random.Generator
