@@ -6,6 +6,7 @@ and weights sha256 it was measured with.
 
     python -m benchmarks.doc_pages                  # 12 documents of 5-10 pages
     python -m benchmarks.doc_pages --memory 50 500  # peak RSS indexing 50- and 500-page PDFs
+    python -m benchmarks.doc_pages --renderer independent  # figures drawn by clipsearch.tiny.world2
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="clipsearch-tiny")
     ap.add_argument("--ablation", action="store_true", help="also score each ranking alone")
+    ap.add_argument("--renderer", choices=("synth", "independent"), default="synth",
+                    help="who draws the figures: the training renderer or clipsearch.tiny.world2")
     ap.add_argument("--page-tiles", type=float, default=None, help="indexer option page_tiles (0 = off)")
     ap.add_argument("--memory", type=int, nargs="+", metavar="PAGES",
                     help="peak RSS for PDFs of these lengths")
@@ -77,7 +80,7 @@ def main() -> None:
             print(json.dumps(row))
         return
     res = run(args.docs, (args.min_pages, args.max_pages), args.seed, args.model, ablation=args.ablation,
-              page_tiles=args.page_tiles)
+              page_tiles=args.page_tiles, renderer=args.renderer)
     print(json.dumps(res, indent=1))
 
 

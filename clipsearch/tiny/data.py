@@ -68,11 +68,14 @@ def hard_negative(spec: ShapeSpec, mentioned: dict[str, str | None], rng: np.ran
 
 
 def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
-                easy: bool = False) -> tuple[Image.Image, str, ShapeSpec, dict[str, str | None]]:
+                easy: bool = False, variety: float = 0.0
+                ) -> tuple[Image.Image, str, ShapeSpec, dict[str, str | None]]:
     """One training pair: image, caption, the image's attributes and those the caption mentions.
 
     ``klass`` fixes (shape, color); size, position, background etc. stay random.
     ``easy`` draws on a plain grey background without degradation (curriculum warm-up).
+    ``variety`` is the share of shape images drawn with training-time variety (proportions,
+    fills, colour drift, resampling: clipsearch.tiny.synth.variety); 0 keeps the old stream.
     """
     spec = random_spec(rng, p_size=0.7, p_pos=0.7)
     if klass:
@@ -86,7 +89,8 @@ def make_sample(rng: np.random.Generator, klass: tuple[str, str] | None = None,
         spec = ShapeSpec(spec.shape, spec.color)  # size/position words mean nothing on a page
     else:
         canvas = TRAIN_CANVAS[int(rng.integers(len(TRAIN_CANVAS)))]
-        img = render_shape(spec, rng, size=canvas, degrade=bool(rng.random() < P_DEGRADE))
+        varied = bool(variety) and bool(rng.random() < variety)
+        img = render_shape(spec, rng, size=canvas, degrade=bool(rng.random() < P_DEGRADE), variety=varied)
     text, mentioned = caption_with_attrs(spec, rng)
     return img, text, spec, mentioned
 
@@ -108,11 +112,13 @@ class BatchSource(torch.utils.data.Dataset):
 
     def __init__(self, seed: int, batch_size: int, preprocess, tokenizer, steps: int,
                  group: int = 4, curriculum: float = 0.2, negatives: bool = True,
-                 neg_rate: float = 1.0, neg_weights: dict[str, float] | None = None) -> None:
+                 neg_rate: float = 1.0, neg_weights: dict[str, float] | None = None,
+                 variety: float = 0.0) -> None:
         self.seed, self.batch_size, self.steps, self.group = seed, batch_size, steps, group
         self.negatives, self.neg_rate, self.neg_weights = negatives, neg_rate, neg_weights
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.curriculum_steps = curriculum * steps
+        self.variety = variety
 
     def easy_fraction(self, step: int) -> float:
         """Share of plain-background samples: 0.8 at the start, 0 after the curriculum phase.
@@ -131,7 +137,7 @@ class BatchSource(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, step])
         classes = batch_classes(rng, self.batch_size, self.group)
         easy = rng.random(len(classes)) < self.easy_fraction(step)
-        samples = [make_sample(rng, k, bool(e)) for k, e in zip(classes, easy, strict=True)]
+        samples = [make_sample(rng, k, bool(e), self.variety) for k, e in zip(classes, easy, strict=True)]
         batch = {
             "images": torch.stack([self.preprocess(s[0]) for s in samples]),
             "tokens": self.tokenizer([s[1] for s in samples]),

@@ -5,6 +5,12 @@ uses and a different background mix, so the figures measure generalisation withi
 shapes world rather than memorised renders.
 
     python -m clipsearch.tiny.eval --model-dir clipsearch/models --n 600 --seed 12345
+    python -m clipsearch.tiny.eval --renderer independent   # drawn by clipsearch.tiny.world2
+
+``--renderer independent`` draws the set with code that shares nothing with the training
+renderer (clipsearch.tiny.world2: other geometry, palette, fills, backgrounds, 160-320 px
+canvases, JPEG/H.264/resampling chains), so the figures say whether the model learned the
+shapes world rather than its renderer.
 """
 
 from __future__ import annotations
@@ -49,10 +55,19 @@ def eval_specs(n: int, rng: np.random.Generator) -> list[ShapeSpec]:
                       POSITIONS[int(rng.integers(len(POSITIONS)))]) for i in order[:n]]
 
 
-def render_eval_set(n: int, seed: int) -> tuple[list[ShapeSpec], list]:
-    """The held-out images (PIL) and their specs."""
+RENDERERS = ("synth", "independent")
+
+
+def render_eval_set(n: int, seed: int, renderer: str = "synth") -> tuple[list[ShapeSpec], list]:
+    """The held-out images (PIL) and their specs, drawn by the training renderer or the independent one."""
     rng = np.random.default_rng(seed)
     specs = eval_specs(n, rng)
+    if renderer == "independent":
+        from clipsearch.tiny.world2 import render_image
+
+        return specs, [render_image(s, rng) for s in specs]
+    if renderer != "synth":
+        raise ValueError(f"unknown renderer {renderer!r}: use one of {', '.join(RENDERERS)}")
     images = [render_shape(s, rng, size=EVAL_CANVAS, bg_weights=EVAL_BG_WEIGHTS,
                            degrade=bool(rng.random() < P_DEGRADE)) for s in specs]
     return specs, images
@@ -144,17 +159,18 @@ def attribute_accuracy(img_emb: torch.Tensor, model, tokenizer, specs: list[Shap
     return float(np.mean([values[int(i)] == getattr(s, attr) for s, i in zip(specs, picked, strict=True)]))
 
 
-def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345) -> dict:
+def evaluate(model_dir: str | Path, n: int = 600, seed: int = 12345, renderer: str = "synth") -> dict:
     """Render a held-out set, embed it with the model in ``model_dir`` and score retrieval."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model, preprocess, tokenizer = load_model(model_dir)
-    specs, images = render_eval_set(n, seed)
+    specs, images = render_eval_set(n, seed, renderer)
     img_emb = embed_images(model, preprocess, images)
     t2i, per_class = text_to_image(img_emb, model, tokenizer, specs)
     t2i_photo, _ = text_to_image(img_emb, model, tokenizer, specs, "a photo of {}")
     i2i = image_to_image_scores(img_emb, specs)
     return {
-        **weights_identity(model_dir), "n": n, "seed": seed, "canvas": EVAL_CANVAS,
+        **weights_identity(model_dir), "n": n, "seed": seed, "renderer": renderer,
+        "canvas": EVAL_CANVAS if renderer == "synth" else "160-320",
         "t2i_p10": round(t2i, 4),
         "t2i_p10_photo_of": round(t2i_photo, 4),
         "full_r1": round(full_attribute_recall(img_emb, model, tokenizer, specs), 4),
@@ -180,7 +196,8 @@ def format_table(res: dict) -> str:
         ("position picked among 5 (chance 0.2)", res["position_acc"], None),
         ("size picked among 2 (chance 0.5)", res["size_acc"], None),
     ]
-    lines = [f"clipsearch-tiny eval: n={res['n']} seed={res['seed']} canvas={res['canvas']}px",
+    lines = [f"clipsearch-tiny eval: renderer={res.get('renderer', 'synth')} n={res['n']} seed={res['seed']} "
+             f"canvas={res['canvas']}px",
              f"model_id {res['model_id']}, weights sha256 {res['weights_sha256'][:16]}",
              f"{'metric':<50} {'value':>6} {'target':>7}"]
     for name, val, target in rows:
@@ -197,9 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-dir", default="clipsearch/models")
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--renderer", choices=RENDERERS, default="synth",
+                    help="who draws the evaluation set: the training renderer or clipsearch.tiny.world2")
     ap.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = ap.parse_args(argv)
-    res = evaluate(args.model_dir, args.n, args.seed)
+    res = evaluate(args.model_dir, args.n, args.seed, args.renderer)
     print(format_table(res))
     if args.json:
         print(json.dumps(res, indent=2))

@@ -11,6 +11,10 @@ The PDFs go through the real DocumentIndexer into a real LanceDB table (clipsear
 the FTS index is built with ensure_fts_index, and search_documents answers. Reported:
 page-level R@1 and R@5 per query type, for the fused search and for each ranking alone.
 
+`renderer="independent"` draws the figures with clipsearch.tiny.world2 instead (its own geometry,
+fills, colours and panels, then a JPEG/H.264/resampling chain): figure-page recall that does
+not only measure how well the model knows its training renderer.
+
 The library half of benchmarks/doc_pages.py (the command line), shared with the tests:
 
     python -m benchmarks.doc_pages                  # 12 documents of 5-10 pages
@@ -141,8 +145,16 @@ def plan_corpus(n_docs: int, pages: tuple[int, int], seed: int) -> list[list[Pag
     return docs
 
 
-def _figure_image(spec: ShapeSpec, rng: np.random.Generator, px: int) -> Image.Image:
+RENDERERS = ("synth", "independent")
+
+
+def _figure_image(spec: ShapeSpec, rng: np.random.Generator, px: int, renderer: str = "synth") -> Image.Image:
     """A figure panel: light or white box, one shape filling most of it (as on training pages)."""
+    if renderer == "independent":
+        from clipsearch.tiny.world2 import figure_panel
+        from clipsearch.tiny.world2.chains import random_chain
+
+        return random_chain(figure_panel(spec, rng, px), rng)
     bg = (242, 242, 246) if rng.random() < 0.5 else (255, 255, 255)
     img = Image.new("RGB", (px, int(px * rng.uniform(0.75, 1.0))), bg)
     s = min(img.size) * rng.uniform(0.55, 0.8)
@@ -162,12 +174,12 @@ def _wrap(text: str, width: float) -> list[str]:
     return lines + ([cur] if cur else [])
 
 
-def draw_page(c: canvas.Canvas, page: PageSpec, rng: np.random.Generator) -> None:
+def draw_page(c: canvas.Canvas, page: PageSpec, rng: np.random.Generator, renderer: str = "synth") -> None:
     """Title, body text in the column, and the figure inset at a random height and side."""
     c.setFont("Helvetica-Bold", 16)
     c.drawString(MARGIN, PAGE_H - MARGIN, page.title)
     fig_w = float(rng.uniform(0.35, 0.55) * (PAGE_W - 2 * MARGIN))
-    img = _figure_image(page.figure, rng, 320)
+    img = _figure_image(page.figure, rng, 320, renderer)
     fig_h = fig_w * img.height / img.width
     fig_x = MARGIN if rng.random() < 0.5 else PAGE_W - MARGIN - fig_w
     fig_top = float(rng.uniform(MARGIN + fig_h + 30, PAGE_H - MARGIN - 40))
@@ -189,7 +201,9 @@ def draw_page(c: canvas.Canvas, page: PageSpec, rng: np.random.Generator) -> Non
     c.showPage()
 
 
-def write_corpus(out_dir: Path, docs: list[list[PageSpec]], seed: int) -> list[Path]:
+def write_corpus(out_dir: Path, docs: list[list[PageSpec]], seed: int, renderer: str = "synth") -> list[Path]:
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}: use one of {', '.join(RENDERERS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     paths = []
@@ -197,7 +211,7 @@ def write_corpus(out_dir: Path, docs: list[list[PageSpec]], seed: int) -> list[P
         path = out_dir / f"report_{d:02d}.pdf"
         c = canvas.Canvas(str(path), pagesize=(PAGE_W, PAGE_H))
         for page in doc:
-            draw_page(c, page, rng)
+            draw_page(c, page, rng, renderer)
         c.save()
         paths.append(path)
     return paths
@@ -287,6 +301,7 @@ def run(
     work_dir: Path | None = None,
     ablation: bool = False,
     page_tiles: float | None = None,
+    renderer: str = "synth",
 ) -> dict:
     """Generate, index and evaluate; returns figures (and timings) as a dict."""
     if encoder is None:
@@ -296,7 +311,7 @@ def run(
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp_path = Path(tmp)
         docs = plan_corpus(n_docs, pages, seed)
-        paths = write_corpus(tmp_path / "pdfs", docs, seed)
+        paths = write_corpus(tmp_path / "pdfs", docs, seed, renderer)
         queries = make_queries(docs, paths, seed)
         t0 = time.perf_counter()
         store = index_documents(paths, encoder, tmp_path / "db", page_tiles=page_tiles)
@@ -306,6 +321,7 @@ def run(
         t_query = (time.perf_counter() - t0) / (len(queries) * (len(VARIANTS) if ablation else 1))
         return {
             "docs": n_docs,
+            "renderer": renderer,
             "page_tiles": DEFAULT_PAGE_TILES if page_tiles is None else page_tiles,
             "pages": sum(len(d) for d in docs),
             "rows": store.count(),

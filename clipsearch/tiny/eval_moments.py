@@ -11,6 +11,10 @@ Two ways in:
 - `through_indexer=True`: videos are written as real mp4 files and indexed by VideoIndexer
   (PyAV decode, detected cuts, thumbnails) — what tests/test_video_eval.py runs.
 
+`renderer="independent"` draws the shapes and backgrounds with clipsearch.tiny.world2 (its own
+geometry, fills and colours, one style per segment), on 160 px frames, and writes the mp4
+files at a low bitrate (CRF 32): figures for a model that must not only know its renderer.
+
 The library half of benchmarks/video_moments.py (the command line), shared with the tests:
 
     .venv/bin/python -m benchmarks.video_moments --videos 20 --model clipsearch-tiny
@@ -38,6 +42,8 @@ from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_qu
 from clipsearch.video_metrics import Span, mean_iou, recall_at_iou, video_recall_at_k
 
 FRAME = 224  # rendered frame size (square, so the encoder's centre crop keeps the whole frame)
+INDEPENDENT_FRAME = 160  # frames of the independent renderer: small, as the issue's failures were
+CRF = {"synth": 20, "independent": 32}  # H.264 quality of the written files (higher = fewer bits)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Segment:
     box1: tuple[int, int, int, int]
     angle: float
     query: bool = False  # its colour+shape occurs nowhere else in the collection
+    style: object | None = None  # a world2.ShapeStyle when the independent renderer draws it
 
 
 @dataclass
@@ -59,6 +66,8 @@ class SynthVideo:
     backgrounds: list[int]  # background index per shot
     segments: list[Segment] = field(default_factory=list)
     distractors: list[Segment] = field(default_factory=list)
+    renderer: str = "synth"
+    frame: int = FRAME
 
 
 # ---------------------------------------------------------------- world
@@ -76,15 +85,32 @@ def make_backgrounds(rng: np.random.Generator, n: int, size: int = FRAME) -> lis
     return out
 
 
-def _segment(spec: ShapeSpec, a: float, b: float, rng: np.random.Generator, query: bool = False) -> Segment:
+def _segment(spec: ShapeSpec, a: float, b: float, rng: np.random.Generator, query: bool = False,
+             renderer: str = "synth") -> Segment:
+    if renderer == "independent":
+        from clipsearch.tiny.world2 import place_box, random_style
+
+        style = random_style(spec.color, spec.shape, rng)
+        box0f, angle = place_box(spec.size, spec.position, style.aspect, spec.shape, rng,
+                                 INDEPENDENT_FRAME, INDEPENDENT_FRAME)
+        box1f, _ = place_box(spec.size, spec.position, style.aspect, spec.shape, rng,
+                             INDEPENDENT_FRAME, INDEPENDENT_FRAME)
+        return Segment(spec, a, b, tuple(round(x) for x in box0f), tuple(round(x) for x in box1f),
+                       angle, query, style)
     box0, angle = layout_box(spec, rng, FRAME, FRAME)
     box1, _ = layout_box(spec, rng, FRAME, FRAME)
     return Segment(spec, a, b, box0, box1, angle, query)
 
 
+RENDERERS = ("synth", "independent")
+
+
 def make_world(n_videos: int, seed: int = 0, min_len: float = 40, max_len: float = 120,
-               n_backgrounds: int = 8) -> tuple[list[SynthVideo], list[np.ndarray]]:
+               n_backgrounds: int = 8, renderer: str = "synth") -> tuple[list[SynthVideo], list[np.ndarray]]:
     """Videos with segment layouts and exact ground truth (no pixels yet)."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}: use one of {', '.join(RENDERERS)}")
+    frame = INDEPENDENT_FRAME if renderer == "independent" else FRAME
     rng = np.random.default_rng(seed)
     combos = [(s, c) for s in SHAPES for c in COLORS]
     order = rng.permutation(len(combos))
@@ -119,22 +145,26 @@ def make_world(n_videos: int, seed: int = 0, min_len: float = 40, max_len: float
         for i in range(1, len(bgs)):  # a cut must change the background
             while bgs[i] == bgs[i - 1]:
                 bgs[i] = int(rng.integers(n_backgrounds))
-        video = SynthVideo(f"video_{v:03d}", duration, cuts, bgs)
+        video = SynthVideo(f"video_{v:03d}", duration, cuts, bgs, renderer=renderer, frame=frame)
         for a, b in spans:
             if unique and rng.random() < 0.6:
                 shape, colour = unique.pop()
-                video.segments.append(_segment(ShapeSpec(shape, colour), a, b, rng, query=True))
+                video.segments.append(_segment(ShapeSpec(shape, colour), a, b, rng, True, renderer))
             else:
                 shape, colour = common[int(rng.integers(len(common)))]
-                video.segments.append(_segment(ShapeSpec(shape, colour), a, b, rng))
+                video.segments.append(_segment(ShapeSpec(shape, colour), a, b, rng, False, renderer))
         # distractors: small common shapes in about half of the gaps (never overlapping segments)
         edges = [0.0, *[x for ab in spans for x in ab], duration]
         for ga, gb in zip(edges[0::2], edges[1::2], strict=True):
             if gb - ga > 3.0 and rng.random() < 0.5:
                 shape, colour = common[int(rng.integers(len(common)))]
                 spec = ShapeSpec(shape, colour, size="small")
-                video.distractors.append(_segment(spec, ga + 0.5, gb - 0.5, rng))
+                video.distractors.append(_segment(spec, ga + 0.5, gb - 0.5, rng, False, renderer))
         videos.append(video)
+    if renderer == "independent":
+        from clipsearch.tiny.world2 import video_backgrounds
+
+        return videos, video_backgrounds(rng, n_backgrounds, frame)
     return videos, make_backgrounds(rng, n_backgrounds)
 
 
@@ -148,7 +178,13 @@ def render_frame(video: SynthVideo, t: float, backgrounds: list[np.ndarray], see
             u = (t - seg.t_start) / max(seg.t_end - seg.t_start, 1e-6)
             box = [round((1 - u) * p + u * q + rng.normal(0, 2))
                    for p, q in zip(seg.box0, seg.box1, strict=True)]
-            draw_shape_on(img, seg.spec, tuple(box), rng, seg.angle + float(rng.normal(0, 2)))
+            turn = seg.angle + float(rng.normal(0, 2))
+            if seg.style is not None:
+                from clipsearch.tiny.world2 import draw_shape_in
+
+                draw_shape_in(img, seg.spec.shape, tuple(box), turn, seg.style)
+            else:
+                draw_shape_on(img, seg.spec, tuple(box), rng, turn)
     return img
 
 
@@ -180,9 +216,9 @@ def write_mp4(video: SynthVideo, backgrounds: list[np.ndarray], path: Path, rate
 
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=rate)
-        s.width = s.height = FRAME
+        s.width = s.height = video.frame
         s.pix_fmt = "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "20"}
+        s.options = {"preset": "ultrafast", "crf": str(CRF[video.renderer])}
         for i in range(int(np.ceil(video.duration * rate))):
             f = av.VideoFrame.from_image(render_frame(video, i / rate, backgrounds))
             f.pts = i
@@ -266,13 +302,14 @@ def localise_in_video(query: np.ndarray, table, source: str, flank_weight: float
 
 def run_benchmark(n_videos: int = 20, *, encoder=None, model: str = "clipsearch-tiny", seed: int = 0,
                   min_len: float = 40, max_len: float = 120, through_indexer: bool = False,
-                  workdir: str | Path | None = None, flank_weight: float = 0.0) -> dict:
+                  workdir: str | Path | None = None, flank_weight: float = 0.0,
+                  renderer: str = "synth") -> dict:
     """Build the synthetic collection, index it, and score every unique-combination query."""
     if encoder is None:
         from clipsearch.encoders import Encoder
 
         encoder = Encoder.load(model, device="cpu")
-    videos, backgrounds = make_world(n_videos, seed, min_len, max_len)
+    videos, backgrounds = make_world(n_videos, seed, min_len, max_len, renderer=renderer)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -294,6 +331,7 @@ def run_benchmark(n_videos: int = 20, *, encoder=None, model: str = "clipsearch-
         "segments": sum(len(v.segments) for v in videos),
         "index_s": round(secs, 2),
         "mode": "indexer" if through_indexer else "fast",
+        "renderer": renderer,
         **encoder_identity(encoder),
     })
     return result

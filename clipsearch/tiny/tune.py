@@ -156,13 +156,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=TUNE_LR)
     ap.add_argument("--i2i-weight", type=float, default=TUNE_I2I_WEIGHT)
     ap.add_argument("--workers", type=int, default=2, help="render processes (0 = inline)")
+    ap.add_argument("--variety", type=float, default=0.0, help="stage 1's --variety")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the evaluation")
     args = ap.parse_args(argv)
     from clipsearch.tiny.eval import evaluate, load_model
 
     model, preprocess, tokenizer = load_model(args.model_dir)
     source = BatchSource(args.seed, args.batch_size, preprocess, tokenizer, args.first_step,
-                         neg_rate=TRAIN_NEG_RATE, neg_weights=TRAIN_NEG_WEIGHTS)
+                         neg_rate=TRAIN_NEG_RATE, neg_weights=TRAIN_NEG_WEIGHTS, variety=args.variety)
     log = tune_top(model, source, args.first_step, args.seed, batches=args.batches, epochs=args.epochs,
                    lr=args.lr, i2i_weight=args.i2i_weight, workers=args.workers)
     write_config(args.out, json.loads((args.model_dir / f"{MODEL_NAME}.json").read_text()))

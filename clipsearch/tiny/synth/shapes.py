@@ -301,16 +301,20 @@ def draw_shape_on(
     angle: float = 0.0,
     supersample: int = 2,
     color_jitter: bool = True,
+    outline: np.ndarray | None = None,
+    style: str = "solid",
+    rgb: tuple[int, int, int] | None = None,
 ) -> Image.Image:
     """Draw one shape filling ``box`` (before rotation by ``angle`` degrees) into ``img``.
 
     Draws in place and returns ``img``. Edges are anti-aliased through a supersampled
     mask; a thin outline is added when the shape would otherwise vanish into the
-    background (white star on a white page).
+    background (white star on a white page). ``outline`` (unit-square points), ``style``
+    and ``rgb`` come from training-time variety (clipsearch.tiny.synth.variety).
     """
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    pts = _unit_polygon(spec.shape) * [(x1 - x0) / 2, (y1 - y0) / 2]
+    pts = (_unit_polygon(spec.shape) if outline is None else outline) * [(x1 - x0) / 2, (y1 - y0) / 2]
     rad = math.radians(angle)
     rot = np.array([[math.cos(rad), -math.sin(rad)], [math.sin(rad), math.cos(rad)]])
     pts = pts @ rot.T + [cx, cy]
@@ -323,12 +327,24 @@ def draw_shape_on(
     k = max(1, supersample)
     local = [((x - px0) * k, (y - py0) * k) for x, y in pts]
     size2 = ((px1 - px0) * k, (py1 - py0) * k)
-    fill = _jitter_color(RGB[spec.color], rng) if color_jitter else RGB[spec.color]
+    base = RGB[spec.color] if rgb is None else rgb
+    fill = _jitter_color(base, rng) if color_jitter else base
     mask = Image.new("L", size2, 0)
-    ImageDraw.Draw(mask).polygon(local, fill=255)
+    if style == "outlined":
+        from clipsearch.tiny.synth.variety import outline_width
+
+        ImageDraw.Draw(mask).polygon(local, outline=255, width=outline_width(size2, rng))
+    else:
+        ImageDraw.Draw(mask).polygon(local, fill=255)
     under = np.asarray(img.convert("RGB").crop((px0, py0, px1, py1)), dtype=float)
     region_mean = under.reshape(-1, 3).mean(axis=0)
-    img.paste(fill, (px0, py0), mask.resize((px1 - px0, py1 - py0), Image.Resampling.BOX))
+    small_mask = mask.resize((px1 - px0, py1 - py0), Image.Resampling.BOX)
+    if style in ("gradient", "textured"):
+        from clipsearch.tiny.synth.variety import fill_layer
+
+        img.paste(fill_layer(fill, small_mask.size, style, rng), (px0, py0), small_mask)
+    else:
+        img.paste(fill, (px0, py0), small_mask)
     if _color_dist(fill, region_mean) < 90:
         width = max(1, round(min(size2) / 45))
         edge = Image.new("L", size2, 0)
@@ -563,6 +579,7 @@ def render_shape(
     jitter: bool = True,
     degrade: bool = False,
     bg_weights: dict[str, float] | None = None,
+    variety: bool = False,
 ) -> Image.Image:
     """Render one shape on a size x size RGB canvas.
 
@@ -570,17 +587,33 @@ def render_shape(
     (page-with-text), neutral (plain grey) or "random" (drawn from ``bg_weights``). ``jitter`` varies scale,
     position (within the named region), rotation and aspect; ``degrade`` adds blur,
     noise, low resolution and JPEG artefacts. Drawn at 2x and downscaled for clean edges.
+    ``variety`` (training only) varies proportions, fill style and colour within the names and
+    adds resampling chains (clipsearch.tiny.synth.variety); off, the output is the canonical one.
     """
     kind = _choose_background(rng, background, bg_weights)
     w = h = 2 * size
     box, angle = layout_box(spec, rng, w, h, jitter)
     arr = _background(kind, rng, w, h, RGB[spec.color], box)
     canvas = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    draw_shape_on(canvas, spec, box, rng, angle, supersample=1, color_jitter=jitter)
+    if variety:
+        from clipsearch.tiny.synth import variety as var
+
+        stretch = var.box_stretch(spec.shape, rng)
+        cy, half = (box[1] + box[3]) / 2, (box[3] - box[1]) / 2 * stretch
+        box = (box[0], round(cy - half), box[2], round(cy + half))
+        draw_shape_on(canvas, spec, box, rng, angle, supersample=1, color_jitter=jitter,
+                      outline=var.varied_outline(spec.shape, rng), style=var.fill_style(rng),
+                      rgb=var.drift_colour(RGB[spec.color], rng))
+    else:
+        draw_shape_on(canvas, spec, box, rng, angle, supersample=1, color_jitter=jitter)
     if kind == "photo":
         canvas = Image.fromarray(np.clip(_lighting(np.asarray(canvas, np.float32), rng), 0, 255)
                                  .astype(np.uint8))
     img = canvas.resize((size, size), Image.Resampling.LANCZOS)
+    if variety and rng.random() < 0.3:
+        from clipsearch.tiny.synth.variety import resample_chain
+
+        img = resample_chain(img, rng)
     return apply_degradation(img, rng) if degrade else img
 
 
