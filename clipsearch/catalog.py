@@ -5,7 +5,7 @@ The maintainer writes it under the writer lock after each refresh of the derived
 after an unchanged run that found it stale): counts by kind, sources, the table's stats and
 bytes, the model fields the table records, whether the full-text index was healthy, how many
 rows still name absolute thumbnails, and, in FILE_STATES (an Arrow IPC file), every source's
-file state as `Store.file_states` returns it.
+file state as `Store.file_states` returns it (one row per source, sorted by name).
 
 It is trusted only while the table folder is exactly as it was when it was written
 (`table_key`): the same version manifests (their names, and the newest one's size, mtime and
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CATALOG = "catalog.json"
 FILE_STATES = "file_states.arrow"
-FORMAT = 2  # 2: schema_version, unread_files, taken
+FORMAT = 3  # 2: schema_version, unread_files, taken; 3: file states one row per source, sorted
 TABLE_DIR = "items.lance"  # store.TABLE's folder (not imported: store.py imports pyarrow.compute)
 THUMBS = "thumbs"  # thumbs.FOLDER
 _V2_BASE = (1 << 64) - 1  # Lance's V2 manifest names count down from u64::MAX
@@ -169,7 +169,7 @@ class Catalog:
             data = path.read_bytes()
             if len(data) != self.states_check["size"] or zlib.crc32(data) != self.states_check["crc32"]:
                 raise ValueError("it fails its check")
-            states = FileStates(pyarrow.ipc.open_file(pa.BufferReader(data)).read_all())
+            states = FileStates(pyarrow.ipc.open_file(pa.BufferReader(data)).read_all(), prepared=True)
         except (OSError, ValueError, KeyError, pa.ArrowException) as e:
             log.info("%s is unusable (%s); reading the file states from the table", path, e)
             return None
@@ -227,13 +227,15 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     import pyarrow.compute as pc
 
     (folder / CATALOG).unlink(missing_ok=True)  # never a catalog that names the old file states
-    # The rows' states in scan order, as `Store.file_states` reads them (the last row of a source
-    # wins there and in `Catalog.file_states`): no Python object per row, so cheap at scale.
-    table = snapshot.to_table(columns=["source_raw", "mtime", "size", "content_hash", "kind"])
-    counts = pc.value_counts(table.column("kind")).to_pylist()
+    # The states as `Store.file_states` makes them (one row per source, sorted), saved in that
+    # form: a reader loads them without converting a row (`Catalog.file_states`).
+    from clipsearch.store import STATE_COLUMNS, FileStates
+
+    rows = snapshot.to_table(columns=[*STATE_COLUMNS, "kind"])
+    counts = pc.value_counts(rows.column("kind")).to_pylist()
     kinds = {str(c["values"]): int(c["counts"]) for c in counts}
-    sources = int(pc.count_distinct(table.column("source_raw")).as_py())
-    table = table.drop_columns(["kind"]).combine_chunks()
+    table = FileStates(rows).table
+    sources = table.num_rows
     buf = io.BytesIO()
     with pyarrow.ipc.new_file(buf, table.schema) as w:
         w.write_table(table)
@@ -241,7 +243,7 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     write_atomic(folder / FILE_STATES, payload)
     thumbs = os.path.join(folder, THUMBS)
     data: dict[str, Any] = {
-        "format": FORMAT, "key": key, "version": version, "rows": table.num_rows,
+        "format": FORMAT, "key": key, "version": version, "rows": rows.num_rows,
         "sources": sources, "kinds": kinds, "recorded_meta": store.recorded_meta(), "fts_ok": fts_ok,
         "absolute_thumbs": int(absolute_thumbs), "stats": stats,
         "schema_version": store.schema_version(), "unread_files": len(store.sources_without_file_meta()),

@@ -179,6 +179,7 @@ class Maintainer:
         with storage_errors(str(self.col.store.db_dir)):
             self.update_text_index()
             self.compact()
+            self.update_scalar_indexes()
             self.sweep_thumbs()
             self.update_ann()
             self.update_transforms(fit_transforms)
@@ -199,6 +200,7 @@ class Maintainer:
         with storage_errors(str(store.db_dir)):
             self.update_text_index(rebuild=True)
             compacted = self.compact(force=True)
+            self.update_scalar_indexes()
             self.update_ann(full=True)
             if transforms:
                 self.fit_transforms(strict=False, embed_text=False, reason="on demand (optimize)")
@@ -215,6 +217,13 @@ class Maintainer:
         (`ann.update_saved`: rows added and removed, shards retrained only when grown past
         their training size); `full`: retrain every shard (`optimize`)."""
         self.col.searcher.rebuild_ann(save=True, full=full)
+
+    def update_scalar_indexes(self) -> None:
+        """The table's lookup indexes (`scalar_index`): built when missing, new rows folded in."""
+        from clipsearch import scalar_index
+
+        pause_at("scalar_index")
+        scalar_index.maintain(self.col.path, self.col.store)
 
     def sweep_thumbs(self) -> None:
         """Thumbnails no row names any more (of rows removed, replaced or moved) are deleted."""
@@ -375,8 +384,19 @@ class Maintainer:
         else:
             ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows)
             fts = None if facts.fts_ok else self.fts_problem()
-        problems = [ann, fts, self.transforms_problem(fit_transforms, facts)]
+        problems = [ann, fts, self.transforms_problem(fit_transforms, facts),
+                    self.scalar_index_problem(facts)]
         return [p for p in problems if p]
+
+    def scalar_index_problem(self, facts: catalog.Catalog | None = None) -> str | None:
+        """The table's lookup indexes missing, or not recorded (`scalar_index`)."""
+        from clipsearch import scalar_index
+
+        store = self.col.store
+        if "://" in store.db_dir or not scalar_index.missing(self.col.path):
+            return None
+        rows = facts.rows if facts is not None else store.count()
+        return "the table's lookup indexes (id, source) are missing" if rows else None
 
     def fts_problem(self) -> str | None:
         """The full-text index's problem, if any. Asked through the Lance dataset first, which
