@@ -362,8 +362,10 @@ class Maintainer:
         if "://" in store.db_dir:
             return
         try:
-            catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
-                          stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS))
+            if catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
+                             stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS),
+                             previous=catalog.last(self.col.path)):
+                store.clear_changes()  # the catalog now stands for every change logged so far
         except (OSError, ClipsearchError) as e:
             log.warning("%s: could not record the table's catalog (%s); readers read the table",
                         self.col.path, e)

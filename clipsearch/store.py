@@ -145,7 +145,7 @@ class FileStates(Mapping[bytes, FileState]):
 
     def __init__(self, t: pa.Table, prepared: bool = False) -> None:
         if not prepared:
-            t = _one_row_per_source(t.select(STATE_COLUMNS))
+            t = _one_row_per_source(t)
         self.table = t.combine_chunks()
         self._raw = self.table.column("source_raw").combine_chunks()
         self._mtime = self.table.column("mtime")
@@ -186,6 +186,21 @@ class FileStates(Mapping[bytes, FileState]):
             lo, hi = bisect.bisect_left(names, lo_key), bisect.bisect_left(names, hi_key)
             out.extend(self._raw.slice(lo, hi - lo).to_pylist())
         return list(dict.fromkeys(out))
+
+    def replaced(self, changed: Iterable[bytes], fresh: pa.Table) -> pa.Table:
+        """This states table with the rows of the `changed` sources replaced by `fresh` (their
+        rows now, in the prepared form; a source absent there is gone), still sorted: costs
+        the change (a binary search per source) plus one take of the table, no sort."""
+        keep = np.ones(len(self._raw), bool)
+        keep[[i for i in (self._find(r) for r in changed) if i >= 0]] = False
+        kept = self.table.filter(pa.array(keep)) if not keep.all() else self.table
+        if not fresh.num_rows:
+            return kept
+        names = _Names(kept.column("source_raw").combine_chunks())
+        at = [bisect.bisect_left(names, r) for r in fresh.column("source_raw").to_pylist()]
+        order = np.insert(np.arange(kept.num_rows), at, kept.num_rows + np.arange(fresh.num_rows))
+        both = pa.concat_tables([kept, fresh.select(kept.column_names).cast(kept.schema)])
+        return both.take(pa.array(order)).combine_chunks()
 
     def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
         """(source, state) of the sources whose recorded size is one of `sizes`."""
@@ -252,6 +267,8 @@ class Store:
         self.storage_options = storage_options
         self._table: Any = None
         self._indexes_checked = False  # `_write`: the scalar indexes verified before the first write
+        self._log_base: int | None = None  # `changes_since`: the version the change log starts at
+        self._changed: set[bytes] = set()  # ... and the sources whose rows this store wrote since
         with storage_errors(self.db_dir):
             self._dataset: Any = _open_dataset(self.uri, storage_options)
             if self._dataset is None:
@@ -493,11 +510,18 @@ class Store:
         return out
 
     @guarded
-    def sources_without_file_meta(self) -> list[bytes]:
-        """Complete sources whose file columns were never read (migrated or carried rows)."""
+    def sources_without_file_meta(self, among: Iterable[bytes] | None = None) -> list[bytes]:
+        """Complete sources whose file columns were never read (migrated or carried rows);
+        with `among`, of those sources only (read through the index on `source_raw`)."""
         if "taken_at_source" not in self.file_columns():
             return []
-        t = self.scan(["source_raw"], f"taken_at_source IS NULL AND size <> {PARTIAL_SIZE}")
+        where = f"taken_at_source IS NULL AND size <> {PARTIAL_SIZE}"
+        if among is not None:
+            among = list(among)
+            if not among:
+                return []
+            where = f"{sources_filter(among)} AND {where}"
+        t = self.scan(["source_raw"], where)
         return list(dict.fromkeys(t.column("source_raw").to_pylist()))
 
     @guarded
@@ -514,7 +538,8 @@ class Store:
             per_row = [values[r] for r in rows.column("source_raw").to_pylist()]
             data = pa.table({"id": rows.column("id"), **{
                 f.name: pa.array([m.get(f.name) for m in per_row], type=f.type) for f in FILE_FIELDS}})
-            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d))
+            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d),
+                        chunk)
             written += rows.num_rows
         return written
 
@@ -573,21 +598,21 @@ class Store:
             if has_leftover:
                 builder = builder.when_not_matched_by_source_delete(cond)
             builder.execute(data)
-        self._write(commit)
+        self._write(commit, raws)
 
     @guarded
     def append_rows(self, item: SourceRows) -> None:
         """Add rows of one source, keeping its other rows (one commit): the parts of a big file."""
         if item.records:
             data = self._to_arrow([item])
-            self._write(lambda ds: ds.insert(data))
+            self._write(lambda ds: ds.insert(data), [item.source_raw])
 
     @guarded
     def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
         """Record the file state on every row of a source put in by parts (one commit): only
         now does change detection take the file as indexed."""
         values = {"mtime": repr(float(mtime)), "size": str(int(size)), "content_hash": sql_str(content_hash)}
-        self._write(lambda ds: ds.update(values, where=sources_filter([raw])))
+        self._write(lambda ds: ds.update(values, where=sources_filter([raw])), [raw])
 
     @guarded
     def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike[str] | None = None) -> int:
@@ -600,7 +625,7 @@ class Store:
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
             named = self.thumbs_of(chunk) if thumb_dir is not None else []
-            self._write(lambda ds, c=chunk: ds.delete(sources_filter(c)))
+            self._write(lambda ds, c=chunk: ds.delete(sources_filter(c)), chunk)
             if thumb_dir is not None:
                 thumbs.remove(thumb_dir, named)
         return len(raws)
@@ -642,14 +667,19 @@ class Store:
             part = rows.take(pa.array(picked))
             mtimes = [new[raws[r]] for r in picked]
             data = pa.table({"id": part.column("id"), "mtime": pa.array(mtimes, pa.float64())})
-            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d))
+            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d),
+                        [raws[r] for r in picked])
 
-    def _write(self, commit: Any) -> None:
-        """Run `commit(dataset)`; if it fails while the table has our scalar indexes (a damaged
-        one fails reads and writes alike), drop them and commit again without (the maintainer
+    def _write(self, commit: Any, sources: Iterable[bytes]) -> None:
+        """Run `commit(dataset)`, a commit that changes the rows of `sources` (logged, see
+        `changes_since`); if it fails while the table has our scalar indexes (a damaged one
+        fails reads and writes alike), drop them and commit again without (the maintainer
         rebuilds them at the run's end)."""
         from clipsearch import scalar_index
 
+        if not self._changed:  # the log starts here: nothing of ours since this version
+            self._log_base = self.version
+        self._changed.update(sources)
         if not self._indexes_checked:  # once per store: a damaged index is dropped, not used
             self._indexes_checked = True
             scalar_index.verify(self.db_dir, self)
@@ -662,6 +692,19 @@ class Store:
                         self.db_dir, detail(e))
             scalar_index.drop(self)
             commit(self.dataset)
+
+    def changes_since(self, version: int) -> set[bytes] | None:
+        """The sources whose rows (or file columns) changed since table `version`, when this
+        store made every such commit since then (the writer's, under its lock); None when it
+        cannot tell (it logged from another version: another process wrote in between, or this
+        one started later). Upkeep commits (indexes, compaction) change no row's values."""
+        if not self._changed:
+            return set() if self.version == version else None
+        return set(self._changed) if self._log_base == version else None
+
+    def clear_changes(self) -> None:
+        """Start the change log afresh (after what it fed was brought up to date)."""
+        self._changed, self._log_base = set(), None
 
     # ---- upkeep ------------------------------------------------------------------------------
     @guarded
