@@ -253,6 +253,10 @@ class Maintainer:
         or `force`d. Returns whether it compacted."""
         if not force and not compaction_worth_it(self.table_stats(count_bytes=False)):
             return False
+        from clipsearch import scalar_index
+
+        # Lance merges no indexed fragment with an unindexed one: every row goes in the indexes first
+        scalar_index.maintain(self.col.path, self.col.store, fold_rows=1)
         self.col.store.compact()
         return True
 

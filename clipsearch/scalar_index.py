@@ -151,9 +151,9 @@ def verify(folder: str | os.PathLike[str], store: Any) -> list[str]:
     return lines
 
 
-def maintain(folder: str | os.PathLike[str], store: Any) -> None:
+def maintain(folder: str | os.PathLike[str], store: Any, fold_rows: int = FOLD_ROWS) -> None:
     """After the run's writes (the writer's call): build missing indexes, fold new rows in once
-    there are FOLD_ROWS of them, and record the indexes' files."""
+    there are `fold_rows` of them, and record the indexes' files."""
     if not local(store):
         return
     folder = Path(folder)
@@ -169,7 +169,7 @@ def maintain(folder: str | os.PathLike[str], store: Any) -> None:
             changed = True
     if not changed:
         stale = [n for n in INDEXES
-                 if int(dataset.stats.index_stats(n).get("num_unindexed_rows", 0)) >= FOLD_ROWS]
+                 if int(dataset.stats.index_stats(n).get("num_unindexed_rows", 0)) >= fold_rows]
         if stale:
             dataset.optimize.optimize_indices(index_names=stale)
             dataset = store.dataset
