@@ -123,3 +123,31 @@ def test_file_states_answer_like_a_map_of_the_last_rows():
     replaced = FileStates(states.replaced({b"/a/x", b"/b/z"}, fresh), prepared=True)
     assert list(replaced) == [b"/a", b"/a/w", b"/a/y", b"/a/\xff", b"/a0", b"/c"]
     assert replaced[b"/c"].size == 9
+
+
+def test_the_ann_update_follows_the_writers_log_and_agrees_with_the_table(copy, monkeypatch):
+    from clipsearch import ann
+
+    db, media = copy
+    taken: list[object] = []
+    real = ann._update_by_change
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        taken.append(out)
+        return out
+
+    monkeypatch.setattr(ann, "_update_by_change", spy)
+    files = sorted(media.iterdir())
+    files[0].unlink()
+    os.rename(files[1], media / "renamed.jpg")
+    col = Collection.open(db, device="cpu")
+    col.add([media], ocr="off")
+    assert taken and taken[-1] is not None, "the ANN update diffed the whole table"
+    reader = Collection.open(db, device="cpu")
+    index = reader.searcher.ann()
+    assert index.version == reader.store.version
+    table_ids = set(reader.store.scan(["id"]).column("id").to_pylist())
+    vec = reader.store.vectors()[1]
+    hits = {i for v in vec for i, _ in index.search(v, len(table_ids) + 5, kinds=("image",))[0]}
+    assert hits == table_ids  # every row found, none stale (the deleted file's, the old path's)
