@@ -258,6 +258,8 @@ class Maintainer:
         # Lance merges no indexed fragment with an unindexed one: every row goes in the indexes first
         scalar_index.maintain(self.col.path, self.col.store, fold_rows=1)
         self.col.store.compact()
+        pause_at("compact_indexes")
+        scalar_index.record(self.col.path, self.col.store)  # the indexes remapped by this compaction
         return True
 
     def cleanup(self, keep: timedelta | None = None) -> int:
@@ -399,10 +401,16 @@ class Maintainer:
         from clipsearch import scalar_index
 
         store = self.col.store
-        if "://" in store.db_dir or not scalar_index.missing(self.col.path):
+        if "://" in store.db_dir:
             return None
-        rows = facts.rows if facts is not None else store.count()
-        return "the table's lookup indexes (id, source) are missing" if rows else None
+        if scalar_index.missing(self.col.path):
+            rows = facts.rows if facts is not None else store.count()
+            return "the table's lookup indexes (id, source) are missing" if rows else None
+        if facts is None:  # a fresh catalog vouches for the index files (its key has their stat)
+            bad = scalar_index.problems(self.col.path, store)
+            if bad:
+                return "the table's lookup indexes: " + "; ".join(f"{k} {v}" for k, v in bad.items())
+        return None
 
     def fts_problem(self) -> str | None:
         """The full-text index's problem, if any. Asked through the Lance dataset first, which

@@ -47,9 +47,9 @@ def _table_dir(store: Any) -> Path:
 def ours(dataset: Any) -> dict[str, list[str]]:
     """Our indexes on `dataset`: name -> the uuids of its segments."""
     out: dict[str, list[str]] = {}
-    for ix in dataset.list_indices():
-        if ix["name"] in INDEXES:
-            out.setdefault(ix["name"], []).append(str(ix["uuid"]))
+    for ix in dataset.describe_indices():
+        if ix.name in INDEXES:
+            out.setdefault(ix.name, []).extend(str(seg.uuid) for seg in ix.segments)
     return out
 
 
@@ -75,6 +75,13 @@ def _read_record(folder: Path) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def record(folder: str | os.PathLike[str], store: Any) -> None:
+    """Record the indexes' files as they are now: after this writer's own upkeep rewrote them
+    (a compaction remaps them into new files)."""
+    if local(store):
+        _write_record(Path(folder), store, store.dataset)
 
 
 def _write_record(folder: Path, store: Any, dataset: Any) -> None:
@@ -157,6 +164,7 @@ def maintain(folder: str | os.PathLike[str], store: Any, fold_rows: int = FOLD_R
     if not local(store):
         return
     folder = Path(folder)
+    verify(folder, store)  # nothing unrecorded is kept: what our own upkeep made is recorded as made
     dataset = store.dataset
     if dataset.count_rows() < MIN_ROWS:
         return

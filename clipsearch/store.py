@@ -745,7 +745,8 @@ def read_table(dataset: Any, columns: Sequence[str], where: str | None = None) -
     try:
         return dataset.to_table(columns=list(columns), filter=where)
     except Exception as e:
-        if where is None or not any(ix["type"] in ("BTree", "BloomFilter") for ix in dataset.list_indices()):
+        scalar = ("BTree", "BloomFilter")
+        if where is None or not any(ix.index_type in scalar for ix in dataset.describe_indices()):
             raise
         log.info("a read of %s failed on a scalar index (%s); reading without", dataset.uri, detail(e))
         return dataset.to_table(columns=list(columns), filter=where, use_scalar_index=False)
