@@ -191,9 +191,8 @@ class FileStates(Mapping[bytes, FileState]):
         """This states table with the rows of the `changed` sources replaced by `fresh` (their
         rows now, in the prepared form; a source absent there is gone), still sorted: costs
         the change (a binary search per source) plus one take of the table, no sort."""
-        keep = np.ones(len(self._raw), bool)
-        keep[[i for i in (self._find(r) for r in changed) if i >= 0]] = False
-        kept = self.table.filter(pa.array(keep)) if not keep.all() else self.table
+        gone = pc.is_in(self._raw, value_set=pa.array(list(changed), pa.binary()))  # one hash probe a row
+        kept = self.table.filter(pc.invert(gone))
         if not fresh.num_rows:
             return kept
         names = _Names(kept.column("source_raw").combine_chunks())
