@@ -222,7 +222,6 @@ class Maintainer:
         """The table's lookup indexes (`scalar_index`): built when missing, new rows folded in."""
         from clipsearch import scalar_index
 
-        pause_at("scalar_index")
         scalar_index.maintain(self.col.path, self.col.store)
 
     def sweep_thumbs(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clipsearch.fsutil import write_atomic
+from clipsearch.testpoints import pause_at
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def maintain(folder: str | os.PathLike[str], store: Any, fold_rows: int = FOLD_R
             dataset.optimize.optimize_indices(index_names=stale)
             dataset = store.dataset
             changed = True
+    pause_at("scalar_index")  # built or folded, not recorded yet
     recorded = _read_record(folder).get("files", {})
     table_dir = _table_dir(store)
     current = {str(p.relative_to(table_dir)) for uuids in ours(dataset).values()
