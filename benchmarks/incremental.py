@@ -204,6 +204,11 @@ def main() -> None:
     cache = Path(a.setup_cache) if a.setup_cache else None
     synthetic = max(0, a.rows - a.files)
     if cache is not None and (cache / "ready").exists():
+        made_in = ((cache / "ready").read_text().split("\n") + [""])[1]
+        if made_in and made_in != str(base.resolve()):  # the rows name the files by absolute path
+            raise SystemExit(f"--setup-cache {cache} was made with --workdir {made_in}; use that one")
+        for part in ("db", "files"):
+            shutil.rmtree(base / part, ignore_errors=True)
         for part in ("db", "files"):  # the untouched setup, copied (Lance data files are never edited)
             shutil.copytree(cache / part, base / part, symlinks=True)
         info["setup_from"] = str(cache)
@@ -223,7 +228,7 @@ def main() -> None:
             shutil.rmtree(cache, ignore_errors=True)
             for part in ("db", "files"):
                 shutil.copytree(base / part, cache / part, symlinks=True)
-            (cache / "ready").write_text(f"{a.rows} rows, {a.files} files\n")
+            (cache / "ready").write_text(f"{a.rows} rows, {a.files} files\n{base.resolve()}\n")
     # An unchanged run, untimed: the derived state as this code's previous run leaves it
     Collection.open(base / "db", device="cpu").add([files], workers=2, ocr="off")
     dist = make_distribution(dim, CLUSTERS, seed=0)
