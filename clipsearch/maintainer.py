@@ -399,16 +399,18 @@ class Maintainer:
         """The table's lookup indexes missing, or not recorded (`scalar_index`)."""
         from clipsearch import scalar_index
 
+        if facts is not None:  # local (a catalog is), and it vouches for the index files' stat
+            if scalar_index.missing(self.col.path) and facts.rows:
+                return "the table's lookup indexes (id, source) are missing"
+            return None
         store = self.col.store
-        if "://" in store.db_dir:
+        if not scalar_index.local(store):
             return None
         if scalar_index.missing(self.col.path):
-            rows = facts.rows if facts is not None else store.count()
-            return "the table's lookup indexes (id, source) are missing" if rows else None
-        if facts is None:  # a fresh catalog vouches for the index files (its key has their stat)
-            bad = scalar_index.problems(self.col.path, store)
-            if bad:
-                return "the table's lookup indexes: " + "; ".join(f"{k} {v}" for k, v in bad.items())
+            return "the table's lookup indexes (id, source) are missing" if store.count() else None
+        bad = scalar_index.problems(self.col.path, store)
+        if bad:
+            return "the table's lookup indexes: " + "; ".join(f"{k} {v}" for k, v in bad.items())
         return None
 
     def fts_problem(self) -> str | None:
