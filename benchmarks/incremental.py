@@ -214,6 +214,8 @@ def main() -> None:
         info["setup_from"] = str(cache)
         col = Collection.open(base / "db", device="cpu")
         dim = int(col.meta["dim"])
+        for _ in range(a.files):  # the generator as the setup's JPEGs left it: new files are new
+            rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
     else:
         col = Collection.create(base / "db", model="clipsearch-tiny", device="cpu")
         dim = int(col.meta["dim"])

@@ -1350,10 +1350,10 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
     snapshot = store.snapshot()
     version = int(snapshot.version)
     saved = None if full else AnnIndex.load(ann_dir)
-    changed = store.changes_since(saved.version) if saved is not None else None
-    if saved is not None and changed is not None and len(changed) <= MAX_CHANGED_SOURCES:
+    logged = store.changes_since(saved.version) if saved is not None else None
+    if saved is not None and logged is not None and len(logged) <= MAX_CHANGED_SOURCES:
         try:
-            by_change = _update_by_change(snapshot, saved, changed, ann_dir, exact_threshold, previous)
+            by_change = _update_by_change(snapshot, saved, logged, ann_dir, exact_threshold, previous)
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
             log.info("ANN: %s; diffing the whole table", AnnIndex.damage_line(ann_dir, e))
             by_change = None

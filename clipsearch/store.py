@@ -204,9 +204,10 @@ class FileStates(Mapping[bytes, FileState]):
     def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
         """(source, state) of the sources whose recorded size is one of `sizes`."""
         wanted = np.asarray(sorted(set(sizes)), dtype=np.int64)
-        hits = np.flatnonzero(np.isin(self._size.to_numpy(), wanted))
-        for raw in self._raw.take(pa.array(hits, pa.int64())).to_pylist():
-            yield raw, self[raw]
+        hits = pa.array(np.flatnonzero(np.isin(self._size.to_numpy(), wanted)), pa.int64())
+        rows = self.table.take(hits)  # columns converted once: no search per row
+        for raw, mtime, size, h in zip(*(rows.column(c).to_pylist() for c in STATE_COLUMNS), strict=True):
+            yield raw, FileState(float(mtime), int(size), h)
 
 
 STATE_COLUMNS = ["source_raw", "mtime", "size", "content_hash"]
@@ -221,7 +222,7 @@ class _Names(Sequence[bytes]):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i: Any) -> Any:
         return self.raw[i].as_py()
 
 
