@@ -1303,10 +1303,10 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
                 if mine is not None else None
             added = new.num_rows if new is not None else 0
             n_after = int(live.sum()) - len(kill) + added
+            _verify(entry.path("faiss"), entry.entry["faiss"])  # by stat, else CRC: damage is rebuilt
             if len(kill) or added:
                 if _past_limits(entry.entry, n, n_after, exact_threshold):
                     return None
-                _verify(entry.path("faiss"), entry.entry["faiss"])
                 part = _applied(entry, dead, kill, new, n_after)
                 if part is None:
                     return None
@@ -1351,7 +1351,8 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
     version = int(snapshot.version)
     saved = None if full else AnnIndex.load(ann_dir)
     logged = store.changes_since(saved.version) if saved is not None else None
-    if saved is not None and logged is not None and len(logged) <= MAX_CHANGED_SOURCES:
+    # an empty log: the refresh is for damage or an unfinished refresh, which the full diff checks
+    if saved is not None and logged and len(logged) <= MAX_CHANGED_SOURCES:
         try:
             by_change = _update_by_change(snapshot, saved, logged, ann_dir, exact_threshold, previous)
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
