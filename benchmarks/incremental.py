@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1300, help="real tiny JPEGs (>= deleted+renamed+touched)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--setup-cache", default=None,
+                    help="folder keeping the setup (before the change): made once, then copied")
     ap.add_argument("--profile", default=None, help="write a cProfile of the timed run to this file")
     ap.add_argument("--dim", type=int, default=128, help="--ann-only: vector dim (clipsearch-tiny's)")
     ap.add_argument("--ann-only", action="store_true", help="time the ANN update alone (no files, no model)")
@@ -198,18 +200,41 @@ def main() -> None:
         return
 
     t0 = time.perf_counter()
-    col = Collection.create(base / "db", model="clipsearch-tiny", device="cpu")
-    dim = int(col.meta["dim"])
+    files = base / "files"
+    cache = Path(a.setup_cache) if a.setup_cache else None
     synthetic = max(0, a.rows - a.files)
+    if cache is not None and (cache / "ready").exists():
+        made_in = ((cache / "ready").read_text().split("\n") + [""])[1]
+        if made_in and made_in != str(base.resolve()):  # the rows name the files by absolute path
+            raise SystemExit(f"--setup-cache {cache} was made with --workdir {made_in}; use that one")
+        for part in ("db", "files"):
+            shutil.rmtree(base / part, ignore_errors=True)
+        for part in ("db", "files"):  # the untouched setup, copied (Lance data files are never edited)
+            shutil.copytree(cache / part, base / part, symlinks=True)
+        info["setup_from"] = str(cache)
+        col = Collection.open(base / "db", device="cpu")
+        dim = int(col.meta["dim"])
+        for _ in range(a.files):  # the generator as the setup's JPEGs left it: new files are new
+            rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    else:
+        col = Collection.create(base / "db", model="clipsearch-tiny", device="cpu")
+        dim = int(col.meta["dim"])
+        data = sample(make_distribution(dim, CLUSTERS, seed=0), synthetic, seed=1)
+        for start in range(0, synthetic, APPEND_ROWS):
+            col.store.table.add(synthetic_rows(dim, start, data[start:start + APPEND_ROWS]))
+        write_jpegs(files, [f"f{i:05d}.jpg" for i in range(a.files)], rng)
+        col.add([files], workers=2, ocr="off")  # indexes the files, saves the ANN index over every row
+        col.store.table.optimize()  # what the maintainer's compaction leaves: one fragment ...
+        col.searcher.rebuild_ann(save=True)  # ... and the index re-tagged at that version
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+            for part in ("db", "files"):
+                shutil.copytree(base / part, cache / part, symlinks=True)
+            (cache / "ready").write_text(f"{a.rows} rows, {a.files} files\n{base.resolve()}\n")
+    # An unchanged run, untimed: the derived state as this code's previous run leaves it
+    Collection.open(base / "db", device="cpu").add([files], workers=2, ocr="off")
     dist = make_distribution(dim, CLUSTERS, seed=0)
     data = sample(dist, synthetic, seed=1)
-    for start in range(0, synthetic, APPEND_ROWS):
-        col.store.table.add(synthetic_rows(dim, start, data[start:start + APPEND_ROWS]))
-    files = base / "files"
-    write_jpegs(files, [f"f{i:05d}.jpg" for i in range(a.files)], rng)
-    col.add([files], workers=2, ocr="off")  # indexes the files, saves the ANN index over every row
-    col.store.table.optimize()  # what the maintainer's compaction leaves: one fragment ...
-    col.searcher.rebuild_ann(save=True)  # ... and the index re-tagged at that version
     info["setup_s"] = round(time.perf_counter() - t0, 1)
     info["table_rows_before"] = col.store.count()
 

@@ -1153,7 +1153,7 @@ def _row_keys(ids, hashes) -> pa.Array:
     return pc.binary_join_element_wise(cols[0], pc.fill_null(cols[1], ""), "\x00")
 
 
-def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray]:
+def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray, list[pa.Table]]:
     """(the shard, its rows' keys per position, its tombstones), read by the writer without
     converting a string to Python. A damaged segment is dropped from the returned shard (its
     positions taken out, later tombstones shifted): its rows look new and are added again."""
@@ -1175,7 +1175,7 @@ def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray]:
             saved = SavedShard(saved.folder, entry, dead, saved.new_rows)
     metas = [base] + segments
     keys = pa.concat_arrays([_row_keys(m.column("id"), m.column("content_hash")) for m in metas])
-    return saved, keys, dead
+    return saved, keys, dead, metas
 
 
 MAX_ID_FILTER = 20_000  # added rows read by an `id IN (...)` filter up to this many
@@ -1212,12 +1212,10 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
     SEGMENT_MERGE_SHARE of the base (merged) or a flat shard lost rows (removed for real); None
     where it must be rebuilt: grown past GROWTH_LIMIT times its training size, across the
     exact/IVF threshold, or mostly tombstones. `table_ids`: the ids at `positions`."""
-    saved, saved_keys, dead = _saved_keys(saved)
+    saved, saved_keys, dead, _ = _saved_keys(saved)
     e = saved.entry
     n, n_after = len(saved_keys), len(positions)
-    exact, trained = bool(e.get("exact", True)), int(e.get("trained", n))
-    if (exact and n_after >= exact_threshold) or (
-            not exact and (n_after > GROWTH_LIMIT * trained or n_after < exact_threshold // 2)):
+    if _past_limits(e, n, n_after, exact_threshold):
         return None
     live = np.ones(n, bool)
     live[dead] = False
@@ -1229,12 +1227,33 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
     _verify(saved.path("faiss"), e["faiss"])
     if not len(add) and not len(kill):
         return saved
-    dead = np.union1d(dead, kill).astype(np.int64)
-    if not exact and len(dead) > MAX_DEAD_SHARE * (n + len(add)):
-        return None
     new = _new_rows(snapshot, e["kind"], add, live_keys, watermark, add_ids) if len(add) else None
-    segment_rows = n - int(e["base_rows"]) + len(add)
-    merge = (exact and len(dead)) or (len(add) and (segment_rows > SEGMENT_MERGE_SHARE * int(e["base_rows"])
+    return _applied(saved, dead, kill, new, n_after)
+
+
+def _past_limits(e: dict, n: int, n_after: int, exact_threshold: int) -> bool:
+    """A shard of `n` positions that will hold `n_after` live rows must be rebuilt: grown past
+    GROWTH_LIMIT times its training size, or across the exact/IVF threshold."""
+    exact, trained = bool(e.get("exact", True)), int(e.get("trained", n))
+    return (exact and n_after >= exact_threshold) or (
+        not exact and (n_after > GROWTH_LIMIT * trained or n_after < exact_threshold // 2))
+
+
+def _applied(saved: SavedShard, dead: np.ndarray, kill: np.ndarray, new: pa.Table | None,
+             n_after: int) -> Shard | SavedShard | None:
+    """The saved shard with positions `kill` tombstoned and rows `new` added (see
+    `_updated_shard`): a SavedShard (appended), a Shard (merged), or None (rebuild)."""
+    e = saved.entry
+    n = int(e["rows"])
+    exact, trained = bool(e.get("exact", True)), int(e.get("trained", n))
+    add = new.num_rows if new is not None else 0
+    dead = np.union1d(dead, kill).astype(np.int64)
+    if not exact and len(dead) > MAX_DEAD_SHARE * (n + add):
+        return None
+    if not add:
+        new = None
+    segment_rows = n - int(e["base_rows"]) + add
+    merge = (exact and len(dead)) or (add and (segment_rows > SEGMENT_MERGE_SHARE * int(e["base_rows"])
                                                     or len(saved.segments) + 1 > MAX_SEGMENTS))
     if not merge:  # append: the base's files stay as they are
         return SavedShard(saved.folder, e, dead, new)
@@ -1252,6 +1271,86 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
         hashes = np.concatenate([hashes, _strings(pc.fill_null(new.column("content_hash"), ""))])
     return Shard.place(index, ids, sources, hashes=hashes, dead=dead,
                        trained=n_after if exact else trained)
+
+
+MAX_CHANGED_SOURCES = 20_000  # a change log of more sources than this: the whole table is diffed
+
+
+def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: Path,
+                      exact_threshold: int, previous: AnnIndex | None) -> AnnIndex | None:
+    """`update_saved` fed by the writer's log of the sources it changed since the saved
+    index's version (`Store.changes_since`): those sources' rows now are read through the
+    scalar index on `source_raw`, and each shard's positions of those sources (by the paths it
+    saved, memory-mapped) are tombstoned or kept by id + content hash. None, to diff the whole
+    table instead, when a shard would pass its limits, a new kind appears, or the live rows
+    do not add up to the table's (the log missed a change, or two names display alike)."""
+    from clipsearch.records import display_path
+    from clipsearch.store import read_table, sources_filter
+
+    version = int(snapshot.version)
+    columns = [*SEGMENT_COLUMNS, "kind"]
+    fresh = read_table(snapshot, columns, sources_filter(changed)) if changed else None
+    kinds = set(pc.unique(fresh.column("kind")).to_pylist()) if fresh is not None else set()
+    if not kinds <= set(saved.shards):
+        return None
+    displays = pa.array(sorted({display_path(r) for r in changed}), pa.string())
+    shards: dict[str, Shard] = {}
+    pending: dict[str, SavedShard] = {}
+    moved, total = False, 0
+    for kind in saved.shards:
+        entry = saved.shard_map.saved_entry(kind)
+        if entry is None:
+            return None
+        part: Shard | SavedShard | None = entry
+        mine = fresh.filter(pc.equal(fresh.column("kind"), kind)) if fresh is not None and kind in kinds \
+            else None
+        if changed:
+            dead = read_saved_dead(entry, trust_stat=True)
+            base, segments = read_saved_meta(entry, trust_stat=True)
+            metas = [base, *segments]
+            n = sum(m.num_rows for m in metas)
+            live = np.ones(n, bool)
+            live[dead] = False
+            sources = pa.concat_arrays([m.column("source").combine_chunks() for m in metas])
+            cand = live & pc.is_in(sources, value_set=displays).to_numpy(zero_copy_only=False)
+            at = np.flatnonzero(cand)
+            cand_keys = pa.concat_arrays([_row_keys(m.column("id"), m.column("content_hash")) for m in metas]
+                                         ).take(pa.array(at)) if len(at) else pa.array([], pa.string())
+            mine_keys = (_row_keys(mine.column("id"), mine.column("content_hash")) if mine is not None
+                         else pa.array([], pa.string()))
+            kill = at[~pc.is_in(cand_keys, value_set=mine_keys).to_numpy(zero_copy_only=False)] \
+                if len(at) else np.zeros(0, np.int64)
+            new = mine.filter(pc.invert(pc.is_in(mine_keys, value_set=cand_keys))).select(SEGMENT_COLUMNS) \
+                if mine is not None else None
+            added = new.num_rows if new is not None else 0
+            n_after = int(live.sum()) - len(kill) + added
+            _verify(entry.path("faiss"), entry.entry["faiss"])  # by stat, else CRC: damage is rebuilt
+            if len(kill) or added:
+                if _past_limits(entry.entry, n, n_after, exact_threshold):
+                    return None
+                part = _applied(entry, dead, kill, new, n_after)
+                if part is None:
+                    return None
+                moved = True
+        else:
+            n_after = entry.live
+        total += n_after
+        if part is entry and previous is not None:
+            old = previous.shard_map.loaded(kind)
+            if old is not None and old.origin is not None and old.origin.folder == entry.folder and \
+                    old.origin.entry == entry.entry and old.live == entry.live:
+                part = old  # the same files, already in memory
+        if isinstance(part, Shard):
+            shards[kind] = part
+        elif part is not None:
+            pending[kind] = part
+    if total != snapshot.count_rows():
+        return None
+    if not moved and saved.version == version:
+        return saved
+    index = AnnIndex(ShardMap(shards, pending), version, watermark=fragment_watermark(snapshot))
+    index.save(ann_dir)
+    return index
 
 
 def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
@@ -1272,6 +1371,16 @@ def update_saved(store: Store, ann_dir: str | Path, *, full: bool = False,
     snapshot = store.snapshot()
     version = int(snapshot.version)
     saved = None if full else AnnIndex.load(ann_dir)
+    logged = store.changes_since(saved.version) if saved is not None else None
+    # an empty log: the refresh is for damage or an unfinished refresh, which the full diff checks
+    if saved is not None and logged and len(logged) <= MAX_CHANGED_SOURCES:
+        try:
+            by_change = _update_by_change(snapshot, saved, logged, ann_dir, exact_threshold, previous)
+        except (DamagedIndex, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            log.info("ANN: %s; diffing the whole table", AnnIndex.damage_line(ann_dir, e))
+            by_change = None
+        if by_change is not None:
+            return by_change
     rows = snapshot.to_table(columns=["id", "kind", "content_hash"])
     kind_col = rows.column("kind")
     keys = _row_keys(rows.column("id"), rows.column("content_hash"))

@@ -5,7 +5,7 @@ The maintainer writes it under the writer lock after each refresh of the derived
 after an unchanged run that found it stale): counts by kind, sources, the table's stats and
 bytes, the model fields the table records, whether the full-text index was healthy, how many
 rows still name absolute thumbnails, and, in FILE_STATES (an Arrow IPC file), every source's
-file state as `Store.file_states` returns it.
+file state as `Store.file_states` returns it (one row per source, sorted by name).
 
 It is trusted only while the table folder is exactly as it was when it was written
 (`table_key`): the same version manifests (their names, and the newest one's size, mtime and
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CATALOG = "catalog.json"
 FILE_STATES = "file_states.arrow"
-FORMAT = 2  # 2: schema_version, unread_files, taken
+FORMAT = 3  # 2: schema_version, unread_files, taken; 3: file states one row per source, sorted
 TABLE_DIR = "items.lance"  # store.TABLE's folder (not imported: store.py imports pyarrow.compute)
 THUMBS = "thumbs"  # thumbs.FOLDER
 _V2_BASE = (1 << 64) - 1  # Lance's V2 manifest names count down from u64::MAX
@@ -169,7 +169,7 @@ class Catalog:
             data = path.read_bytes()
             if len(data) != self.states_check["size"] or zlib.crc32(data) != self.states_check["crc32"]:
                 raise ValueError("it fails its check")
-            states = FileStates(pyarrow.ipc.open_file(pa.BufferReader(data)).read_all())
+            states = FileStates(pyarrow.ipc.open_file(pa.BufferReader(data)).read_all(), prepared=True)
         except (OSError, ValueError, KeyError, pa.ArrowException) as e:
             log.info("%s is unusable (%s); reading the file states from the table", path, e)
             return None
@@ -186,13 +186,22 @@ def current_schema_version() -> int:
 def fresh(folder: str | os.PathLike[str]) -> Catalog | None:
     """The collection's catalog while its table is as it was when the catalog was written;
     None when there is none, it is damaged, or the table has changed since."""
-    folder = Path(folder)
+    return _load(Path(folder), fresh_only=True)
+
+
+def last(folder: str | os.PathLike[str]) -> Catalog | None:
+    """The catalog as last written, whether or not the table changed since (None when there is
+    none or it is damaged): what the writer updates by the change (`write`'s `previous`)."""
+    return _load(Path(folder), fresh_only=False)
+
+
+def _load(folder: Path, fresh_only: bool) -> Catalog | None:
     try:
         data = json.loads((folder / CATALOG).read_text())
         if (not isinstance(data, dict) or data.get("format") != FORMAT
                 or data.get("checksum") != _checksum(data)):
             raise ValueError("it is not a catalog of this clipsearch, or fails its checksum")
-        if data["key"] != table_key(folder / TABLE_DIR):
+        if fresh_only and data["key"] != table_key(folder / TABLE_DIR):
             return None  # the table changed since: stale, not damaged
         return Catalog(folder=folder, version=int(data["version"]), rows=int(data["rows"]),
                        sources=int(data["sources"]), kinds={str(k): int(v) for k, v in data["kinds"].items()},
@@ -208,10 +217,19 @@ def fresh(folder: str | os.PathLike[str]) -> Catalog | None:
         return None
 
 
+SUMMARY_COLUMNS = ["taken_at", "taken_at_source", "place", "camera"]  # of the file columns
+MAX_CHANGED = 20_000  # changed sources read by name; past this, the states are read whole
+
+
 def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dict[str, int],
-          absolute_thumbs: int) -> bool:
+          absolute_thumbs: int, previous: Catalog | None = None) -> bool:
     """Record the table as it is now (the caller holds the writer lock). Returns False, writing
-    nothing, when the table folder cannot be keyed (not local) or is not at the version read."""
+    nothing, when the table folder cannot be keyed (not local) or is not at the version read.
+
+    With `previous` (the catalog as last written) and the store's log of the sources it
+    changed since that version (`Store.changes_since`), the file states are that catalog's
+    with those sources' rows read again (through the scalar index on `source_raw`), not the
+    table's every row; else they are read whole."""
     import io
 
     import pyarrow.ipc
@@ -227,13 +245,23 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     import pyarrow.compute as pc
 
     (folder / CATALOG).unlink(missing_ok=True)  # never a catalog that names the old file states
-    # The rows' states in scan order, as `Store.file_states` reads them (the last row of a source
-    # wins there and in `Catalog.file_states`): no Python object per row, so cheap at scale.
-    table = snapshot.to_table(columns=["source_raw", "mtime", "size", "content_hash", "kind"])
-    counts = pc.value_counts(table.column("kind")).to_pylist()
+    # The states as `Store.file_states` makes them (one row per source, sorted), saved in that
+    # form: a reader loads them without converting a row (`Catalog.file_states`).
+    from clipsearch.store import STATE_COLUMNS, FileStates, read_table, sources_filter
+
+    cols = [*STATE_COLUMNS, *(c for c in SUMMARY_COLUMNS if c in store.file_columns())]
+    changed = store.changes_since(previous.version) if previous is not None else None
+    old = previous.file_states() if previous is not None and changed is not None else None
+    if old is not None and changed is not None and old.table.column_names == cols \
+            and len(changed) <= MAX_CHANGED:
+        fresh_rows = read_table(snapshot, cols, sources_filter(changed) if changed else "false")
+        table = old.replaced(changed, FileStates(fresh_rows).table)
+    else:
+        table = FileStates(read_table(snapshot, cols)).table
+    counts = pc.value_counts(snapshot.to_table(columns=["kind"]).column("kind")).to_pylist()
     kinds = {str(c["values"]): int(c["counts"]) for c in counts}
-    sources = int(pc.count_distinct(table.column("source_raw")).as_py())
-    table = table.drop_columns(["kind"]).combine_chunks()
+    sources = table.num_rows
+    taken, unread = _summary(table)
     buf = io.BytesIO()
     with pyarrow.ipc.new_file(buf, table.schema) as w:
         w.write_table(table)
@@ -241,11 +269,10 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     write_atomic(folder / FILE_STATES, payload)
     thumbs = os.path.join(folder, THUMBS)
     data: dict[str, Any] = {
-        "format": FORMAT, "key": key, "version": version, "rows": table.num_rows,
+        "format": FORMAT, "key": key, "version": version, "rows": int(snapshot.count_rows()),
         "sources": sources, "kinds": kinds, "recorded_meta": store.recorded_meta(), "fts_ok": fts_ok,
         "absolute_thumbs": int(absolute_thumbs), "stats": stats,
-        "schema_version": store.schema_version(), "unread_files": len(store.sources_without_file_meta()),
-        "taken": store.file_summary(),
+        "schema_version": store.schema_version(), "unread_files": unread, "taken": taken,
         "thumbs": {"stat": _folder_stat(thumbs), "bytes": folder_bytes(thumbs)},
         "states_check": {"size": len(payload), "crc32": zlib.crc32(payload),
                          "stat": _folder_stat(os.fspath(folder / FILE_STATES))},
@@ -255,3 +282,28 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     data["checksum"] = _checksum(data)
     write_atomic(folder / CATALOG, json.dumps(data))
     return True
+
+
+def _summary(table: Any, top: int = 5) -> tuple[dict[str, Any] | None, int]:
+    """(`Store.file_summary`, how many complete sources were never described) from the file
+    states with their SUMMARY_COLUMNS, one row per source: no read of the table."""
+    import pyarrow.compute as pc
+
+    from clipsearch.store import PARTIAL_SIZE
+
+    if "taken_at" not in table.column_names:
+        return None, 0
+    unread = 0
+    if table.num_rows:
+        mask = pc.and_(pc.is_null(table.column("taken_at_source")),
+                       pc.not_equal(table.column("size"), PARTIAL_SIZE))
+        unread = int(pc.sum(pc.cast(mask, "int64")).as_py() or 0)
+    out: dict[str, Any] = {"first": None, "last": None}
+    span = pc.min_max(table.column("taken_at")) if table.num_rows else None
+    if span is not None and span["min"].is_valid:
+        out["first"], out["last"] = span["min"].as_py().isoformat(), span["max"].as_py().isoformat()
+    for column, key in (("place", "places"), ("camera", "cameras")):
+        counts = pc.value_counts(table.column(column).drop_null()).to_pylist() if table.num_rows else []
+        counts.sort(key=lambda c: (-c["counts"], c["values"]))
+        out[key] = [[c["values"], c["counts"]] for c in counts[:top]]
+    return out, unread

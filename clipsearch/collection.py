@@ -648,7 +648,11 @@ class Collection:
         if not report.interrupted and (facts is None or facts.unread_files):
             from clipsearch.pipeline import fill_file_meta
 
-            report.described = fill_file_meta(self.store)
+            # all described at the last catalog: only the sources changed since can lack it
+            last = catalog.last(self.path) if facts is None else None
+            among = self.store.changes_since(last.version) if last is not None and not last.unread_files \
+                else None
+            report.described = fill_file_meta(self.store, among=among)
         self._write_skip_log(report)
         if not report.interrupted:
             self.maintainer.after_run(report, fit_transforms)

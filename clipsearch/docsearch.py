@@ -456,7 +456,9 @@ def _best_cosines(rows: list[dict[str, Any]]) -> dict[PageKey, float]:
 
 
 def _scan(table: Table, where: str) -> list[dict[str, Any]]:
-    return table.to_lance().to_table(columns=_COLUMNS, filter=where).to_pylist()
+    from clipsearch.store import read_table
+
+    return read_table(table.to_lance(), _COLUMNS, where).to_pylist()  # around a damaged scalar index
 
 
 def under_clause(under: str | None) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.errors import UsageError
-from clipsearch.store import FILE_COLUMNS, sql_in, sql_str
+from clipsearch.store import FILE_COLUMNS, read_table, sql_in, sql_str
 
 if TYPE_CHECKING:
     from clipsearch.store import Store
@@ -239,7 +239,7 @@ def _scan(store: Store, filters: Filters, kinds: tuple[str, ...], under: str | N
         where += f" AND ({predicate})"
     near = filters.near is not None
     try:
-        t = store.dataset.to_table(columns=columns + (["gps_lat", "gps_lon"] if near else []), filter=where)
+        t = read_table(store.dataset, columns + (["gps_lat", "gps_lon"] if near else []), where)
     except Exception as e:  # lance's parse/plan errors are ValueError, OSError or its own
         if filters.where:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

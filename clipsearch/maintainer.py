@@ -179,6 +179,7 @@ class Maintainer:
         with storage_errors(str(self.col.store.db_dir)):
             self.update_text_index()
             self.compact()
+            self.update_scalar_indexes()
             self.sweep_thumbs()
             self.update_ann()
             self.update_transforms(fit_transforms)
@@ -199,6 +200,7 @@ class Maintainer:
         with storage_errors(str(store.db_dir)):
             self.update_text_index(rebuild=True)
             compacted = self.compact(force=True)
+            self.update_scalar_indexes()
             self.update_ann(full=True)
             if transforms:
                 self.fit_transforms(strict=False, embed_text=False, reason="on demand (optimize)")
@@ -215,6 +217,12 @@ class Maintainer:
         (`ann.update_saved`: rows added and removed, shards retrained only when grown past
         their training size); `full`: retrain every shard (`optimize`)."""
         self.col.searcher.rebuild_ann(save=True, full=full)
+
+    def update_scalar_indexes(self) -> None:
+        """The table's lookup indexes (`scalar_index`): built when missing, new rows folded in."""
+        from clipsearch import scalar_index
+
+        scalar_index.maintain(self.col.path, self.col.store)
 
     def sweep_thumbs(self) -> None:
         """Thumbnails no row names any more (of rows removed, replaced or moved) are deleted."""
@@ -244,7 +252,13 @@ class Maintainer:
         or `force`d. Returns whether it compacted."""
         if not force and not compaction_worth_it(self.table_stats(count_bytes=False)):
             return False
+        from clipsearch import scalar_index
+
+        # Lance merges no indexed fragment with an unindexed one: every row goes in the indexes first
+        scalar_index.maintain(self.col.path, self.col.store, fold_rows=1)
         self.col.store.compact()
+        pause_at("compact_indexes")
+        scalar_index.record(self.col.path, self.col.store)  # the indexes remapped by this compaction
         return True
 
     def cleanup(self, keep: timedelta | None = None) -> int:
@@ -353,8 +367,10 @@ class Maintainer:
         if "://" in store.db_dir:
             return
         try:
-            catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
-                          stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS))
+            if catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
+                             stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS),
+                             previous=catalog.last(self.col.path)):
+                store.clear_changes()  # the catalog now stands for every change logged so far
         except (OSError, ClipsearchError) as e:
             log.warning("%s: could not record the table's catalog (%s); readers read the table",
                         self.col.path, e)
@@ -375,8 +391,27 @@ class Maintainer:
         else:
             ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows)
             fts = None if facts.fts_ok else self.fts_problem()
-        problems = [ann, fts, self.transforms_problem(fit_transforms, facts)]
+        problems = [ann, fts, self.transforms_problem(fit_transforms, facts),
+                    self.scalar_index_problem(facts)]
         return [p for p in problems if p]
+
+    def scalar_index_problem(self, facts: catalog.Catalog | None = None) -> str | None:
+        """The table's lookup indexes missing, or not recorded (`scalar_index`)."""
+        from clipsearch import scalar_index
+
+        if facts is not None:  # local (a catalog is), and it vouches for the index files' stat
+            if scalar_index.missing(self.col.path) and facts.rows:
+                return "the table's lookup indexes (id, source) are missing"
+            return None
+        store = self.col.store
+        if not scalar_index.local(store):
+            return None
+        if scalar_index.missing(self.col.path):
+            return "the table's lookup indexes (id, source) are missing" if store.count() else None
+        bad = scalar_index.problems(self.col.path, store)
+        if bad:
+            return "the table's lookup indexes: " + "; ".join(f"{k} {v}" for k, v in bad.items())
+        return None
 
     def fts_problem(self) -> str | None:
         """The full-text index's problem, if any. Asked through the Lance dataset first, which

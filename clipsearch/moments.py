@@ -245,7 +245,9 @@ def _scan(table: Any, where: str, columns: list[str]) -> pa.Table:
     several times faster than the query builder (measured in benchmarks/moments_scale.py)."""
     to_lance = getattr(table, "to_lance", None)
     if to_lance is not None:
-        return to_lance().to_table(filter=where, columns=columns)
+        from clipsearch.store import read_table
+
+        return read_table(to_lance(), columns, where)
     return table.search().where(where).select(columns).limit(None).to_arrow()
 
 

@@ -442,11 +442,11 @@ def run(store: Store | Callable[[], Store], encoder: AnyEncoder | Callable[[], A
     return report
 
 
-def fill_file_meta(store: Store, batch: int = 2000) -> int:
+def fill_file_meta(store: Store, batch: int = 2000, among: Iterable[bytes] | None = None) -> int:
     """Read the file columns of every source whose rows lack them (a migrated table, rows
-    carried from a moved file, a file committed by parts): headers only, no encoder, no new
-    vectors. Returns the files read."""
-    missing = store.sources_without_file_meta()
+    carried from a moved file, a file committed by parts), or of those `among` these sources:
+    headers only, no encoder, no new vectors. Returns the files read."""
+    missing = store.sources_without_file_meta(among)
     for i in range(0, len(missing), batch):
         chunk = missing[i:i + batch]
         store.set_file_meta({raw: metadata.read(raw) for raw in chunk})

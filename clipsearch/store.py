@@ -13,7 +13,9 @@ A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_
 
 from __future__ import annotations
 
+import bisect
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     import pyarrow.compute as pc
 else:
     pc = lazy_import("pyarrow.compute")  # its import builds every function from docstrings; few paths need it
+
+log = logging.getLogger(__name__)
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
@@ -131,57 +135,110 @@ class FileState:
 
 
 class FileStates(Mapping[bytes, FileState]):
-    """Source file -> `FileState`, kept in Arrow form: a lookup makes one FileState, and the
-    questions a run asks of every row (which sources lie under the walked folders, which have a
-    new file's size) are answered by Arrow kernels, not a Python loop over a million rows."""
+    """Source file -> `FileState`, kept in Arrow form, one row per source sorted by its raw
+    name (`STATE_COLUMNS`): a lookup is a binary search (a few Arrow scalars, no map of every
+    source), the sources under a folder are one contiguous range, and nothing is converted
+    per row, so an unchanged run over a million-row table pays for the files it walks.
 
-    def __init__(self, t: pa.Table) -> None:
-        # Lists, not numpy: Arrow's numpy conversion imports pandas, which an unchanged run
-        # (answered from `catalog.Catalog.file_states`) must not pay for.
-        self._raw = t.column("source_raw").combine_chunks()
-        self._mtime = t.column("mtime").to_pylist()
-        self._size = t.column("size").to_pylist()
-        self._hash = t.column("content_hash").combine_chunks()
-        self._at = dict(zip(self._raw.to_pylist(), range(len(self._raw)), strict=True))  # last row wins
+    `t` is either rows as the table holds them (`prepared=False`: sorted here, the last row of
+    a source winning) or the prepared form (`table`, what the catalog saves)."""
+
+    def __init__(self, t: pa.Table, prepared: bool = False) -> None:
+        if not prepared:
+            t = _one_row_per_source(t)
+        self.table = t.combine_chunks()
+        self._raw = self.table.column("source_raw").combine_chunks()
+        self._mtime = self.table.column("mtime")
+        self._size = self.table.column("size")
+        self._hash = self.table.column("content_hash")
+
+    def _find(self, raw: bytes) -> int:
+        """The row of `raw`, or -1."""
+        i = bisect.bisect_left(_Names(self._raw), raw)
+        return i if i < len(self._raw) and self._raw[i].as_py() == raw else -1
 
     def __getitem__(self, raw: bytes) -> FileState:
-        i = self._at[raw]
-        return FileState(float(self._mtime[i]), int(self._size[i]), self._hash[i].as_py())
+        i = self._find(raw)
+        if i < 0:
+            raise KeyError(raw)
+        return FileState(float(self._mtime[i].as_py()), int(self._size[i].as_py()), self._hash[i].as_py())
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._at)
+        return iter(self._raw.to_pylist())
 
     def __len__(self) -> int:
-        return len(self._at)
+        return len(self._raw)
 
     def __contains__(self, raw: object) -> bool:
-        return raw in self._at
+        return isinstance(raw, bytes) and self._find(raw) >= 0
 
     def under(self, prefixes: Sequence[bytes]) -> list[bytes]:
-        """The sources that are one of `prefixes` or lie under one (`fsutil.is_within`)."""
-        if not prefixes or not len(self._raw):
-            return []
-        mask = None
-        for base in prefixes:
-            base = base.rstrip(b"/") or b"/"
-            try:
-                pattern = (base if base == b"/" else base + b"/").decode()
-            except UnicodeDecodeError:  # Arrow matches prefixes given as text only
-                from clipsearch.fsutil import is_within
+        """The sources that are one of `prefixes` or lie under one (`fsutil.is_within`): per
+        prefix, the range of names from `base/` up to (not including) `base0`."""
+        names = _Names(self._raw)
+        out: list[bytes] = []
+        for p in prefixes:
+            base = p.rstrip(b"/") or b"/"
+            if base in self:
+                out.append(base)
+            lo_key = base if base == b"/" else base + b"/"
+            hi_key = lo_key[:-1] + bytes([lo_key[-1] + 1])  # '/' + 1 = '0'
+            lo, hi = bisect.bisect_left(names, lo_key), bisect.bisect_left(names, hi_key)
+            out.extend(self._raw.slice(lo, hi - lo).to_pylist())
+        return list(dict.fromkeys(out))
 
-                return [r for r in self._at if any(is_within(r, p) for p in prefixes)]
-            # no Python value is made an Arrow one here (that imports pandas): equality is a dict lookup
-            hit = pc.starts_with(self._raw, pattern=pattern)
-            mask = hit if mask is None else pc.or_(mask, hit)
-        exact = [base for base in (p.rstrip(b"/") or b"/" for p in prefixes) if base in self._at]
-        return list(dict.fromkeys([*exact, *self._raw.filter(mask).to_pylist()]))
+    def replaced(self, changed: Iterable[bytes], fresh: pa.Table) -> pa.Table:
+        """This states table with the rows of the `changed` sources replaced by `fresh` (their
+        rows now, in the prepared form; a source absent there is gone), still sorted: costs
+        the change (a binary search per source) plus one take of the table, no sort."""
+        gone = pc.is_in(self._raw, value_set=pa.array(list(changed), pa.binary()))  # one hash probe a row
+        kept = self.table.filter(pc.invert(gone))
+        if not fresh.num_rows:
+            return kept
+        names = _Names(kept.column("source_raw").combine_chunks())
+        at = [bisect.bisect_left(names, r) for r in fresh.column("source_raw").to_pylist()]
+        order = np.insert(np.arange(kept.num_rows), at, kept.num_rows + np.arange(fresh.num_rows))
+        both = pa.concat_tables([kept, fresh.select(kept.column_names).cast(kept.schema)])
+        return both.take(pa.array(order)).combine_chunks()
 
     def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
         """(source, state) of the sources whose recorded size is one of `sizes`."""
         wanted = np.asarray(sorted(set(sizes)), dtype=np.int64)
-        hits = np.flatnonzero(np.isin(np.asarray(self._size, dtype=np.int64), wanted))
-        for raw in dict.fromkeys(self._raw.take(pa.array(hits, pa.int64())).to_pylist()):
-            yield raw, self[raw]
+        hits = pa.array(np.flatnonzero(np.isin(self._size.to_numpy(), wanted)), pa.int64())
+        rows = self.table.take(hits)  # columns converted once: no search per row
+        for raw, mtime, size, h in zip(*(rows.column(c).to_pylist() for c in STATE_COLUMNS), strict=True):
+            yield raw, FileState(float(mtime), int(size), h)
+
+
+STATE_COLUMNS = ["source_raw", "mtime", "size", "content_hash"]
+
+
+class _Names(Sequence[bytes]):
+    """The sorted raw names of a `FileStates` as a sequence `bisect` can search."""
+
+    def __init__(self, raw: pa.Array) -> None:
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.raw[i].as_py()
+
+
+def _one_row_per_source(t: pa.Table) -> pa.Table:
+    """`t` (rows of STATE_COLUMNS) with one row per source, the last in `t`'s order, sorted by
+    the raw name (bytewise, as Python compares bytes)."""
+    if not t.num_rows:
+        return t
+    order = pc.sort_indices(t, sort_keys=[("source_raw", "ascending")])  # stable: table order kept
+    t = t.take(order)
+    raw = t.column("source_raw").combine_chunks()
+    n = len(raw)
+    last = np.ones(n, bool)
+    if n > 1:  # a row is its source's last when the next row names another source
+        last[:-1] = pc.not_equal(raw.slice(1), raw.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return t.filter(pa.array(last))
 
 
 @dataclass
@@ -209,6 +266,9 @@ class Store:
         self.dim = dim
         self.storage_options = storage_options
         self._table: Any = None
+        self._indexes_checked = False  # `_write`: the scalar indexes verified before the first write
+        self._log_base: int | None = None  # `changes_since`: the version the change log starts at
+        self._changed: set[bytes] = set()  # ... and the sources whose rows this store wrote since
         with storage_errors(self.db_dir):
             self._dataset: Any = _open_dataset(self.uri, storage_options)
             if self._dataset is None:
@@ -283,11 +343,11 @@ class Store:
     @guarded
     def file_states(self) -> FileStates:
         """Per source file, the state its rows were computed from (for change detection)."""
-        return FileStates(self.dataset.to_table(columns=["source_raw", "mtime", "size", "content_hash"]))
+        return FileStates(self.dataset.to_table(columns=STATE_COLUMNS))
 
     @guarded
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
-        return self.dataset.to_table(columns=list(columns), filter=where)
+        return read_table(self.dataset, columns, where)
 
     @guarded
     def vectors(self, where: str | None = None) -> tuple[pa.Table, np.ndarray]:
@@ -376,7 +436,7 @@ class Store:
         out: dict[bytes, list[Record]] = {r: [] for r in raws}
         if not out:
             return out
-        t = snapshot.to_table(columns=META_COLUMNS + ["vector"], filter=sources_filter(out))
+        t = read_table(snapshot, META_COLUMNS + ["vector"], sources_filter(out))
         vecs = float32_vectors(t.column("vector"))
         for row, v in zip(t.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
             out[row["source_raw"]].append(Record(
@@ -390,7 +450,7 @@ class Store:
         """Thumbnail names of the rows of these sources in `snapshot`."""
         if not raws:
             return []
-        t = snapshot.to_table(columns=["thumb"], filter=sources_filter(dict.fromkeys(raws)))
+        t = read_table(snapshot, ["thumb"], sources_filter(dict.fromkeys(raws)))
         return [x for x in t.column("thumb").to_pylist() if x]
 
     @guarded
@@ -450,11 +510,18 @@ class Store:
         return out
 
     @guarded
-    def sources_without_file_meta(self) -> list[bytes]:
-        """Complete sources whose file columns were never read (migrated or carried rows)."""
+    def sources_without_file_meta(self, among: Iterable[bytes] | None = None) -> list[bytes]:
+        """Complete sources whose file columns were never read (migrated or carried rows);
+        with `among`, of those sources only (read through the index on `source_raw`)."""
         if "taken_at_source" not in self.file_columns():
             return []
-        t = self.scan(["source_raw"], f"taken_at_source IS NULL AND size <> {PARTIAL_SIZE}")
+        where = f"taken_at_source IS NULL AND size <> {PARTIAL_SIZE}"
+        if among is not None:
+            among = list(among)
+            if not among:
+                return []
+            where = f"{sources_filter(among)} AND {where}"
+        t = self.scan(["source_raw"], where)
         return list(dict.fromkeys(t.column("source_raw").to_pylist()))
 
     @guarded
@@ -471,7 +538,8 @@ class Store:
             per_row = [values[r] for r in rows.column("source_raw").to_pylist()]
             data = pa.table({"id": rows.column("id"), **{
                 f.name: pa.array([m.get(f.name) for m in per_row], type=f.type) for f in FILE_FIELDS}})
-            self.dataset.merge_insert("id").when_matched_update_all().execute(data)
+            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d),
+                        chunk)
             written += rows.num_rows
         return written
 
@@ -516,15 +584,28 @@ class Store:
         if not items and not delete:
             return
         data = self._to_arrow(items)
-        cond = sources_filter([*(i.source_raw for i in items), *delete])
-        (self.dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-         .when_not_matched_by_source_delete(cond).execute(data))
+        raws = [*(i.source_raw for i in items), *delete]
+        cond = sources_filter(raws)
+        # Rows of these sources that the new ones do not replace must go in the same commit.
+        # Lance answers that clause by a full join, so it is added only when there are such
+        # rows (a file that lost rows, a moved file's old path), found through the indexes.
+        held = self.scan(["id"], cond).column("id")
+        has_leftover = len(held) > 0 and not pc.all(
+            pc.is_in(held, value_set=data.column("id").combine_chunks())).as_py()
+
+        def commit(ds: Any) -> None:
+            builder = ds.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+            if has_leftover:
+                builder = builder.when_not_matched_by_source_delete(cond)
+            builder.execute(data)
+        self._write(commit, raws)
 
     @guarded
     def append_rows(self, item: SourceRows) -> None:
         """Add rows of one source, keeping its other rows (one commit): the parts of a big file."""
         if item.records:
-            self.dataset.insert(self._to_arrow([item]))
+            data = self._to_arrow([item])
+            self._write(lambda ds: ds.insert(data), [item.source_raw])
 
     @guarded
     def replace_kind(self, item: SourceRows, kind: str) -> None:
@@ -540,8 +621,8 @@ class Store:
     def mark_complete(self, raw: bytes, mtime: float, size: int, content_hash: str) -> None:
         """Record the file state on every row of a source put in by parts (one commit): only
         now does change detection take the file as indexed."""
-        self.dataset.update({"mtime": repr(float(mtime)), "size": str(int(size)),
-                             "content_hash": sql_str(content_hash)}, where=sources_filter([raw]))
+        values = {"mtime": repr(float(mtime)), "size": str(int(size)), "content_hash": sql_str(content_hash)}
+        self._write(lambda ds: ds.update(values, where=sources_filter([raw])), [raw])
 
     @guarded
     def delete_sources(self, raws: Sequence[bytes], thumb_dir: str | os.PathLike[str] | None = None) -> int:
@@ -554,7 +635,7 @@ class Store:
         for i in range(0, len(raws), 500):
             chunk = raws[i:i + 500]
             named = self.thumbs_of(chunk) if thumb_dir is not None else []
-            self.dataset.delete(sources_filter(chunk))
+            self._write(lambda ds, c=chunk: ds.delete(sources_filter(c)), chunk)
             if thumb_dir is not None:
                 thumbs.remove(thumb_dir, named)
         return len(raws)
@@ -596,7 +677,44 @@ class Store:
             part = rows.take(pa.array(picked))
             mtimes = [new[raws[r]] for r in picked]
             data = pa.table({"id": part.column("id"), "mtime": pa.array(mtimes, pa.float64())})
-            self.dataset.merge_insert("id").when_matched_update_all().execute(data)
+            self._write(lambda ds, d=data: ds.merge_insert("id").when_matched_update_all().execute(d),
+                        [raws[r] for r in picked])
+
+    def _write(self, commit: Any, sources: Iterable[bytes]) -> None:
+        """Run `commit(dataset)`, a commit that changes the rows of `sources` (logged, see
+        `changes_since`); if it fails while the table has our scalar indexes (a damaged one
+        fails reads and writes alike), drop them and commit again without (the maintainer
+        rebuilds them at the run's end)."""
+        from clipsearch import scalar_index
+
+        if not self._changed:  # the log starts here: nothing of ours since this version
+            self._log_base = self.version
+        self._changed.update(sources)
+        if not self._indexes_checked:  # once per store: a damaged index is dropped, not used
+            self._indexes_checked = True
+            scalar_index.verify(self.db_dir, self)
+        try:
+            commit(self.dataset)
+        except Exception as e:
+            if not scalar_index.ours(self.dataset):
+                raise
+            log.warning("%s: a write failed on the table's scalar indexes (%s); dropping them",
+                        self.db_dir, detail(e))
+            scalar_index.drop(self)
+            commit(self.dataset)
+
+    def changes_since(self, version: int) -> set[bytes] | None:
+        """The sources whose rows (or file columns) changed since table `version`, when this
+        store made every such commit since then (the writer's, under its lock); None when it
+        cannot tell (it logged from another version: another process wrote in between, or this
+        one started later). Upkeep commits (indexes, compaction) change no row's values."""
+        if not self._changed:
+            return set() if self.version == version else None
+        return set(self._changed) if self._log_base == version else None
+
+    def clear_changes(self) -> None:
+        """Start the change log afresh (after what it fed was brought up to date)."""
+        self._changed, self._log_base = set(), None
 
     # ---- upkeep ------------------------------------------------------------------------------
     @guarded
@@ -629,6 +747,19 @@ class Store:
             pause_at("cleanup")
             dataset.cleanup_old_versions(versions=old)
         return len(old)
+
+
+def read_table(dataset: Any, columns: Sequence[str], where: str | None = None) -> pa.Table:
+    """A filtered read of a dataset (or snapshot); one that fails on a scalar index (damaged
+    since the writer checked it) is read again without the indexes (`clipsearch.scalar_index`)."""
+    try:
+        return dataset.to_table(columns=list(columns), filter=where)
+    except Exception as e:
+        scalar = ("BTree", "BloomFilter")
+        if where is None or not any(ix.index_type in scalar for ix in dataset.describe_indices()):
+            raise
+        log.info("a read of %s failed on a scalar index (%s); reading without", dataset.uri, detail(e))
+        return dataset.to_table(columns=list(columns), filter=where, use_scalar_index=False)
 
 
 def _first_per_source(t: pa.Table) -> pa.Array:

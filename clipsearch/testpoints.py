@@ -15,7 +15,7 @@ from pathlib import Path
 PAUSE_ENV = "CLIPSEARCH_TEST_PAUSE_AT"
 READY_ENV = "CLIPSEARCH_TEST_PAUSE_FILE"
 # where each pause point stands (the maintenance steps, and the touch batches of the scan)
-STEPS = ("touch", "fts", "compact", "thumbs", "ann", "transforms", "cleanup")
+STEPS = ("touch", "fts", "compact", "scalar_index", "thumbs", "ann", "transforms", "cleanup")
 MOVE_STEP = "move"  # after each file that `duplicates --move-to` moved (clipsearch.duplicate_moves)
 
 
