@@ -32,6 +32,7 @@ import numpy as np
 from clipsearch.errors import UsageError
 
 if TYPE_CHECKING:
+    from clipsearch.relevance_background import BackgroundFiles
     from clipsearch.search import Hit
     from clipsearch.store import Store
 
@@ -44,6 +45,9 @@ Z_WIDTH = 0.25  # z units per e-fold of the logistic: relevance 0.12 at Z_AUTO -
 AUTO = 0.5  # the auto cut on the relevance scale
 SINGLED_OUT = AUTO  # relevance of a hit some fused ranking singled out with no cosine to calibrate
 MODALITIES = ("text", "image", "mixed")
+# what a persisted background depends on besides the model and the table (relevance_background)
+SAMPLING = {"background_rows": BACKGROUND_ROWS, "reference_queries": REFERENCE_QUERIES,
+            "caption_bank": CAPTION_BANK}
 
 
 def parse_min_relevance(value: str | float | None, name: str = "min_relevance") -> float | None:
@@ -163,16 +167,25 @@ class Calibrator:
     """Per-process cache of backgrounds, one per (table version, kinds); thread-safe.
 
     The sample is drawn once per table version (`Store.sample_vectors`: the kind column and
-    the sampled rows only, so it costs the sample, not the collection); `text_vectors` (the
-    caption bank: the text reference and the description check) is asked once per process."""
+    the sampled rows only, so it costs the sample, not the collection) and, given `files`,
+    kept in the collection (`relevance_background`) so the next process reads it instead;
+    `text_vectors` (the caption bank: the text reference and the description check) is asked
+    once per process."""
 
-    def __init__(self, store: Callable[[], Store], text_vectors: Callable[[], np.ndarray | None]) -> None:
+    def __init__(self, store: Callable[[], Store], text_vectors: Callable[[], np.ndarray | None],
+                 files: Callable[[], BackgroundFiles | None] | None = None) -> None:
         self._store = store
         self._text_vectors = text_vectors
+        self._files = files
         self._texts: np.ndarray | None = None
         self._texts_done = False
         self._cache: dict[tuple[str, ...], tuple[int, Background]] = {}
         self._lock = threading.Lock()
+
+    def _bank(self) -> np.ndarray | None:
+        if not self._texts_done:
+            self._texts, self._texts_done = self._text_vectors(), True
+        return self._texts
 
     def background(self, kinds: Iterable[str]) -> Background:
         key = tuple(sorted(set(kinds)))
@@ -182,10 +195,18 @@ class Calibrator:
             cached = self._cache.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1]
-            if not self._texts_done:
-                self._texts, self._texts_done = self._text_vectors(), True
-            vecs, rows = store.sample_vectors(key, BACKGROUND_ROWS, seed=0)
-            bg = Background(vecs, rows, reference_spreads(vecs, self._texts), self._texts)
+            files = self._files() if self._files is not None else None
+            table_rows = store.count() if files is not None else 0
+            kept = files.load(key, version, table_rows) if files is not None else None
+            if kept is not None:
+                bg = Background(kept.vectors, kept.rows, kept.references, self._bank())
+            else:
+                vecs, rows = store.sample_vectors(key, BACKGROUND_ROWS, seed=0)
+                bg = Background(vecs, rows, reference_spreads(vecs, self._bank()), self._bank())
+                if files is not None:
+                    from clipsearch.relevance_background import Sample
+
+                    files.save(key, version, table_rows, Sample(vecs, rows, bg.references))
             self._cache[key] = (version, bg)
             return bg
 

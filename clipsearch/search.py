@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from clipsearch.collection import Collection
     from clipsearch.moments import VideoCatalog
     from clipsearch.query_terms import QueryTerm
+    from clipsearch.relevance_background import BackgroundFiles
     from clipsearch.transforms import TransformSet
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Searcher:
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._kind_rows: dict[str, tuple[int, bool]] = {}  # kind -> (table version, has rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
-        self.calibrator = Calibrator(lambda: self.col.store, self._caption_vectors)
+        self.calibrator = Calibrator(lambda: self.col.store, self._caption_vectors, self._background_files)
 
     @property
     def ann_dir(self) -> Path:
@@ -473,6 +474,14 @@ class Searcher:
         return self._cut(hits, k, offset, sort, min_relevance)
 
     # ---- relevance ---------------------------------------------------------------------------
+    def _background_files(self) -> BackgroundFiles:
+        """Where the relevance backgrounds of this collection are kept between processes."""
+        from clipsearch.relevance import SAMPLING
+        from clipsearch.relevance_background import BackgroundFiles
+
+        return BackgroundFiles(self.col.path, str(self.col.meta["model_id"]), int(self.col.meta["dim"]),
+                               SAMPLING)
+
     def _caption_vectors(self) -> np.ndarray | None:
         """The caption bank (`relevance.CAPTION_BANK` of the model's own and generic captions,
         a fixed draw): the text queries of the relevance reference and the descriptions a text

@@ -153,3 +153,85 @@ def test_auto_beats_the_best_global_threshold_on_a_small_world(tmp_path):
     assert result["types"]["gibberish"]["auto"]["none_kept"] >= 0.9, result
     assert result["types"]["absent"]["auto"]["none_kept"] >= 0.6, result
     assert result["types"]["colour+shape"]["auto"]["f"] >= 0.7, result
+
+
+# ---- the background persisted in the collection ------------------------------------------------
+@pytest.fixture()
+def small_col(tmp_path):
+    from support import build_collection, write_shapes
+
+    photos = tmp_path / "photos"
+    write_shapes(photos, per_class=1)
+    return build_collection(tmp_path / "db", [photos]), photos
+
+
+def _reopened(col):
+    from clipsearch.collection import Collection
+
+    return Collection.open(col.path, device="cpu")
+
+
+def _sampling(monkeypatch) -> list[tuple[str, ...]]:
+    """Record each draw of a background sample (a persisted one is read, not drawn)."""
+    from clipsearch.store import Store
+
+    drawn: list[tuple[str, ...]] = []
+    original = Store.sample_vectors
+
+    def counting(self, kinds, limit, seed=0):
+        drawn.append(tuple(kinds))
+        return original(self, kinds, limit, seed=seed)
+
+    monkeypatch.setattr(Store, "sample_vectors", counting)
+    return drawn
+
+
+def test_a_persisted_background_is_reused_by_the_next_process(small_col, monkeypatch):
+    from clipsearch.relevance_background import PREFIX
+
+    col, _ = small_col
+    first = col.search("a red star", k=5, kind="image", min_relevance="off")
+    files = sorted(p.name for p in col.path.glob(f"{PREFIX}*.npz"))
+    assert files == [f"{PREFIX}image.npz"]
+    drawn = _sampling(monkeypatch)
+    again = _reopened(col).search("a red star", k=5, kind="image", min_relevance="off")
+    assert drawn == []  # read from the collection, not drawn again
+    assert [(h.id, round(h.relevance, 6)) for h in again] == [(h.id, round(h.relevance, 6)) for h in first]
+
+
+def test_a_persisted_background_is_invalidated_when_index_adds_rows(small_col, monkeypatch, tmp_path):
+    from support import save_solid
+
+    from clipsearch.relevance_background import PREFIX
+
+    col, photos = small_col
+    col.search("a red star", k=5, kind="image")
+    path = col.path / f"{PREFIX}image.npz"
+    before = json.loads(str(np.load(path)["meta"]))
+    save_solid(photos / "extra.png", (10, 200, 30))
+    col.add([photos], workers=1)
+    drawn = _sampling(monkeypatch)
+    _reopened(col).search("a red star", k=5, kind="image")
+    assert drawn == [("image",)]  # the table changed: drawn again and written again
+    after = json.loads(str(np.load(path)["meta"]))
+    assert after["version"] > before["version"] and after["rows"] == before["rows"] + 1
+    assert after["table_rows"] == before["table_rows"] + 1
+
+
+def test_a_damaged_persisted_background_is_drawn_and_written_again(small_col, monkeypatch, caplog):
+    from clipsearch.relevance_background import PREFIX
+
+    col, _ = small_col
+    first = col.search("a red star", k=5, kind="image", min_relevance="off")
+    path = col.path / f"{PREFIX}image.npz"
+    good = np.load(path)["vectors"]
+    path.write_bytes(path.read_bytes()[:1000])  # torn
+    drawn = _sampling(monkeypatch)
+    with caplog.at_level("WARNING"):
+        again = _reopened(col).search("a red star", k=5, kind="image", min_relevance="off")
+    assert drawn == [("image",)] and "unreadable" in caplog.text
+    assert [round(h.relevance, 6) for h in again] == [round(h.relevance, 6) for h in first]
+    assert np.array_equal(np.load(path)["vectors"], good)  # healed: the same sample, whole again
+    drawn.clear()
+    _reopened(col).search("a red star", k=5, kind="image")
+    assert drawn == []
