@@ -43,6 +43,7 @@ CSS = """
 .cs-kind { float: right; color: var(--body-text-color); }
 #cs-image .or { color: var(--body-text-color); }  /* Gradio's 'or' in the drop zone: readable */
 footer .show-api, footer a, footer button { color: var(--body-text-color) !important; }  /* contrast */
+.nav-holder nav a { color: var(--body-text-color) !important; }  /* the page links: contrast */
 .cs-name { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .cs-snippet { color: var(--body-text-color-subdued); max-height: 3.9em; overflow: hidden; }
 .cs-more { margin: 0 6px 6px; font-size: 12px; padding: 2px 6px; border-radius: 6px; cursor: pointer;
