@@ -274,8 +274,10 @@ class Store:
             if self._dataset is None:
                 if not create:
                     raise LookupError(f"no table at {self.db_dir}")
+                # exist_ok: another process (a reader's first look, a second writer) may create
+                # it between the look above and here; both then use the one table
                 self._table = _connect(self.db_dir, storage_options).create_table(
-                    TABLE, schema=schema(dim, meta))
+                    TABLE, schema=schema(dim, meta), exist_ok=True)
                 self._dataset = _open_dataset(self.uri, storage_options)
 
     @classmethod
