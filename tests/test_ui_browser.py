@@ -65,9 +65,11 @@ def wait_cards(pg, kind: str | None = None):
 
 def show_weaker(pg) -> None:
     """Click "Show N weaker matches" when the relevance cut left some, and wait for them."""
-    pg.wait_for_selector("#cs-results .cs-card, #cs-weaker:visible")
+    pg.wait_for_selector("#cs-results .cs-grid, #cs-weaker:visible")
+    grid = pg.locator("#cs-results .cs-grid")
     button = pg.locator("#cs-weaker")
-    if button.is_visible():
+    if button.is_visible() or (grid.count() and int(grid.first.get_attribute("data-weaker") or 0)):
+        button.wait_for(state="visible")  # the grid and the button are drawn in the same update
         n = pg.locator("#cs-results .cs-card").count()
         button.click()
         pg.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")

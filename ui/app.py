@@ -146,9 +146,11 @@ def headline(hit: dict) -> tuple[str, str]:
 
 
 
-def render_grid(hits: list[dict], cut: float | None = None) -> str:
+def render_grid(hits: list[dict], cut: float | None = None, weaker: int = 0) -> str:
     """Result cards: thumbnail, relevance, kind, file name, and a page snippet for documents.
-    With no cut in place (`cut` None), hits below the auto cut are shown dimmed."""
+    With no cut in place (`cut` None), hits below the auto cut are shown dimmed. `weaker`: how
+    many matches the cut left out (the grid says so, so that a script reading the page sees it
+    in the same update as the cards)."""
     if not hits:
         return EMPTY_GRID
     cards = []
@@ -172,7 +174,8 @@ def render_grid(hits: list[dict], cut: float | None = None) -> str:
             f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
             f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
             f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
-    return "<div class='cs-grid' role='list' aria-label='results'>" + "".join(cards) + "</div>"
+    return (f"<div class='cs-grid' role='list' aria-label='results' data-weaker='{int(weaker)}'>"
+            + "".join(cards) + "</div>")
 
 
 def render_chips(terms: list[dict]) -> str:
@@ -363,13 +366,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                                + ("es" if n_weaker != 1 else ""))
             cut = res.get("min_relevance")
         except ClipsearchError as e:
+            n_weaker = 0
             failed = True
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
             weaker, cut = gr.update(visible=False), None
         if failed:  # the message says it once, by the box that caused it; the grid keeps what it had
             grid = render_grid(hits, cut) if hits else EMPTY_GRID
         else:
-            grid = render_grid(hits, cut) if hits or offset else (
+            grid = render_grid(hits, cut, n_weaker) if hits or offset else (
                 f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
         state = {"query": query, "hits": hits, "terms": terms, "page": page}
         chips = render_chips(terms) if terms or not offset else gr.update()
