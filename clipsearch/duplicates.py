@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from clipsearch.duplicate_split import split_component
 from clipsearch.errors import UsageError
 from clipsearch.store import Store, float32_vectors
 
@@ -389,10 +390,39 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
     ej = [y for g in by_hash.values() for y in g[1:]]
     all_i = np.concatenate([i, np.asarray(ei, np.int64)])
     all_j = np.concatenate([j, np.asarray(ej, np.int64)])
+    # no chaining: a component splits into groups whose files are each alike (duplicate_split)
+    if pixel_cut is not None:
+        cut = pixel_cut
+        link = np.where(np.isnan(dist[keep]), cut, dist[keep])
+    else:
+        cut = 1.0 - t
+        link = 1.0 - s
+    edge: dict[tuple[int, int], float] = {}
+    for a, b, d in zip(i.tolist(), j.tolist(), link.tolist(), strict=True):
+        key = (min(a, b), max(a, b))
+        edge[key] = min(d, edge.get(key, math.inf))
+
+    def alike(a: int, b: int) -> float:
+        if hashes[a] and hashes[a] == hashes[b]:
+            return 0.0
+        d = edge.get((min(a, b), max(a, b)))
+        if d is not None:
+            return d
+        if pixel_cut is not None and (ma := mini(a)) is not None and (mb := mini(b)) is not None:
+            return distance(ma, mb)
+        if pixel_cut is not None:  # no pictures to compare: the vectors decide, as for a pair
+            return cut if float(nodes.vectors[a] @ nodes.vectors[b]) >= t - 1e-9 else math.inf
+        return 1.0 - float(nodes.vectors[a] @ nodes.vectors[b])
+
+    members_of = [g for comp in group_pairs(n, all_i, all_j) for g in split_component(comp, alike, cut)]
+    label = np.full(n, -1)
+    for x, g in enumerate(members_of):
+        label[g] = x
+    inside = (label[i] >= 0) & (label[i] == label[j])  # a file's best link inside its group
     best = np.zeros(n)
-    np.maximum.at(best, i, s)
-    np.maximum.at(best, j, s)
-    groups = [_group(nodes, members, best, hashes) for members in group_pairs(n, all_i, all_j)]
+    np.maximum.at(best, i[inside], s[inside])
+    np.maximum.at(best, j[inside], s[inside])
+    groups = [_group(nodes, members, best, hashes) for members in members_of]
     groups.sort(key=lambda g: (-len(g.files), g.keeper.source))
     quant = ({f"p{q}": round(float(v), 6) for q, v in zip((50, 90, 99), np.quantile(nn_all, [.5, .9, .99]),
                                                        strict=True)} if len(nn_all) else {})

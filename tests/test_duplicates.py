@@ -28,6 +28,7 @@ from support import ServerThread, build_collection, tiny_model_args
 
 from clipsearch.cli import main
 from clipsearch.duplicate_moves import JOURNAL
+from clipsearch.duplicate_split import split_component
 from clipsearch.duplicates import DuplicateFile, auto_threshold, choose_keeper, group_pairs, parse_threshold
 from clipsearch.errors import UsageError
 from clipsearch.testpoints import MOVE_STEP, PAUSE_ENV, READY_ENV
@@ -115,6 +116,21 @@ def test_keeper_rules_resolution_then_date_then_path():
 def test_groups_are_connected_components():
     groups = group_pairs(6, np.array([0, 1, 4]), np.array([1, 2, 5]))
     assert sorted(map(sorted, groups)) == [[0, 1, 2], [4, 5]]
+
+
+def test_two_true_groups_bridged_by_one_weak_link_stay_two_groups():
+    # 0-1-2 one picture, 3-4 another; one false link 2-3 just inside the cut joins the component
+    d = np.full((5, 5), 0.3)
+    for a, b in [(0, 1), (0, 2), (1, 2), (3, 4)]:
+        d[a, b] = d[b, a] = 0.01
+    d[2, 3] = d[3, 2] = 0.04
+    comps = group_pairs(5, np.array([0, 1, 2, 3]), np.array([1, 2, 3, 4]))
+    assert [sorted(c) for c in comps] == [[0, 1, 2, 3, 4]]  # chained by the bridge
+    groups = split_component(comps[0], lambda a, b: d[a, b], 0.05)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3, 4]]
+    # a tight group stays whole, and a lone file cut off by the split is no group
+    assert split_component([0, 1, 2], lambda a, b: d[a, b], 0.05) == [[0, 1, 2]]
+    assert sorted(map(sorted, split_component([0, 1, 3], lambda a, b: d[a, b], 0.05))) == [[0, 1]]
 
 
 @pytest.mark.parametrize("bad", ["often", "0", "1.5", "nan"])
