@@ -20,6 +20,7 @@ and over its voiced part. The speech world is indexed with OCR off, so the figur
     python -m benchmarks.words            # 60 phrase images, 10 screens, 10 pages, 60 plain; 12 videos
     python -m benchmarks.words --images 10 --plain 10 --no-text 40 --rounds 1 --videos 4   # quick
     python -m benchmarks.words --no-ocr --videos 12  # speech only (--no-speech: OCR only)
+    python -m benchmarks.words --overhead-only --no-text 120 400 --rounds 5 --model ViT-B-32/laion2b_s34b_b79k
 """
 
 from __future__ import annotations
@@ -82,30 +83,38 @@ def ocr_section(root: Path, model: str, images: int, screens: int, pages: int, p
 
 
 def no_text_overhead(root: Path, model: str, n: int, rounds: int) -> dict[str, Any]:
-    """Indexing time of `n` photos without words, OCR off vs on, fresh collections, alternating."""
+    """Indexing time of `n` photos without words, OCR off vs on, fresh collections, alternating.
+    `gate_passed`: pictures the gate let through to the engine, per round with OCR on; `cpu_*`:
+    the process's CPU seconds over the same runs, the cost as a shared machine's load sways it less."""
     from clipsearch.tiny.words import make_world as _make
 
     world = _make(root / "files", images=0, screens=0, pages=0, plain=n, seed=7)
     files = world.root / "plain"
     times: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}  # CPU seconds of all threads: less swayed by load
     ocr_s: list[float] = []
+    passed: list[int] = []
     Collection.create(root / "warm", model=model, device="cpu").add([files], ocr="off")  # warm caches
     for r in range(rounds):
         for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
             db = root / f"db-{mode}-{r}"
             col = Collection.create(db, model=model, device="cpu")
             col.encoder  # noqa: B018  # the model load is not indexing time
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             rep = col.add([files], ocr=mode)
             times[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
             if mode == "on":
                 ocr_s.append(rep.ocr_seconds)
+                passed.append(rep.ocr_pictures)
             shutil.rmtree(db, ignore_errors=True)
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     return {"images": n, "rounds": rounds, "off_s": [round(t, 2) for t in times["off"]],
             "on_s": [round(t, 2) for t in times["on"]], "median_off_s": round(off, 2),
             "median_on_s": round(on, 2), "overhead": round(on / off - 1, 3),
-            "ocr_pass_s": [round(t, 2) for t in ocr_s]}
+            "ocr_pass_s": [round(t, 2) for t in ocr_s], "gate_passed": passed,
+            "cpu_off_s": [round(t, 2) for t in cpu["off"]], "cpu_on_s": [round(t, 2) for t in cpu["on"]],
+            "cpu_overhead": round(statistics.median(cpu["on"]) / statistics.median(cpu["off"]) - 1, 3)}
 
 
 # ---------------------------------------------------------------- speech
@@ -208,7 +217,9 @@ def main() -> None:
     ap.add_argument("--screens", type=int, default=10)
     ap.add_argument("--pages", type=int, default=10)
     ap.add_argument("--plain", type=int, default=60)
-    ap.add_argument("--no-text", type=int, default=200, help="photos without words for the overhead")
+    ap.add_argument("--no-text", type=int, nargs="+", default=[200],
+                    help="photos without words for the overhead (one run per size)")
+    ap.add_argument("--overhead-only", action="store_true", help="only the no-text overhead")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--videos", type=int, default=12, help="spoken videos for the speech section")
     ap.add_argument("--seed", type=int, default=0, help="the speech world's seed")
@@ -219,10 +230,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = {"model": args.model, "load_before": os.getloadavg()}
         if not args.no_ocr:
-            result["ocr"] = ocr_section(Path(tmp) / "ocr", args.model, args.images, args.screens, args.pages,
-                                        args.plain)
-            result["no_text"] = no_text_overhead(Path(tmp) / "plain", args.model, args.no_text, args.rounds)
-        if not args.no_speech:
+            if not args.overhead_only:
+                result["ocr"] = ocr_section(Path(tmp) / "ocr", args.model, args.images, args.screens,
+                                            args.pages, args.plain)
+            result["no_text"] = [no_text_overhead(Path(tmp) / f"plain-{n}", args.model, n, args.rounds)
+                                 for n in args.no_text]
+        if not args.no_speech and not args.overhead_only:
             result["speech"] = speech_section(Path(tmp) / "speech", args.model, args.videos, args.seed)
         result["load_after"] = os.getloadavg()
     text = json.dumps(result, indent=2)

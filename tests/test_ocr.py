@@ -147,6 +147,45 @@ def test_gate_passes_print_and_not_plain_shapes():
     assert sum(ocr.maybe_text(im) for im in worded) >= 9
 
 
+def _pattern(kind: str, period: int, angle: float, size: int = 256) -> Image.Image:
+    """A backdrop that repeats (fine dots, checks, stripes) with a shape on it: no words."""
+    y, x = np.mgrid[:size, :size].astype(np.float32)
+    u = x * np.cos(np.radians(angle)) + y * np.sin(np.radians(angle))
+    v = -x * np.sin(np.radians(angle)) + y * np.cos(np.radians(angle))
+    if kind == "stripes":
+        on = (u // (period / 2)) % 2 == 0
+    elif kind == "checks":
+        on = ((u // period) + (v // period)) % 2 == 0
+    else:
+        on = ((u % period - period / 2) ** 2 + (v % period - period / 2) ** 2) < (period / 3.5) ** 2
+    arr = np.where(on[..., None], np.array([40, 170, 120]), np.array([230, 220, 90])).astype(np.uint8)
+    im = Image.fromarray(arr)
+    ImageDraw.Draw(im).polygon([(60, 200), (128, 60), (200, 190)], fill=(250, 200, 30), outline="black")
+    return im
+
+
+def test_gate_refuses_repeating_backdrops_and_passes_pages_of_lines():
+    """A textured photo without words costs no engine call (each one is a second or more);
+    a page of regular lines of print still passes (lines repeat across, not along)."""
+    patterns = {(kind, period, angle): _pattern(kind, period, angle) for kind in ("dots", "checks", "stripes")
+                for period in (6, 9, 14) for angle in (0, 30, 45)}
+    passed = {key for key, im in patterns.items() if ocr.maybe_text(im)}
+    # the first gate let all 27 through; what still passes is mostly coarse patterns where only
+    # the shape's outline crossing them makes a few dense tiles
+    assert len(passed) <= 11, sorted(passed)
+    fine = {key for key in patterns if key[1] == 6 and key[2] != 0}  # patterns dense all over
+    assert not passed & fine, sorted(passed & fine)
+    page = Image.new("RGB", (900, 1200), "white")
+    d = ImageDraw.Draw(page)
+    for i in range(40):
+        d.text((20, 10 + 29 * i), f"line {i} of the notice: amber lantern harbour falcon meadow",
+               fill="black", font=font("DejaVuSans.ttf", 22))
+    assert ocr.maybe_text(page) and ocr.maybe_text(page.rotate(90, expand=True))
+    rng = np.random.default_rng(5)
+    captions = [phrase_image("cobalt willow tango", rng) for _ in range(20)]
+    assert sum(ocr.maybe_text(im) for im in captions) >= 19
+
+
 def test_bad_input_and_a_missing_engine(tmp_path, monkeypatch):
     files = tmp_path / "files"
     files.mkdir()
