@@ -494,6 +494,9 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
 
 @main.command()
 @db_opt
+@click.option("--by", "by", type=click.Choice(["typicality", "date"]), default="typicality",
+              show_default=True,
+              help="typicality: ordered by --order; date: one entry per file, newest first, by month.")
 @click.option("--order", type=click.Choice(["atypical", "typical"]), default="atypical", show_default=True,
               help="atypical: outliers first (what does not belong); typical: the most usual first.")
 @click.option("--kind", type=click.Choice(["image", "video", "frame", "doc", "page", "all"]), default="all",
@@ -504,13 +507,14 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @verbose_opt
 @handle_errors
-def browse(db, order, kind, k, offset, under, as_json, verbose):
-    """Browse the whole collection without a query, ordered by typicality.
+def browse(db, by, order, kind, k, offset, under, as_json, verbose):
+    """Browse the whole collection without a query, by typicality or by date.
 
     \b
     clipsearch browse                       the 20 most atypical items: outliers, strays
     clipsearch browse --kind image -k 50    the 50 most atypical images
     clipsearch browse --order typical       the most typical items first
+    clipsearch browse --by date             the 20 newest files, under month headings
 
     Typicality is measured in the fitted whitened space (needs `clipsearch fit-transforms`
     to have fitted whitening); the score printed is ||w||^2, higher is more atypical.
@@ -519,8 +523,27 @@ def browse(db, order, kind, k, offset, under, as_json, verbose):
     from clipsearch.collection import Collection
 
     col = Collection.open(db or _db_default(), device="cpu")
+    if by == "date":
+        hits = col.browse_by_date(kind=kind, k=k, offset=offset, under=under)
+        _echo_by_month(col, hits, as_json)
+        return
     hits = col.browse(order=order, kind=kind, k=k, offset=offset, under=under)
     _echo_hits(col, hits, as_json, score_format="9.2f")
+
+
+def _echo_by_month(col, hits: list, as_json: bool) -> None:
+    """Date-browsed hits: a heading per month, then one line each: day, kind, file."""
+    from clipsearch.browse_date import month_label
+
+    if as_json or not hits:
+        _echo_hits(col, hits, as_json)
+        return
+    month = None
+    for h in hits:
+        if h.extra["month"] != month:
+            month = h.extra["month"]
+            click.echo(month_label(month))
+        click.echo(f"  {h.extra['date'][:10]}  {h.kind:<11} {h.source}")
 
 
 def _ts(t: float | None) -> str:

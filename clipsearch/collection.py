@@ -818,6 +818,12 @@ class Collection:
         """
         return self._located(self.searcher.browse(order=order, kind=kind, k=k, offset=offset, under=under))
 
+    def browse_by_date(self, *, kind: str | None = None, k: int = 10, offset: int = 0,
+                       under: str | None = None) -> list[Hit]:
+        """No query: one hit per file, newest first; `extra["month"]` ("2024-05") groups them.
+        Reads only a few metadata columns, once per table version (then pages are slices)."""
+        return self._located(self.searcher.browse_by_date(kind=kind, k=k, offset=offset, under=under))
+
     def moments(self, text: str, k: int = 10, under: str | None = None, **filters: Any) -> Hits:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end.
         `filters`: the metadata prefilters of `search` (after, before, camera, place, ...)."""

@@ -893,6 +893,33 @@ class Searcher:
             h.extra["typicality"] = h.score
         return hits
 
+    def browse_by_date(self, kind: str | None = None, k: int = 10, offset: int = 0,
+                       under: str | None = None) -> list[Hit]:
+        """No query: one hit per file, newest first (`clipsearch.browse_date`). Each hit's
+        `extra["month"]` ("2024-05") is what a UI groups by; `extra["date"]` is the ISO time it
+        is ordered by, `extra["dated"]` whether that is when it was taken (else its mtime)."""
+        from clipsearch.browse_date import iso_of, month_of, newest_first
+        from clipsearch.docsearch import under_clause
+
+        if k <= 0:
+            raise UsageError(f"k must be positive, got {k}", hint="use -k 20")
+        if offset < 0:
+            raise UsageError(f"offset must be >= 0, got {offset}")
+        kind = (kind or "all").lower()
+        if kind not in BROWSE_KINDS:
+            raise UsageError(f"cannot browse kind '{kind}' by date",
+                             hint="one of: " + ", ".join(BROWSE_KINDS))
+        order = newest_first(self.col.store, BROWSE_KINDS[kind], under_clause(under))
+        page = order.page(k, offset)
+        hits = self._hydrate([(rid, 0.0) for rid, _, _ in page])
+        when = {rid: (t, dated) for rid, t, dated in page}
+        for h in hits:
+            t, dated = when[str(h.id)]
+            h.extra["month"] = month_of(t)
+            h.extra["date"] = iso_of(t)
+            h.extra["dated"] = dated
+        return hits
+
     def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
         """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table
         version and fitted transforms (a browsing UI pages through them)."""

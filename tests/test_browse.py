@@ -137,3 +137,110 @@ def test_http_browse(planted):
     assert not {h["source"] for h in typical} & outliers
     bad = client.get("/api/browse", params={"order": "sideways"})
     assert bad.status_code == 400 and "hint" in bad.json()
+
+
+# ---- by date -------------------------------------------------------------------------------
+MONTHS = {"2024-05": 3, "2023-11": 2, "2022-01": 4}  # files per month
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory):
+    """(collection, {path: its mtime}) of shapes whose only date is their mtime, in three months."""
+    from datetime import UTC, datetime
+
+    root = tmp_path_factory.mktemp("dated")
+    rng = np.random.default_rng(3)
+    when: dict[str, float] = {}
+    for month, n in MONTHS.items():
+        folder = root / "lib" / month
+        folder.mkdir(parents=True)
+        y, m = map(int, month.split("-"))
+        for day in range(1, n + 1):
+            p = folder / f"d{day}.png"
+            render_shape(random_spec(rng), rng, size=64).save(p)
+            t = datetime(y, m, day * 3, 12, tzinfo=UTC).timestamp()
+            os.utime(p, (t, t))
+            when[str(p)] = t
+    col = Collection.create(root / "db", model="clipsearch-tiny", device="cpu")
+    col.add([root / "lib"])
+    return col, when
+
+
+def test_by_date_newest_first_grouped_by_month(dated):
+    col, when = dated
+    hits = col.browse_by_date(k=50)
+    assert [h.source for h in hits] == sorted(when, key=when.get, reverse=True)
+    months = [h.extra["month"] for h in hits]
+    assert list(dict.fromkeys(months)) == list(MONTHS)  # newest month first, each once (grouped)
+    assert [months.count(m) for m in MONTHS] == list(MONTHS.values())
+    assert all(h.extra["date"][:7] == h.extra["month"] for h in hits)
+
+
+def test_by_date_pages_kinds_and_folders(dated):
+    col, when = dated
+    everything = [h.id for h in col.browse_by_date(k=50)]
+    pages = [h.id for off in range(0, len(when), 4) for h in col.browse_by_date(k=4, offset=off)]
+    assert pages == everything and len(set(pages)) == len(when)
+    assert col.browse_by_date(k=4, offset=len(when)) == []
+    inside = col.browse_by_date(k=50, under=str(next(iter(when)).rsplit(os.sep, 1)[0]))
+    assert len(inside) == MONTHS["2024-05"] and {h.extra["month"] for h in inside} == {"2024-05"}
+    assert col.browse_by_date(kind="video", k=5) == []
+    with pytest.raises(UsageError, match="by date"):
+        col.browse_by_date(kind="moment")
+    with pytest.raises(UsageError, match="k must be positive"):
+        col.browse_by_date(k=0)
+
+
+def test_by_date_follows_changes(dated, tmp_path):
+    """A new file shows up first: the cached order is keyed by the table version."""
+    col, when = dated
+    first = col.browse_by_date(k=1)[0]
+    newer = tmp_path / "newest.png"
+    rng = np.random.default_rng(9)
+    render_shape(random_spec(rng), rng, size=64).save(newer)
+    col.add([tmp_path])
+    try:
+        assert col.browse_by_date(k=1)[0].source == str(newer)
+        assert col.browse_by_date(k=2)[1].id == first.id
+    finally:
+        col.remove([str(newer)])
+    assert col.browse_by_date(k=1)[0].id == first.id
+
+
+def test_cli_browse_by_date(dated):
+    col, when = dated
+    env = {**os.environ, "CLIPSEARCH_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "clipsearch.cli", "browse", "--db", str(col.path), "--by", "date", "-k", "4"]
+    p = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    newest = sorted(when, key=when.get, reverse=True)[:4]
+    assert [h["source"] for h in json.loads(p.stdout)] == newest
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "May 2024" and lines[4] == "November 2023"  # 3 in May, then November's first
+    assert [line.split()[-1] for line in lines if line.startswith("  ")] == newest
+
+
+def test_http_browse_by_date(dated):
+    from clipsearch.ui.api import SearchService, rest_router
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    col, when = dated
+    app = FastAPI()
+    app.include_router(rest_router(SearchService(col.path, device="cpu")))
+    client = TestClient(app)
+    whole = client.get("/api/browse", params={"by": "date", "k": 50}).json()
+    r = client.get("/api/browse", params={"by": "date", "k": 4, "page": 1})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [h["id"] for h in body["hits"]] == [h["id"] for h in whole["hits"][4:8]]
+    assert all(h["media_url"] and h["month"] for h in body["hits"])
+    assert sum(m["count"] for m in body["months"]) == 4
+    assert [(m["label"], m["count"]) for m in whole["months"]] == [
+        ("May 2024", 3), ("November 2023", 2), ("January 2022", 4)]
+    bad = client.get("/api/browse", params={"by": "sideways"})
+    assert bad.status_code == 400 and "hint" in bad.json()
+    bad = client.get("/api/browse", params={"by": "date", "page": -1})
+    assert bad.status_code in (400, 422)

@@ -411,17 +411,29 @@ class SearchService:
         return self.search(text, kind="moment", k=k, under=under, min_relevance=min_relevance, **filters)
 
     def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
-               offset: int = 0, under: str | None = None) -> dict[str, Any]:
-        """No query: the collection by typicality (outliers first by default), same JSON as search."""
+               offset: int = 0, under: str | None = None, by: str = "typicality") -> dict[str, Any]:
+        """No query: the collection by typicality (outliers first by default) or by date (newest
+        first, with `months`: each month on the page, its label and how many hits), same hits
+        JSON as search."""
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
         kind = "video" if kind == "moment" else kind  # a video browses as its frames
         under = self._checked_under(under)
-        hits = self.col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
+        if by == "date":
+            hits = self.col.browse_by_date(kind=kind, k=int(k), offset=int(offset), under=under)
+        elif by == "typicality":
+            hits = self.col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
+        else:
+            raise UsageError(f"unknown browse 'by={by}'", hint="one of: typicality, date")
         out = self.hits_json(hits, offset)
         message = None if out else ("No more results." if offset else "Nothing to browse here.")
-        return {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message}
+        reply = {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message, "by": by}
+        if by == "date":
+            from clipsearch.browse_date import months_of
+
+            reply["months"] = months_of(out)
+        return reply
 
     # ---- hits → JSON with URLs ---------------------------------------------------------------
     def page_rows(self, hits) -> PageRows:
@@ -647,10 +659,14 @@ def rest_router(service: SearchService) -> APIRouter:
 
     @router.get("/api/browse")
     def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,
-                   offset: int = Query(0, ge=0), under: str | None = None) -> Any:
-        """No query: items by typicality. order: atypical (outliers first) or typical;
-        kind: image, video, frame, doc, page or all."""
-        return run(lambda: service.browse(order, kind=kind, k=k, offset=offset, under=under))
+                   offset: int = Query(0, ge=0), under: str | None = None,
+                   by: str = Query("typicality", description="typicality, or date (newest first, by month)"),
+                   page: int | None = Query(None, ge=0, le=1_000_000,
+                                            description="page number from 0 (offset = page * k)")) -> Any:
+        """No query: items by typicality (order: atypical, outliers first, or typical) or by
+        date; kind: image, video, frame, doc, page or all."""
+        start = page * k if page is not None else offset
+        return run(lambda: service.browse(order, kind=kind, k=k, offset=start, under=under, by=by))
 
     @router.get("/api/duplicates")
     def api_duplicates(threshold: str = Query("auto", description="auto, or a cosine similarity in (0, 1]"),
