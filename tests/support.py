@@ -13,7 +13,9 @@ import hashlib
 import io
 import os
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from PIL import Image
 from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
+from clipsearch.testpoints import PAUSE_ENV, READY_ENV
 from clipsearch.tiny.synth.shapes import COLORS, SHAPES, ShapeSpec, canonical_query, render_page, render_shape
 
 IMAGE_SIZE = 160
@@ -485,3 +488,22 @@ def run_cli_fresh(args: list[str], watch: tuple[str, ...], env: dict[str, str] |
                        text=True, timeout=300, env=env)
     last = json.loads(p.stdout.strip().splitlines()[-1])  # the probe's line comes last
     return CliProbe(last["code"], last["loaded"], p.stdout, p.stderr)
+
+
+def kill_9_at_pause(cmd: list[str], step: str, ready: Path, env: dict[str, str] | None = None,
+                    timeout: float = 120) -> None:
+    """Run `cmd` in a child process until it reaches `step`'s pause point
+    (clipsearch.testpoints), then kill -9 it: the crash the healing tests recover from."""
+    env = {**os.environ, PAUSE_ENV: step, READY_ENV: str(ready), "OMP_NUM_THREADS": "1", **(env or {})}
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ready.exists():
+        child.kill()
+        _, err = child.communicate()
+        pytest.fail(f"the run never reached the {step!r} pause point (exit {child.returncode}): "
+                    f"{err[-2000:]}")
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL

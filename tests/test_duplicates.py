@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from support import ServerThread, build_collection, tiny_model_args
+from support import ServerThread, build_collection, kill_9_at_pause, tiny_model_args
 
 from clipsearch.cli import main
 from clipsearch.duplicate_moves import JOURNAL
 from clipsearch.duplicate_split import split_component
 from clipsearch.duplicates import DuplicateFile, auto_threshold, choose_keeper, group_pairs, parse_threshold
 from clipsearch.errors import UsageError
-from clipsearch.testpoints import MOVE_STEP, PAUSE_ENV, READY_ENV
+from clipsearch.testpoints import MOVE_STEP
 from clipsearch.tiny.planted import make_planted
 
 
@@ -234,21 +232,8 @@ def test_kill_9_midway_loses_no_file_and_the_rerun_finishes(tmp_path):
     build_collection(db, [tmp_path / "files"])
     contents = _contents(tmp_path / "files")
     dest = tmp_path / "dups"
-    ready = tmp_path / "paused"
-    env = {**os.environ, PAUSE_ENV: MOVE_STEP, READY_ENV: str(ready), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "clipsearch", "duplicates", "--db", str(db),
-                              "--move-to", str(dest), "--yes"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not ready.exists():
-        child.kill()
-        out, err = child.communicate()
-        pytest.fail(f"the move never reached its pause point (exit {child.returncode}): {err[-2000:]}")
-    os.kill(child.pid, signal.SIGKILL)
-    child.communicate(timeout=60)
-    assert child.returncode == -signal.SIGKILL
+    kill_9_at_pause([sys.executable, "-m", "clipsearch", "duplicates", "--db", str(db),
+                     "--move-to", str(dest), "--yes"], MOVE_STEP, tmp_path / "paused", timeout=180)
     # one file moved, the rest not yet: every content is still somewhere
     assert set(_contents(tmp_path / "files", dest)) == set(contents)
     assert len(_all_files(dest)) == 1 and (db / JOURNAL).exists()

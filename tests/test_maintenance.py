@@ -5,8 +5,6 @@ version cleanup with a retention that readers can rely on, and kill -9 in every 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from support import tiny_model_args
+from support import kill_9_at_pause, tiny_model_args
 
 from clipsearch import Collection
 from clipsearch.cli import main
@@ -25,7 +23,7 @@ from clipsearch.collection import REFRESH_MARKER
 from clipsearch.docsearch import FTS_MAX_SEGMENTS, keyword_search
 from clipsearch.errors import UsageError
 from clipsearch.maintainer import KEEP_VERSIONS_ENV, keep_versions, refit_reason
-from clipsearch.testpoints import PAUSE_ENV, READY_ENV, STEPS
+from clipsearch.testpoints import STEPS
 
 WORD = "quasimodo"
 
@@ -263,22 +261,8 @@ KILLED_RUN = textwrap.dedent("""
 
 def kill_9_at(step: str, col_path: Path, pics: Path, tmp_path: Path) -> None:
     """Run `index` over `pics` in a child process, stop it at `step`'s pause point, kill -9."""
-    ready = tmp_path / f"paused-{step}"
-    env = {**os.environ, PAUSE_ENV: step, READY_ENV: str(ready), KEEP_VERSIONS_ENV: "0",
-           "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(col_path), str(pics)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not ready.exists():
-        child.kill()
-        _, err = child.communicate()
-        pytest.fail(f"the run never reached the {step!r} pause point (exit {child.returncode}): "
-                    f"{err[-2000:]}")
-    os.kill(child.pid, signal.SIGKILL)
-    child.communicate(timeout=60)
-    assert child.returncode == -signal.SIGKILL
+    kill_9_at_pause([sys.executable, "-c", KILLED_RUN, str(col_path), str(pics)], step,
+                    tmp_path / f"paused-{step}", env={KEEP_VERSIONS_ENV: "0"})
 
 
 def assert_searches_its_table(col: Collection, queries: list[Path]) -> set[str]:
