@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import query_terms, thumbs
 from clipsearch.collection import Collection
+from clipsearch.collection import collection_name as core_collection_name
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, TransformError, UsageError
 from clipsearch.query_terms import QueryTerm
 from clipsearch.storage import storage_for
@@ -113,20 +114,9 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     return decode_query_image(data, max_pixels)
 
 
-GENERIC_DIR_NAMES = frozenset({"db", "index", "collection", ".clipsearch", "clipsearch", "data"})
-
-
 def collection_name(where: str, meta: dict[str, Any] | None = None) -> str:
-    """What the UI calls a collection: its stored name when it has one, else its folder's name,
-    or the folder above it when that folder is a generic "db" (photos/db reads "photos")."""
-    stored = str((meta or {}).get("name") or "").strip()
-    if stored:
-        return stored
-    parts = [p for p in where.replace("\\", "/").rstrip("/").split("/") if p and "://" not in p]
-    for part in reversed(parts):
-        if part.lower() not in GENERIC_DIR_NAMES:
-            return part
-    return parts[-1] if parts else "collection"
+    """What the UI calls a collection (`Collection.name`, from its metadata alone)."""
+    return core_collection_name(meta or {}, where)
 
 
 def watch_note(status: dict[str, Any] | None) -> str:
@@ -241,7 +231,6 @@ class SearchService:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
             info["db"] = info.pop("path")
-            info["name"] = collection_name(self.where, col.meta)
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
