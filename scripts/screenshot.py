@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", required=True, help="collection directory to serve")
     ap.add_argument("--query", default="a red star", help="text to search for")
-    ap.add_argument("--kind", default=None, help="kind filter label, e.g. 'Images' or 'Video moments'")
+    ap.add_argument("--kind", default=None, help="kind filter label, e.g. 'Photo' or 'Video moment'")
     ap.add_argument("--open", type=int, default=0, help="which result to open in the detail view")
     ap.add_argument("--out", type=Path, default=Path("docs/screenshot.png"))
     ap.add_argument("--chromium", default=os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium"))

@@ -32,6 +32,7 @@ from clipsearch.ui.files import (
     thumb_url,
 )
 from clipsearch.ui.http_guard import mb
+from clipsearch.ui.names import KIND_CHOICES, kind_of_label
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -58,16 +59,7 @@ PREVIEW_SIDE = 384
 # Image files browsers do not display: the detail view shows their JPEG preview instead.
 NOT_IN_BROWSERS = frozenset({".heic", ".heif", ".hif", ".jxl", ".tif", ".tiff"}) | RAW_EXTENSIONS
 REMOTE_META_SECONDS = 10.0  # how often a server over object storage checks for new metadata
-# UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
-KIND_LABELS: dict[str, str | None] = {
-    "All": None,
-    "Images": "image",
-    "Video moments": "moment",
-    "Videos": "video",
-    "Document pages": "doc",
-    "Words in pictures": "ocr",
-    "Speech": "speech",
-}
+KIND_LABELS = KIND_CHOICES  # the UI's Kind labels → the `kind` the core understands
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
 
@@ -265,7 +257,7 @@ class SearchService:
         except CollectionNotFound as e:
             return f"**No collection** at `{self.db}`. {e.hint}."
         kinds = info["kinds"]
-        counts = [(kinds.get("image", 0), "image"), (kinds.get("video", 0), "video"),
+        counts = [(kinds.get("image", 0), "photo"), (kinds.get("video", 0), "video"),
                   (info["documents"], "document"), (info["pages"], "page")]
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
@@ -311,7 +303,7 @@ class SearchService:
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = (kind or "").strip().lower() or None
-        kind = KIND_LABELS.get(kind, kind) if kind else None  # also accept the UI's labels
+        kind = kind_of_label(kind)  # also accept the UI's labels
         if kind == "all":
             kind = None
         if kind == "doc" and text is None:
@@ -406,7 +398,7 @@ class SearchService:
         JSON as search."""
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
-        kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
+        kind = kind_of_label(kind) or kind  # also accept the UI's labels
         kind = "video" if kind == "moment" else kind  # a video browses as its frames
         under = self._checked_under(under)
         if by == "date":
