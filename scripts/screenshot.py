@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 import threading
@@ -60,9 +61,10 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.set_default_timeout(180_000)
             page.goto(url + f"?__theme={theme}")
-            page.wait_for_function("document.querySelector('#cs-status')?.innerText.trim().length > 0")
-            if kind:
-                page.locator("#cs-kind label", has_text=kind).click()
+            page.wait_for_function("document.documentElement.classList.contains('cs-ready')")  # drawn whole
+            if kind:  # the label exactly: "Video" is also in "Video moment"
+                exact = re.compile(rf"^\s*{re.escape(kind)}\s*$")
+                page.locator("#cs-kind label").filter(has_text=exact).click()
             box = page.locator("#cs-query textarea, #cs-query input").first
             box.fill(query)
             box.press("Enter")
