@@ -131,6 +131,11 @@ def main() -> None:
     """
 
 
+name_opt = click.option("--name", default=None, metavar="NAME",
+                        help="The collection's name, shown by `info` and the UI's status line; kept "
+                             "across runs. Default: the folder name of the first indexed root.")
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @db_opt
@@ -184,13 +189,14 @@ def main() -> None:
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@name_opt
 @with_asr
 @with_backend
 @verbose_opt
 @handle_errors
 def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels, decode, fps, max_text_chunks,
           strict, follow_symlinks, include_hidden, exclude, clear_excludes, verify, prune_missing, engine,
-          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, ocr, asr, asr_model, language,
+          ray_address, gpus_per_worker, commit_every, commit_rows, quiet, ocr, name, asr, asr_model, language,
           backend, precision, verbose):
     """Index files and folders: embed what is new or changed, drop what is gone.
 
@@ -208,16 +214,8 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         from clipsearch.gpu_decode import check_mode
 
         check_mode(decode, pick_device(device))
-    from clipsearch.collection import Collection, resolve_roots
-
     db = db or _db_default()
-    chosen = {"backend": backend, "precision": precision}
-    if paths:
-        if not Collection.exists(db):  # a typo must not leave an empty collection behind
-            resolve_roots(paths)
-        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
-    else:  # re-index the saved roots of an existing collection
-        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
+    col = _open_for_indexing(db, paths, model, checkpoint, device, backend, precision, name)
     options: dict[str, Any] = {"fps": fps} if fps else {}
     options.update(asr_options(asr, asr_model, language))
     walk = {"follow_symlinks": follow_symlinks, "include_hidden": include_hidden,
@@ -266,6 +264,27 @@ def index(paths, db, model, checkpoint, device, batch_size, workers, max_pixels,
         sys.exit(1)
 
 
+def _open_for_indexing(db: str, paths: tuple[str, ...], model: str | None, checkpoint: str | None,
+                       device: str | None, backend: str | None, precision: str | None,
+                       name: str | None) -> Any:
+    """The collection an `index` or `watch` run writes: created for PATHs where there is none
+    (a mistyped PATH leaves nothing behind), named when --name is given."""
+    from clipsearch.collection import Collection, checked_name, resolve_roots
+
+    if name is not None:
+        checked_name(name)  # a bad name stops before anything is created
+    if paths:
+        if not Collection.exists(db):
+            resolve_roots(paths)
+        return Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, name=name,
+                                         backend=backend, precision=precision)
+    col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                          precision=precision)
+    if name is not None:
+        col.name = name
+    return col
+
+
 rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, type=click.FloatRange(1),
                           metavar="SECONDS",
                           help="Full rescan this often, as a safety net; where the platform's watch limit "
@@ -289,12 +308,13 @@ rescan_opt = click.option("--rescan-every", default=300.0, show_default=True, ty
 @click.option("--ocr", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Read the words in images, scanned pages and video frames. Default: "
                    "$CLIPSEARCH_OCR, else auto (on when the engine, clipsearch[ocr], is installed).")
+@name_opt
 @with_asr
 @with_backend
 @verbose_opt
 @handle_errors
-def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, ocr, asr,
-          asr_model, language, backend, precision, verbose):
+def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_seconds, max_wait, ocr, name,
+          asr, asr_model, language, backend, precision, verbose):
     """Keep the collection current as files appear, change, move and vanish.
 
     Without PATH, watches every root indexed before. Starts with one catch-up run (what changed
@@ -307,20 +327,13 @@ def watch(paths, db, model, checkpoint, device, workers, rescan_every, quiet_sec
     import signal
     import threading
 
-    from clipsearch.collection import Collection, resolve_roots
     from clipsearch.watch import Watcher
 
     if max_wait < quiet_seconds:
         raise UsageError(f"--max-wait {max_wait:g} is shorter than --quiet-seconds {quiet_seconds:g}",
                          hint="give --max-wait at least as long as --quiet-seconds")
     db = db or _db_default()
-    chosen = {"backend": backend, "precision": precision}
-    if paths:
-        if not Collection.exists(db):
-            resolve_roots(paths)
-        col = Collection.open_or_create(db, model=model, checkpoint=checkpoint, device=device, **chosen)
-    else:
-        col = Collection.open(db, device=device, model=model, checkpoint=checkpoint, **chosen)
+    col = _open_for_indexing(db, paths, model, checkpoint, device, backend, precision, name)
     interrupted: list[bool] = []
 
     def on_run(report) -> None:
@@ -570,6 +583,7 @@ def info(db, as_json, verbose):
     if as_json:
         click.echo(jsonsafe.dumps(data, indent=2))
         return
+    click.echo(f"name        {data['name']}")
     click.echo(f"collection  {data['path']}")
     click.echo(f"model       {data['model']}  (dim {data['dim']})")
     be = data["backend"]
@@ -700,13 +714,15 @@ def optimize(db, transforms, verbose):
 @click.option("--duplicates-to", "duplicates_to", type=click.Path(file_okay=False), default=None,
               help="Let the UI's Duplicates page move the copies into this folder, after a "
                    "confirmation (never a delete). Default: the page only shows them.")
+@click.option("--name", default=None, metavar="NAME",
+              help="With --watch: name the collection, as `index --name` does.")
 @device_opt
 @with_asr
 @with_backend
 @verbose_opt
 @handle_errors
 def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, rescan_every, ocr, duplicates_to,
-          device, asr, asr_model, language, backend, precision, verbose):
+          name, device, asr, asr_model, language, backend, precision, verbose):
     """Browser UI and HTTP API over a collection.
 
     With --watch, new, changed, moved and deleted files under the collection's roots show up
@@ -718,12 +734,20 @@ def serve(db, host, port, auth_file, auth, allowed_hosts, max_pixels, watch, res
     from clipsearch.ui.server import serve as run_server
 
     db = db or _db_default()
+    if name is not None and not watch:
+        raise UsageError("--name names the collection of a server that indexes: give --watch too",
+                         hint="or name it with: clipsearch index --name NAME")
     if watch:
-        from clipsearch.collection import Collection
+        from clipsearch.collection import Collection, checked_name
 
-        if not Collection.open(db, device="cpu").roots:
+        if name is not None:
+            checked_name(name)
+        col = Collection.open(db, device="cpu")
+        if not col.roots:
             raise UsageError(f"--watch: the collection at {db} has no indexed folders to watch",
                              hint=f"index one first: clipsearch index FOLDER --db {db}")
+        if name is not None:
+            col.name = name
     run_server(db, host=host, port=port, auth=auth, device=device, auth_file=auth_file,
                allowed_hosts=allowed_hosts, max_pixels=max_pixels,
                watch=(_watch_options(rescan_every, ocr, asr_options(asr, asr_model, language))

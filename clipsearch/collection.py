@@ -128,6 +128,44 @@ def model_fields(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in MODEL_FIELDS if k in meta}
 
 
+GENERIC_DIR_NAMES = frozenset({"db", "index", "collection", ".clipsearch", "clipsearch", "data"})
+MAX_NAME = 120  # characters of a collection's name
+
+
+def folder_name(where: str) -> str:
+    """A path's last folder name, or the one above it when that is a generic "db" (photos/db
+    reads "photos"); "" for none."""
+    parts = [p for p in where.replace("\\", "/").rstrip("/").split("/") if p and "://" not in p]
+    for part in reversed(parts):
+        if part.lower() not in GENERIC_DIR_NAMES:
+            return part
+    return parts[-1] if parts else ""
+
+
+def checked_name(name: str) -> str:
+    """A collection name as given (`index --name`), trimmed; refused when empty, too long or
+    holding control characters, so that every place that shows it can."""
+    text = " ".join(str(name).split())
+    if not text:
+        raise UsageError("the collection name is empty", hint="give a name such as 'Holiday 2024'")
+    if len(text) > MAX_NAME:
+        raise UsageError(f"the collection name is {len(text)} characters long; the limit is {MAX_NAME}",
+                         hint="give a shorter name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise UsageError("the collection name holds control characters", hint="give plain text")
+    return text
+
+
+def collection_name(meta: dict[str, Any], where: str) -> str:
+    """What a collection is called: its stored name (`index --name`), else the folder name of
+    its first root, else its own folder's name."""
+    stored = str(meta.get("name") or "").strip()
+    if stored:
+        return stored
+    roots = meta.get("roots") or []
+    return (folder_name(str(roots[0])) if roots else "") or folder_name(where) or "collection"
+
+
 def meta_problem(meta: Any) -> str | None:
     """What makes `meta` no collection metadata (a hand-edited or foreign clipsearch.json), or None."""
     if not isinstance(meta, dict):
@@ -252,11 +290,14 @@ class Collection:
     def create(cls, path: Where = None, model: str | None = None,
                checkpoint: str | None = None, device: str | None = "auto",
                pooling: str = "mean", storage_options: dict[str, str] | None = None,
-               backend: str | None = None, precision: str | None = None) -> Collection:
+               backend: str | None = None, precision: str | None = None,
+               name: str | None = None) -> Collection:
         """Create a collection for `model` in a directory or at an object-storage URI (loads the
-        model first, so a bad model leaves nothing behind). `backend` / `precision`: see `open`."""
+        model first, so a bad model leaves nothing behind). `backend` / `precision`: see `open`.
+        `name`: what the UI and `info` call it (default: its first root's folder name)."""
         from clipsearch.backends import load_encoder
 
+        text = checked_name(name) if name is not None else None  # a bad name creates nothing
         storage = storage_for(path, storage_options)
         if storage.holds_collection():
             raise UsageError(f"a collection already exists at {storage.uri}", hint="use Collection.open")
@@ -264,6 +305,8 @@ class Collection:
                                precision=precision)
         storage.prepare()
         meta = new_meta(encoder)
+        if text is not None:
+            meta["name"] = text
         settle_meta(None, storage.existing_store(), storage.uri)  # an old table that records nothing: refused
         storage.write_meta(meta)
         col = cls(storage, meta, device, backend=backend, precision=precision)
@@ -312,13 +355,17 @@ class Collection:
     def open_or_create(cls, path: Where = None, model: str | None = None,
                        checkpoint: str | None = None, device: str | None = "auto",
                        storage_options: dict[str, str] | None = None, backend: str | None = None,
-                       precision: str | None = None) -> Collection:
+                       precision: str | None = None, name: str | None = None) -> Collection:
+        """`open`, or `create` where there is no collection yet; `name` (when given) names it."""
         storage = storage_for(path, storage_options)
         if storage.holds_collection():
-            return cls.open(storage, device=device, model=model, checkpoint=checkpoint, backend=backend,
-                            precision=precision)
+            col = cls.open(storage, device=device, model=model, checkpoint=checkpoint, backend=backend,
+                           precision=precision)
+            if name is not None:
+                col.name = name
+            return col
         return cls.create(storage, model=model, checkpoint=checkpoint, device=device, backend=backend,
-                          precision=precision)
+                          precision=precision, name=name)
 
     @staticmethod
     def exists(path: Where = None,
@@ -432,6 +479,21 @@ class Collection:
     @property
     def roots(self) -> list[str]:
         return list(self.meta.get("roots", []))
+
+    @property
+    def name(self) -> str:
+        """The collection's human name (`index --name`; by default its first root's folder name),
+        which the UI's status line and `info` show."""
+        return collection_name(self.meta, self.uri)
+
+    @name.setter
+    def name(self, value: str) -> None:
+        """Store a new name, kept across runs (metadata another process saved is taken first)."""
+        text = checked_name(value)
+        self.reload_meta()
+        if self.meta.get("name") != text:
+            self.meta["name"] = text
+            self.save_meta()
 
     def scan_options(self) -> dict[str, Any]:
         """The walk options saved with the collection (what a plain re-run uses)."""
@@ -666,7 +728,13 @@ class Collection:
         """Save roots by real path; a file root stays a file (it admits no siblings)."""
         known = {os.path.realpath(r) for r in self.meta.get("roots", [])}
         known |= {os.fsdecode(os.path.realpath(r)) for r in roots}
-        if sorted(known) != self.meta.get("roots"):
+        changed = sorted(known) != self.meta.get("roots")
+        if not self.meta.get("name") and (self.roots or roots):  # the first indexed root names it
+            first = self.roots[0] if self.roots else os.fsdecode(os.path.realpath(roots[0]))
+            first = first if os.path.isdir(first) else os.path.dirname(first)  # a file root: its folder
+            self.meta["name"] = folder_name(first) or folder_name(self.uri) or "collection"
+            changed = True
+        if changed:
             self.meta["roots"] = sorted(known)
             self.save_meta()
 
@@ -912,6 +980,7 @@ class Collection:
                      "taken": store.file_summary()}
             ann = self.searcher.ann_description()
         return {
+            "name": self.name,
             "path": str(self.path),
             "items": table["items"],
             "sources": table["sources"],

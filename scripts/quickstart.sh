@@ -35,7 +35,7 @@ export CLIPSEARCH_DB=${CLIPSEARCH_DB:-$PWD/sample/db}
 echo "==> writing the sample collection to sample/"
 .venv/bin/python examples/make_sample_collection.py sample/files
 echo "==> indexing it with the bundled model (clipsearch-tiny)"
-.venv/bin/clipsearch index sample/files --model clipsearch-tiny
+.venv/bin/clipsearch index sample/files --model clipsearch-tiny --name "Sample collection"
 .venv/bin/clipsearch info
 echo "==> text → image:   clipsearch search \"a red star\""
 .venv/bin/clipsearch search "a red star" -k 5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import sys
 import threading
@@ -60,9 +61,10 @@ def take_screenshot(db: str, query: str, out: Path, chromium: str = "/usr/bin/ch
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.set_default_timeout(180_000)
             page.goto(url + f"?__theme={theme}")
-            page.wait_for_function("document.querySelector('#cs-status')?.innerText.trim().length > 0")
-            if kind:
-                page.locator("#cs-kind label", has_text=kind).click()
+            page.wait_for_function("document.documentElement.classList.contains('cs-ready')")  # drawn whole
+            if kind:  # the label exactly: "Video" is also in "Video moment"
+                exact = re.compile(rf"^\s*{re.escape(kind)}\s*$")
+                page.locator("#cs-kind label").filter(has_text=exact).click()
             box = page.locator("#cs-query textarea, #cs-query input").first
             box.fill(query)
             box.press("Enter")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", required=True, help="collection directory to serve")
     ap.add_argument("--query", default="a red star", help="text to search for")
-    ap.add_argument("--kind", default=None, help="kind filter label, e.g. 'Images' or 'Video moments'")
+    ap.add_argument("--kind", default=None, help="kind filter label, e.g. 'Photo' or 'Video moment'")
     ap.add_argument("--open", type=int, default=0, help="which result to open in the detail view")
     ap.add_argument("--out", type=Path, default=Path("docs/screenshot.png"))
     ap.add_argument("--chromium", default=os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium"))

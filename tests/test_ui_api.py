@@ -31,7 +31,7 @@ def get(server: str, path: str, **params) -> httpx.Response:
 def test_info_reports_the_collection(server, sample):
     data, db = sample
     info = get(server, "/api/info").json()
-    assert info["name"] == db.parent.name  # the folder "db" is generic: the one above names it
+    assert info["name"] == data.root.name  # by default: the folder name of the first indexed root
     assert info["kinds"]["image"] == len(data.images) + len(data.dups)
     assert info["kinds"]["video"] == 1
     assert info["pages"] == len(PDF_PAGES) and info["documents"] == 1

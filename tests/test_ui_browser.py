@@ -6,6 +6,7 @@ Expected results come from the fixture's ground truth and from the HTTP API, nev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -50,8 +51,8 @@ def page(browser, server):
 
 
 def search(pg, text: str, kind: str | None = None) -> None:
-    if kind:
-        pg.locator("#cs-kind label", has_text=kind).click()
+    if kind:  # the label exactly: "Video" is also in "Video moment"
+        pg.locator("#cs-kind label").filter(has_text=re.compile(rf"^\s*{re.escape(kind)}\s*$")).click()
     box = pg.locator("#cs-query textarea, #cs-query input").first
     box.fill(text)
     box.press("Enter")
@@ -112,7 +113,7 @@ def test_moment_player_starts_at_t_start(page, server):
     query = canonical_query(VIDEO_SEGMENTS[2])
     expected = httpx.get(server + "/api/search", params={"q": query, "kind": "moment", "k": 3},
                          timeout=120).json()["hits"][0]
-    search(page, query, kind="Video moments")
+    search(page, query, kind="Video moment")
     wait_cards(page, "moment").first.click()
     video = page.locator("#cs-detail video.cs-player")
     video.wait_for()
@@ -126,7 +127,7 @@ def test_moment_player_starts_at_t_start(page, server):
 
 def test_document_hit_shows_its_page_number(page):
     j = 1
-    search(page, canonical_query(PDF_PAGES[j]), kind="Document pages")
+    search(page, canonical_query(PDF_PAGES[j]), kind="Page")
     first = wait_cards(page, "doc").first
     assert first.locator(".cs-kind").inner_text() == f"Page {j + 1}"
     assert canonical_query(PDF_PAGES[j]) in first.locator(".cs-snippet").inner_text()
@@ -139,7 +140,7 @@ def test_document_hit_shows_its_page_number(page):
 def test_more_like_this_and_load_more(page, sample):
     data, _ = sample
     query, expected = data.unique_query(0)
-    search(page, query, kind="Images")
+    search(page, query, kind="Photo")
     cards = wait_cards(page, "image")
     show_weaker(page)  # with weaker matches cut, they come first; paging goes on after them
     n = cards.count()
@@ -212,7 +213,7 @@ def test_login_form_then_search_with_thumbnails(browser, sample):
         pg.locator("button", has_text="Login").click()
         pg.wait_for_selector("#cs-query textarea, #cs-query input")
         query, expected = data.unique_query(0)
-        search(pg, query, kind="Images")
+        search(pg, query, kind="Photo")
         first = wait_cards(pg, "image").first
         assert first.get_attribute("title") == str(expected)
         assert_thumbnail_loads(pg, first)

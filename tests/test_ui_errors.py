@@ -30,14 +30,53 @@ def test_a_non_image_on_the_image_box_says_so_once(page, tmp_path, caplog):
     bad.write_text("these are words, not pixels\n" * 20)
     with caplog.at_level(logging.INFO):
         page.set_input_files("#cs-image input[type=file]", str(bad))
-        page.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('not an image')")
+        page.wait_for_function(
+            "document.querySelector('#cs-image-error')?.innerText.includes('not an image')")
         page.wait_for_timeout(500)
     body = page.locator("body").inner_text()
     assert body.count("not an image") == 1, body
-    msg = page.locator("#cs-message").inner_text()
+    msg = page.locator("#cs-image-error").inner_text()
     assert "JPG" in msg and "--" not in msg
+    assert page.locator("#cs-message").inner_text().strip() == ""
     assert page.locator(".toast-body, .error").filter(has_text="Error").count() == 0
     assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)
+    assert_next_to(page, "#cs-image-error", "#cs-image")
+
+
+def assert_next_to(page, error: str, control: str) -> None:
+    """The error is drawn right by its control: beneath it (or beside it) and within 80 px."""
+    e, c = page.locator(error).bounding_box(), page.locator(control).bounding_box()
+    assert e and c and e["height"] > 0, (e, c)
+    gap = e["y"] - (c["y"] + c["height"])
+    overlaps_across = e["x"] < c["x"] + c["width"] and c["x"] < e["x"] + e["width"]
+    assert overlaps_across and -1 <= gap <= 80, (error, e, control, c)
+
+
+@pytest.mark.browser
+def test_a_bad_date_is_said_by_its_box(page):
+    page.locator("#cs-filters").get_by_text("Filters: date, place, camera").click()
+    box = page.locator("#cs-after input, #cs-after textarea").first
+    box.fill("last tuesday")
+    query = page.locator("#cs-query textarea, #cs-query input").first
+    query.fill("a red star")
+    query.press("Enter")
+    page.wait_for_function("document.querySelector('#cs-after-error')?.innerText.includes('not a date')")
+    msg = page.locator("#cs-after-error").inner_text()
+    assert "Taken from" in msg and "--" not in msg and "2024-08" in msg, msg
+    assert page.locator("body").inner_text().count("not a date") == 1
+    assert_next_to(page, "#cs-after-error", "#cs-after")
+
+
+@pytest.mark.browser
+def test_a_bad_query_term_is_said_by_the_search_box(page):
+    query = page.locator("#cs-query textarea, #cs-query input").first
+    query.fill("a red star + ./secret.jpg")
+    query.press("Enter")
+    page.wait_for_function("document.querySelector('#cs-query-error')?.innerText.length > 0")
+    msg = page.locator("#cs-query-error").inner_text()
+    assert "--" not in msg and "Traceback" not in msg, msg
+    assert page.locator("#cs-message").inner_text().strip() == ""
+    assert_next_to(page, "#cs-query-error", "#cs-query")
 
 
 @pytest.mark.browser

@@ -652,7 +652,8 @@ class ServeProcess:
 
 def ui_image_search(base: str, headers: dict, upload: Path) -> str:
     """Drop `upload` on the UI's image box the way the browser does (upload, then the box's
-    change event through Gradio's queue); returns the message the UI shows."""
+    change event through Gradio's queue); returns the messages the UI shows (the line above the
+    results and the error boxes by the controls)."""
     import httpx
 
     with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
@@ -678,7 +679,8 @@ def ui_image_search(base: str, headers: dict, upload: Path) -> str:
                 msg = json.loads(line[5:])
                 if msg.get("msg") == "process_completed":
                     assert msg.get("success"), msg
-                    return msg["output"]["data"][2]
+                    data = msg["output"]["data"]  # the message line, then the error boxes (8 on)
+                    return " ".join(x for x in [data[2], *data[8:]] if isinstance(x, str) and x)
     raise AssertionError("no answer from the queue")
 
 

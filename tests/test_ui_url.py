@@ -42,7 +42,7 @@ def test_url_carries_the_query_and_reproduces_it(context, server, sample):
     data, _ = sample
     query, expected = data.unique_query(1)
     pg = open_page(context, server + "/")
-    search(pg, query, kind="Images")
+    search(pg, query, kind="Photo")
     wait_cards(pg, "image")
     wait_query(pg, query)
     params = parse_qs(urlparse(pg.url).query)
@@ -56,7 +56,7 @@ def test_url_carries_the_query_and_reproduces_it(context, server, sample):
                             arg=len(shown))
     assert titles(again) == shown
     assert again.locator("#cs-query textarea, #cs-query input").first.input_value() == query
-    assert again.locator("#cs-kind input[value='Images']").is_checked()
+    assert again.locator("#cs-kind input[value='Photo']").is_checked()
 
 
 def test_back_and_forward_between_searches(context, server, sample):
@@ -104,7 +104,7 @@ def test_encode_decode_round_trip_and_hostile_urls():
              "min_relevance": "off"}
     fields, page = url_state.decode(url_state.encode(query, 3), {"Best match": None, "Newest first": "-date"})
     assert (fields["text"], fields["kind"], fields["negative"], fields["under"]) == \
-        ("a dog & <b>", "Video moments", "indoors", "/x")
+        ("a dog & <b>", "Video moment", "indoors", "/x")
     assert (fields["after"], fields["camera"], fields["sort"], fields["weaker"], page) == \
         ("2024-08", "iphone", "Newest first", True, 3)
     assert url_state.decode("?page=2&kind=image", {}) is None  # no query

@@ -32,6 +32,7 @@ from clipsearch.ui.files import (
     thumb_url,
 )
 from clipsearch.ui.http_guard import mb
+from clipsearch.ui.names import KIND_CHOICES, kind_of_label
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -41,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch import query_terms, thumbs
 from clipsearch.collection import Collection
+from clipsearch.collection import collection_name as core_collection_name
 from clipsearch.errors import ClipsearchError, CollectionNotFound, SkipFile, TransformError, UsageError
 from clipsearch.query_terms import QueryTerm
 from clipsearch.storage import storage_for
@@ -57,16 +59,7 @@ PREVIEW_SIDE = 384
 # Image files browsers do not display: the detail view shows their JPEG preview instead.
 NOT_IN_BROWSERS = frozenset({".heic", ".heif", ".hif", ".jxl", ".tif", ".tiff"}) | RAW_EXTENSIONS
 REMOTE_META_SECONDS = 10.0  # how often a server over object storage checks for new metadata
-# UI labels → the `kind` the core understands ("doc" needs text; image queries use pages).
-KIND_LABELS: dict[str, str | None] = {
-    "All": None,
-    "Images": "image",
-    "Video moments": "moment",
-    "Videos": "video",
-    "Document pages": "doc",
-    "Words in pictures": "ocr",
-    "Speech": "speech",
-}
+KIND_LABELS = KIND_CHOICES  # the UI's Kind labels → the `kind` the core understands
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF", "JXL")  # JPEG opens MPO
 
 
@@ -113,20 +106,9 @@ def load_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Imag
     return decode_query_image(data, max_pixels)
 
 
-GENERIC_DIR_NAMES = frozenset({"db", "index", "collection", ".clipsearch", "clipsearch", "data"})
-
-
 def collection_name(where: str, meta: dict[str, Any] | None = None) -> str:
-    """What the UI calls a collection: its stored name when it has one, else its folder's name,
-    or the folder above it when that folder is a generic "db" (photos/db reads "photos")."""
-    stored = str((meta or {}).get("name") or "").strip()
-    if stored:
-        return stored
-    parts = [p for p in where.replace("\\", "/").rstrip("/").split("/") if p and "://" not in p]
-    for part in reversed(parts):
-        if part.lower() not in GENERIC_DIR_NAMES:
-            return part
-    return parts[-1] if parts else "collection"
+    """What the UI calls a collection (`Collection.name`, from its metadata alone)."""
+    return core_collection_name(meta or {}, where)
 
 
 def watch_note(status: dict[str, Any] | None) -> str:
@@ -241,7 +223,6 @@ class SearchService:
             info = col.info()
             # gradio_client takes any dict with a "path" key for a file to download
             info["db"] = info.pop("path")
-            info["name"] = collection_name(self.where, col.meta)
             info["roots"] = self.roots()
             info["device"] = self._device_name()
             info["transforms_fitted"] = info.get("transforms") is not None
@@ -276,7 +257,7 @@ class SearchService:
         except CollectionNotFound as e:
             return f"**No collection** at `{self.db}`. {e.hint}."
         kinds = info["kinds"]
-        counts = [(kinds.get("image", 0), "image"), (kinds.get("video", 0), "video"),
+        counts = [(kinds.get("image", 0), "photo"), (kinds.get("video", 0), "video"),
                   (info["documents"], "document"), (info["pages"], "page")]
         parts = [f"{info['items']} items"]
         parts += [f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts if n]
@@ -322,7 +303,7 @@ class SearchService:
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = (kind or "").strip().lower() or None
-        kind = KIND_LABELS.get(kind, kind) if kind else None  # also accept the UI's labels
+        kind = kind_of_label(kind)  # also accept the UI's labels
         if kind == "all":
             kind = None
         if kind == "doc" and text is None:
@@ -417,7 +398,7 @@ class SearchService:
         JSON as search."""
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
-        kind = KIND_LABELS.get((kind or "").strip(), kind)  # also accept the UI's labels
+        kind = kind_of_label(kind) or kind  # also accept the UI's labels
         kind = "video" if kind == "moment" else kind  # a video browses as its frames
         under = self._checked_under(under)
         if by == "date":

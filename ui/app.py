@@ -16,13 +16,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 from clipsearch.ui import duplicates_page, lightbox, messages, transform_options, url_state  # noqa: E402
-from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService  # noqa: E402
+from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService, UploadRejected  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
 from clipsearch.ui.names import fmt_time, hit_label, item_title, kind_name  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
 from clipsearch.errors import ClipsearchError  # noqa: E402
+from clipsearch.filters import Filters  # noqa: E402
 from clipsearch.relevance import AUTO as AUTO_RELEVANCE  # noqa: E402
 from clipsearch.speech import AUDIO_SUFFIXES  # noqa: E402
 
@@ -65,6 +66,15 @@ footer .show-api, footer a, footer button { color: var(--body-text-color) !impor
 .cs-boxed { position: relative; display: table; margin: 0 auto; }
 .cs-wordbox { position: absolute; border: 2px solid #ffd400; box-shadow: 0 0 0 1px #000; }
 .cs-hidden { display: none !important; }
+/* No layout jump: the status line keeps its place, messages their line, and the (closed)
+   lightbox's holder takes no room, so nothing moves when a search's results arrive. */
+#cs-status { min-height: 1.6em; }
+#cs-message { min-height: 1.6em; }
+#cs-detail { position: fixed !important; top: 0; left: 0; width: 0; height: 0; padding: 0; border: 0;
+             overflow: visible; z-index: 1000; }
+.cs-error, .cs-error p { color: var(--error-text-color, #b3261e); font-size: 13px; margin: 2px 0 0; }
+/* Words wrap whole: a long path or file name breaks only where it must, never a word in two. */
+.cs-cap, .cs-meta, .cs-chips, #cs-status { overflow-wrap: break-word; word-break: normal; hyphens: manual; }
 .cs-opt-note { font-size: 12px; cursor: help; }
 .cs-empty { padding: 24px; text-align: center; color: var(--body-text-color-subdued); }
 .cs-chips { display: flex; flex-wrap: wrap; gap: 6px; font-size: 13px; }
@@ -293,6 +303,43 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
             f"</div></div>")
 
 
+# The boxes an error is shown next to: the image box, the search box, the two dates; "" is the
+# message line above the results (what no one control caused).
+ERROR_PLACES = ("image", "query", "after", "before")
+N_OUTPUTS = 8 + len(ERROR_PLACES)  # what every search trigger returns (see `execute`)
+
+
+def unchanged() -> tuple:
+    """A search trigger's outputs, all left as they are."""
+    return (gr.update(),) * N_OUTPUTS
+
+
+def blame(service: SearchService, query: dict, e: Exception) -> str:
+    """Which control a failed search's error belongs next to (one of ERROR_PLACES, or "")."""
+    if isinstance(e, UploadRejected) and query.get("image") is not None and not query.get("like"):
+        return "image"
+    filters = {k: v or None for k, v in (query.get("filters") or {}).items()}
+    for box in ("after", "before"):
+        try:
+            Filters.parse(**{box: filters.get(box)})
+        except ClipsearchError:
+            return box
+    try:
+        Filters.parse(**filters)
+    except ClipsearchError:
+        return "before"  # "Taken from is not before Taken until": said by the second date
+    try:
+        service.query_terms(query.get("text"), query.get("negative") or ())
+    except ClipsearchError:
+        return "query"
+    return ""
+
+
+def placed(text: str, place: str) -> tuple[str, ...]:
+    """The message line and each control's error box, with `text` in `place` alone."""
+    return (text if not place else "",) + tuple(text if place == p else "" for p in ERROR_PLACES)
+
+
 def _message(text: str | None, error: bool = False) -> str:
     if not text:
         return ""
@@ -316,7 +363,7 @@ def undecoded_upload(payload) -> str | bytes | None:
         try:
             return base64.b64decode(payload.url.partition(",")[2], validate=True)
         except (ValueError, binascii.Error):
-            raise gr.Error("the pasted image could not be read") from None
+            return b""  # said by the image box: "the upload is empty" (never a toast)
     return str(payload.path) if payload.path else None
 
 
@@ -334,20 +381,37 @@ def build_blocks(service: SearchService) -> gr.Blocks:
     def status() -> str:
         return service.status_line()
 
-    def filter_updates():
+    def options_now() -> tuple[str, list[str], dict[str, str | None], str]:
+        """(status line, folders, why each transform is not offered, the note saying so)."""
         roots = service.roots() if service.exists() else []
         why = transform_options.available(service)
         note = "; ".join(f"{name.capitalize()} is not offered: {reason}" for name, reason in why.items()
                          if reason)
         note_html = (f"<span class='cs-opt-note' tabindex='0' title='{_e(note)}' aria-label='{_e(note)}'>"
                      "ⓘ some options are not offered</span>") if note else ""
-        return (status(), gr.update(choices=[""] + roots), gr.update(visible=why["whiten"] is None),
+        return status(), roots, why, note_html
+
+    def filter_updates():
+        line, roots, why, note_html = options_now()
+        return (line, gr.update(choices=[""] + roots), gr.update(visible=why["whiten"] is None),
                 gr.update(visible=why["center"] is None), gr.update(visible=why["invert"] is None), note_html)
+
+    # The page is drawn with what is true now, so that the load event that refreshes it changes
+    # nothing in the common case (no layout jump); a collection that cannot be read yet says so
+    # on that refresh.
+    try:
+        first_line, first_roots, first_why, first_note = options_now()
+    except Exception:  # noqa: BLE001 - the load event reports it
+        first_line, first_roots, first_why, first_note = "", [], {}, ""
+
+    def offered(option: str) -> bool:
+        return option in first_why and first_why[option] is None
 
     def execute(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
         terms: list[dict] = []
         failed = False
+        place = ""
         try:
             res = service.search(query.get("text"), query.get("image"), k=PAGE_SIZE,
                                  kind=query.get("kind"), under=query.get("under"), offset=offset,
@@ -370,6 +434,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             failed = True
             hits, msg, more = previous, _message(_error_text(e), error=True), gr.update(visible=False)
             weaker, cut = gr.update(visible=False), None
+            place = blame(service, query, e)
         if failed:  # the message says it once, by the box that caused it; the grid keeps what it had
             grid = render_grid(hits, cut) if hits else EMPTY_GRID
         else:
@@ -377,14 +442,17 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 f"<div class='cs-empty'>{_e(msg or 'No results.')}</div>")
         state = {"query": query, "hits": hits, "terms": terms, "page": page}
         chips = render_chips(terms) if terms or not offset else gr.update()
-        return grid, EMPTY_DETAIL if not offset else gr.update(), msg, more, state, status(), chips, weaker
+        line, *boxes = placed(msg, place)
+        return (grid, EMPTY_DETAIL if not offset else gr.update(), line, more, state, status(), chips, weaker,
+                *boxes)
 
     def show_weaker(state):
         """The same query without the cut, from the top: the weaker matches appear dimmed after
         the relevant ones, and paging goes on from there."""
         if not state or not state.get("query"):
             hidden = gr.update(visible=False)
-            return gr.update(), gr.update(), "", hidden, state, status(), gr.update(), hidden
+            return (gr.update(), gr.update(), "", hidden, state, status(), gr.update(), hidden,
+                    *placed("", "")[1:])
         return execute(dict(state["query"], min_relevance="off"), 0, [])
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
@@ -392,7 +460,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         text = (text or "").strip().rstrip("+").strip()  # "id:ITEM + " left to be finished
         if not text and image is None:
             return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
-                    {"query": {}, "hits": []}, status(), "", gr.update(visible=False))
+                    {"query": {}, "hits": []}, status(), "", gr.update(visible=False), *placed("", "")[1:])
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
                  "whiten": whiten, "center": center, "invert": invert, "sort": sort,
                  "negative": [negative] if (negative or "").strip() else [],
@@ -402,13 +470,13 @@ def build_blocks(service: SearchService) -> gr.Blocks:
     def submit_search(text, image, *rest):
         """Enter in a box: an empty query keeps the results on screen rather than wiping them."""
         if not (text or "").strip().rstrip("+").strip() and image is None:
-            return (gr.update(),) * 8
+            return unchanged()
         return new_search(text, image, *rest)
 
     def load_more(state):
         if not state or not state.get("query"):
             return (gr.update(), gr.update(), "", gr.update(visible=False), state, status(), gr.update(),
-                    gr.update())
+                    gr.update(), *(gr.update(),) * len(ERROR_PLACES))
         return execute(state["query"], len(state["hits"]), state["hits"], int(state.get("page") or 1) + 1)
 
     def drop_chip(state, text_box, not_box, evt: gr.EventData):
@@ -436,7 +504,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         except (FileRefused, ClipsearchError) as e:
             msg = getattr(e, "message", None) or str(e)
             return (gr.update(), gr.update(), _message(f"cannot search from this item: {msg}", True),
-                    gr.update(), state, status(), gr.update(), gr.update())
+                    gr.update(), state, status(), gr.update(), gr.update(), *placed("", "")[1:])
         kind = KIND_LABELS.get(kind_label)
         query = {"text": None, "image": path, "under": under, "label": f"Items like {item_title(hit)}",
                  "like": hit.get("id"),
@@ -450,21 +518,21 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             if index < 0:
                 index = int((state or {}).get("selected", -1))
             if not 0 <= index < len(hits):
-                return (gr.update(),) * 8
+                return unchanged()
             return more_like(state, index, kind_label, under)
         if action == "close":
-            return (gr.update(), EMPTY_DETAIL) + (gr.update(),) * 6
+            return (gr.update(), EMPTY_DETAIL) + unchanged()[2:]
         if not 0 <= index < len(hits):
-            return (gr.update(),) * 8
+            return unchanged()
         state = dict(state, selected=index)
         view = lightbox.wrap(render_detail(hits[index], index), hits[index], index, len(hits))
-        return (gr.update(), view, gr.update(), gr.update(), state, gr.update(), gr.update(), gr.update())
+        return (gr.update(), view, gr.update(), gr.update(), state) + unchanged()[5:]
 
     def from_url(qs: str):
         """The page's query string as field values and its results (on load, and on Back)."""
         decoded = url_state.decode(qs or "", SORT_LABELS)
         if decoded is None:
-            return (gr.update(),) * (len(url_fields) + 8)
+            return (gr.update(),) * len(url_fields) + unchanged()
         f, page = decoded
         query = {"text": f["text"] or None, "image": None, "kind": KIND_LABELS.get(f["kind"]),
                  "under": f["under"], "whiten": f["whiten"], "center": f["center"], "invert": f["invert"],
@@ -538,29 +606,38 @@ def build_blocks(service: SearchService) -> gr.Blocks:
 
     with gr.Blocks(title="clipsearch", analytics_enabled=False) as demo:
         state = gr.State({"query": {}, "hits": []})
-        status_md = gr.Markdown(elem_id="cs-status")
+        status_md = gr.Markdown(first_line, elem_id="cs-status")
         with gr.Row():
-            text = gr.Textbox(label="Search", scale=4,
-                              placeholder="Describe what you are looking for, then press Enter",
-                              elem_id="cs-query", autofocus=True, submit_btn=True)
-            image = query_image_box(label="…or search by image (upload, paste or drop)",
-                                    sources=["upload", "clipboard"], height=130, scale=2, elem_id="cs-image")
+            with gr.Column(scale=4):
+                text = gr.Textbox(label="Search",
+                                  placeholder="Describe what you are looking for, then press Enter",
+                                  elem_id="cs-query", autofocus=True, submit_btn=True,
+                                  max_lines=1)  # one line: its height never changes with the text
+                query_error = gr.Markdown("", elem_id="cs-query-error", elem_classes=["cs-error"])
+            with gr.Column(scale=2):
+                image = query_image_box(label="…or search by image (upload, paste or drop)",
+                                        sources=["upload", "clipboard"], height=130, elem_id="cs-image")
+                image_error = gr.Markdown("", elem_id="cs-image-error", elem_classes=["cs-error"])
         with gr.Row():
-            not_box = gr.Textbox(label="Not", scale=4, elem_id="cs-not",
+            not_box = gr.Textbox(label="Not", scale=4, elem_id="cs-not", max_lines=1,
                                  placeholder="what to push away, e.g. indoors (terms: a + b), then Enter")
             chips = gr.HTML("", elem_id="cs-chips", js_on_load=CLICK_JS, padding=False, scale=2)
         with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
-            under = gr.Dropdown([""], value="", label="Folder", allow_custom_value=True,
+            under = gr.Dropdown([""] + first_roots, value="", label="Folder", allow_custom_value=True,
                                 elem_id="cs-under", scale=2)
-            whiten = gr.Checkbox(label="Whiten", visible=False, elem_id="cs-whiten")
-            center = gr.Checkbox(label="Center", visible=False, elem_id="cs-center")
-            invert = gr.Checkbox(label="Invert", visible=False, elem_id="cs-invert")
-            options_note = gr.HTML("", elem_id="cs-options-note", padding=False)
+            whiten = gr.Checkbox(label="Whiten", visible=offered("whiten"), elem_id="cs-whiten")
+            center = gr.Checkbox(label="Center", visible=offered("center"), elem_id="cs-center")
+            invert = gr.Checkbox(label="Invert", visible=offered("invert"), elem_id="cs-invert")
+            options_note = gr.HTML(first_note, elem_id="cs-options-note", padding=False)
         with gr.Accordion("Filters: date, place, camera", open=False, elem_id="cs-filters"):
             with gr.Row():
-                after = gr.Textbox(label="Taken from", placeholder="2024-08", elem_id="cs-after", scale=1)
-                before = gr.Textbox(label="Taken until", placeholder="2024-08", elem_id="cs-before", scale=1)
+                with gr.Column(scale=1, min_width=160):
+                    after = gr.Textbox(label="Taken from", placeholder="2024-08", elem_id="cs-after")
+                    after_error = gr.Markdown("", elem_id="cs-after-error", elem_classes=["cs-error"])
+                with gr.Column(scale=1, min_width=160):
+                    before = gr.Textbox(label="Taken until", placeholder="2024-08", elem_id="cs-before")
+                    before_error = gr.Markdown("", elem_id="cs-before-error", elem_classes=["cs-error"])
                 place = gr.Textbox(label="Place", placeholder="city, region or country",
                                    elem_id="cs-place", scale=2)
                 camera = gr.Textbox(label="Camera", placeholder="e.g. iphone", elem_id="cs-camera", scale=2)
@@ -577,33 +654,38 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                              container=False)
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
-        outputs = [grid, detail, message, more, state, status_md, chips, weaker]
+        outputs = [grid, detail, message, more, state, status_md, chips, weaker, image_error, query_error,
+                   after_error, before_error]  # the error boxes in ERROR_PLACES' order
         url_fields = [text, not_box, kind, under, after, before, place, camera, sort]
+
+        # a search shows its progress on the results alone: the status line and the boxes above
+        # keep their size while it runs
+        busy: dict[str, Any] = {"api_visibility": "private", "show_progress_on": [grid]}
 
         def tracked(event) -> None:
             """After a search: the URL says what it was (a new history entry when it changed)."""
             event.then(url_of, [state], [url_box], api_visibility="private").then(
                 None, [url_box], None, js=url_state.PUSH_JS, api_visibility="private")
 
-        tracked(text.submit(submit_search, inputs, outputs, api_visibility="private"))
-        tracked(not_box.submit(submit_search, inputs, outputs, api_visibility="private"))
+        tracked(text.submit(submit_search, inputs, outputs, **busy))
+        tracked(not_box.submit(submit_search, inputs, outputs, **busy))
         dropped = chips.click(drop_chip, [state, text, not_box], [text, image, not_box],
                               api_visibility="private")
-        tracked(dropped.then(new_search, inputs, outputs, api_visibility="private"))
-        tracked(image.change(new_search, inputs, outputs, api_visibility="private"))
+        tracked(dropped.then(new_search, inputs, outputs, **busy))
+        tracked(image.change(new_search, inputs, outputs, **busy))
         # .input, not .change: the URL sets these fields without starting a second search
         for f in (kind, whiten, center, invert, sort):
-            tracked(f.input(new_search, inputs, outputs, api_visibility="private"))
-        tracked(under.change(new_search, inputs, outputs, api_visibility="private"))
+            tracked(f.input(new_search, inputs, outputs, **busy))
+        tracked(under.change(new_search, inputs, outputs, **busy))
         for box in (after, before, place, camera):
-            tracked(box.submit(new_search, inputs, outputs, api_visibility="private"))
-        tracked(more.click(load_more, [state], outputs, api_visibility="private"))
-        tracked(weaker.click(show_weaker, [state], outputs, api_visibility="private"))
-        tracked(grid.click(on_click, [state, kind, under], outputs, api_visibility="private"))
-        tracked(detail.click(on_click, [state, kind, under], outputs, api_visibility="private"))
+            tracked(box.submit(new_search, inputs, outputs, **busy))
+        tracked(more.click(load_more, [state], outputs, **busy))
+        tracked(weaker.click(show_weaker, [state], outputs, **busy))
+        tracked(grid.click(on_click, [state, kind, under], outputs, **busy))
+        tracked(detail.click(on_click, [state, kind, under], outputs, **busy))
         demo.load(filter_updates, None, [status_md, under, whiten, center, invert, options_note],
                   api_visibility="private", show_progress="hidden")  # no "processing" flash on load
-        demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, api_visibility="private")
+        demo.load(from_url, [url_box], url_fields + outputs, js=url_state.READ_JS, **busy)
         gr.Timer(15).tick(status, None, status_md, api_visibility="private",
                           show_progress="hidden")  # no "0.0s" tick on the status line
 

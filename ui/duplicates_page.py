@@ -69,8 +69,8 @@ def add_page(demo: gr.Blocks, service: SearchService) -> None:
         with gr.Row():
             threshold = gr.Textbox("auto", label="Threshold (auto or a similarity)",
                                    elem_id="cs-dup-threshold", scale=1)
-            kind = gr.Radio(["all", "image", "video"], value="all", label="Kind", elem_id="cs-dup-kind",
-                            scale=2)
+            kind = gr.Radio([("All", "all"), ("Photo", "image"), ("Video", "video")], value="all",
+                            label="Kind", elem_id="cs-dup-kind", scale=2)  # human labels, same values
             go = gr.Button("Find duplicates", elem_id="cs-dup-go", variant="primary", scale=1)
         shown = gr.State({})
         with gr.Row():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.ui.files import item_url, thumb_url
+from clipsearch.ui.names import kind_name
 
 from clipsearch.errors import UsageError
 from clipsearch.fsutil import is_within
@@ -107,7 +108,7 @@ def render_groups(data: dict[str, Any], movable: bool = False) -> str:
         cards = []
         for f in g["files"]:
             img = (f"<img src='{_e(f['thumb_url'])}' alt='{_e(f['name'])}' loading='lazy'>"
-                   if f["thumb_url"] else f"<div class='cs-noimg'>{_e(f['kind'])}</div>")
+                   if f["thumb_url"] else f"<div class='cs-noimg'>{_e(kind_name(f['kind']))}</div>")
             size = f"{f['width']}×{f['height']}" if f["width"] and f["height"] else "size ?"
             badge = ("keep" if f["keeper"] else "same bytes" if f["exact"]
                      else f"similarity {f['similarity']:.4f}")

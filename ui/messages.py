@@ -18,6 +18,11 @@ REWRITES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"--center"), "Center"),
     (re.compile(r"--whiten"), "Whiten"),
     (re.compile(r"--invert"), "Invert"),
+    # the filters' boxes, by their labels in the UI
+    (re.compile(r"--after\b"), "Taken from"),
+    (re.compile(r"--before\b"), "Taken until"),
+    (re.compile(r"--place\b"), "Place"),
+    (re.compile(r"--camera\b"), "Camera"),
 )
 _FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 _CLI_HINT = re.compile(r"`?clipsearch [a-z-]+[^`]*`?")

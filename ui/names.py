@@ -24,6 +24,36 @@ KIND_NAMES: dict[str, str] = {
 
 PAGE_KINDS = ("doc", "doc_page", "doc_text")
 
+# The Kind selector's choices (label → the `kind` a search takes; "doc" needs text, image queries
+# use pages): the same names as the results, in the URL as the kind itself (`?kind=image`).
+KIND_CHOICES: dict[str, str | None] = {
+    "All": None,
+    "Photo": "image",
+    "Video moment": "moment",
+    "Video": "video",
+    "Page": "doc",
+    "Words in pictures": "ocr",
+    "Speech": "speech",
+}
+# The selector's labels of earlier releases, still taken by the API's `kind` parameter.
+OLD_KIND_LABELS: dict[str, str] = {"Images": "image", "Video moments": "moment", "Videos": "video",
+                                   "Document pages": "doc"}
+
+
+# The `kind` values a search takes; one of these is itself, never read as a label ("page").
+SEARCH_KINDS = frozenset({"all", "image", "video", "moment", "doc", "frame", "page", "ocr", "speech",
+                          "audio"})
+_KIND_OF_WORD = {word.lower(): kind for word, kind in {**OLD_KIND_LABELS, **KIND_CHOICES}.items()}
+
+
+def kind_of_label(label: str | None) -> str | None:
+    """The `kind` a search takes for a value given as a kind, a selector label (any case) or an
+    earlier label; None for All or nothing."""
+    word = (label or "").strip()
+    if not word or word.lower() in SEARCH_KINDS:
+        return word.lower() if word and word.lower() != "all" else None
+    return _KIND_OF_WORD.get(word.lower(), word)
+
 
 def kind_name(kind: str) -> str:
     """The human name of a stored kind: "Photo", "Video moment", "Page", ..."""

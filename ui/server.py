@@ -124,6 +124,7 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
 
     private_upload_dir()  # before Gradio reads $GRADIO_TEMP_DIR
     from clipsearch.ui.app import CSS, build_blocks
+    from clipsearch.ui.steady_load import HEAD
 
     creds = parse_auth(auth) if isinstance(auth, str) or auth is None else auth
     db = collection.uri if isinstance(collection, Collection) else collection  # a directory or a URI
@@ -144,7 +145,7 @@ def build_app(collection: Collection | str | os.PathLike, *, auth: str | tuple[s
     blocks.queue(default_concurrency_limit=2)
     app = gr.mount_gradio_app(app, blocks, path="/", auth=creds, allowed_paths=[],
                               max_file_size=max_upload_bytes, footer_links=["api"], show_error=False,
-                              run_history=False, ssr_mode=False, css=CSS,
+                              run_history=False, ssr_mode=False, css=CSS, head=HEAD,
                               auth_message="clipsearch: log in to search this collection")
     # Gradio checks that a file named in a request was uploaded (not any server path) only for
     # Blocks that went through launch(); a mounted app skips that check, letting a client make
