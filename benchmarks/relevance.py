@@ -6,6 +6,7 @@ smaller one). Z_AUTO in clipsearch/relevance.py was tuned on seed 0; report on a
 
     python -m benchmarks.relevance --seed 1            # the figures in RESULTS.md
     python -m benchmarks.relevance --seed 0 --sweep    # tuning: mean F1 for other cuts
+    python -m benchmarks.relevance --seed 1 --cost 5   # also what the variant check costs per query
 """
 
 from __future__ import annotations
@@ -13,11 +14,43 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from clipsearch.relevance import Z_AUTO, Z_WIDTH
-from clipsearch.tiny.eval_relevance import build_world, evaluate, rank_all, sweep
+from clipsearch.tiny.eval_relevance import World, build_world, evaluate, rank_all, sweep
+
+
+def variant_cost(world: World, rounds: int) -> dict[str, Any]:
+    """Per text query, the median wall time (ms) of a k=10 `auto` search with the one-word
+    variant check and without it (`relevance_variants.NEIGHBOURS = 0`: no variants), in
+    alternating rounds after one warm-up each; and the median over queries of the difference."""
+    import clipsearch.relevance_variants as variants
+    from clipsearch import Collection
+
+    col = Collection.open(world.db, device="cpu")
+    texts = [q.text for q in world.queries if q.text is not None]
+    neighbours = variants.NEIGHBOURS
+    times: dict[str, dict[str, list[float]]] = {t: {"on": [], "off": []} for t in texts}
+    try:
+        for r in range(rounds + 1):
+            for mode in ("on", "off") if r % 2 else ("off", "on"):
+                variants.NEIGHBOURS = neighbours if mode == "on" else 0
+                for t in texts:
+                    start = time.perf_counter()
+                    col.search(t, k=10, kind="image", min_relevance="auto")
+                    if r:  # round 0 warms the caches up
+                        times[t][mode].append(1000 * (time.perf_counter() - start))
+    finally:
+        variants.NEIGHBOURS = neighbours
+    on = [statistics.median(v["on"]) for v in times.values()]
+    off = [statistics.median(v["off"]) for v in times.values()]
+    return {"queries": len(texts), "rounds": rounds, "median_ms_with_check": round(statistics.median(on), 2),
+            "median_ms_without": round(statistics.median(off), 2),
+            "median_ms_added": round(statistics.median([a - b for a, b in zip(on, off, strict=True)]), 2)}
 
 
 def main() -> None:
@@ -27,6 +60,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=5)
     ap.add_argument("--distractors", type=int, default=40)
     ap.add_argument("--sweep", action="store_true", help="also the mean F1 at other z cuts")
+    ap.add_argument("--cost", type=int, metavar="ROUNDS", help="also time the variant check per query")
     ap.add_argument("--out", type=Path, help="write the JSON here too")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,6 +73,8 @@ def main() -> None:
             cuts = {z: 1 / (1 + math.exp(-(z - Z_AUTO) / Z_WIDTH)) for z in (1.5, 1.8, 2.0, 2.2, 2.4, 2.6)}
             f1 = sweep(world, ranked, list(cuts.values()))
             result["sweep_z"] = {z: f1[c] for z, c in cuts.items()}
+        if args.cost:
+            result["variant_cost"] = variant_cost(world, args.cost)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
