@@ -7,7 +7,7 @@ a real match has and a half-match lacks: the query describes it better than the 
 one-word *variants* do ("a yellow square", "a white circle", "a yellow star", ...).
 
 Variants come from a word bank built from caption text (the caption bank of
-`Searcher._caption_texts`: the model's own captions and generic ones; never a list of the
+`Searcher.caption_texts`: the model's own captions and generic ones; never a list of the
 test world's words): each word's nearest words by the contexts it shares in those captions
 (colours with colours, shapes with shapes, places with places). A variant that ranks the
 collection as the query does (a paraphrase: "tiny" for "small", "at" for "on") is no

@@ -487,7 +487,7 @@ class Searcher:
         return BackgroundFiles(self.col.path, str(self.col.meta["model_id"]), int(self.col.meta["dim"]),
                                SAMPLING)
 
-    def _caption_texts(self) -> list[str]:
+    def caption_texts(self) -> list[str]:
         """The caption bank's texts: `relevance.CAPTION_BANK` of the model's own and generic
         captions (`transforms.builtin_captions`), a fixed draw."""
         from clipsearch.model_registry import domain_captions
@@ -506,7 +506,7 @@ class Searcher:
         """The words of the caption bank and their neighbours (the variant check), once per process."""
         with self._lock:
             if self._words is None:
-                self._words = WordBank(self._caption_texts())
+                self._words = WordBank(self.caption_texts())
             return self._words
 
     def _variant_gate(self, text: str | None, vec: np.ndarray, calibration: Calibration,
@@ -519,7 +519,7 @@ class Searcher:
                         self._word_bank(), self.col.encoder.encode_texts)
 
     def _caption_vectors(self) -> np.ndarray | None:
-        """The caption bank (`_caption_texts`): the text queries of the relevance reference and
+        """The caption bank (`caption_texts`): the text queries of the relevance reference and
         the descriptions a text query's hits are checked against. Embedded once per model, kept
         in the cache folder."""
         from clipsearch.backends.cache import exports_root, safe_name
@@ -534,7 +534,7 @@ class Searcher:
                 return cached
         except (OSError, ValueError):
             pass
-        captions = self._caption_texts()
+        captions = self.caption_texts()
         if not captions:
             return None
         bank = np.asarray(self.col.encoder.encode_texts(captions), dtype=np.float32)
