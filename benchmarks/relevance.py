@@ -7,6 +7,7 @@ smaller one). Z_AUTO in clipsearch/relevance.py was tuned on seed 0; report on a
     python -m benchmarks.relevance --seed 1            # the figures in RESULTS.md
     python -m benchmarks.relevance --seed 0 --sweep    # tuning: mean F1 for other cuts
     python -m benchmarks.relevance --seed 1 --cost 5   # also what the variant check costs per query
+    python -m benchmarks.relevance --seed 5 --without-variants   # and the same world without it
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def variant_cost(world: World, rounds: int) -> dict[str, Any]:
             "max_variants": max(counts)}
 
 
+def without_variants(world: World) -> dict[str, Any]:
+    """The same world ranked and scored with the variant gate off (no word has neighbours)."""
+    import clipsearch.relevance_variants as variants
+
+    neighbours = variants.NEIGHBOURS
+    variants.NEIGHBOURS = 0
+    try:
+        return evaluate(world, rank_all(world))
+    finally:
+        variants.NEIGHBOURS = neighbours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -62,6 +75,8 @@ def main() -> None:
     ap.add_argument("--distractors", type=int, default=40)
     ap.add_argument("--sweep", action="store_true", help="also the mean F1 at other z cuts")
     ap.add_argument("--cost", type=int, metavar="ROUNDS", help="also time the variant check per query")
+    ap.add_argument("--without-variants", action="store_true",
+                    help="also the same world's figures with the one-word-variant gate off")
     ap.add_argument("--out", type=Path, help="write the JSON here too")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +89,8 @@ def main() -> None:
             cuts = {z: 1 / (1 + math.exp(-(z - Z_AUTO) / Z_WIDTH)) for z in (1.5, 1.8, 2.0, 2.2, 2.4, 2.6)}
             f1 = sweep(world, ranked, list(cuts.values()))
             result["sweep_z"] = {z: f1[c] for z, c in cuts.items()}
+        if args.without_variants:
+            result["without_variants"] = without_variants(world)
         if args.cost:
             result["variant_cost"] = variant_cost(world, args.cost)
     text = json.dumps(result, indent=2)
