@@ -224,18 +224,11 @@ def cosine_of(hit: Hit) -> float | None:
 
 def assign(hits: Sequence[Hit], calibration: Calibration,
            singled_out: Callable[[Hit], bool] = lambda h: False,
-           best_captions: Sequence[float | None] | None = None,
-           ceiling: Callable[[list[float]], float | None] | None = None) -> None:
+           best_captions: Sequence[float | None] | None = None) -> None:
     """Set each hit's `relevance`: its cosine calibrated (against its best caption, where
-    given), at most what `ceiling` allows given all those relevances (the variant gate of
-    `relevance_variants`: below the cut when the query's answer is absent), and at least
-    SINGLED_OUT when a fused ranking (keywords, document text) singled it out."""
-    rels = [calibration.relevance(cosine_of(h), best_captions[i] if best_captions is not None else None)
-            for i, h in enumerate(hits)]
-    cap = ceiling(rels) if ceiling is not None else None
-    for h, rel in zip(hits, rels, strict=True):
-        if cap is not None:
-            rel = min(rel, cap)
+    given), at least SINGLED_OUT when a fused ranking (keywords, document text) singled it out."""
+    for i, h in enumerate(hits):
+        rel = calibration.relevance(cosine_of(h), best_captions[i] if best_captions is not None else None)
         if singled_out(h):
             rel = max(rel, SINGLED_OUT)
         h.relevance = rel

@@ -31,9 +31,7 @@ from clipsearch.errors import TransformError, UsageError
 from clipsearch.filters import SORTS, Filters, matching_ids, matching_vectors
 from clipsearch.fsutil import is_within
 from clipsearch.jsonsafe import finite
-from clipsearch.relevance import AUTO, SINGLED_OUT, Calibration, Calibrator, assign, split
-from clipsearch.relevance_variants import VariantGate, WordBank, gate_for
-from clipsearch.relevance_variants import ceiling as variant_ceiling
+from clipsearch.relevance import AUTO, SINGLED_OUT, Calibrator, assign, split
 from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 
 if TYPE_CHECKING:
@@ -166,7 +164,6 @@ class Searcher:
         self._typicality: dict[tuple[str, ...], tuple[Any, ...]] = {}  # kinds -> (version, transforms, rows)
         self._kind_rows: dict[str, tuple[int, bool]] = {}  # kind -> (table version, has rows)
         self._doc_text: tuple[int, bool] = (-1, False)  # (table version, has doc_text rows)
-        self._words: WordBank | None = None  # the caption bank's words (the variant check)
         self.calibrator = Calibrator(lambda: self.col.store, self._caption_vectors, self._background_files)
 
     @property
@@ -471,9 +468,7 @@ class Searcher:
         if only is not None:  # what fusion brought in by words must match the filters too
             # (speech rows come from a ranking prefiltered by the same filters)
             hits = [h for h in hits if h.id is not None and (_among(h.id, only) or h.kind == "speech")]
-        plain_text = str(all_terms[0].value) if len(all_terms) == 1 and only_text and not invert else None
-        self._vector_relevance(hits, vec, "text" if invert else modality, kinds, raw_cosines=whiten or center,
-                               text=plain_text)
+        self._vector_relevance(hits, vec, "text" if invert else modality, kinds, raw_cosines=whiten or center)
         if sort == "typicality":
             hits = self._sort_typicality(hits)
         return self._cut(hits, k, offset, sort, min_relevance)
@@ -487,43 +482,14 @@ class Searcher:
         return BackgroundFiles(self.col.path, str(self.col.meta["model_id"]), int(self.col.meta["dim"]),
                                SAMPLING)
 
-    def caption_texts(self) -> list[str]:
-        """The caption bank's texts: `relevance.CAPTION_BANK` of the model's own and generic
-        captions (`transforms.builtin_captions`), a fixed draw."""
+    def _caption_vectors(self) -> np.ndarray | None:
+        """The caption bank (`relevance.CAPTION_BANK` of the model's own and generic captions,
+        a fixed draw): the text queries of the relevance reference and the descriptions a text
+        query's hits are checked against. Embedded once per model, kept in the cache folder."""
+        from clipsearch.backends.cache import exports_root, safe_name
         from clipsearch.model_registry import domain_captions
         from clipsearch.relevance import CAPTION_BANK
         from clipsearch.transforms import builtin_captions
-
-        spec = getattr(self.col.encoder, "spec", None)
-        captions = builtin_captions(domain_captions(spec) if spec is not None else [], 3000)
-        if not captions:
-            return []
-        size = min(CAPTION_BANK, len(captions))
-        pick = np.random.default_rng(0).choice(len(captions), size=size, replace=False)
-        return [captions[int(i)] for i in sorted(pick)]
-
-    def _word_bank(self) -> WordBank:
-        """The words of the caption bank and their neighbours (the variant check), once per process."""
-        with self._lock:
-            if self._words is None:
-                self._words = WordBank(self.caption_texts())
-            return self._words
-
-    def _variant_gate(self, text: str | None, vec: np.ndarray, calibration: Calibration,
-                      kinds: tuple[str, ...]) -> VariantGate | None:
-        """The one-word-variant gate of a plain text query (`relevance_variants`); None for
-        other queries or when the caption bank gives the query no variant."""
-        if text is None or calibration.bank is None or calibration.scale <= 0:
-            return None
-        return gate_for(text, vec, self.calibrator.background(kinds).vectors, calibration.scale,
-                        self._word_bank(), self.col.encoder.encode_texts)
-
-    def _caption_vectors(self) -> np.ndarray | None:
-        """The caption bank (`caption_texts`): the text queries of the relevance reference and
-        the descriptions a text query's hits are checked against. Embedded once per model, kept
-        in the cache folder."""
-        from clipsearch.backends.cache import exports_root, safe_name
-        from clipsearch.relevance import CAPTION_BANK
 
         dim = int(self.col.meta["dim"])
         name = f"{safe_name(str(self.col.meta['model_id']))}-{CAPTION_BANK}.npy"
@@ -534,10 +500,14 @@ class Searcher:
                 return cached
         except (OSError, ValueError):
             pass
-        captions = self.caption_texts()
+        enc = self.col.encoder
+        spec = getattr(enc, "spec", None)
+        captions = builtin_captions(domain_captions(spec) if spec is not None else [], 3000)
         if not captions:
             return None
-        bank = np.asarray(self.col.encoder.encode_texts(captions), dtype=np.float32)
+        pick = np.random.default_rng(0).choice(len(captions), size=min(CAPTION_BANK, len(captions)),
+                                               replace=False)
+        bank = np.asarray(enc.encode_texts([captions[i] for i in sorted(pick)]), dtype=np.float32)
         try:  # a cache only: a read-only or full disk costs the next process the embedding again
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -557,10 +527,9 @@ class Searcher:
         return dict(zip(rows.column("id").to_pylist(), float32_vectors(rows.column("vector")), strict=True))
 
     def _vector_relevance(self, hits: list[Hit], vec: np.ndarray, modality: str, kinds: tuple[str, ...],
-                          raw_cosines: bool = False, text: str | None = None) -> None:
+                          raw_cosines: bool = False) -> None:
         """Relevance of ranked rows: their cosine against the query's bulk over `kinds`, and for
-        a text query against each hit's best caption and, for a plain one (`text`), its
-        one-word variants (`relevance_variants`). With a transform the ranking's scores are
+        a text query against each hit's best caption. With a transform the ranking's scores are
         not raw cosines, so the raw ones are taken from the hits' vectors."""
         if not hits:
             return
@@ -570,22 +539,14 @@ class Searcher:
             return
         by_id = self._vectors_of(h.id for h in hits)
         zero = np.zeros_like(vec)
-        vectors = np.stack([by_id.get(h.id or "", zero) for h in hits])
-        best = calibration.best_captions(vectors)
+        best = calibration.best_captions(np.stack([by_id.get(h.id or "", zero) for h in hits]))
         best = [b if (h.id or "") in by_id else None for h, b in zip(hits, best, strict=True)]
-
-        def gate_of() -> VariantGate | None:
-            return self._variant_gate(text, vec, calibration, kinds) if modality == "text" else None
-
         if raw_cosines:
-            rels = [calibration.relevance(float(v @ vec) if (h.id or "") in by_id else None, b)
-                    for h, v, b in zip(hits, vectors, best, strict=True)]
-            cap = variant_ceiling(gate_of, vectors, rels)
-            for h, rel in zip(hits, rels, strict=True):
-                h.relevance = min(rel, cap) if cap is not None else rel
+            for h, b in zip(hits, best, strict=True):
+                v = by_id.get(h.id or "")
+                h.relevance = calibration.relevance(float(v @ vec) if v is not None else None, b)
             return
-        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")), best_captions=best,
-               ceiling=lambda rels: variant_ceiling(gate_of, vectors, rels))
+        assign(hits, calibration, singled_out=lambda h: bool(h.extra.get("text_match")), best_captions=best)
 
     def _ranked_relevance(self, hits: list[Hit], kind: str, text: str) -> None:
         """Relevance of moments and whole videos (their best frame inside the span) and of
@@ -607,14 +568,9 @@ class Searcher:
         calibration = self.calibrator.calibrate(vec, "text", DEFAULT_KINDS)
         peaks = self._peak_rows(hits, vec, "doc_page" if kind == "doc" else "video_frame")
         zero = np.zeros_like(vec)
-        vectors = np.stack([v if v is not None else zero for _, v in peaks])
-        best = calibration.best_captions(vectors)
-        rels = [calibration.relevance(c, b if c is not None else None)
-                for (c, _), b in zip(peaks, best, strict=True)]
-        cap = variant_ceiling(lambda: self._variant_gate(text, vec, calibration, DEFAULT_KINDS),
-                              vectors, rels)
-        for h, rel in zip(hits, rels, strict=True):
-            h.relevance = min(rel, cap) if cap is not None else rel
+        best = calibration.best_captions(np.stack([v if v is not None else zero for _, v in peaks]))
+        for h, (c, _), b in zip(hits, peaks, best, strict=True):
+            h.relevance = calibration.relevance(c, b if c is not None else None)
             if kind == "doc" and "keyword" in h.extra.get("signals", ()):
                 h.relevance = max(h.relevance, SINGLED_OUT)
             if h.extra.get("evidence") in ("speech", "both"):  # the query's words are said there
