@@ -39,11 +39,17 @@ PREFIX = "topics."
 MAX_SAMPLE = 50_000  # k-means trains on at most this many vectors
 MIN_TOPICS, MAX_TOPICS = 2, 48
 ITERATIONS = 20
+# k-means runs from this many starts (the tightest is kept): many on a small collection, where
+# a bad start is likely and runs are cheap, two on a large one (rows x topics bounds the work)
+MIN_RESTARTS, MAX_RESTARTS, RESTART_WORK = 2, 20, 1_200_000
+POINTS_PER_TOPIC = 256  # k-means trains on at most this many vectors per topic (faiss' default)
 LABEL_WORDS = 3  # words per label
 EXAMPLES = 4  # example item ids per topic
 SEED = 0
 CONSTANTS = {"max_sample": MAX_SAMPLE, "min_topics": MIN_TOPICS, "max_topics": MAX_TOPICS,
-             "iterations": ITERATIONS, "label_words": LABEL_WORDS, "examples": EXAMPLES, "seed": SEED}
+             "iterations": ITERATIONS, "restarts": [MIN_RESTARTS, MAX_RESTARTS, RESTART_WORK],
+             "points_per_topic": POINTS_PER_TOPIC, "label_words": LABEL_WORDS, "examples": EXAMPLES,
+             "seed": SEED}
 TEXT_KINDS = ("ocr", "doc_text", "doc_page")  # rows whose `text` is the collection's own words
 
 Encode = Callable[[Sequence[str]], np.ndarray]
@@ -88,14 +94,17 @@ def topic_count(n: int) -> int:
 
 
 def cluster(vectors: np.ndarray, k: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """(unit centres, each row's centre) of a spherical k-means trained on at most MAX_SAMPLE rows."""
+    """(unit centres, each row's centre) of a spherical k-means trained on a bounded sample
+    (at most POINTS_PER_TOPIC rows per topic, MAX_SAMPLE in all)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    sample = x if len(x) <= MAX_SAMPLE else x[np.sort(rng.choice(len(x), MAX_SAMPLE, replace=False))]
-    km = faiss.Kmeans(x.shape[1], k, niter=ITERATIONS, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)
+    bound = min(MAX_SAMPLE, POINTS_PER_TOPIC * k)
+    sample = x if len(x) <= bound else x[np.sort(rng.choice(len(x), bound, replace=False))]
+    restarts = int(np.clip(RESTART_WORK // (len(sample) * k), MIN_RESTARTS, MAX_RESTARTS))
+    km = faiss.Kmeans(x.shape[1], k, niter=ITERATIONS, nredo=restarts, seed=seed, spherical=True,
+                      verbose=False, min_points_per_centroid=1, max_points_per_centroid=POINTS_PER_TOPIC)
     km.train(sample)
     centres = np.asarray(km.centroids, dtype=np.float32)
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
@@ -147,7 +156,28 @@ def claimed(topic_sources: Sequence[Sequence[str]], own: Sequence[str],
     return (share >= 0.1) & (share >= 2 * overall) & (counts >= 2)
 
 
-def build(ids: Sequence[str], groups: Sequence[Any], sources: Sequence[str], vectors: np.ndarray,
+def group_codes(kinds: Any, ids: Any, sources: Any, pages: Any) -> np.ndarray:
+    """Per row (pyarrow columns), an integer naming the item it stands for, as search groups
+    results: a video (its frames), a document page, else the row itself."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    page = pc.fill_null(pc.cast(pages, pa.string()), "")
+    doc_page = pc.binary_join_element_wise(sources, page, "\x00")
+    key = pc.if_else(pc.equal(kinds, "video_frame"), sources,
+                     pc.if_else(pc.equal(kinds, "doc_page"), doc_page, ids))
+    if isinstance(key, pa.ChunkedArray):  # one dictionary for all of it
+        key = key.combine_chunks()
+    return np.asarray(pc.dictionary_encode(key).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def first_of_each(rows: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The rows (in their order) that come first in their group."""
+    _, first = np.unique(groups[rows], return_index=True)
+    return rows[np.sort(first)]
+
+
+def build(ids: np.ndarray, groups: np.ndarray, sources: Sequence[str], vectors: np.ndarray,
           word_vectors: np.ndarray, own: Sequence[str] = (), own_vectors: np.ndarray | None = None,
           words_by_source: dict[str, frozenset[str]] | None = None) -> Topics:
     """Cluster, assign, order topics by size, keep one item per group (file or page) per topic,
@@ -160,36 +190,35 @@ def build(ids: Sequence[str], groups: Sequence[Any], sources: Sequence[str], vec
     x = np.asarray(vectors, dtype=np.float32)
     norms = np.maximum(np.linalg.norm(x, axis=1), 1e-12)
     score = np.einsum("ij,ij->i", x, centres[assigned]) / norms
-    per_topic: list[list[int]] = []
+    ids = np.asarray(ids)
+    per_topic: list[np.ndarray] = []
+    by_topic = np.argsort(assigned, kind="stable")
+    bounds = np.searchsorted(assigned[by_topic], np.arange(k + 1))
     for t in range(k):
-        in_topic = np.flatnonzero(assigned == t)
+        in_topic = by_topic[bounds[t]:bounds[t + 1]]
         in_topic = in_topic[np.argsort(-score[in_topic], kind="stable")]
-        seen: set[Any] = set()
-        kept: list[int] = []
-        for r in in_topic.tolist():
-            g = groups[r]
-            if g not in seen:
-                seen.add(g)
-                kept.append(int(r))
-        per_topic.append(kept)
-    order = [t for t in sorted(range(k), key=lambda t: -len(per_topic[t])) if per_topic[t]]
+        per_topic.append(first_of_each(in_topic, groups))
+    order = [t for t in sorted(range(k), key=lambda t: -len(per_topic[t])) if len(per_topic[t])]
     words = list(VOCABULARY) + list(own)
     vectors_of_words = word_vectors if not own else np.concatenate([word_vectors, own_vectors])
+    topic_sources = [[sources[r] for r in per_topic[t].tolist()] for t in order] if own else []
     allowed = np.concatenate([np.ones((len(order), len(VOCABULARY)), bool), claimed(
-        [[sources[r] for r in per_topic[t]] for t in order], own, words_by_source or {})], axis=1)
+        topic_sources, own, words_by_source or {}).reshape(len(order), len(own))], axis=1)
     labels = label_words(centres[order], words, vectors_of_words, allowed=allowed)
     topics: list[Topic] = []
-    members: list[int] = []
     offsets = [0]
     for new_id, (t, chosen) in enumerate(zip(order, labels, strict=True)):
         rows = per_topic[t]
         topics.append(Topic(new_id, ", ".join(chosen), chosen, len(rows),
-                            tuple(str(ids[r]) for r in rows[:EXAMPLES])))
-        members += rows
-        offsets.append(len(members))
-    picked = np.asarray(members, dtype=np.int64)
-    return Topics(topics, np.array([str(ids[r]) for r in picked], dtype="S"),
-                  score[picked].astype(np.float32), np.asarray(offsets, dtype=np.int64))
+                            tuple(_text(ids[r]) for r in rows[:EXAMPLES])))
+        offsets.append(offsets[-1] + len(rows))
+    picked = np.concatenate([per_topic[t] for t in order]) if order else np.zeros(0, np.int64)
+    return Topics(topics, ids[picked].astype("S"), score[picked].astype(np.float32),
+                  np.asarray(offsets, dtype=np.int64))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class TopicFiles:
@@ -284,15 +313,22 @@ def own_words(store: Store) -> dict[str, frozenset[str]]:
     """Per file, the words of its own text: its OCR and document text and its file name."""
     import os
 
+    import pyarrow.compute as pc
+
     from clipsearch.store import sql_in
 
     words: dict[str, set[str]] = {}
     t = store.scan(["source", "text"], sql_in("kind", TEXT_KINDS) + " AND text IS NOT NULL")
     for src, text in zip(t.column("source").to_pylist(), t.column("text").to_pylist(), strict=True):
         words.setdefault(src, set()).update(words_of(text or ""))
-    for src in store.scan(["source"]).column("source").unique().to_pylist():
-        words.setdefault(src, set()).update(words_of(os.path.splitext(os.path.basename(src))[0]))
-    return {src: frozenset(ws) for src, ws in words.items()}
+    names = store.scan(["source"]).column("source").unique()
+    stems = pc.replace_substring_regex(names, r"^.*[/\\]|\.[^./\\]*$", "")
+    worded = pc.match_substring_regex(stems, r"\pL\pL\pL")  # only these can hold a word: skip the rest
+    for src in pc.filter(names, worded).to_pylist():
+        found = words_of(os.path.splitext(os.path.basename(src))[0])
+        if found:
+            words.setdefault(src, set()).update(found)
+    return {src: frozenset(ws) for src, ws in words.items() if ws}
 
 
 _lock = threading.Lock()
@@ -300,11 +336,12 @@ _cache: dict[tuple[str, int, tuple[str, ...]], Topics] = {}
 _CACHE_SIZE = 4
 
 
-def topics_of(store: Store, files: TopicFiles, kinds: tuple[str, ...], encode: Encode,
-              group_of: Callable[[str, str, str, int | None], Any]) -> Topics:
+def topics_of(store: Store, files: TopicFiles, kinds: tuple[str, ...], encode: Encode) -> Topics:
     """The topics of the rows of `kinds` at the table's current version: from memory, else from
-    the persisted file, else computed (and persisted). `group_of(id, kind, source, page)` says
-    which rows stand for one item."""
+    the persisted file, else computed (and persisted)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from clipsearch.store import sql_in
 
     snapshot = store.snapshot()
@@ -317,24 +354,27 @@ def topics_of(store: Store, files: TopicFiles, kinds: tuple[str, ...], encode: E
         rows = int(snapshot.count_rows())
         topics = files.load(kinds, version, rows)
         if topics is None:
-            ids: list[str] = []
-            groups: list[Any] = []
-            sources: list[str] = []
-            parts = []
+            metas, parts = [], []
             for meta, vecs in store.vector_batches(snapshot, ["id", "kind", "source", "page"],
                                                    sql_in("kind", kinds)):
-                batch, batch_sources = meta.column("id").to_pylist(), meta.column("source").to_pylist()
-                ids += batch
-                sources += batch_sources
-                groups += [group_of(*r) for r in zip(batch, meta.column("kind").to_pylist(), batch_sources,
-                                                     meta.column("page").to_pylist(), strict=True)]
+                metas.append(meta)
                 parts.append(vecs)
-            vectors = np.concatenate(parts) if parts else np.zeros((0, files.dim), np.float32)
-            word_vectors = files.vocabulary_vectors(encode) if ids else np.zeros((0, files.dim), np.float32)
-            by_source = own_words(store) if ids else {}
-            own = collection_words(by_source.values())
-            own_vectors = unit(encode(own)) if own else None
-            topics = build(ids, groups, sources, vectors, word_vectors, own, own_vectors, by_source)
+            if metas:
+                t = pa.Table.from_batches(metas)
+                by_id = pc.sort_indices(t.column("id"))  # the same topics whatever order rows were written in
+                t = t.take(by_id)
+                ids = np.asarray(t.column("id").to_pylist(), dtype="S")
+                groups = group_codes(t.column("kind"), t.column("id"), t.column("source"), t.column("page"))
+                vectors = np.concatenate(parts)[by_id.to_numpy()]
+                word_vectors = files.vocabulary_vectors(encode)
+                by_source = own_words(store)
+                own = collection_words(by_source.values())
+                own_vectors = unit(encode(own)) if own else None
+                sources = t.column("source").to_pylist() if own else []
+                topics = build(ids, groups, sources, vectors, word_vectors, own, own_vectors, by_source)
+            else:
+                topics = build(np.zeros(0, "S1"), np.zeros(0, np.int64), [], np.zeros((0, files.dim)),
+                               np.zeros((0, files.dim), np.float32))
             files.save(kinds, version, rows, topics)
         if len(_cache) >= _CACHE_SIZE:
             _cache.pop(next(iter(_cache)))
@@ -342,5 +382,5 @@ def topics_of(store: Store, files: TopicFiles, kinds: tuple[str, ...], encode: E
         return topics
 
 
-__all__ = ["Topic", "TopicFiles", "Topics", "build", "claimed", "cluster", "label_words", "topic_count",
-           "topics_of", "words_of"]
+__all__ = ["Topic", "TopicFiles", "Topics", "build", "claimed", "cluster", "first_of_each", "group_codes",
+           "label_words", "topic_count", "topics_of", "words_of"]

@@ -955,7 +955,7 @@ class Searcher:
             raise UsageError(f"cannot {what} kind '{kind}'", hint="one of: " + ", ".join(BROWSE_KINDS))
         files = TopicFiles(self.col.path, str(self.col.meta["model_id"]), int(self.col.meta["dim"]))
         return topics_of(self.col.store, files, BROWSE_KINDS[kind],
-                         lambda words: self.col.encoder.encode_texts(list(words)), _group_key)
+                         lambda words: self.col.encoder.encode_texts(list(words)))
 
     def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
         """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table

@@ -23,7 +23,7 @@ from clipsearch.tiny.synth.shapes import SHAPES, ShapeSpec, render_shape
 pytestmark = pytest.mark.skipif(not all(p.is_file() for p in tiny_files()),
                                 reason="clipsearch-tiny is not installed")
 COLOURS = ("red", "green", "blue", "yellow")
-PER_COLOUR = 24  # 96 items: 5 topics (about sqrt(n) / 2)
+PER_COLOUR = 16  # 64 items: 4 topics (about sqrt(n) / 2)
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +52,20 @@ def _members(col, topic) -> list[str]:
 def test_topics_are_pure_and_named_for_their_colour(shapes):
     col, specs = shapes
     topics = col.browse_topics()
-    assert len(topics) == browse_topics.topic_count(len(specs)) == 5
+    assert len(topics) == browse_topics.topic_count(len(specs)) == len(COLOURS)
     assert [t.id for t in topics] == list(range(len(topics)))
     assert [t.size for t in topics] == sorted((t.size for t in topics), reverse=True)
     assert sum(t.size for t in topics) == len(specs)  # every item in exactly one topic
-    pure = named = 0
+    agree = named = 0
     for t in topics:
         names = _members(col, t)
         assert len(names) == t.size == len(set(names))
         colour, n = Counter(specs[n].color for n in names).most_common(1)[0]
-        pure += n >= 0.8 * len(names)
+        agree += n  # items sharing their topic's colour
         named += colour in t.words
         assert len(t.words) == 3 and t.label == ", ".join(t.words)
-    assert pure >= 4 and named >= 4, [(t.label, t.size) for t in topics]
-    assert {w for t in topics for w in t.words} & set(COLOURS) == set(COLOURS)  # each colour named
+    # random topics would share a colour with about a third of their items
+    assert agree >= 0.75 * len(specs) and named >= 3, [(t.label, t.size) for t in topics]
 
 
 def test_topic_items_page_and_examples(shapes):
@@ -192,3 +192,17 @@ def test_http_browse_by_topics(shapes):
     assert bad.status_code == 400 and "hint" in bad.json()
     bad = client.get("/api/browse", params={"by": "date", "topic": 0})
     assert bad.status_code == 400
+
+
+def test_one_item_per_video_and_per_page():
+    import pyarrow as pa
+
+    kinds = pa.array(["video_frame", "video_frame", "doc_page", "doc_page", "doc_page", "image", "image"])
+    ids = pa.array([f"{i:032x}" for i in range(7)])
+    sources = pa.array(["/v.mp4", "/v.mp4", "/d.pdf", "/d.pdf", "/d.pdf", "/a.jpg", "/b.jpg"])
+    pages = pa.array([None, None, 1, 1, 2, None, None], pa.int32())
+    codes = browse_topics.group_codes(kinds, ids, sources, pages)
+    assert codes[0] == codes[1] and codes[2] == codes[3] != codes[4] and codes[5] != codes[6]
+    assert len(set(codes.tolist())) == 5
+    rows = np.array([3, 1, 0, 2, 6, 4])  # ordered by closeness
+    assert browse_topics.first_of_each(rows, codes).tolist() == [3, 1, 6, 4]
