@@ -19,7 +19,8 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,13 +106,26 @@ def cluster(vectors: np.ndarray, k: int, seed: int = SEED) -> tuple[np.ndarray, 
     restarts = int(np.clip(RESTART_WORK // (len(sample) * k), MIN_RESTARTS, MAX_RESTARTS))
     km = faiss.Kmeans(x.shape[1], k, niter=ITERATIONS, nredo=restarts, seed=seed, spherical=True,
                       verbose=False, min_points_per_centroid=1, max_points_per_centroid=POINTS_PER_TOPIC)
-    km.train(sample)
-    centres = np.asarray(km.centroids, dtype=np.float32)
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(centres)
-    _, nearest = index.search(x, 1)
+    with one_thread(faiss):
+        km.train(sample)
+        centres = np.asarray(km.centroids, dtype=np.float32)
+        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(centres)
+        _, nearest = index.search(x, 1)
     return centres, nearest[:, 0].astype(np.int64)
+
+
+@contextmanager
+def one_thread(faiss: Any) -> Iterator[None]:
+    """faiss on one OpenMP thread for a while: a k-means this small is many short parallel
+    loops, and on a busy machine their threads wait for each other far longer than they work."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def label_words(centres: np.ndarray, words: Sequence[str], word_vectors: np.ndarray,
