@@ -418,15 +418,14 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             return gr.update(), gr.update(), "", hidden, state, status(), gr.update(), hidden
         return execute(dict(state["query"], min_relevance="off"), 0, [])
 
-    searched: dict[str, float] = {}  # page session -> when its latest search started
+    searched: dict[str, float] = {}  # page session -> when it first searched
 
     def note_search(request: gr.Request | None) -> None:
         """A search began: an initial browse view still being drawn for this page is dropped."""
         session = getattr(request, "session_hash", None)
-        if session:
+        if session and session not in searched:
             if len(searched) >= 10_000:
                 searched.pop(next(iter(searched)))
-            searched.pop(session, None)
             searched[session] = time.monotonic()
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
@@ -512,7 +511,6 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         """The page's query string as field values and its results (on load, and on Back)."""
         decoded = url_state.decode(qs or "", SORT_LABELS)
         if decoded is None:  # no query: the browse view the URL names (by date by default)
-            started = time.monotonic()
             session = getattr(request, "session_hash", None)
             asked, page = url_state.decode_browse(qs or "")
             out = execute(asked, 0, [])
@@ -520,7 +518,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 if not out[4].get("hits") or len(out[4]["hits"]) < (n - 1) * PAGE_SIZE:
                     break
                 out = execute(asked, len(out[4]["hits"]), out[4]["hits"], n)
-            if session and searched.get(session, 0.0) >= started:  # a search began meanwhile: it wins
+            if session and session in searched:  # the page searched before its browse view came: it wins
                 return (gr.update(),) * (len(url_fields) + 8)
             return (gr.update(),) * len(url_fields) + tuple(out)
         f, page = decoded
