@@ -9,9 +9,8 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from test_ui_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
-
 from clipsearch.ui import url_state
+from test_ui_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 
