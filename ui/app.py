@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import os
-import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -418,22 +417,30 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             return gr.update(), gr.update(), "", hidden, state, status(), gr.update(), hidden
         return execute(dict(state["query"], min_relevance="off"), 0, [])
 
-    searched: dict[str, float] = {}  # page session -> when it first searched
+    searched: dict[str, int] = {}  # page session -> how many searches it began
 
-    def note_search(request: gr.Request | None) -> None:
-        """A search began: an initial browse view still being drawn for this page is dropped."""
+    def note_search(request: gr.Request | None) -> int:
+        """A search began (its number in the page's session): a browse view still being drawn
+        for that page, begun before it, is dropped rather than drawn over its results."""
         session = getattr(request, "session_hash", None)
-        if session and session not in searched:
-            if len(searched) >= 10_000:
-                searched.pop(next(iter(searched)))
-            searched[session] = time.monotonic()
+        if not session:
+            return 0
+        if session not in searched and len(searched) >= 10_000:
+            searched.pop(next(iter(searched)))
+        searched[session] = searched.get(session, 0) + 1
+        return searched[session]
+
+    def superseded(request: gr.Request | None, mine: int) -> bool:
+        session = getattr(request, "session_hash", None)
+        return bool(session) and searched.get(str(session), 0) != mine
 
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                    negative="", request: gr.Request | None = None):
-        note_search(request)
+        mine = note_search(request)
         text = (text or "").strip().rstrip("+").strip()  # "id:ITEM + " left to be finished
         if not text and image is None:  # nothing asked: the collection by date
-            return execute({"browse": DATE}, 0, [])
+            out = execute({"browse": DATE}, 0, [])
+            return (gr.update(),) * 8 if superseded(request, mine) else out
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
                  "whiten": whiten, "center": center, "invert": invert, "sort": sort,
                  "negative": [negative] if (negative or "").strip() else [],
@@ -518,7 +525,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                 if not out[4].get("hits") or len(out[4]["hits"]) < (n - 1) * PAGE_SIZE:
                     break
                 out = execute(asked, len(out[4]["hits"]), out[4]["hits"], n)
-            if session and session in searched:  # the page searched before its browse view came: it wins
+            if session and searched.get(session):  # the page searched before its browse view came: it wins
                 return (gr.update(),) * (len(url_fields) + 8)
             return (gr.update(),) * len(url_fields) + tuple(out)
         f, page = decoded
