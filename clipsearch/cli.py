@@ -507,9 +507,12 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
 
 @main.command()
 @db_opt
-@click.option("--by", "by", type=click.Choice(["typicality", "date"]), default="typicality",
+@click.option("--by", "by", type=click.Choice(["typicality", "date", "topics"]), default="typicality",
               show_default=True,
-              help="typicality: ordered by --order; date: one entry per file, newest first, by month.")
+              help="typicality: ordered by --order; date: one entry per file, newest first, by month; "
+                   "topics: clusters of what the items show, each labelled with words.")
+@click.option("--topic", type=click.IntRange(0), default=None,
+              help="With --by topics: the items of this topic (its number in the list).")
 @click.option("--order", type=click.Choice(["atypical", "typical"]), default="atypical", show_default=True,
               help="atypical: outliers first (what does not belong); typical: the most usual first.")
 @click.option("--kind", type=click.Choice(["image", "video", "frame", "doc", "page", "all"]), default="all",
@@ -520,14 +523,16 @@ def _echo_hits(col, hits: list, as_json: bool, score_format: str = "7.4f", dated
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of hits.")
 @verbose_opt
 @handle_errors
-def browse(db, by, order, kind, k, offset, under, as_json, verbose):
-    """Browse the whole collection without a query, by typicality or by date.
+def browse(db, by, order, kind, k, offset, under, as_json, verbose, topic):
+    """Browse the whole collection without a query, by typicality, date or topic.
 
     \b
     clipsearch browse                       the 20 most atypical items: outliers, strays
     clipsearch browse --kind image -k 50    the 50 most atypical images
     clipsearch browse --order typical       the most typical items first
     clipsearch browse --by date             the 20 newest files, under month headings
+    clipsearch browse --by topics           the topics, largest first: number, label, size
+    clipsearch browse --by topics --topic 3 the items of topic 3, the most central first
 
     Typicality is measured in the fitted whitened space (needs `clipsearch fit-transforms`
     to have fitted whitening); the score printed is ||w||^2, higher is more atypical.
@@ -536,12 +541,31 @@ def browse(db, by, order, kind, k, offset, under, as_json, verbose):
     from clipsearch.collection import Collection
 
     col = Collection.open(db or _db_default(), device="cpu")
+    if topic is not None and by != "topics":
+        raise UsageError("--topic needs --by topics", hint="clipsearch browse --by topics --topic 0")
     if by == "date":
         hits = col.browse_by_date(kind=kind, k=k, offset=offset, under=under)
         _echo_by_month(col, hits, as_json)
         return
+    if by == "topics":
+        if topic is not None:
+            _echo_hits(col, col.browse_topic(topic, kind=kind, k=k, offset=offset), as_json)
+            return
+        _echo_topics(col.browse_topics(kind=kind), as_json)
+        return
     hits = col.browse(order=order, kind=kind, k=k, offset=offset, under=under)
     _echo_hits(col, hits, as_json, score_format="9.2f")
+
+
+def _echo_topics(topics: list, as_json: bool) -> None:
+    """Topics: one line each, number, size and label; or one JSON array."""
+    if as_json:
+        click.echo(jsonsafe.dumps([t.to_dict() for t in topics], ensure_ascii=False))
+        return
+    if not topics:
+        click.echo("no topics (nothing to browse here)")
+    for t in topics:
+        click.echo(f"{t.id:3d}  {t.size:6d} items  {t.label}")
 
 
 def _echo_by_month(col, hits: list, as_json: bool) -> None:

@@ -52,6 +52,7 @@ from clipsearch.storage import (
 
 if TYPE_CHECKING:
     from clipsearch.backends import AnyEncoder
+    from clipsearch.browse_topics import Topic
     from clipsearch.duplicate_moves import MoveResult
     from clipsearch.duplicates import DuplicateGroup, DuplicateReport
     from clipsearch.indexers.base import IndexContext
@@ -891,6 +892,24 @@ class Collection:
         """No query: one hit per file, newest first; `extra["month"]` ("2024-05") groups them.
         Reads only a few metadata columns, once per table version (then pages are slices)."""
         return self._located(self.searcher.browse_by_date(kind=kind, k=k, offset=offset, under=under))
+
+    def browse_topics(self, *, kind: str | None = None) -> list[Topic]:
+        """No query: the collection's topics, largest first: clusters of its image-like vectors,
+        each with an id, a label (words from a built-in vocabulary and the collection's own
+        text), a size (items) and a few example item ids. Computed once per table version and
+        kept in the collection folder (`clipsearch.browse_topics`)."""
+        return self.searcher.browse_topics(kind=kind)
+
+    def browse_topic(self, topic: int, page: int = 0, *, k: int = 20, offset: int | None = None,
+                     kind: str | None = None) -> list[Hit]:
+        """The items of topic `topic`, one per file or page, the most central first, `k` a page
+        (`page` from 0, or `offset`); score: the cosine to the topic's centre."""
+        start = page * k if offset is None else offset
+        return self._located(self.searcher.browse_topic(topic, kind=kind, k=k, offset=start))
+
+    def items(self, ids: Sequence[str]) -> list[Hit]:
+        """The hits of these row ids (e.g. a topic's examples), in order, score 0."""
+        return self._located(self.searcher.items(ids))
 
     def moments(self, text: str, k: int = 10, under: str | None = None, **filters: Any) -> Hits:
         """Where in which video does `text` happen: hits of kind 'moment' with t_start/t_end.

@@ -35,6 +35,7 @@ from clipsearch.relevance import AUTO, SINGLED_OUT, Calibrator, assign, split
 from clipsearch.store import FILE_COLUMNS, float32_vectors, sql_in
 
 if TYPE_CHECKING:
+    from clipsearch.browse_topics import Topic, Topics
     from clipsearch.collection import Collection
     from clipsearch.moments import VideoCatalog
     from clipsearch.query_terms import QueryTerm
@@ -919,6 +920,42 @@ class Searcher:
             h.extra["date"] = iso_of(t)
             h.extra["dated"] = dated
         return hits
+
+    def browse_topics(self, kind: str | None = None) -> list[Topic]:
+        """No query: the collection's topics, largest first (`clipsearch.browse_topics`)."""
+        return self._topics(kind, "browse topics of").topics
+
+    def browse_topic(self, topic: int, kind: str | None = None, k: int = 10, offset: int = 0) -> list[Hit]:
+        """The items of one topic (one per file or page), closest to its centre first; each
+        hit's score is that cosine, `extra["topic"]` its topic's id and `extra["topic_label"]`."""
+        if k <= 0:
+            raise UsageError(f"k must be positive, got {k}", hint="use -k 20")
+        if offset < 0:
+            raise UsageError(f"offset must be >= 0, got {offset}")
+        topics = self._topics(kind, "browse topics of")
+        if not 0 <= topic < len(topics.topics):
+            raise UsageError(f"no topic {topic}: this collection has {len(topics.topics)}",
+                             hint="list them with `clipsearch browse --by topics`")
+        label = topics.topics[topic].label
+        hits = self._hydrate(topics.items(topic, k, offset))
+        for h in hits:
+            h.extra["topic"] = topic
+            h.extra["topic_label"] = label
+        return hits
+
+    def items(self, ids: Sequence[str]) -> list[Hit]:
+        """The hits of these row ids, in their order (score 0); ids no longer in the table are left out."""
+        return self._hydrate([(str(i), 0.0) for i in ids])
+
+    def _topics(self, kind: str | None, what: str) -> Topics:
+        from clipsearch.browse_topics import TopicFiles, topics_of
+
+        kind = (kind or "all").lower()
+        if kind not in BROWSE_KINDS:
+            raise UsageError(f"cannot {what} kind '{kind}'", hint="one of: " + ", ".join(BROWSE_KINDS))
+        files = TopicFiles(self.col.path, str(self.col.meta["model_id"]), int(self.col.meta["dim"]))
+        return topics_of(self.col.store, files, BROWSE_KINDS[kind],
+                         lambda words: self.col.encoder.encode_texts(list(words)))
 
     def _typicality_of(self, kinds: tuple[str, ...]) -> tuple[list[Any], list[Any], list[Any], np.ndarray]:
         """(ids, group keys, sources, typicality) of every row of `kinds`, cached per table

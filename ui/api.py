@@ -392,21 +392,30 @@ class SearchService:
         return self.search(text, kind="moment", k=k, under=under, min_relevance=min_relevance, **filters)
 
     def browse(self, order: str = "atypical", *, kind: str | None = None, k: int = PAGE_SIZE,
-               offset: int = 0, under: str | None = None, by: str = "typicality") -> dict[str, Any]:
-        """No query: the collection by typicality (outliers first by default) or by date (newest
-        first, with `months`: each month on the page, its label and how many hits), same hits
-        JSON as search."""
+               offset: int = 0, under: str | None = None, by: str = "typicality",
+               topic: int | None = None) -> dict[str, Any]:
+        """No query: the collection by typicality (outliers first by default), by date (newest
+        first, with `months`: each month on the page, its label and how many hits) or by topic
+        (`topics`, each with example hits; with `topic`, that topic's items), same hits JSON as
+        search."""
         if not 1 <= int(k) <= MAX_K:
             raise UsageError(f"k must be between 1 and {MAX_K}, got {k}")
         kind = kind_of_label(kind) or kind  # also accept the UI's labels
         kind = "video" if kind == "moment" else kind  # a video browses as its frames
         under = self._checked_under(under)
+        if topic is not None and by != "topics":
+            raise UsageError("'topic' needs by=topics", hint="/api/browse?by=topics&topic=0")
+        if by == "topics" and topic is None:
+            return {"by": by, "topics": self.topics_json(self.col.browse_topics(kind=kind))}
         if by == "date":
             hits = self.col.browse_by_date(kind=kind, k=int(k), offset=int(offset), under=under)
+        elif by == "topics":
+            assert topic is not None
+            hits = self.col.browse_topic(int(topic), kind=kind, k=int(k), offset=int(offset))
         elif by == "typicality":
             hits = self.col.browse(order=order, kind=kind, k=int(k), offset=int(offset), under=under)
         else:
-            raise UsageError(f"unknown browse 'by={by}'", hint="one of: typicality, date")
+            raise UsageError(f"unknown browse 'by={by}'", hint="one of: typicality, date, topics")
         out = self.hits_json(hits, offset)
         message = None if out else ("No more results." if offset else "Nothing to browse here.")
         reply = {"hits": out, "offset": offset, "k": k, "more": len(out) == k, "message": message, "by": by}
@@ -414,7 +423,21 @@ class SearchService:
             from clipsearch.browse_date import months_of
 
             reply["months"] = months_of(out)
+        if by == "topics":
+            reply["topic"] = next((t.to_dict() for t in self.col.browse_topics(kind=kind)
+                                   if t.id == topic), None)
         return reply
+
+    def topics_json(self, topics: list[Any]) -> list[dict[str, Any]]:
+        """Topics as JSON, each example an item hit (with its thumbnail URL) this server may show."""
+        hits = self.col.items([i for t in topics for i in t.examples])
+        shown = {h["id"]: h for h in self.hits_json(hits, 0)}
+        out = []
+        for t in topics:
+            d = t.to_dict()
+            d["examples"] = [shown[i] for i in t.examples if i in shown]
+            out.append(d)
+        return out
 
     # ---- hits → JSON with URLs ---------------------------------------------------------------
     def page_rows(self, hits) -> PageRows:
@@ -641,13 +664,18 @@ def rest_router(service: SearchService) -> APIRouter:
     @router.get("/api/browse")
     def api_browse(order: str = "atypical", k: int = PAGE_SIZE, kind: str | None = None,
                    offset: int = Query(0, ge=0), under: str | None = None,
-                   by: str = Query("typicality", description="typicality, or date (newest first, by month)"),
+                   by: str = Query("typicality", description="typicality, date (newest first, by month) "
+                                                             "or topics (clusters, labelled)"),
+                   topic: int | None = Query(None, ge=0, le=10_000,
+                                             description="with by=topics: this topic's items"),
                    page: int | None = Query(None, ge=0, le=1_000_000,
                                             description="page number from 0 (offset = page * k)")) -> Any:
-        """No query: items by typicality (order: atypical, outliers first, or typical) or by
-        date; kind: image, video, frame, doc, page or all."""
+        """No query: items by typicality (order: atypical, outliers first, or typical), by
+        date, or the topics (by=topics; with topic=N, its items); kind: image, video, frame,
+        doc, page or all."""
         start = page * k if page is not None else offset
-        return run(lambda: service.browse(order, kind=kind, k=k, offset=start, under=under, by=by))
+        return run(lambda: service.browse(order, kind=kind, k=k, offset=start, under=under, by=by,
+                                          topic=topic))
 
     @router.get("/api/duplicates")
     def api_duplicates(threshold: str = Query("auto", description="auto, or a cosine similarity in (0, 1]"),

@@ -17,6 +17,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from clipsearch.ui import duplicates_page, lightbox, messages, transform_options, url_state  # noqa: E402
 from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService, UploadRejected  # noqa: E402
+from clipsearch.ui.browse_view import CSS as BROWSE_CSS  # noqa: E402
+from clipsearch.ui.browse_view import DATE, TOPICS, render_by_date, render_topic, render_topics  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
 from clipsearch.ui.files import FileRefused  # noqa: E402
 from clipsearch.ui.names import fmt_time, hit_label, item_title, kind_name  # noqa: E402
@@ -83,7 +85,7 @@ footer .show-api, footer a, footer button { color: var(--body-text-color) !impor
 .cs-chip[data-sign='-'] { text-decoration: line-through; }
 .cs-chip button { border: none; background: none; cursor: pointer; padding: 0 4px; font-size: 14px; }
 """
-CSS += DUPLICATES_CSS + lightbox.CSS
+CSS += DUPLICATES_CSS + lightbox.CSS + BROWSE_CSS
 
 # Clicks on cards/buttons go back to Python as trigger('click', {action, index}).
 CLICK_JS = """
@@ -156,6 +158,30 @@ def headline(hit: dict) -> tuple[str, str]:
 
 
 
+def card_html(h: dict, i: int, weak: bool = False, cls: str = "cs-card",
+              top_line: tuple[str, str] | None = None) -> str:
+    """One result card (class `cls`): thumbnail, relevance (or `top_line`: text, tooltip), kind,
+    file name, a snippet; Enter, Space or a click opens it (`data-action='open'`, its index in
+    the state's hits)."""
+    top, tip = top_line or headline(h)
+    img = (f"<img src='{_e(h['thumb_url'])}' alt='{_e(h['name'])}' loading='lazy'>"
+           if h.get("thumb_url") else f"<div class='cs-noimg'>{_e(_kind_label(h))}</div>")
+    snippet = ""
+    if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
+        snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
+    elif h.get("text") and (h["kind"] in ("moment", "speech") or h.get("words") == "speech"):
+        snippet = f"<div class='cs-snippet cs-said'>“{_e(h['text'][:160])}”</div>"
+    elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
+        snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
+    return (f"<div class='{cls}{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
+            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='listitem'"
+            f" aria-label='{_e(item_title(h))}, {_e(_kind_label(h))}, {_e(top)}'>{img}<div class='cs-cap'>"
+            f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
+            f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
+            f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
+            f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
+
+
 def render_grid(hits: list[dict], cut: float | None = None, weaker: int = 0) -> str:
     """Result cards: thumbnail, relevance, kind, file name, and a page snippet for documents.
     With no cut in place (`cut` None), hits below the auto cut are shown dimmed. `weaker`: how
@@ -163,27 +189,8 @@ def render_grid(hits: list[dict], cut: float | None = None, weaker: int = 0) -> 
     in the same update as the cards)."""
     if not hits:
         return EMPTY_GRID
-    cards = []
-    for i, h in enumerate(hits):
-        top, tip = headline(h)
-        weak = h.get("relevance") is not None and float(h["relevance"]) < AUTO_RELEVANCE and cut is None
-        img = (f"<img src='{_e(h['thumb_url'])}' alt='{_e(h['name'])}' loading='lazy'>"
-               if h.get("thumb_url") else f"<div class='cs-noimg'>{_e(_kind_label(h))}</div>")
-        snippet = ""
-        if h.get("text") and h["kind"] in ("doc", "doc_page", "doc_text"):
-            snippet = f"<div class='cs-snippet'>{_e(h['text'][:160])}</div>"
-        elif h.get("text") and (h["kind"] in ("moment", "speech") or h.get("words") == "speech"):
-            snippet = f"<div class='cs-snippet cs-said'>“{_e(h['text'][:160])}”</div>"
-        elif h.get("text") and (h["kind"] == "ocr" or h.get("words")):  # the words it was found by
-            snippet = f"<div class='cs-snippet cs-words'>“{_e(h['text'][:160])}”</div>"
-        cards.append(
-            f"<div class='cs-card{' cs-weak' if weak else ''}' data-action='open' data-index='{i}'"
-            f" data-kind='{_e(h['kind'])}' title='{_e(h['source'])}' tabindex='0' role='listitem'"
-            f" aria-label='{_e(item_title(h))}, {_e(_kind_label(h))}, {_e(top)}'>{img}<div class='cs-cap'>"
-            f"<span class='cs-score' title='{_e(tip)}'>{_e(top)}</span>"
-            f"<span class='cs-kind'>{_e(_kind_label(h))}</span>"
-            f"<div class='cs-name'>{_e(h['name'])}</div>{snippet}</div>"
-            f"<button class='cs-more' data-action='more' data-index='{i}'>More like this</button></div>")
+    cards = [card_html(h, i, weak=h.get("relevance") is not None and float(h["relevance"]) < AUTO_RELEVANCE
+                       and cut is None) for i, h in enumerate(hits)]
     return (f"<div class='cs-grid' role='list' aria-label='results' data-weaker='{int(weaker)}'>"
             + "".join(cards) + "</div>")
 
@@ -407,8 +414,32 @@ def build_blocks(service: SearchService) -> gr.Blocks:
     def offered(option: str) -> bool:
         return option in first_why and first_why[option] is None
 
+    def browse(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
+        """No query: the browse view (`browse_view`) for `query` {"browse": "date" or "topics",
+        "topic": N or None}; the same outputs as a search."""
+        by, topic = query.get("browse"), query.get("topic")
+        hits, more, msg = previous, False, ""
+        try:
+            if by == TOPICS and topic is None:
+                view = render_topics(service.browse(by="topics")["topics"])
+            else:
+                res = service.browse(by=by or "date", topic=topic, k=PAGE_SIZE, offset=offset)
+                hits, more = previous + res["hits"], bool(res["more"])
+                view = (render_topic(res.get("topic"), hits, card_html) if by == TOPICS
+                        else render_by_date(hits, card_html, res.get("message") or ""))
+        except ClipsearchError as e:
+            msg = _message(_error_text(e), error=True)
+            view = (render_topics([], "") if by == TOPICS
+                    else render_by_date(previous, card_html, ""))
+        state = {"query": query, "hits": hits, "terms": [], "page": page}
+        line, *boxes = placed(msg, "")
+        return (view, EMPTY_DETAIL if not offset else gr.update(), line, gr.update(visible=more), state,
+                status(), "", gr.update(visible=False), *boxes)
+
     def execute(query: dict, offset: int, previous: list[dict], page: int = 1) -> tuple:
         """Run `query` from `offset`; returns the outputs shared by every search trigger."""
+        if query.get("browse"):
+            return browse(query, offset, previous, page)
         terms: list[dict] = []
         failed = False
         place = ""
@@ -455,22 +486,41 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                     *placed("", "")[1:])
         return execute(dict(state["query"], min_relevance="off"), 0, [])
 
+    searched: dict[str, int] = {}  # page session -> how many searches it began
+
+    def note_search(request: gr.Request | None) -> int:
+        """A search began (its number in the page's session): a browse view still being drawn
+        for that page, begun before it, is dropped rather than drawn over its results."""
+        session = getattr(request, "session_hash", None)
+        if not session:
+            return 0
+        if session not in searched and len(searched) >= 10_000:
+            searched.pop(next(iter(searched)))
+        searched[session] = searched.get(session, 0) + 1
+        return searched[session]
+
+    def superseded(request: gr.Request | None, mine: int) -> bool:
+        session = getattr(request, "session_hash", None)
+        return bool(session) and searched.get(str(session), 0) != mine
+
     def new_search(text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
-                   negative=""):
+                   negative="", request: gr.Request | None = None):
+        mine = note_search(request)
         text = (text or "").strip().rstrip("+").strip()  # "id:ITEM + " left to be finished
-        if not text and image is None:
-            return (EMPTY_GRID, EMPTY_DETAIL, "", gr.update(visible=False),
-                    {"query": {}, "hits": []}, status(), "", gr.update(visible=False), *placed("", "")[1:])
+        if not text and image is None:  # nothing asked: the collection by date
+            out = execute({"browse": DATE}, 0, [])
+            return unchanged() if superseded(request, mine) else out
         query = {"text": text or None, "image": image, "kind": KIND_LABELS.get(kind), "under": under,
                  "whiten": whiten, "center": center, "invert": invert, "sort": sort,
                  "negative": [negative] if (negative or "").strip() else [],
                  "filters": {"after": after, "before": before, "place": place, "camera": camera}}
         return execute(query, 0, [])
 
-    def submit_search(text, image, *rest):
+    def submit_search(text, image, *rest, request: gr.Request | None = None):
         """Enter in a box: an empty query keeps the results on screen rather than wiping them."""
         if not (text or "").strip().rstrip("+").strip() and image is None:
             return unchanged()
+        note_search(request)
         return new_search(text, image, *rest)
 
     def load_more(state):
@@ -511,7 +561,8 @@ def build_blocks(service: SearchService) -> gr.Blocks:
                  "kind": None if kind == "moment" else kind}
         return execute(query, 0, [])
 
-    def on_click(state, kind_label, under, evt: gr.EventData):
+    def on_click(state, kind_label, under, evt: gr.EventData, request: gr.Request | None = None):
+        note_search(request)
         action, index = getattr(evt, "action", None), int(getattr(evt, "index", -1))
         hits = (state or {}).get("hits") or []
         if action == "more":
@@ -522,17 +573,30 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             return more_like(state, index, kind_label, under)
         if action == "close":
             return (gr.update(), EMPTY_DETAIL) + unchanged()[2:]
+        if action in ("browse-date", "browse-topics"):
+            return execute({"browse": action.removeprefix("browse-")}, 0, [])
+        if action == "topic" and index >= 0:
+            return execute({"browse": TOPICS, "topic": index}, 0, [])
         if not 0 <= index < len(hits):
             return unchanged()
         state = dict(state, selected=index)
         view = lightbox.wrap(render_detail(hits[index], index), hits[index], index, len(hits))
         return (gr.update(), view, gr.update(), gr.update(), state) + unchanged()[5:]
 
-    def from_url(qs: str):
+    def from_url(qs: str, request: gr.Request | None = None):
         """The page's query string as field values and its results (on load, and on Back)."""
         decoded = url_state.decode(qs or "", SORT_LABELS)
-        if decoded is None:
-            return (gr.update(),) * len(url_fields) + unchanged()
+        if decoded is None:  # no query: the browse view the URL names (by date by default)
+            session = getattr(request, "session_hash", None)
+            asked, page = url_state.decode_browse(qs or "")
+            out = execute(asked, 0, [])
+            for n in range(2, page + 1):
+                if not out[4].get("hits") or len(out[4]["hits"]) < (n - 1) * PAGE_SIZE:
+                    break
+                out = execute(asked, len(out[4]["hits"]), out[4]["hits"], n)
+            if session and searched.get(session):  # the page searched before its browse view came: it wins
+                return (gr.update(),) * len(url_fields) + unchanged()
+            return (gr.update(),) * len(url_fields) + tuple(out)
         f, page = decoded
         query = {"text": f["text"] or None, "image": None, "kind": KIND_LABELS.get(f["kind"]),
                  "under": f["under"], "whiten": f["whiten"], "center": f["center"], "invert": f["invert"],

@@ -31,7 +31,7 @@ CSS = """
 .cs-lb-actions { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 10px; }
 .cs-lightbox .cs-detail img { max-height: 70vh; }
 .cs-lightbox .cs-detail video { max-height: 70vh; }
-.cs-lightbox :focus-visible, .cs-card:focus-visible {
+.cs-lightbox :focus-visible, .cs-card:focus-visible, .cs-tile:focus-visible {
   outline: 3px solid var(--color-accent); outline-offset: 2px; }
 html.cs-lb-open { overflow: hidden; }
 @media (max-width: 640px) {
@@ -56,7 +56,8 @@ const lbFocus = () => {
   const i = element.dataset.last;
   delete element.dataset.last;
   if (i === undefined) return;
-  const card = document.querySelector(`#cs-results .cs-card[data-index='${i}']`);
+  const card = document.querySelector(
+    `#cs-results .cs-card[data-index='${i}'], #cs-results .cs-tile[data-index='${i}']`);
   if (card) card.focus();
 };
 lbFocus();
@@ -131,7 +132,7 @@ element.addEventListener('click', (ev) => {
 # the search box from anywhere but a text field.
 CARD_KEYS_JS = """
 element.addEventListener('keydown', (ev) => {
-  const c = ev.target.closest ? ev.target.closest('.cs-card') : null;
+  const c = ev.target.closest ? ev.target.closest('.cs-card, .cs-tile') : null;
   if (!c || ev.target !== c || !(ev.key === 'Enter' || ev.key === ' ')) return;
   ev.preventDefault();
   trigger('click', {action: 'open', index: parseInt(c.dataset.index || '-1', 10)});

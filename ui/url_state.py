@@ -27,6 +27,8 @@ PUSH_JS = """(qs) => {
   return [];
 }"""
 FILTERS = ("after", "before", "place", "camera")
+BROWSE_VIEWS = ("date", "topics")
+MAX_TOPIC = 10_000
 FLAGS = ("whiten", "center", "invert")
 MAX_PAGES = 20  # a URL cannot make the server page further than this in one go
 _ITEM_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,8 +37,17 @@ LABEL_OF_KIND = {kind: label for label, kind in KIND_LABELS.items() if kind}
 
 
 def encode(query: dict[str, Any], page: int = 1) -> str:
-    """`?q=...&kind=image&page=2`, or "" when there is no query to share."""
+    """`?q=...&kind=image&page=2`, `?browse=topics&topic=3` while browsing, or "" when there is
+    no query to share (and for the default view, the collection by date)."""
     pairs: list[tuple[str, str]] = []
+    if query.get("browse") in BROWSE_VIEWS:
+        if query["browse"] != "date" or page > 1:
+            pairs.append(("browse", str(query["browse"])))
+        if query["browse"] == "topics" and query.get("topic") is not None:
+            pairs.append(("topic", str(int(query["topic"]))))
+        if page > 1:
+            pairs.append(("page", str(page)))
+        return "?" + urlencode(pairs) if pairs else ""
     if query.get("like"):
         pairs.append(("like", str(query["like"])))
     elif query.get("text"):
@@ -92,3 +103,19 @@ def decode(qs: str, sort_labels: dict[str, Any]) -> tuple[dict[str, Any], int] |
         **{flag: one(flag) == "1" for flag in FLAGS},
     }
     return fields, page
+
+
+def decode_browse(qs: str) -> tuple[dict[str, Any], int]:
+    """(the browse view, pages to show) of a URL without a query: `browse=date` (the default)
+    or `browse=topics`, with `topic=N` one topic's items. Malformed parts are dropped."""
+    params = dict(parse_qsl(qs.lstrip("?"), keep_blank_values=False))
+    by = params.get("browse", "date").strip()
+    view: dict[str, Any] = {"browse": by if by in BROWSE_VIEWS else "date"}
+    topic = params.get("topic", "").strip()
+    if view["browse"] == "topics" and topic.isdigit() and int(topic) <= MAX_TOPIC:
+        view["topic"] = int(topic)
+    try:
+        page = min(MAX_PAGES, max(1, int(params.get("page") or 1)))
+    except ValueError:
+        page = 1
+    return view, page
