@@ -302,7 +302,7 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
     `picture_of(source, thumb)`: the file to read a node's picture from (default: the source).
     `search_arrays`: the array form of `search` for the per-item queries (default: built
     from `search`)."""
-    from clipsearch.pixel_check import Miniatures, distance
+    from clipsearch.pixel_check import RELATIVE_MAX, Miniatures, contrast, distance, relative
 
     kind = check_kind(kind)
     row_kinds = {"image": ["image"], "video": ["video"], "all": ["image", "video"]}[kind]
@@ -358,6 +358,7 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
         n_frames = len(fthumb)
         frame_start = len(i) - n_frames
         dist = np.full(len(i), np.nan)  # miniature distance of each candidate pair (NaN: no pictures)
+        rel = np.full(len(i), np.nan)  # the same as a share of the pictures' contrast
         for x, (a, b, s_ab) in enumerate(zip(i.tolist(), j.tolist(), s.tolist(), strict=True)):
             if s_ab < bar - 1e-9:
                 continue
@@ -366,6 +367,7 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
                   if x >= frame_start else mini(b))
             if ma is not None and mb is not None:
                 dist[x] = distance(ma, mb)
+                rel[x] = relative(dist[x], contrast(ma), contrast(mb))
         compared = s >= bar - 1e-9
         tests = int(compared.sum())  # every candidate pair is one comparison the cut judges
         # fitted on each file's nearest neighbour (mostly a distinct picture), not on every pair
@@ -374,10 +376,12 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
                              if (ma := mini(a)) is not None and (mb := mini(b)) is not None]), tests)
         if fit is not None:
             pixel_cut = fit[0]
-            keep = compared & np.where(np.isnan(dist), s >= t - 1e-9, dist <= pixel_cut)
+            keep = compared & np.where(np.isnan(dist), s >= t - 1e-9,
+                                       (dist <= pixel_cut) & (rel <= RELATIVE_MAX))
             how += (f"; candidates ≥ {bar:.4f} confirmed on 16×16 miniatures: distance ≤ "
                     f"{pixel_cut:.4f} (fitted on nearest neighbours: ln d ~ N({fit[1]:.2f}, {fit[2]:.2f}), "
-                    f"{fit[3]:.2f} sigma for {tests} pairs compared)")
+                    f"{fit[3]:.2f} sigma for {tests} pairs compared), and at most "
+                    f"{RELATIVE_MAX} of the pictures' contrast")
     if pixel_cut is None:
         keep = s >= t - 1e-9
     i, j, s = i[keep], j[keep], s[keep]
@@ -409,7 +413,8 @@ def find(store: Store, search: Search, *, kind: str = "all", threshold: float | 
         if d is not None:
             return d
         if pixel_cut is not None and (ma := mini(a)) is not None and (mb := mini(b)) is not None:
-            return distance(ma, mb)
+            d_ab = distance(ma, mb)  # both checks, as for a pair: a low-contrast look-alike is not alike
+            return d_ab if relative(d_ab, contrast(ma), contrast(mb)) <= RELATIVE_MAX else math.inf
         if pixel_cut is not None:  # no pictures to compare: the vectors decide, as for a pair
             return cut if float(nodes.vectors[a] @ nodes.vectors[b]) >= t - 1e-9 else math.inf
         return 1.0 - float(nodes.vectors[a] @ nodes.vectors[b])

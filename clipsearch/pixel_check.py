@@ -13,6 +13,12 @@ shifts, made from a larger decode), and the distance of a pair is the best match
 file's views against the other's plain miniature, both ways round: the mean absolute
 difference, in [0, 1], small for a copy and ~0.3 for a different scene. Views are made once
 per file and cached for the run.
+
+A plain light background with a small shape differs little from another such picture on
+average, so the mean difference alone lets two low-contrast pictures pass for copies. The
+second check (`relative`) divides a pair's distance by the pictures' own contrast (the mean
+deviation of each plain miniature from its mean colour): a copy differs from its original by
+a small share of what the picture varies by, two different pictures by about as much.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import numpy as np
 from PIL import Image
 
 SIDE = 16
+# a pair is a copy only if its distance is at most this share of the pictures' mean contrast
+RELATIVE_MAX = 0.9
+CONTRAST_FLOOR = 0.02  # near-flat pictures: their contrast counts as this, so copies still pass
 BASE = 64  # the views are resampled from a decode of this side, then boxed down to SIDE
 # (zoom, degrees, dx, dy): zoom 0.9 shows the central 90 %; dx, dy shift by that share of the side
 VIEWS: tuple[tuple[float, float, float, float], ...] = (
@@ -78,6 +87,19 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
     one = np.abs(a - b[0]).mean(axis=(1, 2, 3)).min()
     other = np.abs(b[1:] - a[0]).mean(axis=(1, 2, 3)).min() if len(b) > 1 else one
     return float(min(one, other))
+
+
+def contrast(views: np.ndarray) -> float:
+    """How much a picture varies: the mean absolute deviation of its plain miniature from its
+    mean colour (0 a flat picture)."""
+    plain = views[0]
+    return float(np.abs(plain - plain.mean(axis=(0, 1))).mean())
+
+
+def relative(d: float, contrast_a: float, contrast_b: float) -> float:
+    """A pair's distance `d` as a share of the two pictures' mean contrast (see the module
+    docstring): well under 1 for a copy, about 1 or more for two different pictures."""
+    return d / max((contrast_a + contrast_b) / 2, CONTRAST_FLOOR)
 
 
 class Miniatures:

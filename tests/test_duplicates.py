@@ -290,3 +290,27 @@ def test_http_duplicates_through_a_real_server(planted):
         except urllib.error.HTTPError as e:
             code = e.code
         assert code in (404, 405)  # read-only: nothing moves over HTTP
+
+
+def test_two_low_contrast_look_alikes_fail_the_relative_check_and_a_copy_passes(tmp_path):
+    # a pale page with one small dark mark: two such pages differ little on average (the mean
+    # difference alone lets them pass), but by as much as each varies (the relative check)
+    from PIL import Image, ImageDraw
+
+    from clipsearch.pixel_check import RELATIVE_MAX, contrast, distance, miniature, relative
+
+    def page(name: str, box: tuple[int, int, int, int], quality: int = 92) -> np.ndarray:
+        im = Image.new("RGB", (256, 256), (236, 232, 226))
+        ImageDraw.Draw(im).ellipse(box, fill=(40, 40, 60))
+        im.save(tmp_path / name, "JPEG", quality=quality)
+        views = miniature(tmp_path / name)
+        assert views is not None
+        return views
+
+    a = page("a.jpg", (40, 40, 90, 90))
+    b = page("b.jpg", (160, 150, 210, 200))
+    copy = page("a40.jpg", (40, 40, 90, 90), quality=40)
+    d_ab, d_copy = distance(a, b), distance(a, copy)
+    assert d_ab < 0.06  # within the range the fitted absolute cut has reached (0.04-0.055)
+    assert relative(d_ab, contrast(a), contrast(b)) > RELATIVE_MAX
+    assert relative(d_copy, contrast(a), contrast(copy)) < 0.5 * RELATIVE_MAX
