@@ -981,14 +981,26 @@ class AnnIndex:
         return out
 
     @classmethod
-    def problem(cls, ann_dir: str | Path, version: int | None = None, rows: int | None = None) -> str | None:
+    def problem(cls, ann_dir: str | Path, version: int | None = None, rows: int | None = None,
+                restat: bool = False) -> str | None:
         """Why the saved index cannot serve a table at `version` with `rows` rows (one line), or
-        None when it can: absent, stale, or any file unreadable, truncated or not the manifest's."""
+        None when it can: absent, stale, or any file unreadable, truncated or not the manifest's.
+        `restat` (the writer's call, under its lock): files proved by CRC because their stat
+        changed (a copied or restored collection) get their stat recorded in the manifest, so
+        that later runs trust the stat instead of reading them again."""
         ann_dir = Path(ann_dir)
         try:
             saved, d, listing = cls._listing(ann_dir)
-            for e in listing["shards"]:
-                cls._check_files(d, e)
+            if restat:
+                entries = [_checked_entry(SavedShard(d, e)).entry for e in listing["shards"]]
+                if entries != listing["shards"]:
+                    fixed = {**listing, "shards": entries}
+                    fixed["checksum"] = _self_checksum(fixed)
+                    write_atomic(d / MANIFEST, json.dumps(fixed))
+                    log.info("%s: recorded the stat of the ANN files proved by their CRC", ann_dir)
+            else:
+                for e in listing["shards"]:
+                    cls._check_files(d, e)
         except FileNotFoundError:
             return f"there is no saved ANN index in {ann_dir}"
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
@@ -1111,6 +1123,31 @@ def _verify(path: Path, expected: dict) -> None:
         raise _damaged(path, got["size"], expected)
 
 
+def _restat(path: Path, expected: dict) -> dict:
+    """`expected` if `path` is that file by its stat; else, once its size and CRC prove it is,
+    `expected` with the file's stat now (a copied or restored index: the next run trusts the
+    stat again instead of reading the file). DamagedIndex when it is not that file."""
+    st = path.stat()
+    if st.st_size == expected["size"] and expected.get("stat") == [st.st_ino, st.st_mtime_ns]:
+        return expected
+    _verify(path, expected)
+    return {**expected, "stat": [st.st_ino, st.st_mtime_ns]}
+
+
+def _checked_entry(saved: SavedShard) -> SavedShard:
+    """The shard with every saved file it names verified (`_restat`): itself when each file's
+    stat is as recorded, else a copy whose entry records the files' stats now."""
+    e = saved.entry
+    entry = dict(e)
+    for part in ("faiss", "meta", *(("dead",) if "dead" in e and saved.dead is None else ())):
+        entry[part] = _restat(saved.path(part), e[part])
+    entry["segments"] = [_restat(saved.folder / g["file"], g) for g in saved.segments]
+    if all(entry[k] is e[k] for k in ("faiss", "meta", "dead") if k in entry) and \
+            all(a is b for a, b in zip(entry["segments"], saved.segments, strict=True)):
+        return saved
+    return SavedShard(saved.folder, entry, saved.dead, saved.new_rows)
+
+
 def _write_dead(dead: np.ndarray, dest: Path) -> dict:
     path = dest.with_name(dest.stem + DEAD_SUFFIX)
     with open(path, "wb") as f:
@@ -1178,6 +1215,19 @@ def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray, li
     return saved, keys, dead, metas
 
 
+def _keys_at(metas: list[pa.Table], at: np.ndarray) -> pa.Array:
+    """The keys (`_row_keys`) of positions `at` (ascending) of a shard whose positions run
+    through `metas` (base, then segments): only those rows are read."""
+    parts, start = [], 0
+    for m in metas:
+        lo, hi = np.searchsorted(at, [start, start + m.num_rows])
+        if hi > lo:
+            rows = m.select(["id", "content_hash"]).take(pa.array(at[lo:hi] - start))
+            parts.append(_row_keys(rows.column("id"), rows.column("content_hash")))
+        start += m.num_rows
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
 MAX_ID_FILTER = 20_000  # added rows read by an `id IN (...)` filter up to this many
 
 
@@ -1224,7 +1274,8 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
     known = pc.is_in(table_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
     add = positions[~known]
     add_ids = table_ids.filter(pa.array(~known)) if table_ids is not None else None
-    _verify(saved.path("faiss"), e["faiss"])
+    saved = _checked_entry(saved)  # by stat; a file whose stat changed is read once, then restated
+    e = saved.entry
     if not len(add) and not len(kill):
         return saved
     new = _new_rows(snapshot, e["kind"], add, live_keys, watermark, add_ids) if len(add) else None
@@ -1301,6 +1352,9 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
         entry = saved.shard_map.saved_entry(kind)
         if entry is None:
             return None
+        checked = _checked_entry(entry)  # by stat; a copied file is read once, then restated
+        moved = moved or checked is not entry
+        entry = checked
         part: Shard | SavedShard | None = entry
         mine = fresh.filter(pc.equal(fresh.column("kind"), kind)) if fresh is not None and kind in kinds \
             else None
@@ -1311,11 +1365,13 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
             n = sum(m.num_rows for m in metas)
             live = np.ones(n, bool)
             live[dead] = False
-            sources = pa.concat_arrays([m.column("source").combine_chunks() for m in metas])
-            cand = live & pc.is_in(sources, value_set=displays).to_numpy(zero_copy_only=False)
+            # the changed sources' positions, by path (one hash probe a row, no copy), then
+            # their keys alone: no key is built for the rows that did not change
+            cand = live & np.concatenate([
+                pc.is_in(m.column("source"), value_set=displays).to_numpy(zero_copy_only=False)
+                for m in metas])
             at = np.flatnonzero(cand)
-            cand_keys = pa.concat_arrays([_row_keys(m.column("id"), m.column("content_hash")) for m in metas]
-                                         ).take(pa.array(at)) if len(at) else pa.array([], pa.string())
+            cand_keys = _keys_at(metas, at)
             mine_keys = (_row_keys(mine.column("id"), mine.column("content_hash")) if mine is not None
                          else pa.array([], pa.string()))
             kill = at[~pc.is_in(cand_keys, value_set=mine_keys).to_numpy(zero_copy_only=False)] \
@@ -1324,7 +1380,6 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
                 if mine is not None else None
             added = new.num_rows if new is not None else 0
             n_after = int(live.sum()) - len(kill) + added
-            _verify(entry.path("faiss"), entry.entry["faiss"])  # by stat, else CRC: damage is rebuilt
             if len(kill) or added:
                 if _past_limits(entry.entry, n, n_after, exact_threshold):
                     return None
