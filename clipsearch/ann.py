@@ -333,7 +333,8 @@ class Shard:
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
     saved: Path | None = field(default=None, repr=False, compare=False)  # its base .faiss file, if any
     origin: SavedShard | None = field(default=None, repr=False, compare=False)  # the files it was read from
-    hashes: np.ndarray | None = field(default=None, repr=False, compare=False)  # position -> content hash
+    # position -> content hash (a reader's: left in Arrow form, only a save reads them)
+    hashes: np.ndarray | pa.ChunkedArray | None = field(default=None, repr=False, compare=False)
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
     trained: int = 0  # rows the shard was built (and, for IVF, trained) at: its retraining yardstick
     _ids_u: np.ndarray | None = field(default=None, repr=False, compare=False)  # ids, fixed-width
@@ -705,6 +706,13 @@ def _strings(col) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
 
 
+def _column_of(metas: list[pa.Table], name: str) -> pa.ChunkedArray:
+    """One string column of the base and segments, end to end, without a copy (chunked_array
+    of ChunkedArrays would convert every value through Python)."""
+    return pa.chunked_array([chunk for m in metas for chunk in m.column(name).cast(pa.string()).chunks],
+                            type=pa.string())
+
+
 def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
     """Read one saved shard, base and segments (each checked as it is read): the segments'
     vectors are added to the base index in memory, so positions run base, then segments.
@@ -722,8 +730,10 @@ def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
             raise DamagedIndex(f"a segment of {faiss_path} holds vectors of another dim")
         index.add(float32_vectors(vecs))
     metas = [base] + [t.select(["id", "source", "content_hash"]) for t in segments]
-    ids, sources, hashes = (_strings(pa.chunked_array([m.column(c).cast(pa.string()) for m in metas]))
-                            for c in ("id", "source", "content_hash"))
+    ids, sources = (_strings(_column_of(metas, c)) for c in ("id", "source"))
+    hashes: np.ndarray | pa.ChunkedArray = _column_of(metas, "content_hash")
+    if not place:  # the writer's copy, to be merged: as Python strings (a reader never asks)
+        hashes = _strings(hashes)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:  # the probes of this version's defaults, whichever version saved it
         ivf.nprobe = probes(ivf.nlist, index.d)
@@ -1310,7 +1320,7 @@ def _applied(saved: SavedShard, dead: np.ndarray, kill: np.ndarray, new: pa.Tabl
         return SavedShard(saved.folder, e, dead, new)
     shard = load_saved_shard(SavedShard(saved.folder, e, dead), place=False)
     index, ids, sources, hashes = shard.index, shard.ids, shard.sources, shard.hashes
-    assert hashes is not None
+    assert isinstance(hashes, np.ndarray)  # place=False: Python strings
     if exact and len(dead):  # a flat index removes rows for real (IndexRefine cannot)
         index.remove_ids(faiss.IDSelectorBatch(dead))
         keep = np.setdiff1d(np.arange(n), dead, assume_unique=True)
