@@ -382,12 +382,12 @@ class Maintainer:
         rebuilt from the table: the saved ANN index, the full-text index, the transforms.
         With `facts` (a fresh catalog) the table is not opened: its version, rows and counts
         come from there, and a full-text index it saw healthy, whose files are unchanged since,
-        is taken as healthy. `restat` (the writer's call, with `facts`): see `AnnIndex.problem`."""
+        is taken as healthy. `restat`: the writer's call (see `AnnIndex.problem`)."""
         from clipsearch.ann import AnnIndex
 
         searcher = self.col.searcher
         if facts is None:
-            ann, fts = searcher.ann_problem(), self.fts_problem()
+            ann, fts = searcher.ann_problem(restat), self.fts_problem()
         else:
             ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows, restat=restat)
             fts = None if facts.fts_ok else self.fts_problem()

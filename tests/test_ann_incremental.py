@@ -434,14 +434,14 @@ def test_rows_added_before_a_compaction_are_read_by_id_not_by_a_whole_table_scan
 
 
 def _crc_reads(monkeypatch) -> list[str]:
-    """The names of the saved files read whole to compute their CRC, from now on."""
+    """The paths of the saved files read whole to compute their CRC, from now on."""
     from clipsearch import ann
 
     read: list[str] = []
     real = ann.file_check
 
     def spy(path):
-        read.append(path.name)
+        read.append(str(path))
         return real(path)
 
     monkeypatch.setattr(ann, "file_check", spy)
@@ -461,7 +461,7 @@ def test_a_copied_index_is_proved_once_by_its_crc_then_trusted_by_its_stat(ivf, 
     assert any(n.endswith(".faiss") for n in read), "a copied FAISS file was trusted unread"
     read.clear()
     store.clear_changes()
-    saved = {p.name for p in AnnIndex.load(copied).shards.saved_entry("image").folder.iterdir()}
+    saved = {str(p) for p in AnnIndex.load(copied).shards.saved_entry("image").folder.iterdir()}
     _fill(store, _clustered(rng, 5, centres), start=8100)
     update_saved(store, copied, exact_threshold=THRESHOLD)
     assert not set(read) & saved, "a file proved by its CRC in the previous run was read again"
@@ -493,3 +493,28 @@ def test_the_writer_records_a_copied_index_stat_and_never_a_damaged_file(ivf, tm
     assert "damaged" in (AnnIndex.problem(bad, version=version, rows=rows, restat=True) or "")
     assert next(bad.glob("v*/shards.json")).read_text() == manifest, "a damaged file's stat was recorded"
     assert "damaged" in (AnnIndex.problem(bad, version=version, rows=rows) or "")
+
+
+def test_a_copied_collection_is_proved_by_its_next_run_and_trusted_by_the_one_after(tmp_path, monkeypatch):
+    import shutil
+
+    from support import write_shapes
+
+    from clipsearch import Collection
+
+    media = tmp_path / "media"
+    write_shapes(media, per_class=2, size=48)
+    Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
+    shutil.copytree(tmp_path / "db", tmp_path / "copy")  # a restored backup: every inode new
+    read = _crc_reads(monkeypatch)
+    report = Collection.open(tmp_path / "copy", device="cpu").add([media], ocr="off")
+    assert report.indexed == 0 and any(p.endswith(".faiss") for p in read)
+    saved = {str(p) for p in (tmp_path / "copy" / "ann").rglob("*") if p.is_file()}
+    read.clear()
+    files = sorted(media.iterdir())
+    (media / "new.jpg").write_bytes(files[0].read_bytes()[:-10] + b"0123456789")
+    report = Collection.open(tmp_path / "copy", device="cpu").add([media], ocr="off")
+    assert report.indexed == 1
+    assert not set(read) & saved, "a run read a proved file again"
+    col = Collection.open(tmp_path / "copy", device="cpu")
+    assert str(media / "new.jpg") in {h.source for h in col.search(image=media / "new.jpg", k=3)}
