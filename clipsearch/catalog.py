@@ -186,18 +186,31 @@ class Catalog:
 STATE_FILES = (("base", FILE_STATES), ("delta", FILE_STATES_DELTA))  # states_check's part -> file
 
 
+_last_read: dict[str, tuple[tuple[Any, ...], Any]] = {}  # path -> (its check and stat, table)
+
+
 def _read_states(path: Path, check: dict[str, Any]) -> Any:
-    """One file-state file (an Arrow table), checked by size and CRC as it is read."""
+    """One file-state file (an Arrow table), checked by size and CRC as it is read. The table
+    last read from each path is kept while that file is, by its stat, the one read: a run reads
+    and checks the base once, for its plan and its catalog both."""
     import pyarrow as pa
     import pyarrow.ipc
 
+    key = (check["size"], check["crc32"], _folder_stat(os.fspath(path)))
+    kept = _last_read.get(os.fspath(path))
+    if kept is not None and kept[0] == key and key[2] is not None:
+        return kept[1]
     data = path.read_bytes()
     if len(data) != check["size"] or zlib.crc32(data) != check["crc32"]:
         raise ValueError(f"{path.name} fails its check")
     try:
-        return pyarrow.ipc.open_file(pa.BufferReader(data)).read_all()
+        table = pyarrow.ipc.open_file(pa.BufferReader(data)).read_all()
     except pa.ArrowException as e:
         raise ValueError(f"{path.name} is unreadable ({e})") from None
+    for other in [p for p in _last_read if os.path.dirname(p) != os.path.dirname(os.fspath(path))]:
+        del _last_read[other]  # one collection's files at a time: memory for the one being indexed
+    _last_read[os.fspath(path)] = (key, table)
+    return table
 
 
 def _write_states(path: Path, table: Any) -> dict[str, Any]:

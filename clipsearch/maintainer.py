@@ -367,9 +367,14 @@ class Maintainer:
         if "://" in store.db_dir:
             return
         try:
+            previous = catalog.last(self.col.path)
+            # rows are written with relative thumbnails: none absolute at the last catalog, and
+            # every commit since made by this store, none now
+            known = previous is not None and previous.absolute_thumbs == 0 and \
+                store.changes_since(previous.version) is not None
+            absolute = 0 if known else store.count(ABSOLUTE_THUMBS)
             if catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
-                             stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS),
-                             previous=catalog.last(self.col.path)):
+                             stats=self.table_stats().to_dict(), absolute_thumbs=absolute, previous=previous):
                 store.clear_changes()  # the catalog now stands for every change logged so far
         except (OSError, ClipsearchError) as e:
             log.warning("%s: could not record the table's catalog (%s); readers read the table",
