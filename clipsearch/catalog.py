@@ -319,7 +319,7 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     check["delta"] = _write_states(folder / FILE_STATES_DELTA, states.delta)
     counts = pc.value_counts(snapshot.to_table(columns=["kind"]).column("kind")).to_pylist()
     kinds = {str(c["values"]): int(c["counts"]) for c in counts}
-    taken, unread = _summary(states.parts())
+    taken, unread = _summary(states)
     thumbs = os.path.join(folder, THUMBS)
     data: dict[str, Any] = {
         "format": FORMAT, "key": key, "version": version, "rows": int(snapshot.count_rows()),
@@ -336,32 +336,49 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
     return True
 
 
-def _summary(parts: list[Any], top: int = 5) -> tuple[dict[str, Any] | None, int]:
+def _summary(states: FileStates, top: int = 5) -> tuple[dict[str, Any] | None, int]:
     """(`Store.file_summary`, how many complete sources were never described) from the file
-    states with their SUMMARY_COLUMNS, one row per source, in parts (`FileStates.parts`): no
-    read of the table."""
+    states with their SUMMARY_COLUMNS, one row per source: no read of the table. Counts over
+    the whole base (kernels, no copy), less the base rows the delta replaces, plus the delta's;
+    the date range over the base's kept rows (one column filtered) only when a replaced row
+    may have held one of its ends."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from clipsearch.file_states import PARTIAL_SIZE
 
-    if not parts or "taken_at" not in parts[0].column_names:
+    base = states.base
+    if "taken_at" not in base.column_names:
         return None, 0
-    parts = [t for t in parts if t.num_rows]
+    replaced, delta = states.replaced_rows(), states.live_delta()
     unread = 0
-    for t in parts:
+    counts: dict[str, dict[Any, int]] = {"place": {}, "camera": {}}
+    for t, sign in ((base, 1), (replaced, -1), (delta, 1)):
+        if not t.num_rows:
+            continue
         mask = pc.and_(pc.is_null(t.column("taken_at_source")), pc.not_equal(t.column("size"), PARTIAL_SIZE))
-        unread += int(pc.sum(pc.cast(mask, "int64")).as_py() or 0)
-    out: dict[str, Any] = {"first": None, "last": None}
-    spans = [pc.min_max(t.column("taken_at")) for t in parts]
-    lows = [s["min"].as_py() for s in spans if s["min"].is_valid]
-    highs = [s["max"].as_py() for s in spans if s["max"].is_valid]
-    if lows:
-        out["first"], out["last"] = min(lows).isoformat(), max(highs).isoformat()
-    for column, key in (("place", "places"), ("camera", "cameras")):
-        counts: dict[Any, int] = {}
-        for t in parts:
+        unread += sign * int(pc.sum(pc.cast(mask, "int64")).as_py() or 0)
+        for column, got in counts.items():
             for c in pc.value_counts(t.column(column).drop_null()).to_pylist():
-                counts[c["values"]] = counts.get(c["values"], 0) + int(c["counts"])
-        ranked = sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+                got[c["values"]] = got.get(c["values"], 0) + sign * int(c["counts"])
+    kept, gone = _span(base.column("taken_at")), _span(replaced.column("taken_at"))
+    if kept is not None and gone is not None and (gone[0] <= kept[0] or gone[1] >= kept[1]):
+        kept = _span(base.column("taken_at").filter(pa.array(states.kept())))  # an end may be gone
+    ends = [r for r in (kept, _span(delta.column("taken_at"))) if r is not None]
+    out: dict[str, Any] = {"first": None, "last": None}
+    if ends:
+        out["first"], out["last"] = min(e[0] for e in ends).isoformat(), max(e[1] for e in ends).isoformat()
+    for column, key in (("place", "places"), ("camera", "cameras")):
+        ranked = sorted(((v, n) for v, n in counts[column].items() if n > 0), key=lambda c: (-c[1], c[0]))
         out[key] = [[v, n] for v, n in ranked[:top]]
     return out, unread
+
+
+def _span(times: Any) -> tuple[Any, Any] | None:
+    """(earliest, latest) of a timestamp column, or None when it holds none."""
+    import pyarrow.compute as pc
+
+    if not len(times):
+        return None
+    s = pc.min_max(times)
+    return (s["min"].as_py(), s["max"].as_py()) if s["min"].is_valid else None

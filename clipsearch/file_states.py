@@ -214,16 +214,26 @@ class FileStates(Mapping[bytes, FileState]):
                 self._table = both.take(pa.array(order)).combine_chunks()
         return self._table
 
-    def parts(self) -> list[pa.Table]:
-        """The states as tables that together hold each source once (the base's rows the delta
-        does not replace, then the delta's live rows), for sums over every source without
-        merging: a filter of the base, no sort."""
-        if not len(self._draw):
-            return [self.base]
+    def replaced_rows(self) -> pa.Table:
+        """The base's rows that the delta replaces or marks gone (as many as the delta's rows)."""
+        return self.base.take(pa.array(self._shadow[self._shadow >= 0], pa.int64()))
+
+    def live_delta(self) -> pa.Table:
+        """The delta's rows of sources that are there (new or changed), in the base's columns."""
+        return self.delta.filter(pa.array(~self._gone)).drop_columns([GONE, BASE_ROW])
+
+    def kept(self) -> np.ndarray:
+        """Per base row, whether the delta leaves it as it is (a mask; no copy of the base)."""
         keep = np.ones(len(self._raw), bool)
         keep[self._shadow[self._shadow >= 0]] = False
-        return [self.base.filter(pa.array(keep)),
-                self.delta.filter(pa.array(~self._gone)).drop_columns([GONE, BASE_ROW])]
+        return keep
+
+    def parts(self) -> list[pa.Table]:
+        """The states as tables that together hold each source once (the base's rows the delta
+        does not replace, then the delta's live rows): a filter of the base, no sort."""
+        if not len(self._draw):
+            return [self.base]
+        return [self.base.filter(pa.array(self.kept())), self.live_delta()]
 
     def merged(self) -> FileStates:
         """The same states with the delta folded into the base."""

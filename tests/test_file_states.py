@@ -76,6 +76,32 @@ def test_a_source_gone_and_back_and_a_source_new_then_gone():
     assert states.under([b"/a"]) == [b"/a/x", b"/a/y"]
 
 
+def test_the_summary_of_a_delta_over_a_base_is_that_of_the_merged_states():
+    from datetime import UTC, datetime
+
+    def table(rows):
+        names = sorted(rows)
+        return pa.table({"source_raw": pa.array(names, pa.binary()), "mtime": [1.0] * len(names),
+                         "size": pa.array([rows[r][0] for r in names], pa.int64()),
+                         "content_hash": ["h"] * len(names),
+                         "taken_at": pa.array([rows[r][1] for r in names], pa.timestamp("us", tz="UTC")),
+                         "taken_at_source": [None if rows[r][1] is None else "exif" for r in names],
+                         "place": [rows[r][2] for r in names], "camera": [None] * len(names)})
+
+    day = [datetime(2020, 1, d, tzinfo=UTC) for d in range(1, 8)]
+    base = {b"/a": (1, day[0], "Oslo"), b"/b": (2, day[3], "Oslo"), b"/c": (3, day[6], "Rome"),
+            b"/d": (4, None, None), b"/e": (5, day[2], "Rome")}
+    states = FileStates(table(base))
+    fresh = {b"/c": (3, day[4], "Oslo"), b"/f": (6, None, None)}  # the latest date replaced; /a gone
+    layered = states.replaced({b"/a", b"/c", b"/f"}, FileStates(table(fresh)).base)
+    merged = FileStates(layered.table, prepared=True)
+    assert layered.delta_rows and not merged.delta_rows
+    taken, unread = catalog._summary(layered)
+    assert (taken, unread) == catalog._summary(merged)
+    assert unread == 2 and taken["first"] == day[2].isoformat() and taken["last"] == day[4].isoformat()
+    assert taken["places"] == [["Oslo", 2], ["Rome", 1]]
+
+
 # ---- the catalog's files ----------------------------------------------------------------------
 @pytest.fixture
 def copy(tmp_path) -> tuple[Path, Path]:
@@ -103,6 +129,8 @@ def assert_catalog_is_the_table(db: Path) -> catalog.Catalog:
     whole = FileStates(col.store.scan(got.base.column_names)).table
     assert got.table.equals(whole) and facts.sources == whole.num_rows == len(got)
     assert facts.rows == col.store.count()
+    assert facts.taken == col.store.file_summary()
+    assert facts.unread_files == len(col.store.sources_without_file_meta())
     return facts
 
 
