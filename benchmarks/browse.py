@@ -8,7 +8,7 @@ over ten years). Each figure is the median of --runs runs; "first" clears the pr
 (and, for topics, the persisted file) before each run. The text encoder is loaded before any
 timing: a server holds it already.
 
-    python benchmarks/browse.py --rows 100000 --runs 5
+    python -m benchmarks.browse --rows 100000 --runs 5
 """
 
 from __future__ import annotations
