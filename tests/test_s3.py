@@ -243,7 +243,7 @@ def test_serve_a_collection_on_s3(s3, cache, tmp_path):
             except httpx.TransportError:
                 time.sleep(0.5)
         assert info.status_code == 200, info.text
-        assert info.json()["items"] == 12 and info.json()["db"] == uri and info.json()["name"] == "served"
+        assert info.json()["items"] == 12 and info.json()["db"] == uri and info.json()["name"] == root.name
         found = httpx.get(base + "/api/search", params={"q": "a red circle", "k": 3, "min_relevance": "off"},
                           timeout=60)
         hits = found.json()["hits"]
