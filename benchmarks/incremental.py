@@ -99,17 +99,26 @@ class Timer:
         setattr(obj, name, timed)
 
 
-def recall_at_10(col: Collection, queries: np.ndarray) -> tuple[float, float]:
-    """(recall@10 of a fresh reader's ANN view vs exact search, its first query's seconds)."""
+def recall_at_10(col: Collection, queries: np.ndarray, profile: str | None = None) -> tuple[float, float]:
+    """(recall@10 of a fresh reader's ANN view vs exact search, its first query's seconds);
+    `profile`: a cProfile of that first query is written there."""
+    import cProfile
+
     reader = Collection.open(col.path, device="cpu")
     meta, vecs = reader.store.vectors("kind = 'image'")
     ids = np.array(meta.column("id").to_pylist(), dtype=object)
     scores = queries @ vecs.T
     exact = [set(ids[np.argsort(-row, kind="stable")[:10]]) for row in scores]
+    prof = cProfile.Profile() if profile else None
     t = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     ann = reader.searcher.ann()
     first = ann.search(queries[0], FETCH, kinds=("image",))
     first_s = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(profile)
     got = [first[0]] + [ann.search(q, FETCH, kinds=("image",))[0] for q in queries[1:]]
     alive = set(reader.store.rows_by_id([i for row in got for i, _ in row]).column("id").to_pylist())
     live = [[i for i, _ in row if i in alive][:10] for row in got]
@@ -182,7 +191,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--setup-cache", default=None,
                     help="folder keeping the setup (before the change): made once, then copied")
-    ap.add_argument("--profile", default=None, help="write a cProfile of the timed run to this file")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the timed run to this file "
+                    "(and of the reader's first query to FILE.reader)")
     ap.add_argument("--dim", type=int, default=128, help="--ann-only: vector dim (clipsearch-tiny's)")
     ap.add_argument("--ann-only", action="store_true", help="time the ANN update alone (no files, no model)")
     a = ap.parse_args()
@@ -283,7 +293,7 @@ def main() -> None:
     info["table_versions"] = len(col.store.table.list_versions())
 
     queries = make_queries(dist, data, 50, seed=3)
-    info["recall_at_10"], first_s = recall_at_10(col, queries)
+    info["recall_at_10"], first_s = recall_at_10(col, queries, a.profile and f"{a.profile}.reader")
     info["reader_first_query_s"] = round(first_s, 2)
     info["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(info, indent=2))

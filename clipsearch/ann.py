@@ -333,7 +333,8 @@ class Shard:
     _by_path: np.ndarray | None = field(default=None, repr=False, compare=False)  # positions by path
     saved: Path | None = field(default=None, repr=False, compare=False)  # its base .faiss file, if any
     origin: SavedShard | None = field(default=None, repr=False, compare=False)  # the files it was read from
-    hashes: np.ndarray | None = field(default=None, repr=False, compare=False)  # position -> content hash
+    # position -> content hash (a reader's: left in Arrow form, only a save reads them)
+    hashes: np.ndarray | pa.ChunkedArray | None = field(default=None, repr=False, compare=False)
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False, compare=False)
     trained: int = 0  # rows the shard was built (and, for IVF, trained) at: its retraining yardstick
     _ids_u: np.ndarray | None = field(default=None, repr=False, compare=False)  # ids, fixed-width
@@ -705,6 +706,13 @@ def _strings(col) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
 
 
+def _column_of(metas: list[pa.Table], name: str) -> pa.ChunkedArray:
+    """One string column of the base and segments, end to end, without a copy (chunked_array
+    of ChunkedArrays would convert every value through Python)."""
+    return pa.chunked_array([chunk for m in metas for chunk in m.column(name).cast(pa.string()).chunks],
+                            type=pa.string())
+
+
 def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
     """Read one saved shard, base and segments (each checked as it is read): the segments'
     vectors are added to the base index in memory, so positions run base, then segments.
@@ -722,8 +730,10 @@ def load_saved_shard(saved: SavedShard, place: bool = True) -> Shard:
             raise DamagedIndex(f"a segment of {faiss_path} holds vectors of another dim")
         index.add(float32_vectors(vecs))
     metas = [base] + [t.select(["id", "source", "content_hash"]) for t in segments]
-    ids, sources, hashes = (_strings(pa.chunked_array([m.column(c).cast(pa.string()) for m in metas]))
-                            for c in ("id", "source", "content_hash"))
+    ids, sources = (_strings(_column_of(metas, c)) for c in ("id", "source"))
+    hashes: np.ndarray | pa.ChunkedArray = _column_of(metas, "content_hash")
+    if not place:  # the writer's copy, to be merged: as Python strings (a reader never asks)
+        hashes = _strings(hashes)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:  # the probes of this version's defaults, whichever version saved it
         ivf.nprobe = probes(ivf.nlist, index.d)
@@ -981,14 +991,26 @@ class AnnIndex:
         return out
 
     @classmethod
-    def problem(cls, ann_dir: str | Path, version: int | None = None, rows: int | None = None) -> str | None:
+    def problem(cls, ann_dir: str | Path, version: int | None = None, rows: int | None = None,
+                restat: bool = False) -> str | None:
         """Why the saved index cannot serve a table at `version` with `rows` rows (one line), or
-        None when it can: absent, stale, or any file unreadable, truncated or not the manifest's."""
+        None when it can: absent, stale, or any file unreadable, truncated or not the manifest's.
+        `restat` (the writer's call, under its lock): files proved by CRC because their stat
+        changed (a copied or restored collection) get their stat recorded in the manifest, so
+        that later runs trust the stat instead of reading them again."""
         ann_dir = Path(ann_dir)
         try:
             saved, d, listing = cls._listing(ann_dir)
-            for e in listing["shards"]:
-                cls._check_files(d, e)
+            if restat:
+                entries = [_checked_entry(SavedShard(d, e)).entry for e in listing["shards"]]
+                if entries != listing["shards"]:
+                    fixed = {**listing, "shards": entries}
+                    fixed["checksum"] = _self_checksum(fixed)
+                    write_atomic(d / MANIFEST, json.dumps(fixed))
+                    log.info("%s: recorded the stat of the ANN files proved by their CRC", ann_dir)
+            else:
+                for e in listing["shards"]:
+                    cls._check_files(d, e)
         except FileNotFoundError:
             return f"there is no saved ANN index in {ann_dir}"
         except (DamagedIndex, OSError, KeyError, TypeError, ValueError) as e:
@@ -1111,6 +1133,31 @@ def _verify(path: Path, expected: dict) -> None:
         raise _damaged(path, got["size"], expected)
 
 
+def _restat(path: Path, expected: dict) -> dict:
+    """`expected` if `path` is that file by its stat; else, once its size and CRC prove it is,
+    `expected` with the file's stat now (a copied or restored index: the next run trusts the
+    stat again instead of reading the file). DamagedIndex when it is not that file."""
+    st = path.stat()
+    if st.st_size == expected["size"] and expected.get("stat") == [st.st_ino, st.st_mtime_ns]:
+        return expected
+    _verify(path, expected)
+    return {**expected, "stat": [st.st_ino, st.st_mtime_ns]}
+
+
+def _checked_entry(saved: SavedShard) -> SavedShard:
+    """The shard with every saved file it names verified (`_restat`): itself when each file's
+    stat is as recorded, else a copy whose entry records the files' stats now."""
+    e = saved.entry
+    entry = dict(e)
+    for part in ("faiss", "meta", *(("dead",) if "dead" in e and saved.dead is None else ())):
+        entry[part] = _restat(saved.path(part), e[part])
+    entry["segments"] = [_restat(saved.folder / g["file"], g) for g in saved.segments]
+    if all(entry[k] is e[k] for k in ("faiss", "meta", "dead") if k in entry) and \
+            all(a is b for a, b in zip(entry["segments"], saved.segments, strict=True)):
+        return saved
+    return SavedShard(saved.folder, entry, saved.dead, saved.new_rows)
+
+
 def _write_dead(dead: np.ndarray, dest: Path) -> dict:
     path = dest.with_name(dest.stem + DEAD_SUFFIX)
     with open(path, "wb") as f:
@@ -1178,6 +1225,19 @@ def _saved_keys(saved: SavedShard) -> tuple[SavedShard, pa.Array, np.ndarray, li
     return saved, keys, dead, metas
 
 
+def _keys_at(metas: list[pa.Table], at: np.ndarray) -> pa.Array:
+    """The keys (`_row_keys`) of positions `at` (ascending) of a shard whose positions run
+    through `metas` (base, then segments): only those rows are read."""
+    parts, start = [], 0
+    for m in metas:
+        lo, hi = np.searchsorted(at, [start, start + m.num_rows])
+        if hi > lo:
+            rows = m.select(["id", "content_hash"]).take(pa.array(at[lo:hi] - start))
+            parts.append(_row_keys(rows.column("id"), rows.column("content_hash")))
+        start += m.num_rows
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
 MAX_ID_FILTER = 20_000  # added rows read by an `id IN (...)` filter up to this many
 
 
@@ -1224,7 +1284,8 @@ def _updated_shard(snapshot, saved: SavedShard, table_keys: pa.Array, positions:
     known = pc.is_in(table_keys, value_set=live_keys).to_numpy(zero_copy_only=False)
     add = positions[~known]
     add_ids = table_ids.filter(pa.array(~known)) if table_ids is not None else None
-    _verify(saved.path("faiss"), e["faiss"])
+    saved = _checked_entry(saved)  # by stat; a file whose stat changed is read once, then restated
+    e = saved.entry
     if not len(add) and not len(kill):
         return saved
     new = _new_rows(snapshot, e["kind"], add, live_keys, watermark, add_ids) if len(add) else None
@@ -1259,7 +1320,7 @@ def _applied(saved: SavedShard, dead: np.ndarray, kill: np.ndarray, new: pa.Tabl
         return SavedShard(saved.folder, e, dead, new)
     shard = load_saved_shard(SavedShard(saved.folder, e, dead), place=False)
     index, ids, sources, hashes = shard.index, shard.ids, shard.sources, shard.hashes
-    assert hashes is not None
+    assert isinstance(hashes, np.ndarray)  # place=False: Python strings
     if exact and len(dead):  # a flat index removes rows for real (IndexRefine cannot)
         index.remove_ids(faiss.IDSelectorBatch(dead))
         keep = np.setdiff1d(np.arange(n), dead, assume_unique=True)
@@ -1301,6 +1362,9 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
         entry = saved.shard_map.saved_entry(kind)
         if entry is None:
             return None
+        checked = _checked_entry(entry)  # by stat; a copied file is read once, then restated
+        moved = moved or checked is not entry
+        entry = checked
         part: Shard | SavedShard | None = entry
         mine = fresh.filter(pc.equal(fresh.column("kind"), kind)) if fresh is not None and kind in kinds \
             else None
@@ -1311,11 +1375,13 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
             n = sum(m.num_rows for m in metas)
             live = np.ones(n, bool)
             live[dead] = False
-            sources = pa.concat_arrays([m.column("source").combine_chunks() for m in metas])
-            cand = live & pc.is_in(sources, value_set=displays).to_numpy(zero_copy_only=False)
+            # the changed sources' positions, by path (one hash probe a row, no copy), then
+            # their keys alone: no key is built for the rows that did not change
+            cand = live & np.concatenate([
+                pc.is_in(m.column("source"), value_set=displays).to_numpy(zero_copy_only=False)
+                for m in metas])
             at = np.flatnonzero(cand)
-            cand_keys = pa.concat_arrays([_row_keys(m.column("id"), m.column("content_hash")) for m in metas]
-                                         ).take(pa.array(at)) if len(at) else pa.array([], pa.string())
+            cand_keys = _keys_at(metas, at)
             mine_keys = (_row_keys(mine.column("id"), mine.column("content_hash")) if mine is not None
                          else pa.array([], pa.string()))
             kill = at[~pc.is_in(cand_keys, value_set=mine_keys).to_numpy(zero_copy_only=False)] \
@@ -1324,7 +1390,6 @@ def _update_by_change(snapshot, saved: AnnIndex, changed: set[bytes], ann_dir: P
                 if mine is not None else None
             added = new.num_rows if new is not None else 0
             n_after = int(live.sum()) - len(kill) + added
-            _verify(entry.path("faiss"), entry.entry["faiss"])  # by stat, else CRC: damage is rebuilt
             if len(kill) or added:
                 if _past_limits(entry.entry, n, n_after, exact_threshold):
                     return None

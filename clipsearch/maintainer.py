@@ -154,7 +154,7 @@ class Maintainer:
         if (report.indexed == 0 and report.removed == 0 and report.moved == 0 and report.described == 0
                 and report.ocr_files == 0 and report.transcribed == 0):
             facts = catalog.fresh(self.col.path)
-            problems = self.derived_problems(fit_transforms=fit_transforms, facts=facts)
+            problems = self.derived_problems(fit_transforms=fit_transforms, facts=facts, restat=True)
             if (self.col.path / REFRESH_MARKER).exists():
                 problems.insert(0, "an earlier refresh of the derived state did not finish")
             for problem in problems:
@@ -367,9 +367,14 @@ class Maintainer:
         if "://" in store.db_dir:
             return
         try:
+            previous = catalog.last(self.col.path)
+            # rows are written with relative thumbnails: none absolute at the last catalog, and
+            # every commit since made by this store, none now
+            known = previous is not None and previous.absolute_thumbs == 0 and \
+                store.changes_since(previous.version) is not None
+            absolute = 0 if known else store.count(ABSOLUTE_THUMBS)
             if catalog.write(self.col.path, store, fts_ok=self.fts_problem() is None,
-                             stats=self.table_stats().to_dict(), absolute_thumbs=store.count(ABSOLUTE_THUMBS),
-                             previous=catalog.last(self.col.path)):
+                             stats=self.table_stats().to_dict(), absolute_thumbs=absolute, previous=previous):
                 store.clear_changes()  # the catalog now stands for every change logged so far
         except (OSError, ClipsearchError) as e:
             log.warning("%s: could not record the table's catalog (%s); readers read the table",
@@ -377,19 +382,19 @@ class Maintainer:
 
     # ---- health ------------------------------------------------------------------------------
     def derived_problems(self, fit_transforms: bool = True,
-                         facts: catalog.Catalog | None = None) -> list[str]:
+                         facts: catalog.Catalog | None = None, restat: bool = False) -> list[str]:
         """One line per part of the derived state that is missing, stale or damaged and must be
         rebuilt from the table: the saved ANN index, the full-text index, the transforms.
         With `facts` (a fresh catalog) the table is not opened: its version, rows and counts
         come from there, and a full-text index it saw healthy, whose files are unchanged since,
-        is taken as healthy."""
+        is taken as healthy. `restat`: the writer's call (see `AnnIndex.problem`)."""
         from clipsearch.ann import AnnIndex
 
         searcher = self.col.searcher
         if facts is None:
-            ann, fts = searcher.ann_problem(), self.fts_problem()
+            ann, fts = searcher.ann_problem(restat), self.fts_problem()
         else:
-            ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows)
+            ann = AnnIndex.problem(searcher.ann_dir, version=facts.version, rows=facts.rows, restat=restat)
             fts = None if facts.fts_ok else self.fts_problem()
         problems = [ann, fts, self.transforms_problem(fit_transforms, facts),
                     self.scalar_index_problem(facts)]

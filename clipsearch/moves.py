@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from clipsearch import thumbs
+from clipsearch.file_states import FileState, FileStates
 from clipsearch.records import Record
-from clipsearch.store import FileState, FileStates, SourceRows, Store
+from clipsearch.store import SourceRows, Store
 
 if TYPE_CHECKING:
     from clipsearch.pipeline import IndexReport, Job

@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from clipsearch import metadata, moves
 from clipsearch.errors import SkipFile, StorageError
+from clipsearch.file_states import PARTIAL_SIZE, FileState, FileStates
 from clipsearch.fsutil import is_within
 from clipsearch.indexers.base import IndexContext, Indexer, Part, is_batched, is_streaming
 from clipsearch.indexers.scanner import Found, Problem, Scan, ScanRules, has_media_extension
 from clipsearch.records import Record, display_path
-from clipsearch.store import PARTIAL_SIZE, FileState, FileStates, SourceRows, Store
+from clipsearch.store import SourceRows, Store
 
 if TYPE_CHECKING:
     import torch

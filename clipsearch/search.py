@@ -202,10 +202,11 @@ class Searcher:
             self._saved_pointer = pointer
         return self._saved
 
-    def ann_problem(self) -> str | None:
-        """Why the saved ANN index is missing, stale or damaged (the maintainer rebuilds it)."""
+    def ann_problem(self, restat: bool = False) -> str | None:
+        """Why the saved ANN index is missing, stale or damaged (the maintainer rebuilds it).
+        `restat`: the writer's call (see `AnnIndex.problem`)."""
         store = self.col.store
-        return AnnIndex.problem(self.ann_dir, version=store.version, rows=store.count())
+        return AnnIndex.problem(self.ann_dir, version=store.version, rows=store.count(), restat=restat)
 
     def ann(self) -> LiveAnn:
         """The ANN view at the table's current version: the saved index plus an exact search of

@@ -13,11 +13,10 @@ A file too big for one commit goes in by parts whose rows carry `size = PARTIAL_
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,8 @@ import pyarrow as pa
 
 from clipsearch import thumbs
 from clipsearch.failures import detail, guarded, storage_errors
+from clipsearch.file_states import PARTIAL_SIZE, STATE_COLUMNS, FileStates
+from clipsearch.file_states import FileState as FileState  # re-exported: its home was here
 from clipsearch.lazy import lazy_import
 from clipsearch.records import Record, display_path, item_id
 from clipsearch.testpoints import pause_at
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 TABLE = "items"
 TABLE_META_KEY = b"clipsearch"  # schema metadata: JSON of the model fields of clipsearch.json
-PARTIAL_SIZE = -1  # `size` of the rows of a file whose rows are not all in yet
 ABSOLUTE_THUMBS = f"thumb LIKE '/%/{thumbs.FOLDER}/%'"  # rows from before thumbnails were relative
 TOUCH_BATCH = 500  # touched files recorded per commit
 META_COLUMNS = ["id", "source", "source_raw", "kind", "t_start", "t_end", "page", "text", "thumb",
@@ -120,125 +120,6 @@ def float32_vectors(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     arr = col.combine_chunks() if hasattr(col, "combine_chunks") else col
     vectors: np.ndarray = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
     return vectors.reshape(-1, arr.type.list_size)
-
-
-@dataclass
-class FileState:
-    mtime: float
-    size: int
-    content_hash: str
-
-    @property
-    def complete(self) -> bool:
-        """False while a file's rows are still going in by parts (or a run stopped midway)."""
-        return self.size != PARTIAL_SIZE
-
-
-class FileStates(Mapping[bytes, FileState]):
-    """Source file -> `FileState`, kept in Arrow form, one row per source sorted by its raw
-    name (`STATE_COLUMNS`): a lookup is a binary search (a few Arrow scalars, no map of every
-    source), the sources under a folder are one contiguous range, and nothing is converted
-    per row, so an unchanged run over a million-row table pays for the files it walks.
-
-    `t` is either rows as the table holds them (`prepared=False`: sorted here, the last row of
-    a source winning) or the prepared form (`table`, what the catalog saves)."""
-
-    def __init__(self, t: pa.Table, prepared: bool = False) -> None:
-        if not prepared:
-            t = _one_row_per_source(t)
-        self.table = t.combine_chunks()
-        self._raw = self.table.column("source_raw").combine_chunks()
-        self._mtime = self.table.column("mtime")
-        self._size = self.table.column("size")
-        self._hash = self.table.column("content_hash")
-
-    def _find(self, raw: bytes) -> int:
-        """The row of `raw`, or -1."""
-        i = bisect.bisect_left(_Names(self._raw), raw)
-        return i if i < len(self._raw) and self._raw[i].as_py() == raw else -1
-
-    def __getitem__(self, raw: bytes) -> FileState:
-        i = self._find(raw)
-        if i < 0:
-            raise KeyError(raw)
-        return FileState(float(self._mtime[i].as_py()), int(self._size[i].as_py()), self._hash[i].as_py())
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._raw.to_pylist())
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def __contains__(self, raw: object) -> bool:
-        return isinstance(raw, bytes) and self._find(raw) >= 0
-
-    def under(self, prefixes: Sequence[bytes]) -> list[bytes]:
-        """The sources that are one of `prefixes` or lie under one (`fsutil.is_within`): per
-        prefix, the range of names from `base/` up to (not including) `base0`."""
-        names = _Names(self._raw)
-        out: list[bytes] = []
-        for p in prefixes:
-            base = p.rstrip(b"/") or b"/"
-            if base in self:
-                out.append(base)
-            lo_key = base if base == b"/" else base + b"/"
-            hi_key = lo_key[:-1] + bytes([lo_key[-1] + 1])  # '/' + 1 = '0'
-            lo, hi = bisect.bisect_left(names, lo_key), bisect.bisect_left(names, hi_key)
-            out.extend(self._raw.slice(lo, hi - lo).to_pylist())
-        return list(dict.fromkeys(out))
-
-    def replaced(self, changed: Iterable[bytes], fresh: pa.Table) -> pa.Table:
-        """This states table with the rows of the `changed` sources replaced by `fresh` (their
-        rows now, in the prepared form; a source absent there is gone), still sorted: costs
-        the change (a binary search per source) plus one take of the table, no sort."""
-        gone = pc.is_in(self._raw, value_set=pa.array(list(changed), pa.binary()))  # one hash probe a row
-        kept = self.table.filter(pc.invert(gone))
-        if not fresh.num_rows:
-            return kept
-        names = _Names(kept.column("source_raw").combine_chunks())
-        at = [bisect.bisect_left(names, r) for r in fresh.column("source_raw").to_pylist()]
-        order = np.insert(np.arange(kept.num_rows), at, kept.num_rows + np.arange(fresh.num_rows))
-        both = pa.concat_tables([kept, fresh.select(kept.column_names).cast(kept.schema)])
-        return both.take(pa.array(order)).combine_chunks()
-
-    def with_sizes(self, sizes: Iterable[int]) -> Iterator[tuple[bytes, FileState]]:
-        """(source, state) of the sources whose recorded size is one of `sizes`."""
-        wanted = np.asarray(sorted(set(sizes)), dtype=np.int64)
-        hits = pa.array(np.flatnonzero(np.isin(self._size.to_numpy(), wanted)), pa.int64())
-        rows = self.table.take(hits)  # columns converted once: no search per row
-        for raw, mtime, size, h in zip(*(rows.column(c).to_pylist() for c in STATE_COLUMNS), strict=True):
-            yield raw, FileState(float(mtime), int(size), h)
-
-
-STATE_COLUMNS = ["source_raw", "mtime", "size", "content_hash"]
-
-
-class _Names(Sequence[bytes]):
-    """The sorted raw names of a `FileStates` as a sequence `bisect` can search."""
-
-    def __init__(self, raw: pa.Array) -> None:
-        self.raw = raw
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, i: Any) -> Any:
-        return self.raw[i].as_py()
-
-
-def _one_row_per_source(t: pa.Table) -> pa.Table:
-    """`t` (rows of STATE_COLUMNS) with one row per source, the last in `t`'s order, sorted by
-    the raw name (bytewise, as Python compares bytes)."""
-    if not t.num_rows:
-        return t
-    order = pc.sort_indices(t, sort_keys=[("source_raw", "ascending")])  # stable: table order kept
-    t = t.take(order)
-    raw = t.column("source_raw").combine_chunks()
-    n = len(raw)
-    last = np.ones(n, bool)
-    if n > 1:  # a row is its source's last when the next row names another source
-        last[:-1] = pc.not_equal(raw.slice(1), raw.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    return t.filter(pa.array(last))
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 
 PAUSE_ENV = "CLIPSEARCH_TEST_PAUSE_AT"
 READY_ENV = "CLIPSEARCH_TEST_PAUSE_FILE"
-# where each pause point stands (the maintenance steps, and the touch batches of the scan)
-STEPS = ("touch", "fts", "compact", "scalar_index", "thumbs", "ann", "transforms", "cleanup")
+# where each pause point stands (the maintenance steps, the touch batches of the scan, and the
+# catalog's new base of file states, written before its delta and the catalog naming both)
+STEPS = ("touch", "fts", "compact", "scalar_index", "thumbs", "ann", "transforms", "cleanup", "catalog")
 MOVE_STEP = "move"  # after each file that `duplicates --move-to` moved (clipsearch.duplicate_moves)
 
 

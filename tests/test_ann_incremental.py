@@ -431,3 +431,90 @@ def test_rows_added_before_a_compaction_are_read_by_id_not_by_a_whole_table_scan
     assert [g["rows"] for g in entry.segments] == [15]
     reader = _reader(store, ann_dir)
     assert reader._newer == 0 and _live_top(store, reader, new[12], 1) == [_id(store, 9702)]
+
+
+def _crc_reads(monkeypatch) -> list[str]:
+    """The paths of the saved files read whole to compute their CRC, from now on."""
+    from clipsearch import ann
+
+    read: list[str] = []
+    real = ann.file_check
+
+    def spy(path):
+        read.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(ann, "file_check", spy)
+    return read
+
+
+def test_a_copied_index_is_proved_once_by_its_crc_then_trusted_by_its_stat(ivf, tmp_path, monkeypatch):
+    import shutil
+
+    store, ann_dir, rng, centres, _ = ivf
+    copied = tmp_path / "copied"
+    shutil.copytree(ann_dir, copied)  # new inodes: the recorded stats no longer match
+    read = _crc_reads(monkeypatch)
+    store.clear_changes()  # the writer's log starts at the saved version, as after a run
+    _fill(store, _clustered(rng, 5, centres), start=8000)
+    update_saved(store, copied, exact_threshold=THRESHOLD)
+    assert any(n.endswith(".faiss") for n in read), "a copied FAISS file was trusted unread"
+    read.clear()
+    store.clear_changes()
+    saved = {str(p) for p in AnnIndex.load(copied).shards.saved_entry("image").folder.iterdir()}
+    _fill(store, _clustered(rng, 5, centres), start=8100)
+    update_saved(store, copied, exact_threshold=THRESHOLD)
+    assert not set(read) & saved, "a file proved by its CRC in the previous run was read again"
+    assert read, "the new segment's CRC was not computed as it was written"
+    reader = _reader(store, copied)
+    assert len(reader.shards["image"]) == 610
+    assert _recall(store, reader, _clustered(rng, 20, centres)) >= 0.95
+
+
+def test_the_writer_records_a_copied_index_stat_and_never_a_damaged_file(ivf, tmp_path, monkeypatch):
+    import shutil
+
+    store, ann_dir, _, _, _ = ivf
+    version, rows = store.version, store.count()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    shutil.copytree(ann_dir, good)
+    shutil.copytree(ann_dir, bad)
+    faiss_file = next(bad.glob("v*/*.faiss"))
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes
+    faiss_file.write_bytes(bytes(data))
+    read = _crc_reads(monkeypatch)
+    assert AnnIndex.problem(good, version=version, rows=rows, restat=True) is None
+    assert read, "the copied files were not proved"
+    read.clear()
+    assert AnnIndex.problem(good, version=version, rows=rows) is None
+    assert read == [], "the stats proved by CRC were not recorded"
+    manifest = next(bad.glob("v*/shards.json")).read_text()
+    assert "damaged" in (AnnIndex.problem(bad, version=version, rows=rows, restat=True) or "")
+    assert next(bad.glob("v*/shards.json")).read_text() == manifest, "a damaged file's stat was recorded"
+    assert "damaged" in (AnnIndex.problem(bad, version=version, rows=rows) or "")
+
+
+def test_a_copied_collection_is_proved_by_its_next_run_and_trusted_by_the_one_after(tmp_path, monkeypatch):
+    import shutil
+
+    from support import write_shapes
+
+    from clipsearch import Collection
+
+    media = tmp_path / "media"
+    write_shapes(media, per_class=2, size=48)
+    Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
+    shutil.copytree(tmp_path / "db", tmp_path / "copy")  # a restored backup: every inode new
+    read = _crc_reads(monkeypatch)
+    report = Collection.open(tmp_path / "copy", device="cpu").add([media], ocr="off")
+    assert report.indexed == 0 and any(p.endswith(".faiss") for p in read)
+    saved = {str(p) for p in (tmp_path / "copy" / "ann").rglob("*") if p.is_file()}
+    read.clear()
+    files = sorted(media.iterdir())
+    (media / "new.jpg").write_bytes(files[0].read_bytes()[:-10] + b"0123456789")
+    report = Collection.open(tmp_path / "copy", device="cpu").add([media], ocr="off")
+    assert report.indexed == 1
+    assert not set(read) & saved, "a run read a proved file again"
+    col = Collection.open(tmp_path / "copy", device="cpu")
+    assert str(media / "new.jpg") in {h.source for h in col.search(image=media / "new.jpg", k=3)}

@@ -16,7 +16,7 @@ import pytest
 from support import write_shapes
 
 from clipsearch import Collection, catalog, scalar_index
-from clipsearch.store import FileStates
+from clipsearch.file_states import FileStates
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_file_states_answer_like_a_map_of_the_last_rows():
     assert sorted(states.under([b"/a"])) == [b"/a", b"/a/x", b"/a/y", b"/a/\xff"]
     fresh = FileStates(pa.table({"source_raw": pa.array([b"/a/w", b"/c"], pa.binary()), "mtime": [8.0, 9],
                                  "size": [8, 9], "content_hash": ["h", "i"]})).table
-    replaced = FileStates(states.replaced({b"/a/x", b"/b/z"}, fresh), prepared=True)
+    replaced = states.replaced({b"/a/x", b"/b/z"}, fresh)
     assert list(replaced) == [b"/a", b"/a/w", b"/a/y", b"/a/\xff", b"/a0", b"/c"]
     assert replaced[b"/c"].size == 9
 

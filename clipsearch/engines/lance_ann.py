@@ -123,11 +123,11 @@ class RemoteSearcher(Searcher):
                 return self._ann
         return super().rebuild_ann(save=save, full=full)
 
-    def ann_problem(self) -> str | None:
+    def ann_problem(self, restat: bool = False) -> str | None:
         """A Lance vector index lives in the table itself: nothing local to check."""
         if self._lance_indexed(self.col.store):
             return None
-        return super().ann_problem()
+        return super().ann_problem(restat)
 
     def ann(self):
         with self._lock:
