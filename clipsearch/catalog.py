@@ -310,7 +310,10 @@ def write(folder: str | os.PathLike[str], store: Store, fts_ok: bool, stats: dic
             states = states.merged()
         else:
             assert previous is not None
-            check["base"] = previous.states_check["base"]  # the file read above, kept as it is
+            # the file read (and CRC-checked) above, kept as it is; its stat as it is now, so a
+            # copied collection's base is trusted by stat from the next run on
+            base_stat = _folder_stat(os.fspath(folder / FILE_STATES))
+            check["base"] = {**previous.states_check["base"], "stat": base_stat}
     else:
         states = FileStates(read_table(snapshot, cols))
     if "base" not in check:

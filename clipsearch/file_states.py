@@ -78,6 +78,28 @@ def _range(raw: pa.Array, prefix: bytes) -> list[bytes]:
     return out + raw.slice(lo, hi - lo).to_pylist()
 
 
+def one_array(column: pa.ChunkedArray) -> pa.Array:
+    """`column` as one array. An empty table's column has no chunks, and pyarrow imports pandas
+    to combine none (an unchanged run must not: tests/test_startup.py)."""
+    return column.combine_chunks() if column.num_chunks else pa.nulls(0, column.type)
+
+
+def numpy_of(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """A column of null-free fixed-width values (or booleans) as a numpy array, read from its
+    buffer: pyarrow's own `to_numpy` imports pandas, which an unchanged run must not."""
+    arr = one_array(column)
+    if len(arr) == 0:
+        return np.zeros(0, dtype)
+    if arr.null_count:
+        raise ValueError(f"a {column.type} column with nulls")
+    data = arr.buffers()[1]
+    if pa.types.is_boolean(arr.type):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return bits[arr.offset:arr.offset + len(arr)].astype(bool)
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(data, dtype=dtype, count=len(arr), offset=arr.offset * width).copy()
+
+
 def one_row_per_source(t: pa.Table) -> pa.Table:
     """`t` (rows with STATE_COLUMNS) with one row per source, the last in `t`'s order, sorted
     by the raw name (bytewise, as Python compares bytes)."""
@@ -102,22 +124,24 @@ class FileStates(Mapping[bytes, FileState]):
 
     def __init__(self, t: pa.Table, prepared: bool = False, delta: pa.Table | None = None) -> None:
         self.base = (t if prepared else one_row_per_source(t)).combine_chunks()
-        self._raw = self.base.column("source_raw").combine_chunks()
+        self._raw = one_array(self.base.column("source_raw"))
         self._mtime, self._size = self.base.column("mtime"), self.base.column("size")
         self._hash = self.base.column("content_hash")
         if delta is None:
             delta = self.empty_delta(self.base.schema)
         self.delta = delta.combine_chunks()
-        self._draw = self.delta.column("source_raw").combine_chunks()
-        self._gone = self.delta.column(GONE).to_numpy(zero_copy_only=False).astype(bool)
-        self._shadow = self.delta.column(BASE_ROW).to_numpy(zero_copy_only=False).astype(np.int64)
+        self._draw = one_array(self.delta.column("source_raw"))
+        self._gone = numpy_of(self.delta.column(GONE), bool)
+        self._shadow = numpy_of(self.delta.column(BASE_ROW), np.int64)
         if len(self._shadow) and int(self._shadow.max()) >= len(self._raw):
             raise ValueError("the delta names rows its base does not have")
         self._table: pa.Table | None = None
 
     @staticmethod
     def empty_delta(schema: pa.Schema) -> pa.Table:
-        return schema.append(pa.field(GONE, pa.bool_())).append(pa.field(BASE_ROW, pa.int64())).empty_table()
+        # from no batches rather than Schema.empty_table(), which imports pandas
+        delta = schema.append(pa.field(GONE, pa.bool_())).append(pa.field(BASE_ROW, pa.int64()))
+        return pa.Table.from_batches([], schema=delta)
 
     # ---- the mapping -------------------------------------------------------------------------
     def _state(self, t: pa.Table, i: int) -> FileState:
