@@ -15,8 +15,6 @@ logged and computed again. The built-in vocabulary's text vectors are kept per m
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch import derived_npz
 from clipsearch.browse_vocabulary import VOCABULARY, collection_words, vocabulary_hash, words_of
-from clipsearch.fsutil import write_atomic
 
 if TYPE_CHECKING:
     from clipsearch.store import Store
@@ -259,18 +257,17 @@ class TopicFiles:
         """The persisted topics if they are this table version's, else None (a stale file
         silently, a damaged one with a warning)."""
         path = self.path(kinds)
-        if not path.is_file():
-            return None
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                members, scores, offsets = data["members"], data["scores"], data["offsets"]
-            key = self._key(kinds, version, table_rows)
-            if not isinstance(meta, dict) or {k: meta.get(k) for k in key} != key:
+            got = derived_npz.read(path, ("members", "scores", "offsets"))
+            if got is None:
+                return None
+            meta, arrays = got
+            if not derived_npz.is_current(meta, self._key(kinds, version, table_rows)):
                 return None  # stale: another version, model or set of constants
+            members, scores = arrays["members"], arrays["scores"]
             topics = [Topic(int(t["id"]), str(t["label"]), tuple(map(str, t["words"])), int(t["size"]),
                             tuple(map(str, t["examples"]))) for t in meta["topics"]]
-            offsets = np.asarray(offsets, dtype=np.int64)
+            offsets = arrays["offsets"].astype(np.int64, copy=False)
             if (len(offsets) != len(topics) + 1 or offsets[0] != 0 or offsets[-1] != len(members)
                     or len(scores) != len(members) or np.any(np.diff(offsets) < 0)
                     or any(t.size != offsets[i + 1] - offsets[i] for i, t in enumerate(topics))):
@@ -278,16 +275,14 @@ class TopicFiles:
         except Exception as e:  # truncated, garbage, another layout: compute them again
             log.warning("%s is unreadable (%s); computing the topics again", path, e)
             return None
-        return Topics(topics, np.asarray(members), np.asarray(scores, np.float32), offsets)
+        return Topics(topics, members, scores.astype(np.float32, copy=False), offsets)
 
     def save(self, kinds: tuple[str, ...], version: int, table_rows: int, topics: Topics) -> None:
         """Write atomically; a read-only or full disk only costs the next process the clustering."""
         meta = self._key(kinds, version, table_rows)
         meta["topics"] = [t.to_dict() for t in topics.topics]
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), members=topics.members, scores=topics.scores,
-                 offsets=topics.offsets)
-        self._write(self.path(kinds), buf.getvalue())
+        derived_npz.write(self.path(kinds), meta, {"members": topics.members, "scores": topics.scores,
+                                                   "offsets": topics.offsets}, "topics")
 
     def vocabulary_vectors(self, encode: Encode) -> np.ndarray:
         """The built-in vocabulary's unit text vectors: read if kept for this model, else
@@ -295,27 +290,19 @@ class TopicFiles:
         key = {"format": FORMAT, "model_id": self.model_id, "dim": self.dim,
                "vocabulary": vocabulary_hash(VOCABULARY)}
         path = self.vocabulary_path
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    meta = json.loads(str(data["meta"]))
-                    vectors = np.asarray(data["vectors"], dtype=np.float32)
+        try:
+            got = derived_npz.read(path, ("vectors",))
+            if got is not None:
+                meta, arrays = got
+                vectors = arrays["vectors"].astype(np.float32, copy=False)
                 shape = (len(VOCABULARY), self.dim)
                 if meta == key and vectors.shape == shape and np.isfinite(vectors).all():
                     return vectors
-            except Exception as e:
-                log.warning("%s is unreadable (%s); embedding the vocabulary again", path, e)
+        except Exception as e:
+            log.warning("%s is unreadable (%s); embedding the vocabulary again", path, e)
         vectors = unit(encode(list(VOCABULARY)))
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(key)), vectors=vectors)
-        self._write(path, buf.getvalue())
+        derived_npz.write(path, key, {"vectors": vectors}, "topics' vocabulary")
         return vectors
-
-    def _write(self, path: Path, data: bytes) -> None:
-        try:
-            write_atomic(path, data)
-        except OSError as e:
-            log.info("cannot keep the topics in %s: %s", self.folder, e.strerror or e)
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

@@ -5,14 +5,12 @@ the background sample's vectors, how many rows it samples, and the reference spr
 ``<collection>/relevance.<kinds>.npz``. The file is keyed by the model, the table's version and
 row count, and the sampling constants: when any of them differ (an `index` added rows, another
 model, a new clipsearch) it is stale and is drawn and written again. Written atomically
-(`fsutil.write_atomic`); an unreadable or inconsistent file is logged and replaced; a folder
+(`derived_npz`); an unreadable or inconsistent file is logged and replaced; a folder
 that cannot be written costs only the next process the draw.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.fsutil import write_atomic
+from clipsearch import derived_npz
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +55,16 @@ class BackgroundFiles:
         """The persisted sample if it is this collection's at this version, else None (a stale
         one silently, a damaged one with a warning)."""
         path = self.path(kinds)
-        if not path.is_file():
-            return None
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                vectors = np.asarray(data["vectors"], dtype=np.float32)
-            if not isinstance(meta, dict) or not isinstance(meta.get("references"), dict):
+            got = derived_npz.read(path, ("vectors",))
+            if got is None:
+                return None
+            meta, arrays = got
+            if not isinstance(meta.get("references"), dict):
                 raise ValueError("no references recorded")
-            key = {k: meta.get(k) for k in self._key(kinds, version, table_rows)}
-            if key != self._key(kinds, version, table_rows):
+            if not derived_npz.is_current(meta, self._key(kinds, version, table_rows)):
                 return None  # stale: another version, model or set of constants
+            vectors = arrays["vectors"].astype(np.float32, copy=False)
             references = {str(k): float(v) for k, v in meta["references"].items()}
             rows = int(meta["rows"])
             if (vectors.ndim != 2 or vectors.shape[1] != self.dim or not np.isfinite(vectors).all()
@@ -82,9 +79,5 @@ class BackgroundFiles:
         """Write it atomically; a read-only or full disk only costs the next process the draw."""
         meta = self._key(kinds, version, table_rows)
         meta.update(rows=int(sample.rows), references={k: float(v) for k, v in sample.references.items()})
-        buf = io.BytesIO()
-        np.savez(buf, vectors=np.asarray(sample.vectors, dtype=np.float32), meta=np.array(json.dumps(meta)))
-        try:
-            write_atomic(self.path(kinds), buf.getvalue())
-        except OSError as e:
-            log.info("cannot keep the relevance background in %s: %s", self.folder, e.strerror or e)
+        derived_npz.write(self.path(kinds), meta, {"vectors": np.asarray(sample.vectors, dtype=np.float32)},
+                          "relevance background")

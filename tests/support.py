@@ -212,6 +212,17 @@ def write_shapes(folder: Path, per_class: int = 4, seed: int = 7, size: int = 16
     return labels
 
 
+def shapes_collection(root: Path, per_class: int = 2, size: int = 48) -> tuple[Path, Path]:
+    """(db, media): a small collection of its own under root, whose rows name its own shape files
+    (a test may change them), indexed with clipsearch-tiny and no OCR."""
+    from clipsearch.collection import Collection
+
+    media = root / "media"
+    write_shapes(media, per_class=per_class, size=size)
+    Collection.create(root / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
+    return root / "db", media
+
+
 # ---------------------------------------------------------------- documents
 
 

@@ -498,13 +498,11 @@ def test_the_writer_records_a_copied_index_stat_and_never_a_damaged_file(ivf, tm
 def test_a_copied_collection_is_proved_by_its_next_run_and_trusted_by_the_one_after(tmp_path, monkeypatch):
     import shutil
 
-    from support import write_shapes
+    from support import shapes_collection
 
     from clipsearch import Collection
 
-    media = tmp_path / "media"
-    write_shapes(media, per_class=2, size=48)
-    Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
+    _, media = shapes_collection(tmp_path)
     shutil.copytree(tmp_path / "db", tmp_path / "copy")  # a restored backup: every inode new
     read = _crc_reads(monkeypatch)
     report = Collection.open(tmp_path / "copy", device="cpu").add([media], ocr="off")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from support import write_shapes
+from support import shapes_collection
 
 from clipsearch import Collection, catalog
 from clipsearch.file_states import FileState, FileStates
@@ -106,10 +106,7 @@ def test_the_summary_of_a_delta_over_a_base_is_that_of_the_merged_states():
 @pytest.fixture
 def copy(tmp_path) -> tuple[Path, Path]:
     """A small collection of its own (its rows name its own files, which a test changes)."""
-    media = tmp_path / "media"
-    write_shapes(media, per_class=2, size=48)
-    Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
-    return tmp_path / "db", media
+    return shapes_collection(tmp_path)
 
 
 def change_some(media: Path, tag: str) -> None:

@@ -10,28 +10,10 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from clipsearch.ui import url_state
-from test_ui_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
+from test_ui_browser import browser  # noqa: F401  (fixture)
+from ui_views import context, open_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
-
-VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
-
-
-@pytest.fixture(params=list(VIEWPORTS))
-def context(request, browser):  # noqa: F811
-    width, height = VIEWPORTS[request.param]
-    ctx = browser.new_context(viewport={"width": width, "height": height})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-def open_page(context, url: str):
-    pg = context.new_page()
-    pg.goto(url)
-    pg.wait_for_selector("#cs-query textarea, #cs-query input")
-    return pg
-
 
 def tiles(pg) -> list[str]:
     return [c.get_attribute("title") for c in pg.locator("#cs-results .cs-tile").all()]
@@ -41,7 +23,7 @@ def params(pg) -> dict[str, list[str]]:
     return parse_qs(urlparse(pg.url).query)
 
 
-def test_an_empty_query_browses_by_date(context, server):
+def test_an_empty_query_browses_by_date(context, server):  # noqa: F811
     by_date = httpx.get(f"{server}/api/browse", params={"by": "date", "k": 100}).json()
     pg = open_page(context, server + "/")
     pg.wait_for_selector("#cs-results .cs-tile")
@@ -70,7 +52,7 @@ def test_an_empty_query_browses_by_date(context, server):
     pg.wait_for_selector("#cs-detail .cs-lightbox", state="detached")
 
 
-def test_topics_a_click_away_with_the_url_and_back(context, server):
+def test_topics_a_click_away_with_the_url_and_back(context, server):  # noqa: F811
     topics = httpx.get(f"{server}/api/browse", params={"by": "topics"}).json()["topics"]
     assert len(topics) >= 2
     pg = open_page(context, server + "/")
@@ -108,7 +90,7 @@ def test_topics_a_click_away_with_the_url_and_back(context, server):
     again.wait_for_function("() => new URLSearchParams(location.search).get('topic') === '0'")
 
 
-def test_a_search_leaves_the_browse_view(context, server, sample):
+def test_a_search_leaves_the_browse_view(context, server, sample):  # noqa: F811
     from test_ui_browser import search, wait_cards
 
     data, _ = sample

@@ -7,21 +7,13 @@ import logging
 
 import httpx
 import pytest
-from test_ui_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
+from test_ui_browser import browser  # noqa: F401  (fixture)
+from ui_views import context, open_page  # noqa: F401  (fixture)
 
-VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
 
-
-@pytest.fixture(params=list(VIEWPORTS))
-def page(request, browser, server):  # noqa: F811
-    width, height = VIEWPORTS[request.param]
-    context = browser.new_context(viewport={"width": width, "height": height})
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server + "/")
-    pg.wait_for_selector("#cs-query textarea, #cs-query input")
-    yield pg
-    context.close()
+@pytest.fixture
+def page(context, server):  # noqa: F811
+    return open_page(context, server + "/")
 
 
 @pytest.mark.browser

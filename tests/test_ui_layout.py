@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 
 import pytest
+import ui_views
 from test_ui_browser import TIMEOUT_MS, browser, search, show_weaker  # noqa: F401  (fixture)
+from ui_views import VIEWPORTS, context  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 
-VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
 MAX_CLS = 0.02  # "good" in the browser makers' terms is under 0.1
 
 # Every layout shift the page makes without a user's input (the browser's Layout Instability API),
@@ -49,28 +50,16 @@ RAW_KINDS = {"image", "video", "video_frame", "video_window", "frame", "moment",
 HUMAN = re.compile(r"^[A-Z]")  # a human name is written as a name: Photo, Video moment, Page 2
 
 
-@pytest.fixture(params=list(VIEWPORTS))
-def context(request, browser):  # noqa: F811
-    width, height = VIEWPORTS[request.param]
-    ctx = browser.new_context(viewport={"width": width, "height": height})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-def open_page(context, url: str):
-    pg = context.new_page()
-    pg.add_init_script(RECORD_SHIFTS)
-    pg.goto(url)
-    pg.wait_for_selector("#cs-query textarea, #cs-query input")  # visible: the page is drawn whole
-    return pg
+def open_page(context, url: str):  # noqa: F811
+    """The page, drawn whole (the search box is visible only then), recording layout shifts."""
+    return ui_views.open_page(context, url, RECORD_SHIFTS)
 
 
 def cls(pg) -> float:
     return float(pg.evaluate("window.__shifts.reduce((a, b) => a + b, 0)"))
 
 
-def test_no_layout_jump_on_load_or_when_results_arrive(context, server, sample):
+def test_no_layout_jump_on_load_or_when_results_arrive(context, server, sample):  # noqa: F811
     data, _ = sample
     pg = open_page(context, server + "/")
     pg.wait_for_function("document.querySelector('#cs-status')?.innerText.includes('collection')")
@@ -86,7 +75,7 @@ def test_no_layout_jump_on_load_or_when_results_arrive(context, server, sample):
     assert cls(pg) < MAX_CLS, pg.evaluate("window.__shifts")
 
 
-def test_a_shared_link_draws_without_a_jump(context, server, sample):
+def test_a_shared_link_draws_without_a_jump(context, server, sample):  # noqa: F811
     data, _ = sample
     query, _ = data.unique_query(1)
     pg = open_page(context, server + "/?q=" + query.replace(" ", "+"))
@@ -126,7 +115,7 @@ def visible_texts(pg, selector: str) -> list[str]:
     return [t.strip() for t in pg.locator(selector).all_inner_texts() if t.strip()]
 
 
-def test_kinds_are_called_by_human_names(context, server):
+def test_kinds_are_called_by_human_names(context, server):  # noqa: F811
     pg = open_page(context, server + "/")
     labels = visible_texts(pg, "#cs-kind label")
     assert labels[:6] == ["All", "Photo", "Video moment", "Video", "Page", "Words in pictures"]
@@ -147,7 +136,7 @@ def test_kinds_are_called_by_human_names(context, server):
     assert dup_labels == ["All", "Photo", "Video"]
 
 
-def test_the_kind_in_the_url_is_the_kind_itself(context, server, sample):
+def test_the_kind_in_the_url_is_the_kind_itself(context, server, sample):  # noqa: F811
     data, _ = sample
     query, _ = data.unique_query(0)
     pg = open_page(context, server + "/")

@@ -7,24 +7,17 @@ page passes an axe-core scan with no serious violations.
 from __future__ import annotations
 
 import pytest
-from test_ui_browser import TIMEOUT_MS, browser, search, show_weaker  # noqa: F401  (fixture)
+from test_ui_browser import browser, search, show_weaker  # noqa: F401  (fixture)
+from ui_views import context, open_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 
-VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
+TOUCH = True  # the phone context has touch (ui_views.context): swipes
 
 
-@pytest.fixture(params=list(VIEWPORTS))
-def page(request, browser, server):  # noqa: F811
-    width, height = VIEWPORTS[request.param]
-    context = browser.new_context(viewport={"width": width, "height": height},
-                                  has_touch=request.param == "phone")
-    pg = context.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(server + "/")
-    pg.wait_for_selector("#cs-query textarea, #cs-query input")
-    yield pg
-    context.close()
+@pytest.fixture
+def page(context, server):  # noqa: F811
+    return open_page(context, server + "/")
 
 
 def results(pg, sample) -> list:

@@ -7,28 +7,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from clipsearch.ui import url_state
-from test_ui_browser import TIMEOUT_MS, browser, search, wait_cards  # noqa: F401  (fixture)
+from test_ui_browser import browser, search, wait_cards  # noqa: F401  (fixture)
+from ui_views import context, open_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
-
-VIEWPORTS = {"desktop": (1400, 1000), "phone": (390, 844)}
-
-
-@pytest.fixture(params=list(VIEWPORTS))
-def context(request, browser):  # noqa: F811
-    width, height = VIEWPORTS[request.param]
-    ctx = browser.new_context(viewport={"width": width, "height": height})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-def open_page(context, url: str):
-    pg = context.new_page()
-    pg.goto(url)
-    pg.wait_for_selector("#cs-query textarea, #cs-query input")
-    return pg
-
 
 def titles(pg) -> list[str]:
     return [c.get_attribute("title") for c in pg.locator("#cs-results .cs-card").all()]
@@ -38,7 +20,7 @@ def wait_query(pg, q: str) -> None:
     pg.wait_for_function("q => new URLSearchParams(location.search).get('q') === q", arg=q)
 
 
-def test_url_carries_the_query_and_reproduces_it(context, server, sample):
+def test_url_carries_the_query_and_reproduces_it(context, server, sample):  # noqa: F811
     data, _ = sample
     query, expected = data.unique_query(1)
     pg = open_page(context, server + "/")
@@ -59,7 +41,7 @@ def test_url_carries_the_query_and_reproduces_it(context, server, sample):
     assert again.locator("#cs-kind input[value='Photo']").is_checked()
 
 
-def test_back_and_forward_between_searches(context, server, sample):
+def test_back_and_forward_between_searches(context, server, sample):  # noqa: F811
     data, _ = sample
     first, _ = data.unique_query(0)
     second, _ = data.unique_query(1)
@@ -84,7 +66,7 @@ def test_back_and_forward_between_searches(context, server, sample):
                          arg=second)
 
 
-def test_enter_in_an_empty_box_keeps_the_results(context, server, sample):
+def test_enter_in_an_empty_box_keeps_the_results(context, server, sample):  # noqa: F811
     data, _ = sample
     query, _ = data.unique_query(0)
     pg = open_page(context, server + "/")

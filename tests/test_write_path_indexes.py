@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from support import write_shapes
+from support import shapes_collection
 
 from clipsearch import Collection, catalog, scalar_index
 from clipsearch.file_states import FileStates
@@ -22,10 +22,7 @@ from clipsearch.file_states import FileStates
 @pytest.fixture
 def copy(tmp_path) -> tuple[Path, Path]:
     """A small collection of its own (the rows name its own files, which a test may change)."""
-    media = tmp_path / "media"
-    write_shapes(media, per_class=1, size=64)
-    Collection.create(tmp_path / "db", model="clipsearch-tiny", device="cpu").add([media], ocr="off")
-    return tmp_path / "db", media
+    return shapes_collection(tmp_path, per_class=1, size=64)
 
 
 def index_files(db: Path, name: str) -> list[Path]:

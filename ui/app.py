@@ -30,12 +30,14 @@ from clipsearch.relevance import AUTO as AUTO_RELEVANCE  # noqa: E402
 from clipsearch.speech import AUDIO_SUFFIXES  # noqa: E402
 
 CSS = """
-.cs-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
-.cs-card { border: 1px solid var(--border-color-primary); border-radius: 8px; overflow: hidden;
+.cs-grid, .cs-bgrid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr));
+                     gap: 10px; }
+.cs-card, .cs-tile { border: 1px solid var(--border-color-primary); border-radius: 8px; overflow: hidden;
            cursor: pointer; background: var(--background-fill-secondary); display: flex;
            flex-direction: column; }
-.cs-card:hover { outline: 2px solid var(--color-accent); }
-.cs-card img { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; display: block; background: #222; }
+.cs-card:hover, .cs-tile:hover { outline: 2px solid var(--color-accent); }
+.cs-card img, .cs-tile img { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; display: block;
+           background: #222; }
 .cs-noimg { width: 100%; aspect-ratio: 1 / 1; display: flex; align-items: center; justify-content: center;
             font-size: 13px; color: var(--body-text-color-subdued); }
 .cs-cap { padding: 4px 6px; font-size: 12px; line-height: 1.3; flex: 1; }

@@ -20,12 +20,6 @@ CSS = """
 .cs-browse-tabs button[aria-selected='true'] { background: var(--color-accent); color: #fff;
   border-color: var(--color-accent); }
 .cs-month { font-size: 15px; font-weight: 600; margin: 12px 0 6px; }
-.cs-bgrid { display: grid; grid-template-columns: repeat(auto-fill, minmax(140px, 1fr)); gap: 10px; }
-.cs-tile { border: 1px solid var(--border-color-primary); border-radius: 8px; overflow: hidden;
-           cursor: pointer; background: var(--background-fill-secondary); display: flex;
-           flex-direction: column; }
-.cs-tile:hover { outline: 2px solid var(--color-accent); }
-.cs-tile img { width: 100%; aspect-ratio: 1 / 1; object-fit: cover; display: block; background: #222; }
 .cs-topics { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }
 .cs-topic { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; cursor: pointer;
             background: var(--background-fill-secondary); color: var(--body-text-color); text-align: left;
