@@ -72,6 +72,17 @@ def test_a_bad_query_term_is_said_by_the_search_box(page):
 
 
 @pytest.mark.browser
+def test_a_refused_folder_is_said_by_the_folder_box(context, server):  # noqa: F811
+    pg = open_page(context, server + "/?q=a%20red%20star&under=..%2F..%2Fetc")
+    pg.wait_for_function("document.querySelector('#cs-under-error')?.innerText.includes('..')")
+    msg = pg.locator("#cs-under-error").inner_text()
+    assert "folder" in msg and "--" not in msg and "Traceback" not in msg, msg
+    assert pg.locator("#cs-message").inner_text().strip() == ""
+    assert pg.locator("body").inner_text().count("must not contain") == 1
+    assert_next_to(pg, "#cs-under-error", "#cs-under")
+
+
+@pytest.mark.browser
 def test_messages_never_name_cli_flags(page, server, sample):
     data, _ = sample
     query, _ = data.unique_query(0)

@@ -125,6 +125,15 @@ def watch_note(status: dict[str, Any] | None) -> str:
     return note + (f" · last run failed: {status['error']}" if status.get("error") else "")
 
 
+def folder_filter(under: str | None) -> str | None:
+    """A search's folder filter, None when blank; refused with '..' in it (the UI says so by the
+    Folder box)."""
+    under = (under or "").strip() or None
+    if under and has_dotdot(under):
+        raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
+    return under
+
+
 class SearchService:
     """Queries over one collection (a directory or an s3://... URI), safe to call from many threads.
 
@@ -372,10 +381,8 @@ class SearchService:
                                  hint="use the id of a search hit")
 
     def _checked_under(self, under: str | None) -> str | None:
-        """The folder filter, refused with '..' in it; and the collection must exist."""
-        under = (under or "").strip() or None
-        if under and has_dotdot(under):
-            raise UsageError("the folder filter must not contain '..'", hint="give an absolute folder")
+        """The folder filter (`folder_filter`); and the collection must exist."""
+        under = folder_filter(under)
         if not self.exists():
             raise CollectionNotFound(f"no collection at {self.where}",
                                      hint=f"create one with `clipsearch index FOLDER --db {self.where}`")

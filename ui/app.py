@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 from clipsearch.ui import duplicates_page, lightbox, messages, transform_options, url_state  # noqa: E402
-from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService, UploadRejected  # noqa: E402
+from clipsearch.ui.api import KIND_LABELS, PAGE_SIZE, SearchService, UploadRejected, folder_filter  # noqa: E402
 from clipsearch.ui.browse_view import CSS as BROWSE_CSS  # noqa: E402
 from clipsearch.ui.browse_view import DATE, TOPICS, render_by_date, render_topic, render_topics  # noqa: E402
 from clipsearch.ui.duplicates_view import CSS as DUPLICATES_CSS  # noqa: E402
@@ -24,7 +24,7 @@ from clipsearch.ui.files import FileRefused  # noqa: E402
 from clipsearch.ui.names import fmt_time, hit_label, item_title, kind_name  # noqa: E402
 
 from clipsearch import query_terms  # noqa: E402
-from clipsearch.errors import ClipsearchError  # noqa: E402
+from clipsearch.errors import ClipsearchError, UsageError  # noqa: E402
 from clipsearch.filters import Filters  # noqa: E402
 from clipsearch.relevance import AUTO as AUTO_RELEVANCE  # noqa: E402
 from clipsearch.speech import AUDIO_SUFFIXES  # noqa: E402
@@ -312,9 +312,9 @@ def render_detail(hit: dict | None, index: int = -1) -> str:
             f"</div></div>")
 
 
-# The boxes an error is shown next to: the image box, the search box, the two dates; "" is the
-# message line above the results (what no one control caused).
-ERROR_PLACES = ("image", "query", "after", "before")
+# The boxes an error is shown next to: the image box, the search box, the two dates, the folder;
+# "" is the message line above the results (what no one control caused).
+ERROR_PLACES = ("image", "query", "after", "before", "under")
 N_OUTPUTS = 8 + len(ERROR_PLACES)  # what every search trigger returns (see `execute`)
 
 
@@ -327,6 +327,8 @@ def blame(service: SearchService, query: dict, e: Exception) -> str:
     """Which control a failed search's error belongs next to (one of ERROR_PLACES, or "")."""
     if isinstance(e, UploadRejected) and query.get("image") is not None and not query.get("like"):
         return "image"
+    if refused_folder(query):
+        return "under"
     filters = {k: v or None for k, v in (query.get("filters") or {}).items()}
     for box in ("after", "before"):
         try:
@@ -342,6 +344,15 @@ def blame(service: SearchService, query: dict, e: Exception) -> str:
     except ClipsearchError:
         return "query"
     return ""
+
+
+def refused_folder(query: dict) -> bool:
+    """Whether the query's folder filter is one a search refuses."""
+    try:
+        folder_filter(query.get("under"))
+    except UsageError:
+        return True
+    return False
 
 
 def placed(text: str, place: str) -> tuple[str, ...]:
@@ -434,7 +445,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             view = (render_topics([], "") if by == TOPICS
                     else render_by_date(previous, card_html, ""))
         state = {"query": query, "hits": hits, "terms": [], "page": page}
-        line, *boxes = placed(msg, "")
+        line, *boxes = placed(msg, "under" if msg and refused_folder(query) else "")
         return (view, EMPTY_DETAIL if not offset else gr.update(), line, gr.update(visible=more), state,
                 status(), "", gr.update(visible=False), *boxes)
 
@@ -690,8 +701,10 @@ def build_blocks(service: SearchService) -> gr.Blocks:
             chips = gr.HTML("", elem_id="cs-chips", js_on_load=CLICK_JS, padding=False, scale=2)
         with gr.Row():
             kind = gr.Radio(list(KIND_LABELS), value="All", label="Kind", elem_id="cs-kind", scale=3)
-            under = gr.Dropdown([""] + first_roots, value="", label="Folder", allow_custom_value=True,
-                                elem_id="cs-under", scale=2)
+            with gr.Column(scale=2, min_width=160):
+                under = gr.Dropdown([""] + first_roots, value="", label="Folder", allow_custom_value=True,
+                                    elem_id="cs-under")
+                under_error = gr.Markdown("", elem_id="cs-under-error", elem_classes=["cs-error"])
             whiten = gr.Checkbox(label="Whiten", visible=offered("whiten"), elem_id="cs-whiten")
             center = gr.Checkbox(label="Center", visible=offered("center"), elem_id="cs-center")
             invert = gr.Checkbox(label="Invert", visible=offered("invert"), elem_id="cs-invert")
@@ -721,7 +734,7 @@ def build_blocks(service: SearchService) -> gr.Blocks:
         inputs = [text, image, kind, under, whiten, center, invert, after, before, place, camera, sort,
                   not_box]
         outputs = [grid, detail, message, more, state, status_md, chips, weaker, image_error, query_error,
-                   after_error, before_error]  # the error boxes in ERROR_PLACES' order
+                   after_error, before_error, under_error]  # the error boxes in ERROR_PLACES' order
         url_fields = [text, not_box, kind, under, after, before, place, camera, sort]
 
         # a search shows its progress on the results alone: the status line and the boxes above
