@@ -96,6 +96,40 @@ def test_auto_threshold_sits_between_the_bulk_and_the_planted_tail():
     assert auto_threshold(np.array([0.5, 0.9]))[0] == 0.95  # too few to fit: the fallback
 
 
+def test_near_neighbour_search_on_an_ivf_shard_finds_every_planted_copy_and_no_other():
+    """The per-item search of a large collection (IVF-PQ with a short refine shortlist) pairs
+    each copy with its original, with the precision the issue asks, and keeps the pairs an exact
+    search keeps."""
+    import faiss
+
+    from clipsearch.ann import AnnIndex
+    from clipsearch.duplicates import NEIGHBOURS, neighbour_pairs
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 64)).astype(np.float32)
+    base = centres[rng.integers(0, 40, 6000)] + 0.6 * rng.standard_normal((6000, 64)).astype(np.float32)
+    src = rng.choice(len(base), 60, replace=False)
+    copies = base[src] + 0.01 * rng.standard_normal((60, 64)).astype(np.float32)
+    data = np.concatenate([base, copies])
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    ids = np.array([f"r{i}" for i in range(len(data))], dtype=object)
+    kinds = np.full(len(data), "image", dtype=object)
+
+    def pairs(exact_threshold: int, t: float | None = None) -> tuple[set, float]:
+        ann = AnnIndex.from_vectors(data, ids, kinds, ids, version=0, exact_threshold=exact_threshold)
+        assert isinstance(ann.shards["image"].index, faiss.IndexRefine) == (exact_threshold < len(data))
+        i, j, s, _ = neighbour_pairs(ann.search_arrays, data, ids.tolist(), "image", NEIGHBOURS)
+        first = np.ones(len(i), bool)
+        first[1:] = i[1:] != i[:-1]
+        t = auto_threshold(s[first])[0] if t is None else t
+        return {frozenset((int(a), int(b))) for a, b in zip(i[s >= t], j[s >= t], strict=True)}, t
+
+    kept, t = pairs(exact_threshold=1000)
+    planted = {frozenset((int(a), len(base) + n)) for n, a in enumerate(src)}
+    assert planted <= kept and len(planted) / len(kept) >= 0.95, (t, len(kept))
+    assert kept == pairs(exact_threshold=10**9, t=t)[0]
+
+
 def test_keeper_rules_resolution_then_date_then_path():
     from datetime import UTC, datetime
 
