@@ -228,6 +228,17 @@ def test_first_batch_is_deterministic(tmp_path: Path) -> None:
     assert not torch.equal(a["images"], c["images"])
 
 
+def test_variety_from_keeps_the_canonical_stream_before_it(tmp_path: Path) -> None:
+    """Batches before `variety_from` are the canonical run's, draw for draw; after it they vary."""
+    cfg = tiny_model.write_config(tmp_path, tiny_model.model_config())
+    _, preprocess, tok = tiny_model.build_model(cfg, 0)
+    plain = data.BatchSource(7, 8, preprocess, tok, 10)
+    late = data.BatchSource(7, 8, preprocess, tok, 10, variety=1.0, variety_from=0.5)
+    for key in plain[4]:
+        assert torch.equal(plain[4][key], late[4][key])
+    assert not torch.equal(plain[5]["images"], late[5]["images"])
+
+
 def _losses(log: dict) -> list[float]:
     return [h["loss"] for h in log["history"]]
 

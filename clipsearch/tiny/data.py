@@ -113,12 +113,14 @@ class BatchSource(torch.utils.data.Dataset):
     def __init__(self, seed: int, batch_size: int, preprocess, tokenizer, steps: int,
                  group: int = 4, curriculum: float = 0.2, negatives: bool = True,
                  neg_rate: float = 1.0, neg_weights: dict[str, float] | None = None,
-                 variety: float = 0.0) -> None:
+                 variety: float = 0.0, variety_from: float = 0.0) -> None:
         self.seed, self.batch_size, self.steps, self.group = seed, batch_size, steps, group
         self.negatives, self.neg_rate, self.neg_weights = negatives, neg_rate, neg_weights
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.curriculum_steps = curriculum * steps
         self.variety = variety
+        # before this step no sample is varied, and the stream is the canonical one draw for draw
+        self.variety_from_step = variety_from * steps
 
     def easy_fraction(self, step: int) -> float:
         """Share of plain-background samples: 0.8 at the start, 0 after the curriculum phase.
@@ -137,7 +139,8 @@ class BatchSource(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, step])
         classes = batch_classes(rng, self.batch_size, self.group)
         easy = rng.random(len(classes)) < self.easy_fraction(step)
-        samples = [make_sample(rng, k, bool(e), self.variety) for k, e in zip(classes, easy, strict=True)]
+        variety = self.variety if step >= self.variety_from_step else 0.0
+        samples = [make_sample(rng, k, bool(e), variety) for k, e in zip(classes, easy, strict=True)]
         batch = {
             "images": torch.stack([self.preprocess(s[0]) for s in samples]),
             "tokens": self.tokenizer([s[1] for s in samples]),

@@ -33,6 +33,7 @@ TRAIN_PROBE_SMOOTHING = 0.0
 TRAIN_EMA_DECAY = 0.0
 TRAIN_PROBE_FROM = 0.0
 TRAIN_VARIETY = 0.0  # share of images drawn with synth.variety (issue #22 recipe: --variety 0.6)
+TRAIN_VARIETY_FROM = 0.0  # fraction of the run after which --variety applies
 
 
 
@@ -107,7 +108,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
           probe_from: float = TRAIN_PROBE_FROM, probe_image: bool = True,
           tune_batches: int | None = None, tune_epochs: int | None = None,
           tune_lr: float | None = None, tune_i2i_weight: float | None = None,
-          variety: float = TRAIN_VARIETY, curriculum: float = 0.2) -> dict:
+          variety: float = TRAIN_VARIETY, curriculum: float = 0.2,
+          variety_from: float = TRAIN_VARIETY_FROM) -> dict:
     """Train, save config + weights + log into ``out``, and return the log dict.
 
     Position is taught by a linear probe shared by both towers (``probe_weight``) plus
@@ -151,7 +153,7 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
     neg_weights = neg_weights or TRAIN_NEG_WEIGHTS
     source = BatchSource(seed, batch_size, preprocess, tokenizer, steps, negatives=neg_from < 1,
                          neg_rate=neg_rate, neg_weights=neg_weights, variety=variety,
-                         curriculum=curriculum)
+                         curriculum=curriculum, variety_from=variety_from)
     history: list[dict] = []
     start, step = time.time(), 0
     stopped_early = False
@@ -202,7 +204,8 @@ def train(out: Path, seed: int = 0, steps: int = 3300, minutes: float = 20.0,
            "i2i_weight": i2i_weight, "i2i_keep_position": i2i_keep_position,
            "probe_weight": probe_weight, "probe_smoothing": probe_smoothing, "probe_from": probe_from,
            "probe_image": probe_image,
-           "ema_decay": ema_decay, "variety": variety, "curriculum": curriculum,
+           "ema_decay": ema_decay, "variety": variety, "variety_from": variety_from,
+           "curriculum": curriculum,
            "neg_from": neg_from,
            "neg_rate": neg_rate, "neg_weights": neg_weights,
            "train_seconds": round(train_s, 1), "tune": tune_log,
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variety", type=float, default=TRAIN_VARIETY,
                     help="share of training images drawn with varied proportions, fills, colours and "
                          "resampling chains (clipsearch.tiny.synth.variety; 0 = the canonical drawing)")
+    ap.add_argument("--variety-from", type=float, default=TRAIN_VARIETY_FROM,
+                    help="fraction of the run after which --variety applies (before it the batches are "
+                         "the canonical stream's, draw for draw; stage 2 is after it)")
     ap.add_argument("--curriculum", type=float, default=0.2,
                     help="fraction of the run that starts on plain backgrounds (0 to continue from --init)")
     ap.add_argument("--eval-n", type=int, default=600, help="0 skips the final evaluation")
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                 probe_from=args.probe_from, probe_image=not args.probe_text_only,
                 tune_batches=args.tune_batches, tune_epochs=args.tune_epochs, tune_lr=args.tune_lr,
                 tune_i2i_weight=args.tune_i2i_weight, variety=args.variety,
-                curriculum=args.curriculum)
+                curriculum=args.curriculum, variety_from=args.variety_from)
     print(json.dumps({k: v for k, v in log.items() if k != "history"}, indent=2))
 
 
