@@ -67,9 +67,14 @@ def wait_cards(pg, kind: str | None = None):
 def show_weaker(pg) -> None:
     """Click "Show N weaker matches" when the relevance cut left some, and wait for them."""
     pg.wait_for_selector("#cs-results .cs-grid, #cs-weaker:visible")
-    grid = pg.locator("#cs-results .cs-grid")
     button = pg.locator("#cs-weaker")
-    if button.is_visible() or (grid.count() and int(grid.first.get_attribute("data-weaker") or 0)):
+    # One read of the page: a grid re-drawn between two locator calls must not leave one waiting.
+    cut = pg.evaluate("""() => {
+        const b = document.querySelector('#cs-weaker');
+        const g = document.querySelector('#cs-results .cs-grid');
+        return (!!b && b.offsetParent !== null) || (!!g && Number(g.dataset.weaker || 0) > 0);
+    }""")
+    if cut:
         button.wait_for(state="visible")  # the grid and the button are drawn in the same update
         n = pg.locator("#cs-results .cs-card").count()
         button.click()
