@@ -11,6 +11,10 @@ the model's own captions as text queries, their sums for text + image), is its z
 is the collection's and the modality's, not the query's: a query that discriminates nothing
 (a narrow, flat score distribution, as gibberish has) is not stretched into false confidence.
 
+An image query's copies (cosine >= COPY_COSINE: the picture itself, re-encoded or resized)
+are relevant whatever the spread: in a small or varied collection the reference spread can be
+so wide that even the query's own item stands less than Z_AUTO spreads above the bulk.
+
 A text query must also *describe* its hit: a hit whose best description in a fixed bank of
 captions (the model's own, else generic ones) beats the query by more than DESCRIPTION_MARGIN
 reference spreads is a partial match ("a yellow circle" finding a yellow square, which "a
@@ -41,6 +45,8 @@ REFERENCE_QUERIES = 64  # reference queries per modality (sample rows, captions)
 CAPTION_BANK = 512  # captions a text query's hits are checked against (their best description)
 Z_AUTO = 2.1  # z at which relevance is 0.5, the auto cut (tuned on the shapes world, seed 0)
 DESCRIPTION_MARGIN = 0.2  # reference spreads a hit's best caption may beat the query by (seed 0)
+COPY_COSINE = 0.97  # an image query's hit this similar is a copy of the query picture (relevant)
+Z_COPY = 1.0  # a copy's z is at least Z_AUTO + this: relevance ~0.98, whatever the bulk's spread
 Z_WIDTH = 0.25  # z units per e-fold of the logistic: relevance 0.12 at Z_AUTO - 0.5, 0.88 at +0.5
 AUTO = 0.5  # the auto cut on the relevance scale
 SINGLED_OUT = AUTO  # relevance of a hit some fused ranking singled out with no cosine to calibrate
@@ -92,11 +98,13 @@ def relevance_of_z(z: float) -> float:
 @dataclass(frozen=True)
 class Calibration:
     """One query's bulk over the background: `loc` (median), `scale` (the spread z is in);
-    `bank`: caption embeddings to check a text query's hits against (None: no check)."""
+    `bank`: caption embeddings to check a text query's hits against (None: no check);
+    `copies`: an image query, whose copies (cosine >= COPY_COSINE) are relevant."""
 
     loc: float
     scale: float
     bank: np.ndarray | None = None
+    copies: bool = False
 
     def z(self, cosine: float, best_caption: float | None = None) -> float:
         """The hit's excess over the bulk in spreads, capped below the cut when some caption
@@ -106,6 +114,8 @@ class Calibration:
         z = (cosine - self.loc) / self.scale
         if best_caption is not None:
             z = min(z, Z_AUTO + (cosine - best_caption) / self.scale + DESCRIPTION_MARGIN)
+        if self.copies and cosine >= COPY_COSINE:
+            z = max(z, Z_AUTO + Z_COPY)
         return z
 
     def relevance(self, cosine: float | None, best_caption: float | None = None) -> float:
@@ -135,7 +145,7 @@ class Background:
         the caption bank to check their hits against."""
         loc, mad = robust_bulk(self.vectors @ query)
         return Calibration(loc, self.references.get(modality) or mad,
-                           self.bank if modality == "text" else None)
+                           self.bank if modality == "text" else None, copies=modality == "image")
 
 
 def reference_spreads(vectors: np.ndarray, text_queries: np.ndarray | None,

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipsearch.errors import UsageError
-from clipsearch.relevance import AUTO, Background, parse_min_relevance, reference_spreads
+from clipsearch.relevance import AUTO, COPY_COSINE, Background, parse_min_relevance, reference_spreads
 
 GIBBERISH = "xqzzv plorbnik 12345 ☃"
 
@@ -43,6 +43,35 @@ def test_flat_query_is_not_stretched_into_confidence():
     assert item.relevance(float(bg[0] @ bg[0])) > 0.9
     flat = background.calibrate(shared, "image")
     assert flat.relevance(float((bg @ shared).max())) < 0.1
+
+
+def test_an_image_querys_copy_is_relevant_however_wide_the_spread():
+    """Few, very different items (a spread so wide that no hit stands Z_AUTO spreads above the
+    bulk): the query picture itself and a near copy are still relevant; the next most similar
+    item, and a text query at the same cosine, are not lifted."""
+    rng = np.random.default_rng(1)
+    bg = rng.normal(size=(28, 8)).astype(np.float32)
+    bg /= np.linalg.norm(bg, axis=1, keepdims=True)
+    background = Background(bg, 28, reference_spreads(bg, bg))
+    query = bg[0]
+    image = background.calibrate(query, "image")
+    scores = np.sort(bg @ query)[::-1]
+    assert image.relevance(float(scores[1])) < AUTO  # the spread is wide: nothing stands out
+    assert image.relevance(1.0) > 0.95 and image.relevance(COPY_COSINE) > 0.95
+    assert image.relevance(COPY_COSINE - 0.02) < image.relevance(COPY_COSINE)
+    assert background.calibrate(query, "text").relevance(COPY_COSINE) < 0.95
+
+
+def test_more_like_this_keeps_the_picture_itself_relevant(server, sample):
+    """Through a real server, on the UI sample (few, varied pictures): an uploaded photo's
+    query finds that photo first, relevant, under the default auto cut."""
+    data, _ = sample
+    photo = next(p for p in sorted((data.root / "photos").glob("*.png")))
+    upload = {"file": (photo.name, photo.read_bytes(), "image/png")}
+    r = httpx.post(server + "/api/search/image", files=upload, data={"k": "8"}, timeout=120)
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert hits and hits[0]["name"] == photo.name and hits[0]["relevance"] > 0.95
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,29 @@ def wait_cards(pg, kind: str | None = None):
     return pg.locator(sel)
 
 
+def mark_results(pg) -> None:
+    """Tag what the results area shows now, so that `wait_new_results` tells the next answer
+    from it (a count or a message can match the old page as well as the new one)."""
+    pg.evaluate("() => document.querySelectorAll('#cs-results .cs-grid, #cs-results .cs-empty')"
+                ".forEach(e => { e.dataset.stale = '1'; })")
+
+
+def wait_new_results(pg) -> None:
+    """Wait for the answer that replaced the results `mark_results` tagged."""
+    pg.wait_for_selector("#cs-results .cs-grid:not([data-stale]), #cs-results .cs-empty:not([data-stale])")
+
+
+def wait_url(pg, key: str, value: str | None = None) -> None:
+    """Wait for the URL the app pushes once an answer is drawn to name `key` (= `value`): the
+    answer to this query, not an earlier view still on the page (the kind click's browse)."""
+    pg.wait_for_function("([k, v]) => { const p = new URLSearchParams(location.search);"
+                         " return v === null ? p.has(k) : p.get(k) === v; }", arg=[key, value])
+
+
 def show_weaker(pg) -> None:
-    """Click "Show N weaker matches" when the relevance cut left some, and wait for them."""
-    pg.wait_for_selector("#cs-results .cs-grid, #cs-weaker:visible")
-    button = pg.locator("#cs-weaker")
+    """Click "Show N weaker matches" when the relevance cut left some, and wait for them.
+    Call it once the answer to act on is on the page (`wait_cards`, `wait_new_results`)."""
+    pg.wait_for_selector("#cs-results .cs-grid, #cs-results .cs-empty")
     # One read of the page: a grid re-drawn between two locator calls must not leave one waiting.
     cut = pg.evaluate("""() => {
         const b = document.querySelector('#cs-weaker');
@@ -75,10 +94,12 @@ def show_weaker(pg) -> None:
         return (!!b && b.offsetParent !== null) || (!!g && Number(g.dataset.weaker || 0) > 0);
     }""")
     if cut:
+        button = pg.locator("#cs-weaker")
         button.wait_for(state="visible")  # the grid and the button are drawn in the same update
-        n = pg.locator("#cs-results .cs-card").count()
+        mark_results(pg)
         button.click()
-        pg.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")
+        wait_new_results(pg)
+        pg.wait_for_selector("#cs-results .cs-grid:not([data-stale]) .cs-card")
 
 
 def assert_thumbnail_loads(pg, card, timeout_ms: int = 15_000) -> None:
@@ -146,6 +167,7 @@ def test_more_like_this_and_load_more(page, sample):
     data, _ = sample
     query, expected = data.unique_query(0)
     search(page, query, kind="Photo")
+    wait_url(page, "q", query)
     cards = wait_cards(page, "image")
     show_weaker(page)  # with weaker matches cut, they come first; paging goes on after them
     n = cards.count()
@@ -153,10 +175,11 @@ def test_more_like_this_and_load_more(page, sample):
     page.wait_for_function(f"document.querySelectorAll('#cs-results .cs-card').length > {n}")
     second = page.locator("#cs-results .cs-card").nth(1)
     source = second.get_attribute("title")
+    mark_results(page)
     second.locator(".cs-more").click()
-    page.wait_for_function("document.querySelector('#cs-message')?.innerText.includes('Items like')"
-                           " || document.querySelector('#cs-weaker')?.offsetParent !== null")
-    show_weaker(page)
+    wait_new_results(page)
+    wait_url(page, "like")
+    show_weaker(page)  # the picture itself is relevant; its neighbours may all be weaker
     page.wait_for_function(
         "t => document.querySelector('#cs-results .cs-card')?.getAttribute('title') === t", arg=source)
     assert "Items like" in page.locator("#cs-message").inner_text()
